@@ -1,0 +1,164 @@
+//! Admin (`localhost:15000`) and readiness (`:15021`) endpoints.
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use anyhow::{Context, Result};
+use http_body_util::Full;
+use hyper::{
+    Method, Request, Response, StatusCode,
+    body::{Bytes, Incoming},
+    server::conn::http1,
+    service::service_fn,
+};
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use strait_capture::{Capture, attach::Attachment};
+use tokio::{net::TcpListener, task::JoinHandle};
+use tracing::{debug, warn};
+
+pub struct State {
+    node: String,
+    ready: AtomicBool,
+    capture: Mutex<Capture>,
+}
+
+impl State {
+    pub fn new(node: String, capture: Capture) -> Self {
+        Self {
+            node,
+            ready: AtomicBool::new(false),
+            capture: Mutex::new(capture),
+        }
+    }
+
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Release);
+    }
+
+    fn capture_report(&self) -> Result<CaptureReport, strait_capture::Error> {
+        let capture = self
+            .capture
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let stats = capture.stats()?;
+        Ok(CaptureReport {
+            node: self.node.clone(),
+            cgroup: capture.cgroup().display().to_string(),
+            pin_dir: capture.layout().version_dir().display().to_string(),
+            programs: capture
+                .attachments()
+                .iter()
+                .map(|(name, how)| ProgramReport {
+                    name,
+                    attached: match how {
+                        Attachment::New => "new",
+                        Attachment::Kept => "kept",
+                    },
+                })
+                .collect(),
+            counters: stats
+                .iter()
+                .map(|(stat, value)| (stat.name(), value))
+                .collect(),
+        })
+    }
+}
+
+/// The admin endpoint's `/capture` document; `straitctl capture` prints it.
+#[derive(Serialize)]
+struct CaptureReport {
+    node: String,
+    cgroup: String,
+    pin_dir: String,
+    programs: Vec<ProgramReport>,
+    counters: std::collections::BTreeMap<&'static str, u64>,
+}
+
+#[derive(Serialize)]
+struct ProgramReport {
+    name: &'static str,
+    attached: &'static str,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum Routes {
+    Admin,
+    Readiness,
+}
+
+pub async fn bind(addr: SocketAddr, routes: Routes, state: Arc<State>) -> Result<JoinHandle<()>> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {routes:?} endpoint on {addr}"))?;
+    Ok(tokio::spawn(async move {
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(conn) => conn,
+                Err(err) => {
+                    warn!(%err, "accepting on the {routes:?} endpoint");
+                    continue;
+                }
+            };
+            let state = state.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req| {
+                    let state = state.clone();
+                    async move { Ok::<_, Infallible>(route(routes, &state, &req)) }
+                });
+                if let Err(err) = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await
+                {
+                    debug!(%peer, %err, "admin connection ended with an error");
+                }
+            });
+        }
+    }))
+}
+
+fn route(routes: Routes, state: &State, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
+    }
+    match (routes, req.uri().path()) {
+        (_, "/healthz/ready") => {
+            if state.ready.load(Ordering::Acquire) {
+                text(StatusCode::OK, "ready\n")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+            }
+        }
+        (Routes::Admin, "/capture") => match state.capture_report() {
+            Ok(report) => json(&report),
+            Err(err) => text(StatusCode::INTERNAL_SERVER_ERROR, &format!("{err}\n")),
+        },
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+fn json(value: &impl Serialize) -> Response<Full<Bytes>> {
+    match serde_json::to_vec_pretty(value) {
+        Ok(body) => response(StatusCode::OK, "application/json", body),
+        Err(err) => text(StatusCode::INTERNAL_SERVER_ERROR, &format!("{err}\n")),
+    }
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+    response(status, "text/plain", body.as_bytes().to_vec())
+}
+
+fn response(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    if let Ok(value) = content_type.parse() {
+        resp.headers_mut()
+            .insert(hyper::header::CONTENT_TYPE, value);
+    }
+    resp
+}

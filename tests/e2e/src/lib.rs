@@ -1,0 +1,150 @@
+//! Helpers shared by the end-to-end tests.
+use std::{
+    path::PathBuf,
+    process::Output,
+    time::{Duration, Instant},
+};
+
+use strait_topology::{Locality, Node, Place, Process, Spec};
+
+pub type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// A strait binary built next to the test binaries (`cargo xtask test`
+/// builds them first).
+pub fn strait_bin(name: &str) -> PathBuf {
+    let dir = std::env::var_os("STRAIT_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            // target/<profile>/deps/<test> -> target/<profile>
+            std::env::current_exe()
+                .ok()
+                .and_then(|exe| Some(exe.parent()?.parent()?.to_path_buf()))
+                .unwrap_or_default()
+        });
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first (`cargo build --bins`, or run `cargo xtask test`)",
+        path.display()
+    );
+    path
+}
+
+/// These tests make namespaces, cgroups and eBPF programs: they need root.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "end-to-end tests need root (run `cargo xtask test` as root)"
+    );
+}
+
+/// Two networks of two nodes with two pods each. Node `a1` and `b1` are the
+/// gateways; the `a` nodes are cluster `c1` in region `r1`, the `b` nodes
+/// cluster `c2` in region `r2`.
+pub fn two_networks() -> Spec {
+    let mut spec = Spec::new()
+        .gateway_node("a1", "c1", "net1", Locality::new("r1", "z1", ""))
+        .node("a2", "c1", "net1", Locality::new("r1", "z2", ""))
+        .gateway_node("b1", "c2", "net2", Locality::new("r2", "z1", ""))
+        .node("b2", "c2", "net2", Locality::new("r2", "z2", ""));
+    for node in ["a1", "a2", "b1", "b2"] {
+        for pod in ["x", "y"] {
+            spec = spec.pod(&format!("{node}{pod}"), node);
+        }
+    }
+    spec
+}
+
+/// `python3 -m http.server` serving a directory that holds `marker` (with the
+/// given content), listening on `port` for IPv4 and IPv6.
+pub fn http_server(place: &Place, port: u16, marker: &str) -> Result<Process> {
+    let dir = place.scratch_dir()?.join(format!("www-{port}"));
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("marker"), marker)?;
+    let dir = dir.to_string_lossy().into_owned();
+    let mut server = place.spawn(&[
+        "python3",
+        "-m",
+        "http.server",
+        &port.to_string(),
+        "--bind",
+        "::",
+        "--directory",
+        &dir,
+    ])?;
+    server.wait_listening(port, Duration::from_secs(10))?;
+    Ok(server)
+}
+
+/// `curl` for `url`, failing fast when nothing answers.
+pub fn curl(place: &Place, url: &str) -> Result<Output> {
+    Ok(place.run(
+        &[
+            "curl",
+            "-sS",
+            "--connect-timeout",
+            "2",
+            "--max-time",
+            "5",
+            url,
+        ],
+        Duration::from_secs(10),
+    )?)
+}
+
+/// `http://<ip>:<port>/marker`, bracketing IPv6.
+pub fn marker_url(ip: std::net::IpAddr, port: u16) -> String {
+    match ip {
+        std::net::IpAddr::V4(v4) => format!("http://{v4}:{port}/marker"),
+        std::net::IpAddr::V6(v6) => format!("http://[{v6}]:{port}/marker"),
+    }
+}
+
+/// Starts `strait-agent` on `node`, capturing that node's pods, and waits
+/// for readiness.
+pub fn start_agent(node: &Node) -> Result<Process> {
+    let agent = strait_bin("strait-agent");
+    let agent = agent.to_string_lossy();
+    let cgroup = node.pods_cgroup.to_string_lossy();
+    let pins = node.pin_dir.to_string_lossy();
+    let mut process = node.spawn(&[
+        &agent,
+        "--node",
+        node.name(),
+        "--capture-cgroup",
+        &cgroup,
+        "--pin-dir",
+        &pins,
+    ])?;
+    wait_ready(node, &mut process)?;
+    Ok(process)
+}
+
+/// Polls the agent's readiness endpoint from inside its node.
+pub fn wait_ready(node: &Node, agent: &mut Process) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let out = node.run(
+            &[
+                "curl",
+                "-sf",
+                "--max-time",
+                "1",
+                "http://127.0.0.1:15021/healthz/ready",
+            ],
+            Duration::from_secs(3),
+        )?;
+        if out.status.success() {
+            return Ok(());
+        }
+        if let Some(status) = agent.wait_timeout(Duration::ZERO)? {
+            return Err(format!("agent exited ({status}) before ready:\n{}", agent.log()).into());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("agent not ready within 15s:\n{}", agent.log()).into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -95,7 +95,7 @@ fn two_networks_route_inside_and_not_across() -> Result<()> {
             String::from_utf8_lossy(&out.stdout),
             "hello from gateway b1"
         );
-        for from in ["a2"] {
+        for from in ["a2", "b2"] {
             let out = curl(topo.node(from)?, &marker_url(ip, 9090))?;
             assert!(
                 !out.status.success(),

@@ -480,7 +480,10 @@ impl Drop for Topology {
 
 /// Held while sweeping; holding it yourself keeps every process's sweep
 /// waiting (a test does, to observe leftovers before they are swept).
-pub struct SweepLock(fs::File);
+pub struct SweepLock {
+    // Closing the file releases the lock.
+    _file: fs::File,
+}
 
 impl SweepLock {
     pub fn acquire() -> Result<Self, Error> {
@@ -498,7 +501,7 @@ impl SweepLock {
                 std::io::Error::last_os_error(),
             ));
         }
-        Ok(Self(file))
+        Ok(Self { _file: file })
     }
 }
 
@@ -507,10 +510,10 @@ pub fn sweep(host: &Host) -> Result<Vec<RunId>, Error> {
     let _lock = SweepLock::acquire()?;
     let mut dead = std::collections::BTreeSet::new();
     let mut consider = |name: &str| {
-        if let Some((run, _)) = RunId::parse(name) {
-            if !run.owner_alive() {
-                dead.insert(run);
-            }
+        if let Some((run, _)) = RunId::parse(name)
+            && !run.owner_alive()
+        {
+            dead.insert(run);
         }
     };
     netlink::netns_list().iter().for_each(|n| consider(n));
@@ -533,10 +536,10 @@ pub fn sweep(host: &Host) -> Result<Vec<RunId>, Error> {
 fn remove_run(host: &Host, run: &RunId) -> Result<(), Error> {
     let res = Resources::of(host, run);
     let mut errors = Vec::new();
-    if res.cgroup_dir.exists() {
-        if let Err(err) = kill_cgroup(&res.cgroup_dir) {
-            errors.push(err.to_string());
-        }
+    if res.cgroup_dir.exists()
+        && let Err(err) = kill_cgroup(&res.cgroup_dir)
+    {
+        errors.push(err.to_string());
     }
     if let Err(err) = remove_dir_all_if_present(&res.pin_dir) {
         errors.push(err.to_string());

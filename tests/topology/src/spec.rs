@@ -47,7 +47,14 @@ impl Locality {
 
 impl std::fmt::Display for Locality {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}/{}", self.region, self.zone, self.subzone)
+        // Istio's form: trailing empty parts are left out.
+        let parts = [&self.region, &self.zone, &self.subzone];
+        let used = parts
+            .iter()
+            .rposition(|p| !p.is_empty())
+            .map_or(0, |i| i + 1);
+        let text: Vec<&str> = parts[..used].iter().map(|p| p.as_str()).collect();
+        f.write_str(&text.join("/"))
     }
 }
 
@@ -261,6 +268,14 @@ mod tests {
             .pod("p1", "a1")
             .pod("p2", "a1")
             .pod("p3", "b1")
+    }
+
+    #[test]
+    fn locality_prints_as_istio_writes_it() {
+        assert_eq!(Locality::new("r1", "z1", "s1").to_string(), "r1/z1/s1");
+        assert_eq!(Locality::new("r1", "z1", "").to_string(), "r1/z1");
+        assert_eq!(Locality::new("r1", "", "").to_string(), "r1");
+        assert_eq!(Locality::default().to_string(), "");
     }
 
     #[test]

@@ -1,0 +1,44 @@
+//! `cargo xtask`: everything beyond `cargo build`, so that one command sets
+//! up and runs each job on a fresh Debian machine.
+mod cmd;
+mod demo;
+mod setup;
+mod test;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "strait's task runner")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install every prerequisite (idempotent; seconds when nothing is missing).
+    Setup,
+    /// Setup, then fmt, clippy (host and BPF), unit tests and end-to-end tests.
+    Test {
+        /// Only run tests whose name contains this.
+        filter: Option<String>,
+    },
+    /// Setup, then bring up the demo topology, run the mesh on it, show what
+    /// it did, and tear it down.
+    Demo,
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup::run(),
+        Task::Test { filter } => {
+            setup::run()?;
+            test::run(filter.as_deref())
+        }
+        Task::Demo => {
+            setup::run()?;
+            demo::run()
+        }
+    }
+}

@@ -1,13 +1,10 @@
 //! `cargo xtask demo`: a two-cluster, two-network topology with an agent on
 //! every node, showing what the mesh does on it today.
-use std::{
-    net::IpAddr,
-    path::{Path, PathBuf},
-    time::{Duration, Instant},
-};
+use std::{net::IpAddr, time::Duration};
 
 use anyhow::{Context, Result, bail};
-use strait_topology::{Locality, Node, Place, Process, Spec, Topology};
+use strait_e2e::{curl, http_server, marker_url, start_agent_from};
+use strait_topology::{Locality, Place, Process, Spec, Topology};
 
 use crate::cmd::{self, cargo, section, target_dir};
 
@@ -65,7 +62,9 @@ pub fn run() -> Result<()> {
     section("agents: one per node, each capturing only its own node's pods");
     let mut agents = Vec::new();
     for node in topo.nodes() {
-        agents.push(start_agent(&bin, node)?);
+        agents.push(
+            start_agent_from(&bin.join("strait-agent"), node).map_err(anyhow::Error::from_boxed)?,
+        );
         println!(
             "  {:<8} agent ready (pid {})",
             node.name(),
@@ -74,18 +73,28 @@ pub fn run() -> Result<()> {
     }
 
     section("traffic: unmodified curl and python3 http.server in pods");
-    let _east = http_server(topo.pod("backend-east")?, "backend-east")?;
-    let _west = http_server(topo.pod("backend-west")?, "backend-west")?;
+    let _east = http_server(
+        topo.pod("backend-east")?,
+        HTTP_PORT,
+        "hello from backend-east",
+    )
+    .map_err(anyhow::Error::from_boxed)?;
+    let _west = http_server(
+        topo.pod("backend-west")?,
+        HTTP_PORT,
+        "hello from backend-west",
+    )
+    .map_err(anyhow::Error::from_boxed)?;
     let frontend = topo.pod("frontend")?;
     for (target, ip) in [
         ("backend-east", IpAddr::V4(topo.pod("backend-east")?.ipv4)),
         ("backend-east", IpAddr::V6(topo.pod("backend-east")?.ipv6)),
         ("backend-west", IpAddr::V4(topo.pod("backend-west")?.ipv4)),
     ] {
-        let answer = curl(frontend, ip)?;
+        let answer = answer(frontend, ip)?;
         println!("  frontend -> {target:<13} {ip:<18} {answer}");
     }
-    let answer = curl(
+    let answer = answer(
         topo.pod("client-west")?,
         IpAddr::V4(topo.pod("backend-west")?.ipv4),
     )?;
@@ -177,79 +186,9 @@ fn print_topology(topo: &Topology) {
     }
 }
 
-fn start_agent(bin: &Path, node: &Node) -> Result<Process> {
-    let agent = bin.join("strait-agent");
-    let mut process = node.spawn(&[
-        &agent.to_string_lossy(),
-        "--node",
-        node.name(),
-        "--capture-cgroup",
-        &node.pods_cgroup.to_string_lossy(),
-        "--pin-dir",
-        &node.pin_dir.to_string_lossy(),
-    ])?;
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let ready = node.run(
-            &[
-                "curl",
-                "-sf",
-                "--max-time",
-                "1",
-                "http://127.0.0.1:15021/healthz/ready",
-            ],
-            Duration::from_secs(3),
-        )?;
-        if ready.status.success() {
-            return Ok(process);
-        }
-        if process.wait_timeout(Duration::ZERO)?.is_some() || Instant::now() >= deadline {
-            bail!(
-                "agent on {} did not become ready:\n{}",
-                node.name(),
-                process.log()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn http_server(place: &Place, name: &str) -> Result<Process> {
-    let dir: PathBuf = place.scratch_dir()?.join("www");
-    std::fs::create_dir_all(&dir)?;
-    std::fs::write(dir.join("index.html"), format!("hello from {name}\n"))?;
-    let mut server = place.spawn(&[
-        "python3",
-        "-m",
-        "http.server",
-        &HTTP_PORT.to_string(),
-        "--bind",
-        "::",
-        "--directory",
-        &dir.to_string_lossy(),
-    ])?;
-    server.wait_listening(HTTP_PORT, Duration::from_secs(10))?;
-    Ok(server)
-}
-
-/// The first line of the answer, or why there was none.
-fn curl(place: &Place, ip: IpAddr) -> Result<String> {
-    let url = match ip {
-        IpAddr::V4(v4) => format!("http://{v4}:{HTTP_PORT}/"),
-        IpAddr::V6(v6) => format!("http://[{v6}]:{HTTP_PORT}/"),
-    };
-    let out = place.run(
-        &[
-            "curl",
-            "-sS",
-            "--connect-timeout",
-            "2",
-            "--max-time",
-            "5",
-            &url,
-        ],
-        Duration::from_secs(10),
-    )?;
+/// The answer, or why there was none.
+fn answer(place: &Place, ip: IpAddr) -> Result<String> {
+    let out = curl(place, &marker_url(ip, HTTP_PORT)).map_err(anyhow::Error::from_boxed)?;
     Ok(if out.status.success() {
         format!("-> \"{}\"", String::from_utf8_lossy(&out.stdout).trim())
     } else {

@@ -1,6 +1,8 @@
-//! Helpers shared by the end-to-end tests.
+//! The harness shared by the end-to-end tests and `cargo xtask demo`:
+//! starting strait's binaries and unmodified client and server programs in a
+//! topology.
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::Output,
     time::{Duration, Instant},
 };
@@ -102,10 +104,14 @@ pub fn marker_url(ip: std::net::IpAddr, port: u16) -> String {
     }
 }
 
-/// Starts `strait-agent` on `node`, capturing that node's pods, and waits
-/// for readiness.
+/// Starts the `strait-agent` built with the tests on `node`.
 pub fn start_agent(node: &Node) -> Result<Process> {
-    let agent = strait_bin("strait-agent");
+    start_agent_from(&strait_bin("strait-agent"), node)
+}
+
+/// Starts the agent binary `agent` on `node`, capturing that node's pods,
+/// and waits for readiness.
+pub fn start_agent_from(agent: &Path, node: &Node) -> Result<Process> {
     let agent = agent.to_string_lossy();
     let cgroup = node.pods_cgroup.to_string_lossy();
     let pins = node.pin_dir.to_string_lossy();

@@ -5,12 +5,16 @@
 //!   agent tells its own from a previous version's.
 //! - [`attach`]: loading the embedded object and attaching it to a node's
 //!   cgroup subtree, reusing what a previous run of the same version pinned.
+//! - [`maps`]: enrollment, original destinations, listeners, peer names;
 //! - [`stats`]: the programs' counters.
+pub mod addr;
 pub mod attach;
+pub mod maps;
 pub mod pins;
 pub mod stats;
 
-pub use attach::{Capture, CaptureConfig};
+pub use attach::{Attachment, Capture, CaptureConfig};
+pub use maps::{ListenerKind, Maps};
 pub use pins::PinLayout;
 pub use stats::StatsSnapshot;
 

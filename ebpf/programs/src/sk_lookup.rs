@@ -27,10 +27,18 @@ pub fn strait_sk_lookup(ctx: SkLookupContext) -> u32 {
         return SK_PASS;
     }
     let family = lookup.family as u16;
+    // Both are read, volatile, before choosing (see sock_ops.rs).
+    // SAFETY: both fields are always readable in sk_lookup.
+    let (ip4, ip6) = unsafe {
+        (
+            core::ptr::read_volatile(&raw const lookup.local_ip4),
+            core::ptr::read_volatile(&raw const lookup.local_ip6),
+        )
+    };
     let ip = if family == AF_INET6 {
-        lookup.local_ip6
+        ip6
     } else {
-        [lookup.local_ip4, 0, 0, 0]
+        [ip4, 0, 0, 0]
     };
     let pod = PodAddr {
         ip,

@@ -34,10 +34,20 @@ fn rekey(ctx: &SockOpsContext) {
         return;
     };
     let family = ctx.family() as u16;
+    // Both are read, volatile, before choosing: LLVM otherwise sinks the read
+    // into the branch as pointer arithmetic on the context, which the
+    // verifier refuses.
+    // SAFETY: `ops` is the valid context; both fields are always readable.
+    let (ip4, ip6) = unsafe {
+        (
+            core::ptr::read_volatile(&raw const (*ctx.ops).local_ip4),
+            core::ptr::read_volatile(&raw const (*ctx.ops).local_ip6),
+        )
+    };
     let ip = if family == AF_INET6 {
-        ctx.local_ip6()
+        ip6
     } else {
-        [ctx.local_ip4(), 0, 0, 0]
+        [ip4, 0, 0, 0]
     };
     let key = NetnsAddr {
         // SAFETY: as above.

@@ -3,7 +3,7 @@
 use std::{net::IpAddr, time::Duration};
 
 use anyhow::{Context, Result, bail};
-use strait_e2e::{curl, http_server, marker_url, start_agent_from};
+use strait_e2e::{Mesh, curl, http_server, marker_url};
 use strait_topology::{Locality, Place, Process, Spec, Topology};
 
 use crate::cmd::{self, cargo, section, target_dir};
@@ -60,10 +60,13 @@ pub fn run() -> Result<()> {
     print_topology(&topo);
 
     section("agents: one per node, each capturing only its own node's pods");
+    let mesh =
+        Mesh::with_agent(&topo, bin.join("strait-agent")).map_err(anyhow::Error::from_boxed)?;
     let mut agents = Vec::new();
     for node in topo.nodes() {
         agents.push(
-            start_agent_from(&bin.join("strait-agent"), node).map_err(anyhow::Error::from_boxed)?,
+            mesh.start_agent(node.name(), &[])
+                .map_err(anyhow::Error::from_boxed)?,
         );
         println!(
             "  {:<8} agent ready (pid {})",

@@ -1,5 +1,7 @@
-//! Admin (`localhost:15000`) and readiness (`:15021`) endpoints.
+//! Admin (`localhost:15000`), metrics (`:15020`) and readiness (`:15021`)
+//! endpoints.
 use std::{
+    collections::BTreeMap,
     convert::Infallible,
     net::SocketAddr,
     sync::{
@@ -18,22 +20,37 @@ use hyper::{
 };
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
-use strait_capture::{Capture, attach::Attachment};
+use strait_capture::{Attachment, Capture};
+use strait_identity::CertManager;
 use tokio::{net::TcpListener, task::JoinHandle};
 use tracing::{debug, warn};
 
+use crate::{metrics::Metrics, pods::WorkloadStatus, state::NodeState};
+
 pub struct State {
-    node: String,
+    node: NodeState,
     ready: AtomicBool,
     capture: Mutex<Capture>,
+    workloads: Vec<WorkloadStatus>,
+    certs: Arc<CertManager>,
+    metrics: Arc<Metrics>,
 }
 
 impl State {
-    pub fn new(node: String, capture: Capture) -> Self {
+    pub fn new(
+        node: NodeState,
+        capture: Capture,
+        workloads: Vec<WorkloadStatus>,
+        certs: Arc<CertManager>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             node,
             ready: AtomicBool::new(false),
             capture: Mutex::new(capture),
+            workloads,
+            certs,
+            metrics,
         }
     }
 
@@ -47,8 +64,9 @@ impl State {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let stats = capture.stats()?;
+        let maps = capture.maps();
         Ok(CaptureReport {
-            node: self.node.clone(),
+            node: self.node.node.clone(),
             cgroup: capture.cgroup().display().to_string(),
             pin_dir: capture.layout().version_dir().display().to_string(),
             programs: capture
@@ -62,6 +80,8 @@ impl State {
                     },
                 })
                 .collect(),
+            enrolled_netns: maps.enrolled().len(),
+            sk_lookup_netns: capture.attached_netns().map(|s| s.len()).unwrap_or(0),
             counters: stats
                 .iter()
                 .map(|(stat, value)| (stat.name(), value))
@@ -77,7 +97,9 @@ struct CaptureReport {
     cgroup: String,
     pin_dir: String,
     programs: Vec<ProgramReport>,
-    counters: std::collections::BTreeMap<&'static str, u64>,
+    enrolled_netns: usize,
+    sk_lookup_netns: usize,
+    counters: BTreeMap<&'static str, u64>,
 }
 
 #[derive(Serialize)]
@@ -90,6 +112,7 @@ struct ProgramReport {
 pub enum Routes {
     Admin,
     Readiness,
+    Metrics,
 }
 
 pub async fn bind(addr: SocketAddr, routes: Routes, state: Arc<State>) -> Result<JoinHandle<()>> {
@@ -102,6 +125,7 @@ pub async fn bind(addr: SocketAddr, routes: Routes, state: Arc<State>) -> Result
                 Ok(conn) => conn,
                 Err(err) => {
                     warn!(%err, "accepting on the {routes:?} endpoint");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     continue;
                 }
             };
@@ -134,10 +158,18 @@ fn route(routes: Routes, state: &State, req: &Request<Incoming>) -> Response<Ful
                 text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
             }
         }
+        (Routes::Metrics | Routes::Admin, "/metrics" | "/stats/prometheus") => response(
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            state.metrics.encode().into_bytes(),
+        ),
         (Routes::Admin, "/capture") => match state.capture_report() {
             Ok(report) => json(&report),
             Err(err) => text(StatusCode::INTERNAL_SERVER_ERROR, &format!("{err}\n")),
         },
+        (Routes::Admin, "/workloads") => json(&state.workloads),
+        (Routes::Admin, "/certs") => json(&state.certs.infos()),
+        (Routes::Admin, "/config_dump") => json(&*state.node.config),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }

@@ -1,15 +1,22 @@
-//! `strait-agent`: one per node. Loads the embedded eBPF programs, attaches
-//! them to the cgroup subtree of the node's pods, and serves the admin and
-//! readiness endpoints.
+//! `strait-agent`: one per node. Loads the embedded eBPF programs and
+//! attaches them to the cgroup subtree of the node's pods, enrolls the pods
+//! that are in the mesh, and proxies their traffic over mutual-TLS HBONE.
 mod admin;
+mod metrics;
+mod pods;
+mod proxy;
+mod state;
 
-use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{Context, Result};
 use clap::Parser;
 use strait_capture::{Capture, CaptureConfig};
+use strait_identity::{CertManager, LocalCa, tls::ClientConfigs};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::info;
+
+use crate::{proxy::Proxy, state::NodeState};
 
 #[derive(Parser, Debug)]
 #[command(version, about)]
@@ -17,15 +24,31 @@ struct Args {
     /// Name of the node this agent serves.
     #[arg(long, env = "STRAIT_NODE")]
     node: String,
+    /// Directory of Kubernetes/Istio YAML manifests (the local config source).
+    #[arg(long, env = "STRAIT_CONFIG_DIR")]
+    config_dir: PathBuf,
     /// cgroup v2 directory holding the node's pods; capture attaches here.
     #[arg(long, env = "STRAIT_CAPTURE_CGROUP")]
     capture_cgroup: PathBuf,
     /// This agent's directory on bpffs; pinned maps and links live here.
     #[arg(long, env = "STRAIT_PIN_DIR", default_value = "/sys/fs/bpf/strait")]
     pin_dir: PathBuf,
-    /// Admin endpoint (capture state); keep it on localhost.
+    /// Where the local CA keeps its root key and certificate (made on first
+    /// start; agents pointing at the same directory share the mesh root).
+    #[arg(long, env = "STRAIT_CA_DIR", default_value = "/var/lib/strait/ca")]
+    ca_dir: PathBuf,
+    /// Lifetime of workload certificates (rotated at half life).
+    #[arg(long, default_value = "24h", value_parser = strait_config::duration::parse)]
+    cert_lifetime: Duration,
+    /// Where pods' network namespaces are found by address.
+    #[arg(long, default_value = "/run/netns")]
+    netns_dir: PathBuf,
+    /// Admin endpoint (config, workloads, certificates); keep it on localhost.
     #[arg(long, default_value = "127.0.0.1:15000")]
     admin_addr: SocketAddr,
+    /// Prometheus metrics (`/metrics`).
+    #[arg(long, default_value = "0.0.0.0:15020")]
+    metrics_addr: SocketAddr,
     /// Readiness endpoint (`/healthz/ready`).
     #[arg(long, default_value = "0.0.0.0:15021")]
     readiness_addr: SocketAddr,
@@ -39,7 +62,8 @@ fn main() -> Result<()> {
     let args = Args::parse();
     tracing_subscriber::fmt()
         .json()
-        .with_current_span(false)
+        .with_current_span(true)
+        .with_span_list(false)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("STRAIT_LOG")
                 .unwrap_or_else(|_| "info".into()),
@@ -53,7 +77,14 @@ fn main() -> Result<()> {
 }
 
 async fn run(args: Args) -> Result<()> {
-    let capture = Capture::attach(&CaptureConfig {
+    let config =
+        strait_config::load_dir(&args.config_dir).context("loading the config directory")?;
+    let state = NodeState {
+        node: args.node.clone(),
+        config: Arc::new(config),
+    };
+
+    let mut capture = Capture::attach(&CaptureConfig {
         cgroup: args.capture_cgroup.clone(),
         pin_dir: args.pin_dir.clone(),
     })
@@ -65,13 +96,46 @@ async fn run(args: Args) -> Result<()> {
         )
     })?;
 
+    let authorizer_state = state.clone();
+    let ca = LocalCa::load_or_create(&args.ca_dir, &state.config.trust_domain)
+        .with_context(|| format!("loading the CA from {}", args.ca_dir.display()))?
+        .with_authorizer(Box::new(move |id| authorizer_state.may_hold(id)));
+    let certs =
+        CertManager::new(Arc::new(ca), args.cert_lifetime).context("setting up certificates")?;
+
+    let (pods, workloads) = pods::enroll_all(&state, &mut capture, &certs, &args.netns_dir).await;
+    let metrics = Arc::new(metrics::Metrics::new());
+    let proxy = Arc::new(Proxy {
+        state: state.clone(),
+        maps: capture.maps(),
+        clients: ClientConfigs::new(certs.clone()),
+        pool: strait_hbone::Pool::new(),
+        metrics: metrics.clone(),
+    });
+    let enrolled = pods.len();
+    for (pod, listeners) in pods {
+        proxy.serve(pod, listeners);
+    }
+
     let pins = capture.layout().clone();
-    let state = Arc::new(admin::State::new(args.node.clone(), capture));
-    let admin = admin::bind(args.admin_addr, admin::Routes::Admin, state.clone()).await?;
-    let readiness =
-        admin::bind(args.readiness_addr, admin::Routes::Readiness, state.clone()).await?;
-    state.set_ready();
-    info!(node = %args.node, admin = %args.admin_addr, readiness = %args.readiness_addr, "agent ready");
+    let admin_state = Arc::new(admin::State::new(state, capture, workloads, certs, metrics));
+    let servers = [
+        admin::bind(args.admin_addr, admin::Routes::Admin, admin_state.clone()).await?,
+        admin::bind(
+            args.readiness_addr,
+            admin::Routes::Readiness,
+            admin_state.clone(),
+        )
+        .await?,
+        admin::bind(
+            args.metrics_addr,
+            admin::Routes::Metrics,
+            admin_state.clone(),
+        )
+        .await?,
+    ];
+    admin_state.set_ready();
+    info!(node = %args.node, enrolled, admin = %args.admin_addr, "agent ready");
 
     let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
@@ -79,9 +143,9 @@ async fn run(args: Args) -> Result<()> {
         _ = term.recv() => info!("SIGTERM: shutting down"),
         _ = int.recv() => info!("SIGINT: shutting down"),
     }
-    admin.abort();
-    readiness.abort();
-
+    for server in servers {
+        server.abort();
+    }
     if args.uninstall_on_exit {
         pins.remove().context("removing capture pins")?;
         info!("capture detached");

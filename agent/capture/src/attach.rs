@@ -48,7 +48,7 @@ pub enum Attachment {
 /// The loaded programs and their maps, attached to one cgroup subtree.
 pub struct Capture {
     ebpf: Ebpf,
-    maps: Maps,
+    maps: std::sync::Arc<Maps>,
     layout: PinLayout,
     cgroup: PathBuf,
     attachments: Vec<(&'static str, Attachment)>,
@@ -85,7 +85,7 @@ impl Capture {
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&maps_dir)
             .load(OBJECT)?;
-        let maps = Maps::take(&mut ebpf)?;
+        let maps = std::sync::Arc::new(Maps::take(&mut ebpf)?);
 
         let cgroup =
             fs::File::open(&config.cgroup).map_err(io_err("opening cgroup", &config.cgroup))?;
@@ -167,8 +167,9 @@ impl Capture {
             .collect())
     }
 
-    pub fn maps(&self) -> &Maps {
-        &self.maps
+    /// The maps, shared with the proxy's hot path.
+    pub fn maps(&self) -> std::sync::Arc<Maps> {
+        self.maps.clone()
     }
 
     pub fn attachments(&self) -> &[(&'static str, Attachment)] {

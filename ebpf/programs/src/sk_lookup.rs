@@ -14,32 +14,37 @@ use crate::{
 };
 
 const IPPROTO_TCP: u32 = 6;
-/// `lo` is always ifindex 1 in a network namespace.
-const LOOPBACK_IFINDEX: u32 = 1;
 
 #[sk_lookup]
 pub fn strait_sk_lookup(ctx: SkLookupContext) -> u32 {
     // SAFETY: the kernel hands the program a valid `bpf_sk_lookup`.
     let lookup = unsafe { &*ctx.lookup };
-    // Connections arriving over loopback are the pod talking to itself, or
-    // the agent delivering to the app: never captured.
-    if lookup.protocol != IPPROTO_TCP || lookup.ingress_ifindex == LOOPBACK_IFINDEX {
+    if lookup.protocol != IPPROTO_TCP {
         return SK_PASS;
     }
     let family = lookup.family as u16;
-    // Both are read, volatile, before choosing (see sock_ops.rs).
-    // SAFETY: both fields are always readable in sk_lookup.
-    let (ip4, ip6) = unsafe {
+    // All are read, volatile, before choosing: LLVM otherwise sinks a read
+    // into the branch as pointer arithmetic on the context, which the
+    // verifier refuses.
+    // SAFETY: these fields are always readable in sk_lookup.
+    let (ip4, ip6, remote4, remote6) = unsafe {
         (
             core::ptr::read_volatile(&raw const lookup.local_ip4),
             core::ptr::read_volatile(&raw const lookup.local_ip6),
+            core::ptr::read_volatile(&raw const lookup.remote_ip4),
+            core::ptr::read_volatile(&raw const lookup.remote_ip6),
         )
     };
-    let ip = if family == AF_INET6 {
-        ip6
+    let (ip, remote) = if family == AF_INET6 {
+        (ip6, remote6)
     } else {
-        [ip4, 0, 0, 0]
+        ([ip4, 0, 0, 0], [remote4, 0, 0, 0])
     };
+    // From the pod's own address: the pod talking to itself, or the agent
+    // delivering to the app. Never captured (the agent would loop).
+    if ip == remote {
+        return SK_PASS;
+    }
     let pod = PodAddr {
         ip,
         port: 0,

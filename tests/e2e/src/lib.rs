@@ -2,12 +2,12 @@
 //! starting strait's binaries and unmodified client and server programs in a
 //! topology.
 use std::{
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::Output,
     time::{Duration, Instant},
 };
 
-use strait_topology::{Locality, Node, Place, Process, Spec};
+use strait_topology::{Locality, Node, Place, Pod, Process, Spec, Topology};
 
 pub type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -104,28 +104,105 @@ pub fn marker_url(ip: std::net::IpAddr, port: u16) -> String {
     }
 }
 
-/// Starts the `strait-agent` built with the tests on `node`.
-pub fn start_agent(node: &Node) -> Result<Process> {
-    start_agent_from(&strait_bin("strait-agent"), node)
+/// A mesh on a topology: the config directory its agents read, the CA
+/// directory they share, and the agent binary they run. Everything lives in
+/// the topology's scratch directory and goes with it.
+pub struct Mesh<'t> {
+    pub topo: &'t Topology,
+    pub config_dir: PathBuf,
+    pub ca_dir: PathBuf,
+    agent: PathBuf,
 }
 
-/// Starts the agent binary `agent` on `node`, capturing that node's pods,
-/// and waits for readiness.
-pub fn start_agent_from(agent: &Path, node: &Node) -> Result<Process> {
-    let agent = agent.to_string_lossy();
-    let cgroup = node.pods_cgroup.to_string_lossy();
-    let pins = node.pin_dir.to_string_lossy();
-    let mut process = node.spawn(&[
-        &agent,
-        "--node",
-        node.name(),
-        "--capture-cgroup",
-        &cgroup,
-        "--pin-dir",
-        &pins,
-    ])?;
-    wait_ready(node, &mut process)?;
-    Ok(process)
+impl<'t> Mesh<'t> {
+    /// A mesh run by the `strait-agent` built with the tests.
+    pub fn new(topo: &'t Topology) -> Result<Self> {
+        Self::with_agent(topo, strait_bin("strait-agent"))
+    }
+
+    pub fn with_agent(topo: &'t Topology, agent: PathBuf) -> Result<Self> {
+        let config_dir = topo.scratch_dir().join("config");
+        let ca_dir = topo.scratch_dir().join("ca");
+        std::fs::create_dir_all(&config_dir)?;
+        Ok(Self {
+            topo,
+            config_dir,
+            ca_dir,
+            agent,
+        })
+    }
+
+    /// Writes (or replaces) one manifest file of the config directory.
+    pub fn write(&self, file: &str, yaml: &str) -> Result<()> {
+        std::fs::write(self.config_dir.join(file), yaml)?;
+        Ok(())
+    }
+
+    /// Starts the agent of `node` and waits for readiness; `extra` are more
+    /// arguments (they may override earlier ones).
+    pub fn start_agent(&self, node: &str, extra: &[&str]) -> Result<Process> {
+        let node = self.topo.node(node)?;
+        let agent = self.agent.to_string_lossy();
+        let (config, ca) = (
+            self.config_dir.to_string_lossy(),
+            self.ca_dir.to_string_lossy(),
+        );
+        let (cgroup, pins) = (
+            node.pods_cgroup.to_string_lossy(),
+            node.pin_dir.to_string_lossy(),
+        );
+        let netns = self.topo.netns_dir();
+        let netns = netns.to_string_lossy();
+        let mut argv = vec![
+            agent.as_ref(),
+            "--node",
+            node.name(),
+            "--config-dir",
+            &config,
+            "--ca-dir",
+            &ca,
+            "--capture-cgroup",
+            &cgroup,
+            "--pin-dir",
+            &pins,
+            "--netns-dir",
+            &netns,
+        ];
+        argv.extend_from_slice(extra);
+        let mut process = node.spawn(&argv)?;
+        wait_ready(node, &mut process)?;
+        Ok(process)
+    }
+}
+
+/// A namespace, in the mesh or not.
+pub fn namespace_yaml(name: &str, in_mesh: bool) -> String {
+    let labels = if in_mesh {
+        "\n  labels:\n    istio.io/dataplane-mode: ambient"
+    } else {
+        ""
+    };
+    format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}{labels}\n---\n")
+}
+
+/// A WorkloadEntry for `pod` (both its addresses, on its node).
+pub fn workload_yaml(
+    pod: &Pod,
+    namespace: &str,
+    service_account: &str,
+    labels: &[(&str, &str)],
+) -> String {
+    let mut labels_yaml = String::new();
+    for (k, v) in labels {
+        labels_yaml.push_str(&format!("\n    {k}: \"{v}\""));
+    }
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata:\n  name: {name}\n  namespace: {namespace}\n  annotations:\n    strait.dev/node: {node}\n    strait.dev/addresses: \"{v6}\"\nspec:\n  address: {v4}\n  serviceAccount: {service_account}\n  labels:\n    app: {name}{labels_yaml}\n---\n",
+        name = pod.name,
+        node = pod.node,
+        v4 = pod.ipv4,
+        v6 = pod.ipv6,
+    )
 }
 
 /// Polls the agent's readiness endpoint from inside its node.

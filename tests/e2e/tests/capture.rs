@@ -5,7 +5,7 @@
 use std::{net::IpAddr, time::Duration};
 
 use strait_capture::StatsSnapshot;
-use strait_e2e::{Result, curl, http_server, marker_url, require_root, start_agent, strait_bin};
+use strait_e2e::{Mesh, Result, curl, http_server, marker_url, require_root, strait_bin};
 use strait_ebpf_common::Stat;
 use strait_topology::{Locality, Spec, Topology};
 
@@ -28,7 +28,9 @@ fn connect4_runs_for_the_agents_own_node_only() -> Result<()> {
     let url4 = marker_url(IpAddr::V4(server_pod.ipv4), 8080);
     let url6 = marker_url(IpAddr::V6(server_pod.ipv6), 8080);
 
-    let mut agent1 = start_agent(n1)?;
+    // No workload is in the mesh: the programs run, but capture nothing.
+    let mesh = Mesh::new(&topo)?;
+    let mut agent1 = mesh.start_agent("n1", &[])?;
     let stats1 = || StatsSnapshot::from_pins(&n1.pin_dir);
     let before = stats1()?;
 
@@ -73,7 +75,7 @@ fn connect4_runs_for_the_agents_own_node_only() -> Result<()> {
     );
 
     // A second agent on the same kernel, for n2, counts only n2's pods.
-    let _agent2 = start_agent(n2)?;
+    let _agent2 = mesh.start_agent("n2", &[])?;
     let before2 = StatsSnapshot::from_pins(&n2.pin_dir)?;
     let before1 = stats1()?;
     assert!(curl(topo.pod("p2")?, &url4)?.status.success());
@@ -108,7 +110,7 @@ fn connect4_runs_for_the_agents_own_node_only() -> Result<()> {
         after6.get(Stat::Connect4Tcp) + 1,
         "capture stopped with the agent"
     );
-    let _agent1 = start_agent(n1)?;
+    let _agent1 = mesh.start_agent("n1", &[])?;
     let out = n1.run_ok(
         &[&ctl.to_string_lossy(), "capture"],
         Duration::from_secs(10),
@@ -125,11 +127,16 @@ fn agent_refuses_a_pin_dir_outside_bpffs() -> Result<()> {
     let n1 = topo.node("n1")?;
     let agent = strait_bin("strait-agent");
     let bogus = n1.scratch_dir()?.join("pins");
+    let mesh = Mesh::new(&topo)?;
     let out = n1.run(
         &[
             &agent.to_string_lossy(),
             "--node",
             "n1",
+            "--config-dir",
+            &mesh.config_dir.to_string_lossy(),
+            "--ca-dir",
+            &mesh.ca_dir.to_string_lossy(),
             "--capture-cgroup",
             &n1.pods_cgroup.to_string_lossy(),
             "--pin-dir",

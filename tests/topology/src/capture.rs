@@ -2,11 +2,9 @@
 //! encrypted on the wire".
 use std::{
     fs,
-    io::{BufRead, BufReader},
     path::{Path, PathBuf},
     process::Stdio,
-    sync::mpsc,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use crate::{
@@ -27,58 +25,53 @@ impl PacketCapture {
     /// Starts `tcpdump -i <iface> [filter]` in `place` and returns once it is
     /// capturing.
     pub(crate) fn start(place: &Place, iface: &str, filter: &[&str]) -> Result<Self, Error> {
-        fs::create_dir_all(&place.scratch)
-            .map_err(|e| Error::io(format!("creating {}", place.scratch.display()), e))?;
-        let file = (0..)
+        let dir = place.scratch_dir()?;
+        let (file, log) = (0..)
             .map(|i| {
-                place
-                    .scratch
-                    .join(format!("{}-{iface}.{i}.pcap", place.netns))
+                (
+                    dir.join(format!("{iface}.{i}.pcap")),
+                    dir.join(format!("{iface}.{i}.tcpdump.log")),
+                )
             })
-            .find(|p| !p.exists())
-            .unwrap_or_else(|| place.scratch.join("capture.pcap"));
+            .find(|(p, _)| !p.exists())
+            .unwrap_or_else(|| (dir.join("capture.pcap"), dir.join("capture.tcpdump.log")));
+        let log_file = fs::File::create(&log)
+            .map_err(|e| Error::io(format!("creating {}", log.display()), e))?;
         let mut cmd = place.command("tcpdump")?;
-        // -U: write each packet as it comes, so nothing is lost on stop.
-        cmd.args(["-n", "-U", "-s", "0", "-i", iface, "-w"])
+        // Packets go to the file as they come: --immediate-mode hands each one
+        // to tcpdump at once (libpcap otherwise holds them in its ring until a
+        // block fills or a timeout, and a stop discards them), -U writes it.
+        cmd.args(["-n", "--immediate-mode", "-U", "-s", "0", "-i", iface, "-w"])
             .arg(&file)
             .args(filter)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = cmd
+            .stderr(log_file);
+        let child = cmd
             .spawn()
             .map_err(|e| Error::io("starting tcpdump (is it installed?)", e))?;
-        let stderr = child.stderr.take();
         let label = format!("tcpdump on {}:{iface}", place.label);
         let mut process = Process::from_child(child, &label);
-
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let Some(stderr) = stderr else { return };
-            let mut said = Vec::new();
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("listening on") {
-                    let _ = tx.send(Ok(()));
-                    return;
-                }
-                said.push(line);
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let said = fs::read_to_string(&log).unwrap_or_default();
+            if said.contains("listening on") {
+                return Ok(Self { process, file });
             }
-            let _ = tx.send(Err(said.join("\n")));
-        });
-        match rx.recv_timeout(START_TIMEOUT) {
-            Ok(Ok(())) => Ok(Self { process, file }),
-            Ok(Err(stderr)) => {
-                let status = process.kill()?;
-                Err(Error::Command {
+            if let Some(status) = process.wait_timeout(Duration::ZERO)? {
+                return Err(Error::Command {
                     command: label,
                     status: status.to_string(),
-                    stderr,
-                })
+                    stderr: said,
+                });
             }
-            Err(_) => Err(Error::Timeout {
-                what: label,
-                after: START_TIMEOUT,
-            }),
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout {
+                    what: label,
+                    after: START_TIMEOUT,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 
@@ -128,6 +121,58 @@ impl Pcap {
                 .iter()
                 .any(|p| p.windows(needle.len()).any(|w| w == needle))
     }
+
+    /// The TCP segments (of Ethernet frames carrying IPv4 or IPv6).
+    pub fn tcp_segments(&self) -> impl Iterator<Item = TcpSegment<'_>> {
+        self.packets.iter().filter_map(|p| tcp_segment(p))
+    }
+
+    /// Source and destination ports seen in TCP segments.
+    pub fn tcp_ports(&self) -> std::collections::BTreeSet<u16> {
+        self.tcp_segments()
+            .flat_map(|s| [s.src_port, s.dst_port])
+            .collect()
+    }
+
+    /// TLS ClientHello messages: segments whose payload starts a TLS
+    /// handshake record holding a ClientHello.
+    pub fn tls_handshakes(&self) -> usize {
+        self.tcp_segments()
+            .filter(|s| matches!(s.payload, [0x16, 0x03, _, _, _, 0x01, ..]))
+            .count()
+    }
+}
+
+/// The parts of a TCP segment tests look at.
+#[derive(Debug)]
+pub struct TcpSegment<'a> {
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub payload: &'a [u8],
+}
+
+fn tcp_segment(frame: &[u8]) -> Option<TcpSegment<'_>> {
+    const IPPROTO_TCP: u8 = 6;
+    let ethertype = u16::from_be_bytes([*frame.get(12)?, *frame.get(13)?]);
+    let ip = frame.get(14..)?;
+    let (protocol, tcp) = match ethertype {
+        0x0800 => {
+            let header_len = usize::from(ip.first()? & 0x0f) * 4;
+            (*ip.get(9)?, ip.get(header_len..)?)
+        }
+        // IPv6 without extension headers, which is all the kernel sends here.
+        0x86dd => (*ip.get(6)?, ip.get(40..)?),
+        _ => return None,
+    };
+    if protocol != IPPROTO_TCP {
+        return None;
+    }
+    let data_offset = usize::from(tcp.get(12)? >> 4) * 4;
+    Some(TcpSegment {
+        src_port: u16::from_be_bytes([*tcp.first()?, *tcp.get(1)?]),
+        dst_port: u16::from_be_bytes([*tcp.get(2)?, *tcp.get(3)?]),
+        payload: tcp.get(data_offset..)?,
+    })
 }
 
 fn parse(bytes: &[u8]) -> Option<Vec<Vec<u8>>> {
@@ -176,6 +221,41 @@ mod tests {
         assert!(pcap.contains(b"GET /"));
         assert!(!pcap.contains(b"POST"));
         assert!(!pcap.contains(b""));
+    }
+
+    /// An Ethernet + IPv4 + TCP frame with `payload`.
+    fn frame(src_port: u16, dst_port: u16, payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![0u8; 12];
+        f.extend_from_slice(&[0x08, 0x00]);
+        let mut ip = vec![
+            0x45, 0, 0, 0, 0, 0, 0, 0, 64, 6, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2,
+        ];
+        let mut tcp = vec![0u8; 20];
+        tcp[..2].copy_from_slice(&src_port.to_be_bytes());
+        tcp[2..4].copy_from_slice(&dst_port.to_be_bytes());
+        tcp[12] = 5 << 4;
+        tcp.extend_from_slice(payload);
+        ip.extend_from_slice(&tcp);
+        f.extend_from_slice(&ip);
+        f
+    }
+
+    #[test]
+    fn finds_ports_and_client_hellos() {
+        let hello = [0x16, 0x03, 0x01, 0x00, 0x40, 0x01, 0x00];
+        let pcap = Pcap {
+            file: PathBuf::new(),
+            packets: vec![
+                frame(40000, 15008, &hello),
+                frame(15008, 40000, b"\x17\x03\x03"),
+                vec![1, 2, 3],
+            ],
+        };
+        assert_eq!(pcap.tls_handshakes(), 1);
+        assert_eq!(
+            pcap.tcp_ports().into_iter().collect::<Vec<_>>(),
+            [15008, 40000]
+        );
     }
 
     #[test]

@@ -256,6 +256,13 @@ impl Topology {
         std::env::temp_dir().join(self.run.name())
     }
 
+    /// A directory with one entry per pod, linking to its network namespace:
+    /// what an agent scans to find pods by address, limited to this run
+    /// (runs side by side reuse the same pod addresses).
+    pub fn netns_dir(&self) -> PathBuf {
+        self.scratch_dir().join("netns")
+    }
+
     /// Everything this run owns on the host.
     pub fn resources(&self) -> Resources {
         Resources::of(&self.host, &self.run)
@@ -450,6 +457,14 @@ impl Topology {
             route(&ns, "default", &gw6.to_string())?;
             fs::create_dir_all(&cgroup)
                 .map_err(|e| Error::io(format!("creating cgroup {}", cgroup.display()), e))?;
+            let links = self.netns_dir();
+            fs::create_dir_all(&links)
+                .map_err(|e| Error::io(format!("creating {}", links.display()), e))?;
+            std::os::unix::fs::symlink(
+                Path::new(netlink::NETNS_DIR).join(&ns),
+                links.join(&pod_spec.name),
+            )
+            .map_err(|e| Error::io("linking a pod's netns", e))?;
             self.pods.push(Pod {
                 place: Place {
                     label: format!("pod {}", pod_spec.name),

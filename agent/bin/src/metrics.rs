@@ -1,0 +1,150 @@
+//! Prometheus metrics on :15020 with Istio's names and labels, so existing
+//! dashboards work.
+use prometheus_client::{
+    encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder},
+    metrics::{counter::Counter, family::Family},
+    registry::Registry,
+};
+
+/// `reporter`: which end of the connection counted it.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Reporter {
+    Source,
+    Destination,
+}
+
+/// The label set of Istio's `istio_tcp_*` metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TcpLabels {
+    pub reporter: Reporter,
+    pub source_workload: String,
+    pub source_workload_namespace: String,
+    pub source_principal: String,
+    pub destination_workload: String,
+    pub destination_workload_namespace: String,
+    pub destination_principal: String,
+    /// `mutual_tls` or `none`.
+    pub connection_security_policy: String,
+    pub request_protocol: String,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Direction {
+    Inbound,
+    Outbound,
+}
+
+/// Why a connection was refused or failed before carrying data.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Reason {
+    /// mTLS handshake failed: certificate from another CA, none, or not the
+    /// expected identity.
+    Tls,
+    /// Plaintext to a workload whose PeerAuthentication is STRICT.
+    StrictMtls,
+    /// A CONNECT for an address that is not this pod's.
+    Misdirected,
+    /// The destination (app, or upstream peer) did not accept.
+    Upstream,
+    /// A redirected connection whose original destination was not found.
+    NoOriginalDestination,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailureLabels {
+    pub direction: Direction,
+    pub reason: Reason,
+}
+
+/// Label values as Istio spells them.
+macro_rules! label_values {
+    ($($ty:ty { $($variant:ident => $text:literal),+ $(,)? })+) => {$(
+        impl EncodeLabelValue for $ty {
+            fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+                use std::fmt::Write;
+                encoder.write_str(match self { $(Self::$variant => $text),+ })
+            }
+        }
+    )+};
+}
+
+label_values! {
+    Reporter { Source => "source", Destination => "destination" }
+    Direction { Inbound => "inbound", Outbound => "outbound" }
+    Reason {
+        Tls => "tls",
+        StrictMtls => "strict_mtls",
+        Misdirected => "misdirected",
+        Upstream => "upstream",
+        NoOriginalDestination => "no_original_destination",
+    }
+}
+
+pub struct Metrics {
+    pub opened: Family<TcpLabels, Counter>,
+    pub closed: Family<TcpLabels, Counter>,
+    pub sent_bytes: Family<TcpLabels, Counter>,
+    pub received_bytes: Family<TcpLabels, Counter>,
+    pub failures: Family<FailureLabels, Counter>,
+    registry: Registry,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let opened = Family::<TcpLabels, Counter>::default();
+        let closed = Family::<TcpLabels, Counter>::default();
+        let sent_bytes = Family::<TcpLabels, Counter>::default();
+        let received_bytes = Family::<TcpLabels, Counter>::default();
+        let failures = Family::<FailureLabels, Counter>::default();
+        // prometheus-client appends `_total` to counters.
+        registry.register(
+            "istio_tcp_connections_opened",
+            "TCP connections opened",
+            opened.clone(),
+        );
+        registry.register(
+            "istio_tcp_connections_closed",
+            "TCP connections closed",
+            closed.clone(),
+        );
+        registry.register(
+            "istio_tcp_sent_bytes",
+            "Bytes sent to the destination",
+            sent_bytes.clone(),
+        );
+        registry.register(
+            "istio_tcp_received_bytes",
+            "Bytes received from the destination",
+            received_bytes.clone(),
+        );
+        registry.register(
+            "strait_connection_failures",
+            "Connections refused or failed before carrying data",
+            failures.clone(),
+        );
+        Self {
+            opened,
+            closed,
+            sent_bytes,
+            received_bytes,
+            failures,
+            registry,
+        }
+    }
+
+    pub fn fail(&self, direction: Direction, reason: Reason) {
+        self.failures
+            .get_or_create(&FailureLabels { direction, reason })
+            .inc();
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

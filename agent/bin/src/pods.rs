@@ -1,0 +1,277 @@
+//! Enrolling this node's pods: for each one in the mesh, find its network
+//! namespace, open the agent's listeners inside it, register them with the
+//! capture programs, fetch its certificate, then switch capture on.
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::Path,
+    sync::Arc,
+};
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+use socket2::{Domain, Socket, Type};
+use strait_capture::{Capture, ListenerKind};
+use strait_config::Workload;
+use strait_ebpf_common::{AGENT_MARK, port};
+use strait_identity::{CertManager, Identity};
+use strait_netns::{Netns, SocketMaker};
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{info, warn};
+
+use crate::state::NodeState;
+
+/// An enrolled pod and what the agent holds for it.
+pub struct Pod {
+    pub workload: Workload,
+    pub identity: Identity,
+    pub netns: Netns,
+    /// Presents the pod's current certificate, requires a mesh client.
+    pub server_tls: Arc<rustls::ServerConfig>,
+    sockets: SocketMaker,
+}
+
+/// The listeners opened in one pod, handed to the proxy.
+pub struct Listeners<L = TcpListener> {
+    pub outbound: Vec<L>,
+    pub hbone: Vec<L>,
+    pub plaintext: Vec<L>,
+}
+
+impl Listeners<std::net::TcpListener> {
+    /// Registers the sockets with tokio (needs the runtime, not the
+    /// namespace: a socket keeps the namespace it was made in).
+    fn into_tokio(self) -> std::io::Result<Listeners> {
+        let convert = |all: Vec<std::net::TcpListener>| {
+            all.into_iter()
+                .map(TcpListener::from_std)
+                .collect::<std::io::Result<Vec<_>>>()
+        };
+        Ok(Listeners {
+            outbound: convert(self.outbound)?,
+            hbone: convert(self.hbone)?,
+            plaintext: convert(self.plaintext)?,
+        })
+    }
+}
+
+/// What `/workloads` shows of a local workload.
+#[derive(Clone, Debug, Serialize)]
+pub struct WorkloadStatus {
+    pub name: String,
+    pub namespace: String,
+    pub addresses: Vec<IpAddr>,
+    pub identity: String,
+    pub state: String,
+    pub netns: Option<String>,
+}
+
+impl Pod {
+    pub fn netns_cookie(&self) -> u64 {
+        self.netns.cookie()
+    }
+
+    /// A TCP connection from inside the pod (so it leaves with the pod's own
+    /// address), marked so capture leaves it alone. With `bind_ip`, bound to
+    /// that address first; `before_connect` sees the local address before
+    /// the connection is attempted.
+    pub async fn connect(
+        &self,
+        to: SocketAddr,
+        bind_ip: Option<IpAddr>,
+        before_connect: impl FnOnce(SocketAddr),
+    ) -> std::io::Result<TcpStream> {
+        let domain = if to.is_ipv4() {
+            libc::AF_INET
+        } else {
+            libc::AF_INET6
+        };
+        let socket = Socket::from(self.sockets.tcp_socket(domain).await?);
+        socket.set_mark(AGENT_MARK)?;
+        socket.set_tcp_nodelay(true)?;
+        if let Some(ip) = bind_ip {
+            socket.bind(&SocketAddr::new(ip, 0).into())?;
+        }
+        let local = socket
+            .local_addr()?
+            .as_socket()
+            .unwrap_or_else(|| SocketAddr::new(unspecified(to.ip()), 0));
+        before_connect(local);
+        let std_stream: std::net::TcpStream = socket.into();
+        tokio::net::TcpSocket::from_std_stream(std_stream)
+            .connect(to)
+            .await
+    }
+}
+
+/// Enrolls every in-mesh workload of this node; returns the pods with their
+/// listeners and the status of every local workload.
+pub async fn enroll_all(
+    state: &NodeState,
+    capture: &mut Capture,
+    certs: &Arc<CertManager>,
+    netns_dir: &Path,
+) -> (Vec<(Arc<Pod>, Listeners)>, Vec<WorkloadStatus>) {
+    let mut pods = Vec::new();
+    let mut statuses = Vec::new();
+    let local: Vec<Workload> = state.config.workloads_on(&state.node).cloned().collect();
+    for workload in local {
+        let identity = state.identity(&workload);
+        let mut status = WorkloadStatus {
+            name: workload.name.clone(),
+            namespace: workload.namespace.clone(),
+            addresses: workload.addresses.clone(),
+            identity: identity.to_string(),
+            state: String::new(),
+            netns: None,
+        };
+        if !state.config.enrolled(&workload) {
+            status.state = "not in the mesh".into();
+            statuses.push(status);
+            continue;
+        }
+        match enroll(&workload, identity, capture, certs, netns_dir).await {
+            Ok((pod, listeners)) => {
+                status.state = "captured".into();
+                status.netns = Some(pod.netns.path().display().to_string());
+                info!(workload = %workload.name, namespace = %workload.namespace, identity = %pod.identity, netns = %pod.netns.path().display(), "pod enrolled");
+                pods.push((Arc::new(pod), listeners));
+            }
+            Err(err) => {
+                warn!(workload = %workload.name, namespace = %workload.namespace, "enrolling: {err:#}");
+                status.state = format!("error: {err:#}");
+            }
+        }
+        statuses.push(status);
+    }
+    reconcile(capture, &pods);
+    (pods, statuses)
+}
+
+async fn enroll(
+    workload: &Workload,
+    identity: Identity,
+    capture: &mut Capture,
+    certs: &Arc<CertManager>,
+    netns_dir: &Path,
+) -> Result<(Pod, Listeners)> {
+    let netns = match &workload.netns {
+        Some(path) => Netns::open(path)?,
+        None => {
+            let first = *workload
+                .addresses
+                .first()
+                .context("the workload has no address")?;
+            match Netns::find_by_address(netns_dir, first)? {
+                Some(netns) => netns,
+                None => bail!(
+                    "no network namespace under {} has address {first}",
+                    netns_dir.display()
+                ),
+            }
+        }
+    };
+    certs
+        .ensure(&identity)
+        .await
+        .with_context(|| format!("getting a certificate for {identity}"))?;
+    let server_tls = strait_identity::tls::server_config(certs, &identity)?;
+
+    let families: BTreeSet<bool> = workload.addresses.iter().map(IpAddr::is_ipv4).collect();
+    let listeners = netns.run(|| open_listeners(&families))??.into_tokio()?;
+    let maps = capture.maps();
+    for ip in &workload.addresses {
+        let hbone = same_family(&listeners.hbone, *ip)
+            .context("no HBONE listener for the address family")?;
+        let plaintext = same_family(&listeners.plaintext, *ip)
+            .context("no plaintext listener for the address family")?;
+        maps.add_listener(*ip, ListenerKind::Hbone, hbone)?;
+        maps.add_listener(*ip, ListenerKind::Plaintext, plaintext)?;
+    }
+    capture.attach_netns(&netns, netns.cookie())?;
+    let sockets = SocketMaker::start(&netns)?;
+    // Last: from here on the pod's connects are redirected to the listeners.
+    maps.enroll(netns.cookie(), &workload.addresses)?;
+    Ok((
+        Pod {
+            workload: workload.clone(),
+            identity,
+            netns,
+            server_tls,
+            sockets,
+        },
+        listeners,
+    ))
+}
+
+/// Removes what a previous run left for pods that are not enrolled now.
+fn reconcile(capture: &Capture, pods: &[(Arc<Pod>, Listeners)]) {
+    let keep: BTreeSet<u64> = pods.iter().map(|(p, _)| p.netns_cookie()).collect();
+    let addrs: BTreeSet<IpAddr> = pods
+        .iter()
+        .flat_map(|(p, _)| p.workload.addresses.clone())
+        .collect();
+    match capture.retain_netns(&keep) {
+        Ok(0) => {}
+        Ok(n) => info!(removed = n, "removed stale sk_lookup links"),
+        Err(err) => warn!(%err, "removing stale sk_lookup links"),
+    }
+    match capture.maps().retain_enrolled(&keep, &addrs) {
+        Ok(0) => {}
+        Ok(n) => info!(removed = n, "removed stale enrollments"),
+        Err(err) => warn!(%err, "removing stale enrollments"),
+    }
+}
+
+/// Runs inside the pod's namespace.
+fn open_listeners(families: &BTreeSet<bool>) -> Result<Listeners<std::net::TcpListener>> {
+    let mut listeners = Listeners {
+        outbound: Vec::new(),
+        hbone: Vec::new(),
+        plaintext: Vec::new(),
+    };
+    for &v4 in families {
+        let (loopback, any): (IpAddr, IpAddr) = if v4 {
+            (Ipv4Addr::LOCALHOST.into(), Ipv4Addr::UNSPECIFIED.into())
+        } else {
+            (Ipv6Addr::LOCALHOST.into(), Ipv6Addr::UNSPECIFIED.into())
+        };
+        listeners
+            .outbound
+            .push(listen(SocketAddr::new(loopback, port::OUTBOUND))?);
+        listeners
+            .hbone
+            .push(listen(SocketAddr::new(any, port::HBONE))?);
+        listeners
+            .plaintext
+            .push(listen(SocketAddr::new(any, port::INBOUND_PLAINTEXT))?);
+    }
+    Ok(listeners)
+}
+
+fn listen(addr: SocketAddr) -> Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket
+        .bind(&addr.into())
+        .with_context(|| format!("binding {addr}"))?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+fn same_family(listeners: &[TcpListener], ip: IpAddr) -> Option<&TcpListener> {
+    listeners
+        .iter()
+        .find(|l| l.local_addr().is_ok_and(|a| a.is_ipv4() == ip.is_ipv4()))
+}
+
+fn unspecified(like: IpAddr) -> IpAddr {
+    match like {
+        IpAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+        IpAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
+    }
+}

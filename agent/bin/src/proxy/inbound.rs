@@ -1,0 +1,172 @@
+//! Inbound: a connection for a pod of this node, steered to the agent by
+//! `sk_lookup`. HBONE (15008): check the peer, then deliver each CONNECT to
+//! the app. Plaintext (15006): refuse it if the workload's PeerAuthentication
+//! is STRICT, else deliver it. Delivery connects from the pod's own address,
+//! and the peer-name program makes the app see the real client.
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
+
+use hyper::StatusCode;
+use strait_config::MtlsMode;
+use strait_hbone::Connect;
+use tokio::net::TcpStream;
+use tracing::{Instrument, debug, info_span, warn};
+
+use super::{Proxy, relay::relay, reset};
+use crate::{
+    metrics::{Direction, Reason, Reporter},
+    pods::Pod,
+};
+
+pub async fn handle_hbone(proxy: Arc<Proxy>, pod: Arc<Pod>, stream: TcpStream, peer: SocketAddr) {
+    let span = info_span!("inbound_hbone", src = %peer, dst_identity = %pod.identity);
+    async move {
+        let tls = pod.server_tls.clone();
+        let handler = {
+            let (proxy, pod) = (proxy.clone(), pod.clone());
+            move |connect: Connect| {
+                let (proxy, pod) = (proxy.clone(), pod.clone());
+                async move { on_connect(proxy, pod, connect).await }
+            }
+        };
+        if let Err(err) = strait_hbone::serve(stream, peer, tls, handler).await {
+            if err.is_tls() {
+                proxy.metrics.fail(Direction::Inbound, Reason::Tls);
+                warn!(%err, "HBONE handshake refused");
+            } else {
+                debug!(%err, "HBONE connection ended");
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn on_connect(proxy: Arc<Proxy>, pod: Arc<Pod>, connect: Connect) -> StatusCode {
+    let span = info_span!("inbound", src = %connect.peer_addr, dst = %connect.authority, src_identity = %connect.peer, dst_identity = %pod.identity);
+    async move {
+        if !pod.workload.addresses.contains(&connect.authority.ip()) {
+            proxy.metrics.fail(Direction::Inbound, Reason::Misdirected);
+            warn!("CONNECT for an address that is not this pod's");
+            return StatusCode::BAD_REQUEST;
+        }
+        let client_ip = connect.peer_addr.ip();
+        let Some((app, local)) = deliver(&proxy, &pod, connect.authority, client_ip).await else {
+            proxy.metrics.fail(Direction::Inbound, Reason::Upstream);
+            return StatusCode::SERVICE_UNAVAILABLE;
+        };
+        let labels = proxy.labels(
+            Reporter::Destination,
+            client_ip,
+            connect.peer.to_string(),
+            connect.authority.ip(),
+            true,
+        );
+        let (src, dst) = (connect.peer_addr.to_string(), connect.authority.to_string());
+        tokio::spawn(
+            async move {
+                match connect.upgrade.await {
+                    Ok(upgraded) => {
+                        let tunnel = hyper_util::rt::TokioIo::new(upgraded);
+                        relay(&proxy.metrics, labels, tunnel, app, &src, &dst).await;
+                    }
+                    Err(err) => debug!(%err, "the tunnel did not open"),
+                }
+                proxy.maps.clear_peer_name(pod.netns_cookie(), local);
+            }
+            .in_current_span(),
+        );
+        StatusCode::OK
+    }
+    .instrument(span)
+    .await
+}
+
+pub async fn handle_plaintext(
+    proxy: Arc<Proxy>,
+    pod: Arc<Pod>,
+    client: TcpStream,
+    peer: SocketAddr,
+) {
+    // sk_lookup kept the original destination as the local address.
+    let Ok(original) = client.local_addr() else {
+        return;
+    };
+    let span =
+        info_span!("inbound_plaintext", src = %peer, dst = %original, dst_identity = %pod.identity);
+    async move {
+        if pod.workload.addresses.contains(&peer.ip()) {
+            // Our own delivery steered back to us: capture must never do
+            // this; refuse rather than loop.
+            warn!("refusing a connection from the pod's own address");
+            reset(client);
+            return;
+        }
+        if proxy.state.config.mtls_mode(&pod.workload, original.port()) == MtlsMode::Strict {
+            proxy.metrics.fail(Direction::Inbound, Reason::StrictMtls);
+            warn!("plaintext refused: PeerAuthentication is STRICT");
+            reset(client);
+            return;
+        }
+        let _ = client.set_nodelay(true);
+        let Some((app, local)) = deliver(&proxy, &pod, original, peer.ip()).await else {
+            proxy.metrics.fail(Direction::Inbound, Reason::Upstream);
+            reset(client);
+            return;
+        };
+        let labels = proxy.labels(
+            Reporter::Destination,
+            peer.ip(),
+            "unknown".into(),
+            original.ip(),
+            false,
+        );
+        relay(
+            &proxy.metrics,
+            labels,
+            client,
+            app,
+            &peer.to_string(),
+            &original.to_string(),
+        )
+        .await;
+        proxy.maps.clear_peer_name(pod.netns_cookie(), local);
+    }
+    .instrument(span)
+    .await
+}
+
+/// Connects to the app at `to` from the pod's own address, having first told
+/// the peer-name program that this connection's client is `client_ip`.
+/// Returns the connection and its local address (the peer-name key).
+async fn deliver(
+    proxy: &Proxy,
+    pod: &Pod,
+    to: SocketAddr,
+    client_ip: IpAddr,
+) -> Option<(TcpStream, SocketAddr)> {
+    let mut local = None;
+    let result = pod
+        .connect(to, Some(to.ip()), |bound| {
+            local = Some(bound);
+            // The app may accept() before connect() returns here.
+            let client = SocketAddr::new(client_ip, bound.port());
+            if let Err(err) = proxy.maps.set_peer_name(pod.netns_cookie(), bound, client) {
+                warn!(%err, "recording the client address");
+            }
+        })
+        .await;
+    match (result, local) {
+        (Ok(app), Some(local)) => Some((app, local)),
+        (Err(err), local) => {
+            if let Some(local) = local {
+                proxy.maps.clear_peer_name(pod.netns_cookie(), local);
+            }
+            debug!(%err, "the app did not accept");
+            None
+        }
+        (Ok(_), None) => None,
+    }
+}

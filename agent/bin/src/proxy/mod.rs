@@ -1,0 +1,119 @@
+//! The node proxy: what happens to a connection once capture handed it to
+//! the agent.
+//!
+//! - [`outbound`]: from a pod of this node (port 15001) to its original
+//!   destination, over HBONE when that is a mesh workload;
+//! - [`inbound`]: to a pod of this node, over HBONE (15008) or plaintext
+//!   (15006, subject to PeerAuthentication), delivered with the client's
+//!   address;
+//! - [`relay`]: the bytes, metrics and access log.
+pub mod inbound;
+pub mod outbound;
+pub mod relay;
+
+use std::{net::IpAddr, sync::Arc};
+
+use strait_capture::Maps;
+use strait_hbone::Pool;
+use strait_identity::tls::ClientConfigs;
+use tokio::net::TcpListener;
+use tracing::warn;
+
+use crate::{
+    metrics::{Metrics, Reporter, TcpLabels},
+    pods::{Listeners, Pod},
+    state::NodeState,
+};
+
+/// Everything a proxied connection needs, shared by all of them.
+pub struct Proxy {
+    pub state: NodeState,
+    pub maps: Arc<Maps>,
+    pub clients: ClientConfigs,
+    pub pool: Arc<Pool>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Proxy {
+    /// Starts serving a pod's listeners.
+    pub fn serve(self: &Arc<Self>, pod: Arc<Pod>, listeners: Listeners) {
+        for listener in listeners.outbound {
+            self.accept_loop(listener, pod.clone(), outbound::handle);
+        }
+        for listener in listeners.hbone {
+            self.accept_loop(listener, pod.clone(), inbound::handle_hbone);
+        }
+        for listener in listeners.plaintext {
+            self.accept_loop(listener, pod.clone(), inbound::handle_plaintext);
+        }
+    }
+
+    fn accept_loop<F, Fut>(self: &Arc<Self>, listener: TcpListener, pod: Arc<Pod>, handle: F)
+    where
+        F: Fn(Arc<Proxy>, Arc<Pod>, tokio::net::TcpStream, std::net::SocketAddr) -> Fut
+            + Send
+            + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let proxy = self.clone();
+        tokio::spawn(async move {
+            loop {
+                match listener.accept().await {
+                    Ok((stream, peer)) => {
+                        tokio::spawn(handle(proxy.clone(), pod.clone(), stream, peer));
+                    }
+                    Err(err) => {
+                        warn!(%err, pod = %pod.workload.name, "accept failed");
+                        // EMFILE and friends: back off instead of spinning.
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        });
+    }
+
+    /// Istio's labels for a connection between two addresses.
+    fn labels(
+        &self,
+        reporter: Reporter,
+        src: IpAddr,
+        source_principal: String,
+        dst: IpAddr,
+        mtls: bool,
+    ) -> TcpLabels {
+        let describe = |ip: IpAddr| {
+            self.state
+                .workload(ip)
+                .map(|w| (w.name.clone(), w.namespace.clone()))
+                .unwrap_or_else(|| ("unknown".into(), "unknown".into()))
+        };
+        let (source_workload, source_workload_namespace) = describe(src);
+        let (destination_workload, destination_workload_namespace) = describe(dst);
+        let destination_principal = if mtls {
+            self.state
+                .mesh_workload(dst)
+                .map(|w| self.state.identity(w).to_string())
+                .unwrap_or_else(|| "unknown".into())
+        } else {
+            "unknown".into()
+        };
+        TcpLabels {
+            reporter,
+            source_workload,
+            source_workload_namespace,
+            source_principal,
+            destination_workload,
+            destination_workload_namespace,
+            destination_principal,
+            connection_security_policy: if mtls { "mutual_tls" } else { "none" }.into(),
+            request_protocol: "tcp".into(),
+        }
+    }
+}
+
+/// Closes `stream` with a reset, so the client sees a failure rather than an
+/// orderly (and misleading) end of stream.
+pub fn reset(stream: tokio::net::TcpStream) {
+    let _ = socket2::SockRef::from(&stream).set_linger(Some(std::time::Duration::ZERO));
+    drop(stream);
+}

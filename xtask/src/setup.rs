@@ -18,6 +18,7 @@ const APT_PACKAGES: &[&str] = &[
     "tcpdump",
     "tshark",
     "socat",
+    "openssl",
     // Benchmarks.
     "iperf3",
     "sockperf",

@@ -66,6 +66,39 @@ impl Maps {
         })
     }
 
+    /// Opens the maps an agent pinned under `pin_dir`, without loading
+    /// anything: how tests and tools inspect capture state from outside.
+    pub fn from_pins(pin_dir: &std::path::Path) -> Result<Self, Error> {
+        let layout = crate::PinLayout::new(pin_dir);
+        let open = |name: &'static str| -> Result<aya::maps::Map, Error> {
+            let path = layout.map(name);
+            let data = MapData::from_pin(&path).map_err(|source| Error::Map { path, source })?;
+            Ok(match name {
+                map::LISTENERS => aya::maps::Map::SockHash(data),
+                map::ORIG_BY_TUPLE | map::PEER_NAMES => aya::maps::Map::LruHashMap(data),
+                _ => aya::maps::Map::HashMap(data),
+            })
+        };
+        Ok(Self {
+            enrolled: Mutex::new(
+                HashMap::try_from(open(map::ENROLLED)?).map_err(map_err(map::ENROLLED))?,
+            ),
+            pod_addrs: Mutex::new(
+                HashMap::try_from(open(map::POD_ADDRS)?).map_err(map_err(map::POD_ADDRS))?,
+            ),
+            orig_by_tuple: Mutex::new(
+                HashMap::try_from(open(map::ORIG_BY_TUPLE)?)
+                    .map_err(map_err(map::ORIG_BY_TUPLE))?,
+            ),
+            listeners: Mutex::new(
+                SockHash::try_from(open(map::LISTENERS)?).map_err(map_err(map::LISTENERS))?,
+            ),
+            peer_names: Mutex::new(
+                HashMap::try_from(open(map::PEER_NAMES)?).map_err(map_err(map::PEER_NAMES))?,
+            ),
+        })
+    }
+
     /// Marks a pod's namespace and addresses as captured. Call once its
     /// listeners are registered: from here on its connects are redirected.
     pub fn enroll(&self, netns: u64, addrs: &[IpAddr]) -> Result<(), Error> {

@@ -29,6 +29,28 @@ struct Cli {
 enum Command {
     /// Capture state of the node agent: attached programs and counters.
     Capture,
+    /// This node's workloads: addresses, identity, whether they are captured.
+    Workloads,
+    /// Workload certificates held on this node: identity, serial, validity.
+    Certs,
+}
+
+#[derive(Deserialize)]
+struct WorkloadReport {
+    name: String,
+    namespace: String,
+    addresses: Vec<String>,
+    identity: String,
+    state: String,
+}
+
+#[derive(Deserialize)]
+struct CertReport {
+    identity: String,
+    serial: String,
+    not_before: i64,
+    not_after: i64,
+    generation: u64,
 }
 
 /// The agent's `/capture` document.
@@ -49,23 +71,73 @@ struct ProgramReport {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Capture => {
-            let body = admin::get(cli.admin, "/capture")?;
-            if cli.json {
-                println!("{body}");
-                return Ok(());
-            }
-            let report: CaptureReport = serde_json::from_str(&body).with_context(|| {
-                format!(
-                    "the agent at {} sent an unexpected /capture document",
-                    cli.admin
-                )
-            })?;
-            print!("{}", render_capture(&report));
-        }
+    let path = match cli.command {
+        Command::Capture => "/capture",
+        Command::Workloads => "/workloads",
+        Command::Certs => "/certs",
+    };
+    let body = admin::get(cli.admin, path)?;
+    if cli.json {
+        println!("{body}");
+        return Ok(());
     }
+    let unexpected = || {
+        format!(
+            "the agent at {} sent an unexpected {path} document",
+            cli.admin
+        )
+    };
+    let text = match cli.command {
+        Command::Capture => render_capture(&serde_json::from_str(&body).with_context(unexpected)?),
+        Command::Workloads => {
+            render_workloads(&serde_json::from_str::<Vec<_>>(&body).with_context(unexpected)?)
+        }
+        Command::Certs => {
+            render_certs(&serde_json::from_str::<Vec<_>>(&body).with_context(unexpected)?)
+        }
+    };
+    print!("{text}");
     Ok(())
+}
+
+fn render_workloads(workloads: &[WorkloadReport]) -> String {
+    let mut out = format!(
+        "{:<24} {:<16} {:<34} {:<48} STATE\n",
+        "NAME", "NAMESPACE", "ADDRESSES", "IDENTITY"
+    );
+    for w in workloads {
+        out.push_str(&format!(
+            "{:<24} {:<16} {:<34} {:<48} {}\n",
+            w.name,
+            w.namespace,
+            w.addresses.join(","),
+            w.identity,
+            w.state
+        ));
+    }
+    out
+}
+
+fn render_certs(certs: &[CertReport]) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let mut out = format!(
+        "{:<48} {:<34} {:>10} {:>12} {:>4}\n",
+        "IDENTITY", "SERIAL", "AGE", "EXPIRES IN", "GEN"
+    );
+    for c in certs {
+        out.push_str(&format!(
+            "{:<48} {:<34} {:>9}s {:>11}s {:>4}\n",
+            c.identity,
+            c.serial,
+            now - c.not_before,
+            c.not_after - now,
+            c.generation
+        ));
+    }
+    out
 }
 
 fn render_capture(report: &CaptureReport) -> String {
@@ -86,6 +158,24 @@ fn render_capture(report: &CaptureReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn renders_workloads_and_certs() {
+        let workloads: Vec<WorkloadReport> = serde_json::from_str(
+            r#"[{"name":"db","namespace":"shop","addresses":["10.2.0.10","fd00::a"],"identity":"spiffe://cluster.local/ns/shop/sa/db","state":"captured","netns":null}]"#,
+        )
+        .unwrap();
+        let text = render_workloads(&workloads);
+        assert!(text.contains("10.2.0.10,fd00::a"), "{text}");
+        assert!(text.trim_end().ends_with("captured"), "{text}");
+        let certs: Vec<CertReport> = serde_json::from_str(
+            r#"[{"identity":"spiffe://cluster.local/ns/shop/sa/db","serial":"0a1b","not_before":0,"not_after":4102444800,"generation":2}]"#,
+        )
+        .unwrap();
+        let text = render_certs(&certs);
+        assert!(text.contains("0a1b"), "{text}");
+        assert!(text.trim_end().ends_with('2'), "{text}");
+    }
 
     #[test]
     fn renders_a_capture_report() {

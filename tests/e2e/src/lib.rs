@@ -138,41 +138,89 @@ impl<'t> Mesh<'t> {
         Ok(())
     }
 
-    /// Starts the agent of `node` and waits for readiness; `extra` are more
-    /// arguments (they may override earlier ones).
-    pub fn start_agent(&self, node: &str, extra: &[&str]) -> Result<Process> {
+    /// Starts the agent of `node` and waits for readiness. `overrides`
+    /// replace the value of a flag (`("--ca-dir", "/elsewhere")`) or add it.
+    pub fn start_agent(&self, node: &str, overrides: &[(&str, &str)]) -> Result<Process> {
         let node = self.topo.node(node)?;
-        let agent = self.agent.to_string_lossy();
-        let (config, ca) = (
-            self.config_dir.to_string_lossy(),
-            self.ca_dir.to_string_lossy(),
-        );
-        let (cgroup, pins) = (
-            node.pods_cgroup.to_string_lossy(),
-            node.pin_dir.to_string_lossy(),
-        );
-        let netns = self.topo.netns_dir();
-        let netns = netns.to_string_lossy();
-        let mut argv = vec![
-            agent.as_ref(),
-            "--node",
-            node.name(),
-            "--config-dir",
-            &config,
-            "--ca-dir",
-            &ca,
-            "--capture-cgroup",
-            &cgroup,
-            "--pin-dir",
-            &pins,
-            "--netns-dir",
-            &netns,
+        self.start_agent_at(node, &node.place, overrides)
+    }
+
+    /// Like [`Mesh::start_agent`], with the agent's processes in `place`
+    /// (the node's namespace, another cgroup).
+    pub fn start_agent_at(
+        &self,
+        node: &Node,
+        place: &Place,
+        overrides: &[(&str, &str)],
+    ) -> Result<Process> {
+        let mut flags: Vec<(String, String)> = vec![
+            ("--node".into(), node.name().into()),
+            ("--config-dir".into(), self.config_dir.display().to_string()),
+            ("--ca-dir".into(), self.ca_dir.display().to_string()),
+            (
+                "--capture-cgroup".into(),
+                node.pods_cgroup.display().to_string(),
+            ),
+            ("--pin-dir".into(), node.pin_dir.display().to_string()),
+            (
+                "--netns-dir".into(),
+                self.topo.netns_dir().display().to_string(),
+            ),
         ];
-        argv.extend_from_slice(extra);
-        let mut process = node.spawn(&argv)?;
+        for (flag, value) in overrides {
+            match flags.iter_mut().find(|(f, _)| f == flag) {
+                Some(slot) => slot.1 = value.to_string(),
+                None => flags.push((flag.to_string(), value.to_string())),
+            }
+        }
+        let agent = self.agent.display().to_string();
+        let mut argv = vec![agent.as_str()];
+        for (flag, value) in &flags {
+            argv.push(flag);
+            argv.push(value);
+        }
+        let mut process = place.spawn(&argv)?;
         wait_ready(node, &mut process)?;
         Ok(process)
     }
+
+    /// An agent's admin endpoint, through `straitctl` on its node.
+    pub fn straitctl(&self, node: &str, args: &[&str]) -> Result<String> {
+        let ctl = strait_bin("straitctl");
+        let ctl = ctl.to_string_lossy();
+        let mut argv = vec![ctl.as_ref()];
+        argv.extend_from_slice(args);
+        let out = self
+            .topo
+            .node(node)?
+            .run_ok(&argv, Duration::from_secs(10))?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The agent's Prometheus metrics, from its node.
+    pub fn metrics(&self, node: &str) -> Result<String> {
+        let out = self.topo.node(node)?.run_ok(
+            &[
+                "curl",
+                "-sf",
+                "--max-time",
+                "3",
+                "http://127.0.0.1:15020/metrics",
+            ],
+            Duration::from_secs(10),
+        )?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+/// The sum of a metric's samples whose label sets contain every `labels`
+/// pair (`name="value"`).
+pub fn metric_sum(metrics: &str, name: &str, labels: &[&str]) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(name) && labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
 }
 
 /// A namespace, in the mesh or not.

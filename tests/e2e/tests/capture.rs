@@ -87,12 +87,7 @@ fn connect4_runs_for_the_agents_own_node_only() -> Result<()> {
     assert_eq!(stats1()?, before1, "n1's counters moved for n2's pod");
 
     // straitctl, on the node, reports the same through the admin endpoint.
-    let ctl = strait_bin("straitctl");
-    let out = n1.run_ok(
-        &[&ctl.to_string_lossy(), "capture"],
-        Duration::from_secs(10),
-    )?;
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = mesh.straitctl("n1", &["capture"])?;
     let want = format!("connect4_tcp           {}", after4.get(Stat::Connect4Tcp));
     assert!(
         text.contains(&want),
@@ -111,11 +106,7 @@ fn connect4_runs_for_the_agents_own_node_only() -> Result<()> {
         "capture stopped with the agent"
     );
     let _agent1 = mesh.start_agent("n1", &[])?;
-    let out = n1.run_ok(
-        &[&ctl.to_string_lossy(), "capture"],
-        Duration::from_secs(10),
-    )?;
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = mesh.straitctl("n1", &["capture"])?;
     assert!(text.contains("strait_connect4        kept"), "{text}");
     Ok(())
 }

@@ -27,6 +27,16 @@ pub struct Place {
 }
 
 impl Place {
+    /// The same network namespace with processes placed in `cgroup` (which
+    /// must exist), e.g. a node's agent inside the captured subtree, as a
+    /// Kubernetes pod would be.
+    pub fn in_cgroup(&self, cgroup: PathBuf) -> Place {
+        Place {
+            cgroup,
+            ..self.clone()
+        }
+    }
+
     /// `/run/netns/<name>`: what `setns` and `ip netns exec` use.
     pub fn netns_path(&self) -> PathBuf {
         Path::new(crate::netlink::NETNS_DIR).join(&self.netns)

@@ -49,41 +49,23 @@ impl Pool {
         dial: D,
     ) -> Result<Tunnel, Error>
     where
-        D: FnOnce() -> F,
+        D: Fn() -> F,
         F: Future<Output = std::io::Result<TcpStream>>,
     {
-        let mut sender = match self.pooled(key) {
-            Some(sender) => sender,
-            None => {
-                let sender = handshake(key.addr, tls, dial).await?;
-                self.lock().insert(key.clone(), sender.clone());
-                sender
+        if let Some(sender) = self.pooled(key) {
+            match open_stream(sender, key.addr, authority).await {
+                // The pooled connection died (the peer restarted, the link
+                // broke): forget it and try once on a new one.
+                Err(Error::Http { .. }) => {
+                    debug!(addr = %key.addr, "pooled HBONE connection is gone; reconnecting");
+                    self.lock().remove(key);
+                }
+                other => return other,
             }
-        };
-        let request = Request::builder()
-            .method(Method::CONNECT)
-            .uri(authority.to_string())
-            .body(Empty::<Bytes>::new())?;
-        let response = sender.send_request(request).await.map_err(|source| {
-            self.lock().remove(key);
-            Error::Http {
-                addr: key.addr,
-                source,
-            }
-        })?;
-        if response.status() != StatusCode::OK {
-            return Err(Error::Refused {
-                authority,
-                status: response.status(),
-            });
         }
-        let upgraded = hyper::upgrade::on(response)
-            .await
-            .map_err(|source| Error::Http {
-                addr: key.addr,
-                source,
-            })?;
-        Ok(TokioIo::new(upgraded))
+        let sender = handshake(key.addr, tls, dial).await?;
+        self.lock().insert(key.clone(), sender.clone());
+        open_stream(sender, key.addr, authority).await
     }
 
     /// Connections currently pooled.
@@ -112,13 +94,39 @@ impl Pool {
     }
 }
 
+/// One CONNECT stream on an established connection.
+async fn open_stream(
+    mut sender: SendRequest<Empty<Bytes>>,
+    addr: SocketAddr,
+    authority: SocketAddr,
+) -> Result<Tunnel, Error> {
+    let request = Request::builder()
+        .method(Method::CONNECT)
+        .uri(authority.to_string())
+        .body(Empty::<Bytes>::new())?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|source| Error::Http { addr, source })?;
+    if response.status() != StatusCode::OK {
+        return Err(Error::Refused {
+            authority,
+            status: response.status(),
+        });
+    }
+    let upgraded = hyper::upgrade::on(response)
+        .await
+        .map_err(|source| Error::Http { addr, source })?;
+    Ok(TokioIo::new(upgraded))
+}
+
 async fn handshake<D, F>(
     addr: SocketAddr,
     tls: Arc<ClientConfig>,
     dial: D,
 ) -> Result<SendRequest<Empty<Bytes>>, Error>
 where
-    D: FnOnce() -> F,
+    D: Fn() -> F,
     F: Future<Output = std::io::Result<TcpStream>>,
 {
     let tcp = dial()

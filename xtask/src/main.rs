@@ -1,5 +1,6 @@
 //! `cargo xtask`: everything beyond `cargo build`, so that one command sets
 //! up and runs each job on a fresh Debian machine.
+mod bench;
 mod cmd;
 mod demo;
 mod setup;
@@ -27,6 +28,9 @@ enum Task {
     /// Setup, then bring up the demo topology, run the mesh on it, show what
     /// it did, and tear it down.
     Demo,
+    /// Setup, then measure strait against direct TCP on the same topology
+    /// (release build) and print a table of ratios.
+    Bench,
 }
 
 fn main() -> Result<()> {
@@ -39,6 +43,10 @@ fn main() -> Result<()> {
         Task::Demo => {
             setup::run()?;
             demo::run()
+        }
+        Task::Bench => {
+            setup::run()?;
+            bench::run()
         }
     }
 }

@@ -52,8 +52,7 @@ pub fn run() -> Result<()> {
             .pod("server", "n2"),
     )
     .context("creating the bench topology")?;
-    let mesh =
-        Mesh::with_agent(&topo, bin.join("strait-agent")).map_err(anyhow::Error::from_boxed)?;
+    let mesh = Mesh::with_bin_dir(&topo, bin.clone()).map_err(anyhow::Error::from_boxed)?;
     let (client, server) = (topo.pod("client")?, topo.pod("server")?);
     mesh.write(
         "bench.yaml",

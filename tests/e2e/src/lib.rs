@@ -111,16 +111,19 @@ pub struct Mesh<'t> {
     pub topo: &'t Topology,
     pub config_dir: PathBuf,
     pub ca_dir: PathBuf,
-    agent: PathBuf,
+    /// Where `strait-agent` and `straitctl` are.
+    bin_dir: PathBuf,
 }
 
 impl<'t> Mesh<'t> {
-    /// A mesh run by the `strait-agent` built with the tests.
+    /// A mesh run by the binaries built with the tests.
     pub fn new(topo: &'t Topology) -> Result<Self> {
-        Self::with_agent(topo, strait_bin("strait-agent"))
+        let agent = strait_bin("strait-agent");
+        Self::with_bin_dir(topo, agent.parent().map(PathBuf::from).unwrap_or_default())
     }
 
-    pub fn with_agent(topo: &'t Topology, agent: PathBuf) -> Result<Self> {
+    /// A mesh run by the binaries in `bin_dir` (a release build, say).
+    pub fn with_bin_dir(topo: &'t Topology, bin_dir: PathBuf) -> Result<Self> {
         let config_dir = topo.scratch_dir().join("config");
         let ca_dir = topo.scratch_dir().join("ca");
         std::fs::create_dir_all(&config_dir)?;
@@ -128,7 +131,7 @@ impl<'t> Mesh<'t> {
             topo,
             config_dir,
             ca_dir,
-            agent,
+            bin_dir,
         })
     }
 
@@ -173,7 +176,7 @@ impl<'t> Mesh<'t> {
                 None => flags.push((flag.to_string(), value.to_string())),
             }
         }
-        let agent = self.agent.display().to_string();
+        let agent = self.bin_dir.join("strait-agent").display().to_string();
         let mut argv = vec![agent.as_str()];
         for (flag, value) in &flags {
             argv.push(flag);
@@ -186,7 +189,7 @@ impl<'t> Mesh<'t> {
 
     /// An agent's admin endpoint, through `straitctl` on its node.
     pub fn straitctl(&self, node: &str, args: &[&str]) -> Result<String> {
-        let ctl = strait_bin("straitctl");
+        let ctl = self.bin_dir.join("straitctl");
         let ctl = ctl.to_string_lossy();
         let mut argv = vec![ctl.as_ref()];
         argv.extend_from_slice(args);

@@ -86,7 +86,7 @@ impl Pod {
         } else {
             libc::AF_INET6
         };
-        let socket = Socket::from(self.sockets.tcp_socket(domain).await?);
+        let socket = Socket::from(self.sockets.tcp_socket(domain)?);
         socket.set_mark(AGENT_MARK)?;
         socket.set_tcp_nodelay(true)?;
         if let Some(ip) = bind_ip {
@@ -114,6 +114,13 @@ pub async fn enroll_all(
 ) -> (Vec<(Arc<Pod>, Listeners)>, Vec<WorkloadStatus>) {
     let mut pods = Vec::new();
     let mut statuses = Vec::new();
+    let home = match Netns::open("/proc/self/ns/net") {
+        Ok(home) => home,
+        Err(err) => {
+            warn!(%err, "opening the agent's own network namespace; no pod can be enrolled");
+            return (pods, statuses);
+        }
+    };
     let local: Vec<Workload> = state.config.workloads_on(&state.node).cloned().collect();
     for workload in local {
         let identity = state.identity(&workload);
@@ -130,7 +137,7 @@ pub async fn enroll_all(
             statuses.push(status);
             continue;
         }
-        match enroll(&workload, identity, capture, certs, netns_dir).await {
+        match enroll(&workload, identity, capture, certs, netns_dir, &home).await {
             Ok((pod, listeners)) => {
                 status.state = "captured".into();
                 status.netns = Some(pod.netns.path().display().to_string());
@@ -154,6 +161,7 @@ async fn enroll(
     capture: &mut Capture,
     certs: &Arc<CertManager>,
     netns_dir: &Path,
+    home: &Netns,
 ) -> Result<(Pod, Listeners)> {
     let netns = match &workload.netns {
         Some(path) => Netns::open(path)?,
@@ -189,7 +197,7 @@ async fn enroll(
         maps.add_listener(*ip, ListenerKind::Plaintext, plaintext)?;
     }
     capture.attach_netns(&netns, netns.cookie())?;
-    let sockets = SocketMaker::start(&netns)?;
+    let sockets = SocketMaker::new(&netns, home)?;
     // Last: from here on the pod's connects are redirected to the listeners.
     maps.enroll(netns.cookie(), &workload.addresses)?;
     Ok((

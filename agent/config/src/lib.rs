@@ -40,6 +40,9 @@ pub struct Config {
     pub peer_authentications: Vec<PeerAuthentication>,
     /// Objects of kinds the model does not use, as `kind namespace/name`.
     pub ignored: Vec<String>,
+    /// Workloads by address (index into `workloads`); see [`Config::reindex`].
+    #[serde(skip)]
+    by_address: std::collections::HashMap<IpAddr, usize>,
 }
 
 impl Default for Config {
@@ -51,6 +54,7 @@ impl Default for Config {
             workloads: Vec::new(),
             peer_authentications: Vec::new(),
             ignored: Vec::new(),
+            by_address: std::collections::HashMap::new(),
         }
     }
 }
@@ -134,9 +138,23 @@ impl Config {
         ns_in && !opted_out
     }
 
-    /// The workload that has `ip`, if any.
+    /// Rebuilds the address index after `workloads` changed (sources call
+    /// it once they are done). The first workload with an address wins.
+    pub fn reindex(&mut self) {
+        self.by_address.clear();
+        for (i, w) in self.workloads.iter().enumerate() {
+            for ip in &w.addresses {
+                self.by_address.entry(*ip).or_insert(i);
+            }
+        }
+    }
+
+    /// The workload that has `ip`, if any: on every proxied connection, so
+    /// a hash lookup rather than a scan.
     pub fn workload_by_address(&self, ip: IpAddr) -> Option<&Workload> {
-        self.workloads.iter().find(|w| w.addresses.contains(&ip))
+        self.by_address
+            .get(&ip)
+            .and_then(|i| self.workloads.get(*i))
     }
 
     /// Workloads scheduled on `node`.

@@ -80,6 +80,7 @@ pub fn load_dir(dir: &Path) -> Result<Config, LoadError> {
         })?;
         load_text(&mut config, &file, &text)?;
     }
+    config.reindex();
     Ok(config)
 }
 
@@ -348,6 +349,7 @@ metadata:
     fn load(text: &str) -> Result<Config, LoadError> {
         let mut config = Config::default();
         load_text(&mut config, Path::new("test.yaml"), text)?;
+        config.reindex();
         Ok(config)
     }
 
@@ -371,6 +373,15 @@ metadata:
         assert_eq!(db.service_account, "db");
         assert_eq!(db.locality.zone, "z2");
         assert!(cfg.enrolled(db));
+        assert_eq!(
+            cfg.workload_by_address("fd00:10:2::a".parse().unwrap())
+                .map(|w| w.name.as_str()),
+            Some("db")
+        );
+        assert!(
+            cfg.workload_by_address("10.9.9.9".parse().unwrap())
+                .is_none()
+        );
         assert_eq!(cfg.mtls_mode(db, 80), MtlsMode::Strict);
         assert_eq!(cfg.ignored, ["v1 ConfigMap default/other"]);
     }

@@ -5,11 +5,8 @@
 pub mod client;
 pub mod server;
 
-pub use client::{Pool, PoolKey};
+pub use client::{Pool, PoolKey, Tunnel};
 pub use server::{Connect, serve};
-
-/// An established tunnel: a byte stream to the far end.
-pub type Tunnel = hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>;
 
 /// HTTP/2 windows large enough that flow control does not cap throughput on
 /// fast links (hyper's defaults are 64 KiB).

@@ -129,59 +129,53 @@ impl AsFd for Netns {
     }
 }
 
-/// A thread that lives in one namespace and makes sockets there on request:
-/// cheaper than entering the namespace for every connection.
+/// Makes sockets in a pod's namespace from any thread: the calling thread
+/// enters the namespace for the one `socket()` call and goes back. A socket
+/// keeps the namespace it was made in, and nothing else runs on the thread
+/// in between, so this costs two `setns` calls instead of a hand-off to a
+/// thread living in the namespace.
 pub struct SocketMaker {
-    requests: std::sync::mpsc::Sender<SocketRequest>,
+    target: File,
+    home: File,
+    path: PathBuf,
 }
 
-type SocketRequest = (
-    libc::c_int,
-    tokio::sync::oneshot::Sender<io::Result<OwnedFd>>,
-);
-
 impl SocketMaker {
-    pub fn start(netns: &Netns) -> Result<Self, Error> {
-        let file = netns.file.try_clone().map_err(|source| Error::Open {
-            path: netns.path.clone(),
-            source,
-        })?;
-        let path = netns.path.clone();
-        let (requests, inbox) = std::sync::mpsc::channel::<SocketRequest>();
-        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
-        std::thread::Builder::new()
-            .name("netns-sockets".into())
-            .spawn(move || {
-                // SAFETY: setns on an fd this thread owns; only this thread
-                // changes namespace.
-                let entered = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } == 0;
-                let _ = ready_tx.send(entered.then_some(()).ok_or_else(io::Error::last_os_error));
-                if !entered {
-                    return;
-                }
-                // Ends when every sender is dropped.
-                for (domain, reply) in inbox {
-                    let _ = reply.send(socket(domain, libc::SOCK_STREAM | libc::SOCK_NONBLOCK));
-                }
-            })
-            .map_err(|source| Error::Enter {
-                path: path.clone(),
+    /// `home` is the namespace the calling threads live in (the agent's).
+    pub fn new(netns: &Netns, home: &Netns) -> Result<Self, Error> {
+        let clone = |n: &Netns| {
+            n.file.try_clone().map_err(|source| Error::Open {
+                path: n.path.clone(),
                 source,
-            })?;
-        match ready_rx.recv() {
-            Ok(Ok(())) => Ok(Self { requests }),
-            Ok(Err(source)) => Err(Error::Enter { path, source }),
-            Err(_) => Err(Error::Panicked { path }),
-        }
+            })
+        };
+        Ok(Self {
+            target: clone(netns)?,
+            home: clone(home)?,
+            path: netns.path.clone(),
+        })
     }
 
     /// A new non-blocking TCP socket in the namespace (`domain`:
     /// `AF_INET` or `AF_INET6`).
-    pub async fn tcp_socket(&self, domain: libc::c_int) -> io::Result<OwnedFd> {
-        let gone = || io::Error::other("the namespace's socket thread is gone");
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        self.requests.send((domain, reply)).map_err(|_| gone())?;
-        answer.await.map_err(|_| gone())?
+    pub fn tcp_socket(&self, domain: libc::c_int) -> io::Result<OwnedFd> {
+        // SAFETY: setns on descriptors we own; it changes only this thread.
+        if unsafe { libc::setns(self.target.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let socket = socket(domain, libc::SOCK_STREAM | libc::SOCK_NONBLOCK);
+        // SAFETY: as above, back to the namespace the thread came from.
+        if unsafe { libc::setns(self.home.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            // The thread would go on making the agent's own sockets in a
+            // pod's namespace: no state to recover from safely.
+            eprintln!(
+                "strait: cannot leave network namespace {}: {}; aborting",
+                self.path.display(),
+                io::Error::last_os_error()
+            );
+            std::process::abort();
+        }
+        socket
     }
 }
 
@@ -269,12 +263,14 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn socket_maker_makes_sockets_in_its_namespace() {
+    #[test]
+    fn socket_maker_makes_sockets_there_and_comes_back() {
         let me = Netns::open("/proc/self/ns/net").unwrap();
-        let maker = SocketMaker::start(&me).unwrap();
-        let fd = maker.tcp_socket(libc::AF_INET6).await.unwrap();
+        let maker = SocketMaker::new(&me, &me).unwrap();
+        let fd = maker.tcp_socket(libc::AF_INET6).unwrap();
         assert_eq!(cookie_of(fd.as_fd()).unwrap(), me.cookie());
+        let after = socket(libc::AF_INET, libc::SOCK_STREAM).unwrap();
+        assert_eq!(cookie_of(after.as_fd()).unwrap(), me.cookie());
     }
 
     #[test]

@@ -8,7 +8,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use strait_e2e::{Mesh, namespace_yaml, workload_yaml};
 use strait_topology::{Locality, Place, Process, Spec, Topology};
 
-use crate::cmd::{self, cargo, section, target_dir};
+use crate::cmd::{self, section};
 
 /// Seconds per measurement: long enough to be stable, short enough to keep
 /// the whole run around a minute.
@@ -29,19 +29,7 @@ struct Figures {
 }
 
 pub fn run() -> Result<()> {
-    section("build (release)");
-    cmd::run(cargo().args([
-        "build",
-        "--release",
-        "--bins",
-        "-p",
-        "strait-agent",
-        "-p",
-        "straitctl",
-        "-p",
-        "strait-e2e",
-    ]))?;
-    let bin = target_dir().join("release");
+    let bin = cmd::build_release(&["strait-agent", "straitctl", "strait-e2e"])?;
 
     section("topology: client pod on n1, server pod on n2, one veth hop each way");
     let topo = Topology::create(

@@ -69,3 +69,15 @@ pub fn target_dir() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| root().join("target"))
 }
+
+/// Builds the binaries of `packages` in release mode; returns where they are.
+pub fn build_release(packages: &[&str]) -> Result<PathBuf> {
+    section("build (release)");
+    let mut build = cargo();
+    build.args(["build", "--release", "--bins"]);
+    for package in packages {
+        build.args(["-p", package]);
+    }
+    run(&mut build)?;
+    Ok(target_dir().join("release"))
+}

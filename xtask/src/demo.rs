@@ -6,7 +6,7 @@ use anyhow::{Context, Result, bail};
 use strait_e2e::{Mesh, curl, http_server, marker_url, namespace_yaml, workload_yaml};
 use strait_topology::{Locality, Place, Spec, Topology};
 
-use crate::cmd::{self, cargo, section, target_dir};
+use crate::cmd::{self, section};
 
 const HTTP_PORT: u16 = 8080;
 
@@ -47,17 +47,7 @@ fn boxed(err: Box<dyn std::error::Error + Send + Sync>) -> anyhow::Error {
 }
 
 pub fn run() -> Result<()> {
-    section("build (release)");
-    cmd::run(cargo().args([
-        "build",
-        "--release",
-        "--bins",
-        "-p",
-        "strait-agent",
-        "-p",
-        "straitctl",
-    ]))?;
-    let bin = target_dir().join("release");
+    let bin = cmd::build_release(&["strait-agent", "straitctl"])?;
 
     section("topology: network namespaces, veth pairs and bridges");
     let topo = Topology::create(spec()).context("creating the demo topology")?;

@@ -211,28 +211,25 @@ fn attach_to_cgroup(
     let program = ebpf
         .program_mut(name)
         .ok_or(Error::MissingProgram { name })?;
+    // The same steps for two program types that share no trait in aya.
+    macro_rules! attach_as {
+        ($ty:ty) => {{
+            let program: &mut $ty = program.try_into().map_err(program_err)?;
+            program.load().map_err(program_err)?;
+            let id = program
+                .attach(cgroup, CgroupAttachMode::Single)
+                .map_err(program_err)?;
+            program
+                .take_link(id)
+                .map_err(program_err)?
+                .try_into()
+                .map_err(link_err)
+        }};
+    }
     if name == program::SOCK_OPS {
-        let program: &mut SockOps = program.try_into().map_err(program_err)?;
-        program.load().map_err(program_err)?;
-        let id = program
-            .attach(cgroup, CgroupAttachMode::Single)
-            .map_err(program_err)?;
-        program
-            .take_link(id)
-            .map_err(program_err)?
-            .try_into()
-            .map_err(link_err)
+        attach_as!(SockOps)
     } else {
-        let program: &mut CgroupSockAddr = program.try_into().map_err(program_err)?;
-        program.load().map_err(program_err)?;
-        let id = program
-            .attach(cgroup, CgroupAttachMode::Single)
-            .map_err(program_err)?;
-        program
-            .take_link(id)
-            .map_err(program_err)?
-            .try_into()
-            .map_err(link_err)
+        attach_as!(CgroupSockAddr)
     }
 }
 

@@ -80,6 +80,38 @@ pub fn http_server(place: &Place, port: u16, marker: &str) -> Result<Process> {
     Ok(server)
 }
 
+/// Runs iperf3 with the server in `server` and the client in `client`, in
+/// reverse mode (the server sends, the client receives) with the client's
+/// extra `args`; returns (bytes the server sent, bytes the client received).
+///
+/// Reverse mode, because its receiving end (the client) ends the test only
+/// once it has everything. Forward, iperf3's server stops counting when the
+/// client's end-of-test message arrives on the control connection, which
+/// overtakes data still buffered in any proxy on the way.
+pub fn iperf_reverse(
+    client: &Place,
+    server: &Place,
+    server_ip: std::net::IpAddr,
+    args: &[&str],
+) -> Result<(u64, u64)> {
+    let mut srv = server.spawn(&["iperf3", "-s", "-1", "-J", "-p", "5201"])?;
+    srv.wait_listening(5201, Duration::from_secs(10))?;
+    let ip = server_ip.to_string();
+    let mut argv = vec!["iperf3", "-c", &ip, "-p", "5201", "-R", "-J"];
+    argv.extend_from_slice(args);
+    let out = client.run_ok(&argv, Duration::from_secs(120))?;
+    let client_json: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    srv.wait_timeout(Duration::from_secs(10))?;
+    let server_json: serde_json::Value = serde_json::from_str(&srv.log())?;
+    let sent = server_json["end"]["sum_sent"]["bytes"]
+        .as_u64()
+        .ok_or("the iperf3 server reported no bytes sent")?;
+    let received = client_json["end"]["sum_received"]["bytes"]
+        .as_u64()
+        .ok_or("the iperf3 client reported no bytes received")?;
+    Ok((sent, received))
+}
+
 /// `curl` for `url`, failing fast when nothing answers.
 pub fn curl(place: &Place, url: &str) -> Result<Output> {
     Ok(place.run(

@@ -5,8 +5,8 @@
 use std::{net::IpAddr, path::Path, time::Duration};
 
 use strait_e2e::{
-    Mesh, Result, curl, http_server, marker_url, metric_sum, namespace_yaml, require_root,
-    workload_yaml,
+    Mesh, Result, curl, http_server, iperf_reverse, marker_url, metric_sum, namespace_yaml,
+    require_root, workload_yaml,
 };
 use strait_topology::{Locality, Place, Spec, Topology};
 
@@ -255,37 +255,14 @@ fn certificates_rotate_under_a_running_transfer() -> Result<()> {
     };
     let first = serial(&mesh.straitctl("n2", &["certs"])?).ok_or("no certificate for b")?;
 
-    // 40 s at a bounded rate: the certificates rotate at half life (30 s).
-    let mut server = b.spawn(&["iperf3", "-s", "-1", "-J", "-p", "5201"])?;
-    server.wait_listening(5201, Duration::from_secs(10))?;
-    let client = a.run_ok(
-        &[
-            "iperf3",
-            "-c",
-            &b.ipv4.to_string(),
-            "-p",
-            "5201",
-            "-R",
-            "-t",
-            "40",
-            "-b",
-            "200M",
-            "-J",
-        ],
-        Duration::from_secs(90),
-    )?;
-    let client: serde_json::Value = serde_json::from_slice(&client.stdout)?;
-    server.wait_timeout(Duration::from_secs(10))?;
-    let server: serde_json::Value = serde_json::from_str(&server.log())?;
-    let received = client["end"]["sum_received"]["bytes"]
-        .as_u64()
-        .ok_or("no bytes")?;
-    let sent = server["end"]["sum_sent"]["bytes"]
-        .as_u64()
-        .ok_or("no bytes")?;
+    // About 40 s: 1000 MB at 200 Mbit/s, so the certificates rotate at half
+    // life (30 s) mid-transfer. Bounded by bytes, not time: with -n the
+    // receiving end stops only once everything arrived, so both ends must
+    // agree exactly.
+    let (sent, received) = iperf_reverse(a, b, b.ipv4.into(), &["-n", "1000M", "-b", "200M"])?;
     assert!(
-        received > 500 << 20,
-        "the transfer stalled: {received} bytes"
+        received >= 1000 << 20,
+        "the transfer stopped short: {received} bytes"
     );
     assert_eq!(sent, received, "bytes were lost across the rotation");
 

@@ -1,12 +1,32 @@
 //! Transparent mutual TLS: unmodified programs in enrolled pods talk across
 //! nodes, and every byte between the nodes is TLS under the pods' SPIFFE
 //! identities.
-use std::{net::IpAddr, time::Duration};
+use std::net::IpAddr;
 
 use strait_e2e::{
-    Mesh, Result, curl, http_server, marker_url, namespace_yaml, require_root, workload_yaml,
+    Mesh, Result, curl, http_server, iperf_reverse, marker_url, namespace_yaml, require_root,
+    workload_yaml,
 };
-use strait_topology::{Locality, Spec, Topology};
+use strait_topology::{Locality, Process, Spec, Topology};
+
+const MARKER: &str = "secret-payload-7f3a";
+
+/// Pod `a` on n1 and pod `b` on n2, both in the mesh, agents running.
+fn mesh_of_two(topo: &Topology) -> Result<(Mesh<'_>, [Process; 2])> {
+    let mesh = Mesh::new(topo)?;
+    mesh.write(
+        "mesh.yaml",
+        &[
+            namespace_yaml("frontend", true),
+            namespace_yaml("backend", true),
+            workload_yaml(topo.pod("a")?, "frontend", "web", &[]),
+            workload_yaml(topo.pod("b")?, "backend", "db", &[]),
+        ]
+        .concat(),
+    )?;
+    let agents = [mesh.start_agent("n1", &[])?, mesh.start_agent("n2", &[])?];
+    Ok((mesh, agents))
+}
 
 fn two_nodes() -> Spec {
     Spec::new()
@@ -14,29 +34,14 @@ fn two_nodes() -> Spec {
         .node("n2", "c1", "net1", Locality::new("r1", "z2", ""))
         .pod("a", "n1")
         .pod("b", "n2")
-        .pod("plain", "n1")
 }
-
-const MARKER: &str = "secret-payload-7f3a";
 
 #[test]
 fn curl_to_http_server_across_nodes_is_mutual_tls() -> Result<()> {
     require_root();
     let topo = Topology::create(two_nodes())?;
-    let mesh = Mesh::new(&topo)?;
+    let (_mesh, _agents) = mesh_of_two(&topo)?;
     let (a, b) = (topo.pod("a")?, topo.pod("b")?);
-    mesh.write(
-        "mesh.yaml",
-        &[
-            namespace_yaml("frontend", true),
-            namespace_yaml("backend", true),
-            workload_yaml(a, "frontend", "web", &[]),
-            workload_yaml(b, "backend", "db", &[]),
-        ]
-        .concat(),
-    )?;
-    let _agent1 = mesh.start_agent("n1", &[])?;
-    let _agent2 = mesh.start_agent("n2", &[])?;
     let server = http_server(b, 8080, MARKER)?;
 
     let capture = topo.node("n1")?.capture("eth0", &["tcp"])?;
@@ -94,49 +99,9 @@ fn curl_to_http_server_across_nodes_is_mutual_tls() -> Result<()> {
 fn iperf3_moves_a_gibibyte_and_both_ends_agree() -> Result<()> {
     require_root();
     let topo = Topology::create(two_nodes())?;
-    let mesh = Mesh::new(&topo)?;
+    let (_mesh, _agents) = mesh_of_two(&topo)?;
     let (a, b) = (topo.pod("a")?, topo.pod("b")?);
-    mesh.write(
-        "mesh.yaml",
-        &[
-            namespace_yaml("frontend", true),
-            namespace_yaml("backend", true),
-            workload_yaml(a, "frontend", "web", &[]),
-            workload_yaml(b, "backend", "db", &[]),
-        ]
-        .concat(),
-    )?;
-    let _agent1 = mesh.start_agent("n1", &[])?;
-    let _agent2 = mesh.start_agent("n2", &[])?;
-    let mut server = b.spawn(&["iperf3", "-s", "-1", "-J", "-p", "5201"])?;
-    server.wait_listening(5201, Duration::from_secs(10))?;
-    // Reverse mode: the receiving end is the client, which ends the test only
-    // once it has everything. Forward, iperf3's server stops counting when
-    // the client's end-of-test message arrives on the control connection,
-    // which overtakes data still buffered in any proxy on the way.
-    let client = a.run_ok(
-        &[
-            "iperf3",
-            "-c",
-            &b.ipv4.to_string(),
-            "-p",
-            "5201",
-            "-n",
-            "1G",
-            "-R",
-            "-J",
-        ],
-        Duration::from_secs(120),
-    )?;
-    let client: serde_json::Value = serde_json::from_slice(&client.stdout)?;
-    server.wait_timeout(Duration::from_secs(10))?;
-    let server: serde_json::Value = serde_json::from_str(&server.log())?;
-    let sent = server["end"]["sum_sent"]["bytes"]
-        .as_u64()
-        .ok_or("no sent bytes")?;
-    let received = client["end"]["sum_received"]["bytes"]
-        .as_u64()
-        .ok_or("no received bytes")?;
+    let (sent, received) = iperf_reverse(a, b, b.ipv4.into(), &["-n", "1G"])?;
     assert!(
         sent >= 1 << 30,
         "b sent {sent} bytes, wanted at least 1 GiB"

@@ -1,26 +1,29 @@
 //! The outbound side: a pool of mutual-TLS HTTP/2 connections, one CONNECT
 //! stream per proxied TCP connection.
 //!
+//! A tunnel is usable as soon as its CONNECT is sent: the client's first
+//! bytes follow the request headers at once instead of waiting a round trip
+//! for the answer, which is read before the first byte from the far end (a
+//! refusal shows there, as `ConnectionRefused`).
+//!
 //! Concurrent streams to the same peer are spread over up to one connection
 //! per core, so TLS and framing for parallel bulk flows run on all cores;
 //! sequential streams keep reusing one connection.
 use std::{
     collections::HashMap,
     future::Future,
+    io,
     net::SocketAddr,
     pin::Pin,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
-    task::{Context, Poll},
+    task::{Context, Poll, ready},
 };
 
-use http_body_util::Empty;
-use hyper::{
-    Method, Request, StatusCode, body::Bytes, client::conn::http2::SendRequest, upgrade::Upgraded,
-};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use h2::{RecvStream, SendStream, client::ResponseFuture};
+use hyper::{Method, Request, StatusCode, body::Bytes};
 use rustls::{ClientConfig, pki_types::ServerName};
 use strait_identity::Identity;
 use tokio::{
@@ -42,10 +45,14 @@ pub struct PoolKey {
     pub addr: SocketAddr,
 }
 
+type Sender = h2::client::SendRequest<Bytes>;
+
 struct Pooled {
-    sender: SendRequest<Empty<Bytes>>,
+    sender: Sender,
     /// Open tunnels on this connection.
     active: Arc<AtomicUsize>,
+    /// Set when the connection ended.
+    closed: Arc<AtomicBool>,
 }
 
 pub struct Pool {
@@ -79,24 +86,25 @@ impl Pool {
     ) -> Result<Tunnel, Error>
     where
         D: Fn() -> F,
-        F: Future<Output = std::io::Result<TcpStream>>,
+        F: Future<Output = io::Result<TcpStream>>,
     {
         if let Some((sender, active)) = self.pick(key) {
-            match open_stream(sender.clone(), key.addr, authority, active).await {
+            match open_stream(sender, key.addr, authority, active).await {
                 // The pooled connection died (the peer restarted, the link
                 // broke): forget it and try once on a new one.
-                Err(Error::Http { .. }) => {
+                Err(Error::H2 { .. }) => {
                     debug!(addr = %key.addr, "pooled HBONE connection is gone; reconnecting");
                     self.forget_closed(key);
                 }
                 other => return other,
             }
         }
-        let sender = handshake(key.addr, tls, dial).await?;
+        let (sender, closed) = handshake(key.addr, tls, dial).await?;
         let active = Arc::new(AtomicUsize::new(0));
         self.lock().entry(key.clone()).or_default().push(Pooled {
             sender: sender.clone(),
             active: active.clone(),
+            closed,
         });
         open_stream(sender, key.addr, authority, active).await
     }
@@ -112,10 +120,10 @@ impl Pool {
 
     /// The least busy live connection, unless every one is busy and another
     /// may be opened.
-    fn pick(&self, key: &PoolKey) -> Option<(SendRequest<Empty<Bytes>>, Arc<AtomicUsize>)> {
+    fn pick(&self, key: &PoolKey) -> Option<(Sender, Arc<AtomicUsize>)> {
         let mut pool = self.lock();
         let conns = pool.get_mut(key)?;
-        conns.retain(|c| !c.sender.is_closed());
+        conns.retain(|c| !c.closed.load(Ordering::Acquire));
         let least = conns
             .iter()
             .min_by_key(|c| c.active.load(Ordering::Relaxed))?;
@@ -127,7 +135,7 @@ impl Pool {
 
     fn forget_closed(&self, key: &PoolKey) {
         if let Some(conns) = self.lock().get_mut(key) {
-            conns.retain(|c| !c.sender.is_closed() && c.sender.is_ready());
+            conns.retain(|c| !c.closed.load(Ordering::Acquire));
         }
     }
 
@@ -136,16 +144,66 @@ impl Pool {
     }
 }
 
-/// An established tunnel: a byte stream to the far end. Counts as active on
-/// its connection until dropped.
-pub struct Tunnel {
-    io: TokioIo<Upgraded>,
+/// Sends a CONNECT for `authority` and returns the tunnel without waiting
+/// for the answer.
+async fn open_stream(
+    sender: Sender,
+    addr: SocketAddr,
+    authority: SocketAddr,
     active: Arc<AtomicUsize>,
+) -> Result<Tunnel, Error> {
+    // Counted from the start, so concurrent opens spread over connections.
+    active.fetch_add(1, Ordering::Relaxed);
+    let active = Active(active);
+    let h2_err = |source| Error::H2 { addr, source };
+    let mut sender = sender.ready().await.map_err(h2_err)?;
+    let request = Request::builder()
+        .method(Method::CONNECT)
+        .uri(authority.to_string())
+        .body(())?;
+    let (response, send) = sender.send_request(request, false).map_err(h2_err)?;
+    Ok(Tunnel {
+        send,
+        recv: Recv::Answer(response),
+        buf: Bytes::new(),
+        authority,
+        shut: false,
+        _active: active,
+    })
 }
 
-impl Drop for Tunnel {
+/// Counts a tunnel as active on its connection while it exists.
+struct Active(Arc<AtomicUsize>);
+
+impl Drop for Active {
     fn drop(&mut self) {
-        self.active.fetch_sub(1, Ordering::Relaxed);
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+enum Recv {
+    /// The CONNECT's answer has not been read yet.
+    Answer(ResponseFuture),
+    Body(RecvStream),
+}
+
+/// An open tunnel: a byte stream to the far end.
+pub struct Tunnel {
+    send: SendStream<Bytes>,
+    recv: Recv,
+    /// Received bytes not yet read.
+    buf: Bytes,
+    authority: SocketAddr,
+    shut: bool,
+    _active: Active,
+}
+
+fn h2_io(err: h2::Error) -> io::Error {
+    if err.is_io() {
+        err.into_io()
+            .unwrap_or_else(|| io::Error::other("HTTP/2 I/O error"))
+    } else {
+        io::Error::other(err)
     }
 }
 
@@ -153,9 +211,46 @@ impl AsyncRead for Tunnel {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            if !self.buf.is_empty() {
+                let n = self.buf.len().min(out.remaining());
+                out.put_slice(&self.buf.split_to(n));
+                return Poll::Ready(Ok(()));
+            }
+            let this = &mut *self;
+            match &mut this.recv {
+                Recv::Answer(response) => {
+                    let response = ready!(Pin::new(response).poll(cx)).map_err(h2_io)?;
+                    if response.status() != StatusCode::OK {
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::ConnectionRefused,
+                            format!(
+                                "CONNECT {} refused by the peer: {}",
+                                this.authority,
+                                response.status()
+                            ),
+                        )));
+                    }
+                    this.recv = Recv::Body(response.into_body());
+                }
+                Recv::Body(body) => match ready!(body.poll_data(cx)) {
+                    None => return Poll::Ready(Ok(())),
+                    Some(Ok(bytes)) => {
+                        // Let the peer send more as soon as these are taken.
+                        let _ = body.flow_control().release_capacity(bytes.len());
+                        this.buf = bytes;
+                    }
+                    Some(Err(err)) => {
+                        return Poll::Ready(match err.reason() {
+                            Some(h2::Reason::NO_ERROR | h2::Reason::CANCEL) => Ok(()),
+                            _ => Err(h2_io(err)),
+                        });
+                    }
+                },
+            }
+        }
     }
 }
 
@@ -164,63 +259,44 @@ impl AsyncWrite for Tunnel {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+    ) -> Poll<io::Result<usize>> {
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        self.send.reserve_capacity(buf.len());
+        loop {
+            match ready!(self.send.poll_capacity(cx)) {
+                Some(Ok(0)) => continue,
+                Some(Ok(n)) => {
+                    let n = n.min(buf.len());
+                    self.send
+                        .send_data(Bytes::copy_from_slice(&buf[..n]), false)
+                        .map_err(h2_io)?;
+                    return Poll::Ready(Ok(n));
+                }
+                Some(Err(err)) => return Poll::Ready(Err(h2_io(err))),
+                // The stream can send no more: the peer reset it.
+                None => {
+                    let reason = ready!(self.send.poll_reset(cx)).map_err(h2_io)?;
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::BrokenPipe,
+                        format!("the peer reset the stream: {reason}"),
+                    )));
+                }
+            }
+        }
     }
 
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
     }
 
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-}
-
-/// One CONNECT stream on an established connection.
-async fn open_stream(
-    mut sender: SendRequest<Empty<Bytes>>,
-    addr: SocketAddr,
-    authority: SocketAddr,
-    active: Arc<AtomicUsize>,
-) -> Result<Tunnel, Error> {
-    // Counted from the start, so concurrent opens spread over connections.
-    active.fetch_add(1, Ordering::Relaxed);
-    let guard = Counted(active);
-    let request = Request::builder()
-        .method(Method::CONNECT)
-        .uri(authority.to_string())
-        .body(Empty::<Bytes>::new())?;
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|source| Error::Http { addr, source })?;
-    if response.status() != StatusCode::OK {
-        return Err(Error::Refused {
-            authority,
-            status: response.status(),
-        });
-    }
-    let upgraded = hyper::upgrade::on(response)
-        .await
-        .map_err(|source| Error::Http { addr, source })?;
-    Ok(guard.into_tunnel(TokioIo::new(upgraded)))
-}
-
-/// Undoes the count if the stream never opens.
-struct Counted(Arc<AtomicUsize>);
-
-impl Counted {
-    fn into_tunnel(self, io: TokioIo<Upgraded>) -> Tunnel {
-        let active = self.0.clone();
-        std::mem::forget(self);
-        Tunnel { io, active }
-    }
-}
-
-impl Drop for Counted {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+    fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if !self.shut {
+            self.shut = true;
+            self.send.send_data(Bytes::new(), true).map_err(h2_io)?;
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -228,10 +304,10 @@ async fn handshake<D, F>(
     addr: SocketAddr,
     tls: Arc<ClientConfig>,
     dial: D,
-) -> Result<SendRequest<Empty<Bytes>>, Error>
+) -> Result<(Sender, Arc<AtomicBool>), Error>
 where
     D: Fn() -> F,
-    F: Future<Output = std::io::Result<TcpStream>>,
+    F: Future<Output = io::Result<TcpStream>>,
 {
     let tcp = dial()
         .await
@@ -243,17 +319,20 @@ where
         .connect(name, tcp)
         .await
         .map_err(|source| Error::Tls { addr, source })?;
-    let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .initial_stream_window_size(STREAM_WINDOW)
+    let (sender, connection) = h2::client::Builder::new()
+        .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(MAX_FRAME)
-        .handshake(TokioIo::new(stream))
+        .handshake::<_, Bytes>(stream)
         .await
-        .map_err(|source| Error::Http { addr, source })?;
+        .map_err(|source| Error::H2 { addr, source })?;
+    let closed = Arc::new(AtomicBool::new(false));
+    let ended = closed.clone();
     tokio::spawn(async move {
         if let Err(err) = connection.await {
             debug!(%addr, %err, "HBONE connection ended");
         }
+        ended.store(true, Ordering::Release);
     });
-    Ok(sender)
+    Ok((sender, closed))
 }

@@ -29,6 +29,12 @@ pub enum Error {
         source: std::io::Error,
     },
     #[error("HTTP/2 with {addr}: {source}")]
+    H2 {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: h2::Error,
+    },
+    #[error("HTTP/2 with {addr}: {source}")]
     Http {
         addr: std::net::SocketAddr,
         #[source]
@@ -97,6 +103,9 @@ mod tests {
                     move |connect: Connect| {
                         let seen = seen.clone();
                         async move {
+                            if connect.authority.port() == 9 {
+                                return StatusCode::SERVICE_UNAVAILABLE;
+                            }
                             *seen.lock().unwrap() = Some((connect.peer.clone(), connect.authority));
                             tokio::spawn(async move {
                                 let mut tunnel =
@@ -138,6 +147,23 @@ mod tests {
             "three tunnels, one connection"
         );
         assert_eq!(*seen_peer.lock().unwrap(), Some((web.clone(), authority)));
+
+        // A refused CONNECT shows on the first read, after the client's
+        // early bytes went out.
+        let mut refused = pool
+            .connect(
+                &key,
+                "10.9.9.9:9".parse().unwrap(),
+                clients.get(&web, &db).unwrap(),
+                || TcpStream::connect(addr),
+            )
+            .await
+            .unwrap();
+        refused.write_all(b"early").await.unwrap();
+        let mut buf = [0u8; 1];
+        let err = refused.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+        assert!(err.to_string().contains("503"), "{err}");
 
         // Expecting another identity at that address fails in TLS.
         let wrong = PoolKey {

@@ -69,8 +69,11 @@ async fn on_connect(proxy: Arc<Proxy>, pod: Arc<Pod>, connect: Connect) -> Statu
             async move {
                 match connect.upgrade.await {
                     Ok(upgraded) => {
-                        let tunnel = hyper_util::rt::TokioIo::new(upgraded);
-                        relay(&proxy.metrics, labels, tunnel, app, &src, &dst).await;
+                        let mut tunnel = hyper_util::rt::TokioIo::new(upgraded);
+                        let mut app = app;
+                        // An error ends both sides; nothing more to tell.
+                        let _ =
+                            relay(&proxy.metrics, labels, &mut tunnel, &mut app, &src, &dst).await;
                     }
                     Err(err) => debug!(%err, "the tunnel did not open"),
                 }
@@ -123,16 +126,13 @@ pub async fn handle_plaintext(
             original.ip(),
             false,
         );
-        relay(
-            &proxy.metrics,
-            labels,
-            client,
-            app,
-            &peer.to_string(),
-            &original.to_string(),
-        )
-        .await;
+        let (src, dst) = (peer.to_string(), original.to_string());
+        let (mut client, mut app) = (client, app);
+        let result = relay(&proxy.metrics, labels, &mut client, &mut app, &src, &dst).await;
         proxy.maps.clear_peer_name(pod.netns_cookie(), local);
+        if result.is_err() {
+            reset(client);
+        }
     }
     .instrument(span)
     .await

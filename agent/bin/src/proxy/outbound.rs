@@ -59,7 +59,7 @@ pub async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, client: TcpStream, peer: S
                     .connect(&key, original, tls, || pod.connect(hbone, None, |_| ()))
                     .await;
                 match tunnel {
-                    Ok(tunnel) => {
+                    Ok(mut tunnel) => {
                         let labels = proxy.labels(
                             Reporter::Source,
                             src,
@@ -67,15 +67,21 @@ pub async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, client: TcpStream, peer: S
                             original.ip(),
                             true,
                         );
-                        relay(
-                            &proxy.metrics,
-                            labels,
-                            client,
-                            tunnel,
-                            &src.to_string(),
-                            &original.to_string(),
-                        )
-                        .await;
+                        let (src, dst) = (src.to_string(), original.to_string());
+                        let mut client = client;
+                        if let Err(err) =
+                            relay(&proxy.metrics, labels, &mut client, &mut tunnel, &src, &dst)
+                                .await
+                        {
+                            // The far end refused the CONNECT (its app is not
+                            // listening): the client sees a reset, as it would
+                            // without the mesh.
+                            if err.kind() == std::io::ErrorKind::ConnectionRefused {
+                                proxy.metrics.fail(Direction::Outbound, Reason::Upstream);
+                                warn!(%err, %destination, "CONNECT refused");
+                            }
+                            reset(client);
+                        }
                     }
                     Err(err) => {
                         let reason = if err.is_tls() {
@@ -90,7 +96,7 @@ pub async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, client: TcpStream, peer: S
                 }
             }
             None => match pod.connect(original, None, |_| ()).await {
-                Ok(upstream) => {
+                Ok(mut upstream) => {
                     debug!("passthrough: destination is outside the mesh");
                     let labels = proxy.labels(
                         Reporter::Source,
@@ -99,15 +105,21 @@ pub async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, client: TcpStream, peer: S
                         original.ip(),
                         false,
                     );
-                    relay(
+                    let (src, dst) = (src.to_string(), original.to_string());
+                    let mut client = client;
+                    if relay(
                         &proxy.metrics,
                         labels,
-                        client,
-                        upstream,
-                        &src.to_string(),
-                        &original.to_string(),
+                        &mut client,
+                        &mut upstream,
+                        &src,
+                        &dst,
                     )
-                    .await;
+                    .await
+                    .is_err()
+                    {
+                        reset(client);
+                    }
                 }
                 Err(err) => {
                     proxy.metrics.fail(Direction::Outbound, Reason::Upstream);

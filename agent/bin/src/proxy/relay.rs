@@ -15,15 +15,17 @@ use crate::metrics::{Metrics, TcpLabels};
 const BUFFER: usize = 64 * 1024;
 
 /// Copies both ways until both sides close. `client` is where the
-/// connection came from, `server` where it goes.
+/// connection came from, `server` where it goes. Returns how the copy ended,
+/// for the caller to reset the client on an error.
 pub async fn relay<C, S>(
     metrics: &Metrics,
     labels: TcpLabels,
-    client: C,
-    server: S,
+    client: &mut C,
+    server: &mut S,
     src: &str,
     dst: &str,
-) where
+) -> std::io::Result<()>
+where
     C: AsyncRead + AsyncWrite + Unpin,
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -34,7 +36,7 @@ pub async fn relay<C, S>(
     // Bytes read from one side are what was written to the other, also when
     // the copy ended in an error.
     let (sent, received) = (client.read, server.read);
-    let outcome = match result {
+    let outcome = match &result {
         Ok(_) => "ok".to_string(),
         Err(err) => format!("error: {err}"),
     };
@@ -58,6 +60,7 @@ pub async fn relay<C, S>(
         result = %outcome,
         "connection closed"
     );
+    result.map(|_| ())
 }
 
 /// Counts the bytes read through it.

@@ -229,7 +229,7 @@ fn print_table(direct: &Figures, mesh: &Figures, rss_mib: f64) {
             "-".into()
         }
     };
-    let added = |m: f64, d: f64| format!("+{:.1} µs", m - d);
+    let added = |m: f64, d: f64| format!("{:+.1} µs", m - d);
     let rows = [
         (
             "throughput, 1 stream (Gbit/s)",

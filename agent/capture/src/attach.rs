@@ -143,11 +143,6 @@ impl Capture {
         Ok(Attachment::New)
     }
 
-    /// Detaches inbound capture from one namespace.
-    pub fn detach_netns(&self, cookie: u64) -> Result<(), Error> {
-        remove_if_present(&self.netns_link(cookie))
-    }
-
     /// Removes `sk_lookup` links of namespaces not in `keep`.
     pub fn retain_netns(&self, keep: &BTreeSet<u64>) -> Result<usize, Error> {
         let wanted: BTreeSet<String> = keep.iter().map(|c| netns_link_name(*c)).collect();

@@ -161,16 +161,6 @@ impl Maps {
         Ok(removed)
     }
 
-    /// Stops capturing a pod.
-    pub fn unenroll(&self, netns: u64, addrs: &[IpAddr]) -> Result<(), Error> {
-        let _ = lock(&self.enrolled).remove(&netns);
-        let mut pod_addrs = lock(&self.pod_addrs);
-        for ip in addrs {
-            let _ = pod_addrs.remove(&pod_key(*ip));
-        }
-        Ok(())
-    }
-
     /// The original destination of a redirected connection whose client is
     /// `peer` in namespace `netns`; the record is consumed.
     pub fn take_original_dst(&self, netns: u64, peer: SocketAddr) -> Option<SocketAddr> {

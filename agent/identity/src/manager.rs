@@ -46,7 +46,7 @@ pub struct CertManager {
     roots: Arc<RootCertStore>,
     issued: RwLock<BTreeMap<Identity, Issued>>,
     /// Identities whose rotation task runs.
-    rotating: std::sync::Mutex<BTreeMap<Identity, tokio::task::JoinHandle<()>>>,
+    rotating: std::sync::Mutex<std::collections::BTreeSet<Identity>>,
 }
 
 impl CertManager {
@@ -62,7 +62,7 @@ impl CertManager {
             provider,
             roots: Arc::new(roots),
             issued: RwLock::new(BTreeMap::new()),
-            rotating: std::sync::Mutex::new(BTreeMap::new()),
+            rotating: std::sync::Mutex::new(std::collections::BTreeSet::new()),
         }))
     }
 
@@ -89,31 +89,12 @@ impl CertManager {
             self.issue(identity).await?;
         }
         let mut rotating = self.rotating.lock().unwrap_or_else(|p| p.into_inner());
-        if !rotating.contains_key(identity) {
+        if rotating.insert(identity.clone()) {
             let this = self.clone();
             let id = identity.clone();
-            rotating.insert(
-                identity.clone(),
-                tokio::spawn(async move { this.rotate(id).await }),
-            );
+            tokio::spawn(async move { this.rotate(id).await });
         }
         Ok(())
-    }
-
-    /// Drops an identity no workload on this node has any more.
-    pub fn forget(&self, identity: &Identity) {
-        if let Some(task) = self
-            .rotating
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(identity)
-        {
-            task.abort();
-        }
-        self.issued
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(identity);
     }
 
     async fn rotate(self: Arc<Self>, identity: Identity) {

@@ -170,10 +170,6 @@ impl Process {
         self.child.id()
     }
 
-    pub fn child_mut(&mut self) -> &mut Child {
-        &mut self.child
-    }
-
     /// What the process wrote so far.
     pub fn log(&self) -> String {
         self.log

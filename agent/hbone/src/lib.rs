@@ -4,9 +4,11 @@
 //! (source identity, destination identity, destination address).
 pub mod client;
 pub mod server;
+mod tunnel;
 
-pub use client::{Pool, PoolKey, Tunnel};
-pub use server::{Connect, serve};
+pub use client::{Pool, PoolKey};
+pub use server::{Connect, PendingTunnel, serve};
+pub use tunnel::Tunnel;
 
 /// HTTP/2 windows large enough that flow control does not cap throughput on
 /// fast links (hyper's defaults are 64 KiB).
@@ -33,17 +35,6 @@ pub enum Error {
         addr: std::net::SocketAddr,
         #[source]
         source: h2::Error,
-    },
-    #[error("HTTP/2 with {addr}: {source}")]
-    Http {
-        addr: std::net::SocketAddr,
-        #[source]
-        source: hyper::Error,
-    },
-    #[error("CONNECT {authority} refused by the peer: {status}")]
-    Refused {
-        authority: std::net::SocketAddr,
-        status: hyper::StatusCode,
     },
     #[error("identity: {0}")]
     Identity(#[from] strait_identity::Error),
@@ -104,17 +95,16 @@ mod tests {
                         let seen = seen.clone();
                         async move {
                             if connect.authority.port() == 9 {
-                                return StatusCode::SERVICE_UNAVAILABLE;
+                                connect.stream.refuse(StatusCode::SERVICE_UNAVAILABLE);
+                                return;
                             }
                             *seen.lock().unwrap() = Some((connect.peer.clone(), connect.authority));
-                            tokio::spawn(async move {
-                                let mut tunnel =
-                                    hyper_util::rt::TokioIo::new(connect.upgrade.await.unwrap());
-                                let mut buf = [0u8; 5];
-                                tunnel.read_exact(&mut buf).await.unwrap();
-                                tunnel.write_all(&buf.to_ascii_uppercase()).await.unwrap();
-                            });
-                            StatusCode::OK
+                            let mut tunnel = connect.stream.accept().unwrap();
+                            let mut buf = [0u8; 5];
+                            tunnel.read_exact(&mut buf).await.unwrap();
+                            tunnel.write_all(&buf.to_ascii_uppercase()).await.unwrap();
+                            // End the stream; dropping it unfinished resets it.
+                            tunnel.shutdown().await.unwrap();
                         }
                     },
                 ));

@@ -26,10 +26,7 @@ pub async fn handle_hbone(proxy: Arc<Proxy>, pod: Arc<Pod>, stream: TcpStream, p
         let tls = pod.server_tls.clone();
         let handler = {
             let (proxy, pod) = (proxy.clone(), pod.clone());
-            move |connect: Connect| {
-                let (proxy, pod) = (proxy.clone(), pod.clone());
-                async move { on_connect(proxy, pod, connect).await }
-            }
+            move |connect: Connect| on_connect(proxy.clone(), pod.clone(), connect)
         };
         if let Err(err) = strait_hbone::serve(stream, peer, tls, handler).await {
             if err.is_tls() {
@@ -44,44 +41,40 @@ pub async fn handle_hbone(proxy: Arc<Proxy>, pod: Arc<Pod>, stream: TcpStream, p
     .await
 }
 
-async fn on_connect(proxy: Arc<Proxy>, pod: Arc<Pod>, connect: Connect) -> StatusCode {
+/// One CONNECT, on a task of its own: deliver to the app, then carry the
+/// bytes (the peer's early bytes are already waiting in the stream).
+async fn on_connect(proxy: Arc<Proxy>, pod: Arc<Pod>, connect: Connect) {
     let span = info_span!("inbound", src = %connect.peer_addr, dst = %connect.authority, src_identity = %connect.peer, dst_identity = %pod.identity);
     async move {
         if !pod.workload.addresses.contains(&connect.authority.ip()) {
             proxy.metrics.fail(Direction::Inbound, Reason::Misdirected);
             warn!("CONNECT for an address that is not this pod's");
-            return StatusCode::BAD_REQUEST;
+            connect.stream.refuse(StatusCode::BAD_REQUEST);
+            return;
         }
         let client_ip = connect.peer_addr.ip();
-        let Some((app, local)) = deliver(&proxy, &pod, connect.authority, client_ip).await else {
+        let Some((mut app, local)) = deliver(&proxy, &pod, connect.authority, client_ip).await
+        else {
             proxy.metrics.fail(Direction::Inbound, Reason::Upstream);
-            return StatusCode::SERVICE_UNAVAILABLE;
+            connect.stream.refuse(StatusCode::SERVICE_UNAVAILABLE);
+            return;
         };
-        let labels = proxy.labels(
-            Reporter::Destination,
-            client_ip,
-            connect.peer.to_string(),
-            connect.authority.ip(),
-            true,
-        );
-        let (src, dst) = (connect.peer_addr.to_string(), connect.authority.to_string());
-        tokio::spawn(
-            async move {
-                match connect.upgrade.await {
-                    Ok(upgraded) => {
-                        let mut tunnel = hyper_util::rt::TokioIo::new(upgraded);
-                        let mut app = app;
-                        // An error ends both sides; nothing more to tell.
-                        let _ =
-                            relay(&proxy.metrics, labels, &mut tunnel, &mut app, &src, &dst).await;
-                    }
-                    Err(err) => debug!(%err, "the tunnel did not open"),
-                }
-                proxy.maps.clear_peer_name(pod.netns_cookie(), local);
+        match connect.stream.accept() {
+            Ok(mut tunnel) => {
+                let labels = proxy.labels(
+                    Reporter::Destination,
+                    client_ip,
+                    connect.peer.to_string(),
+                    connect.authority.ip(),
+                    true,
+                );
+                let (src, dst) = (connect.peer_addr.to_string(), connect.authority.to_string());
+                // An error ends both sides; nothing more to tell.
+                let _ = relay(&proxy.metrics, labels, &mut tunnel, &mut app, &src, &dst).await;
             }
-            .in_current_span(),
-        );
-        StatusCode::OK
+            Err(err) => debug!(%err, "the tunnel did not open"),
+        }
+        proxy.maps.clear_peer_name(pod.netns_cookie(), local);
     }
     .instrument(span)
     .await

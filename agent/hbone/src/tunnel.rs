@@ -1,0 +1,185 @@
+//! An open tunnel, from either end: a byte stream over one HTTP/2 stream.
+use std::{
+    io,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    task::{Context, Poll, ready},
+};
+
+use h2::{RecvStream, SendStream, client::ResponseFuture};
+use hyper::{StatusCode, body::Bytes};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Counts a tunnel as active on its connection while it exists.
+pub(crate) struct Active(Arc<AtomicUsize>);
+
+impl Active {
+    pub(crate) fn count(counter: Arc<AtomicUsize>) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Self(counter)
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+enum Recv {
+    /// The CONNECT's answer has not been read yet (client side).
+    Answer(ResponseFuture),
+    Body(RecvStream),
+}
+
+/// An open tunnel: a byte stream to the far end.
+pub struct Tunnel {
+    send: SendStream<Bytes>,
+    recv: Recv,
+    /// Received bytes not yet read.
+    buf: Bytes,
+    authority: SocketAddr,
+    shut: bool,
+    _active: Option<Active>,
+}
+
+impl Tunnel {
+    /// The client end, before the CONNECT's answer is read.
+    pub(crate) fn opened(
+        send: SendStream<Bytes>,
+        answer: ResponseFuture,
+        authority: SocketAddr,
+        active: Active,
+    ) -> Self {
+        Self {
+            send,
+            recv: Recv::Answer(answer),
+            buf: Bytes::new(),
+            authority,
+            shut: false,
+            _active: Some(active),
+        }
+    }
+
+    /// The server end, once it answered 200.
+    pub(crate) fn accepted(
+        send: SendStream<Bytes>,
+        recv: RecvStream,
+        authority: SocketAddr,
+    ) -> Self {
+        Self {
+            send,
+            recv: Recv::Body(recv),
+            buf: Bytes::new(),
+            authority,
+            shut: false,
+            _active: None,
+        }
+    }
+}
+
+fn h2_io(err: h2::Error) -> io::Error {
+    if err.is_io() {
+        err.into_io()
+            .unwrap_or_else(|| io::Error::other("HTTP/2 I/O error"))
+    } else {
+        io::Error::other(err)
+    }
+}
+
+impl AsyncRead for Tunnel {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            if !self.buf.is_empty() {
+                let n = self.buf.len().min(out.remaining());
+                out.put_slice(&self.buf.split_to(n));
+                return Poll::Ready(Ok(()));
+            }
+            let this = &mut *self;
+            match &mut this.recv {
+                Recv::Answer(response) => {
+                    let response = ready!(Pin::new(response).poll(cx)).map_err(h2_io)?;
+                    if response.status() != StatusCode::OK {
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::ConnectionRefused,
+                            format!(
+                                "CONNECT {} refused by the peer: {}",
+                                this.authority,
+                                response.status()
+                            ),
+                        )));
+                    }
+                    this.recv = Recv::Body(response.into_body());
+                }
+                Recv::Body(body) => match ready!(body.poll_data(cx)) {
+                    None => return Poll::Ready(Ok(())),
+                    Some(Ok(bytes)) => {
+                        // Let the peer send more as soon as these are taken.
+                        let _ = body.flow_control().release_capacity(bytes.len());
+                        this.buf = bytes;
+                    }
+                    Some(Err(err)) => {
+                        return Poll::Ready(match err.reason() {
+                            Some(h2::Reason::NO_ERROR | h2::Reason::CANCEL) => Ok(()),
+                            _ => Err(h2_io(err)),
+                        });
+                    }
+                },
+            }
+        }
+    }
+}
+
+impl AsyncWrite for Tunnel {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        self.send.reserve_capacity(buf.len());
+        loop {
+            match ready!(self.send.poll_capacity(cx)) {
+                Some(Ok(0)) => continue,
+                Some(Ok(n)) => {
+                    let n = n.min(buf.len());
+                    self.send
+                        .send_data(Bytes::copy_from_slice(&buf[..n]), false)
+                        .map_err(h2_io)?;
+                    return Poll::Ready(Ok(n));
+                }
+                Some(Err(err)) => return Poll::Ready(Err(h2_io(err))),
+                // The stream can send no more: the peer reset it.
+                None => {
+                    let reason = ready!(self.send.poll_reset(cx)).map_err(h2_io)?;
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::BrokenPipe,
+                        format!("the peer reset the stream: {reason}"),
+                    )));
+                }
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if !self.shut {
+            self.shut = true;
+            self.send.send_data(Bytes::new(), true).map_err(h2_io)?;
+        }
+        Poll::Ready(Ok(()))
+    }
+}

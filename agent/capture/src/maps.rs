@@ -45,32 +45,14 @@ fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> Error {
 
 impl Maps {
     pub(crate) fn take(ebpf: &mut aya::Ebpf) -> Result<Self, Error> {
-        let mut take = |name: &'static str| ebpf.take_map(name).ok_or(Error::MissingMap { name });
-        Ok(Self {
-            enrolled: Mutex::new(
-                HashMap::try_from(take(map::ENROLLED)?).map_err(map_err(map::ENROLLED))?,
-            ),
-            pod_addrs: Mutex::new(
-                HashMap::try_from(take(map::POD_ADDRS)?).map_err(map_err(map::POD_ADDRS))?,
-            ),
-            orig_by_tuple: Mutex::new(
-                HashMap::try_from(take(map::ORIG_BY_TUPLE)?)
-                    .map_err(map_err(map::ORIG_BY_TUPLE))?,
-            ),
-            listeners: Mutex::new(
-                SockHash::try_from(take(map::LISTENERS)?).map_err(map_err(map::LISTENERS))?,
-            ),
-            peer_names: Mutex::new(
-                HashMap::try_from(take(map::PEER_NAMES)?).map_err(map_err(map::PEER_NAMES))?,
-            ),
-        })
+        Self::build(|name| ebpf.take_map(name).ok_or(Error::MissingMap { name }))
     }
 
     /// Opens the maps an agent pinned under `pin_dir`, without loading
     /// anything: how tests and tools inspect capture state from outside.
     pub fn from_pins(pin_dir: &std::path::Path) -> Result<Self, Error> {
         let layout = crate::PinLayout::new(pin_dir);
-        let open = |name: &'static str| -> Result<aya::maps::Map, Error> {
+        Self::build(|name| {
             let path = layout.map(name);
             let data = MapData::from_pin(&path).map_err(|source| Error::Map { path, source })?;
             Ok(match name {
@@ -78,24 +60,19 @@ impl Maps {
                 map::ORIG_BY_TUPLE | map::PEER_NAMES => aya::maps::Map::LruHashMap(data),
                 _ => aya::maps::Map::HashMap(data),
             })
-        };
+        })
+    }
+
+    /// The typed handles, from a source of maps by name.
+    fn build(
+        mut get: impl FnMut(&'static str) -> Result<aya::maps::Map, Error>,
+    ) -> Result<Self, Error> {
         Ok(Self {
-            enrolled: Mutex::new(
-                HashMap::try_from(open(map::ENROLLED)?).map_err(map_err(map::ENROLLED))?,
-            ),
-            pod_addrs: Mutex::new(
-                HashMap::try_from(open(map::POD_ADDRS)?).map_err(map_err(map::POD_ADDRS))?,
-            ),
-            orig_by_tuple: Mutex::new(
-                HashMap::try_from(open(map::ORIG_BY_TUPLE)?)
-                    .map_err(map_err(map::ORIG_BY_TUPLE))?,
-            ),
-            listeners: Mutex::new(
-                SockHash::try_from(open(map::LISTENERS)?).map_err(map_err(map::LISTENERS))?,
-            ),
-            peer_names: Mutex::new(
-                HashMap::try_from(open(map::PEER_NAMES)?).map_err(map_err(map::PEER_NAMES))?,
-            ),
+            enrolled: typed(&mut get, map::ENROLLED)?,
+            pod_addrs: typed(&mut get, map::POD_ADDRS)?,
+            orig_by_tuple: typed(&mut get, map::ORIG_BY_TUPLE)?,
+            listeners: typed(&mut get, map::LISTENERS)?,
+            peer_names: typed(&mut get, map::PEER_NAMES)?,
         })
     }
 
@@ -209,6 +186,14 @@ impl Maps {
     pub fn clear_peer_name(&self, netns: u64, local: SocketAddr) {
         let _ = lock(&self.peer_names).remove(&netns_key(netns, local));
     }
+}
+
+/// One map, as the typed handle `T`.
+fn typed<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
+    get: &mut impl FnMut(&'static str) -> Result<aya::maps::Map, Error>,
+    name: &'static str,
+) -> Result<Mutex<T>, Error> {
+    Ok(Mutex::new(T::try_from(get(name)?).map_err(map_err(name))?))
 }
 
 fn pod_key(ip: IpAddr) -> PodAddr {

@@ -1,8 +1,14 @@
 //! `cargo xtask bench`: strait against direct TCP between the same two pods
 //! over the same links, measured in one run. Direct first (the pods are in
-//! the mesh's config, but no agent runs yet), then the same measurements
-//! with an agent on each node.
-use std::{net::Ipv4Addr, path::Path, time::Duration};
+//! the mesh's config, but no agent runs yet); then through a pair of plain
+//! user-space relays, one in each pod, which is what any design that puts
+//! a proxy process at each end pays before doing anything; then the same
+//! measurements with an agent on each node.
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    path::Path,
+    time::Duration,
+};
 
 use anyhow::{Context, Result, anyhow, bail};
 use strait_e2e::{Mesh, namespace_yaml, workload_yaml};
@@ -16,6 +22,24 @@ const SECONDS: u32 = 5;
 const IPERF_PORT: u16 = 5201;
 const SOCKPERF_PORT: u16 = 11111;
 const CONN_PORT: u16 = 7000;
+/// The relay pair listens on the servers' ports plus these offsets: in the
+/// client pod (on loopback) and in the server pod.
+const RELAY_CLIENT_OFFSET: u16 = 10000;
+const RELAY_SERVER_OFFSET: u16 = 20000;
+
+/// Where the client sends each measurement's traffic.
+#[derive(Clone, Copy)]
+struct Target {
+    ip: IpAddr,
+    /// Added to every server port.
+    port_offset: u16,
+}
+
+impl Target {
+    fn port(self, port: u16) -> String {
+        (port + self.port_offset).to_string()
+    }
+}
 
 #[derive(Debug, Default, Clone)]
 struct Figures {
@@ -54,15 +78,31 @@ pub fn run() -> Result<()> {
     .map_err(anyhow::Error::from_boxed)?;
     let _servers = start_servers(server, &bin)?;
 
+    let direct_target = Target {
+        ip: server.ipv4.into(),
+        port_offset: 0,
+    };
     section("direct TCP (no mesh)");
-    let direct = measure(client, server.ipv4, &bin)?;
+    let direct = measure(client, direct_target, &bin)?;
+
+    section("two plain relays (no TLS, no HTTP/2, no capture): the floor of a proxy pair");
+    let relays = start_relays(client, server, &bin)?;
+    let floor = measure(
+        client,
+        Target {
+            ip: Ipv4Addr::LOCALHOST.into(),
+            port_offset: RELAY_CLIENT_OFFSET,
+        },
+        &bin,
+    )?;
+    drop(relays);
 
     section("strait (agents on both nodes, mTLS HBONE)");
     let agents = ["n1", "n2"]
         .iter()
         .map(|n| mesh.start_agent(n, &[]).map_err(anyhow::Error::from_boxed))
         .collect::<Result<Vec<_>>>()?;
-    let mesh_figures = measure(client, server.ipv4, &bin)?;
+    let mesh_figures = measure(client, direct_target, &bin)?;
     let rss_mib = agents
         .iter()
         .map(peak_rss_mib)
@@ -70,7 +110,7 @@ pub fn run() -> Result<()> {
         .unwrap_or(0.0);
 
     section("results");
-    print_table(&direct, &mesh_figures, rss_mib);
+    print_table(&direct, &floor, &mesh_figures, rss_mib);
     Ok(())
 }
 
@@ -97,7 +137,43 @@ fn start_servers(server: &Place, bin: &Path) -> Result<Vec<Process>> {
     Ok(vec![iperf, sockperf, conn])
 }
 
-fn measure(client: &Place, server: Ipv4Addr, bin: &Path) -> Result<Figures> {
+/// One relay in each pod: client pod loopback -> server pod -> server
+/// loopback, for each server port.
+fn start_relays(client: &Place, server: &strait_topology::Pod, bin: &Path) -> Result<Vec<Process>> {
+    let relay = bin.join("relay").to_string_lossy().into_owned();
+    let ports = [IPERF_PORT, SOCKPERF_PORT, CONN_PORT];
+    let server_side: Vec<String> = ports
+        .iter()
+        .map(|p| format!("0.0.0.0:{}=127.0.0.1:{p}", p + RELAY_SERVER_OFFSET))
+        .collect();
+    let client_side: Vec<String> = ports
+        .iter()
+        .map(|p| {
+            format!(
+                "127.0.0.1:{}={}:{}",
+                p + RELAY_CLIENT_OFFSET,
+                server.ipv4,
+                p + RELAY_SERVER_OFFSET
+            )
+        })
+        .collect();
+    let mut processes = Vec::new();
+    for (place, pairs, offset) in [
+        (&server.place, &server_side, RELAY_SERVER_OFFSET),
+        (client, &client_side, RELAY_CLIENT_OFFSET),
+    ] {
+        let mut argv = vec![relay.as_str()];
+        argv.extend(pairs.iter().map(String::as_str));
+        let mut process = place.spawn(&argv)?;
+        for port in ports {
+            process.wait_listening(port + offset, Duration::from_secs(10))?;
+        }
+        processes.push(process);
+    }
+    Ok(processes)
+}
+
+fn measure(client: &Place, server: Target, bin: &Path) -> Result<Figures> {
     let mut f = Figures::default();
     for (streams, slot) in [(1, &mut f.gbps_1), (4, &mut f.gbps_4)] {
         *slot = iperf(client, server, streams)?;
@@ -117,14 +193,14 @@ fn measure(client: &Place, server: Ipv4Addr, bin: &Path) -> Result<Figures> {
 }
 
 /// Receiver-side throughput (the client receives: `-R`), in Gbit/s.
-fn iperf(client: &Place, server: Ipv4Addr, streams: u32) -> Result<f64> {
+fn iperf(client: &Place, server: Target, streams: u32) -> Result<f64> {
     let out = client.run_ok(
         &[
             "iperf3",
             "-c",
-            &server.to_string(),
+            &server.ip.to_string(),
             "-p",
-            &IPERF_PORT.to_string(),
+            &server.port(IPERF_PORT),
             "-R",
             "-J",
             "-t",
@@ -145,16 +221,16 @@ fn iperf(client: &Place, server: Ipv4Addr, streams: u32) -> Result<f64> {
 }
 
 /// Round-trip percentiles of 64-byte ping-pong, in µs.
-fn sockperf(client: &Place, server: Ipv4Addr) -> Result<(f64, f64)> {
+fn sockperf(client: &Place, server: Target) -> Result<(f64, f64)> {
     let out = client.run_ok(
         &[
             "sockperf",
             "pp",
             "--tcp",
             "-i",
-            &server.to_string(),
+            &server.ip.to_string(),
             "-p",
-            &SOCKPERF_PORT.to_string(),
+            &server.port(SOCKPERF_PORT),
             "-m",
             "64",
             "-t",
@@ -175,13 +251,13 @@ fn sockperf(client: &Place, server: Ipv4Addr) -> Result<(f64, f64)> {
 }
 
 /// Connections per second, and connect+first-byte p50/p99 in µs.
-fn connections(client: &Place, server: Ipv4Addr, bin: &Path) -> Result<(f64, f64, f64)> {
+fn connections(client: &Place, server: Target, bin: &Path) -> Result<(f64, f64, f64)> {
     let connbench = bin.join("connbench");
     let out = client.run_ok(
         &[
             &connbench.to_string_lossy(),
             "client",
-            &format!("{server}:{CONN_PORT}"),
+            &format!("{}:{}", server.ip, server.port(CONN_PORT)),
             &SECONDS.to_string(),
             "200000",
         ],
@@ -221,70 +297,81 @@ fn peak_rss_mib(process: &Process) -> f64 {
         .map_or(0.0, |kib| kib / 1024.0)
 }
 
-fn print_table(direct: &Figures, mesh: &Figures, rss_mib: f64) {
-    let ratio = |m: f64, d: f64| {
-        if d > 0.0 {
-            format!("{:.0}%", 100.0 * m / d)
-        } else {
-            "-".into()
+/// How a row compares a figure with direct: as a share of it (more is
+/// better) or as time added to it (less is better).
+#[derive(Clone, Copy)]
+enum Compare {
+    Ratio,
+    Added,
+}
+
+impl Compare {
+    fn show(self, measured: f64, direct: f64) -> String {
+        match self {
+            Compare::Ratio if direct > 0.0 => format!("{:.0}%", 100.0 * measured / direct),
+            Compare::Ratio => "-".into(),
+            Compare::Added => format!("{:+.1} µs", measured - direct),
         }
-    };
-    let added = |m: f64, d: f64| format!("{:+.1} µs", m - d);
-    let rows = [
+    }
+}
+
+fn print_table(direct: &Figures, floor: &Figures, mesh: &Figures, rss_mib: f64) {
+    type Row = (&'static str, fn(&Figures) -> f64, Compare, &'static str);
+    let rows: [Row; 7] = [
         (
             "throughput, 1 stream (Gbit/s)",
-            direct.gbps_1,
-            mesh.gbps_1,
-            ratio(mesh.gbps_1, direct.gbps_1),
+            |f| f.gbps_1,
+            Compare::Ratio,
             "≥ 35%",
         ),
         (
             "throughput, 4 streams (Gbit/s)",
-            direct.gbps_4,
-            mesh.gbps_4,
-            ratio(mesh.gbps_4, direct.gbps_4),
+            |f| f.gbps_4,
+            Compare::Ratio,
             "≥ 35%",
         ),
         (
             "latency 64 B RTT p50 (µs)",
-            direct.rtt_p50_us,
-            mesh.rtt_p50_us,
-            added(mesh.rtt_p50_us, direct.rtt_p50_us),
+            |f| f.rtt_p50_us,
+            Compare::Added,
             "≤ +30 µs",
         ),
         (
             "latency 64 B RTT p99 (µs)",
-            direct.rtt_p99_us,
-            mesh.rtt_p99_us,
-            added(mesh.rtt_p99_us, direct.rtt_p99_us),
+            |f| f.rtt_p99_us,
+            Compare::Added,
             "",
         ),
         (
             "new connections (/s)",
-            direct.conn_per_s,
-            mesh.conn_per_s,
-            ratio(mesh.conn_per_s, direct.conn_per_s),
+            |f| f.conn_per_s,
+            Compare::Ratio,
             "≥ 70%",
         ),
         (
             "connect+first byte p50 (µs)",
-            direct.conn_p50_us,
-            mesh.conn_p50_us,
-            added(mesh.conn_p50_us, direct.conn_p50_us),
+            |f| f.conn_p50_us,
+            Compare::Added,
             "",
         ),
         (
             "connect+first byte p99 (µs)",
-            direct.conn_p99_us,
-            mesh.conn_p99_us,
-            added(mesh.conn_p99_us, direct.conn_p99_us),
+            |f| f.conn_p99_us,
+            Compare::Added,
             "",
         ),
     ];
-    println!("| measurement | direct | strait | strait vs direct | target |");
-    println!("|---|---:|---:|---:|---|");
-    for (name, d, m, vs, target) in rows {
-        println!("| {name} | {d:.2} | {m:.2} | {vs} | {target} |");
+    println!(
+        "| measurement | direct | 2 plain relays | strait | relays vs direct | strait vs direct | target |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---|");
+    for (name, figure, compare, target) in rows {
+        let (d, r, m) = (figure(direct), figure(floor), figure(mesh));
+        println!(
+            "| {name} | {d:.2} | {r:.2} | {m:.2} | {} | {} | {target} |",
+            compare.show(r, d),
+            compare.show(m, d)
+        );
     }
-    println!("| agent peak RSS (MiB) | - | {rss_mib:.1} | - | |");
+    println!("| agent peak RSS (MiB) | - | - | {rss_mib:.1} | - | - | |");
 }

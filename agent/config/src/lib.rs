@@ -1,15 +1,21 @@
 //! strait's config model: what the proxies know about workloads and
 //! policies. Sources translate into it ([`local`]: a directory of Kubernetes
 //! and Istio YAML manifests); the proxies only ever see the model.
+mod check;
 pub mod duration;
 pub mod local;
-mod manifest;
+pub mod manifest;
+pub mod report;
+mod yaml;
 
 use std::{collections::BTreeMap, net::IpAddr, path::PathBuf};
 
 use serde::Serialize;
 
-pub use local::{LoadError, load_dir};
+pub use local::{LoadError, check_path, check_text, load_dir};
+pub use report::{Finding, ObjectReport, Report, Verdict};
+
+use crate::manifest::{networking, security};
 
 /// Namespace labels that put a namespace in the mesh.
 pub const ENROLL_LABELS: [(&str, &str); 2] = [
@@ -37,7 +43,18 @@ pub struct Config {
     pub root_namespace: String,
     pub namespaces: BTreeMap<String, Namespace>,
     pub workloads: Vec<Workload>,
+    pub services: Vec<Service>,
+    pub nodes: BTreeMap<String, Node>,
+    pub workload_groups: Vec<Named<networking::WorkloadGroupSpec>>,
     pub peer_authentications: Vec<PeerAuthentication>,
+    pub authorization_policies: Vec<Named<security::AuthorizationPolicySpec>>,
+    /// Stored for the waypoint.
+    pub request_authentications: Vec<Named<security::RequestAuthenticationSpec>>,
+    pub destination_rules: Vec<Named<networking::DestinationRuleSpec>>,
+    /// Stored for the waypoint: the L7 routes.
+    pub virtual_services: Vec<Named<networking::VirtualServiceSpec>>,
+    /// Stored for the gateways.
+    pub gateways: Vec<Named<networking::GatewaySpec>>,
     /// Objects of kinds the model does not use, as `kind namespace/name`.
     pub ignored: Vec<String>,
     /// Workloads by address (index into `workloads`); see [`Config::reindex`].
@@ -52,7 +69,15 @@ impl Default for Config {
             root_namespace: "istio-system".into(),
             namespaces: BTreeMap::new(),
             workloads: Vec::new(),
+            services: Vec::new(),
+            nodes: BTreeMap::new(),
+            workload_groups: Vec::new(),
             peer_authentications: Vec::new(),
+            authorization_policies: Vec::new(),
+            request_authentications: Vec::new(),
+            destination_rules: Vec::new(),
+            virtual_services: Vec::new(),
+            gateways: Vec::new(),
             ignored: Vec::new(),
             by_address: std::collections::HashMap::new(),
         }
@@ -102,6 +127,89 @@ pub struct Workload {
     pub node: Option<String>,
     /// Its network namespace, when given explicitly.
     pub netns: Option<PathBuf>,
+}
+
+/// An object the model keeps as written (its meaning is applied elsewhere).
+#[derive(Clone, Debug, Serialize)]
+pub struct Named<S> {
+    pub name: String,
+    pub namespace: String,
+    pub spec: S,
+}
+
+impl<S> Named<S> {
+    pub fn new(name: &str, namespace: &str, spec: S) -> Self {
+        Self {
+            name: name.into(),
+            namespace: namespace.into(),
+            spec,
+        }
+    }
+}
+
+/// A Kubernetes node: where its workloads are.
+#[derive(Clone, Debug, Serialize)]
+pub struct Node {
+    pub name: String,
+    pub labels: Labels,
+    pub locality: Locality,
+    pub network: String,
+}
+
+/// A service: names, virtual addresses, ports and how to find its
+/// endpoints. Kubernetes Services and ServiceEntries both become one.
+#[derive(Clone, Debug, Serialize)]
+pub struct Service {
+    pub name: String,
+    pub namespace: String,
+    /// The names clients use: `name.ns.svc.<domain>`, or a ServiceEntry's
+    /// hosts (which may start with `*.`).
+    pub hosts: Vec<String>,
+    /// Virtual IPs; none for a headless service or an entry without
+    /// addresses.
+    pub addresses: Vec<IpAddr>,
+    pub ports: Vec<ServicePort>,
+    pub endpoints: Endpoints,
+    pub origin: ServiceOrigin,
+    /// `trafficDistribution` (PreferClose, PreferSameZone, PreferSameNode).
+    pub traffic_distribution: Option<String>,
+    /// `internalTrafficPolicy: Local`: only endpoints on the client's node.
+    pub node_local: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ServicePort {
+    pub name: String,
+    pub port: u16,
+    pub target: TargetPort,
+    pub protocol: String,
+}
+
+/// Where a service port leads on an endpoint.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub enum TargetPort {
+    Number(u16),
+    /// A port name, looked up in each endpoint's named ports.
+    Name(String),
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub enum Endpoints {
+    /// Workloads whose labels match, in the service's namespace.
+    Selector(Labels),
+    /// Listed in the object (ServiceEntry `endpoints`).
+    Static(Vec<Workload>),
+    /// Resolved by DNS when used (ServiceEntry resolution DNS).
+    Dns,
+    /// None known (a selector-less Service, resolution NONE).
+    Unset,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum ServiceOrigin {
+    Kubernetes,
+    MeshInternal,
+    MeshExternal,
 }
 
 /// `mtls.mode` of a PeerAuthentication.
@@ -157,6 +265,16 @@ impl Config {
             .and_then(|i| self.workloads.get(*i))
     }
 
+    /// Services answering to `host` (exact, or by a `*.` wildcard).
+    pub fn services_for_host<'a>(
+        &'a self,
+        host: &'a str,
+    ) -> impl Iterator<Item = &'a Service> + 'a {
+        self.services
+            .iter()
+            .filter(move |s| s.hosts.iter().any(|h| host_matches(h, host)))
+    }
+
     /// Workloads scheduled on `node`.
     pub fn workloads_on<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a Workload> + 'a {
         self.workloads
@@ -210,9 +328,61 @@ impl Config {
     }
 }
 
+/// Whether a service host (`reviews.default.svc.cluster.local`,
+/// `*.example.com`) covers `name`.
+pub fn host_matches(pattern: &str, name: &str) -> bool {
+    match pattern.strip_prefix("*.") {
+        Some(suffix) => name
+            .strip_suffix(suffix)
+            .is_some_and(|head| head.ends_with('.') && head.len() > 1),
+        None => pattern == "*" || pattern.eq_ignore_ascii_case(name),
+    }
+}
+
+/// The candidate closest to `word`, if close enough to be a likely typo.
+pub(crate) fn suggest<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
+    candidates
+        .into_iter()
+        .map(|c| {
+            (
+                strsim::damerau_levenshtein(&word.to_lowercase(), &c.to_lowercase()),
+                c,
+            )
+        })
+        .filter(|(d, c)| *d <= 2.max(c.len() / 4))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hosts_match_exactly_or_by_wildcard() {
+        assert!(host_matches("*.global", "user-service.production.global"));
+        assert!(!host_matches("*.global", "global"));
+        assert!(host_matches(
+            "Reviews.default.svc.cluster.local",
+            "reviews.default.svc.cluster.local"
+        ));
+        assert!(!host_matches(
+            "reviews.default.svc.cluster.local",
+            "ratings.default.svc.cluster.local"
+        ));
+    }
+
+    #[test]
+    fn suggestions_are_close_words_only() {
+        assert_eq!(
+            suggest("serviceAcount", ["address", "serviceAccount"]),
+            Some("serviceAccount")
+        );
+        assert_eq!(suggest("zzz", ["address", "serviceAccount"]), None);
+    }
 
     fn workload(ns: &str, labels: &[(&str, &str)]) -> Workload {
         Workload {

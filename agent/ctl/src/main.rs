@@ -1,7 +1,8 @@
 //! `straitctl`: the user's view of strait.
 mod admin;
+mod validate;
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -33,6 +34,14 @@ enum Command {
     Workloads,
     /// Workload certificates held on this node: identity, serial, validity.
     Certs,
+    /// Checks Kubernetes/Istio manifests without an agent: a line per
+    /// object (accepted, ignored, rejected with file:line, field and reason,
+    /// warnings). Exits 1 when anything is rejected.
+    Validate {
+        /// A file, a directory of `*.yaml`/`*.yml` files, or `-` for stdin.
+        #[arg(short = 'f', long = "filename")]
+        path: PathBuf,
+    },
 }
 
 #[derive(Deserialize)]
@@ -69,35 +78,46 @@ struct ProgramReport {
     attached: String,
 }
 
-fn main() -> Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    let path = match cli.command {
-        Command::Capture => "/capture",
-        Command::Workloads => "/workloads",
-        Command::Certs => "/certs",
+    let result = match &cli.command {
+        Command::Validate { path } => validate::run(path, cli.json),
+        Command::Capture => inspect(&cli, "/capture", |body| {
+            Ok(render_capture(&serde_json::from_str(body)?))
+        }),
+        Command::Workloads => inspect(&cli, "/workloads", |body| {
+            Ok(render_workloads(&serde_json::from_str::<Vec<_>>(body)?))
+        }),
+        Command::Certs => inspect(&cli, "/certs", |body| {
+            Ok(render_certs(&serde_json::from_str::<Vec<_>>(body)?))
+        }),
     };
+    result.unwrap_or_else(|err| {
+        eprintln!("straitctl: {err:#}");
+        ExitCode::from(2)
+    })
+}
+
+/// Reads one of the agent's admin documents and shows it, as a table or
+/// (`--json`) as sent.
+fn inspect(
+    cli: &Cli,
+    path: &str,
+    render: fn(&str) -> serde_json::Result<String>,
+) -> Result<ExitCode> {
     let body = admin::get(cli.admin, path)?;
-    if cli.json {
-        println!("{body}");
-        return Ok(());
-    }
-    let unexpected = || {
-        format!(
-            "the agent at {} sent an unexpected {path} document",
-            cli.admin
-        )
-    };
-    let text = match cli.command {
-        Command::Capture => render_capture(&serde_json::from_str(&body).with_context(unexpected)?),
-        Command::Workloads => {
-            render_workloads(&serde_json::from_str::<Vec<_>>(&body).with_context(unexpected)?)
-        }
-        Command::Certs => {
-            render_certs(&serde_json::from_str::<Vec<_>>(&body).with_context(unexpected)?)
-        }
+    let text = if cli.json {
+        format!("{body}\n")
+    } else {
+        render(&body).with_context(|| {
+            format!(
+                "the agent at {} sent an unexpected {path} document",
+                cli.admin
+            )
+        })?
     };
     print!("{text}");
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 fn render_workloads(workloads: &[WorkloadReport]) -> String {

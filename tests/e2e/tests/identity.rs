@@ -256,15 +256,17 @@ fn certificates_rotate_under_a_running_transfer() -> Result<()> {
     let first = serial(&mesh.straitctl("n2", &["certs"])?).ok_or("no certificate for b")?;
 
     // About 40 s: 1000 MB at 200 Mbit/s, so the certificates rotate at half
-    // life (30 s) mid-transfer. Bounded by bytes, not time: with -n the
-    // receiving end stops only once everything arrived, so both ends must
-    // agree exactly.
+    // life (30 s) mid-transfer. Bounded by bytes, not time: the receiving
+    // client ends the test only once all 1000 MB arrived over the one
+    // connection, so a connection broken by the rotation fails here. The
+    // paced sender may have written a block or two more by then, which
+    // were still in flight when the test ended.
     let (sent, received) = iperf_reverse(a, b, b.ipv4.into(), &["-n", "1000M", "-b", "200M"])?;
     assert!(
         received >= 1000 << 20,
         "the transfer stopped short: {received} bytes"
     );
-    assert_eq!(sent, received, "bytes were lost across the rotation");
+    assert!(sent >= received, "received {received} bytes of {sent} sent");
 
     let certs = mesh.straitctl("n2", &["certs"])?;
     let now = serial(&certs).ok_or("no certificate for b")?;

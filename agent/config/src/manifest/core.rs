@@ -1,0 +1,53 @@
+//! Kubernetes core `v1` objects the model uses.
+use serde::{Deserialize, Serialize};
+
+use crate::Labels;
+
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct ServiceSpec {
+    #[serde(rename = "type")]
+    pub service_type: Option<String>,
+    #[serde(rename = "clusterIP")]
+    pub cluster_ip: Option<String>,
+    #[serde(rename = "clusterIPs")]
+    pub cluster_ips: Vec<String>,
+    pub ports: Vec<ServicePort>,
+    pub selector: Option<Labels>,
+    pub traffic_distribution: Option<String>,
+    pub internal_traffic_policy: Option<String>,
+    pub external_traffic_policy: Option<String>,
+    #[serde(rename = "externalIPs")]
+    pub external_ips: Vec<String>,
+    pub external_name: Option<String>,
+    pub session_affinity: Option<String>,
+    pub session_affinity_config: Option<serde_json::Value>,
+    pub ip_families: Vec<String>,
+    pub ip_family_policy: Option<String>,
+    #[serde(rename = "loadBalancerIP")]
+    pub load_balancer_ip: Option<String>,
+    pub load_balancer_class: Option<String>,
+    pub load_balancer_source_ranges: Vec<String>,
+    pub allocate_load_balancer_node_ports: Option<bool>,
+    pub health_check_node_port: Option<u32>,
+    pub publish_not_ready_addresses: Option<bool>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct ServicePort {
+    pub name: Option<String>,
+    pub port: u32,
+    pub target_port: Option<IntOrString>,
+    pub protocol: Option<String>,
+    pub app_protocol: Option<String>,
+    pub node_port: Option<u32>,
+}
+
+/// A port by number or by name (`targetPort: 8080` or `targetPort: http`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum IntOrString {
+    Int(u32),
+    Str(String),
+}

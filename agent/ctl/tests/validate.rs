@@ -1,0 +1,99 @@
+//! `straitctl validate` as users run it: exit status and one line per
+//! object or problem.
+use std::{
+    io::Write,
+    path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
+};
+
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(path)
+}
+
+fn validate(path: &Path, stdin: Option<&str>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_straitctl"))
+        .args(["validate", "-f"])
+        .arg(path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running straitctl");
+    if let Some(text) = stdin {
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(text.as_bytes())
+            .expect("writing stdin");
+    }
+    drop(child.stdin.take());
+    child.wait_with_output().expect("straitctl output")
+}
+
+#[test]
+fn istio_examples_pass_with_exit_status_zero() {
+    let out = validate(&repo("tests/examples/istio"), None);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with("accepted ")).count(),
+        6,
+        "{text}"
+    );
+    assert!(
+        text.contains("6 object(s): 6 accepted, 0 ignored, 0 rejected"),
+        "{text}"
+    );
+}
+
+#[test]
+fn broken_manifests_fail_with_file_object_field_and_reason() {
+    let out = validate(&repo("agent/config/tests/broken"), None);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    let rejected: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("rejected "))
+        .collect();
+    assert_eq!(rejected.len(), 9, "{text}");
+    for line in rejected.iter().filter(|l| !l.contains("not-yaml.yaml")) {
+        // rejected FILE:LINE Kind ns/name: field PATH: REASON
+        let (location, rest) = line["rejected ".len()..]
+            .split_once(' ')
+            .unwrap_or_else(|| panic!("{line}"));
+        assert!(location.contains(".yaml:"), "no file:line in {line}");
+        let (object, rest) = rest
+            .split_once(": field ")
+            .unwrap_or_else(|| panic!("{line}"));
+        assert!(object.contains('/'), "no object in {line}");
+        let (field, reason) = rest.split_once(": ").unwrap_or_else(|| panic!("{line}"));
+        assert!(!field.is_empty() && !reason.is_empty(), "{line}");
+    }
+}
+
+#[test]
+fn stdin_is_read_with_a_dash() {
+    let good = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n";
+    let out = validate(Path::new("-"), Some(good));
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("accepted <stdin>:1 Namespace shop"));
+
+    let bad = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata:\n  name: p\nspec:\n  mtls:\n    mode: STRICTER\n";
+    let out = validate(Path::new("-"), Some(bad));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("rejected <stdin>:7 PeerAuthentication default/p: field spec.mtls.mode: \"STRICTER\" is not one of"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_missing_path_is_an_error_not_a_verdict() {
+    let out = validate(Path::new("/nonexistent/strait"), None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/strait"));
+}

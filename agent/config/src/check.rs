@@ -592,8 +592,8 @@ fn workload(
 }
 
 fn workload_group(f: &mut Findings, spec: &net::WorkloadGroupSpec) {
-    for (port_name, port) in &spec.template.ports {
-        let _ = (port_name, f.port("spec.template.ports", *port));
+    for port in spec.template.ports.values() {
+        f.port("spec.template.ports", *port);
     }
     if let Some(probe) = &spec.probe {
         let handlers = [

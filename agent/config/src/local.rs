@@ -192,7 +192,9 @@ fn check_document(report: &mut Report, file: &Path, first_line: u64, doc: &str) 
         }
     };
     let json = tree.to_json();
-    let header: Header = serde_json::from_value(json.clone()).unwrap_or_default();
+    let decoded = serde_json::from_value::<Header>(json.clone());
+    let header_ok = decoded.is_ok();
+    let header = decoded.unwrap_or_default();
     let meta = &header.metadata;
     let mut entry = ObjectReport {
         file: file.into(),
@@ -207,7 +209,7 @@ fn check_document(report: &mut Report, file: &Path, first_line: u64, doc: &str) 
     let mut findings = Findings::new(&tree, first_line);
     if !json.is_object() {
         findings.reject("", "a manifest must be a mapping with apiVersion and kind");
-    } else if serde_json::from_value::<Header>(json.clone()).is_err() {
+    } else if !header_ok {
         findings.reject(
             "metadata",
             "must be a mapping with string name, namespace, labels and annotations",

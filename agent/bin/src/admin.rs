@@ -25,10 +25,11 @@ use strait_identity::CertManager;
 use tokio::{net::TcpListener, task::JoinHandle};
 use tracing::{debug, warn};
 
-use crate::{metrics::Metrics, pods::WorkloadStatus, state::NodeState};
+use crate::{metrics::Metrics, pods::WorkloadStatus, reload, state::NodeState};
 
 pub struct State {
     node: NodeState,
+    reload: reload::SharedStatus,
     ready: AtomicBool,
     capture: Mutex<Capture>,
     workloads: Vec<WorkloadStatus>,
@@ -39,6 +40,7 @@ pub struct State {
 impl State {
     pub fn new(
         node: NodeState,
+        reload: reload::SharedStatus,
         capture: Capture,
         workloads: Vec<WorkloadStatus>,
         certs: Arc<CertManager>,
@@ -46,6 +48,7 @@ impl State {
     ) -> Self {
         Self {
             node,
+            reload,
             ready: AtomicBool::new(false),
             capture: Mutex::new(capture),
             workloads,
@@ -66,7 +69,7 @@ impl State {
         let stats = capture.stats()?;
         let maps = capture.maps();
         Ok(CaptureReport {
-            node: self.node.node.clone(),
+            node: self.node.node.to_string(),
             cgroup: capture.cgroup().display().to_string(),
             pin_dir: capture.layout().version_dir().display().to_string(),
             programs: capture
@@ -106,6 +109,13 @@ struct CaptureReport {
 struct ProgramReport {
     name: &'static str,
     attached: &'static str,
+}
+
+/// `/config_dump`: the config in force and how reloads went.
+#[derive(Serialize)]
+struct ConfigDump<'a> {
+    reload: reload::Status,
+    config: &'a strait_config::Config,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -169,7 +179,17 @@ fn route(routes: Routes, state: &State, req: &Request<Incoming>) -> Response<Ful
         },
         (Routes::Admin, "/workloads") => json(&state.workloads),
         (Routes::Admin, "/certs") => json(&state.certs.infos()),
-        (Routes::Admin, "/config_dump") => json(&*state.node.config),
+        (Routes::Admin, "/config_dump") => {
+            let reload = state
+                .reload
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            json(&ConfigDump {
+                reload,
+                config: &state.node.snapshot().config,
+            })
+        }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }

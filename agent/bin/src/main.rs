@@ -5,6 +5,7 @@ mod admin;
 mod metrics;
 mod pods;
 mod proxy;
+mod reload;
 mod state;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
@@ -79,10 +80,8 @@ fn main() -> Result<()> {
 async fn run(args: Args) -> Result<()> {
     let config =
         strait_config::load_dir(&args.config_dir).context("loading the config directory")?;
-    let state = NodeState {
-        node: args.node.clone(),
-        config: Arc::new(config),
-    };
+    let trust_domain = config.trust_domain.clone();
+    let state = NodeState::new(&args.node, config);
 
     let mut capture = Capture::attach(&CaptureConfig {
         cgroup: args.capture_cgroup.clone(),
@@ -97,9 +96,9 @@ async fn run(args: Args) -> Result<()> {
     })?;
 
     let authorizer_state = state.clone();
-    let ca = LocalCa::load_or_create(&args.ca_dir, &state.config.trust_domain)
+    let ca = LocalCa::load_or_create(&args.ca_dir, &trust_domain)
         .with_context(|| format!("loading the CA from {}", args.ca_dir.display()))?
-        .with_authorizer(Box::new(move |id| authorizer_state.may_hold(id)));
+        .with_authorizer(Box::new(move |id| authorizer_state.snapshot().may_hold(id)));
     let certs =
         CertManager::new(Arc::new(ca), args.cert_lifetime).context("setting up certificates")?;
 
@@ -117,8 +116,23 @@ async fn run(args: Args) -> Result<()> {
         proxy.serve(pod, listeners);
     }
 
+    let reload_status = reload::initial_status();
+    reload::spawn(
+        args.config_dir.clone(),
+        state.clone(),
+        reload_status.clone(),
+        metrics.clone(),
+    );
+
     let pins = capture.layout().clone();
-    let admin_state = Arc::new(admin::State::new(state, capture, workloads, certs, metrics));
+    let admin_state = Arc::new(admin::State::new(
+        state,
+        reload_status,
+        capture,
+        workloads,
+        certs,
+        metrics,
+    ));
     let servers = [
         admin::bind(args.admin_addr, admin::Routes::Admin, admin_state.clone()).await?,
         admin::bind(

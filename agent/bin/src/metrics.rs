@@ -2,7 +2,7 @@
 //! dashboards work.
 use prometheus_client::{
     encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder},
-    metrics::{counter::Counter, family::Family},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
 
@@ -48,6 +48,8 @@ pub enum Reason {
     Upstream,
     /// A redirected connection whose original destination was not found.
     NoOriginalDestination,
+    /// An AuthorizationPolicy refused it.
+    Denied,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -77,7 +79,20 @@ label_values! {
         Misdirected => "misdirected",
         Upstream => "upstream",
         NoOriginalDestination => "no_original_destination",
+        Denied => "denied",
     }
+    ReloadResult { Success => "success", Failure => "failure" }
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum ReloadResult {
+    Success,
+    Failure,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    pub result: ReloadResult,
 }
 
 pub struct Metrics {
@@ -86,6 +101,10 @@ pub struct Metrics {
     pub sent_bytes: Family<TcpLabels, Counter>,
     pub received_bytes: Family<TcpLabels, Counter>,
     pub failures: Family<FailureLabels, Counter>,
+    reloads: Family<ReloadLabels, Counter>,
+    /// 1 while the directory's current contents are in force, 0 after a
+    /// refused change.
+    last_reload_ok: Gauge,
     registry: Registry,
 }
 
@@ -123,12 +142,27 @@ impl Metrics {
             "Connections refused or failed before carrying data",
             failures.clone(),
         );
+        let reloads = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "strait_config_reloads",
+            "Config directory changes applied (success) or refused (failure)",
+            reloads.clone(),
+        );
+        let last_reload_ok = Gauge::default();
+        last_reload_ok.set(1);
+        registry.register(
+            "strait_config_last_reload_success",
+            "Whether the latest config change was applied (1) or refused (0)",
+            last_reload_ok.clone(),
+        );
         Self {
             opened,
             closed,
             sent_bytes,
             received_bytes,
             failures,
+            reloads,
+            last_reload_ok,
             registry,
         }
     }
@@ -137,6 +171,16 @@ impl Metrics {
         self.failures
             .get_or_create(&FailureLabels { direction, reason })
             .inc();
+    }
+
+    pub fn config_reloaded(&self, ok: bool) {
+        let result = if ok {
+            ReloadResult::Success
+        } else {
+            ReloadResult::Failure
+        };
+        self.reloads.get_or_create(&ReloadLabels { result }).inc();
+        self.last_reload_ok.set(i64::from(ok));
     }
 
     /// The text exposition format.

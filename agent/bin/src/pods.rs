@@ -121,6 +121,7 @@ pub async fn enroll_all(
             return (pods, statuses);
         }
     };
+    let state = state.snapshot();
     let local: Vec<Workload> = state.config.workloads_on(&state.node).cloned().collect();
     for workload in local {
         let identity = state.identity(&workload);

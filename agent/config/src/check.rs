@@ -1057,6 +1057,13 @@ fn authorization_policy(f: &mut Findings, spec: &sec::AuthorizationPolicySpec) {
     if action == "CUSTOM" && spec.provider.is_none() {
         f.reject("spec.provider", "is required for action CUSTOM");
     }
+    if action == "CUSTOM" {
+        f.warn(
+            "spec.action",
+            "CUSTOM needs an external authorizer, which the node proxy does not have: it denies \
+             the connections this policy's rules match",
+        );
+    }
     if action != "CUSTOM" && spec.provider.is_some() {
         f.reject("spec.provider", "is only for action CUSTOM");
     }

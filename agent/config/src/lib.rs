@@ -1,6 +1,7 @@
 //! strait's config model: what the proxies know about workloads and
 //! policies. Sources translate into it ([`local`]: a directory of Kubernetes
 //! and Istio YAML manifests); the proxies only ever see the model.
+pub mod authz;
 mod check;
 pub mod duration;
 pub mod local;

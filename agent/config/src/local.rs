@@ -16,7 +16,7 @@ use crate::{
 };
 
 /// Why a config could not be used: its first problem, and how many more.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct LoadError {
     pub file: PathBuf,
     /// 1-based line in the file.

@@ -24,6 +24,16 @@ impl Identity {
     }
 }
 
+impl Identity {
+    /// The form AuthorizationPolicies use: `<td>/ns/<ns>/sa/<sa>`.
+    pub fn principal(&self) -> String {
+        format!(
+            "{}/ns/{}/sa/{}",
+            self.trust_domain, self.namespace, self.service_account
+        )
+    }
+}
+
 impl fmt::Display for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -65,6 +75,7 @@ mod tests {
         let id: Identity = "spiffe://cluster.local/ns/frontend/sa/web".parse().unwrap();
         assert_eq!(id, Identity::new("cluster.local", "frontend", "web"));
         assert_eq!(id.to_string(), "spiffe://cluster.local/ns/frontend/sa/web");
+        assert_eq!(id.principal(), "cluster.local/ns/frontend/sa/web");
     }
 
     #[test]

@@ -128,6 +128,48 @@ pub fn curl(place: &Place, url: &str) -> Result<Output> {
     )?)
 }
 
+/// A TCP echo server (`socat`, one `cat` per connection) on `port`.
+pub fn echo_server(place: &Place, port: u16) -> Result<Process> {
+    let listen = format!("TCP-LISTEN:{port},fork,reuseaddr");
+    let mut server = place.spawn(&["socat", &listen, "EXEC:cat"])?;
+    server.wait_listening(port, Duration::from_secs(10))?;
+    Ok(server)
+}
+
+/// One long-lived connection to an echo server: a line every 50 ms for
+/// `seconds`, each checked as it comes back. Prints `echoed N` and exits 0
+/// when every line came back, non-zero at the first failure.
+pub fn echo_client(
+    place: &Place,
+    ip: std::net::IpAddr,
+    port: u16,
+    seconds: u32,
+) -> Result<Process> {
+    const SCRIPT: &str = r#"
+import socket, sys, time
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2)
+f = s.makefile("rwb")
+end = time.monotonic() + float(sys.argv[3])
+n = 0
+while time.monotonic() < end:
+    line = b"line %d\n" % n
+    f.write(line); f.flush()
+    if f.readline() != line:
+        sys.exit("echo %d did not come back" % n)
+    n += 1
+    time.sleep(0.05)
+print("echoed", n, flush=True)
+"#;
+    Ok(place.spawn(&[
+        "python3",
+        "-c",
+        SCRIPT,
+        &ip.to_string(),
+        &port.to_string(),
+        &seconds.to_string(),
+    ])?)
+}
+
 /// `http://<ip>:<port>/marker`, bracketing IPv6.
 pub fn marker_url(ip: std::net::IpAddr, port: u16) -> String {
     match ip {
@@ -230,6 +272,29 @@ impl<'t> Mesh<'t> {
             .node(node)?
             .run_ok(&argv, Duration::from_secs(10))?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// A document of the agent's admin endpoint (`/config_dump`, ...), from
+    /// its node.
+    pub fn admin(&self, node: &str, path: &str) -> Result<serde_json::Value> {
+        let url = format!("http://127.0.0.1:15000{path}");
+        let out = self.topo.node(node)?.run_ok(
+            &["curl", "-sf", "--max-time", "3", &url],
+            Duration::from_secs(10),
+        )?;
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    /// `straitctl` on this host (no agent needed: `validate`): its exit
+    /// code and stdout.
+    pub fn straitctl_local(&self, args: &[&str]) -> Result<(i32, String)> {
+        let out = std::process::Command::new(self.bin_dir.join("straitctl"))
+            .args(args)
+            .output()?;
+        Ok((
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        ))
     }
 
     /// The agent's Prometheus metrics, from its node.

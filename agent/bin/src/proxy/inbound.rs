@@ -1,18 +1,20 @@
 //! Inbound: a connection for a pod of this node, steered to the agent by
 //! `sk_lookup`. HBONE (15008): check the peer, then deliver each CONNECT to
 //! the app. Plaintext (15006): refuse it if the workload's PeerAuthentication
-//! is STRICT, else deliver it. Delivery connects from the pod's own address,
-//! and the peer-name program makes the app see the real client.
+//! is STRICT, else deliver it. Either way the workload's
+//! AuthorizationPolicies decide first. Delivery connects from the pod's own
+//! address, and the peer-name program makes the app see the real client.
 use std::{
     net::{IpAddr, SocketAddr},
     sync::Arc,
 };
 
 use hyper::StatusCode;
-use strait_config::MtlsMode;
+use strait_config::{MtlsMode, authz};
 use strait_hbone::Connect;
+use strait_identity::Identity;
 use tokio::net::TcpStream;
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::{Proxy, relay::relay, reset};
 use crate::{
@@ -53,6 +55,16 @@ async fn on_connect(proxy: Arc<Proxy>, pod: Arc<Pod>, connect: Connect) {
             return;
         }
         let client_ip = connect.peer_addr.ip();
+        if !authorized(
+            &proxy,
+            &pod,
+            Some(&connect.peer),
+            client_ip,
+            connect.authority,
+        ) {
+            connect.stream.refuse(StatusCode::FORBIDDEN);
+            return;
+        }
         let Some((mut app, local)) = deliver(&proxy, &pod, connect.authority, client_ip).await
         else {
             proxy.metrics.fail(Direction::Inbound, Reason::Upstream);
@@ -100,9 +112,18 @@ pub async fn handle_plaintext(
             reset(client);
             return;
         }
-        if proxy.state.config.mtls_mode(&pod.workload, original.port()) == MtlsMode::Strict {
+        let state = proxy.state.snapshot();
+        let workload = state
+            .config
+            .workload_by_address(original.ip())
+            .unwrap_or(&pod.workload);
+        if state.config.mtls_mode(workload, original.port()) == MtlsMode::Strict {
             proxy.metrics.fail(Direction::Inbound, Reason::StrictMtls);
             warn!("plaintext refused: PeerAuthentication is STRICT");
+            reset(client);
+            return;
+        }
+        if !authorized(&proxy, &pod, None, peer.ip(), original) {
             reset(client);
             return;
         }
@@ -129,6 +150,45 @@ pub async fn handle_plaintext(
     }
     .instrument(span)
     .await
+}
+
+/// Whether the AuthorizationPolicies in force let `peer` (none over
+/// plaintext) at `client_ip` reach `to`. The workload is looked up in the
+/// current config, so relabelling it changes which policies select it.
+fn authorized(
+    proxy: &Proxy,
+    pod: &Pod,
+    peer: Option<&Identity>,
+    client_ip: IpAddr,
+    to: SocketAddr,
+) -> bool {
+    let state = proxy.state.snapshot();
+    let workload = state
+        .config
+        .workload_by_address(to.ip())
+        .unwrap_or(&pod.workload);
+    let principal = peer.map(Identity::principal);
+    let decision = state.config.authorize(
+        workload,
+        &authz::Connection {
+            principal: principal.as_deref(),
+            namespace: peer.map(|p| p.namespace.as_str()),
+            source_ip: client_ip,
+            destination_ip: to.ip(),
+            destination_port: to.port(),
+        },
+    );
+    for policy in &decision.audited {
+        info!(%policy, allowed = decision.allowed, "AUDIT policy matched");
+    }
+    if !decision.allowed {
+        proxy.metrics.fail(Direction::Inbound, Reason::Denied);
+        match &decision.policy {
+            Some(policy) => warn!(%policy, "denied by DENY policy"),
+            None => warn!("denied: no ALLOW policy matches"),
+        }
+    }
+    decision.allowed
 }
 
 /// Connects to the app at `to` from the pod's own address, having first told

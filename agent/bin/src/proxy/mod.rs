@@ -81,8 +81,9 @@ impl Proxy {
         dst: IpAddr,
         mtls: bool,
     ) -> TcpLabels {
+        let state = self.state.snapshot();
         let describe = |ip: IpAddr| {
-            self.state
+            state
                 .workload(ip)
                 .map(|w| (w.name.clone(), w.namespace.clone()))
                 .unwrap_or_else(|| ("unknown".into(), "unknown".into()))
@@ -90,9 +91,9 @@ impl Proxy {
         let (source_workload, source_workload_namespace) = describe(src);
         let (destination_workload, destination_workload_namespace) = describe(dst);
         let destination_principal = if mtls {
-            self.state
+            state
                 .mesh_workload(dst)
-                .map(|w| self.state.identity(w).to_string())
+                .map(|w| state.identity(w).to_string())
                 .unwrap_or_else(|| "unknown".into())
         } else {
             "unknown".into()

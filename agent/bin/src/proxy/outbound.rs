@@ -34,10 +34,10 @@ pub async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, client: TcpStream, peer: S
     let span = info_span!("outbound", %src, dst = %original, src_identity = %pod.identity);
     async move {
         let _ = client.set_nodelay(true);
-        match proxy
-            .state
+        let state = proxy.state.snapshot();
+        match state
             .mesh_workload(original.ip())
-            .map(|w| proxy.state.identity(w))
+            .map(|w| state.identity(w))
         {
             Some(destination) => {
                 let hbone = SocketAddr::new(original.ip(), port::HBONE);

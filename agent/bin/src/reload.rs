@@ -1,0 +1,132 @@
+//! Hot reload of the config directory. The agent polls the directory; once
+//! a change has stayed put for one poll (an editor's save is not caught half
+//! written), it checks the whole directory again. A config with any rejected
+//! object is refused as a whole and the last good one stays in force;
+//! connections already open are never touched either way.
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use serde::Serialize;
+use strait_config::LoadError;
+use tracing::{info, warn};
+
+use crate::{metrics::Metrics, state::NodeState};
+
+/// How often the directory is looked at: a change applies within two polls
+/// plus the time to load it.
+const POLL: Duration = Duration::from_millis(200);
+
+/// What `/config_dump` shows about reloads.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Status {
+    /// Configs applied since start (the first load is 1).
+    pub generation: u64,
+    /// When the current config was applied (seconds since the epoch).
+    pub applied_at: f64,
+    /// Changes refused since start.
+    pub failures: u64,
+    /// Why the latest change was refused; cleared by the next good one.
+    pub last_error: Option<LoadError>,
+}
+
+pub type SharedStatus = Arc<Mutex<Status>>;
+
+pub fn initial_status() -> SharedStatus {
+    Arc::new(Mutex::new(Status {
+        generation: 1,
+        applied_at: now(),
+        failures: 0,
+        last_error: None,
+    }))
+}
+
+/// Watches `dir` for as long as the agent runs.
+pub fn spawn(dir: PathBuf, state: NodeState, status: SharedStatus, metrics: Arc<Metrics>) {
+    tokio::spawn(async move {
+        let mut applied = fingerprint(&dir);
+        let mut seen = applied.clone();
+        loop {
+            tokio::time::sleep(POLL).await;
+            let now = fingerprint(&dir);
+            if now != seen {
+                seen = now;
+                continue;
+            }
+            if now == applied {
+                continue;
+            }
+            applied = now;
+            let load_dir = dir.clone();
+            let result = tokio::task::spawn_blocking(move || strait_config::load_dir(&load_dir))
+                .await
+                .unwrap_or_else(|join| {
+                    Err(LoadError {
+                        file: dir.clone(),
+                        line: None,
+                        object: None,
+                        field: None,
+                        reason: format!("the loader failed: {join}"),
+                        more: 0,
+                    })
+                });
+            let mut status = status.lock().unwrap_or_else(|p| p.into_inner());
+            match result {
+                Ok(config) => {
+                    state.replace(config);
+                    status.generation += 1;
+                    status.applied_at = self::now();
+                    status.last_error = None;
+                    metrics.config_reloaded(true);
+                    info!(generation = status.generation, dir = %dir.display(), "config reloaded");
+                }
+                Err(err) => {
+                    status.failures += 1;
+                    metrics.config_reloaded(false);
+                    warn!(
+                        file = %err.file.display(),
+                        line = err.line,
+                        object = err.object.as_deref().unwrap_or(""),
+                        field = err.field.as_deref().unwrap_or(""),
+                        reason = %err.reason,
+                        more = err.more,
+                        "config change refused; keeping the last good config"
+                    );
+                    status.last_error = Some(err);
+                }
+            }
+        }
+    });
+}
+
+/// The manifest files of `dir` as (path, size, modified, inode): cheap to
+/// take, and different whenever a file is added, removed or rewritten.
+fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, SystemTime, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<_> = entries
+        .flatten()
+        .filter_map(|e| {
+            let path = e.path();
+            let manifest = path.extension().is_some_and(|x| x == "yaml" || x == "yml");
+            let meta = std::fs::metadata(&path).ok()?;
+            (manifest && meta.is_file()).then(|| {
+                let modified = meta.modified().unwrap_or(UNIX_EPOCH);
+                (path, meta.len(), modified, meta.ino())
+            })
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or_default()
+}

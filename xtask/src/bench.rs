@@ -14,7 +14,10 @@ use anyhow::{Context, Result, anyhow, bail};
 use strait_e2e::{Mesh, namespace_yaml, workload_yaml};
 use strait_topology::{Locality, Place, Process, Spec, Topology};
 
-use crate::cmd::{self, section};
+use crate::{
+    cmd::{self, section},
+    scale,
+};
 
 /// Seconds per measurement: long enough to be stable, short enough to keep
 /// the whole run around a minute.
@@ -105,12 +108,45 @@ pub fn run() -> Result<()> {
     let mesh_figures = measure(client, direct_target, &bin)?;
     let rss_mib = agents
         .iter()
-        .map(peak_rss_mib)
+        .map(|a| rss_mib(a).0)
         .max_by(f64::total_cmp)
         .unwrap_or(0.0);
+    drop(agents);
+
+    section(&format!(
+        "scale: an agent loading {} Services and {} WorkloadEntries",
+        scale::SERVICES,
+        scale::WORKLOADS
+    ));
+    let scale_dir = topo.scratch_dir().join("config-scale");
+    scale::write_config(&scale_dir)?;
+    let scale = scale::measure(&mesh, "n1", &scale_dir)?;
 
     section("results");
     print_table(&direct, &floor, &mesh_figures, rss_mib);
+    println!();
+    println!("| scale: 10,000 Services, 100,000 WorkloadEntries | strait | target |");
+    println!("|---|---:|---|");
+    println!(
+        "| config load at start (s) | {:.2} | < 5 s |",
+        scale.load_seconds
+    );
+    println!(
+        "| config reload after a change (s) | {:.2} | |",
+        scale.reload_seconds
+    );
+    println!(
+        "| agent peak RSS while loading at start (MiB) | {:.1} | |",
+        scale.start_peak_rss_mib
+    );
+    println!(
+        "| agent RSS once loaded (MiB) | {:.1} | < 300 MiB |",
+        scale.rss_mib
+    );
+    println!(
+        "| agent peak RSS over start and reload (MiB) | {:.1} | |",
+        scale.peak_rss_mib
+    );
     Ok(())
 }
 
@@ -285,16 +321,18 @@ fn number_after(text: &str, key: &str) -> Option<f64> {
     rest[..end].parse().ok()
 }
 
-/// Peak resident memory of a process, from `VmHWM`.
-fn peak_rss_mib(process: &Process) -> f64 {
-    std::fs::read_to_string(format!("/proc/{}/status", process.pid()))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| number_after(l, "VmHWM:"))
-        })
-        .map_or(0.0, |kib| kib / 1024.0)
+/// Peak and current resident memory of a process (`VmHWM`, `VmRSS`).
+pub fn rss_mib(process: &Process) -> (f64, f64) {
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", process.pid())).unwrap_or_default();
+    let field = |key: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| number_after(l, key))
+            .map_or(0.0, |kib| kib / 1024.0)
+    };
+    (field("VmHWM:"), field("VmRSS:"))
 }
 
 /// How a row compares a figure with direct: as a share of it (more is

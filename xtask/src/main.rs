@@ -3,6 +3,7 @@
 mod bench;
 mod cmd;
 mod demo;
+mod scale;
 mod setup;
 mod test;
 

@@ -18,6 +18,8 @@ const APT_PACKAGES: &[&str] = &[
     "tcpdump",
     "tshark",
     "socat",
+    // The upstream nameserver of the DNS tests.
+    "dnsmasq-base",
     "openssl",
     // Benchmarks.
     "iperf3",

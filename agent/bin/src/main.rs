@@ -2,6 +2,7 @@
 //! attaches them to the cgroup subtree of the node's pods, enrolls the pods
 //! that are in the mesh, and proxies their traffic over mutual-TLS HBONE.
 mod admin;
+mod dns;
 mod metrics;
 mod pods;
 mod proxy;
@@ -77,9 +78,29 @@ fn main() -> Result<()> {
         .block_on(run(args))
 }
 
+/// Loading a large config frees much more than it keeps; hand the freed
+/// pages back so the agent's resident size is what it holds.
+pub fn release_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 async fn run(args: Args) -> Result<()> {
+    let metrics = Arc::new(metrics::Metrics::new());
+    let started = std::time::Instant::now();
     let config =
         strait_config::load_dir(&args.config_dir).context("loading the config directory")?;
+    metrics.config_loaded_in(started.elapsed());
+    info!(
+        services = config.services.len(),
+        workloads = config.workloads.len(),
+        seconds = started.elapsed().as_secs_f64(),
+        "config loaded"
+    );
+    release_freed_memory();
     let trust_domain = config.trust_domain.clone();
     let state = NodeState::new(&args.node, config);
 
@@ -103,7 +124,6 @@ async fn run(args: Args) -> Result<()> {
         CertManager::new(Arc::new(ca), args.cert_lifetime).context("setting up certificates")?;
 
     let (pods, workloads) = pods::enroll_all(&state, &mut capture, &certs, &args.netns_dir).await;
-    let metrics = Arc::new(metrics::Metrics::new());
     let proxy = Arc::new(Proxy {
         state: state.clone(),
         maps: capture.maps(),

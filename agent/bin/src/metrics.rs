@@ -1,5 +1,7 @@
 //! Prometheus metrics on :15020 with Istio's names and labels, so existing
 //! dashboards work.
+use std::sync::atomic::AtomicU64;
+
 use prometheus_client::{
     encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder},
     metrics::{counter::Counter, family::Family, gauge::Gauge},
@@ -50,6 +52,8 @@ pub enum Reason {
     NoOriginalDestination,
     /// An AuthorizationPolicy refused it.
     Denied,
+    /// A service address with no endpoint for the port.
+    NoEndpoints,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -80,6 +84,7 @@ label_values! {
         Upstream => "upstream",
         NoOriginalDestination => "no_original_destination",
         Denied => "denied",
+        NoEndpoints => "no_endpoints",
     }
     ReloadResult { Success => "success", Failure => "failure" }
 }
@@ -102,9 +107,14 @@ pub struct Metrics {
     pub received_bytes: Family<TcpLabels, Counter>,
     pub failures: Family<FailureLabels, Counter>,
     reloads: Family<ReloadLabels, Counter>,
+    /// DNS queries the proxy received, and those it forwarded upstream.
+    pub dns_requests: Counter,
+    pub dns_forwarded: Counter,
     /// 1 while the directory's current contents are in force, 0 after a
     /// refused change.
     last_reload_ok: Gauge,
+    /// How long the latest load of the config directory took.
+    load_seconds: Gauge<f64, AtomicU64>,
     registry: Registry,
 }
 
@@ -148,6 +158,24 @@ impl Metrics {
             "Config directory changes applied (success) or refused (failure)",
             reloads.clone(),
         );
+        let dns_requests = Counter::default();
+        registry.register(
+            "istio_dns_requests",
+            "DNS queries received by the DNS proxy",
+            dns_requests.clone(),
+        );
+        let dns_forwarded = Counter::default();
+        registry.register(
+            "istio_dns_upstream_requests",
+            "DNS queries forwarded to the pod's nameserver",
+            dns_forwarded.clone(),
+        );
+        let load_seconds = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "strait_config_load_seconds",
+            "How long the latest load of the config directory took",
+            load_seconds.clone(),
+        );
         let last_reload_ok = Gauge::default();
         last_reload_ok.set(1);
         registry.register(
@@ -162,7 +190,10 @@ impl Metrics {
             received_bytes,
             failures,
             reloads,
+            dns_requests,
+            dns_forwarded,
             last_reload_ok,
+            load_seconds,
             registry,
         }
     }
@@ -171,6 +202,10 @@ impl Metrics {
         self.failures
             .get_or_create(&FailureLabels { direction, reason })
             .inc();
+    }
+
+    pub fn config_loaded_in(&self, took: std::time::Duration) {
+        self.load_seconds.set(took.as_secs_f64());
     }
 
     pub fn config_reloaded(&self, ok: bool) {

@@ -16,7 +16,7 @@ use strait_config::Workload;
 use strait_ebpf_common::{AGENT_MARK, port};
 use strait_identity::{CertManager, Identity};
 use strait_netns::{Netns, SocketMaker};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tracing::{info, warn};
 
 use crate::state::NodeState;
@@ -32,13 +32,15 @@ pub struct Pod {
 }
 
 /// The listeners opened in one pod, handed to the proxy.
-pub struct Listeners<L = TcpListener> {
+pub struct Listeners<L = TcpListener, U = UdpSocket> {
     pub outbound: Vec<L>,
     pub hbone: Vec<L>,
     pub plaintext: Vec<L>,
+    pub dns_tcp: Vec<L>,
+    pub dns_udp: Vec<U>,
 }
 
-impl Listeners<std::net::TcpListener> {
+impl Listeners<std::net::TcpListener, std::net::UdpSocket> {
     /// Registers the sockets with tokio (needs the runtime, not the
     /// namespace: a socket keeps the namespace it was made in).
     fn into_tokio(self) -> std::io::Result<Listeners> {
@@ -51,6 +53,12 @@ impl Listeners<std::net::TcpListener> {
             outbound: convert(self.outbound)?,
             hbone: convert(self.hbone)?,
             plaintext: convert(self.plaintext)?,
+            dns_tcp: convert(self.dns_tcp)?,
+            dns_udp: self
+                .dns_udp
+                .into_iter()
+                .map(UdpSocket::from_std)
+                .collect::<std::io::Result<Vec<_>>>()?,
         })
     }
 }
@@ -101,6 +109,20 @@ impl Pod {
         tokio::net::TcpSocket::from_std_stream(std_stream)
             .connect(to)
             .await
+    }
+
+    /// A UDP socket inside the pod, marked so capture leaves it alone.
+    pub fn udp_socket(&self, v4: bool) -> std::io::Result<UdpSocket> {
+        let domain = if v4 { libc::AF_INET } else { libc::AF_INET6 };
+        let socket = Socket::from(self.sockets.udp_socket(domain)?);
+        socket.set_mark(AGENT_MARK)?;
+        let any = if v4 {
+            IpAddr::from(Ipv4Addr::UNSPECIFIED)
+        } else {
+            IpAddr::from(Ipv6Addr::UNSPECIFIED)
+        };
+        socket.bind(&SocketAddr::new(any, 0).into())?;
+        UdpSocket::from_std(socket.into())
     }
 }
 
@@ -233,11 +255,15 @@ fn reconcile(capture: &Capture, pods: &[(Arc<Pod>, Listeners)]) {
 }
 
 /// Runs inside the pod's namespace.
-fn open_listeners(families: &BTreeSet<bool>) -> Result<Listeners<std::net::TcpListener>> {
+fn open_listeners(
+    families: &BTreeSet<bool>,
+) -> Result<Listeners<std::net::TcpListener, std::net::UdpSocket>> {
     let mut listeners = Listeners {
         outbound: Vec::new(),
         hbone: Vec::new(),
         plaintext: Vec::new(),
+        dns_tcp: Vec::new(),
+        dns_udp: Vec::new(),
     };
     for &v4 in families {
         let (loopback, any): (IpAddr, IpAddr) = if v4 {
@@ -254,6 +280,9 @@ fn open_listeners(families: &BTreeSet<bool>) -> Result<Listeners<std::net::TcpLi
         listeners
             .plaintext
             .push(listen(SocketAddr::new(any, port::INBOUND_PLAINTEXT))?);
+        let dns = SocketAddr::new(loopback, port::DNS);
+        listeners.dns_tcp.push(listen(dns)?);
+        listeners.dns_udp.push(bind_udp(dns)?);
     }
     Ok(listeners)
 }
@@ -269,6 +298,19 @@ fn listen(addr: SocketAddr) -> Result<std::net::TcpListener> {
         .bind(&addr.into())
         .with_context(|| format!("binding {addr}"))?;
     socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+fn bind_udp(addr: SocketAddr) -> Result<std::net::UdpSocket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, None)?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket
+        .bind(&addr.into())
+        .with_context(|| format!("binding {addr} (UDP)"))?;
     Ok(socket.into())
 }
 

@@ -60,6 +60,7 @@ pub fn spawn(dir: PathBuf, state: NodeState, status: SharedStatus, metrics: Arc<
             }
             applied = now;
             let load_dir = dir.clone();
+            let started = std::time::Instant::now();
             let result = tokio::task::spawn_blocking(move || strait_config::load_dir(&load_dir))
                 .await
                 .unwrap_or_else(|join| {
@@ -75,7 +76,9 @@ pub fn spawn(dir: PathBuf, state: NodeState, status: SharedStatus, metrics: Arc<
             let mut status = status.lock().unwrap_or_else(|p| p.into_inner());
             match result {
                 Ok(config) => {
+                    metrics.config_loaded_in(started.elapsed());
                     state.replace(config);
+                    crate::release_freed_memory();
                     status.generation += 1;
                     status.applied_at = self::now();
                     status.last_error = None;

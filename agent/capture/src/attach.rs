@@ -55,11 +55,15 @@ pub struct Capture {
 }
 
 /// Programs attached to the node's cgroup subtree.
-const CGROUP_PROGRAMS: [&str; 5] = [
+const CGROUP_PROGRAMS: [&str; 9] = [
     program::CONNECT4,
     program::CONNECT6,
     program::GETPEERNAME4,
     program::GETPEERNAME6,
+    program::SENDMSG4,
+    program::SENDMSG6,
+    program::RECVMSG4,
+    program::RECVMSG6,
     program::SOCK_OPS,
 ];
 

@@ -2,7 +2,7 @@
 //! the translation of what passed into the model. Each problem is reported
 //! at its field path; nothing here panics on any input.
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::IpAddr,
     path::PathBuf,
 };
@@ -470,6 +470,7 @@ fn service_entry(
         );
     }
     let mut endpoints = Vec::new();
+    let mut dns_hosts = Vec::new();
     for (i, ep) in spec.endpoints.iter().enumerate() {
         let path = format!("spec.endpoints[{i}]");
         for port_name in ep.ports.keys() {
@@ -489,7 +490,9 @@ fn service_entry(
         match ep.address.as_deref() {
             None => f.reject(&format!("{path}.address"), "is required"),
             Some(a) if dns && a.parse::<IpAddr>().is_err() => {
-                if !valid_host(a) {
+                if valid_host(a) {
+                    dns_hosts.push(a.to_ascii_lowercase());
+                } else {
                     f.reject(
                         &format!("{path}.address"),
                         &format!("{a:?} is neither an IP address nor a host name"),
@@ -520,7 +523,7 @@ fn service_entry(
         endpoints: match (&spec.workload_selector, resolution) {
             (Some(sel), _) => Endpoints::Selector(sel.labels.clone()),
             (None, _) if !endpoints.is_empty() => Endpoints::Static(endpoints),
-            (None, r) if r.starts_with("DNS") => Endpoints::Dns,
+            (None, r) if r.starts_with("DNS") => Endpoints::Dns(dns_hosts),
             _ => Endpoints::Unset,
         },
         origin: if location == "MESH_INTERNAL" {
@@ -1185,6 +1188,14 @@ pub fn qualify(name: &str, namespace: &str) -> String {
 /// Checks that need every object: subsets that some DestinationRule
 /// defines, hosts that some service answers to, port names that workloads
 /// have.
+/// Whether [`across`] checks this kind of object.
+pub(crate) fn checked_across(item: &Item) -> bool {
+    matches!(
+        item,
+        Item::DestinationRule(_) | Item::VirtualService(_) | Item::Service(_)
+    )
+}
+
 pub(crate) fn across(report: &mut Report, parsed: &[Parsed]) {
     let services: Vec<&Service> = parsed
         .iter()
@@ -1207,15 +1218,17 @@ pub(crate) fn across(report: &mut Report, parsed: &[Parsed]) {
             _ => None,
         })
         .collect();
-    let workloads: Vec<&Workload> = parsed
-        .iter()
-        .filter_map(|p| match &p.item {
-            Item::Workload(w) => Some(w),
-            _ => None,
-        })
-        .collect();
+    let mut workloads: HashMap<&str, Vec<&Workload>> = HashMap::new();
     for p in parsed {
-        let mut f = Findings::new(&p.tree, p.first_line);
+        if let Item::Workload(w) = &p.item {
+            workloads.entry(w.namespace.as_str()).or_default().push(w);
+        }
+    }
+    for p in parsed {
+        let Some(tree) = &p.tree else {
+            continue;
+        };
+        let mut f = Findings::new(tree, p.first_line);
         match &p.item {
             Item::DestinationRule(dr) => {
                 let host = qualify(&dr.spec.host, &dr.namespace);
@@ -1290,12 +1303,18 @@ pub(crate) fn across(report: &mut Report, parsed: &[Parsed]) {
                 let Endpoints::Selector(selector) = &s.endpoints else {
                     continue;
                 };
-                let selected: Vec<&&Workload> = workloads
+                if !s
+                    .ports
                     .iter()
-                    .filter(|w| {
-                        w.namespace == s.namespace
-                            && selector.iter().all(|(k, v)| w.labels.get(k) == Some(v))
-                    })
+                    .any(|p| matches!(p.target, TargetPort::Name(_)))
+                {
+                    continue;
+                }
+                let selected: Vec<&&Workload> = workloads
+                    .get(s.namespace.as_str())
+                    .into_iter()
+                    .flatten()
+                    .filter(|w| selector.iter().all(|(k, v)| w.labels.get(k) == Some(v)))
                     .collect();
                 for (i, port) in s.ports.iter().enumerate() {
                     if let TargetPort::Name(name) = &port.target
@@ -1323,29 +1342,26 @@ pub(crate) fn across(report: &mut Report, parsed: &[Parsed]) {
 }
 
 /// The model of a config whose every object passed.
-pub(crate) fn build(parsed: &[Parsed], report: &Report) -> Config {
+pub(crate) fn build(parsed: Vec<Parsed>, report: &Report) -> Config {
     let mut config = Config::default();
+    let mut kubernetes_services = HashMap::new();
     for p in parsed {
-        match &p.item {
+        match p.item {
             Item::Namespace(ns) => {
-                config.namespaces.insert(ns.name.clone(), ns.clone());
+                config.namespaces.insert(ns.name.clone(), ns);
             }
             Item::Node(n) => {
-                config.nodes.insert(n.name.clone(), n.clone());
+                config.nodes.insert(n.name.clone(), n);
             }
-            Item::Service(s) => merge_service(&mut config.services, s.clone()),
-            Item::Workload(w) => config.workloads.push(w.clone()),
-            Item::WorkloadGroup(g) => config.workload_groups.push(g.as_ref().clone()),
-            Item::PeerAuthentication(pa) => config.peer_authentications.push(pa.clone()),
-            Item::AuthorizationPolicy(ap) => {
-                config.authorization_policies.push(ap.as_ref().clone())
-            }
-            Item::RequestAuthentication(ra) => {
-                config.request_authentications.push(ra.as_ref().clone())
-            }
-            Item::DestinationRule(dr) => config.destination_rules.push(dr.as_ref().clone()),
-            Item::VirtualService(vs) => config.virtual_services.push(vs.as_ref().clone()),
-            Item::Gateway(gw) => config.gateways.push(gw.as_ref().clone()),
+            Item::Service(s) => merge_service(&mut config.services, &mut kubernetes_services, s),
+            Item::Workload(w) => config.workloads.push(w),
+            Item::WorkloadGroup(g) => config.workload_groups.push(*g),
+            Item::PeerAuthentication(pa) => config.peer_authentications.push(pa),
+            Item::AuthorizationPolicy(ap) => config.authorization_policies.push(*ap),
+            Item::RequestAuthentication(ra) => config.request_authentications.push(*ra),
+            Item::DestinationRule(dr) => config.destination_rules.push(*dr),
+            Item::VirtualService(vs) => config.virtual_services.push(*vs),
+            Item::Gateway(gw) => config.gateways.push(*gw),
         }
     }
     config.ignored = report
@@ -1359,15 +1375,22 @@ pub(crate) fn build(parsed: &[Parsed], report: &Report) -> Config {
 }
 
 /// The same Kubernetes Service in several clusters is one service: its
-/// addresses and ports are the union.
-fn merge_service(services: &mut Vec<Service>, s: Service) {
-    let same = services.iter_mut().find(|x| {
-        x.origin == ServiceOrigin::Kubernetes
-            && s.origin == ServiceOrigin::Kubernetes
-            && x.name == s.name
-            && x.namespace == s.namespace
-    });
-    match same {
+/// addresses and ports are the union. `seen` indexes the Kubernetes
+/// services already in `services` by (namespace, name).
+fn merge_service(
+    services: &mut Vec<Service>,
+    seen: &mut HashMap<(String, String), usize>,
+    s: Service,
+) {
+    let key = (s.namespace.clone(), s.name.clone());
+    let index = match s.origin {
+        ServiceOrigin::Kubernetes => seen.get(&key).copied(),
+        _ => None,
+    };
+    if index.is_none() && s.origin == ServiceOrigin::Kubernetes {
+        seen.insert(key, services.len());
+    }
+    match index.and_then(|i| services.get_mut(i)) {
         Some(existing) => {
             for a in s.addresses {
                 if !existing.addresses.contains(&a) {

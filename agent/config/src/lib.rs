@@ -7,6 +7,7 @@ pub mod duration;
 pub mod local;
 pub mod manifest;
 pub mod report;
+pub mod service;
 mod yaml;
 
 use std::{collections::BTreeMap, net::IpAddr, path::PathBuf};
@@ -58,9 +59,13 @@ pub struct Config {
     pub gateways: Vec<Named<networking::GatewaySpec>>,
     /// Objects of kinds the model does not use, as `kind namespace/name`.
     pub ignored: Vec<String>,
+    /// Addresses allocated to ServiceEntry hosts that declare none.
+    pub allocated: BTreeMap<String, IpAddr>,
     /// Workloads by address (index into `workloads`); see [`Config::reindex`].
     #[serde(skip)]
     by_address: std::collections::HashMap<IpAddr, usize>,
+    #[serde(skip)]
+    services_index: service::ServiceIndex,
 }
 
 impl Default for Config {
@@ -80,7 +85,9 @@ impl Default for Config {
             virtual_services: Vec::new(),
             gateways: Vec::new(),
             ignored: Vec::new(),
+            allocated: BTreeMap::new(),
             by_address: std::collections::HashMap::new(),
+            services_index: service::ServiceIndex::default(),
         }
     }
 }
@@ -200,8 +207,9 @@ pub enum Endpoints {
     Selector(Labels),
     /// Listed in the object (ServiceEntry `endpoints`).
     Static(Vec<Workload>),
-    /// Resolved by DNS when used (ServiceEntry resolution DNS).
-    Dns,
+    /// Resolved by DNS when used (ServiceEntry resolution DNS): these
+    /// endpoint host names, or the service's own host when there are none.
+    Dns(Vec<String>),
     /// None known (a selector-less Service, resolution NONE).
     Unset,
 }
@@ -247,8 +255,9 @@ impl Config {
         ns_in && !opted_out
     }
 
-    /// Rebuilds the address index after `workloads` changed (sources call
-    /// it once they are done). The first workload with an address wins.
+    /// Rebuilds the lookups after `workloads` or `services` changed
+    /// (sources call it once they are done). The first workload with an
+    /// address wins.
     pub fn reindex(&mut self) {
         self.by_address.clear();
         for (i, w) in self.workloads.iter().enumerate() {
@@ -256,6 +265,7 @@ impl Config {
                 self.by_address.entry(*ip).or_insert(i);
             }
         }
+        self.index_services();
     }
 
     /// The workload that has `ip`, if any: on every proxied connection, so

@@ -157,22 +157,62 @@ pub fn check_text(file: &Path, text: &str) -> (Report, Option<Config>) {
 /// objects and then for the model.
 pub(crate) struct Parsed {
     pub report: usize,
-    pub tree: yaml::Node,
+    /// Kept only for the kinds the checks across objects look at (their
+    /// findings need lines): a large config is mostly workloads.
+    pub tree: Option<yaml::Node>,
     pub first_line: u64,
     pub item: Item,
 }
 
 fn check_sources(mut report: Report, sources: &[(PathBuf, String)]) -> (Report, Option<Config>) {
+    let docs: Vec<(&Path, u64, &str)> = sources
+        .iter()
+        .flat_map(|(file, text)| {
+            documents(text)
+                .into_iter()
+                .map(move |(line, doc)| (file.as_path(), line, doc))
+        })
+        .collect();
+    // Objects are checked on their own, so a large config is split across
+    // the cores; the parts are joined back in file order.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = docs.len().div_ceil(threads).max(1);
+    let parts: Vec<(Report, Vec<Parsed>)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = docs
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    let mut report = Report::default();
+                    let mut parsed = Vec::new();
+                    for &(file, first_line, doc) in part {
+                        if let Some(p) = check_document(&mut report, file, first_line, doc) {
+                            parsed.push(p);
+                        }
+                    }
+                    (report, parsed)
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| {
+                w.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    });
     let mut parsed = Vec::new();
-    for (file, text) in sources {
-        for (first_line, doc) in documents(text) {
-            if let Some(p) = check_document(&mut report, file, first_line, doc) {
-                parsed.push(p);
-            }
-        }
+    for (part, items) in parts {
+        let offset = report.objects.len();
+        report.objects.extend(part.objects);
+        report.files.extend(part.files);
+        parsed.extend(items.into_iter().map(|mut p| {
+            p.report += offset;
+            p
+        }));
     }
     check::across(&mut report, &parsed);
-    let config = (report.rejected() == 0).then(|| check::build(&parsed, &report));
+    let config = (report.rejected() == 0).then(|| check::build(parsed, &report));
     (report, config)
 }
 
@@ -247,7 +287,7 @@ fn check_document(report: &mut Report, file: &Path, first_line: u64, doc: &str) 
             report.objects.push(entry);
             item.map(|item| Parsed {
                 report: report.objects.len() - 1,
-                tree,
+                tree: check::checked_across(&item).then_some(tree),
                 first_line,
                 item,
             })

@@ -159,11 +159,20 @@ impl SocketMaker {
     /// A new non-blocking TCP socket in the namespace (`domain`:
     /// `AF_INET` or `AF_INET6`).
     pub fn tcp_socket(&self, domain: libc::c_int) -> io::Result<OwnedFd> {
+        self.socket(domain, libc::SOCK_STREAM)
+    }
+
+    /// A new non-blocking UDP socket in the namespace.
+    pub fn udp_socket(&self, domain: libc::c_int) -> io::Result<OwnedFd> {
+        self.socket(domain, libc::SOCK_DGRAM)
+    }
+
+    fn socket(&self, domain: libc::c_int, kind: libc::c_int) -> io::Result<OwnedFd> {
         // SAFETY: setns on descriptors we own; it changes only this thread.
         if unsafe { libc::setns(self.target.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
             return Err(io::Error::last_os_error());
         }
-        let socket = socket(domain, libc::SOCK_STREAM | libc::SOCK_NONBLOCK);
+        let socket = socket(domain, kind | libc::SOCK_NONBLOCK);
         // SAFETY: as above, back to the namespace the thread came from.
         if unsafe { libc::setns(self.home.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
             // The thread would go on making the agent's own sockets in a

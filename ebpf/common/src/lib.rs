@@ -10,11 +10,24 @@ pub mod program {
     pub const CONNECT6: &str = "strait_connect6";
     pub const GETPEERNAME4: &str = "strait_getpeername4";
     pub const GETPEERNAME6: &str = "strait_getpeername6";
+    pub const SENDMSG4: &str = "strait_sendmsg4";
+    pub const SENDMSG6: &str = "strait_sendmsg6";
+    pub const RECVMSG4: &str = "strait_recvmsg4";
+    pub const RECVMSG6: &str = "strait_recvmsg6";
     pub const SOCK_OPS: &str = "strait_sock_ops";
     pub const SK_LOOKUP: &str = "strait_sk_lookup";
     /// `cgroup/sock_addr` programs the agent attaches to a node's cgroup
     /// subtree.
-    pub const SOCK_ADDR_PROGRAMS: [&str; 4] = [CONNECT4, CONNECT6, GETPEERNAME4, GETPEERNAME6];
+    pub const SOCK_ADDR_PROGRAMS: [&str; 8] = [
+        CONNECT4,
+        CONNECT6,
+        GETPEERNAME4,
+        GETPEERNAME6,
+        SENDMSG4,
+        SENDMSG6,
+        RECVMSG4,
+        RECVMSG6,
+    ];
 }
 
 /// Names of the maps in the object; they are pinned by these names.
@@ -26,6 +39,8 @@ pub mod map {
     pub const POD_ADDRS: &str = "STRAIT_POD_ADDRS";
     pub const LISTENERS: &str = "STRAIT_LISTENERS";
     pub const PEER_NAMES: &str = "STRAIT_PEER_NAMES";
+    pub const DNS_BY_COOKIE: &str = "STRAIT_DNS_BY_COOKIE";
+    pub const DNS_UPSTREAM: &str = "STRAIT_DNS_UPSTREAM";
 }
 
 /// Ports of the agent's listeners inside each enrolled pod's network
@@ -34,6 +49,10 @@ pub mod port {
     pub const OUTBOUND: u16 = 15001;
     pub const INBOUND_PLAINTEXT: u16 = 15006;
     pub const HBONE: u16 = 15008;
+    /// The DNS proxy (UDP and TCP), on the pod's loopback.
+    pub const DNS: u16 = 15053;
+    /// What the DNS proxy answers in place of.
+    pub const NAMESERVER: u16 = 53;
 }
 
 /// `SO_MARK` on the agent's own sockets: capture leaves them alone even when
@@ -121,10 +140,15 @@ pub enum Stat {
     InboundNoListener = 7,
     /// `getpeername()`/`accept()` answers rewritten to the real client.
     PeerNameRewritten = 8,
+    /// DNS queries (UDP `connect`/`sendmsg` to port 53) sent to the agent's
+    /// DNS proxy instead.
+    DnsRedirected = 9,
+    /// DNS answers whose source was set back to the nameserver asked.
+    DnsAnswerRestored = 10,
 }
 
 impl Stat {
-    pub const ALL: [Stat; 9] = [
+    pub const ALL: [Stat; 11] = [
         Stat::Connect4,
         Stat::Connect4Tcp,
         Stat::Connect6,
@@ -134,6 +158,8 @@ impl Stat {
         Stat::InboundSteered,
         Stat::InboundNoListener,
         Stat::PeerNameRewritten,
+        Stat::DnsRedirected,
+        Stat::DnsAnswerRestored,
     ];
     /// Slots in the map; grows when a counter is added.
     pub const COUNT: u32 = Self::ALL.len() as u32;
@@ -150,13 +176,15 @@ impl Stat {
             Stat::InboundSteered => "inbound_steered",
             Stat::InboundNoListener => "inbound_no_listener",
             Stat::PeerNameRewritten => "peer_name_rewritten",
+            Stat::DnsRedirected => "dns_redirected",
+            Stat::DnsAnswerRestored => "dns_answer_restored",
         }
     }
 }
 
 /// Version of the pinned-object layout. Bump it when a map's key or value
 /// layout changes so that an upgraded agent does not reuse maps it cannot read.
-pub const PIN_LAYOUT_VERSION: u32 = 2;
+pub const PIN_LAYOUT_VERSION: u32 = 3;
 
 #[cfg(test)]
 mod tests {

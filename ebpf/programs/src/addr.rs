@@ -51,6 +51,29 @@ pub fn map_v4(addr: &SockAddr) -> SockAddr {
     }
 }
 
+/// The pod's own loopback at `port`, in the form a socket that was going to
+/// `original` can reach: 127.0.0.1, ::1, or ::ffff:127.0.0.1 for an IPv4
+/// destination on a dual-stack socket.
+#[inline(always)]
+pub fn pod_loopback(original: &SockAddr, port: u16) -> SockAddr {
+    let v4 = SockAddr {
+        ip: [u32::from_ne_bytes([127, 0, 0, 1]), 0, 0, 0],
+        port,
+        family: AF_INET,
+    };
+    if original.family == AF_INET {
+        v4
+    } else if unmap_v4(original).is_some() {
+        map_v4(&v4)
+    } else {
+        SockAddr {
+            ip: [0, 0, 0, u32::from_ne_bytes([0, 0, 0, 1])],
+            port,
+            family: AF_INET6,
+        }
+    }
+}
+
 /// Loopback (127/8, ::1, ::ffff:127/104): traffic that stays inside the pod.
 #[inline(always)]
 pub fn is_loopback(addr: &SockAddr) -> bool {

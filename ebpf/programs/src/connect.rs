@@ -1,7 +1,8 @@
 //! Outbound capture: `cgroup/connect4` and `cgroup/connect6` run on every
 //! `connect()` made by a process in the node's pod cgroups. A TCP connect from
 //! an enrolled pod is rewritten to the agent's outbound listener inside that
-//! pod's network namespace, and its original destination remembered.
+//! pod's network namespace (its DNS proxy for port 53), and its original
+//! destination remembered. UDP connects to port 53 are DNS's (`dns.rs`).
 use aya_ebpf::{
     helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
     macros::cgroup_sock_addr,
@@ -10,12 +11,13 @@ use aya_ebpf::{
 use strait_ebpf_common::{AF_INET, AF_INET6, AGENT_MARK, SockAddr, Stat, port};
 
 use crate::{
-    addr,
+    addr, dns,
     maps::{ENROLLED, ORIG_BY_COOKIE},
     stats::bump,
 };
 
 const IPPROTO_TCP: u32 = 6;
+const IPPROTO_UDP: u32 = 17;
 /// Returned to let the `connect()` proceed.
 const ALLOW: i32 = 1;
 
@@ -34,6 +36,9 @@ fn capture(ctx: &SockAddrContext, family: u16, all: Stat, tcp: Stat) -> i32 {
     bump(all);
     // SAFETY: the kernel hands the program a valid `bpf_sock_addr`.
     let sa = unsafe { &mut *ctx.sock_addr };
+    if sa.protocol == IPPROTO_UDP {
+        return dns::redirect(ctx, family);
+    }
     if sa.protocol != IPPROTO_TCP {
         return ALLOW;
     }
@@ -59,22 +64,24 @@ fn capture(ctx: &SockAddrContext, family: u16, all: Stat, tcp: Stat) -> i32 {
         // Without a record the agent could not forward it: leave it alone.
         return ALLOW;
     }
-    addr::write(sa, &listener(family));
+    let to = if original.port == port::NAMESERVER {
+        port::DNS
+    } else {
+        port::OUTBOUND
+    };
+    addr::write(sa, &listener(family, to));
     bump(Stat::Redirected);
     ALLOW
 }
 
-/// The agent's outbound listener on the pod's loopback.
+/// The agent's listener on the pod's loopback (the sock_ops hand-over keys
+/// an IPv6 socket's connection by its ::1 address).
 #[inline(always)]
-fn listener(family: u16) -> SockAddr {
+fn listener(family: u16, port: u16) -> SockAddr {
     let ip = if family == AF_INET6 {
         [0, 0, 0, u32::from_ne_bytes([0, 0, 0, 1])]
     } else {
         [u32::from_ne_bytes([127, 0, 0, 1]), 0, 0, 0]
     };
-    SockAddr {
-        ip,
-        port: port::OUTBOUND,
-        family,
-    }
+    SockAddr { ip, port, family }
 }

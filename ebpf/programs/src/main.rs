@@ -7,12 +7,14 @@
 //! - `connect.rs`: outbound capture, the rewrite to the agent's listener;
 //! - `sock_ops.rs`: hands the original destination over to the agent;
 //! - `sk_lookup.rs`: inbound capture, steering to the agent's listeners;
-//! - `peer_name.rs`: the server app sees the real client address.
+//! - `peer_name.rs`: the server app sees the real client address;
+//! - `dns.rs`: DNS queries go to the agent's DNS proxy.
 #![no_std]
 #![no_main]
 
 mod addr;
 mod connect;
+mod dns;
 mod maps;
 mod peer_name;
 mod sk_lookup;

@@ -24,6 +24,8 @@ pub struct Place {
     pub(crate) netns: String,
     pub(crate) cgroup: PathBuf,
     pub(crate) scratch: PathBuf,
+    /// Seen by the place's processes as `/etc/resolv.conf`.
+    pub(crate) resolv_conf: Option<PathBuf>,
 }
 
 impl Place {
@@ -33,6 +35,17 @@ impl Place {
     pub fn in_cgroup(&self, cgroup: PathBuf) -> Place {
         Place {
             cgroup,
+            ..self.clone()
+        }
+    }
+
+    /// The same place with its processes seeing `path` as
+    /// `/etc/resolv.conf`, as `ip netns exec` does with
+    /// `/etc/netns/<name>/resolv.conf`: each process gets a private mount
+    /// namespace with that file bound over the node's.
+    pub fn with_resolv_conf(&self, path: PathBuf) -> Place {
+        Place {
+            resolv_conf: Some(path),
             ..self.clone()
         }
     }
@@ -70,9 +83,17 @@ impl Place {
             .write(true)
             .open(&procs_path)
             .map_err(|e| Error::io(format!("opening {}", procs_path.display()), e))?;
+        let resolv_conf = match &self.resolv_conf {
+            Some(path) => Some(
+                std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+                    .map_err(|_| Error::Spec(format!("{} has a NUL byte", path.display())))?,
+            ),
+            None => None,
+        };
         let mut cmd = Command::new(program);
         // SAFETY: the closure runs in the forked child before exec and only
-        // makes two syscalls on descriptors opened above (no allocation).
+        // makes syscalls on descriptors and strings prepared above (no
+        // allocation).
         unsafe {
             cmd.pre_exec(move || {
                 if libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1 {
@@ -80,6 +101,9 @@ impl Place {
                 }
                 if libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
                     return Err(std::io::Error::last_os_error());
+                }
+                if let Some(source) = &resolv_conf {
+                    bind_resolv_conf(source)?;
                 }
                 Ok(())
             });
@@ -344,6 +368,36 @@ fn listens_on(table: &str, port: u16) -> bool {
                 .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
                 == Some(port)
     })
+}
+
+/// In a forked child: a private mount namespace in which `source` is bound
+/// over `/etc/resolv.conf`. Nothing outside the child sees it.
+fn bind_resolv_conf(source: &std::ffi::CStr) -> std::io::Result<()> {
+    let check = |rc: libc::c_int| {
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    };
+    // SAFETY: plain syscalls on NUL-terminated strings that outlive them.
+    unsafe {
+        check(libc::unshare(libc::CLONE_NEWNS))?;
+        check(libc::mount(
+            std::ptr::null(),
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        ))?;
+        check(libc::mount(
+            source.as_ptr(),
+            c"/etc/resolv.conf".as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND,
+            std::ptr::null(),
+        ))
+    }
 }
 
 #[cfg(test)]

@@ -6,10 +6,13 @@
 //! - [`inbound`]: to a pod of this node, over HBONE (15008) or plaintext
 //!   (15006, subject to PeerAuthentication), delivered with the client's
 //!   address;
+//! - [`route`]: where an outbound connection goes (service addresses to
+//!   endpoints);
 //! - [`relay`]: the bytes, metrics and access log.
 pub mod inbound;
 pub mod outbound;
 pub mod relay;
+pub mod route;
 
 use std::{net::IpAddr, sync::Arc};
 
@@ -45,6 +48,12 @@ impl Proxy {
         }
         for listener in listeners.plaintext {
             self.accept_loop(listener, pod.clone(), inbound::handle_plaintext);
+        }
+        for listener in listeners.dns_tcp {
+            self.accept_loop(listener, pod.clone(), crate::dns::handle_tcp);
+        }
+        for socket in listeners.dns_udp {
+            crate::dns::serve_udp(self.clone(), pod.clone(), socket);
         }
     }
 

@@ -1,18 +1,26 @@
 //! Outbound: a pod of this node connected somewhere; capture sent the
-//! connection to the pod's port 15001. Find where it was going, then carry it
-//! there: over HBONE (mutual TLS as the pod's identity) to a mesh workload,
-//! unchanged as plain TCP to anything else.
+//! connection to the pod's port 15001. Find where it was going and where
+//! that leads ([`route`](super::route)), then carry it there: over HBONE
+//! (mutual TLS as the pod's identity) to a mesh workload, unchanged as plain
+//! TCP to anything else.
 use std::{net::SocketAddr, sync::Arc};
 
 use strait_ebpf_common::port;
-use strait_hbone::PoolKey;
+use strait_hbone::{PoolKey, Tunnel};
+use strait_identity::Identity;
 use tokio::net::TcpStream;
 use tracing::{Instrument, debug, info_span, warn};
 
-use super::{Proxy, relay::relay, reset};
+use super::{
+    Proxy,
+    relay::relay,
+    reset,
+    route::{Route, route},
+};
 use crate::{
     metrics::{Direction, Reason, Reporter},
     pods::Pod,
+    state::Snapshot,
 };
 
 pub async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, client: TcpStream, peer: SocketAddr) {
@@ -35,100 +43,165 @@ pub async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, client: TcpStream, peer: S
     async move {
         let _ = client.set_nodelay(true);
         let state = proxy.state.snapshot();
-        match state
-            .mesh_workload(original.ip())
-            .map(|w| state.identity(w))
-        {
-            Some(destination) => {
-                let hbone = SocketAddr::new(original.ip(), port::HBONE);
-                let key = PoolKey {
-                    source: pod.identity.clone(),
-                    destination: destination.clone(),
-                    addr: hbone,
-                };
-                let tls = match proxy.clients.get(&pod.identity, &destination) {
-                    Ok(tls) => tls,
-                    Err(err) => {
-                        warn!(%err, "no TLS configuration");
-                        reset(client);
-                        return;
-                    }
-                };
-                let tunnel = proxy
-                    .pool
-                    .connect(&key, original, tls, || pod.connect(hbone, None, |_| ()))
-                    .await;
-                match tunnel {
-                    Ok(mut tunnel) => {
-                        let labels = proxy.labels(
-                            Reporter::Source,
-                            src,
-                            pod.identity.to_string(),
-                            original.ip(),
-                            true,
-                        );
-                        let (src, dst) = (src.to_string(), original.to_string());
-                        let mut client = client;
-                        if let Err(err) =
-                            relay(&proxy.metrics, labels, &mut client, &mut tunnel, &src, &dst)
-                                .await
-                        {
-                            // The far end refused the CONNECT (its app is not
-                            // listening): the client sees a reset, as it would
-                            // without the mesh.
-                            if err.kind() == std::io::ErrorKind::ConnectionRefused {
-                                proxy.metrics.fail(Direction::Outbound, Reason::Upstream);
-                                warn!(%err, %destination, "CONNECT refused");
-                            }
-                            reset(client);
-                        }
-                    }
-                    Err(err) => {
-                        let reason = if err.is_tls() {
-                            Reason::Tls
-                        } else {
-                            Reason::Upstream
-                        };
-                        proxy.metrics.fail(Direction::Outbound, reason);
-                        warn!(%err, %destination, "HBONE connect failed");
-                        reset(client);
-                    }
-                }
+        let targets = match route(&state, original) {
+            Ok(Route::Direct(dst)) => vec![dst],
+            Ok(Route::Endpoints { service, targets }) => {
+                debug!(%service, ?targets, "service address");
+                targets
             }
-            None => match pod.connect(original, None, |_| ()).await {
-                Ok(mut upstream) => {
-                    debug!("passthrough: destination is outside the mesh");
-                    let labels = proxy.labels(
-                        Reporter::Source,
-                        src,
-                        pod.identity.to_string(),
-                        original.ip(),
-                        false,
-                    );
-                    let (src, dst) = (src.to_string(), original.to_string());
-                    let mut client = client;
-                    if relay(
-                        &proxy.metrics,
-                        labels,
-                        &mut client,
-                        &mut upstream,
-                        &src,
-                        &dst,
-                    )
-                    .await
-                    .is_err()
-                    {
-                        reset(client);
-                    }
+            Ok(Route::Dns {
+                service,
+                hosts,
+                port,
+            }) => match resolve(&hosts, port).await {
+                Some(targets) => {
+                    debug!(%service, ?targets, "resolved by DNS");
+                    targets
                 }
-                Err(err) => {
-                    proxy.metrics.fail(Direction::Outbound, Reason::Upstream);
-                    debug!(%err, "passthrough connect failed");
+                None => {
+                    proxy.metrics.fail(Direction::Outbound, Reason::NoEndpoints);
+                    warn!(%service, ?hosts, "DNS gave no address");
                     reset(client);
+                    return;
                 }
             },
+            Err(err) => {
+                proxy.metrics.fail(Direction::Outbound, Reason::NoEndpoints);
+                warn!(%err, "service unavailable");
+                reset(client);
+                return;
+            }
+        };
+        let mut failure = Reason::Upstream;
+        for target in targets {
+            match open(&proxy, &pod, &state, target).await {
+                Ok(upstream) => {
+                    carry(&proxy, &pod, client, upstream, src, target).await;
+                    return;
+                }
+                Err(reason) => failure = reason,
+            }
         }
+        proxy.metrics.fail(Direction::Outbound, failure);
+        reset(client);
     }
     .instrument(span)
     .await
+}
+
+enum Upstream {
+    Hbone {
+        tunnel: Tunnel,
+        destination: Identity,
+    },
+    Plain(TcpStream),
+}
+
+/// Opens the way to `target`: an HBONE tunnel when a mesh workload is
+/// there, a plain connection from the pod otherwise.
+async fn open(
+    proxy: &Proxy,
+    pod: &Pod,
+    state: &Snapshot,
+    target: SocketAddr,
+) -> Result<Upstream, Reason> {
+    let Some(destination) = state.mesh_workload(target.ip()).map(|w| state.identity(w)) else {
+        return match pod.connect(target, None, |_| ()).await {
+            Ok(stream) => Ok(Upstream::Plain(stream)),
+            Err(err) => {
+                debug!(%err, %target, "passthrough connect failed");
+                Err(Reason::Upstream)
+            }
+        };
+    };
+    let hbone = SocketAddr::new(target.ip(), port::HBONE);
+    let key = PoolKey {
+        source: pod.identity.clone(),
+        destination: destination.clone(),
+        addr: hbone,
+    };
+    let tls = proxy
+        .clients
+        .get(&pod.identity, &destination)
+        .map_err(|err| {
+            warn!(%err, "no TLS configuration");
+            Reason::Tls
+        })?;
+    match proxy
+        .pool
+        .connect(&key, target, tls, || pod.connect(hbone, None, |_| ()))
+        .await
+    {
+        Ok(tunnel) => Ok(Upstream::Hbone {
+            tunnel,
+            destination,
+        }),
+        Err(err) => {
+            warn!(%err, %destination, %target, "HBONE connect failed");
+            Err(if err.is_tls() {
+                Reason::Tls
+            } else {
+                Reason::Upstream
+            })
+        }
+    }
+}
+
+/// Carries the client's bytes to `target` and back; the client sees a
+/// reset when the far end fails it.
+async fn carry(
+    proxy: &Proxy,
+    pod: &Pod,
+    mut client: TcpStream,
+    upstream: Upstream,
+    src: std::net::IpAddr,
+    target: SocketAddr,
+) {
+    let mtls = matches!(upstream, Upstream::Hbone { .. });
+    let labels = proxy.labels(
+        Reporter::Source,
+        src,
+        pod.identity.to_string(),
+        target.ip(),
+        mtls,
+    );
+    let (src, dst) = (src.to_string(), target.to_string());
+    let result = match upstream {
+        Upstream::Hbone {
+            mut tunnel,
+            destination,
+        } => {
+            let result = relay(&proxy.metrics, labels, &mut client, &mut tunnel, &src, &dst).await;
+            // The far end refused the CONNECT (its app is not listening, or
+            // a policy): the client sees a reset, as it would without the
+            // mesh.
+            if let Err(err) = &result
+                && err.kind() == std::io::ErrorKind::ConnectionRefused
+            {
+                proxy.metrics.fail(Direction::Outbound, Reason::Upstream);
+                warn!(%err, %destination, "CONNECT refused");
+            }
+            result
+        }
+        Upstream::Plain(mut stream) => {
+            relay(&proxy.metrics, labels, &mut client, &mut stream, &src, &dst).await
+        }
+    };
+    if result.is_err() {
+        reset(client);
+    }
+}
+
+/// Looks `hosts` up through the node's resolver; every address found, in a
+/// random order.
+async fn resolve(hosts: &[String], port: u16) -> Option<Vec<SocketAddr>> {
+    let mut found = Vec::new();
+    for host in hosts {
+        match tokio::net::lookup_host((host.as_str(), port)).await {
+            Ok(addrs) => found.extend(addrs),
+            Err(err) => debug!(%err, %host, "lookup failed"),
+        }
+    }
+    fastrand::shuffle(&mut found);
+    (!found.is_empty()).then_some(found)
 }

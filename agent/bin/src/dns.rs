@@ -1,0 +1,173 @@
+//! The DNS proxy on each enrolled pod's loopback (port 15053, UDP and
+//! TCP), where capture sends the pod's queries. Mesh names are answered
+//! from the current config ([`strait_dns`]); anything else goes unchanged to
+//! the nameserver the pod asked, from inside the pod, so it is resolved as
+//! it would be without the mesh.
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use strait_dns::Outcome;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpStream, UdpSocket},
+};
+use tracing::{Instrument, debug, info_span, warn};
+
+use crate::{pods::Pod, proxy::Proxy};
+
+/// How long an upstream nameserver gets to answer; the client retries
+/// on its own schedule anyway.
+const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(5);
+/// The largest DNS message (TCP's two-byte length).
+const MAX_MESSAGE: usize = 65_535;
+
+/// Serves a pod's UDP DNS socket: each query on a task of its own, so a
+/// slow upstream does not hold up mesh answers.
+pub fn serve_udp(proxy: Arc<Proxy>, pod: Arc<Pod>, socket: UdpSocket) {
+    let socket = Arc::new(socket);
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; MAX_MESSAGE];
+        loop {
+            let (len, peer) = match socket.recv_from(&mut buf).await {
+                Ok(got) => got,
+                Err(err) => {
+                    warn!(%err, pod = %pod.workload.name, "DNS receive failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let query = buf[..len].to_vec();
+            let (proxy, pod, socket) = (proxy.clone(), pod.clone(), socket.clone());
+            let span = info_span!("dns", src = %peer, src_identity = %pod.identity, proto = "udp");
+            tokio::spawn(
+                async move {
+                    let reply = match decide(&proxy, &pod, &query) {
+                        Outcome::Answer(answer) => Some(answer),
+                        Outcome::Forward => forward_udp(&proxy, &pod, peer, &query).await,
+                    };
+                    if let Some(reply) = reply
+                        && let Err(err) = socket.send_to(&reply, peer).await
+                    {
+                        debug!(%err, "sending the DNS answer");
+                    }
+                }
+                .instrument(span),
+            );
+        }
+    });
+}
+
+/// One TCP connection to the DNS proxy (capture sent a TCP connect to port
+/// 53 here): length-prefixed queries, answered in order.
+pub async fn handle_tcp(proxy: Arc<Proxy>, pod: Arc<Pod>, mut client: TcpStream, peer: SocketAddr) {
+    let nameserver = proxy.maps.take_original_dst(pod.netns_cookie(), peer);
+    let span =
+        info_span!("dns", src = %peer, src_identity = %pod.identity, proto = "tcp", ?nameserver);
+    async move {
+        let mut upstream: Option<TcpStream> = None;
+        while let Some(query) = read_message(&mut client).await {
+            let reply = match decide(&proxy, &pod, &query) {
+                Outcome::Answer(answer) => answer,
+                Outcome::Forward => {
+                    let Some(nameserver) = nameserver else {
+                        warn!("no nameserver recorded for this connection");
+                        return;
+                    };
+                    proxy.metrics.dns_forwarded.inc();
+                    if upstream.is_none() {
+                        match pod.connect(nameserver, None, |_| ()).await {
+                            Ok(stream) => upstream = Some(stream),
+                            Err(err) => {
+                                debug!(%err, "connecting to the nameserver");
+                                return;
+                            }
+                        }
+                    }
+                    let Some(stream) = upstream.as_mut() else {
+                        return;
+                    };
+                    let exchange = async {
+                        write_message(stream, &query).await?;
+                        read_message(stream)
+                            .await
+                            .ok_or(std::io::Error::from(std::io::ErrorKind::UnexpectedEof))
+                    };
+                    match tokio::time::timeout(UPSTREAM_TIMEOUT, exchange).await {
+                        Ok(Ok(reply)) => reply,
+                        Ok(Err(err)) => {
+                            debug!(%err, "nameserver exchange failed");
+                            return;
+                        }
+                        Err(_) => {
+                            debug!("nameserver did not answer in time");
+                            return;
+                        }
+                    }
+                }
+            };
+            if write_message(&mut client, &reply).await.is_err() {
+                return;
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Mesh answer or forward; a query strait cannot read is forwarded for the
+/// nameserver to judge.
+fn decide(proxy: &Proxy, pod: &Pod, query: &[u8]) -> Outcome {
+    proxy.metrics.dns_requests.inc();
+    let state = proxy.state.snapshot();
+    match strait_dns::answer(&state.config, &pod.workload.namespace, query) {
+        Ok(outcome) => outcome,
+        Err(err) => {
+            debug!(%err, "unreadable query; forwarding it");
+            Outcome::Forward
+        }
+    }
+}
+
+/// Asks the nameserver the pod last sent a query to, from inside the pod.
+async fn forward_udp(proxy: &Proxy, pod: &Pod, peer: SocketAddr, query: &[u8]) -> Option<Vec<u8>> {
+    proxy.metrics.dns_forwarded.inc();
+    let Some(nameserver) = proxy.maps.dns_upstream(pod.netns_cookie(), peer.is_ipv4()) else {
+        warn!("no nameserver recorded for this pod");
+        return None;
+    };
+    let exchange = async {
+        let socket = pod.udp_socket(nameserver.is_ipv4())?;
+        socket.connect(nameserver).await?;
+        socket.send(query).await?;
+        let mut buf = vec![0u8; MAX_MESSAGE];
+        let len = socket.recv(&mut buf).await?;
+        buf.truncate(len);
+        std::io::Result::Ok(buf)
+    };
+    match tokio::time::timeout(UPSTREAM_TIMEOUT, exchange).await {
+        Ok(Ok(reply)) => Some(reply),
+        Ok(Err(err)) => {
+            debug!(%err, %nameserver, "forwarding the query");
+            None
+        }
+        Err(_) => {
+            debug!(%nameserver, "nameserver did not answer in time");
+            None
+        }
+    }
+}
+
+async fn read_message(stream: &mut TcpStream) -> Option<Vec<u8>> {
+    let len = stream.read_u16().await.ok()?;
+    let mut message = vec![0u8; usize::from(len)];
+    stream.read_exact(&mut message).await.ok()?;
+    Some(message)
+}
+
+async fn write_message(stream: &mut TcpStream, message: &[u8]) -> std::io::Result<()> {
+    let len = u16::try_from(message.len())
+        .map_err(|_| std::io::Error::other("DNS message over 65535 bytes"))?;
+    let mut framed = Vec::with_capacity(message.len() + 2);
+    framed.extend_from_slice(&len.to_be_bytes());
+    framed.extend_from_slice(message);
+    stream.write_all(&framed).await
+}

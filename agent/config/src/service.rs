@@ -1,0 +1,392 @@
+//! Services at L4: which service a virtual address belongs to, the
+//! addresses a service name resolves to (including addresses allocated for
+//! ServiceEntries that declare none), and a service's endpoints for one port.
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+};
+
+use crate::{Config, Endpoints, Labels, Service, TargetPort, Workload, check::CLUSTER_DOMAIN};
+
+/// Where auto-allocated service addresses come from (Istio's range for
+/// ServiceEntries without addresses).
+const ALLOCATION_BASE: Ipv4Addr = Ipv4Addr::new(240, 240, 0, 0);
+const ALLOCATION_SIZE: u32 = 1 << 16;
+
+/// A service reached by one of its addresses.
+#[derive(Clone, Copy, Debug)]
+pub struct ServiceAt<'a> {
+    pub service: &'a Service,
+    /// The host the address stands for (the first host when the address is
+    /// declared for all of them).
+    pub host: &'a str,
+}
+
+/// Where a connection to a service port goes.
+#[derive(Clone, Debug)]
+pub enum Backends<'a> {
+    /// These endpoints (workloads and the address to reach on each).
+    Endpoints(Vec<Endpoint<'a>>),
+    /// Resolve these names and connect to what they give.
+    Dns { hosts: Vec<String>, port: u16 },
+    /// The address stands for itself (ServiceEntry resolution NONE).
+    Original,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Endpoint<'a> {
+    pub addr: SocketAddr,
+    pub workload: &'a Workload,
+}
+
+/// Why a service address leads nowhere.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NoBackends {
+    #[error("service {service} has no port {port}")]
+    NoPort { service: String, port: u16 },
+    #[error("service {service} has no endpoints for port {port}")]
+    NoEndpoints { service: String, port: u16 },
+}
+
+/// Built by [`Config::reindex`].
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ServiceIndex {
+    /// Address -> (service, host) indices.
+    by_address: HashMap<IpAddr, (usize, usize)>,
+    /// Exact host -> service indices.
+    by_host: HashMap<String, Vec<usize>>,
+    /// Services with a wildcard host.
+    wildcard: Vec<usize>,
+}
+
+impl Config {
+    /// The service at a virtual address, declared or allocated.
+    pub fn service_at(&self, ip: IpAddr) -> Option<ServiceAt<'_>> {
+        let (s, h) = *self.services_index.by_address.get(&ip)?;
+        let service = self.services.get(s)?;
+        Some(ServiceAt {
+            service,
+            host: service.hosts.get(h)?,
+        })
+    }
+
+    /// The addresses `name` resolves to in the mesh, if the mesh knows it:
+    /// a service's declared addresses, or the one allocated for that host.
+    /// `None` for names the mesh does not know (ask upstream); an empty
+    /// list for known names without addresses (headless, wildcard).
+    pub fn resolve(&self, name: &str) -> Option<Vec<IpAddr>> {
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        let index = &self.services_index;
+        let exact = index.by_host.get(&name).into_iter().flatten();
+        let wild = index
+            .wildcard
+            .iter()
+            .filter(|&&i| {
+                self.services[i]
+                    .hosts
+                    .iter()
+                    .any(|h| crate::host_matches(h, &name))
+            })
+            .collect::<Vec<_>>();
+        let mut found = false;
+        let mut addresses = Vec::new();
+        for &i in exact.chain(wild) {
+            found = true;
+            let service = &self.services[i];
+            if service.addresses.is_empty() {
+                addresses.extend(self.allocated.get(&name));
+            }
+            for a in &service.addresses {
+                if !addresses.contains(a) {
+                    addresses.push(*a);
+                }
+            }
+        }
+        found.then_some(addresses)
+    }
+
+    /// Where a connection to `port` of `service` may go. Endpoint order is
+    /// the config's; choosing among them is the caller's (the balancer's).
+    pub fn backends<'a>(
+        &'a self,
+        at: ServiceAt<'a>,
+        port: u16,
+    ) -> Result<Backends<'a>, NoBackends> {
+        let service = at.service;
+        let id = || format!("{}/{}", service.namespace, service.name);
+        let Some(sp) = service.ports.iter().find(|p| p.port == port) else {
+            return Err(NoBackends::NoPort {
+                service: id(),
+                port,
+            });
+        };
+        // A ServiceEntry endpoint's `ports` (by port name) override the
+        // target; a Service's named targetPort must be a port of the pod.
+        let target = |w: &Workload| -> Option<u16> {
+            match &sp.target {
+                TargetPort::Number(n) => Some(
+                    w.ports
+                        .get(&sp.name)
+                        .copied()
+                        .filter(|_| service.origin != crate::ServiceOrigin::Kubernetes)
+                        .unwrap_or(*n),
+                ),
+                TargetPort::Name(name) => w.ports.get(name).copied(),
+            }
+        };
+        let endpoints: Vec<Endpoint<'a>> = match &service.endpoints {
+            Endpoints::Selector(labels) => self
+                .selected(&service.namespace, labels)
+                .filter_map(|w| endpoint(w, target(w)?))
+                .collect(),
+            Endpoints::Static(workloads) => workloads
+                .iter()
+                .filter_map(|w| endpoint(w, target(w)?))
+                .collect(),
+            Endpoints::Dns(hosts) => {
+                let hosts = if hosts.is_empty() {
+                    vec![at.host.to_string()]
+                } else {
+                    hosts.clone()
+                };
+                let port = match sp.target {
+                    TargetPort::Number(n) => n,
+                    TargetPort::Name(_) => port,
+                };
+                return Ok(Backends::Dns { hosts, port });
+            }
+            Endpoints::Unset => return Ok(Backends::Original),
+        };
+        if endpoints.is_empty() {
+            return Err(NoBackends::NoEndpoints {
+                service: id(),
+                port,
+            });
+        }
+        Ok(Backends::Endpoints(endpoints))
+    }
+
+    /// Workloads of `namespace` whose labels include `labels`.
+    fn selected<'a>(
+        &'a self,
+        namespace: &'a str,
+        labels: &'a Labels,
+    ) -> impl Iterator<Item = &'a Workload> + 'a {
+        self.workloads.iter().filter(move |w| {
+            w.namespace == namespace && labels.iter().all(|(k, v)| w.labels.get(k) == Some(v))
+        })
+    }
+
+    /// Rebuilds the service lookups and allocates addresses for the hosts
+    /// of ServiceEntries that declare none (not wildcards, not resolution
+    /// NONE). An allocation depends only on the host and the hosts that
+    /// collide with it, so it survives unrelated config changes.
+    pub(crate) fn index_services(&mut self) {
+        let mut index = ServiceIndex::default();
+        let mut allocated = BTreeMap::new();
+        let mut taken: HashMap<u32, String> = HashMap::new();
+        let mut wanting: Vec<(&str, usize, usize)> = Vec::new();
+        for (i, s) in self.services.iter().enumerate() {
+            for a in &s.addresses {
+                index.by_address.entry(*a).or_insert((i, 0));
+            }
+            for (h, host) in s.hosts.iter().enumerate() {
+                if host.starts_with('*') {
+                    if !index.wildcard.contains(&i) {
+                        index.wildcard.push(i);
+                    }
+                    continue;
+                }
+                index.by_host.entry(host.clone()).or_default().push(i);
+                let allocates = s.addresses.is_empty()
+                    && s.origin != crate::ServiceOrigin::Kubernetes
+                    && !matches!(s.endpoints, Endpoints::Unset);
+                if allocates {
+                    wanting.push((host, i, h));
+                }
+            }
+        }
+        wanting.sort();
+        for (host, i, h) in wanting {
+            if allocated.contains_key(host) {
+                continue;
+            }
+            let mut slot = fnv1a(host) % (ALLOCATION_SIZE - 2) + 1;
+            while taken.contains_key(&slot) {
+                slot = slot % (ALLOCATION_SIZE - 2) + 1;
+            }
+            taken.insert(slot, host.to_string());
+            let ip = IpAddr::V4(Ipv4Addr::from(u32::from(ALLOCATION_BASE) + slot));
+            allocated.insert(host.to_string(), ip);
+            index.by_address.entry(ip).or_insert((i, h));
+        }
+        self.allocated = allocated;
+        self.services_index = index;
+    }
+}
+
+/// The endpoint of `w` at `port`: its first address (one per workload; the
+/// caller's family preference is the balancer's business).
+fn endpoint(w: &Workload, port: u16) -> Option<Endpoint<'_>> {
+    let ip = *w.addresses.first()?;
+    Some(Endpoint {
+        addr: SocketAddr::new(ip, port),
+        workload: w,
+    })
+}
+
+/// A stable hash for address allocation (the same host gets the same
+/// address on every node and every run).
+fn fnv1a(text: &str) -> u32 {
+    text.bytes().fold(0x811c_9dc5, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
+}
+
+/// The names a pod in `namespace` may mean by `name`, in the order its
+/// search path (`<ns>.svc.<domain> svc.<domain> <domain>`) tries them.
+pub fn search_candidates(name: &str, namespace: &str) -> Vec<String> {
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    let mut out = vec![name.clone()];
+    if !name.ends_with(CLUSTER_DOMAIN) {
+        out.push(format!("{name}.{namespace}.svc.{CLUSTER_DOMAIN}"));
+        out.push(format!("{name}.svc.{CLUSTER_DOMAIN}"));
+        out.push(format!("{name}.{CLUSTER_DOMAIN}"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::check_text;
+
+    fn config(yaml: &str) -> Config {
+        let (report, config) = check_text(std::path::Path::new("t.yaml"), yaml);
+        config.unwrap_or_else(|| panic!("{report}"))
+    }
+
+    const MESH: &str = "apiVersion: v1
+kind: Service
+metadata: {name: reviews, namespace: default}
+spec:
+  clusterIP: 10.96.0.20
+  selector: {app: reviews}
+  ports: [{name: http, port: 9080, targetPort: web}]
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: reviews-1, namespace: default}
+spec: {address: 10.1.0.5, labels: {app: reviews}, ports: {web: 8080}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: reviews-2, namespace: default}
+spec: {address: 10.1.0.6, labels: {app: reviews}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: users, namespace: production}
+spec:
+  hosts: [user-service.production.global]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 80, name: http, targetPort: 8080}]
+  endpoints: [{address: 10.2.0.7}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: external, namespace: default}
+spec:
+  hosts: [external.example.com]
+  resolution: DNS
+  ports: [{number: 443, name: tls}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: wild, namespace: default}
+spec:
+  hosts: ['*.corp.example']
+  addresses: [10.99.0.1]
+  resolution: NONE
+  ports: [{number: 25, name: smtp}]
+";
+
+    #[test]
+    fn vips_resolve_to_services_and_endpoints() {
+        let cfg = config(MESH);
+        let at = cfg.service_at("10.96.0.20".parse().unwrap()).unwrap();
+        assert_eq!(at.service.name, "reviews");
+        let Ok(Backends::Endpoints(eps)) = cfg.backends(at, 9080) else {
+            panic!("endpoints")
+        };
+        // Only reviews-1 has the named target port.
+        assert_eq!(eps.len(), 1);
+        assert_eq!(eps[0].addr, "10.1.0.5:8080".parse().unwrap());
+        assert_eq!(
+            cfg.backends(at, 80).unwrap_err(),
+            NoBackends::NoPort {
+                service: "default/reviews".into(),
+                port: 80
+            }
+        );
+    }
+
+    #[test]
+    fn service_entries_get_allocated_addresses() {
+        let cfg = config(MESH);
+        let ips = cfg.resolve("user-service.production.global.").unwrap();
+        assert_eq!(ips.len(), 1);
+        let IpAddr::V4(v4) = ips[0] else { panic!("v4") };
+        assert_eq!(v4.octets()[..2], [240, 240]);
+        let at = cfg.service_at(ips[0]).unwrap();
+        assert_eq!(at.host, "user-service.production.global");
+        let Ok(Backends::Endpoints(eps)) = cfg.backends(at, 80) else {
+            panic!("endpoints")
+        };
+        assert_eq!(eps[0].addr, "10.2.0.7:8080".parse().unwrap());
+
+        let ext = cfg.resolve("external.example.com").unwrap()[0];
+        let at = cfg.service_at(ext).unwrap();
+        assert!(matches!(
+            cfg.backends(at, 443),
+            Ok(Backends::Dns { ref hosts, port: 443 }) if hosts == &["external.example.com"]
+        ));
+        // Same host, same address, whatever else the config holds.
+        let smaller = config(&MESH.replace("hosts: [external.example.com]", "hosts: [x.example]"));
+        assert_eq!(smaller.resolve("user-service.production.global"), Some(ips));
+    }
+
+    #[test]
+    fn wildcards_and_unknown_names() {
+        let cfg = config(MESH);
+        assert_eq!(
+            cfg.resolve("mail.corp.example"),
+            Some(vec!["10.99.0.1".parse().unwrap()])
+        );
+        let at = cfg.service_at("10.99.0.1".parse().unwrap()).unwrap();
+        assert!(matches!(cfg.backends(at, 25), Ok(Backends::Original)));
+        assert_eq!(cfg.resolve("example.org"), None);
+        assert_eq!(
+            cfg.resolve("reviews.default.svc.cluster.local"),
+            Some(vec!["10.96.0.20".parse().unwrap()])
+        );
+    }
+
+    #[test]
+    fn search_path_forms() {
+        assert_eq!(
+            search_candidates("reviews", "default"),
+            [
+                "reviews",
+                "reviews.default.svc.cluster.local",
+                "reviews.svc.cluster.local",
+                "reviews.cluster.local"
+            ]
+        );
+        assert_eq!(
+            search_candidates("reviews.default.svc.cluster.local.", "x"),
+            ["reviews.default.svc.cluster.local"]
+        );
+    }
+}

@@ -1,9 +1,13 @@
 //! `cargo xtask demo`: two clusters on two networks, an agent on every node,
-//! and unmodified programs in pods talking over mutual TLS.
-use std::{net::IpAddr, time::Duration};
+//! and unmodified programs in pods talking over mutual TLS, by address and
+//! by names only the mesh knows, under an AuthorizationPolicy applied live.
+use std::{
+    net::IpAddr,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, Result, bail};
-use strait_e2e::{Mesh, curl, http_server, marker_url, namespace_yaml, workload_yaml};
+use strait_e2e::{Mesh, curl, http_server, marker_url, metric_sum, namespace_yaml, workload_yaml};
 use strait_topology::{Locality, Place, Spec, Topology};
 
 use crate::cmd::{self, section};
@@ -37,6 +41,7 @@ fn spec() -> Spec {
             Locality::new("us-west", "us-west-1b", ""),
         )
         .pod("frontend", "east-1")
+        .pod("batch", "east-1")
         .pod("backend-east", "east-2")
         .pod("client-west", "west-1")
         .pod("backend-west", "west-2")
@@ -57,17 +62,26 @@ pub fn run() -> Result<()> {
     let mesh = Mesh::with_bin_dir(&topo, bin.clone()).map_err(boxed)?;
     let accounts = [
         ("frontend", "frontend"),
+        ("batch", "batch"),
         ("backend-east", "backend"),
         ("client-west", "client"),
         ("backend-west", "backend"),
     ];
     let mut yaml = namespace_yaml("shop", true);
     for (pod, sa) in accounts {
-        yaml.push_str(&workload_yaml(topo.pod(pod)?, "shop", sa, &[]));
+        let labels: &[(&str, &str)] = if pod == "backend-east" {
+            &[("service", "backend")]
+        } else {
+            &[]
+        };
+        yaml.push_str(&workload_yaml(topo.pod(pod)?, "shop", sa, labels));
         println!(
             "  WorkloadEntry shop/{pod:<13} serviceAccount {sa:<9} -> spiffe://cluster.local/ns/shop/sa/{sa}"
         );
     }
+    yaml.push_str(SERVICES);
+    println!("  Service      shop/backend       10.96.0.80:8080 -> pods labelled service=backend");
+    println!("  ServiceEntry shop/api           api.shop.global:80 -> the same pods, port 8080");
     mesh.write("demo.yaml", &yaml).map_err(boxed)?;
 
     section("agents: one per node; each captures only its own node's pods (real eBPF)");
@@ -125,6 +139,34 @@ pub fn run() -> Result<()> {
         "  (east and west are separate networks: crossing them needs east-west gateways, not built yet)"
     );
 
+    section("names only the mesh knows: DNS captured by eBPF, answered by the agent");
+    let resolv = frontend.scratch_dir()?.join("resolv.conf");
+    std::fs::write(
+        &resolv,
+        "nameserver 10.96.0.10\nsearch shop.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:1 timeout:1 attempts:1\n",
+    )?;
+    println!(
+        "  frontend's resolv.conf: nameserver 10.96.0.10 (nothing listens there), search shop.svc.cluster.local ..."
+    );
+    let named = frontend.place.with_resolv_conf(resolv);
+    for name in [
+        "backend",
+        "backend.shop.svc.cluster.local",
+        "api.shop.global",
+    ] {
+        let out = named.run(&["getent", "hosts", name], Duration::from_secs(10))?;
+        let ip = String::from_utf8_lossy(&out.stdout);
+        let ip = ip.split_whitespace().next().unwrap_or("(no answer)");
+        println!("  getent hosts {name:<31} {ip}");
+    }
+    for url in [
+        "http://backend:8080/marker",
+        "http://backend.shop.svc.cluster.local:8080/marker",
+        "http://api.shop.global/marker",
+    ] {
+        println!("  curl {url:<49} {}", answer_url(&named, url)?);
+    }
+
     section("on the wire between east-1 and east-2 (tcpdump on east-1 eth0)");
     let ports: Vec<String> = pcap
         .tcp_ports()
@@ -146,6 +188,33 @@ pub fn run() -> Result<()> {
     if leaked || pcap.tls_handshakes() == 0 {
         bail!("the traffic between the nodes was not mutual TLS");
     }
+
+    section("AuthorizationPolicy, applied and removed live (no restart)");
+    let batch = topo.pod("batch")?;
+    let backend = IpAddr::V4(topo.pod("backend-east")?.ipv4);
+    println!("  before: frontend {}", answer(frontend, backend)?);
+    println!("          batch    {}", answer(batch, backend)?);
+    let written = Instant::now();
+    mesh.write("policy.yaml", POLICY).map_err(boxed)?;
+    println!("  + policy.yaml: ALLOW only cluster.local/ns/shop/sa/frontend to app=backend-east");
+    let took = until(|| Ok(!reaches(batch, backend)?))?;
+    println!("  in force after {} ms", took.as_millis());
+    println!("  now:    frontend {}", answer(frontend, backend)?);
+    println!("          batch    {}", answer(batch, backend)?);
+    let denied = metric_sum(
+        &mesh.metrics("east-2").map_err(boxed)?,
+        "strait_connection_failures_total",
+        &["reason=\"denied\""],
+    );
+    println!("  east-2 strait_connection_failures_total{{reason=\"denied\"}} = {denied}");
+    std::fs::remove_file(mesh.config_dir.join("policy.yaml"))?;
+    let removed = Instant::now();
+    until(|| reaches(batch, backend))?;
+    println!(
+        "  - policy.yaml: batch reaches backend-east again after {} ms (policy written {} ms before)",
+        removed.elapsed().as_millis(),
+        written.elapsed().as_millis()
+    );
 
     section("metrics on east-2 (Istio's names; reporter=destination)");
     let metrics = mesh.metrics("east-2").map_err(boxed)?;
@@ -225,9 +294,78 @@ fn print_topology(topo: &Topology) {
     }
 }
 
+const SERVICES: &str = "apiVersion: v1
+kind: Service
+metadata:
+  name: backend
+  namespace: shop
+spec:
+  clusterIP: 10.96.0.80
+  selector:
+    service: backend
+  ports:
+  - name: http
+    port: 8080
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: api
+  namespace: shop
+spec:
+  hosts: [api.shop.global]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  workloadSelector:
+    labels:
+      service: backend
+  ports:
+  - number: 80
+    name: http
+    targetPort: 8080
+";
+
+const POLICY: &str = "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: backend-allow-frontend
+  namespace: shop
+spec:
+  selector:
+    matchLabels:
+      app: backend-east
+  rules:
+  - from:
+    - source:
+        principals: [cluster.local/ns/shop/sa/frontend]
+";
+
+fn reaches(place: &Place, ip: IpAddr) -> Result<bool> {
+    Ok(curl(place, &marker_url(ip, HTTP_PORT))
+        .map_err(boxed)?
+        .status
+        .success())
+}
+
+/// Polls `done` for up to 5 s; how long it took to hold.
+fn until(mut done: impl FnMut() -> Result<bool>) -> Result<Duration> {
+    let start = Instant::now();
+    while !done()? {
+        if start.elapsed() > Duration::from_secs(5) {
+            bail!("not in effect after 5 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(start.elapsed())
+}
+
 /// The answer, or why there was none.
 fn answer(place: &Place, ip: IpAddr) -> Result<String> {
-    let out = curl(place, &marker_url(ip, HTTP_PORT)).map_err(boxed)?;
+    answer_url(place, &marker_url(ip, HTTP_PORT))
+}
+
+fn answer_url(place: &Place, url: &str) -> Result<String> {
+    let out = curl(place, url).map_err(boxed)?;
     Ok(if out.status.success() {
         format!("-> \"{}\"", String::from_utf8_lossy(&out.stdout).trim())
     } else {

@@ -25,14 +25,14 @@ use strait_identity::CertManager;
 use tokio::{net::TcpListener, task::JoinHandle};
 use tracing::{debug, warn};
 
-use crate::{metrics::Metrics, pods::WorkloadStatus, reload, state::NodeState};
+use crate::{metrics::Metrics, pods::Pods, reload, state::NodeState};
 
 pub struct State {
     node: NodeState,
     reload: reload::SharedStatus,
     ready: AtomicBool,
-    capture: Mutex<Capture>,
-    workloads: Vec<WorkloadStatus>,
+    capture: Arc<Mutex<Capture>>,
+    pods: Arc<Pods>,
     certs: Arc<CertManager>,
     metrics: Arc<Metrics>,
 }
@@ -41,8 +41,8 @@ impl State {
     pub fn new(
         node: NodeState,
         reload: reload::SharedStatus,
-        capture: Capture,
-        workloads: Vec<WorkloadStatus>,
+        capture: Arc<Mutex<Capture>>,
+        pods: Arc<Pods>,
         certs: Arc<CertManager>,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -50,8 +50,8 @@ impl State {
             node,
             reload,
             ready: AtomicBool::new(false),
-            capture: Mutex::new(capture),
-            workloads,
+            capture,
+            pods,
             certs,
             metrics,
         }
@@ -177,7 +177,7 @@ fn route(routes: Routes, state: &State, req: &Request<Incoming>) -> Response<Ful
             Ok(report) => json(&report),
             Err(err) => text(StatusCode::INTERNAL_SERVER_ERROR, &format!("{err}\n")),
         },
-        (Routes::Admin, "/workloads") => json(&state.workloads),
+        (Routes::Admin, "/workloads") => json(&state.pods.statuses()),
         (Routes::Admin, "/certs") => json(&state.certs.infos()),
         (Routes::Admin, "/config_dump") => {
             let reload = state

@@ -9,6 +9,7 @@ use strait_dns::Outcome;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpStream, UdpSocket},
+    task::JoinHandle,
 };
 use tracing::{Instrument, debug, info_span, warn};
 
@@ -22,7 +23,7 @@ const MAX_MESSAGE: usize = 65_535;
 
 /// Serves a pod's UDP DNS socket: each query on a task of its own, so a
 /// slow upstream does not hold up mesh answers.
-pub fn serve_udp(proxy: Arc<Proxy>, pod: Arc<Pod>, socket: UdpSocket) {
+pub fn serve_udp(proxy: Arc<Proxy>, pod: Arc<Pod>, socket: UdpSocket) -> JoinHandle<()> {
     let socket = Arc::new(socket);
     tokio::spawn(async move {
         let mut buf = vec![0u8; MAX_MESSAGE];
@@ -53,7 +54,7 @@ pub fn serve_udp(proxy: Arc<Proxy>, pod: Arc<Pod>, socket: UdpSocket) {
                 .instrument(span),
             );
         }
-    });
+    })
 }
 
 /// One TCP connection to the DNS proxy (capture sent a TCP connect to port

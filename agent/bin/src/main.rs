@@ -9,7 +9,12 @@ mod proxy;
 mod reload;
 mod state;
 
-use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use anyhow::{Context, Result};
 use clap::Parser;
@@ -104,7 +109,7 @@ async fn run(args: Args) -> Result<()> {
     let trust_domain = config.trust_domain.clone();
     let state = NodeState::new(&args.node, config);
 
-    let mut capture = Capture::attach(&CaptureConfig {
+    let capture = Capture::attach(&CaptureConfig {
         cgroup: args.capture_cgroup.clone(),
         pin_dir: args.pin_dir.clone(),
     })
@@ -123,7 +128,7 @@ async fn run(args: Args) -> Result<()> {
     let certs =
         CertManager::new(Arc::new(ca), args.cert_lifetime).context("setting up certificates")?;
 
-    let (pods, workloads) = pods::enroll_all(&state, &mut capture, &certs, &args.netns_dir).await;
+    let pins = capture.layout().clone();
     let proxy = Arc::new(Proxy {
         state: state.clone(),
         maps: capture.maps(),
@@ -131,10 +136,13 @@ async fn run(args: Args) -> Result<()> {
         pool: strait_hbone::Pool::new(),
         metrics: metrics.clone(),
     });
-    let enrolled = pods.len();
-    for (pod, listeners) in pods {
-        proxy.serve(pod, listeners);
-    }
+    let capture = Arc::new(Mutex::new(capture));
+    let pods = Arc::new(pods::Pods::new(
+        capture.clone(),
+        certs.clone(),
+        args.netns_dir.clone(),
+    ));
+    let enrolled = pods.sync(&state.snapshot(), &proxy).await;
 
     let reload_status = reload::initial_status();
     reload::spawn(
@@ -142,14 +150,15 @@ async fn run(args: Args) -> Result<()> {
         state.clone(),
         reload_status.clone(),
         metrics.clone(),
+        pods.clone(),
+        proxy,
     );
 
-    let pins = capture.layout().clone();
     let admin_state = Arc::new(admin::State::new(
         state,
         reload_status,
         capture,
-        workloads,
+        pods,
         certs,
         metrics,
     ));

@@ -1,11 +1,12 @@
 //! Enrolling this node's pods: for each one in the mesh, find its network
 //! namespace, open the agent's listeners inside it, register them with the
-//! capture programs, fetch its certificate, then switch capture on.
+//! capture programs, fetch its certificate, then switch capture on; and
+//! releasing those that left, whenever the config changes.
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    path::Path,
-    sync::Arc,
+    path::PathBuf,
+    sync::{Arc, Mutex},
 };
 
 use anyhow::{Context, Result, bail};
@@ -16,10 +17,13 @@ use strait_config::Workload;
 use strait_ebpf_common::{AGENT_MARK, port};
 use strait_identity::{CertManager, Identity};
 use strait_netns::{Netns, SocketMaker};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::{
+    net::{TcpListener, TcpStream, UdpSocket},
+    task::JoinHandle,
+};
 use tracing::{info, warn};
 
-use crate::state::NodeState;
+use crate::{proxy::Proxy, state::Snapshot};
 
 /// An enrolled pod and what the agent holds for it.
 pub struct Pod {
@@ -126,121 +130,195 @@ impl Pod {
     }
 }
 
-/// Enrolls every in-mesh workload of this node; returns the pods with their
-/// listeners and the status of every local workload.
-pub async fn enroll_all(
-    state: &NodeState,
-    capture: &mut Capture,
-    certs: &Arc<CertManager>,
-    netns_dir: &Path,
-) -> (Vec<(Arc<Pod>, Listeners)>, Vec<WorkloadStatus>) {
-    let mut pods = Vec::new();
-    let mut statuses = Vec::new();
-    let home = match Netns::open("/proc/self/ns/net") {
-        Ok(home) => home,
-        Err(err) => {
-            warn!(%err, "opening the agent's own network namespace; no pod can be enrolled");
-            return (pods, statuses);
-        }
-    };
-    let state = state.snapshot();
-    let local: Vec<Workload> = state.config.workloads_on(&state.node).cloned().collect();
-    for workload in local {
-        let identity = state.identity(&workload);
-        let mut status = WorkloadStatus {
-            name: workload.name.clone(),
-            namespace: workload.namespace.clone(),
-            addresses: workload.addresses.clone(),
-            identity: identity.to_string(),
-            state: String::new(),
-            netns: None,
-        };
-        if !state.config.enrolled(&workload) {
-            status.state = "not in the mesh".into();
-            statuses.push(status);
-            continue;
-        }
-        match enroll(&workload, identity, capture, certs, netns_dir, &home).await {
-            Ok((pod, listeners)) => {
-                status.state = "captured".into();
-                status.netns = Some(pod.netns.path().display().to_string());
-                info!(workload = %workload.name, namespace = %workload.namespace, identity = %pod.identity, netns = %pod.netns.path().display(), "pod enrolled");
-                pods.push((Arc::new(pod), listeners));
-            }
-            Err(err) => {
-                warn!(workload = %workload.name, namespace = %workload.namespace, "enrolling: {err:#}");
-                status.state = format!("error: {err:#}");
-            }
-        }
-        statuses.push(status);
-    }
-    reconcile(capture, &pods);
-    (pods, statuses)
+/// This node's enrolled pods, kept in step with the config: at start and
+/// after every reload, workloads that appeared on this node are enrolled and
+/// those that left (or left the mesh) are released. Connections already
+/// open are never touched.
+pub struct Pods {
+    capture: Arc<Mutex<Capture>>,
+    certs: Arc<CertManager>,
+    netns_dir: PathBuf,
+    /// Serializes syncs; held across their awaits.
+    enrolled: tokio::sync::Mutex<BTreeMap<Key, Enrolled>>,
+    statuses: Mutex<Vec<WorkloadStatus>>,
 }
 
-async fn enroll(
-    workload: &Workload,
-    identity: Identity,
-    capture: &mut Capture,
-    certs: &Arc<CertManager>,
-    netns_dir: &Path,
-    home: &Netns,
-) -> Result<(Pod, Listeners)> {
-    let netns = match &workload.netns {
-        Some(path) => Netns::open(path)?,
-        None => {
-            let first = *workload
-                .addresses
-                .first()
-                .context("the workload has no address")?;
-            match Netns::find_by_address(netns_dir, first)? {
-                Some(netns) => netns,
-                None => bail!(
-                    "no network namespace under {} has address {first}",
-                    netns_dir.display()
-                ),
+/// What makes an enrollment: a change to any of it enrolls the pod anew.
+type Key = (String, String, Vec<IpAddr>, Identity);
+
+struct Enrolled {
+    pod: Arc<Pod>,
+    /// The pod's accept loops and DNS socket.
+    tasks: Vec<JoinHandle<()>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Pods {
+    pub fn new(capture: Arc<Mutex<Capture>>, certs: Arc<CertManager>, netns_dir: PathBuf) -> Self {
+        Self {
+            capture,
+            certs,
+            netns_dir,
+            enrolled: tokio::sync::Mutex::new(BTreeMap::new()),
+            statuses: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// What `/workloads` shows.
+    pub fn statuses(&self) -> Vec<WorkloadStatus> {
+        lock(&self.statuses).clone()
+    }
+
+    /// Brings the enrolled pods in line with `state`; returns how many are
+    /// enrolled.
+    pub async fn sync(&self, state: &Snapshot, proxy: &Arc<Proxy>) -> usize {
+        let mut enrolled = self.enrolled.lock().await;
+        let home = match Netns::open("/proc/self/ns/net") {
+            Ok(home) => home,
+            Err(err) => {
+                warn!(%err, "opening the agent's own network namespace; no pod can be enrolled");
+                return enrolled.len();
+            }
+        };
+        let mut statuses = Vec::new();
+        let mut wanted: BTreeMap<Key, Workload> = BTreeMap::new();
+        for workload in state.config.workloads_on(&state.node) {
+            let identity = state.identity(workload);
+            statuses.push(WorkloadStatus {
+                name: workload.name.clone(),
+                namespace: workload.namespace.clone(),
+                addresses: workload.addresses.clone(),
+                identity: identity.to_string(),
+                state: "not in the mesh".into(),
+                netns: None,
+            });
+            if state.config.enrolled(workload) {
+                let key = (
+                    workload.namespace.clone(),
+                    workload.name.clone(),
+                    workload.addresses.clone(),
+                    identity,
+                );
+                wanted.insert(key, workload.clone());
             }
         }
-    };
-    certs
-        .ensure(&identity)
-        .await
-        .with_context(|| format!("getting a certificate for {identity}"))?;
-    let server_tls = strait_identity::tls::server_config(certs, &identity)?;
 
-    let families: BTreeSet<bool> = workload.addresses.iter().map(IpAddr::is_ipv4).collect();
-    let listeners = netns.run(|| open_listeners(&families))??.into_tokio()?;
-    let maps = capture.maps();
-    for ip in &workload.addresses {
-        let hbone = same_family(&listeners.hbone, *ip)
-            .context("no HBONE listener for the address family")?;
-        let plaintext = same_family(&listeners.plaintext, *ip)
-            .context("no plaintext listener for the address family")?;
-        maps.add_listener(*ip, ListenerKind::Hbone, hbone)?;
-        maps.add_listener(*ip, ListenerKind::Plaintext, plaintext)?;
+        // Release first: a pod enrolled anew needs its listeners' ports.
+        let stale: Vec<Key> = enrolled
+            .keys()
+            .filter(|k| !wanted.contains_key(*k))
+            .cloned()
+            .collect();
+        for key in stale {
+            if let Some(gone) = enrolled.remove(&key) {
+                for task in gone.tasks {
+                    task.abort();
+                    let _ = task.await;
+                }
+                info!(workload = %key.1, namespace = %key.0, "pod released");
+            }
+        }
+        for (key, workload) in wanted {
+            if enrolled.contains_key(&key) {
+                continue;
+            }
+            match self.enroll(&workload, key.3.clone(), &home).await {
+                Ok((pod, listeners)) => {
+                    info!(workload = %workload.name, namespace = %workload.namespace, identity = %pod.identity, netns = %pod.netns.path().display(), "pod enrolled");
+                    let tasks = proxy.serve(pod.clone(), listeners);
+                    enrolled.insert(key, Enrolled { pod, tasks });
+                }
+                Err(err) => {
+                    warn!(workload = %workload.name, namespace = %workload.namespace, "enrolling: {err:#}");
+                    if let Some(s) = statuses
+                        .iter_mut()
+                        .find(|s| s.name == workload.name && s.namespace == workload.namespace)
+                    {
+                        s.state = format!("error: {err:#}");
+                    }
+                }
+            }
+        }
+        for e in enrolled.values() {
+            let w = &e.pod.workload;
+            if let Some(s) = statuses
+                .iter_mut()
+                .find(|s| s.name == w.name && s.namespace == w.namespace)
+            {
+                s.state = "captured".into();
+                s.netns = Some(e.pod.netns.path().display().to_string());
+            }
+        }
+        let pods: Vec<&Arc<Pod>> = enrolled.values().map(|e| &e.pod).collect();
+        reconcile(&lock(&self.capture), &pods);
+        *lock(&self.statuses) = statuses;
+        enrolled.len()
     }
-    capture.attach_netns(&netns, netns.cookie())?;
-    let sockets = SocketMaker::new(&netns, home)?;
-    // Last: from here on the pod's connects are redirected to the listeners.
-    maps.enroll(netns.cookie(), &workload.addresses)?;
-    Ok((
-        Pod {
+
+    async fn enroll(
+        &self,
+        workload: &Workload,
+        identity: Identity,
+        home: &Netns,
+    ) -> Result<(Arc<Pod>, Listeners)> {
+        let netns = match &workload.netns {
+            Some(path) => Netns::open(path)?,
+            None => {
+                let first = *workload
+                    .addresses
+                    .first()
+                    .context("the workload has no address")?;
+                match Netns::find_by_address(&self.netns_dir, first)? {
+                    Some(netns) => netns,
+                    None => bail!(
+                        "no network namespace under {} has address {first}",
+                        self.netns_dir.display()
+                    ),
+                }
+            }
+        };
+        self.certs
+            .ensure(&identity)
+            .await
+            .with_context(|| format!("getting a certificate for {identity}"))?;
+        let server_tls = strait_identity::tls::server_config(&self.certs, &identity)?;
+
+        let families: BTreeSet<bool> = workload.addresses.iter().map(IpAddr::is_ipv4).collect();
+        let listeners = netns.run(|| open_listeners(&families))??.into_tokio()?;
+        let maps = lock(&self.capture).maps();
+        for ip in &workload.addresses {
+            let hbone = same_family(&listeners.hbone, *ip)
+                .context("no HBONE listener for the address family")?;
+            let plaintext = same_family(&listeners.plaintext, *ip)
+                .context("no plaintext listener for the address family")?;
+            maps.add_listener(*ip, ListenerKind::Hbone, hbone)?;
+            maps.add_listener(*ip, ListenerKind::Plaintext, plaintext)?;
+        }
+        lock(&self.capture).attach_netns(&netns, netns.cookie())?;
+        let sockets = SocketMaker::new(&netns, home)?;
+        // Last: from here on the pod's connects are redirected to the listeners.
+        maps.enroll(netns.cookie(), &workload.addresses)?;
+        let pod = Pod {
             workload: workload.clone(),
             identity,
             netns,
             server_tls,
             sockets,
-        },
-        listeners,
-    ))
+        };
+        Ok((Arc::new(pod), listeners))
+    }
 }
 
-/// Removes what a previous run left for pods that are not enrolled now.
-fn reconcile(capture: &Capture, pods: &[(Arc<Pod>, Listeners)]) {
-    let keep: BTreeSet<u64> = pods.iter().map(|(p, _)| p.netns_cookie()).collect();
+/// Removes capture state of pods that are not enrolled now: released ones,
+/// or what a previous run left.
+fn reconcile(capture: &Capture, pods: &[&Arc<Pod>]) {
+    let keep: BTreeSet<u64> = pods.iter().map(|p| p.netns_cookie()).collect();
     let addrs: BTreeSet<IpAddr> = pods
         .iter()
-        .flat_map(|(p, _)| p.workload.addresses.clone())
+        .flat_map(|p| p.workload.addresses.clone())
         .collect();
     match capture.retain_netns(&keep) {
         Ok(0) => {}

@@ -13,7 +13,7 @@ use serde::Serialize;
 use strait_config::LoadError;
 use tracing::{info, warn};
 
-use crate::{metrics::Metrics, state::NodeState};
+use crate::{metrics::Metrics, pods::Pods, proxy::Proxy, state::NodeState};
 
 /// How often the directory is looked at: a change applies within two polls
 /// plus the time to load it.
@@ -43,8 +43,16 @@ pub fn initial_status() -> SharedStatus {
     }))
 }
 
-/// Watches `dir` for as long as the agent runs.
-pub fn spawn(dir: PathBuf, state: NodeState, status: SharedStatus, metrics: Arc<Metrics>) {
+/// Watches `dir` for as long as the agent runs; after each applied change,
+/// enrolls and releases this node's pods to match.
+pub fn spawn(
+    dir: PathBuf,
+    state: NodeState,
+    status: SharedStatus,
+    metrics: Arc<Metrics>,
+    pods: Arc<Pods>,
+    proxy: Arc<Proxy>,
+) {
     tokio::spawn(async move {
         let mut applied = fingerprint(&dir);
         let mut seen = applied.clone();
@@ -73,19 +81,15 @@ pub fn spawn(dir: PathBuf, state: NodeState, status: SharedStatus, metrics: Arc<
                         more: 0,
                     })
                 });
-            let mut status = status.lock().unwrap_or_else(|p| p.into_inner());
-            match result {
+            let applied = match result {
                 Ok(config) => {
                     metrics.config_loaded_in(started.elapsed());
                     state.replace(config);
                     crate::release_freed_memory();
-                    status.generation += 1;
-                    status.applied_at = self::now();
-                    status.last_error = None;
-                    metrics.config_reloaded(true);
-                    info!(generation = status.generation, dir = %dir.display(), "config reloaded");
+                    true
                 }
                 Err(err) => {
+                    let mut status = status.lock().unwrap_or_else(|p| p.into_inner());
                     status.failures += 1;
                     metrics.config_reloaded(false);
                     warn!(
@@ -98,7 +102,17 @@ pub fn spawn(dir: PathBuf, state: NodeState, status: SharedStatus, metrics: Arc<
                         "config change refused; keeping the last good config"
                     );
                     status.last_error = Some(err);
+                    false
                 }
+            };
+            if applied {
+                let enrolled = pods.sync(&state.snapshot(), &proxy).await;
+                let mut status = status.lock().unwrap_or_else(|p| p.into_inner());
+                status.generation += 1;
+                status.applied_at = self::now();
+                status.last_error = None;
+                metrics.config_reloaded(true);
+                info!(generation = status.generation, enrolled, dir = %dir.display(), "config reloaded");
             }
         }
     });

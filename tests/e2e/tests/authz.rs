@@ -266,3 +266,89 @@ fn malformed_edit_keeps_the_last_good_config() -> Result<()> {
     assert!(!reaches(other, api)?);
     Ok(())
 }
+
+/// Connections `n2` counted as opened (destination side) with `labels`.
+fn opened_at_n2(mesh: &Mesh<'_>, labels: &[&str]) -> Result<u64> {
+    Ok(metric_sum(
+        &mesh.metrics("n2")?,
+        "istio_tcp_connections_opened_total",
+        &[&["reporter=\"destination\""], labels].concat(),
+    ))
+}
+
+#[test]
+fn pods_join_and_leave_the_mesh_without_a_restart() -> Result<()> {
+    require_root();
+    let topo = Topology::create(spec())?;
+    let s = setup(&topo)?;
+    let (web, other, api) = (topo.pod("web")?, topo.pod("other")?, topo.pod("api")?);
+    let other_mtls = [
+        "source_principal=\"spiffe://cluster.local/ns/frontend/sa/other\"",
+        "connection_security_policy=\"mutual_tls\"",
+    ];
+    let plaintext = ["connection_security_policy=\"none\""];
+    let mut long = echo_client(&web.place, IpAddr::V4(api.ipv4), 9000, 4)?;
+
+    // `other` leaves the mesh: its WorkloadEntry is gone.
+    let without_other = [
+        namespace_yaml("frontend", true),
+        namespace_yaml("backend", true),
+        workload_yaml(web, "frontend", "web", &[]),
+        workload_yaml(api, "backend", "api", &[]),
+    ]
+    .concat();
+    s.mesh.write("mesh.yaml", &without_other)?;
+    let start = Instant::now();
+    while s.mesh.straitctl("n1", &["workloads"])?.contains("other") {
+        if start.elapsed() > Duration::from_secs(3) {
+            return Err("other still enrolled after 3 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    println!("other released after {:?}", start.elapsed());
+    let before = opened_at_n2(&s.mesh, &plaintext)?;
+    assert!(reaches(other, api)?, "other -> api in plaintext");
+    let after = opened_at_n2(&s.mesh, &plaintext)?;
+    assert!(
+        after > before,
+        "n2 saw no plaintext connection ({before} -> {after})"
+    );
+
+    // And joins again.
+    s.mesh.write(
+        "mesh.yaml",
+        &[
+            without_other,
+            workload_yaml(other, "frontend", "other", &[]),
+        ]
+        .concat(),
+    )?;
+    let start = Instant::now();
+    loop {
+        let listed = s.mesh.straitctl("n1", &["workloads"])?;
+        if listed
+            .lines()
+            .any(|l| l.contains("other") && l.contains("captured"))
+        {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(3) {
+            return Err(format!("other not enrolled after 3 s:\n{listed}").into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    println!("other enrolled after {:?}", start.elapsed());
+    let before = opened_at_n2(&s.mesh, &other_mtls)?;
+    assert!(reaches(other, api)?, "other -> api over the mesh");
+    let after = opened_at_n2(&s.mesh, &other_mtls)?;
+    assert!(
+        after > before,
+        "no mTLS connection from other ({before} -> {after})"
+    );
+
+    let status = long
+        .wait_timeout(Duration::from_secs(10))?
+        .ok_or("the echo client did not finish")?;
+    assert!(status.success(), "web's connection broke:\n{}", long.log());
+    Ok(())
+}

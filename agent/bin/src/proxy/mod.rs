@@ -19,7 +19,7 @@ use std::{net::IpAddr, sync::Arc};
 use strait_capture::Maps;
 use strait_hbone::Pool;
 use strait_identity::tls::ClientConfigs;
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, task::JoinHandle};
 use tracing::warn;
 
 use crate::{
@@ -38,26 +38,34 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// Starts serving a pod's listeners.
-    pub fn serve(self: &Arc<Self>, pod: Arc<Pod>, listeners: Listeners) {
+    /// Starts serving a pod's listeners; aborting the tasks closes them
+    /// (connections already accepted go on).
+    pub fn serve(self: &Arc<Self>, pod: Arc<Pod>, listeners: Listeners) -> Vec<JoinHandle<()>> {
+        let mut tasks = Vec::new();
         for listener in listeners.outbound {
-            self.accept_loop(listener, pod.clone(), outbound::handle);
+            tasks.push(self.accept_loop(listener, pod.clone(), outbound::handle));
         }
         for listener in listeners.hbone {
-            self.accept_loop(listener, pod.clone(), inbound::handle_hbone);
+            tasks.push(self.accept_loop(listener, pod.clone(), inbound::handle_hbone));
         }
         for listener in listeners.plaintext {
-            self.accept_loop(listener, pod.clone(), inbound::handle_plaintext);
+            tasks.push(self.accept_loop(listener, pod.clone(), inbound::handle_plaintext));
         }
         for listener in listeners.dns_tcp {
-            self.accept_loop(listener, pod.clone(), crate::dns::handle_tcp);
+            tasks.push(self.accept_loop(listener, pod.clone(), crate::dns::handle_tcp));
         }
         for socket in listeners.dns_udp {
-            crate::dns::serve_udp(self.clone(), pod.clone(), socket);
+            tasks.push(crate::dns::serve_udp(self.clone(), pod.clone(), socket));
         }
+        tasks
     }
 
-    fn accept_loop<F, Fut>(self: &Arc<Self>, listener: TcpListener, pod: Arc<Pod>, handle: F)
+    fn accept_loop<F, Fut>(
+        self: &Arc<Self>,
+        listener: TcpListener,
+        pod: Arc<Pod>,
+        handle: F,
+    ) -> JoinHandle<()>
     where
         F: Fn(Arc<Proxy>, Arc<Pod>, tokio::net::TcpStream, std::net::SocketAddr) -> Fut
             + Send
@@ -78,7 +86,7 @@ impl Proxy {
                     }
                 }
             }
-        });
+        })
     }
 
     /// Istio's labels for a connection between two addresses.

@@ -1188,12 +1188,16 @@ pub fn qualify(name: &str, namespace: &str) -> String {
 /// Checks that need every object: subsets that some DestinationRule
 /// defines, hosts that some service answers to, port names that workloads
 /// have.
-/// Whether [`across`] checks this kind of object.
+/// Whether [`across`] checks this object (and so needs its tree).
 pub(crate) fn checked_across(item: &Item) -> bool {
-    matches!(
-        item,
-        Item::DestinationRule(_) | Item::VirtualService(_) | Item::Service(_)
-    )
+    match item {
+        Item::DestinationRule(_) | Item::VirtualService(_) => true,
+        Item::Service(s) => s
+            .ports
+            .iter()
+            .any(|p| matches!(p.target, TargetPort::Name(_))),
+        _ => false,
+    }
 }
 
 pub(crate) fn across(report: &mut Report, parsed: &[Parsed]) {

@@ -145,12 +145,15 @@ pub fn check_path(path: &Path) -> (Report, Option<Config>) {
             }),
         }
     }
-    check_sources(report, &sources)
+    check_sources(report, sources)
 }
 
 /// Checks one text (stdin, a test) as if it were the file `file`.
 pub fn check_text(file: &Path, text: &str) -> (Report, Option<Config>) {
-    check_sources(Report::default(), &[(file.to_path_buf(), text.to_string())])
+    check_sources(
+        Report::default(),
+        vec![(file.to_path_buf(), text.to_string())],
+    )
 }
 
 /// An object that passed its own checks, kept for the checks across
@@ -164,7 +167,7 @@ pub(crate) struct Parsed {
     pub item: Item,
 }
 
-fn check_sources(mut report: Report, sources: &[(PathBuf, String)]) -> (Report, Option<Config>) {
+fn check_sources(mut report: Report, sources: Vec<(PathBuf, String)>) -> (Report, Option<Config>) {
     let docs: Vec<(&Path, u64, &str)> = sources
         .iter()
         .flat_map(|(file, text)| {
@@ -201,6 +204,10 @@ fn check_sources(mut report: Report, sources: &[(PathBuf, String)]) -> (Report, 
             })
             .collect()
     });
+    // The objects own what they need now; the text can go before the
+    // model is built.
+    drop(docs);
+    drop(sources);
     let mut parsed = Vec::new();
     for (part, items) in parts {
         let offset = report.objects.len();

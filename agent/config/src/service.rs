@@ -374,6 +374,30 @@ spec:
     }
 
     #[test]
+    fn named_target_port_no_selected_workload_has_is_a_warning() {
+        let yaml = MESH.replace("targetPort: web", "targetPort: grpc");
+        let (report, config) = check_text(std::path::Path::new("t.yaml"), &yaml);
+        assert!(config.is_some(), "a warning does not refuse the config");
+        let warnings: Vec<String> = report
+            .objects
+            .iter()
+            .flat_map(|o| {
+                o.warnings
+                    .iter()
+                    .map(|w| format!("{} {}", w.field, w.reason))
+            })
+            .collect();
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.starts_with("spec.ports[0].targetPort") && w.contains("\"grpc\"")),
+            "{warnings:?}"
+        );
+        let (report, _) = check_text(std::path::Path::new("t.yaml"), MESH);
+        assert_eq!(report.warnings(), 0, "reviews-1 has the port named web");
+    }
+
+    #[test]
     fn search_path_forms() {
         assert_eq!(
             search_candidates("reviews", "default"),

@@ -47,6 +47,10 @@ struct Args {
     /// Lifetime of workload certificates (rotated at half life).
     #[arg(long, default_value = "24h", value_parser = strait_config::duration::parse)]
     cert_lifetime: Duration,
+    /// How long an outbound connection may take to reach one endpoint
+    /// (TCP, TLS and CONNECT) before the next choice is tried.
+    #[arg(long, default_value = "1s", value_parser = strait_config::duration::parse)]
+    connect_timeout: Duration,
     /// Where pods' network namespaces are found by address.
     #[arg(long, default_value = "/run/netns")]
     netns_dir: PathBuf,
@@ -135,6 +139,7 @@ async fn run(args: Args) -> Result<()> {
         clients: ClientConfigs::new(certs.clone()),
         pool: strait_hbone::Pool::new(),
         metrics: metrics.clone(),
+        connect_timeout: args.connect_timeout,
     });
     let capture = Arc::new(Mutex::new(capture));
     let pods = Arc::new(pods::Pods::new(

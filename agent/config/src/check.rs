@@ -1368,6 +1368,19 @@ pub(crate) fn build(parsed: Vec<Parsed>, report: &Report) -> Config {
             Item::Gateway(gw) => config.gateways.push(*gw),
         }
     }
+    // A workload without its own locality or network has its node's, as a
+    // Kubernetes pod has.
+    for w in &mut config.workloads {
+        let Some(node) = w.node.as_ref().and_then(|n| config.nodes.get(n)) else {
+            continue;
+        };
+        if w.locality.region.is_empty() {
+            w.locality = node.locality.clone();
+        }
+        if w.network.is_empty() {
+            w.network = node.network.clone();
+        }
+    }
     config.ignored = report
         .objects
         .iter()

@@ -6,7 +6,11 @@ use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
 };
 
-use crate::{Config, Endpoints, Labels, Service, TargetPort, Workload, check::CLUSTER_DOMAIN};
+use crate::{
+    Config, Endpoints, Labels, Service, TargetPort, Workload,
+    check::{CLUSTER_DOMAIN, qualify},
+    manifest::networking::DestinationRuleSpec,
+};
 
 /// Where auto-allocated service addresses come from (Istio's range for
 /// ServiceEntries without addresses).
@@ -164,6 +168,34 @@ impl Config {
             });
         }
         Ok(Backends::Endpoints(endpoints))
+    }
+
+    /// The DestinationRule for `host` as a client in `client_namespace`
+    /// sees it: an exact host before a wildcard, and among equals the
+    /// client's namespace, then the service's, then any other.
+    pub fn destination_rule(
+        &self,
+        at: ServiceAt<'_>,
+        client_namespace: &str,
+    ) -> Option<&DestinationRuleSpec> {
+        self.destination_rules
+            .iter()
+            .filter_map(|dr| {
+                let host = qualify(&dr.spec.host, &dr.namespace);
+                let exact = host == at.host;
+                (exact || crate::host_matches(&host, at.host)).then(|| {
+                    let scope = if dr.namespace == client_namespace {
+                        0
+                    } else if dr.namespace == at.service.namespace {
+                        1
+                    } else {
+                        2
+                    };
+                    ((!exact, scope), &dr.spec)
+                })
+            })
+            .min_by_key(|(rank, _)| *rank)
+            .map(|(_, spec)| spec)
     }
 
     /// Workloads of `namespace` whose labels include `labels`.

@@ -106,6 +106,13 @@ impl Pool {
         open_stream(sender, key.addr, authority, active).await
     }
 
+    /// Drops every pooled connection for `key` (one did not answer in
+    /// time: a cut link gives no error, so the pool would keep it).
+    /// Tunnels already open on them go on until they end.
+    pub fn forget(&self, key: &PoolKey) {
+        self.lock().remove(key);
+    }
+
     /// Connections currently pooled.
     pub fn len(&self) -> usize {
         self.lock().values().map(Vec::len).sum()

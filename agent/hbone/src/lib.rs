@@ -36,6 +36,12 @@ pub enum Error {
         #[source]
         source: h2::Error,
     },
+    /// The far end refused the CONNECT, or its answer never came.
+    #[error("CONNECT: {source}")]
+    Connect {
+        #[source]
+        source: std::io::Error,
+    },
     #[error("identity: {0}")]
     Identity(#[from] strait_identity::Error),
     #[error("building the request: {0}")]

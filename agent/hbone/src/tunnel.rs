@@ -82,6 +82,29 @@ impl Tunnel {
     }
 }
 
+impl Tunnel {
+    /// Waits for the CONNECT's answer (client end): an error when the far
+    /// end refused it (its app is not there) or the connection failed, so
+    /// the caller can try another endpoint before any byte is sent.
+    pub async fn established(&mut self) -> io::Result<()> {
+        if let Recv::Answer(response) = &mut self.recv {
+            let response = response.await.map_err(h2_io)?;
+            if response.status() != StatusCode::OK {
+                return Err(io::Error::new(
+                    io::ErrorKind::ConnectionRefused,
+                    format!(
+                        "CONNECT {} refused by the peer: {}",
+                        self.authority,
+                        response.status()
+                    ),
+                ));
+            }
+            self.recv = Recv::Body(response.into_body());
+        }
+        Ok(())
+    }
+}
+
 fn h2_io(err: h2::Error) -> io::Error {
     if err.is_io() {
         err.into_io()

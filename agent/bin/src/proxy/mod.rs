@@ -35,6 +35,8 @@ pub struct Proxy {
     pub clients: ClientConfigs,
     pub pool: Arc<Pool>,
     pub metrics: Arc<Metrics>,
+    /// Per endpoint attempt, outbound.
+    pub connect_timeout: std::time::Duration,
 }
 
 impl Proxy {

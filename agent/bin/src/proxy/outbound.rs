@@ -43,7 +43,13 @@ pub async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, client: TcpStream, peer: S
     async move {
         let _ = client.set_nodelay(true);
         let state = proxy.state.snapshot();
-        let targets = match route(&state, original) {
+        // The client as the current config describes it (its locality may
+        // have changed since it was enrolled).
+        let client_workload = state
+            .config
+            .workload_by_address(src)
+            .unwrap_or(&pod.workload);
+        let targets = match route(&state, client_workload, original) {
             Ok(Route::Direct(dst)) => vec![dst],
             Ok(Route::Endpoints { service, targets }) => {
                 debug!(%service, ?targets, "service address");
@@ -106,10 +112,16 @@ async fn open(
     target: SocketAddr,
 ) -> Result<Upstream, Reason> {
     let Some(destination) = state.mesh_workload(target.ip()).map(|w| state.identity(w)) else {
-        return match pod.connect(target, None, |_| ()).await {
-            Ok(stream) => Ok(Upstream::Plain(stream)),
-            Err(err) => {
+        let connect =
+            tokio::time::timeout(proxy.connect_timeout, pod.connect(target, None, |_| ()));
+        return match connect.await {
+            Ok(Ok(stream)) => Ok(Upstream::Plain(stream)),
+            Ok(Err(err)) => {
                 debug!(%err, %target, "passthrough connect failed");
+                Err(Reason::Upstream)
+            }
+            Err(_) => {
+                debug!(%target, "passthrough connect timed out");
                 Err(Reason::Upstream)
             }
         };
@@ -127,16 +139,30 @@ async fn open(
             warn!(%err, "no TLS configuration");
             Reason::Tls
         })?;
-    match proxy
-        .pool
-        .connect(&key, target, tls, || pod.connect(hbone, None, |_| ()))
-        .await
-    {
-        Ok(tunnel) => Ok(Upstream::Hbone {
+    // Wait for the far end to accept: a refusal or a silent endpoint is
+    // found before the client's first byte, while another can be tried.
+    let connect = tokio::time::timeout(proxy.connect_timeout, async {
+        let mut tunnel = proxy
+            .pool
+            .connect(&key, target, tls, || pod.connect(hbone, None, |_| ()))
+            .await?;
+        tunnel
+            .established()
+            .await
+            .map_err(|source| strait_hbone::Error::Connect { source })?;
+        Ok::<_, strait_hbone::Error>(tunnel)
+    });
+    match connect.await {
+        Ok(Ok(tunnel)) => Ok(Upstream::Hbone {
             tunnel,
             destination,
         }),
-        Err(err) => {
+        Err(_) => {
+            warn!(%destination, %target, timeout = ?proxy.connect_timeout, "HBONE connect timed out");
+            proxy.pool.forget(&key);
+            Err(Reason::Upstream)
+        }
+        Ok(Err(err)) => {
             warn!(%err, %destination, %target, "HBONE connect failed");
             Err(if err.is_tls() {
                 Reason::Tls

@@ -1,10 +1,15 @@
 //! Where an outbound connection goes. A connection to a service address (a
 //! Service's ClusterIP, a ServiceEntry's declared or allocated address)
-//! goes to one of the service's endpoints, picked uniformly at random; any
-//! other goes where the client asked.
+//! goes to one of the service's endpoints, chosen by locality and the
+//! service's DestinationRule ([`strait_balance`]); any other goes where the
+//! client asked.
 use std::net::SocketAddr;
 
-use strait_config::service::{Backends, NoBackends};
+use strait_balance::{Client, Policy};
+use strait_config::{
+    Workload,
+    service::{Backends, NoBackends},
+};
 
 use crate::state::Snapshot;
 
@@ -29,36 +34,72 @@ pub enum Route {
     },
 }
 
-pub fn route(state: &Snapshot, dst: SocketAddr) -> Result<Route, NoBackends> {
+/// The route for a connection from `client` to `dst`.
+pub fn route(state: &Snapshot, client: &Workload, dst: SocketAddr) -> Result<Route, NoBackends> {
     let Some(at) = state.config.service_at(dst.ip()) else {
         return Ok(Route::Direct(dst));
     };
     let service = format!("{}/{}", at.service.namespace, at.service.name);
-    match state.config.backends(at, dst.port())? {
-        Backends::Original => Ok(Route::Direct(dst)),
-        Backends::Dns { hosts, port } => Ok(Route::Dns {
-            service,
-            hosts,
-            port,
-        }),
-        Backends::Endpoints(endpoints) => {
-            let mut targets: Vec<SocketAddr> = endpoints
-                .iter()
-                // internalTrafficPolicy: Local keeps to this node.
-                .filter(|e| {
-                    !at.service.node_local || e.workload.node.as_deref() == Some(&*state.node)
-                })
-                .map(|e| e.addr)
-                .collect();
-            fastrand::shuffle(&mut targets);
-            targets.truncate(ATTEMPTS);
-            if targets.is_empty() {
-                return Err(NoBackends::NoEndpoints {
-                    service,
-                    port: dst.port(),
-                });
-            }
-            Ok(Route::Endpoints { service, targets })
+    let endpoints = match state.config.backends(at, dst.port())? {
+        Backends::Original => return Ok(Route::Direct(dst)),
+        Backends::Dns { hosts, port } => {
+            return Ok(Route::Dns {
+                service,
+                hosts,
+                port,
+            });
         }
+        Backends::Endpoints(endpoints) => endpoints,
+    };
+    // internalTrafficPolicy: Local keeps to this node.
+    let endpoints: Vec<_> = endpoints
+        .into_iter()
+        .filter(|e| !at.service.node_local || e.workload.node.as_deref() == Some(&*state.node))
+        .collect();
+    let cluster_of = |w: &Workload| cluster(state, w);
+    let client_cluster = cluster(state, client);
+    let rule = state.config.destination_rule(at, &client.namespace);
+    let policy = Policy {
+        locality: rule
+            .and_then(|r| r.traffic_policy.as_ref())
+            .and_then(|t| t.load_balancer.as_ref())
+            .and_then(|lb| lb.locality_lb_setting.as_ref()),
+        traffic_distribution: at.service.traffic_distribution.as_deref(),
+    };
+    let who = Client {
+        locality: &client.locality,
+        network: &client.network,
+        cluster: &client_cluster,
+        node: &state.node,
+        labels: &client.labels,
+    };
+    let ranked = strait_balance::rank(&who, &endpoints, policy, &cluster_of);
+    // fastrand's f64 is in [0, 1); the weighting wants (0, 1].
+    let mut targets: Vec<SocketAddr> = strait_balance::order(ranked, || 1.0 - fastrand::f64())
+        .iter()
+        .map(|e| e.addr)
+        .collect();
+    targets.truncate(ATTEMPTS);
+    if targets.is_empty() {
+        return Err(NoBackends::NoEndpoints {
+            service,
+            port: dst.port(),
+        });
     }
+    Ok(Route::Endpoints { service, targets })
+}
+
+/// A workload's cluster: its own `topology.istio.io/cluster` label, else
+/// its node's.
+fn cluster(state: &Snapshot, w: &Workload) -> String {
+    w.labels
+        .get(strait_balance::CLUSTER)
+        .or_else(|| {
+            w.node
+                .as_ref()
+                .and_then(|n| state.config.nodes.get(n))
+                .and_then(|n| n.labels.get(strait_balance::CLUSTER))
+        })
+        .cloned()
+        .unwrap_or_default()
 }

@@ -1,0 +1,577 @@
+//! Endpoint choice for one connection to a service, from the client's point
+//! of view, by the rules of DESIGN.md (Istio's):
+//!
+//! - without a rule, priority levels by locality: same region/zone/subzone,
+//!   then same zone, then same region, then elsewhere;
+//! - DestinationRule `localityLbSetting`: `failover` (region → region: the
+//!   target region comes before every other region), `failoverPriority`
+//!   (endpoints matching more leading labels come first), `distribute`
+//!   (weights per client locality; endpoints of unlisted localities get
+//!   nothing), `enabled: false` (one level);
+//! - a Service's `trafficDistribution` (PreferClose / PreferSameZone: same
+//!   zone first; PreferSameNode: same node, then same zone).
+//!
+//! Lower levels take connections only when the levels above have no
+//! endpoint left to try: [`order`] lists every eligible endpoint, level by
+//! level, in a weighted random order within each level.
+use strait_config::{
+    Labels, Locality, Workload, manifest::networking::LocalityLbSetting, service::Endpoint,
+};
+
+/// Labels `failoverPriority` may name that come from the topology rather
+/// than from the workload's own labels.
+pub const NETWORK: &str = "topology.istio.io/network";
+pub const CLUSTER: &str = "topology.istio.io/cluster";
+pub const REGION: &str = "topology.kubernetes.io/region";
+pub const ZONE: &str = "topology.kubernetes.io/zone";
+pub const SUBZONE: &str = "topology.istio.io/subzone";
+pub const HOSTNAME: &str = "kubernetes.io/hostname";
+
+/// Where a connection comes from.
+#[derive(Clone, Copy, Debug)]
+pub struct Client<'a> {
+    pub locality: &'a Locality,
+    pub network: &'a str,
+    /// The cluster of the client's node, when known.
+    pub cluster: &'a str,
+    pub node: &'a str,
+    pub labels: &'a Labels,
+}
+
+/// What decides the order, besides the endpoints.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Policy<'a> {
+    /// The DestinationRule's `localityLbSetting`, if any.
+    pub locality: Option<&'a LocalityLbSetting>,
+    /// The Service's `trafficDistribution`, if any.
+    pub traffic_distribution: Option<&'a str>,
+}
+
+/// An endpoint with its priority level (0 is first) and its share within
+/// the level.
+#[derive(Clone, Copy, Debug)]
+pub struct Ranked<'a> {
+    pub endpoint: Endpoint<'a>,
+    pub priority: u32,
+    pub weight: f64,
+}
+
+/// The cluster an endpoint's workload is in: its own label, else its
+/// node's (callers pass a lookup over the config's nodes).
+pub type ClusterOf<'a> = &'a dyn Fn(&Workload) -> String;
+
+/// Every eligible endpoint with its level and weight, in no particular
+/// order.
+pub fn rank<'a>(
+    client: &Client<'_>,
+    endpoints: &[Endpoint<'a>],
+    policy: Policy<'_>,
+    cluster_of: ClusterOf<'_>,
+) -> Vec<Ranked<'a>> {
+    let weight = |e: &Endpoint<'_>| f64::from(e.workload.weight.max(1));
+    let setting = policy.locality.filter(|s| s.enabled != Some(false));
+    if let Some(setting) = setting {
+        if let Some(rule) = setting
+            .distribute
+            .iter()
+            .find(|d| locality_matches(&d.from, client.locality))
+        {
+            return distribute(&rule.to, endpoints);
+        }
+        if !setting.failover_priority.is_empty() {
+            return endpoints
+                .iter()
+                .map(|e| Ranked {
+                    endpoint: *e,
+                    priority: label_priority(
+                        client,
+                        e.workload,
+                        &setting.failover_priority,
+                        cluster_of,
+                    ),
+                    weight: weight(e),
+                })
+                .collect();
+        }
+    }
+    if policy.locality.is_some_and(|s| s.enabled == Some(false)) {
+        return endpoints
+            .iter()
+            .map(|e| Ranked {
+                endpoint: *e,
+                priority: 0,
+                weight: weight(e),
+            })
+            .collect();
+    }
+    let failover_to: Option<&str> = setting.and_then(|s| {
+        s.failover
+            .iter()
+            .find(|f| f.from == client.locality.region)
+            .map(|f| f.to.as_str())
+    });
+    endpoints
+        .iter()
+        .map(|e| {
+            let w = e.workload;
+            let priority = match policy.traffic_distribution {
+                Some("PreferClose" | "PreferSameZone") if setting.is_none() => {
+                    u32::from(!same_zone(client.locality, &w.locality))
+                }
+                Some("PreferSameNode") if setting.is_none() => {
+                    if w.node.as_deref() == Some(client.node) {
+                        0
+                    } else if same_zone(client.locality, &w.locality) {
+                        1
+                    } else {
+                        2
+                    }
+                }
+                _ => locality_priority(client.locality, &w.locality, failover_to),
+            };
+            Ranked {
+                endpoint: *e,
+                priority,
+                weight: weight(e),
+            }
+        })
+        .collect()
+}
+
+/// [`rank`], then the order to try them: level by level, weighted random
+/// within a level (`random` yields numbers in (0, 1]).
+pub fn order<'a>(
+    mut ranked: Vec<Ranked<'a>>,
+    mut random: impl FnMut() -> f64,
+) -> Vec<Endpoint<'a>> {
+    // Weighted random order (Efraimidis–Spirakis): sort by u^(1/w).
+    let mut keyed: Vec<(u32, f64, Endpoint<'a>)> = ranked
+        .drain(..)
+        .filter(|r| r.weight > 0.0)
+        .map(|r| (r.priority, random().powf(1.0 / r.weight), r.endpoint))
+        .collect();
+    keyed.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.total_cmp(&a.1)));
+    keyed.into_iter().map(|(_, _, e)| e).collect()
+}
+
+/// Istio's levels: 0 same region/zone/subzone, 1 same region and zone, 2
+/// same region, then (with a failover rule) 3 the failover region and 4
+/// the rest; without one, 3 the rest.
+fn locality_priority(client: &Locality, endpoint: &Locality, failover_to: Option<&str>) -> u32 {
+    if client.region == endpoint.region {
+        if client.zone == endpoint.zone {
+            if client.subzone == endpoint.subzone {
+                0
+            } else {
+                1
+            }
+        } else {
+            2
+        }
+    } else if failover_to == Some(endpoint.region.as_str()) {
+        3
+    } else if failover_to.is_some() {
+        4
+    } else {
+        3
+    }
+}
+
+fn same_zone(a: &Locality, b: &Locality) -> bool {
+    a.region == b.region && a.zone == b.zone
+}
+
+/// `failoverPriority`: with N labels, matching all N is level 0, matching
+/// the first N-1 is level 1, ..., none is level N; a label counts only when
+/// all before it match. `key=value` compares the endpoint with that value
+/// instead of the client's.
+fn label_priority(
+    client: &Client<'_>,
+    endpoint: &Workload,
+    labels: &[String],
+    cluster_of: ClusterOf<'_>,
+) -> u32 {
+    let n = labels.len() as u32;
+    let matched = labels
+        .iter()
+        .take_while(|label| {
+            let (key, wanted) = match label.split_once('=') {
+                Some((k, v)) => (k, Some(v.to_string())),
+                None => (label.as_str(), None),
+            };
+            let wanted = wanted.or_else(|| client_label(client, key));
+            let have = endpoint_label(endpoint, key, cluster_of);
+            wanted.is_some() && wanted == have
+        })
+        .count() as u32;
+    n - matched
+}
+
+fn client_label(client: &Client<'_>, key: &str) -> Option<String> {
+    let value = match key {
+        NETWORK => client.network,
+        CLUSTER => client.cluster,
+        REGION => &client.locality.region,
+        ZONE => &client.locality.zone,
+        SUBZONE => &client.locality.subzone,
+        HOSTNAME => client.node,
+        _ => return client.labels.get(key).cloned(),
+    };
+    (!value.is_empty()).then(|| value.to_string())
+}
+
+fn endpoint_label(w: &Workload, key: &str, cluster_of: ClusterOf<'_>) -> Option<String> {
+    let value = match key {
+        NETWORK => w.network.clone(),
+        CLUSTER => cluster_of(w),
+        REGION => w.locality.region.clone(),
+        ZONE => w.locality.zone.clone(),
+        SUBZONE => w.locality.subzone.clone(),
+        HOSTNAME => w.node.clone().unwrap_or_default(),
+        _ => return w.labels.get(key).cloned(),
+    };
+    (!value.is_empty()).then_some(value)
+}
+
+/// `distribute.to`: each pattern's weight is shared by the localities it
+/// matches (first matching pattern wins), a locality's share by its
+/// endpoints; endpoints no pattern matches get nothing.
+fn distribute<'a>(
+    to: &std::collections::BTreeMap<String, u32>,
+    endpoints: &[Endpoint<'a>],
+) -> Vec<Ranked<'a>> {
+    let pattern_of = |l: &Locality| to.keys().find(|p| locality_matches(p, l));
+    let mut localities: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
+    let mut per_locality: std::collections::BTreeMap<String, f64> = Default::default();
+    for e in endpoints {
+        let l = &e.workload.locality;
+        if let Some(p) = pattern_of(l) {
+            let key = locality_key(l);
+            *per_locality.entry(key.clone()).or_default() += f64::from(e.workload.weight.max(1));
+            let list = localities.entry(p.as_str()).or_default();
+            if !list.contains(&key) {
+                list.push(key);
+            }
+        }
+    }
+    endpoints
+        .iter()
+        .filter_map(|e| {
+            let l = &e.workload.locality;
+            let p = pattern_of(l)?;
+            let share = f64::from(*to.get(p)?) / localities.get(p.as_str())?.len() as f64;
+            let total = per_locality.get(&locality_key(l))?;
+            Some(Ranked {
+                endpoint: *e,
+                priority: 0,
+                weight: share * f64::from(e.workload.weight.max(1)) / total,
+            })
+        })
+        .collect()
+}
+
+fn locality_key(l: &Locality) -> String {
+    format!("{}/{}/{}", l.region, l.zone, l.subzone)
+}
+
+/// A `region/zone/subzone` pattern where any part may be `*` and missing
+/// parts match anything.
+pub fn locality_matches(pattern: &str, l: &Locality) -> bool {
+    let mut parts = pattern.split('/');
+    [&l.region, &l.zone, &l.subzone]
+        .iter()
+        .all(|have| match parts.next() {
+            None | Some("*") => true,
+            Some(want) => want == *have,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::SocketAddr;
+    use strait_config::manifest::networking::{Distribute, Failover};
+
+    fn workload(name: &str, locality: &str, labels: &[(&str, &str)]) -> Workload {
+        Workload {
+            name: name.into(),
+            namespace: "ns".into(),
+            addresses: vec!["10.0.0.1".parse().unwrap()],
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            service_account: "sa".into(),
+            locality: Locality::parse(locality),
+            network: labels
+                .iter()
+                .find(|(k, _)| *k == NETWORK)
+                .map(|(_, v)| v.to_string())
+                .unwrap_or_default(),
+            ports: Default::default(),
+            weight: 1,
+            node: Some(format!("node-{name}")),
+            netns: None,
+        }
+    }
+
+    fn endpoints(ws: &[Workload]) -> Vec<Endpoint<'_>> {
+        ws.iter()
+            .map(|w| Endpoint {
+                addr: SocketAddr::new(w.addresses[0], 80),
+                workload: w,
+            })
+            .collect()
+    }
+
+    fn no_cluster(_: &Workload) -> String {
+        String::new()
+    }
+
+    fn priorities(client: &Client<'_>, ws: &[Workload], policy: Policy<'_>) -> Vec<(String, u32)> {
+        let eps = endpoints(ws);
+        let mut out: Vec<(String, u32)> = rank(client, &eps, policy, &no_cluster)
+            .into_iter()
+            .map(|r| (r.endpoint.workload.name.clone(), r.priority))
+            .collect();
+        out.sort();
+        out
+    }
+
+    fn client<'a>(locality: &'a Locality, labels: &'a Labels) -> Client<'a> {
+        Client {
+            locality,
+            network: labels.get(NETWORK).map_or("", String::as_str),
+            cluster: labels.get(CLUSTER).map_or("", String::as_str),
+            node: "node-client",
+            labels,
+        }
+    }
+
+    /// Istio's locality failover task: a client in region1/zone1.
+    #[test]
+    fn istio_failover_task_priorities() {
+        let ws = [
+            workload("r1z1", "region1/zone1", &[]),
+            workload("r1z2", "region1/zone2", &[]),
+            workload("r2z3", "region2/zone3", &[]),
+            workload("r3z4", "region3/zone4", &[]),
+        ];
+        let here = Locality::parse("region1/zone1");
+        let labels = Labels::new();
+        let c = client(&here, &labels);
+        let setting = LocalityLbSetting {
+            failover: vec![Failover {
+                from: "region1".into(),
+                to: "region2".into(),
+            }],
+            ..Default::default()
+        };
+        let policy = Policy {
+            locality: Some(&setting),
+            traffic_distribution: None,
+        };
+        assert_eq!(
+            priorities(&c, &ws, policy),
+            [
+                ("r1z1".into(), 0),
+                ("r1z2".into(), 2),
+                ("r2z3".into(), 3),
+                ("r3z4".into(), 4)
+            ]
+        );
+        // Without a rule, every other region is one level.
+        assert_eq!(
+            priorities(&c, &ws, Policy::default()),
+            [
+                ("r1z1".into(), 0),
+                ("r1z2".into(), 2),
+                ("r2z3".into(), 3),
+                ("r3z4".into(), 3)
+            ]
+        );
+    }
+
+    #[test]
+    fn subzone_comes_before_zone() {
+        let ws = [
+            workload("same", "r/z/s1", &[]),
+            workload("sibling", "r/z/s2", &[]),
+        ];
+        let here = Locality::parse("r/z/s1");
+        let labels = Labels::new();
+        assert_eq!(
+            priorities(&client(&here, &labels), &ws, Policy::default()),
+            [("same".into(), 0), ("sibling".into(), 1)]
+        );
+    }
+
+    /// Istio's failoverPriority example: labels [network, region, zone].
+    #[test]
+    fn failover_priority_counts_leading_matches() {
+        let ws = [
+            workload("all", "r1/z1", &[(NETWORK, "n1")]),
+            workload("net-region", "r1/z2", &[(NETWORK, "n1")]),
+            workload("net", "r2/z1", &[(NETWORK, "n1")]),
+            workload("none", "r1/z1", &[(NETWORK, "n2")]),
+        ];
+        let here = Locality::parse("r1/z1");
+        let labels: Labels = [(NETWORK.to_string(), "n1".to_string())].into();
+        let setting = LocalityLbSetting {
+            failover_priority: vec![NETWORK.into(), REGION.into(), ZONE.into()],
+            ..Default::default()
+        };
+        let policy = Policy {
+            locality: Some(&setting),
+            traffic_distribution: None,
+        };
+        assert_eq!(
+            priorities(&client(&here, &labels), &ws, policy),
+            [
+                ("all".into(), 0),
+                ("net".into(), 2),
+                ("net-region".into(), 1),
+                ("none".into(), 3)
+            ]
+        );
+    }
+
+    #[test]
+    fn failover_priority_key_value_and_cluster() {
+        let ws = [workload("c2", "r1/z1", &[]), workload("c1", "r1/z1", &[])];
+        let here = Locality::parse("r1/z1");
+        let labels: Labels = [(CLUSTER.to_string(), "c1".to_string())].into();
+        let cluster_of = |w: &Workload| w.name.clone();
+        let eps = endpoints(&ws);
+        let setting = LocalityLbSetting {
+            failover_priority: vec![format!("{CLUSTER}=c2")],
+            ..Default::default()
+        };
+        let policy = Policy {
+            locality: Some(&setting),
+            traffic_distribution: None,
+        };
+        let mut got: Vec<(String, u32)> = rank(&client(&here, &labels), &eps, policy, &cluster_of)
+            .into_iter()
+            .map(|r| (r.endpoint.workload.name.clone(), r.priority))
+            .collect();
+        got.sort();
+        // `key=value` prefers cluster c2 although the client is in c1.
+        assert_eq!(got, [("c1".into(), 1), ("c2".into(), 0)]);
+    }
+
+    #[test]
+    fn distribute_shares_weights_and_drops_unlisted() {
+        let ws = [
+            workload("a1", "east/z1", &[]),
+            workload("a2", "east/z1", &[]),
+            workload("b1", "west/z1", &[]),
+            workload("c1", "north/z1", &[]),
+        ];
+        let here = Locality::parse("east/z1");
+        let labels = Labels::new();
+        let setting = LocalityLbSetting {
+            distribute: vec![Distribute {
+                from: "east/*".into(),
+                to: [("east/*".to_string(), 80), ("west/*".to_string(), 20)].into(),
+            }],
+            ..Default::default()
+        };
+        let eps = endpoints(&ws);
+        let ranked = rank(
+            &client(&here, &labels),
+            &eps,
+            Policy {
+                locality: Some(&setting),
+                traffic_distribution: None,
+            },
+            &no_cluster,
+        );
+        let weight = |name: &str| {
+            ranked
+                .iter()
+                .find(|r| r.endpoint.workload.name == name)
+                .map(|r| r.weight)
+        };
+        assert_eq!(weight("a1"), Some(40.0));
+        assert_eq!(weight("a2"), Some(40.0));
+        assert_eq!(weight("b1"), Some(20.0));
+        assert_eq!(weight("c1"), None, "unlisted localities get nothing");
+
+        // The observed split follows the weights.
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut random = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            ((seed >> 11) as f64 + 1.0) / (1u64 << 53) as f64
+        };
+        let mut east = 0;
+        for _ in 0..10_000 {
+            let first = order(ranked.clone(), &mut random)[0];
+            if first.workload.locality.region == "east" {
+                east += 1;
+            }
+        }
+        assert!((7_700..=8_300).contains(&east), "east got {east} of 10000");
+    }
+
+    #[test]
+    fn traffic_distribution_and_disabled() {
+        let ws = [
+            workload("zone", "r/z1", &[]),
+            workload("region", "r/z2", &[]),
+            workload("far", "q/z9", &[]),
+        ];
+        let here = Locality::parse("r/z1");
+        let labels = Labels::new();
+        let c = client(&here, &labels);
+        let close = Policy {
+            locality: None,
+            traffic_distribution: Some("PreferClose"),
+        };
+        assert_eq!(
+            priorities(&c, &ws, close),
+            [("far".into(), 1), ("region".into(), 1), ("zone".into(), 0)]
+        );
+        let off = LocalityLbSetting {
+            enabled: Some(false),
+            ..Default::default()
+        };
+        let flat = Policy {
+            locality: Some(&off),
+            traffic_distribution: None,
+        };
+        assert!(priorities(&c, &ws, flat).iter().all(|(_, p)| *p == 0));
+    }
+
+    #[test]
+    fn order_is_level_by_level() {
+        let ws = [workload("far", "q/z9", &[]), workload("near", "r/z1", &[])];
+        let here = Locality::parse("r/z1");
+        let labels = Labels::new();
+        let eps = endpoints(&ws);
+        let ranked = rank(
+            &client(&here, &labels),
+            &eps,
+            Policy::default(),
+            &no_cluster,
+        );
+        let names: Vec<&str> = order(ranked, || 0.5)
+            .iter()
+            .map(|e| e.workload.name.as_str())
+            .collect();
+        assert_eq!(names, ["near", "far"]);
+    }
+
+    #[test]
+    fn patterns() {
+        let l = Locality::parse("us-east/us-east-1a/rack1");
+        assert!(locality_matches("us-east/*", &l));
+        assert!(locality_matches("us-east", &l));
+        assert!(locality_matches("*", &l));
+        assert!(locality_matches("us-east/us-east-1a/rack1", &l));
+        assert!(!locality_matches("us-west/*", &l));
+        assert!(!locality_matches("us-east/us-east-1b", &l));
+    }
+}

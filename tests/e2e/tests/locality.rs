@@ -1,0 +1,130 @@
+//! Locality at L4: a client's connections to a service go to endpoints in
+//! its own zone, then its region, then elsewhere; when a node's link is cut
+//! (nothing killed), new connections still succeed on the next level.
+use std::time::{Duration, Instant};
+
+use strait_e2e::{Mesh, Result, curl, http_server, namespace_yaml, require_root, workload_yaml};
+use strait_topology::{Locality, Place, Spec, Topology};
+
+/// The client on n1 (r1/z1); one endpoint each on n2 (r1/z1), n3 (r1/z2)
+/// and n4 (r2/z1).
+fn spec() -> Spec {
+    Spec::new()
+        .node("n1", "c1", "net1", Locality::new("r1", "z1", ""))
+        .node("n2", "c1", "net1", Locality::new("r1", "z1", ""))
+        .node("n3", "c1", "net1", Locality::new("r1", "z2", ""))
+        .node("n4", "c1", "net1", Locality::new("r2", "z1", ""))
+        .pod("client", "n1")
+        .pod("near", "n2")
+        .pod("zone2", "n3")
+        .pod("far", "n4")
+}
+
+/// Nodes with their topology labels: workloads take their locality from
+/// their node, as Kubernetes pods do.
+fn node_yaml(name: &str, region: &str, zone: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  labels:\n    topology.kubernetes.io/region: {region}\n    topology.kubernetes.io/zone: {zone}\n---\n"
+    )
+}
+
+const SERVICE: &str = "apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: shop
+spec:
+  clusterIP: 10.96.0.30
+  selector:
+    service: web
+  ports:
+  - name: http
+    port: 80
+    targetPort: 8080
+";
+
+const URL: &str = "http://10.96.0.30/marker";
+
+/// Which endpoint answered each of `n` connections; an error on any
+/// failure.
+fn answers(client: &Place, n: usize) -> Result<Vec<String>> {
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let got = curl(client, URL)?;
+        if !got.status.success() {
+            return Err(format!(
+                "connection {i} failed: {}",
+                String::from_utf8_lossy(&got.stderr)
+            )
+            .into());
+        }
+        out.push(String::from_utf8_lossy(&got.stdout).into_owned());
+    }
+    Ok(out)
+}
+
+#[test]
+fn connections_stay_in_zone_then_region_and_survive_cut_links() -> Result<()> {
+    require_root();
+    let topo = Topology::create(spec())?;
+    let mesh = Mesh::new(&topo)?;
+    let mut yaml = namespace_yaml("shop", true);
+    for (node, region, zone) in [
+        ("n1", "r1", "z1"),
+        ("n2", "r1", "z1"),
+        ("n3", "r1", "z2"),
+        ("n4", "r2", "z1"),
+    ] {
+        yaml.push_str(&node_yaml(node, region, zone));
+    }
+    yaml.push_str(&workload_yaml(topo.pod("client")?, "shop", "client", &[]));
+    for pod in ["near", "zone2", "far"] {
+        yaml.push_str(&workload_yaml(
+            topo.pod(pod)?,
+            "shop",
+            "web",
+            &[("service", "web")],
+        ));
+    }
+    yaml.push_str(SERVICE);
+    mesh.write("mesh.yaml", &yaml)?;
+    let _agents = ["n1", "n2", "n3", "n4"]
+        .iter()
+        .map(|n| mesh.start_agent(n, &[("--connect-timeout", "500ms")]))
+        .collect::<Result<Vec<_>>>()?;
+    let _servers = ["near", "zone2", "far"]
+        .iter()
+        .map(|p| http_server(topo.pod(p)?, 8080, p))
+        .collect::<Result<Vec<_>>>()?;
+    let client = &topo.pod("client")?.place;
+
+    let got = answers(client, 30)?;
+    assert!(
+        got.iter().all(|a| a == "near"),
+        "not all in the zone: {got:?}"
+    );
+
+    for (cut, next) in [("n2", "zone2"), ("n3", "far")] {
+        topo.cut_node(cut)?;
+        let start = Instant::now();
+        let got = answers(client, 10)?;
+        println!(
+            "{cut} cut: 10 of 10 connections served by the next level, {:?} per connection (the dead endpoint is tried first until health tracking lands)",
+            start.elapsed() / 10
+        );
+        assert!(
+            got.iter().all(|a| a == next),
+            "after cutting {cut}: {got:?}"
+        );
+    }
+    topo.restore_node("n2")?;
+    topo.restore_node("n3")?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while answers(client, 1)?[0] != "near" {
+        if Instant::now() > deadline {
+            return Err("traffic did not return to the zone after the links came back".into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}

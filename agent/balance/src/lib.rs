@@ -14,6 +14,8 @@
 //! Lower levels take connections only when the levels above have no
 //! endpoint left to try: [`order`] lists every eligible endpoint, level by
 //! level, in a weighted random order within each level.
+pub mod outlier;
+
 use strait_config::{
     Labels, Locality, Workload, manifest::networking::LocalityLbSetting, service::Endpoint,
 };

@@ -29,6 +29,7 @@ use crate::{metrics::Metrics, pods::Pods, reload, state::NodeState};
 
 pub struct State {
     node: NodeState,
+    health: Arc<strait_balance::outlier::Health>,
     reload: reload::SharedStatus,
     ready: AtomicBool,
     capture: Arc<Mutex<Capture>>,
@@ -40,6 +41,7 @@ pub struct State {
 impl State {
     pub fn new(
         node: NodeState,
+        health: Arc<strait_balance::outlier::Health>,
         reload: reload::SharedStatus,
         capture: Arc<Mutex<Capture>>,
         pods: Arc<Pods>,
@@ -48,6 +50,7 @@ impl State {
     ) -> Self {
         Self {
             node,
+            health,
             reload,
             ready: AtomicBool::new(false),
             capture,
@@ -115,7 +118,16 @@ struct ProgramReport {
 #[derive(Serialize)]
 struct ConfigDump<'a> {
     reload: reload::Status,
+    /// Endpoints outlier detection has set aside right now.
+    ejected: Vec<Ejected>,
     config: &'a strait_config::Config,
+}
+
+#[derive(Serialize)]
+struct Ejected {
+    endpoint: SocketAddr,
+    #[serde(flatten)]
+    report: strait_balance::outlier::Report,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -185,8 +197,15 @@ fn route(routes: Routes, state: &State, req: &Request<Incoming>) -> Response<Ful
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone();
+            let ejected = state
+                .health
+                .ejected(std::time::Instant::now())
+                .into_iter()
+                .map(|(endpoint, report)| Ejected { endpoint, report })
+                .collect();
             json(&ConfigDump {
                 reload,
+                ejected,
                 config: &state.node.snapshot().config,
             })
         }

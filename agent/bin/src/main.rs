@@ -140,7 +140,9 @@ async fn run(args: Args) -> Result<()> {
         pool: strait_hbone::Pool::new(),
         metrics: metrics.clone(),
         connect_timeout: args.connect_timeout,
+        health: Arc::new(strait_balance::outlier::Health::default()),
     });
+    let health = proxy.health.clone();
     let capture = Arc::new(Mutex::new(capture));
     let pods = Arc::new(pods::Pods::new(
         capture.clone(),
@@ -161,6 +163,7 @@ async fn run(args: Args) -> Result<()> {
 
     let admin_state = Arc::new(admin::State::new(
         state,
+        health,
         reload_status,
         capture,
         pods,

@@ -89,6 +89,12 @@ label_values! {
     ReloadResult { Success => "success", Failure => "failure" }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceLabels {
+    /// `namespace/name`.
+    pub service: String,
+}
+
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum ReloadResult {
     Success,
@@ -107,6 +113,7 @@ pub struct Metrics {
     pub received_bytes: Family<TcpLabels, Counter>,
     pub failures: Family<FailureLabels, Counter>,
     reloads: Family<ReloadLabels, Counter>,
+    ejections: Family<ServiceLabels, Counter>,
     /// DNS queries the proxy received, and those it forwarded upstream.
     pub dns_requests: Counter,
     pub dns_forwarded: Counter,
@@ -158,6 +165,12 @@ impl Metrics {
             "Config directory changes applied (success) or refused (failure)",
             reloads.clone(),
         );
+        let ejections = Family::<ServiceLabels, Counter>::default();
+        registry.register(
+            "strait_outlier_ejections",
+            "Endpoints set aside by outlier detection",
+            ejections.clone(),
+        );
         let dns_requests = Counter::default();
         registry.register(
             "istio_dns_requests",
@@ -190,6 +203,7 @@ impl Metrics {
             received_bytes,
             failures,
             reloads,
+            ejections,
             dns_requests,
             dns_forwarded,
             last_reload_ok,
@@ -201,6 +215,14 @@ impl Metrics {
     pub fn fail(&self, direction: Direction, reason: Reason) {
         self.failures
             .get_or_create(&FailureLabels { direction, reason })
+            .inc();
+    }
+
+    pub fn ejected(&self, service: &str) {
+        self.ejections
+            .get_or_create(&ServiceLabels {
+                service: service.into(),
+            })
             .inc();
     }
 

@@ -1,9 +1,12 @@
 //! Locality at L4: a client's connections to a service go to endpoints in
 //! its own zone, then its region, then elsewhere; when a node's link is cut
-//! (nothing killed), new connections still succeed on the next level.
+//! (nothing killed), new connections still succeed on the next level, and
+//! the silent endpoint is ejected so later ones do not wait for it.
 use std::time::{Duration, Instant};
 
-use strait_e2e::{Mesh, Result, curl, http_server, namespace_yaml, require_root, workload_yaml};
+use strait_e2e::{
+    Mesh, Result, curl, http_server, metric_sum, namespace_yaml, require_root, workload_yaml,
+};
 use strait_topology::{Locality, Place, Spec, Topology};
 
 /// The client on n1 (r1/z1); one endpoint each on n2 (r1/z1), n3 (r1/z2)
@@ -104,22 +107,40 @@ fn connections_stay_in_zone_then_region_and_survive_cut_links() -> Result<()> {
         "not all in the zone: {got:?}"
     );
 
-    for (cut, next) in [("n2", "zone2"), ("n3", "far")] {
+    for (cut, next, dead) in [("n2", "zone2", "near"), ("n3", "far", "zone2")] {
         topo.cut_node(cut)?;
         let start = Instant::now();
-        let got = answers(client, 10)?;
+        let first = answers(client, 1)?;
+        let first_took = start.elapsed();
+        let start = Instant::now();
+        let rest = answers(client, 20)?;
         println!(
-            "{cut} cut: 10 of 10 connections served by the next level, {:?} per connection (the dead endpoint is tried first until health tracking lands)",
-            start.elapsed() / 10
+            "{cut} cut: first connection served by the next level after {first_took:?}, \
+             then {:?} per connection with {dead} ejected",
+            start.elapsed() / 20
         );
         assert!(
-            got.iter().all(|a| a == next),
-            "after cutting {cut}: {got:?}"
+            first.iter().chain(&rest).all(|a| a == next),
+            "after cutting {cut}: {first:?} {rest:?}"
+        );
+        let dump = mesh.admin("n1", "/config_dump")?;
+        let dead_ip = topo.pod(dead)?.ipv4.to_string();
+        assert!(
+            dump["ejected"]
+                .as_array()
+                .is_some_and(|all| all.iter().any(|e| e["endpoint"]
+                    .as_str()
+                    .is_some_and(|a| a.starts_with(&dead_ip)))),
+            "{dead} is not listed as ejected: {}",
+            dump["ejected"]
         );
     }
+    let ejections = metric_sum(&mesh.metrics("n1")?, "strait_outlier_ejections_total", &[]);
+    assert!(ejections >= 2, "ejections counted: {ejections}");
     topo.restore_node("n2")?;
     topo.restore_node("n3")?;
-    let deadline = Instant::now() + Duration::from_secs(10);
+    // Back once the ejection has run out and the link works again.
+    let deadline = Instant::now() + Duration::from_secs(30);
     while answers(client, 1)?[0] != "near" {
         if Instant::now() > deadline {
             return Err("traffic did not return to the zone after the links came back".into());

@@ -37,6 +37,8 @@ pub struct Proxy {
     pub metrics: Arc<Metrics>,
     /// Per endpoint attempt, outbound.
     pub connect_timeout: std::time::Duration,
+    /// Outlier detection's view of the endpoints.
+    pub health: Arc<strait_balance::outlier::Health>,
 }
 
 impl Proxy {

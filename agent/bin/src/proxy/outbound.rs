@@ -49,10 +49,17 @@ pub async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, client: TcpStream, peer: S
             .config
             .workload_by_address(src)
             .unwrap_or(&pod.workload);
-        let targets = match route(&state, client_workload, original) {
+        let mut outlier = None;
+        let targets = match route(&state, &proxy.health, client_workload, original) {
             Ok(Route::Direct(dst)) => vec![dst],
-            Ok(Route::Endpoints { service, targets }) => {
+            Ok(Route::Endpoints {
+                service,
+                targets,
+                all,
+                outlier: settings,
+            }) => {
                 debug!(%service, ?targets, "service address");
+                outlier = Some((service, all, settings));
                 targets
             }
             Ok(Route::Dns {
@@ -82,10 +89,20 @@ pub async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, client: TcpStream, peer: S
         for target in targets {
             match open(&proxy, &pod, &state, target).await {
                 Ok(upstream) => {
+                    proxy.health.success(target);
                     carry(&proxy, &pod, client, upstream, src, target).await;
                     return;
                 }
-                Err(reason) => failure = reason,
+                Err(reason) => {
+                    failure = reason;
+                    if let Some((service, all, settings)) = &outlier {
+                        let now = std::time::Instant::now();
+                        if proxy.health.failure(target, all, *settings, now) {
+                            proxy.metrics.ejected(service);
+                            warn!(%service, endpoint = %target, "endpoint ejected");
+                        }
+                    }
+                }
             }
         }
         proxy.metrics.fail(Direction::Outbound, failure);

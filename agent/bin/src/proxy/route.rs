@@ -5,7 +5,10 @@
 //! client asked.
 use std::net::SocketAddr;
 
-use strait_balance::{Client, Policy};
+use strait_balance::{
+    Client, Policy,
+    outlier::{Health, Settings},
+};
 use strait_config::{
     Workload,
     service::{Backends, NoBackends},
@@ -24,6 +27,9 @@ pub enum Route {
     Endpoints {
         service: String,
         targets: Vec<SocketAddr>,
+        /// Every endpoint of the service, for `maxEjectionPercent`.
+        all: Vec<SocketAddr>,
+        outlier: Settings,
     },
     /// A service resolved by DNS when used: look these names up (through
     /// the node's resolver), then connect straight to what they give.
@@ -35,7 +41,12 @@ pub enum Route {
 }
 
 /// The route for a connection from `client` to `dst`.
-pub fn route(state: &Snapshot, client: &Workload, dst: SocketAddr) -> Result<Route, NoBackends> {
+pub fn route(
+    state: &Snapshot,
+    health: &Health,
+    client: &Workload,
+    dst: SocketAddr,
+) -> Result<Route, NoBackends> {
     let Some(at) = state.config.service_at(dst.ip()) else {
         return Ok(Route::Direct(dst));
     };
@@ -56,9 +67,26 @@ pub fn route(state: &Snapshot, client: &Workload, dst: SocketAddr) -> Result<Rou
         .into_iter()
         .filter(|e| !at.service.node_local || e.workload.node.as_deref() == Some(&*state.node))
         .collect();
+    let all: Vec<SocketAddr> = endpoints.iter().map(|e| e.addr).collect();
+    // Ejected endpoints sit out, unless none would be left.
+    let now = std::time::Instant::now();
+    let healthy: Vec<_> = endpoints
+        .iter()
+        .filter(|e| !health.is_ejected(e.addr, now))
+        .copied()
+        .collect();
+    let endpoints = if healthy.is_empty() {
+        endpoints
+    } else {
+        healthy
+    };
     let cluster_of = |w: &Workload| cluster(state, w);
     let client_cluster = cluster(state, client);
     let rule = state.config.destination_rule(at, &client.namespace);
+    let outlier = Settings::from_rule(
+        rule.and_then(|r| r.traffic_policy.as_ref())
+            .and_then(|t| t.outlier_detection.as_ref()),
+    );
     let policy = Policy {
         locality: rule
             .and_then(|r| r.traffic_policy.as_ref())
@@ -86,7 +114,12 @@ pub fn route(state: &Snapshot, client: &Workload, dst: SocketAddr) -> Result<Rou
             port: dst.port(),
         });
     }
-    Ok(Route::Endpoints { service, targets })
+    Ok(Route::Endpoints {
+        service,
+        targets,
+        all,
+        outlier,
+    })
 }
 
 /// A workload's cluster: its own `topology.istio.io/cluster` label, else

@@ -190,6 +190,13 @@ fn route(routes: Routes, state: &State, req: &Request<Incoming>) -> Response<Ful
             Err(err) => text(StatusCode::INTERNAL_SERVER_ERROR, &format!("{err}\n")),
         },
         (Routes::Admin, "/workloads") => json(&state.pods.statuses()),
+        (Routes::Admin, "/endpoints") => {
+            let query = req.uri().query().unwrap_or_default();
+            match crate::endpoints::report(&state.node.snapshot(), &state.health, query) {
+                Ok(report) => json(&report),
+                Err(err) => text(StatusCode::NOT_FOUND, &format!("{err}\n")),
+            }
+        }
         (Routes::Admin, "/certs") => json(&state.certs.infos()),
         (Routes::Admin, "/config_dump") => {
             let reload = state

@@ -3,6 +3,7 @@
 //! that are in the mesh, and proxies their traffic over mutual-TLS HBONE.
 mod admin;
 mod dns;
+mod endpoints;
 mod metrics;
 mod pods;
 mod proxy;

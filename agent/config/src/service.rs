@@ -74,6 +74,30 @@ impl Config {
         })
     }
 
+    /// A service by what a user types: a host (`reviews.default.svc.cluster.local`,
+    /// `user-service.production.global`), `name.namespace`, or
+    /// `namespace/name`.
+    pub fn find_service(&self, name: &str) -> Option<ServiceAt<'_>> {
+        let wanted = name.trim_end_matches('.').to_ascii_lowercase();
+        let by_name = wanted.split_once('/');
+        let qualified = match wanted.split('.').count() {
+            2 => Some(format!("{wanted}.svc.{CLUSTER_DOMAIN}")),
+            _ => None,
+        };
+        self.services.iter().find_map(|s| {
+            let named = by_name.is_some_and(|(ns, n)| s.namespace == ns && s.name == n);
+            let host = s
+                .hosts
+                .iter()
+                .find(|h| **h == wanted || qualified.as_deref() == Some(h.as_str()));
+            match (named, host) {
+                (_, Some(host)) => Some(ServiceAt { service: s, host }),
+                (true, None) => s.hosts.first().map(|host| ServiceAt { service: s, host }),
+                _ => None,
+            }
+        })
+    }
+
     /// The addresses `name` resolves to in the mesh, if the mesh knows it:
     /// a service's declared addresses, or the one allocated for that host.
     /// `None` for names the mesh does not know (ask upstream); an empty
@@ -427,6 +451,28 @@ spec:
         );
         let (report, _) = check_text(std::path::Path::new("t.yaml"), MESH);
         assert_eq!(report.warnings(), 0, "reviews-1 has the port named web");
+    }
+
+    #[test]
+    fn services_are_found_by_what_users_type() {
+        let cfg = config(MESH);
+        for name in [
+            "reviews.default.svc.cluster.local",
+            "reviews.default",
+            "default/reviews",
+        ] {
+            assert_eq!(
+                cfg.find_service(name).map(|at| at.service.name.as_str()),
+                Some("reviews"),
+                "{name}"
+            );
+        }
+        assert_eq!(
+            cfg.find_service("user-service.production.global")
+                .map(|at| at.host),
+            Some("user-service.production.global")
+        );
+        assert!(cfg.find_service("nothing.here").is_none());
     }
 
     #[test]

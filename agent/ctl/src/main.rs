@@ -34,6 +34,16 @@ enum Command {
     Workloads,
     /// Workload certificates held on this node: identity, serial, validity.
     Certs,
+    /// A service's endpoints as this node sees them: locality, priority
+    /// level, weight, health and ejection state.
+    Endpoints {
+        /// A host (`reviews.default.svc.cluster.local`), `name.namespace`
+        /// or `namespace/name`.
+        service: String,
+        /// The service port (default: its first).
+        #[arg(long)]
+        port: Option<u16>,
+    },
     /// Checks Kubernetes/Istio manifests without an agent: a line per
     /// object (accepted, ignored, rejected with file:line, field and reason,
     /// warnings). Exits 1 when anything is rejected.
@@ -51,6 +61,28 @@ struct WorkloadReport {
     addresses: Vec<String>,
     identity: String,
     state: String,
+}
+
+/// The agent's `/endpoints` document.
+#[derive(Deserialize)]
+struct EndpointsReport {
+    service: String,
+    host: String,
+    port: u16,
+    from: String,
+    kind: String,
+    endpoints: Vec<EndpointReport>,
+}
+
+#[derive(Deserialize)]
+struct EndpointReport {
+    address: String,
+    workload: String,
+    locality: String,
+    network: String,
+    priority: u32,
+    weight: f64,
+    health: String,
 }
 
 #[derive(Deserialize)]
@@ -91,6 +123,15 @@ fn main() -> ExitCode {
         Command::Certs => inspect(&cli, "/certs", |body| {
             Ok(render_certs(&serde_json::from_str::<Vec<_>>(body)?))
         }),
+        Command::Endpoints { service, port } => {
+            let mut path = format!("/endpoints?service={service}");
+            if let Some(port) = port {
+                path.push_str(&format!("&port={port}"));
+            }
+            inspect(&cli, &path, |body| {
+                Ok(render_endpoints(&serde_json::from_str(body)?))
+            })
+        }
     };
     result.unwrap_or_else(|err| {
         eprintln!("straitctl: {err:#}");
@@ -136,6 +177,44 @@ fn render_workloads(workloads: &[WorkloadReport]) -> String {
         ));
     }
     out
+}
+
+fn render_endpoints(report: &EndpointsReport) -> String {
+    let mut out = format!(
+        "service {} ({}) port {}, seen from {}: {}\n",
+        report.service,
+        report.host,
+        report.port,
+        if report.from.is_empty() {
+            "-"
+        } else {
+            &report.from
+        },
+        report.kind
+    );
+    out.push_str(&format!(
+        "{:<26} {:<28} {:<20} {:<10} {:>8} {:>8}  HEALTH\n",
+        "ENDPOINT", "WORKLOAD", "LOCALITY", "NETWORK", "PRIORITY", "WEIGHT"
+    ));
+    for e in &report.endpoints {
+        out.push_str(&format!(
+            "{:<26} {:<28} {:<20} {:<10} {:>8} {:>8.1}  {}\n",
+            e.address,
+            e.workload,
+            dash(&e.locality),
+            dash(&e.network),
+            e.priority,
+            e.weight,
+            e.health
+        ));
+    }
+    out
+}
+
+/// Empty columns would shift the ones after them for readers that split
+/// on whitespace.
+fn dash(text: &str) -> &str {
+    if text.is_empty() { "-" } else { text }
 }
 
 fn render_certs(certs: &[CertReport]) -> String {
@@ -195,6 +274,18 @@ mod tests {
         let text = render_certs(&certs);
         assert!(text.contains("0a1b"), "{text}");
         assert!(text.trim_end().ends_with('2'), "{text}");
+    }
+
+    #[test]
+    fn renders_endpoints() {
+        let report: EndpointsReport = serde_json::from_str(
+            r#"{"service":"shop/web","host":"web.shop.svc.cluster.local","port":80,"from":"r1/z1","kind":"endpoints","endpoints":[{"address":"10.2.0.10:8080","workload":"shop/near","locality":"r1/z1","network":"","node":"n2","priority":0,"weight":1.0,"health":"ejected (4s left)","consecutive_errors":0,"times_ejected":1}]}"#,
+        )
+        .unwrap();
+        let text = render_endpoints(&report);
+        assert!(text.starts_with("service shop/web"), "{text}");
+        assert!(text.contains("10.2.0.10:8080"), "{text}");
+        assert!(text.trim_end().ends_with("ejected (4s left)"), "{text}");
     }
 
     #[test]

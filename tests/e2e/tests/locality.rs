@@ -107,6 +107,23 @@ fn connections_stay_in_zone_then_region_and_survive_cut_links() -> Result<()> {
         "not all in the zone: {got:?}"
     );
 
+    // As n1 sees the service: its zone, its region, the rest.
+    let table = mesh.straitctl("n1", &["endpoints", "web.shop"])?;
+    println!("{table}");
+    for (pod, priority) in [("near", 0), ("zone2", 2), ("far", 3)] {
+        let line = table
+            .lines()
+            .find(|l| l.contains(&format!("shop/{pod} ")))
+            .ok_or_else(|| format!("{pod} missing:\n{table}"))?;
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(
+            fields.get(4),
+            Some(&priority.to_string().as_str()),
+            "{line}"
+        );
+        assert!(line.ends_with("healthy"), "{line}");
+    }
+
     for (cut, next, dead) in [("n2", "zone2", "near"), ("n3", "far", "zone2")] {
         topo.cut_node(cut)?;
         let start = Instant::now();
@@ -122,6 +139,13 @@ fn connections_stay_in_zone_then_region_and_survive_cut_links() -> Result<()> {
         assert!(
             first.iter().chain(&rest).all(|a| a == next),
             "after cutting {cut}: {first:?} {rest:?}"
+        );
+        let table = mesh.straitctl("n1", &["endpoints", "shop/web"])?;
+        assert!(
+            table
+                .lines()
+                .any(|l| l.contains(&format!("shop/{dead} ")) && l.contains("ejected")),
+            "{dead} not shown ejected:\n{table}"
         );
         let dump = mesh.admin("n1", "/config_dump")?;
         let dead_ip = topo.pod(dead)?.ipv4.to_string();

@@ -1,17 +1,17 @@
 //! Where an outbound connection goes. A connection to a service address (a
 //! Service's ClusterIP, a ServiceEntry's declared or allocated address)
 //! goes to one of the service's endpoints, chosen by locality and the
-//! service's DestinationRule ([`strait_balance`]); any other goes where the
-//! client asked.
-use std::net::SocketAddr;
+//! service's DestinationRule ([`strait_balance`]), skipping endpoints
+//! outlier detection set aside; any other goes where the client asked.
+use std::{collections::HashSet, net::SocketAddr, time::Instant};
 
 use strait_balance::{
-    Client, Policy,
+    Client, Policy, Ranked,
     outlier::{Health, Settings},
 };
 use strait_config::{
     Workload,
-    service::{Backends, NoBackends},
+    service::{Backends, NoBackends, ServiceAt},
 };
 
 use crate::state::Snapshot;
@@ -40,6 +40,23 @@ pub enum Route {
     },
 }
 
+/// How one service port's endpoints rank for one client.
+pub enum Plan<'a> {
+    /// The address stands for itself.
+    Original,
+    Dns {
+        hosts: Vec<String>,
+        port: u16,
+    },
+    Endpoints {
+        /// Every eligible endpoint with its level and weight.
+        ranked: Vec<Ranked<'a>>,
+        /// Those outlier detection has set aside now.
+        ejected: HashSet<SocketAddr>,
+        outlier: Settings,
+    },
+}
+
 /// The route for a connection from `client` to `dst`.
 pub fn route(
     state: &Snapshot,
@@ -51,57 +68,38 @@ pub fn route(
         return Ok(Route::Direct(dst));
     };
     let service = format!("{}/{}", at.service.namespace, at.service.name);
-    let endpoints = match state.config.backends(at, dst.port())? {
-        Backends::Original => return Ok(Route::Direct(dst)),
-        Backends::Dns { hosts, port } => {
-            return Ok(Route::Dns {
-                service,
-                hosts,
-                port,
-            });
-        }
-        Backends::Endpoints(endpoints) => endpoints,
-    };
-    // internalTrafficPolicy: Local keeps to this node.
-    let endpoints: Vec<_> = endpoints
-        .into_iter()
-        .filter(|e| !at.service.node_local || e.workload.node.as_deref() == Some(&*state.node))
-        .collect();
-    let all: Vec<SocketAddr> = endpoints.iter().map(|e| e.addr).collect();
-    // Ejected endpoints sit out, unless none would be left.
-    let now = std::time::Instant::now();
-    let healthy: Vec<_> = endpoints
-        .iter()
-        .filter(|e| !health.is_ejected(e.addr, now))
-        .copied()
-        .collect();
-    let endpoints = if healthy.is_empty() {
-        endpoints
-    } else {
-        healthy
-    };
-    let cluster_of = |w: &Workload| cluster(state, w);
-    let client_cluster = cluster(state, client);
-    let rule = state.config.destination_rule(at, &client.namespace);
-    let outlier = Settings::from_rule(
-        rule.and_then(|r| r.traffic_policy.as_ref())
-            .and_then(|t| t.outlier_detection.as_ref()),
-    );
-    let policy = Policy {
-        locality: rule
-            .and_then(|r| r.traffic_policy.as_ref())
-            .and_then(|t| t.load_balancer.as_ref())
-            .and_then(|lb| lb.locality_lb_setting.as_ref()),
-        traffic_distribution: at.service.traffic_distribution.as_deref(),
-    };
+    let cluster = cluster(state, client);
     let who = Client {
         locality: &client.locality,
         network: &client.network,
-        cluster: &client_cluster,
+        cluster: &cluster,
         node: &state.node,
         labels: &client.labels,
     };
-    let ranked = strait_balance::rank(&who, &endpoints, policy, &cluster_of);
+    let (ranked, ejected, outlier) =
+        match plan(state, health, &who, &client.namespace, at, dst.port())? {
+            Plan::Original => return Ok(Route::Direct(dst)),
+            Plan::Dns { hosts, port } => {
+                return Ok(Route::Dns {
+                    service,
+                    hosts,
+                    port,
+                });
+            }
+            Plan::Endpoints {
+                ranked,
+                ejected,
+                outlier,
+            } => (ranked, ejected, outlier),
+        };
+    let all: Vec<SocketAddr> = ranked.iter().map(|r| r.endpoint.addr).collect();
+    // Ejected endpoints sit out, unless none would be left.
+    let healthy: Vec<Ranked<'_>> = ranked
+        .iter()
+        .filter(|r| !ejected.contains(&r.endpoint.addr))
+        .copied()
+        .collect();
+    let ranked = if healthy.is_empty() { ranked } else { healthy };
     // fastrand's f64 is in [0, 1); the weighting wants (0, 1].
     let mut targets: Vec<SocketAddr> = strait_balance::order(ranked, || 1.0 - fastrand::f64())
         .iter()
@@ -122,9 +120,53 @@ pub fn route(
     })
 }
 
+/// Ranks the endpoints of `port` of the service `at` for `who` (a client
+/// in `client_namespace`): what [`route`] chooses from, and what
+/// `straitctl endpoints` shows.
+pub fn plan<'a>(
+    state: &'a Snapshot,
+    health: &Health,
+    who: &Client<'_>,
+    client_namespace: &str,
+    at: ServiceAt<'a>,
+    port: u16,
+) -> Result<Plan<'a>, NoBackends> {
+    let endpoints = match state.config.backends(at, port)? {
+        Backends::Original => return Ok(Plan::Original),
+        Backends::Dns { hosts, port } => return Ok(Plan::Dns { hosts, port }),
+        Backends::Endpoints(endpoints) => endpoints,
+    };
+    // internalTrafficPolicy: Local keeps to this node.
+    let endpoints: Vec<_> = endpoints
+        .into_iter()
+        .filter(|e| !at.service.node_local || e.workload.node.as_deref() == Some(&*state.node))
+        .collect();
+    let rule = state.config.destination_rule(at, client_namespace);
+    let traffic = rule.and_then(|r| r.traffic_policy.as_ref());
+    let policy = Policy {
+        locality: traffic
+            .and_then(|t| t.load_balancer.as_ref())
+            .and_then(|lb| lb.locality_lb_setting.as_ref()),
+        traffic_distribution: at.service.traffic_distribution.as_deref(),
+    };
+    let cluster_of = |w: &Workload| cluster(state, w);
+    let ranked = strait_balance::rank(who, &endpoints, policy, &cluster_of);
+    let now = Instant::now();
+    let ejected = ranked
+        .iter()
+        .map(|r| r.endpoint.addr)
+        .filter(|a| health.is_ejected(*a, now))
+        .collect();
+    Ok(Plan::Endpoints {
+        ranked,
+        ejected,
+        outlier: Settings::from_rule(traffic.and_then(|t| t.outlier_detection.as_ref())),
+    })
+}
+
 /// A workload's cluster: its own `topology.istio.io/cluster` label, else
 /// its node's.
-fn cluster(state: &Snapshot, w: &Workload) -> String {
+pub fn cluster(state: &Snapshot, w: &Workload) -> String {
     w.labels
         .get(strait_balance::CLUSTER)
         .or_else(|| {

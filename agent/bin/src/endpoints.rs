@@ -1,0 +1,140 @@
+//! `/endpoints?service=NAME[&port=N]` (what `straitctl endpoints` shows):
+//! a service's endpoints as this node sees them, with locality, priority
+//! level, weight and health.
+use std::time::Instant;
+
+use serde::Serialize;
+use strait_balance::{Client, outlier::Health};
+
+use crate::{
+    proxy::route::{Plan, cluster, plan},
+    state::Snapshot,
+};
+
+#[derive(Serialize)]
+pub struct Report {
+    pub service: String,
+    pub host: String,
+    pub port: u16,
+    /// The locality the priorities are from (this node's).
+    pub from: String,
+    /// `endpoints`, `dns` or `original`.
+    pub kind: &'static str,
+    pub endpoints: Vec<EndpointReport>,
+}
+
+#[derive(Serialize)]
+pub struct EndpointReport {
+    pub address: String,
+    pub workload: String,
+    pub locality: String,
+    pub network: String,
+    pub node: String,
+    pub priority: u32,
+    pub weight: f64,
+    /// `healthy`, or `ejected` with the seconds left.
+    pub health: String,
+    pub consecutive_errors: u32,
+    pub times_ejected: u32,
+}
+
+pub fn report(state: &Snapshot, health: &Health, query: &str) -> Result<Report, String> {
+    let param = |key: &str| {
+        query
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v)
+    };
+    let name = param("service").ok_or("say which service: ?service=NAME")?;
+    let at = state
+        .config
+        .find_service(name)
+        .ok_or_else(|| format!("no service {name:?}"))?;
+    let port = match param("port") {
+        Some(p) => p.parse().map_err(|_| format!("bad port {p:?}"))?,
+        None => at
+            .service
+            .ports
+            .first()
+            .map(|p| p.port)
+            .ok_or_else(|| format!("service {name:?} has no ports"))?,
+    };
+    // This node as the client: its own topology, else its first workload's.
+    let node = state.config.nodes.get(&*state.node);
+    let local = state.config.workloads_on(&state.node).next();
+    let locality = node
+        .map(|n| n.locality.clone())
+        .filter(|l| !l.region.is_empty())
+        .or_else(|| local.map(|w| w.locality.clone()))
+        .unwrap_or_default();
+    let network = node
+        .map(|n| n.network.clone())
+        .filter(|n| !n.is_empty())
+        .or_else(|| local.map(|w| w.network.clone()))
+        .unwrap_or_default();
+    let labels = node.map(|n| n.labels.clone()).unwrap_or_default();
+    let cluster_name = local.map(|w| cluster(state, w)).unwrap_or_else(|| {
+        labels
+            .get(strait_balance::CLUSTER)
+            .cloned()
+            .unwrap_or_default()
+    });
+    let who = Client {
+        locality: &locality,
+        network: &network,
+        cluster: &cluster_name,
+        node: &state.node,
+        labels: &labels,
+    };
+    let namespace = local.map_or("", |w| w.namespace.as_str());
+    let (kind, mut endpoints) =
+        match plan(state, health, &who, namespace, at, port).map_err(|e| e.to_string())? {
+            Plan::Original => ("original", Vec::new()),
+            Plan::Dns { .. } => ("dns", Vec::new()),
+            Plan::Endpoints { ranked, .. } => {
+                let now = Instant::now();
+                let endpoints = ranked
+                    .iter()
+                    .map(|r| {
+                        let w = r.endpoint.workload;
+                        let h = health.report(r.endpoint.addr, now);
+                        EndpointReport {
+                            address: r.endpoint.addr.to_string(),
+                            workload: format!("{}/{}", w.namespace, w.name),
+                            locality: locality_text(&w.locality),
+                            network: w.network.clone(),
+                            node: w.node.clone().unwrap_or_default(),
+                            priority: r.priority,
+                            weight: r.weight,
+                            health: match h.as_ref().and_then(|h| h.ejected_for_seconds) {
+                                Some(left) => format!("ejected ({left:.0}s left)"),
+                                None => "healthy".into(),
+                            },
+                            consecutive_errors: h.as_ref().map_or(0, |h| h.consecutive_errors),
+                            times_ejected: h.as_ref().map_or(0, |h| h.times_ejected),
+                        }
+                    })
+                    .collect();
+                ("endpoints", endpoints)
+            }
+        };
+    endpoints.sort_by(|a, b| a.priority.cmp(&b.priority).then(a.address.cmp(&b.address)));
+    Ok(Report {
+        service: format!("{}/{}", at.service.namespace, at.service.name),
+        host: at.host.to_string(),
+        port,
+        from: locality_text(&locality),
+        kind,
+        endpoints,
+    })
+}
+
+fn locality_text(l: &strait_config::Locality) -> String {
+    [&l.region, &l.zone, &l.subzone]
+        .iter()
+        .map(|s| s.as_str())
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join("/")
+}

@@ -14,7 +14,10 @@
 //! Lower levels take connections only when the levels above have no
 //! endpoint left to try: [`order`] lists every eligible endpoint, level by
 //! level, in a weighted random order within each level.
+pub mod load;
 pub mod outlier;
+
+pub use load::Simple;
 
 use strait_config::{
     Labels, Locality, Workload, manifest::networking::LocalityLbSetting, service::Endpoint,
@@ -140,20 +143,63 @@ pub fn rank<'a>(
         .collect()
 }
 
-/// [`rank`], then the order to try them: level by level, weighted random
-/// within a level (`random` yields numbers in (0, 1]).
+/// [`rank`], then the order to try them: level by level; within a level,
+/// as `simple` says (`turn` is the service's ROUND_ROBIN turn, `active`
+/// an endpoint's open connections, `random` yields numbers in (0, 1]).
 pub fn order<'a>(
-    mut ranked: Vec<Ranked<'a>>,
+    ranked: Vec<Ranked<'a>>,
+    simple: Simple,
+    turn: usize,
+    active: &dyn Fn(std::net::SocketAddr) -> usize,
     mut random: impl FnMut() -> f64,
 ) -> Vec<Endpoint<'a>> {
-    // Weighted random order (Efraimidis–Spirakis): sort by u^(1/w).
-    let mut keyed: Vec<(u32, f64, Endpoint<'a>)> = ranked
-        .drain(..)
-        .filter(|r| r.weight > 0.0)
-        .map(|r| (r.priority, random().powf(1.0 / r.weight), r.endpoint))
-        .collect();
-    keyed.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.total_cmp(&a.1)));
-    keyed.into_iter().map(|(_, _, e)| e).collect()
+    let mut levels: std::collections::BTreeMap<u32, Vec<Ranked<'a>>> = Default::default();
+    for r in ranked.into_iter().filter(|r| r.weight > 0.0) {
+        levels.entry(r.priority).or_default().push(r);
+    }
+    let mut out = Vec::new();
+    for (_, mut level) in levels {
+        // Weighted random order (Efraimidis–Spirakis): sort by u^(1/w).
+        let mut keyed: Vec<(f64, Ranked<'a>)> = level
+            .drain(..)
+            .map(|r| (random().powf(1.0 / r.weight), r))
+            .collect();
+        keyed.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let mut level: Vec<Ranked<'a>> = keyed.into_iter().map(|(_, r)| r).collect();
+        match simple {
+            Simple::Random => {}
+            Simple::LeastRequest => {
+                if level.len() >= 2
+                    && active(level[1].endpoint.addr) < active(level[0].endpoint.addr)
+                {
+                    level.swap(0, 1);
+                }
+            }
+            Simple::RoundRobin => {
+                // The turn's point on the level's cumulative weights, in a
+                // stable (address) order: an even spread by weight.
+                let mut stable = level.clone();
+                stable.sort_by_key(|r| r.endpoint.addr);
+                let total: f64 = stable.iter().map(|r| r.weight).sum();
+                let point = (turn as f64 * 0.618_033_988_749_895).fract() * total;
+                let mut acc = 0.0;
+                let first = stable
+                    .iter()
+                    .find(|r| {
+                        acc += r.weight;
+                        point < acc
+                    })
+                    .or(stable.last())
+                    .map(|r| r.endpoint.addr);
+                if let Some(i) = level.iter().position(|r| Some(r.endpoint.addr) == first) {
+                    let chosen = level.remove(i);
+                    level.insert(0, chosen);
+                }
+            }
+        }
+        out.extend(level.into_iter().map(|r| r.endpoint));
+    }
+    out
 }
 
 /// Istio's levels: 0 same region/zone/subzone, 1 same region and zone, 2
@@ -510,7 +556,7 @@ mod tests {
         };
         let mut east = 0;
         for _ in 0..10_000 {
-            let first = order(ranked.clone(), &mut random)[0];
+            let first = order(ranked.clone(), Simple::Random, 0, &|_| 0, &mut random)[0];
             if first.workload.locality.region == "east" {
                 east += 1;
             }
@@ -559,11 +605,76 @@ mod tests {
             Policy::default(),
             &no_cluster,
         );
-        let names: Vec<&str> = order(ranked, || 0.5)
+        let names: Vec<&str> = order(ranked, Simple::Random, 0, &|_| 0, || 0.5)
             .iter()
             .map(|e| e.workload.name.as_str())
             .collect();
         assert_eq!(names, ["near", "far"]);
+    }
+
+    #[test]
+    fn least_request_prefers_the_less_busy_of_two() {
+        let ws = [workload("busy", "r/z1", &[]), workload("idle", "r/z1", &[])];
+        let mut eps = endpoints(&ws);
+        eps[1].addr = SocketAddr::from(([10, 0, 0, 2], 80));
+        let here = Locality::parse("r/z1");
+        let labels = Labels::new();
+        let ranked = rank(
+            &client(&here, &labels),
+            &eps,
+            Policy::default(),
+            &no_cluster,
+        );
+        let busy = eps[0].addr;
+        let active = move |a: SocketAddr| if a == busy { 10 } else { 0 };
+        let mut seed = 7u64;
+        for _ in 0..100 {
+            let mut random = || {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((seed >> 11) as f64 + 1.0) / (1u64 << 53) as f64
+            };
+            let first = order(
+                ranked.clone(),
+                Simple::LeastRequest,
+                0,
+                &active,
+                &mut random,
+            )[0];
+            assert_eq!(first.workload.name, "idle");
+        }
+    }
+
+    #[test]
+    fn round_robin_spreads_evenly_by_weight() {
+        let mut ws = [
+            workload("a", "r/z1", &[]),
+            workload("b", "r/z1", &[]),
+            workload("c", "r/z1", &[]),
+        ];
+        ws[2].weight = 2;
+        let mut eps = endpoints(&ws);
+        for (i, e) in eps.iter_mut().enumerate() {
+            e.addr = SocketAddr::from(([10, 0, 0, i as u8 + 1], 80));
+        }
+        let here = Locality::parse("r/z1");
+        let labels = Labels::new();
+        let ranked = rank(
+            &client(&here, &labels),
+            &eps,
+            Policy::default(),
+            &no_cluster,
+        );
+        let mut count = std::collections::BTreeMap::<String, usize>::new();
+        for turn in 0..400 {
+            let first = order(ranked.clone(), Simple::RoundRobin, turn, &|_| 0, || 0.5)[0];
+            *count.entry(first.workload.name.clone()).or_default() += 1;
+        }
+        // 1 : 1 : 2, within a few turns.
+        assert!((95..=105).contains(&count["a"]), "{count:?}");
+        assert!((95..=105).contains(&count["b"]), "{count:?}");
+        assert!((195..=205).contains(&count["c"]), "{count:?}");
     }
 
     #[test]

@@ -142,6 +142,7 @@ async fn run(args: Args) -> Result<()> {
         metrics: metrics.clone(),
         connect_timeout: args.connect_timeout,
         health: Arc::new(strait_balance::outlier::Health::default()),
+        load: Arc::new(strait_balance::load::Load::default()),
     });
     let health = proxy.health.clone();
     let capture = Arc::new(Mutex::new(capture));

@@ -39,6 +39,8 @@ pub struct Proxy {
     pub connect_timeout: std::time::Duration,
     /// Outlier detection's view of the endpoints.
     pub health: Arc<strait_balance::outlier::Health>,
+    /// Open connections per endpoint and round-robin turns.
+    pub load: Arc<strait_balance::load::Load>,
 }
 
 impl Proxy {

@@ -50,7 +50,13 @@ pub async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, client: TcpStream, peer: S
             .workload_by_address(src)
             .unwrap_or(&pod.workload);
         let mut outlier = None;
-        let targets = match route(&state, &proxy.health, client_workload, original) {
+        let targets = match route(
+            &state,
+            &proxy.health,
+            &proxy.load,
+            client_workload,
+            original,
+        ) {
             Ok(Route::Direct(dst)) => vec![dst],
             Ok(Route::Endpoints {
                 service,
@@ -90,6 +96,7 @@ pub async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, client: TcpStream, peer: S
             match open(&proxy, &pod, &state, target).await {
                 Ok(upstream) => {
                     proxy.health.success(target);
+                    let _active = proxy.load.open(target);
                     carry(&proxy, &pod, client, upstream, src, target).await;
                     return;
                 }

@@ -6,7 +6,8 @@
 use std::{collections::HashSet, net::SocketAddr, time::Instant};
 
 use strait_balance::{
-    Client, Policy, Ranked,
+    Client, Policy, Ranked, Simple,
+    load::Load,
     outlier::{Health, Settings},
 };
 use strait_config::{
@@ -54,6 +55,7 @@ pub enum Plan<'a> {
         /// Those outlier detection has set aside now.
         ejected: HashSet<SocketAddr>,
         outlier: Settings,
+        simple: Simple,
     },
 }
 
@@ -61,6 +63,7 @@ pub enum Plan<'a> {
 pub fn route(
     state: &Snapshot,
     health: &Health,
+    load: &Load,
     client: &Workload,
     dst: SocketAddr,
 ) -> Result<Route, NoBackends> {
@@ -76,7 +79,7 @@ pub fn route(
         node: &state.node,
         labels: &client.labels,
     };
-    let (ranked, ejected, outlier) =
+    let (ranked, ejected, outlier, simple) =
         match plan(state, health, &who, &client.namespace, at, dst.port())? {
             Plan::Original => return Ok(Route::Direct(dst)),
             Plan::Dns { hosts, port } => {
@@ -90,7 +93,8 @@ pub fn route(
                 ranked,
                 ejected,
                 outlier,
-            } => (ranked, ejected, outlier),
+                simple,
+            } => (ranked, ejected, outlier, simple),
         };
     let all: Vec<SocketAddr> = ranked.iter().map(|r| r.endpoint.addr).collect();
     // Ejected endpoints sit out, unless none would be left.
@@ -100,8 +104,15 @@ pub fn route(
         .copied()
         .collect();
     let ranked = if healthy.is_empty() { ranked } else { healthy };
+    let turn = match simple {
+        Simple::RoundRobin => load.turn(&service),
+        _ => 0,
+    };
     // fastrand's f64 is in [0, 1); the weighting wants (0, 1].
-    let mut targets: Vec<SocketAddr> = strait_balance::order(ranked, || 1.0 - fastrand::f64())
+    let mut targets: Vec<SocketAddr> =
+        strait_balance::order(ranked, simple, turn, &|a| load.active(a), || {
+            1.0 - fastrand::f64()
+        })
         .iter()
         .map(|e| e.addr)
         .collect();
@@ -143,10 +154,9 @@ pub fn plan<'a>(
         .collect();
     let rule = state.config.destination_rule(at, client_namespace);
     let traffic = rule.and_then(|r| r.traffic_policy.as_ref());
+    let balancer = traffic.and_then(|t| t.load_balancer.as_ref());
     let policy = Policy {
-        locality: traffic
-            .and_then(|t| t.load_balancer.as_ref())
-            .and_then(|lb| lb.locality_lb_setting.as_ref()),
+        locality: balancer.and_then(|lb| lb.locality_lb_setting.as_ref()),
         traffic_distribution: at.service.traffic_distribution.as_deref(),
     };
     let cluster_of = |w: &Workload| cluster(state, w);
@@ -161,6 +171,7 @@ pub fn plan<'a>(
         ranked,
         ejected,
         outlier: Settings::from_rule(traffic.and_then(|t| t.outlier_detection.as_ref())),
+        simple: Simple::parse(balancer.and_then(|lb| lb.simple.as_deref())),
     })
 }
 

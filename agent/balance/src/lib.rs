@@ -360,6 +360,9 @@ mod tests {
             weight: 1,
             node: Some(format!("node-{name}")),
             netns: None,
+            ready: true,
+            group: None,
+            probe: None,
         }
     }
 

@@ -20,6 +20,12 @@ pub struct Settings {
     pub consecutive_errors: u32,
     pub base_ejection: Duration,
     pub max_ejection_percent: u32,
+    /// Ejected endpoints are looked at again only on this beat, as Envoy's
+    /// sweep does: an ejection ends at the first beat after its time.
+    pub interval: Duration,
+    /// Below this share of healthy endpoints (percent), ejections are
+    /// ignored and every endpoint takes connections again.
+    pub min_health_percent: u32,
 }
 
 impl Settings {
@@ -31,6 +37,8 @@ impl Settings {
                 consecutive_errors: 1,
                 base_ejection: Duration::from_secs(5),
                 max_ejection_percent: 100,
+                interval: Duration::ZERO,
+                min_health_percent: 0,
             };
         };
         let time = |text: &Option<String>, default: u64| {
@@ -48,6 +56,8 @@ impl Settings {
                 .max(1),
             base_ejection: time(&od.base_ejection_time, 30),
             max_ejection_percent: od.max_ejection_percent.unwrap_or(10).min(100),
+            interval: time(&od.interval, 10),
+            min_health_percent: od.min_health_percent.unwrap_or(0).min(100),
         }
     }
 }
@@ -138,8 +148,15 @@ impl Health {
             .base_ejection
             .saturating_mul(factor)
             .min(MAX_EJECTION.max(settings.base_ejection));
-        state.ejected_until = Some(now + time);
+        state.ejected_until = Some(now + on_beat(time, settings.interval));
         true
+    }
+
+    /// Whether ejections should be ignored for a service of `total`
+    /// endpoints of which `healthy` are not ejected: Istio's
+    /// `minHealthPercent` (Envoy's panic threshold).
+    pub fn below_min_health(settings: Settings, healthy: usize, total: usize) -> bool {
+        total > 0 && (healthy as u64) * 100 < u64::from(settings.min_health_percent) * total as u64
     }
 
     pub fn report(&self, addr: SocketAddr, now: Instant) -> Option<Report> {
@@ -175,6 +192,15 @@ impl Health {
     }
 }
 
+/// `time` rounded up to a whole number of `interval`s.
+fn on_beat(time: Duration, interval: Duration) -> Duration {
+    if interval.is_zero() {
+        return time;
+    }
+    let beats = time.as_nanos().div_ceil(interval.as_nanos());
+    interval.saturating_mul(u32::try_from(beats).unwrap_or(u32::MAX))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,6 +214,8 @@ mod tests {
             consecutive_errors: consecutive,
             base_ejection: Duration::from_secs(10),
             max_ejection_percent: max_percent,
+            interval: Duration::from_secs(1),
+            min_health_percent: 0,
         }
     }
 
@@ -247,8 +275,50 @@ mod tests {
             Settings {
                 consecutive_errors: 7,
                 base_ejection: Duration::from_secs(60),
-                max_ejection_percent: 40
+                max_ejection_percent: 40,
+                interval: Duration::from_secs(10),
+                min_health_percent: 0,
             }
         );
+    }
+
+    #[test]
+    fn ejections_end_on_the_interval_beat() {
+        assert_eq!(
+            on_beat(Duration::from_millis(2500), Duration::from_secs(1)),
+            Duration::from_secs(3)
+        );
+        assert_eq!(
+            on_beat(Duration::from_secs(30), Duration::from_secs(10)),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            on_beat(Duration::from_secs(5), Duration::ZERO),
+            Duration::from_secs(5)
+        );
+        let health = Health::default();
+        let t0 = Instant::now();
+        let s = Settings {
+            base_ejection: Duration::from_millis(2500),
+            ..settings(1, 100)
+        };
+        assert!(health.failure(addr(1), &[addr(1), addr(2)], s, t0));
+        assert!(health.is_ejected(addr(1), t0 + Duration::from_millis(2900)));
+        assert!(!health.is_ejected(addr(1), t0 + Duration::from_millis(3001)));
+    }
+
+    #[test]
+    fn min_health_percent_is_a_panic_threshold() {
+        let s = Settings {
+            min_health_percent: 50,
+            ..settings(1, 100)
+        };
+        assert!(!Health::below_min_health(s, 2, 4), "50% is enough");
+        assert!(Health::below_min_health(s, 1, 4));
+        assert!(
+            !Health::below_min_health(settings(1, 100), 0, 4),
+            "0 never panics"
+        );
+        assert!(!Health::below_min_health(s, 0, 0));
     }
 }

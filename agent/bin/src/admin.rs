@@ -25,38 +25,33 @@ use strait_identity::CertManager;
 use tokio::{net::TcpListener, task::JoinHandle};
 use tracing::{debug, warn};
 
-use crate::{metrics::Metrics, pods::Pods, reload, state::NodeState};
+use crate::{pods::Pods, proxy::Proxy, reload};
 
 pub struct State {
-    node: NodeState,
-    health: Arc<strait_balance::outlier::Health>,
+    /// The proxy's view: config, endpoint health, readiness, metrics.
+    proxy: Arc<Proxy>,
     reload: reload::SharedStatus,
     ready: AtomicBool,
     capture: Arc<Mutex<Capture>>,
     pods: Arc<Pods>,
     certs: Arc<CertManager>,
-    metrics: Arc<Metrics>,
 }
 
 impl State {
     pub fn new(
-        node: NodeState,
-        health: Arc<strait_balance::outlier::Health>,
+        proxy: Arc<Proxy>,
         reload: reload::SharedStatus,
         capture: Arc<Mutex<Capture>>,
         pods: Arc<Pods>,
         certs: Arc<CertManager>,
-        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
-            node,
-            health,
+            proxy,
             reload,
             ready: AtomicBool::new(false),
             capture,
             pods,
             certs,
-            metrics,
         }
     }
 
@@ -72,7 +67,7 @@ impl State {
         let stats = capture.stats()?;
         let maps = capture.maps();
         Ok(CaptureReport {
-            node: self.node.node.to_string(),
+            node: self.proxy.state.node.to_string(),
             cgroup: capture.cgroup().display().to_string(),
             pin_dir: capture.layout().version_dir().display().to_string(),
             programs: capture
@@ -120,6 +115,8 @@ struct ConfigDump<'a> {
     reload: reload::Status,
     /// Endpoints outlier detection has set aside right now.
     ejected: Vec<Ejected>,
+    /// Probed workloads' readiness, as their agents published it.
+    readiness: std::collections::BTreeMap<String, strait_health::Status>,
     config: &'a strait_config::Config,
 }
 
@@ -183,7 +180,7 @@ fn route(routes: Routes, state: &State, req: &Request<Incoming>) -> Response<Ful
         (Routes::Metrics | Routes::Admin, "/metrics" | "/stats/prometheus") => response(
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            state.metrics.encode().into_bytes(),
+            state.proxy.metrics.encode().into_bytes(),
         ),
         (Routes::Admin, "/capture") => match state.capture_report() {
             Ok(report) => json(&report),
@@ -192,7 +189,12 @@ fn route(routes: Routes, state: &State, req: &Request<Incoming>) -> Response<Ful
         (Routes::Admin, "/workloads") => json(&state.pods.statuses()),
         (Routes::Admin, "/endpoints") => {
             let query = req.uri().query().unwrap_or_default();
-            match crate::endpoints::report(&state.node.snapshot(), &state.health, query) {
+            match crate::endpoints::report(
+                &state.proxy.state.snapshot(),
+                &state.proxy.health,
+                &state.proxy.board,
+                query,
+            ) {
                 Ok(report) => json(&report),
                 Err(err) => text(StatusCode::NOT_FOUND, &format!("{err}\n")),
             }
@@ -205,6 +207,7 @@ fn route(routes: Routes, state: &State, req: &Request<Incoming>) -> Response<Ful
                 .unwrap_or_else(|p| p.into_inner())
                 .clone();
             let ejected = state
+                .proxy
                 .health
                 .ejected(std::time::Instant::now())
                 .into_iter()
@@ -213,7 +216,14 @@ fn route(routes: Routes, state: &State, req: &Request<Incoming>) -> Response<Ful
             json(&ConfigDump {
                 reload,
                 ejected,
-                config: &state.node.snapshot().config,
+                readiness: state
+                    .proxy
+                    .board
+                    .all()
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                config: &state.proxy.state.snapshot().config,
             })
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),

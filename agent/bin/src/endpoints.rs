@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 use strait_balance::{Client, outlier::Health};
+use strait_health::Board;
 
 use crate::{
     proxy::route::{Plan, cluster, plan},
@@ -32,13 +33,18 @@ pub struct EndpointReport {
     pub node: String,
     pub priority: u32,
     pub weight: f64,
-    /// `healthy`, or `ejected` with the seconds left.
+    /// `healthy`, `not ready` with why, or `ejected` with the seconds left.
     pub health: String,
     pub consecutive_errors: u32,
     pub times_ejected: u32,
 }
 
-pub fn report(state: &Snapshot, health: &Health, query: &str) -> Result<Report, String> {
+pub fn report(
+    state: &Snapshot,
+    health: &Health,
+    board: &Board,
+    query: &str,
+) -> Result<Report, String> {
     let param = |key: &str| {
         query
             .split('&')
@@ -89,10 +95,12 @@ pub fn report(state: &Snapshot, health: &Health, query: &str) -> Result<Report, 
     };
     let namespace = local.map_or("", |w| w.namespace.as_str());
     let (kind, mut endpoints) =
-        match plan(state, health, &who, namespace, at, port).map_err(|e| e.to_string())? {
+        match plan(state, health, board, &who, namespace, at, port).map_err(|e| e.to_string())? {
             Plan::Original => ("original", Vec::new()),
             Plan::Dns { .. } => ("dns", Vec::new()),
-            Plan::Endpoints { ranked, .. } => {
+            Plan::Endpoints {
+                ranked, not_ready, ..
+            } => {
                 let now = Instant::now();
                 let endpoints = ranked
                     .iter()
@@ -107,9 +115,13 @@ pub fn report(state: &Snapshot, health: &Health, query: &str) -> Result<Report, 
                             node: w.node.clone().unwrap_or_default(),
                             priority: r.priority,
                             weight: r.weight,
-                            health: match h.as_ref().and_then(|h| h.ejected_for_seconds) {
-                                Some(left) => format!("ejected ({left:.0}s left)"),
-                                None => "healthy".into(),
+                            health: match (
+                                not_ready.get(&r.endpoint.addr),
+                                h.as_ref().and_then(|h| h.ejected_for_seconds),
+                            ) {
+                                (Some(why), _) => format!("not ready ({why})"),
+                                (None, Some(left)) => format!("ejected ({left:.0}s left)"),
+                                (None, None) => "healthy".into(),
                             },
                             consecutive_errors: h.as_ref().map_or(0, |h| h.consecutive_errors),
                             times_ejected: h.as_ref().map_or(0, |h| h.times_ejected),

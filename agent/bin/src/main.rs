@@ -6,6 +6,7 @@ mod dns;
 mod endpoints;
 mod metrics;
 mod pods;
+mod probes;
 mod proxy;
 mod reload;
 mod state;
@@ -52,6 +53,15 @@ struct Args {
     /// (TCP, TLS and CONNECT) before the next choice is tried.
     #[arg(long, default_value = "1s", value_parser = strait_config::duration::parse)]
     connect_timeout: Duration,
+    /// The readiness board: each agent publishes the results of its
+    /// workloads' probes here, and reads the other agents' (agents of one
+    /// mesh share it).
+    #[arg(
+        long,
+        env = "STRAIT_STATUS_DIR",
+        default_value = "/var/lib/strait/status"
+    )]
+    status_dir: PathBuf,
     /// Where pods' network namespaces are found by address.
     #[arg(long, default_value = "/run/netns")]
     netns_dir: PathBuf,
@@ -133,6 +143,8 @@ async fn run(args: Args) -> Result<()> {
     let certs =
         CertManager::new(Arc::new(ca), args.cert_lifetime).context("setting up certificates")?;
 
+    let board = Arc::new(strait_health::Board::new(&args.status_dir));
+    board.refresh();
     let pins = capture.layout().clone();
     let proxy = Arc::new(Proxy {
         state: state.clone(),
@@ -143,14 +155,20 @@ async fn run(args: Args) -> Result<()> {
         connect_timeout: args.connect_timeout,
         health: Arc::new(strait_balance::outlier::Health::default()),
         load: Arc::new(strait_balance::load::Load::default()),
+        board: board.clone(),
     });
-    let health = proxy.health.clone();
     let capture = Arc::new(Mutex::new(capture));
     let pods = Arc::new(pods::Pods::new(
         capture.clone(),
         certs.clone(),
         args.netns_dir.clone(),
+        Arc::new(probes::Probes::new(
+            &args.node,
+            args.status_dir.clone(),
+            metrics.clone(),
+        )),
     ));
+    let board_watch = probes::watch_board(board.clone(), reload::POLL);
     let enrolled = pods.sync(&state.snapshot(), &proxy).await;
 
     let reload_status = reload::initial_status();
@@ -160,17 +178,15 @@ async fn run(args: Args) -> Result<()> {
         reload_status.clone(),
         metrics.clone(),
         pods.clone(),
-        proxy,
+        proxy.clone(),
     );
 
     let admin_state = Arc::new(admin::State::new(
-        state,
-        health,
+        proxy.clone(),
         reload_status,
         capture,
         pods,
         certs,
-        metrics,
     ));
     let servers = [
         admin::bind(args.admin_addr, admin::Routes::Admin, admin_state.clone()).await?,
@@ -199,6 +215,7 @@ async fn run(args: Args) -> Result<()> {
     for server in servers {
         server.abort();
     }
+    board_watch.abort();
     if args.uninstall_on_exit {
         pins.remove().context("removing capture pins")?;
         info!("capture detached");

@@ -87,6 +87,18 @@ label_values! {
         NoEndpoints => "no_endpoints",
     }
     ReloadResult { Success => "success", Failure => "failure" }
+    ProbeResult { Passed => "passed", Failed => "failed" }
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum ProbeResult {
+    Passed,
+    Failed,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProbeLabels {
+    pub result: ProbeResult,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -114,6 +126,7 @@ pub struct Metrics {
     pub failures: Family<FailureLabels, Counter>,
     reloads: Family<ReloadLabels, Counter>,
     ejections: Family<ServiceLabels, Counter>,
+    probes: Family<ProbeLabels, Counter>,
     /// DNS queries the proxy received, and those it forwarded upstream.
     pub dns_requests: Counter,
     pub dns_forwarded: Counter,
@@ -171,6 +184,12 @@ impl Metrics {
             "Endpoints set aside by outlier detection",
             ejections.clone(),
         );
+        let probes = Family::<ProbeLabels, Counter>::default();
+        registry.register(
+            "strait_readiness_probes",
+            "Readiness probes this agent ran for its workloads",
+            probes.clone(),
+        );
         let dns_requests = Counter::default();
         registry.register(
             "istio_dns_requests",
@@ -204,6 +223,7 @@ impl Metrics {
             failures,
             reloads,
             ejections,
+            probes,
             dns_requests,
             dns_forwarded,
             last_reload_ok,
@@ -224,6 +244,15 @@ impl Metrics {
                 service: service.into(),
             })
             .inc();
+    }
+
+    pub fn probed(&self, passed: bool) {
+        let result = if passed {
+            ProbeResult::Passed
+        } else {
+            ProbeResult::Failed
+        };
+        self.probes.get_or_create(&ProbeLabels { result }).inc();
     }
 
     pub fn config_loaded_in(&self, took: std::time::Duration) {

@@ -23,7 +23,7 @@ use tokio::{
 };
 use tracing::{info, warn};
 
-use crate::{proxy::Proxy, state::Snapshot};
+use crate::{probes::Probes, proxy::Proxy, state::Snapshot};
 
 /// An enrolled pod and what the agent holds for it.
 pub struct Pod {
@@ -138,6 +138,7 @@ pub struct Pods {
     capture: Arc<Mutex<Capture>>,
     certs: Arc<CertManager>,
     netns_dir: PathBuf,
+    probes: Arc<Probes>,
     /// Serializes syncs; held across their awaits.
     enrolled: tokio::sync::Mutex<BTreeMap<Key, Enrolled>>,
     statuses: Mutex<Vec<WorkloadStatus>>,
@@ -157,11 +158,17 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Pods {
-    pub fn new(capture: Arc<Mutex<Capture>>, certs: Arc<CertManager>, netns_dir: PathBuf) -> Self {
+    pub fn new(
+        capture: Arc<Mutex<Capture>>,
+        certs: Arc<CertManager>,
+        netns_dir: PathBuf,
+        probes: Arc<Probes>,
+    ) -> Self {
         Self {
             capture,
             certs,
             netns_dir,
+            probes,
             enrolled: tokio::sync::Mutex::new(BTreeMap::new()),
             statuses: Mutex::new(Vec::new()),
         }
@@ -185,7 +192,14 @@ impl Pods {
         };
         let mut statuses = Vec::new();
         let mut wanted: BTreeMap<Key, Workload> = BTreeMap::new();
+        let mut probes = BTreeMap::new();
         for workload in state.config.workloads_on(&state.node) {
+            if let Some(probe) = &workload.probe {
+                probes.insert(
+                    (workload.namespace.clone(), workload.name.clone()),
+                    probe.clone(),
+                );
+            }
             let identity = state.identity(workload);
             statuses.push(WorkloadStatus {
                 name: workload.name.clone(),
@@ -254,6 +268,15 @@ impl Pods {
         }
         let pods: Vec<&Arc<Pod>> = enrolled.values().map(|e| &e.pod).collect();
         reconcile(&lock(&self.capture), &pods);
+        self.probes.sync(
+            pods.iter()
+                .filter_map(|pod| {
+                    let w = &pod.workload;
+                    let probe = probes.remove(&(w.namespace.clone(), w.name.clone()))?;
+                    Some(((*pod).clone(), *probe))
+                })
+                .collect(),
+        );
         *lock(&self.statuses) = statuses;
         enrolled.len()
     }

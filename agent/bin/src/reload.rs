@@ -17,7 +17,7 @@ use crate::{metrics::Metrics, pods::Pods, proxy::Proxy, state::NodeState};
 
 /// How often the directory is looked at: a change applies within two polls
 /// plus the time to load it.
-const POLL: Duration = Duration::from_millis(200);
+pub const POLL: Duration = Duration::from_millis(200);
 
 /// What `/config_dump` shows about reloads.
 #[derive(Clone, Debug, Default, Serialize)]

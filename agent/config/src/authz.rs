@@ -251,6 +251,9 @@ mod tests {
             weight: 1,
             node: None,
             netns: None,
+            ready: true,
+            group: None,
+            probe: None,
         }
     }
 

@@ -11,9 +11,9 @@ use serde::de::DeserializeOwned;
 use serde_json::Value as Json;
 
 use crate::{
-    ADDRESSES_ANNOTATION, Config, Endpoints, Labels, Locality, MtlsMode, NETNS_ANNOTATION,
-    NODE_ANNOTATION, Named, Namespace, Node, PeerAuthentication, Service, ServiceOrigin,
-    ServicePort, TargetPort, Workload, host_matches,
+    ADDRESSES_ANNOTATION, Config, Endpoints, GROUP_ANNOTATION, Labels, Locality, MtlsMode,
+    NETNS_ANNOTATION, NODE_ANNOTATION, Named, Namespace, Node, PeerAuthentication, Service,
+    ServiceOrigin, ServicePort, TargetPort, Workload, host_matches,
     local::Parsed,
     manifest::{ObjectMeta, core, decode, networking as net, security as sec},
     report::{Finding, Report, Verdict},
@@ -161,7 +161,10 @@ pub(crate) fn object(
         }
         "WorkloadEntry" => {
             let spec: net::WorkloadEntrySpec = f.spec(json)?;
-            Item::Workload(workload(f, "spec", &name, namespace, meta, &spec)?)
+            let mut w = workload(f, "spec", &name, namespace, meta, &spec)?;
+            w.ready = healthy_condition(f, json);
+            w.group = meta.annotations.get(GROUP_ANNOTATION).cloned();
+            Item::Workload(w)
         }
         "WorkloadGroup" => {
             let spec: net::WorkloadGroupSpec = f.spec(json)?;
@@ -591,7 +594,39 @@ fn workload(
         weight: spec.weight.unwrap_or(1),
         node: meta.annotations.get(NODE_ANNOTATION).cloned(),
         netns: meta.annotations.get(NETNS_ANNOTATION).map(PathBuf::from),
+        ready: true,
+        group: None,
+        probe: None,
     })
+}
+
+/// A WorkloadEntry's `status.conditions`: Istio marks it not ready with
+/// the condition `Healthy` set to `False`. Without the condition it is
+/// ready.
+fn healthy_condition(f: &mut Findings, json: &Json) -> bool {
+    let Some(conditions) = json.get("status").and_then(|s| s.get("conditions")) else {
+        return true;
+    };
+    let Some(conditions) = conditions.as_array() else {
+        f.reject("status.conditions", "must be a list");
+        return true;
+    };
+    let mut ready = true;
+    for (i, c) in conditions.iter().enumerate() {
+        if c.get("type").and_then(Json::as_str) != Some("Healthy") {
+            continue;
+        }
+        match c.get("status").and_then(Json::as_str) {
+            Some("False") => ready = false,
+            Some("True" | "Unknown") => {}
+            Some(other) => f.reject(
+                &format!("status.conditions[{i}].status"),
+                &format!("{other:?} is not True, False or Unknown"),
+            ),
+            None => f.reject(&format!("status.conditions[{i}].status"), "is required"),
+        }
+    }
+    ready
 }
 
 fn workload_group(f: &mut Findings, spec: &net::WorkloadGroupSpec) {
@@ -1192,6 +1227,7 @@ pub fn qualify(name: &str, namespace: &str) -> String {
 pub(crate) fn checked_across(item: &Item) -> bool {
     match item {
         Item::DestinationRule(_) | Item::VirtualService(_) => true,
+        Item::Workload(w) => w.group.is_some(),
         Item::Service(s) => s
             .ports
             .iter()
@@ -1222,6 +1258,13 @@ pub(crate) fn across(report: &mut Report, parsed: &[Parsed]) {
             _ => None,
         })
         .collect();
+    let groups: BTreeSet<(&str, &str)> = parsed
+        .iter()
+        .filter_map(|p| match &p.item {
+            Item::WorkloadGroup(g) => Some((g.namespace.as_str(), g.name.as_str())),
+            _ => None,
+        })
+        .collect();
     let mut workloads: HashMap<&str, Vec<&Workload>> = HashMap::new();
     for p in parsed {
         if let Item::Workload(w) = &p.item {
@@ -1234,6 +1277,19 @@ pub(crate) fn across(report: &mut Report, parsed: &[Parsed]) {
         };
         let mut f = Findings::new(tree, p.first_line);
         match &p.item {
+            Item::Workload(w) => {
+                if let Some(group) = &w.group
+                    && !groups.contains(&(w.namespace.as_str(), group.as_str()))
+                {
+                    f.warn(
+                        "metadata.annotations",
+                        &format!(
+                            "{GROUP_ANNOTATION}: no WorkloadGroup {}/{group}; the entry has no probe",
+                            w.namespace
+                        ),
+                    );
+                }
+            }
             Item::DestinationRule(dr) => {
                 let host = qualify(&dr.spec.host, &dr.namespace);
                 if !known_host(&host) {
@@ -1368,6 +1424,7 @@ pub(crate) fn build(parsed: Vec<Parsed>, report: &Report) -> Config {
             Item::Gateway(gw) => config.gateways.push(*gw),
         }
     }
+    link_groups(&mut config);
     // A workload without its own locality or network has its node's, as a
     // Kubernetes pod has.
     for w in &mut config.workloads {
@@ -1389,6 +1446,37 @@ pub(crate) fn build(parsed: Vec<Parsed>, report: &Report) -> Config {
         .collect();
     config.reindex();
     config
+}
+
+/// Gives each WorkloadEntry its WorkloadGroup's probe: the group its
+/// annotation names, else one in its namespace whose `metadata.labels` it
+/// carries (the first by name).
+fn link_groups(config: &mut Config) {
+    if config.workload_groups.is_empty() {
+        return;
+    }
+    config.workload_groups.sort_by(|a, b| {
+        (a.namespace.as_str(), a.name.as_str()).cmp(&(b.namespace.as_str(), b.name.as_str()))
+    });
+    let groups = &config.workload_groups;
+    for w in &mut config.workloads {
+        let group = match &w.group {
+            Some(name) => groups
+                .iter()
+                .find(|g| g.namespace == w.namespace && &g.name == name),
+            None => groups.iter().find(|g| {
+                g.namespace == w.namespace
+                    && g.spec.metadata.as_ref().is_some_and(|m| {
+                        !m.labels.is_empty()
+                            && m.labels.iter().all(|(k, v)| w.labels.get(k) == Some(v))
+                    })
+            }),
+        };
+        if let Some(g) = group {
+            w.group = Some(g.name.clone());
+            w.probe = g.spec.probe.clone().map(Box::new);
+        }
+    }
 }
 
 /// The same Kubernetes Service in several clusters is one service: its

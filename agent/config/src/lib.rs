@@ -34,6 +34,8 @@ pub const NETNS_ANNOTATION: &str = "strait.dev/netns";
 /// Annotation with a workload's further addresses (comma separated), for
 /// dual-stack workloads: a WorkloadEntry has one `address`.
 pub const ADDRESSES_ANNOTATION: &str = "strait.dev/addresses";
+/// Annotation naming the WorkloadGroup a WorkloadEntry was made from.
+pub const GROUP_ANNOTATION: &str = "istio.io/autoRegistrationGroup";
 
 pub type Labels = BTreeMap<String, String>;
 
@@ -135,6 +137,16 @@ pub struct Workload {
     pub node: Option<String>,
     /// Its network namespace, when given explicitly.
     pub netns: Option<PathBuf>,
+    /// False when its object says it is not ready (a WorkloadEntry's
+    /// `Healthy` condition is `False`); endpoints that are not ready get no
+    /// connections.
+    pub ready: bool,
+    /// The WorkloadGroup it belongs to (Istio's
+    /// `istio.io/autoRegistrationGroup` annotation, or the group's
+    /// `metadata.labels`).
+    pub group: Option<String>,
+    /// The group's readiness probe, run by the agent of the workload's node.
+    pub probe: Option<Box<networking::Probe>>,
 }
 
 /// An object the model keeps as written (its meaning is applied elsewhere).
@@ -411,6 +423,9 @@ mod tests {
             weight: 1,
             node: None,
             netns: None,
+            ready: true,
+            group: None,
+            probe: None,
         }
     }
 

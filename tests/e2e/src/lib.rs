@@ -235,6 +235,10 @@ impl<'t> Mesh<'t> {
             ("--config-dir".into(), self.config_dir.display().to_string()),
             ("--ca-dir".into(), self.ca_dir.display().to_string()),
             (
+                "--status-dir".into(),
+                self.topo.scratch_dir().join("status").display().to_string(),
+            ),
+            (
                 "--capture-cgroup".into(),
                 node.pods_cgroup.display().to_string(),
             ),

@@ -41,6 +41,8 @@ pub struct Proxy {
     pub health: Arc<strait_balance::outlier::Health>,
     /// Open connections per endpoint and round-robin turns.
     pub load: Arc<strait_balance::load::Load>,
+    /// Readiness of probed workloads, as their agents published it.
+    pub board: Arc<strait_health::Board>,
 }
 
 impl Proxy {

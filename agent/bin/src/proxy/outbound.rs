@@ -53,6 +53,7 @@ pub async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, client: TcpStream, peer: S
         let targets = match route(
             &state,
             &proxy.health,
+            &proxy.board,
             &proxy.load,
             client_workload,
             original,
@@ -92,7 +93,13 @@ pub async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, client: TcpStream, peer: S
             }
         };
         let mut failure = Reason::Upstream;
+        // Silent endpoints each cost a connect timeout: stop starting new
+        // attempts after three.
+        let give_up = std::time::Instant::now() + proxy.connect_timeout * 3;
         for target in targets {
+            if std::time::Instant::now() >= give_up {
+                break;
+            }
             match open(&proxy, &pod, &state, target).await {
                 Ok(upstream) => {
                     proxy.health.success(target);

@@ -3,7 +3,11 @@
 //! goes to one of the service's endpoints, chosen by locality and the
 //! service's DestinationRule ([`strait_balance`]), skipping endpoints
 //! outlier detection set aside; any other goes where the client asked.
-use std::{collections::HashSet, net::SocketAddr, time::Instant};
+use std::{
+    collections::{HashMap, HashSet},
+    net::SocketAddr,
+    time::Instant,
+};
 
 use strait_balance::{
     Client, Policy, Ranked, Simple,
@@ -14,11 +18,13 @@ use strait_config::{
     Workload,
     service::{Backends, NoBackends, ServiceAt},
 };
+use strait_health::{Board, Readiness, readiness};
 
 use crate::state::Snapshot;
 
-/// Endpoints tried for one connection before giving up.
-const ATTEMPTS: usize = 3;
+/// Endpoints tried for one connection before giving up (refusals cost a
+/// round trip each; the outbound also bounds the time spent).
+const ATTEMPTS: usize = 8;
 
 #[derive(Debug)]
 pub enum Route {
@@ -54,6 +60,8 @@ pub enum Plan<'a> {
         ranked: Vec<Ranked<'a>>,
         /// Those outlier detection has set aside now.
         ejected: HashSet<SocketAddr>,
+        /// Those whose workload is not ready, with why; they get nothing.
+        not_ready: HashMap<SocketAddr, String>,
         outlier: Settings,
         simple: Simple,
     },
@@ -63,6 +71,7 @@ pub enum Plan<'a> {
 pub fn route(
     state: &Snapshot,
     health: &Health,
+    board: &Board,
     load: &Load,
     client: &Workload,
     dst: SocketAddr,
@@ -79,31 +88,45 @@ pub fn route(
         node: &state.node,
         labels: &client.labels,
     };
-    let (ranked, ejected, outlier, simple) =
-        match plan(state, health, &who, &client.namespace, at, dst.port())? {
-            Plan::Original => return Ok(Route::Direct(dst)),
-            Plan::Dns { hosts, port } => {
-                return Ok(Route::Dns {
-                    service,
-                    hosts,
-                    port,
-                });
-            }
-            Plan::Endpoints {
-                ranked,
-                ejected,
-                outlier,
-                simple,
-            } => (ranked, ejected, outlier, simple),
-        };
+    let (ranked, ejected, not_ready, outlier, simple) = match plan(
+        state,
+        health,
+        board,
+        &who,
+        &client.namespace,
+        at,
+        dst.port(),
+    )? {
+        Plan::Original => return Ok(Route::Direct(dst)),
+        Plan::Dns { hosts, port } => {
+            return Ok(Route::Dns {
+                service,
+                hosts,
+                port,
+            });
+        }
+        Plan::Endpoints {
+            ranked,
+            ejected,
+            not_ready,
+            outlier,
+            simple,
+        } => (ranked, ejected, not_ready, outlier, simple),
+    };
+    let ranked: Vec<Ranked<'_>> = ranked
+        .into_iter()
+        .filter(|r| !not_ready.contains_key(&r.endpoint.addr))
+        .collect();
     let all: Vec<SocketAddr> = ranked.iter().map(|r| r.endpoint.addr).collect();
-    // Ejected endpoints sit out, unless none would be left.
+    // Ejected endpoints sit out, unless none would be left or fewer than
+    // minHealthPercent would.
     let healthy: Vec<Ranked<'_>> = ranked
         .iter()
         .filter(|r| !ejected.contains(&r.endpoint.addr))
         .copied()
         .collect();
-    let ranked = if healthy.is_empty() { ranked } else { healthy };
+    let panic = healthy.is_empty() || Health::below_min_health(outlier, healthy.len(), all.len());
+    let ranked = if panic { ranked } else { healthy };
     let turn = match simple {
         Simple::RoundRobin => load.turn(&service),
         _ => 0,
@@ -137,6 +160,7 @@ pub fn route(
 pub fn plan<'a>(
     state: &'a Snapshot,
     health: &Health,
+    board: &Board,
     who: &Client<'_>,
     client_namespace: &str,
     at: ServiceAt<'a>,
@@ -167,9 +191,17 @@ pub fn plan<'a>(
         .map(|r| r.endpoint.addr)
         .filter(|a| health.is_ejected(*a, now))
         .collect();
+    let not_ready = ranked
+        .iter()
+        .filter_map(|r| match readiness(board, r.endpoint.workload) {
+            Readiness::Ready => None,
+            Readiness::NotReady(why) => Some((r.endpoint.addr, why)),
+        })
+        .collect();
     Ok(Plan::Endpoints {
         ranked,
         ejected,
+        not_ready,
         outlier: Settings::from_rule(traffic.and_then(|t| t.outlier_detection.as_ref())),
         simple: Simple::parse(balancer.and_then(|lb| lb.simple.as_deref())),
     })

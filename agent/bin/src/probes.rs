@@ -1,0 +1,220 @@
+//! Readiness probes of this node's workloads. Each enrolled pod whose
+//! WorkloadGroup has a `probe` gets a task that runs it every period from
+//! inside the pod; a change of readiness is published on the board
+//! ([`strait_health::board`]) for every agent to see. A pod that leaves, or
+//! whose probe changes, has its task replaced.
+use std::{
+    collections::BTreeMap,
+    io,
+    net::{IpAddr, SocketAddr},
+    os::fd::{AsFd, AsRawFd},
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use strait_config::manifest::networking::Probe;
+use strait_health::{
+    NodeReport, Status, Target, Tracker,
+    board::{self, now_ms},
+    probe,
+};
+use tokio::{net::TcpStream, task::JoinHandle};
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::{metrics::Metrics, pods::Pod};
+
+impl Target for Pod {
+    fn address(&self) -> IpAddr {
+        self.workload
+            .addresses
+            .iter()
+            .copied()
+            .find(IpAddr::is_ipv4)
+            .or_else(|| self.workload.addresses.first().copied())
+            .unwrap_or(IpAddr::from([127, 0, 0, 1]))
+    }
+
+    fn connect(&self, to: SocketAddr) -> impl Future<Output = io::Result<TcpStream>> + Send {
+        Pod::connect(self, to, None, |_| ())
+    }
+
+    fn command(&self, argv: &[String]) -> io::Result<tokio::process::Command> {
+        let (program, args) = argv
+            .split_first()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty command"))?;
+        let mut cmd = tokio::process::Command::new(program);
+        cmd.args(args);
+        let fd = self.netns.as_fd().as_raw_fd();
+        // SAFETY: setns is async-signal-safe and only changes the child,
+        // which has the namespace's fd (it is closed on exec, not on fork).
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Ok(cmd)
+    }
+}
+
+struct Running {
+    probe: Probe,
+    task: JoinHandle<()>,
+}
+
+/// This node's probes and what they found.
+pub struct Probes {
+    node: String,
+    dir: PathBuf,
+    metrics: Arc<Metrics>,
+    running: Mutex<BTreeMap<String, Running>>,
+    report: Mutex<NodeReport>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Probes {
+    pub fn new(node: &str, dir: PathBuf, metrics: Arc<Metrics>) -> Self {
+        Self {
+            node: node.into(),
+            dir,
+            metrics,
+            running: Mutex::new(BTreeMap::new()),
+            report: Mutex::new(NodeReport {
+                node: node.into(),
+                workloads: BTreeMap::new(),
+            }),
+        }
+    }
+
+    /// Probes exactly `pods` (each with its current probe).
+    pub fn sync(self: &Arc<Self>, pods: Vec<(Arc<Pod>, Probe)>) {
+        let mut running = lock(&self.running);
+        let wanted: BTreeMap<String, (Arc<Pod>, Probe)> = pods
+            .into_iter()
+            .map(|(pod, probe)| {
+                (
+                    strait_health::key(&pod.workload.namespace, &pod.workload.name),
+                    (pod, probe),
+                )
+            })
+            .collect();
+        let mut gone = Vec::new();
+        running.retain(|key, r| {
+            let keep = wanted.get(key).is_some_and(|(_, p)| *p == r.probe);
+            if !keep {
+                r.task.abort();
+                gone.push(key.clone());
+            }
+            keep
+        });
+        for (key, (pod, probe)) in wanted {
+            if running.contains_key(&key) {
+                continue;
+            }
+            let Some((settings, check)) = probe::from_manifest(&probe) else {
+                continue;
+            };
+            let span = info_span!("probe", workload = %key);
+            let task = tokio::spawn(
+                self.clone()
+                    .run(key.clone(), pod, settings, check)
+                    .instrument(span),
+            );
+            running.insert(key, Running { probe, task });
+        }
+        drop(running);
+        if !gone.is_empty() {
+            let mut report = lock(&self.report);
+            for key in &gone {
+                report.workloads.remove(key);
+            }
+            self.publish(&report);
+        }
+    }
+
+    async fn run(
+        self: Arc<Self>,
+        key: String,
+        pod: Arc<Pod>,
+        settings: strait_health::Settings,
+        check: strait_health::Check,
+    ) {
+        let mut tracker = Tracker::new(settings);
+        self.set(&key, false, "probe has not passed yet".into());
+        tokio::time::sleep(settings.initial_delay).await;
+        let mut tick = tokio::time::interval(settings.period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let result = probe::run(&check, &*pod, settings.timeout).await;
+            self.metrics.probed(result.is_ok());
+            let reason = match &result {
+                Ok(()) => "passed".to_string(),
+                Err(err) => err.to_string(),
+            };
+            if let Some(ready) = tracker.observe(result.is_ok()) {
+                info!(ready, %reason, "readiness changed");
+                self.set(&key, ready, reason);
+            } else if !tracker.ready() {
+                // Keep the latest reason visible while not ready.
+                self.set_reason(&key, reason);
+            }
+        }
+    }
+
+    fn set(&self, key: &str, ready: bool, reason: String) {
+        let mut report = lock(&self.report);
+        report.workloads.insert(
+            key.into(),
+            Status {
+                ready,
+                reason,
+                since_ms: now_ms(),
+            },
+        );
+        self.publish(&report);
+    }
+
+    fn set_reason(&self, key: &str, reason: String) {
+        let mut report = lock(&self.report);
+        if let Some(s) = report.workloads.get_mut(key)
+            && s.reason != reason
+        {
+            s.reason = reason;
+            self.publish(&report);
+        }
+    }
+
+    fn publish(&self, report: &NodeReport) {
+        if let Err(err) = board::publish(&self.dir, report) {
+            warn!(%err, node = %self.node, "publishing readiness");
+        }
+    }
+}
+
+/// Reads the board every `every`, logging each file's error once.
+pub fn watch_board(board: Arc<strait_health::Board>, every: Duration) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut last_errors = Vec::new();
+        loop {
+            let (changed, errors) = board.refresh();
+            let texts: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            for text in &texts {
+                if !last_errors.contains(text) {
+                    warn!(error = %text, "readiness board");
+                }
+            }
+            last_errors = texts;
+            if changed {
+                info!(dir = %board.dir().display(), "readiness board changed");
+            }
+            tokio::time::sleep(every).await;
+        }
+    })
+}

@@ -59,6 +59,10 @@ pub struct Ranked<'a> {
     pub endpoint: Endpoint<'a>,
     pub priority: u32,
     pub weight: f64,
+    /// Endpoints of one `distribute` locality share a group: within a level
+    /// a group is chosen first, by its weight, then an endpoint in it by the
+    /// `simple` policy (Envoy's locality-weighted balancing). 0 otherwise.
+    pub group: u32,
 }
 
 /// The cluster an endpoint's workload is in: its own label, else its
@@ -95,6 +99,7 @@ pub fn rank<'a>(
                         cluster_of,
                     ),
                     weight: weight(e),
+                    group: 0,
                 })
                 .collect();
         }
@@ -106,6 +111,7 @@ pub fn rank<'a>(
                 endpoint: *e,
                 priority: 0,
                 weight: weight(e),
+                group: 0,
             })
             .collect();
     }
@@ -138,6 +144,7 @@ pub fn rank<'a>(
                 endpoint: *e,
                 priority,
                 weight: weight(e),
+                group: 0,
             }
         })
         .collect()
@@ -158,48 +165,97 @@ pub fn order<'a>(
         levels.entry(r.priority).or_default().push(r);
     }
     let mut out = Vec::new();
-    for (_, mut level) in levels {
-        // Weighted random order (Efraimidis–Spirakis): sort by u^(1/w).
-        let mut keyed: Vec<(f64, Ranked<'a>)> = level
-            .drain(..)
-            .map(|r| (random().powf(1.0 / r.weight), r))
+    for (_, level) in levels {
+        let mut groups: std::collections::BTreeMap<u32, Vec<Ranked<'a>>> = Default::default();
+        for r in level {
+            groups.entry(r.group).or_default().push(r);
+        }
+        let mut groups: Vec<(f64, Vec<Ranked<'a>>)> = groups
+            .into_values()
+            .map(|g| (g.iter().map(|r| r.weight).sum(), g))
+            .collect();
+        // The first group by weight: weighted random, or the turn's point
+        // for ROUND_ROBIN; the others follow in weighted random order, for
+        // the attempts after the first.
+        let first = match simple {
+            Simple::RoundRobin if groups.len() > 1 => {
+                let weights: Vec<f64> = groups.iter().map(|(w, _)| *w).collect();
+                Some(on_turn(&weights, turn))
+            }
+            _ => None,
+        };
+        let mut head = first.map(|i| groups.remove(i));
+        let mut keyed: Vec<(f64, Vec<Ranked<'a>>)> = groups
+            .into_iter()
+            .map(|(w, g)| (random().powf(1.0 / w), g))
             .collect();
         keyed.sort_by(|a, b| b.0.total_cmp(&a.0));
-        let mut level: Vec<Ranked<'a>> = keyed.into_iter().map(|(_, r)| r).collect();
-        match simple {
-            Simple::Random => {}
-            Simple::LeastRequest => {
-                if level.len() >= 2
-                    && active(level[1].endpoint.addr) < active(level[0].endpoint.addr)
-                {
-                    level.swap(0, 1);
-                }
-            }
-            Simple::RoundRobin => {
-                // The turn's point on the level's cumulative weights, in a
-                // stable (address) order: an even spread by weight.
-                let mut stable = level.clone();
-                stable.sort_by_key(|r| r.endpoint.addr);
-                let total: f64 = stable.iter().map(|r| r.weight).sum();
-                let point = (turn as f64 * 0.618_033_988_749_895).fract() * total;
-                let mut acc = 0.0;
-                let first = stable
-                    .iter()
-                    .find(|r| {
-                        acc += r.weight;
-                        point < acc
-                    })
-                    .or(stable.last())
-                    .map(|r| r.endpoint.addr);
-                if let Some(i) = level.iter().position(|r| Some(r.endpoint.addr) == first) {
-                    let chosen = level.remove(i);
-                    level.insert(0, chosen);
-                }
-            }
+        for group in head
+            .take()
+            .map(|(_, g)| g)
+            .into_iter()
+            .chain(keyed.into_iter().map(|(_, g)| g))
+        {
+            out.extend(
+                order_group(group, simple, turn, active, &mut random)
+                    .into_iter()
+                    .map(|r| r.endpoint),
+            );
         }
-        out.extend(level.into_iter().map(|r| r.endpoint));
     }
     out
+}
+
+/// Index of the entry `turn` lands on, spreading turns evenly over the
+/// cumulative `weights` (a golden-ratio sequence).
+fn on_turn(weights: &[f64], turn: usize) -> usize {
+    let total: f64 = weights.iter().sum();
+    let point = (turn as f64 * 0.618_033_988_749_895).fract() * total;
+    let mut acc = 0.0;
+    weights
+        .iter()
+        .position(|w| {
+            acc += w;
+            point < acc
+        })
+        .unwrap_or(weights.len().saturating_sub(1))
+}
+
+/// One group's endpoints in the order to try them, by `simple`.
+fn order_group<'a>(
+    group: Vec<Ranked<'a>>,
+    simple: Simple,
+    turn: usize,
+    active: &dyn Fn(std::net::SocketAddr) -> usize,
+    random: &mut impl FnMut() -> f64,
+) -> Vec<Ranked<'a>> {
+    // Weighted random order (Efraimidis–Spirakis): sort by u^(1/w).
+    let mut keyed: Vec<(f64, Ranked<'a>)> = group
+        .into_iter()
+        .map(|r| (random().powf(1.0 / r.weight), r))
+        .collect();
+    keyed.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let mut level: Vec<Ranked<'a>> = keyed.into_iter().map(|(_, r)| r).collect();
+    match simple {
+        Simple::Random => {}
+        Simple::LeastRequest => {
+            if level.len() >= 2 && active(level[1].endpoint.addr) < active(level[0].endpoint.addr) {
+                level.swap(0, 1);
+            }
+        }
+        Simple::RoundRobin => {
+            // In a stable (address) order: an even spread by weight.
+            let mut stable = level.clone();
+            stable.sort_by_key(|r| r.endpoint.addr);
+            let weights: Vec<f64> = stable.iter().map(|r| r.weight).collect();
+            let first = stable.get(on_turn(&weights, turn)).map(|r| r.endpoint.addr);
+            if let Some(i) = level.iter().position(|r| Some(r.endpoint.addr) == first) {
+                let chosen = level.remove(i);
+                level.insert(0, chosen);
+            }
+        }
+    }
+    level
 }
 
 /// Istio's levels: 0 same region/zone/subzone, 1 same region and zone, 2
@@ -308,11 +364,14 @@ fn distribute<'a>(
             let l = &e.workload.locality;
             let p = pattern_of(l)?;
             let share = f64::from(*to.get(p)?) / localities.get(p.as_str())?.len() as f64;
-            let total = per_locality.get(&locality_key(l))?;
+            let key = locality_key(l);
+            let total = per_locality.get(&key)?;
+            let group = per_locality.keys().position(|k| *k == key)? as u32;
             Some(Ranked {
                 endpoint: *e,
                 priority: 0,
                 weight: share * f64::from(e.workload.weight.max(1)) / total,
+                group,
             })
         })
         .collect()
@@ -528,7 +587,15 @@ mod tests {
             }],
             ..Default::default()
         };
-        let eps = endpoints(&ws);
+        // Distinct ports tell the endpoints apart for `active`.
+        let eps: Vec<Endpoint<'_>> = ws
+            .iter()
+            .zip(80..)
+            .map(|(w, port)| Endpoint {
+                addr: SocketAddr::new(w.addresses[0], port),
+                workload: w,
+            })
+            .collect();
         let ranked = rank(
             &client(&here, &labels),
             &eps,
@@ -565,6 +632,27 @@ mod tests {
             }
         }
         assert!((7_700..=8_300).contains(&east), "east got {east} of 10000");
+
+        // LEAST_REQUEST chooses within the locality the weights chose: east
+        // being busier (it takes 80%) does not pull traffic west.
+        let busy_east = |a: SocketAddr| if a.port() < 82 { 6 } else { 1 };
+        let mut east = 0;
+        for _ in 0..10_000 {
+            let first = order(
+                ranked.clone(),
+                Simple::LeastRequest,
+                0,
+                &busy_east,
+                &mut random,
+            )[0];
+            if first.workload.locality.region == "east" {
+                east += 1;
+            }
+        }
+        assert!(
+            (7_700..=8_300).contains(&east),
+            "least request: east got {east} of 10000"
+        );
     }
 
     #[test]

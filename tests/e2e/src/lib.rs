@@ -59,23 +59,29 @@ pub fn two_networks() -> Spec {
     spec
 }
 
-/// `python3 -m http.server` serving a directory that holds `marker` (with the
-/// given content), listening on `port` for IPv4 and IPv6.
+/// Python's `http.server` (its ThreadingHTTPServer and
+/// SimpleHTTPRequestHandler, as `python3 -m http.server` runs them) serving
+/// a directory that holds `marker` (with the given content), listening on
+/// `port` for IPv4 and IPv6. The one change: a listen backlog of 1024
+/// instead of 5, so bursts of connections are not met with dropped SYNs
+/// (a 1 s retransmit the mesh would rightly treat as a slow endpoint).
 pub fn http_server(place: &Place, port: u16, marker: &str) -> Result<Process> {
+    const SCRIPT: &str = r#"
+import functools, http.server, socket, sys
+class Server(http.server.ThreadingHTTPServer):
+    request_queue_size = 1024
+    address_family = socket.AF_INET6
+    def server_bind(self):
+        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=sys.argv[2])
+Server(("::", int(sys.argv[1])), handler).serve_forever()
+"#;
     let dir = place.scratch_dir()?.join(format!("www-{port}"));
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("marker"), marker)?;
     let dir = dir.to_string_lossy().into_owned();
-    let mut server = place.spawn(&[
-        "python3",
-        "-m",
-        "http.server",
-        &port.to_string(),
-        "--bind",
-        "::",
-        "--directory",
-        &dir,
-    ])?;
+    let mut server = place.spawn(&["python3", "-c", SCRIPT, &port.to_string(), &dir])?;
     server.wait_listening(port, Duration::from_secs(10))?;
     Ok(server)
 }
@@ -168,6 +174,170 @@ print("echoed", n, flush=True)
         &port.to_string(),
         &seconds.to_string(),
     ])?)
+}
+
+/// What [`connections`] saw: which endpoint answered how often, and the
+/// failures.
+#[derive(Debug, Default)]
+pub struct Load {
+    pub answers: std::collections::BTreeMap<String, u64>,
+    pub failures: u64,
+    /// The first few failures' errors.
+    pub errors: Vec<String>,
+    /// Per answer: milliseconds from `since` to the first connection it
+    /// served.
+    pub first_ms: std::collections::BTreeMap<String, f64>,
+    pub seconds: f64,
+}
+
+impl Load {
+    pub fn total(&self) -> u64 {
+        self.answers.values().sum::<u64>() + self.failures
+    }
+
+    /// How many connections the answers in `names` served.
+    pub fn count(&self, names: &[&str]) -> u64 {
+        names
+            .iter()
+            .map(|n| self.answers.get(*n).copied().unwrap_or(0))
+            .sum()
+    }
+
+    /// The earliest first answer among `names`, in ms after `since`.
+    pub fn first_of(&self, names: &[&str]) -> Option<f64> {
+        names
+            .iter()
+            .filter_map(|n| self.first_ms.get(*n).copied())
+            .min_by(f64::total_cmp)
+    }
+}
+
+/// `CLOCK_MONOTONIC` in seconds: the clock Python's `time.monotonic()`
+/// reads, so a moment here can be compared with one in a client script.
+pub fn monotonic_now() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+}
+
+/// `n` connections from `place` to `http://ip:port/marker`, `concurrency`
+/// at a time, each a fresh TCP connection (HTTP/1.0) whose answer body
+/// names the endpoint. `since` (a [`monotonic_now`] value, or 0 for the
+/// script's start) is where `first_ms` counts from. Bounded: every
+/// connection has a 5 s timeout, and the whole run 300 s.
+pub fn connections(
+    place: &Place,
+    ip: std::net::IpAddr,
+    port: u16,
+    n: u32,
+    concurrency: u32,
+    since: f64,
+) -> Result<Load> {
+    const SCRIPT: &str = r#"
+import json, socket, sys, threading, time
+ip, port, n, conc, since = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
+start = time.monotonic()
+if since == 0:
+    since = start
+answers, first, errors = {}, {}, []
+state = {"next": 0, "failures": 0}
+lock = threading.Lock()
+request = b"GET /marker HTTP/1.0\r\nHost: load\r\n\r\n"
+def one():
+    s = socket.create_connection((ip, port), timeout=5)
+    try:
+        s.settimeout(5)
+        s.sendall(request)
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        s.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    if b" 200 " not in head.split(b"\r\n")[0]:
+        raise Exception("reply %r" % head[:60])
+    return body.decode().strip()
+def worker():
+    while True:
+        with lock:
+            if state["next"] >= n:
+                return
+            state["next"] += 1
+        try:
+            name = one()
+            t = time.monotonic()
+            with lock:
+                answers[name] = answers.get(name, 0) + 1
+                first.setdefault(name, (t - since) * 1000)
+        except Exception as e:
+            with lock:
+                state["failures"] += 1
+                if len(errors) < 5:
+                    errors.append(repr(e))
+threads = [threading.Thread(target=worker) for _ in range(conc)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print(json.dumps({"answers": answers, "failures": state["failures"], "errors": errors,
+                  "first_ms": first, "seconds": time.monotonic() - start}))
+"#;
+    let out = place.run_ok(
+        &[
+            "python3",
+            "-c",
+            SCRIPT,
+            &ip.to_string(),
+            &port.to_string(),
+            &n.to_string(),
+            &concurrency.to_string(),
+            &since.to_string(),
+        ],
+        Duration::from_secs(300),
+    )?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let counts = |key: &str| -> std::collections::BTreeMap<String, u64> {
+        v[key]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, n)| (k.clone(), n.as_u64().unwrap_or(0)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    Ok(Load {
+        answers: counts("answers"),
+        failures: v["failures"].as_u64().unwrap_or(u64::MAX),
+        errors: v["errors"]
+            .as_array()
+            .map(|a| a.iter().map(|e| e.to_string()).collect())
+            .unwrap_or_default(),
+        first_ms: v["first_ms"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, t)| (k.clone(), t.as_f64().unwrap_or(f64::NAN)))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        seconds: v["seconds"].as_f64().unwrap_or(0.0),
+    })
+}
+
+/// A Kubernetes Node with its topology labels: workloads take their
+/// locality from their node, as pods do.
+pub fn node_yaml(name: &str, region: &str, zone: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  labels:\n    topology.kubernetes.io/region: {region}\n    topology.kubernetes.io/zone: {zone}\n---\n"
+    )
 }
 
 /// `http://<ip>:<port>/marker`, bracketing IPv6.

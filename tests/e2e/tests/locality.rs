@@ -5,7 +5,8 @@
 use std::time::{Duration, Instant};
 
 use strait_e2e::{
-    Mesh, Result, curl, http_server, metric_sum, namespace_yaml, require_root, workload_yaml,
+    Mesh, Result, curl, http_server, metric_sum, namespace_yaml, node_yaml, require_root,
+    workload_yaml,
 };
 use strait_topology::{Locality, Place, Spec, Topology};
 
@@ -21,14 +22,6 @@ fn spec() -> Spec {
         .pod("near", "n2")
         .pod("zone2", "n3")
         .pod("far", "n4")
-}
-
-/// Nodes with their topology labels: workloads take their locality from
-/// their node, as Kubernetes pods do.
-fn node_yaml(name: &str, region: &str, zone: &str) -> String {
-    format!(
-        "apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  labels:\n    topology.kubernetes.io/region: {region}\n    topology.kubernetes.io/zone: {zone}\n---\n"
-    )
 }
 
 const SERVICE: &str = "apiVersion: v1

@@ -185,16 +185,6 @@ fn distribute_rule_from_the_istio_examples_splits_80_20() -> Result<()> {
     let _servers = serve(&topo, &endpoints)?;
 
     let got = load(&topo, "10.96.0.41".parse()?, 9080, CONNECTIONS, 0.0)?;
-    if got.failures > 0 {
-        for line in _agents[0]
-            .log()
-            .lines()
-            .filter(|l| l.contains("WARN"))
-            .take(20)
-        {
-            println!("{line}");
-        }
-    }
     check_all(&got, &["east", "west"], "distribute");
     let east = got.count(&["east"]) as f64 * 100.0 / got.total() as f64;
     println!(

@@ -116,11 +116,17 @@ metadata:
 spec:
   host: web.shop.svc.cluster.local
   trafficPolicy:
+    # The port's settings win over these.
     outlierDetection:
-      consecutive5xxErrors: 3
-      interval: 1s
-      baseEjectionTime: 3s
-      maxEjectionPercent: 50
+      consecutive5xxErrors: 100
+    portLevelSettings:
+    - port:
+        number: 80
+      outlierDetection:
+        consecutive5xxErrors: 3
+        interval: 1s
+        baseEjectionTime: 3s
+        maxEjectionPercent: 50
 ",
     );
     mesh.write("mesh.yaml", &yaml)?;

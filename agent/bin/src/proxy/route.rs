@@ -178,7 +178,18 @@ pub fn plan<'a>(
         .collect();
     let rule = state.config.destination_rule(at, client_namespace);
     let traffic = rule.and_then(|r| r.traffic_policy.as_ref());
-    let balancer = traffic.and_then(|t| t.load_balancer.as_ref());
+    // `portLevelSettings` for this service port override the rule's own.
+    let port_level = traffic.and_then(|t| {
+        t.port_level_settings
+            .iter()
+            .find(|p| p.port.as_ref().is_some_and(|s| s.number == u32::from(port)))
+    });
+    let balancer = port_level
+        .and_then(|p| p.load_balancer.as_ref())
+        .or_else(|| traffic.and_then(|t| t.load_balancer.as_ref()));
+    let outlier = port_level
+        .and_then(|p| p.outlier_detection.as_ref())
+        .or_else(|| traffic.and_then(|t| t.outlier_detection.as_ref()));
     let policy = Policy {
         locality: balancer.and_then(|lb| lb.locality_lb_setting.as_ref()),
         traffic_distribution: at.service.traffic_distribution.as_deref(),
@@ -202,7 +213,7 @@ pub fn plan<'a>(
         ranked,
         ejected,
         not_ready,
-        outlier: Settings::from_rule(traffic.and_then(|t| t.outlier_detection.as_ref())),
+        outlier: Settings::from_rule(outlier),
         simple: Simple::parse(balancer.and_then(|lb| lb.simple.as_deref())),
     })
 }

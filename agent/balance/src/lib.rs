@@ -546,6 +546,56 @@ mod tests {
         );
     }
 
+    /// `failoverPriority: [topology.istio.io/network,
+    /// topology.istio.io/cluster]` as Istio documents it: same network and
+    /// cluster first, then same network, then everything else (a cluster
+    /// match alone counts for nothing, the network label being first).
+    #[test]
+    fn failover_priority_network_then_cluster() {
+        let ws = [
+            workload("net1-c1", "r1/z1", &[(NETWORK, "net1")]),
+            workload("net1-c2", "r1/z1", &[(NETWORK, "net1")]),
+            workload("net2-c1", "r1/z1", &[(NETWORK, "net2")]),
+            workload("net2-c2", "r1/z1", &[(NETWORK, "net2")]),
+        ];
+        let here = Locality::parse("r1/z1");
+        let labels = Labels::new();
+        let mut who = client(&here, &labels);
+        who.network = "net1";
+        who.cluster = "c1";
+        let cluster_of = |w: &Workload| w.name.rsplit('-').next().unwrap_or_default().to_string();
+        let setting = LocalityLbSetting {
+            failover_priority: vec![NETWORK.into(), CLUSTER.into()],
+            ..Default::default()
+        };
+        let policy = Policy {
+            locality: Some(&setting),
+            traffic_distribution: None,
+        };
+        let eps = endpoints(&ws);
+        let ranked = rank(&who, &eps, policy, &cluster_of);
+        let mut got: Vec<(String, u32)> = ranked
+            .iter()
+            .map(|r| (r.endpoint.workload.name.clone(), r.priority))
+            .collect();
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                ("net1-c1".into(), 0),
+                ("net1-c2".into(), 1),
+                ("net2-c1".into(), 2),
+                ("net2-c2".into(), 2)
+            ]
+        );
+        // The order tries the levels in turn.
+        let tried: Vec<&str> = order(ranked, Simple::Random, 0, &|_| 0, || 0.5)
+            .iter()
+            .map(|e| e.workload.name.as_str())
+            .collect();
+        assert_eq!(&tried[..2], ["net1-c1", "net1-c2"]);
+    }
+
     #[test]
     fn failover_priority_key_value_and_cluster() {
         let ws = [workload("c2", "r1/z1", &[]), workload("c1", "r1/z1", &[])];

@@ -1,13 +1,16 @@
 //! `cargo xtask demo`: two clusters on two networks, an agent on every node,
 //! and unmodified programs in pods talking over mutual TLS, by address and
-//! by names only the mesh knows, under an AuthorizationPolicy applied live.
+//! by names only the mesh knows, under an AuthorizationPolicy applied live,
+//! staying in their zone and failing over to the next when it dies.
 use std::{
     net::IpAddr,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
-use strait_e2e::{Mesh, curl, http_server, marker_url, metric_sum, namespace_yaml, workload_yaml};
+use strait_e2e::{
+    Mesh, curl, http_server, marker_url, metric_sum, namespace_yaml, node_yaml, workload_yaml,
+};
 use strait_topology::{Locality, Place, Spec, Topology};
 
 use crate::cmd::{self, section};
@@ -15,33 +18,20 @@ use crate::cmd::{self, section};
 const HTTP_PORT: u16 = 8080;
 
 fn spec() -> Spec {
-    Spec::new()
-        .gateway_node(
-            "east-1",
-            "east",
-            "east-net",
-            Locality::new("us-east", "us-east-1a", ""),
-        )
-        .node(
-            "east-2",
-            "east",
-            "east-net",
-            Locality::new("us-east", "us-east-1b", ""),
-        )
-        .gateway_node(
-            "west-1",
-            "west",
-            "west-net",
-            Locality::new("us-west", "us-west-1a", ""),
-        )
-        .node(
-            "west-2",
-            "west",
-            "west-net",
-            Locality::new("us-west", "us-west-1b", ""),
-        )
-        .pod("frontend", "east-1")
+    let mut spec = Spec::new();
+    for (name, cluster, region, zone) in NODES {
+        let network = format!("{cluster}-net");
+        let locality = Locality::new(region, zone, "");
+        // The first node of each cluster is its gateway.
+        spec = if name.ends_with("-1") {
+            spec.gateway_node(name, cluster, &network, locality)
+        } else {
+            spec.node(name, cluster, &network, locality)
+        };
+    }
+    spec.pod("frontend", "east-1")
         .pod("batch", "east-1")
+        .pod("backend-near", "east-1")
         .pod("backend-east", "east-2")
         .pod("client-west", "west-1")
         .pod("backend-west", "west-2")
@@ -63,13 +53,14 @@ pub fn run() -> Result<()> {
     let accounts = [
         ("frontend", "frontend"),
         ("batch", "batch"),
+        ("backend-near", "backend"),
         ("backend-east", "backend"),
         ("client-west", "client"),
         ("backend-west", "backend"),
     ];
     let mut yaml = namespace_yaml("shop", true);
     for (pod, sa) in accounts {
-        let labels: &[(&str, &str)] = if pod == "backend-east" {
+        let labels: &[(&str, &str)] = if pod.starts_with("backend-") && pod != "backend-west" {
             &[("service", "backend")]
         } else {
             &[]
@@ -79,7 +70,11 @@ pub fn run() -> Result<()> {
             "  WorkloadEntry shop/{pod:<13} serviceAccount {sa:<9} -> spiffe://cluster.local/ns/shop/sa/{sa}"
         );
     }
+    for (node, _, region, zone) in NODES {
+        yaml.push_str(&node_yaml(node, region, zone));
+    }
     yaml.push_str(SERVICES);
+    println!("  Node objects with topology labels: workloads take their node's locality");
     println!("  Service      shop/backend       10.96.0.80:8080 -> pods labelled service=backend");
     println!("  ServiceEntry shop/api           api.shop.global:80 -> the same pods, port 8080");
     mesh.write("demo.yaml", &yaml).map_err(boxed)?;
@@ -112,6 +107,12 @@ pub fn run() -> Result<()> {
         topo.pod("backend-west")?,
         HTTP_PORT,
         "hello from backend-west",
+    )
+    .map_err(boxed)?;
+    let mut near = http_server(
+        topo.pod("backend-near")?,
+        HTTP_PORT,
+        "hello from backend-near",
     )
     .map_err(boxed)?;
     let frontend = topo.pod("frontend")?;
@@ -216,6 +217,43 @@ pub fn run() -> Result<()> {
         written.elapsed().as_millis()
     );
 
+    section("locality and failover: frontend is in us-east/us-east-1a");
+    let table = mesh
+        .straitctl("east-1", &["endpoints", "backend.shop"])
+        .map_err(boxed)?;
+    for line in table.lines() {
+        println!("  {line}");
+    }
+    let vip: IpAddr = "10.96.0.80".parse()?;
+    let load =
+        |since| strait_e2e::connections(frontend, vip, HTTP_PORT, 1000, 4, since).map_err(boxed);
+    let got = load(0.0)?;
+    println!(
+        "  1000 connections to backend (10.96.0.80): {:?}, failed {}",
+        got.answers, got.failures
+    );
+    near.kill()?;
+    let killed = strait_e2e::monotonic_now();
+    println!("  killed backend-near's server (its zone's only endpoint)");
+    let got = load(killed)?;
+    println!(
+        "  1000 connections to backend: {:?}, failed {}; first answer from the other zone {:.0} ms after the kill (client started {:.0} ms after it)",
+        got.answers,
+        got.failures,
+        got.first_of(&["hello from backend-east"])
+            .unwrap_or(f64::NAN),
+        got.started_ms
+    );
+    if got.failures > 0 || got.count(&["hello from backend-east"]) != got.total() {
+        bail!("failover to the other zone did not take every connection");
+    }
+    let table = mesh
+        .straitctl("east-1", &["endpoints", "backend.shop"])
+        .map_err(boxed)?;
+    for line in table.lines() {
+        println!("  {line}");
+    }
+
     section("metrics on east-2 (Istio's names; reporter=destination)");
     let metrics = mesh.metrics("east-2").map_err(boxed)?;
     for line in metrics
@@ -293,6 +331,15 @@ fn print_topology(topo: &Topology) {
         );
     }
 }
+
+/// The nodes: name, cluster (whose network is `<cluster>-net`), region and
+/// zone, as the topology builds them and their Node objects label them.
+const NODES: [(&str, &str, &str, &str); 4] = [
+    ("east-1", "east", "us-east", "us-east-1a"),
+    ("east-2", "east", "us-east", "us-east-1b"),
+    ("west-1", "west", "us-west", "us-west-1a"),
+    ("west-2", "west", "us-west", "us-west-1b"),
+];
 
 const SERVICES: &str = "apiVersion: v1
 kind: Service

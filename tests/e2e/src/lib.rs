@@ -187,6 +187,9 @@ pub struct Load {
     /// Per answer: milliseconds from `since` to the first connection it
     /// served.
     pub first_ms: std::collections::BTreeMap<String, f64>,
+    /// When the client script started, in ms after `since`: `first_ms`
+    /// includes starting the client process.
+    pub started_ms: f64,
     pub seconds: f64,
 }
 
@@ -287,7 +290,8 @@ for t in threads:
 for t in threads:
     t.join()
 print(json.dumps({"answers": answers, "failures": state["failures"], "errors": errors,
-                  "first_ms": first, "seconds": time.monotonic() - start}))
+                  "first_ms": first, "started_ms": (start - since) * 1000,
+                  "seconds": time.monotonic() - start}))
 "#;
     let out = place.run_ok(
         &[
@@ -328,6 +332,7 @@ print(json.dumps({"answers": answers, "failures": state["failures"], "errors": e
                     .collect()
             })
             .unwrap_or_default(),
+        started_ms: v["started_ms"].as_f64().unwrap_or(f64::NAN),
         seconds: v["seconds"].as_f64().unwrap_or(0.0),
     })
 }

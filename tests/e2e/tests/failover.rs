@@ -154,7 +154,11 @@ fn no_rule_zone_then_other_zone_then_other_region() -> Result<()> {
         check_all(&got, next, step);
         assert_eq!(got.total(), u64::from(CONNECTIONS));
         let first = got.first_of(next).unwrap_or(f64::NAN);
-        println!("{step}: first connection served by {next:?} {first:.0} ms after the kill");
+        println!(
+            "{step}: first connection served by {next:?} {first:.0} ms after the kill \
+             (the client process started {:.0} ms after it)",
+            got.started_ms
+        );
     }
     Ok(())
 }

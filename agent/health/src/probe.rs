@@ -171,7 +171,8 @@ async fn run_unbounded<T: Target>(check: &Check, target: &T) -> Result<(), Failu
                     .map_err(|_| Failure::Resolve {
                         host: host.clone().unwrap_or_default(),
                     })?;
-                let stream = tokio_rustls::TlsConnector::from(insecure_tls())
+                let tls = insecure_tls().map_err(|e| Failure::Tls(io::Error::other(e)))?;
+                let stream = tokio_rustls::TlsConnector::from(tls)
                     .connect(name, stream)
                     .await
                     .map_err(Failure::Tls)?;
@@ -368,28 +369,15 @@ async fn exec<T: Target>(target: &T, command: &[String]) -> Result<(), Failure> 
 
 /// TLS that takes any server certificate, as the kubelet's HTTPS probes do:
 /// the probe asks whether the workload answers, not who it is.
-fn insecure_tls() -> Arc<rustls::ClientConfig> {
+fn insecure_tls() -> Result<Arc<rustls::ClientConfig>, rustls::Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = Arc::new(AnyCertificate(provider.clone()));
     let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map(|b| {
-            b.dangerous()
-                .with_custom_certificate_verifier(verifier)
-                .with_no_client_auth()
-        });
-    match config {
-        Ok(config) => Arc::new(config),
-        // The ring provider supports the default versions.
-        Err(_) => Arc::new(
-            rustls::ClientConfig::builder()
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AnyCertificate(Arc::new(
-                    rustls::crypto::ring::default_provider(),
-                ))))
-                .with_no_client_auth(),
-        ),
-    }
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
 }
 
 #[derive(Debug)]
@@ -638,6 +626,148 @@ mod tests {
             .await,
             Err(Failure::Timeout(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn https_probes_take_any_certificate() {
+        let cert = rcgen::generate_simple_self_signed(vec!["workload.invalid".into()]).unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.cert.der().clone()], key)
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let Ok(mut tls) = acceptor.accept(s).await else {
+                    continue;
+                };
+                let mut buf = [0u8; 1024];
+                let _ = tls.read(&mut buf).await;
+                let _ = tls
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                    .await;
+                let _ = tls.shutdown().await;
+            }
+        });
+        let https = Check::Http {
+            tls: true,
+            host: None,
+            port,
+            path: "/".into(),
+            headers: Vec::new(),
+        };
+        let t = Duration::from_secs(2);
+        run(&https, &Loopback, t).await.unwrap();
+        // The same server spoken to in plain HTTP fails.
+        let http = Check::Http {
+            tls: false,
+            host: None,
+            port,
+            path: "/".into(),
+            headers: Vec::new(),
+        };
+        assert!(run(&http, &Loopback, t).await.is_err());
+    }
+
+    /// A gRPC response body: one message, then trailers.
+    struct GrpcBody {
+        data: Option<Bytes>,
+        trailers: Option<hyper::HeaderMap>,
+    }
+
+    impl hyper::body::Body for GrpcBody {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+            let frame = match (self.data.take(), self.trailers.take()) {
+                (Some(d), t) => {
+                    self.trailers = t;
+                    Some(Ok(hyper::body::Frame::data(d)))
+                }
+                (None, Some(t)) => Some(Ok(hyper::body::Frame::trailers(t))),
+                (None, None) => None,
+            };
+            std::task::Poll::Ready(frame)
+        }
+    }
+
+    /// A gRPC health server over HTTP/2 answering `serving` with
+    /// `grpc_status`, for the service `want` only (others: NOT_FOUND, 5).
+    async fn grpc_server(serving: u8, grpc_status: &'static str) -> u16 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let service = hyper::service::service_fn(
+                    move |req: Request<hyper::body::Incoming>| async move {
+                        let path_ok = req.uri().path() == "/grpc.health.v1.Health/Check";
+                        let body = req
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes())
+                            .unwrap_or_default();
+                        // 5-byte frame header, then field 1 = "shop".
+                        let asked_shop =
+                            body.get(5..) == Some(&[0x0a, 4, b's', b'h', b'o', b'p'][..]);
+                        let mut trailers = hyper::HeaderMap::new();
+                        let status = if path_ok && asked_shop {
+                            grpc_status
+                        } else {
+                            "5"
+                        };
+                        trailers.insert("grpc-status", status.parse().unwrap());
+                        let message = Bytes::from(vec![0, 0, 0, 0, 2, 0x08, serving]);
+                        Ok::<_, std::convert::Infallible>(
+                            hyper::Response::builder()
+                                .header("content-type", "application/grpc")
+                                .body(GrpcBody {
+                                    data: Some(message),
+                                    trailers: Some(trailers),
+                                })
+                                .unwrap(),
+                        )
+                    },
+                );
+                tokio::spawn(
+                    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service),
+                );
+            }
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn grpc_probes_ask_the_health_service() {
+        let t = Duration::from_secs(2);
+        let grpc = |port, service: &str| Check::Grpc {
+            port,
+            service: service.into(),
+        };
+        let serving = grpc_server(1, "0").await;
+        assert!(run(&grpc(serving, "shop"), &Loopback, t).await.is_ok());
+        let err = run(&grpc(serving, "other"), &Loopback, t)
+            .await
+            .unwrap_err();
+        assert_eq!(err.to_string(), "gRPC status 5");
+        let not_serving = grpc_server(2, "0").await;
+        let err = run(&grpc(not_serving, "shop"), &Loopback, t)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Failure::NotServing(2)), "{err}");
     }
 
     #[test]

@@ -166,6 +166,7 @@ async fn run(args: Args) -> Result<()> {
             &args.node,
             args.status_dir.clone(),
             metrics.clone(),
+            board.clone(),
         )),
     ));
     let board_watch = probes::watch_board(board.clone(), reload::POLL);

@@ -72,6 +72,8 @@ pub struct Probes {
     metrics: Arc<Metrics>,
     running: Mutex<BTreeMap<String, Running>>,
     report: Mutex<NodeReport>,
+    /// What this node published before (a restarted agent resumes it).
+    board: Arc<strait_health::Board>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -79,11 +81,17 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Probes {
-    pub fn new(node: &str, dir: PathBuf, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        node: &str,
+        dir: PathBuf,
+        metrics: Arc<Metrics>,
+        board: Arc<strait_health::Board>,
+    ) -> Self {
         Self {
             node: node.into(),
             dir,
             metrics,
+            board,
             running: Mutex::new(BTreeMap::new()),
             report: Mutex::new(NodeReport {
                 node: node.into(),
@@ -145,8 +153,19 @@ impl Probes {
         settings: strait_health::Settings,
         check: strait_health::Check,
     ) {
-        let mut tracker = Tracker::new(settings);
-        self.set(&key, false, "probe has not passed yet".into());
+        // A restarted agent keeps what it published until the probe says
+        // otherwise, so its workloads do not drop out for a period.
+        let mut tracker = match self.board.status(&key) {
+            Some(last) => {
+                let ready = last.ready;
+                self.set_keeping(&key, last);
+                Tracker::resume(settings, ready)
+            }
+            None => {
+                self.set(&key, false, "probe has not passed yet".into());
+                Tracker::new(settings)
+            }
+        };
         tokio::time::sleep(settings.initial_delay).await;
         let mut tick = tokio::time::interval(settings.period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -178,6 +197,12 @@ impl Probes {
                 since_ms: now_ms(),
             },
         );
+        self.publish(&report);
+    }
+
+    fn set_keeping(&self, key: &str, last: Status) {
+        let mut report = lock(&self.report);
+        report.workloads.insert(key.into(), last);
         self.publish(&report);
     }
 

@@ -448,6 +448,15 @@ impl Tracker {
         }
     }
 
+    /// Picks up where an earlier tracker left off (an agent restarting
+    /// keeps its workloads' last published readiness).
+    pub fn resume(settings: Settings, ready: bool) -> Self {
+        Self {
+            ready,
+            ..Self::new(settings)
+        }
+    }
+
     pub fn ready(&self) -> bool {
         self.ready
     }
@@ -522,6 +531,10 @@ mod tests {
         assert_eq!(t.observe(false), Some(false));
         assert_eq!(t.observe(true), None);
         assert_eq!(t.observe(true), Some(true));
+
+        let mut resumed = Tracker::resume(settings(2, 3), true);
+        assert!(resumed.ready());
+        assert_eq!(resumed.observe(true), None);
     }
 
     #[test]

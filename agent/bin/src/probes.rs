@@ -40,11 +40,7 @@ impl Target for Pod {
     }
 
     fn command(&self, argv: &[String]) -> io::Result<tokio::process::Command> {
-        let (program, args) = argv
-            .split_first()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty command"))?;
-        let mut cmd = tokio::process::Command::new(program);
-        cmd.args(args);
+        let mut cmd = probe::command(argv)?;
         let fd = self.netns.as_fd().as_raw_fd();
         // SAFETY: setns is async-signal-safe and only changes the child,
         // which has the namespace's fd (it is closed on exec, not on fork).

@@ -30,6 +30,16 @@ pub trait Target: Send + Sync {
     fn command(&self, argv: &[String]) -> io::Result<tokio::process::Command>;
 }
 
+/// `argv` as a command, before [`Target::command`] places it.
+pub fn command(argv: &[String]) -> io::Result<tokio::process::Command> {
+    let (program, args) = argv
+        .split_first()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty command"))?;
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args);
+    Ok(cmd)
+}
+
 /// The probe's timing, with the kubelet's defaults.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Settings {
@@ -498,12 +508,7 @@ mod tests {
             TcpStream::connect(to)
         }
         fn command(&self, argv: &[String]) -> io::Result<tokio::process::Command> {
-            let (program, args) = argv
-                .split_first()
-                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty command"))?;
-            let mut cmd = tokio::process::Command::new(program);
-            cmd.args(args);
-            Ok(cmd)
+            command(argv)
         }
     }
 

@@ -1,8 +1,11 @@
 //! `cargo xtask`: everything beyond `cargo build`, so that one command sets
 //! up and runs each job on a fresh Debian machine.
 mod bench;
+#[cfg(test)]
+mod build_graph;
 mod cmd;
 mod demo;
+mod host;
 mod scale;
 mod setup;
 mod test;

@@ -1,16 +1,22 @@
 //! Prerequisites, each checked before it is installed, so a second run that
-//! has nothing to do takes seconds.
-use std::{path::Path, process::Command, time::Instant};
+//! has nothing to do takes about a second. What cannot be installed (the
+//! kernel, root) is checked first, before anything is installed or built.
+use std::{
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, Result, bail};
+use strait_ebpf_common::BPF_TOOLCHAIN;
 
-use crate::cmd::{self, cargo, section, stdout, succeeds};
+use crate::{
+    cmd::{self, cargo, section, stdout, succeeds},
+    host,
+};
 
-/// Debian packages the build, tests, demo and benchmarks use.
+/// Debian packages the tests, demo and benchmarks use.
 const APT_PACKAGES: &[&str] = &[
-    // bpf-linker links against LLVM 22.
-    "llvm-22-dev",
-    "libpolly-22-dev",
     // Topologies and tests.
     "iproute2",
     "curl",
@@ -27,29 +33,22 @@ const APT_PACKAGES: &[&str] = &[
     "wrk",
     "nghttp2-client",
 ];
-const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
+
+/// bpf-linker 0.10's default build loads the LLVM 22 that ships inside the
+/// Rust toolchain running it (`BPF_TOOLCHAIN`), so no system LLVM is needed.
+const BPF_LINKER_VERSION: &str = "0.10.4";
 const BPFFS: &str = "/sys/fs/bpf";
 
 pub fn run() -> Result<()> {
     let started = Instant::now();
     section("setup");
-    require_root()?;
+    host::check()?;
     apt()?;
-    nightly()?;
+    stable_components()?;
+    bpf_toolchain()?;
     bpf_linker()?;
     bpffs()?;
-    cgroup2()?;
     eprintln!("setup: done in {:.1}s", started.elapsed().as_secs_f64());
-    Ok(())
-}
-
-fn require_root() -> Result<()> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!(
-            "strait's setup installs packages and its tests create namespaces and load eBPF: run as root"
-        );
-    }
     Ok(())
 }
 
@@ -66,58 +65,127 @@ fn apt() -> Result<()> {
         eprintln!("apt: all {} packages present", APT_PACKAGES.len());
         return Ok(());
     }
-    eprintln!("apt: installing {}", missing.join(" "));
+    eprintln!(
+        "apt: installing {} package(s) and their dependencies (about a minute): {}",
+        missing.len(),
+        missing.join(" ")
+    );
+    let started = Instant::now();
     cmd::run(Command::new("apt-get").args(["update", "-qq"]))?;
     cmd::run(
         Command::new("apt-get")
             .args(["install", "-y", "-qq", "--no-install-recommends"])
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
+    )?;
+    took("apt", started.elapsed());
+    Ok(())
+}
+
+/// `cargo xtask test` runs rustfmt and clippy with the toolchain running
+/// xtask; a minimal rustup profile has neither.
+fn stable_components() -> Result<()> {
+    let toolchain = std::env::var("RUSTUP_TOOLCHAIN").unwrap_or_else(|_| "stable".into());
+    let installed = installed_components(&toolchain)?;
+    let missing: Vec<&str> = ["rustfmt", "clippy"]
+        .into_iter()
+        .filter(|c| !installed.iter().any(|i| i.starts_with(c)))
+        .collect();
+    if missing.is_empty() {
+        eprintln!("rustup: {toolchain} has rustfmt and clippy");
+        return Ok(());
+    }
+    eprintln!("rustup: adding {} to {toolchain}", missing.join(" and "));
+    cmd::run(
+        Command::new("rustup")
+            .args(["component", "add", "--toolchain", &toolchain])
+            .args(&missing),
     )
 }
 
-fn nightly() -> Result<()> {
-    let installed = stdout(Command::new("rustup").args([
-        "component",
-        "list",
-        "--installed",
-        "--toolchain",
-        "nightly",
-    ]));
-    if installed.lines().any(|l| l.starts_with("rust-src")) {
-        eprintln!("rustup: nightly with rust-src present");
+/// The dated nightly that compiles the eBPF programs, with the standard
+/// library's source (`-Z build-std=core`) and clippy (the BPF lint run).
+fn bpf_toolchain() -> Result<()> {
+    let installed = installed_components(BPF_TOOLCHAIN)?;
+    let has = |c: &str| installed.iter().any(|i| i.starts_with(c));
+    if has("rust-src") && has("clippy") {
+        eprintln!("rustup: {BPF_TOOLCHAIN} with rust-src and clippy present");
         return Ok(());
     }
+    eprintln!(
+        "rustup: installing {BPF_TOOLCHAIN} (minimal profile, rust-src, clippy; a download of about 100 MB, usually under a minute)"
+    );
+    let started = Instant::now();
     cmd::run(Command::new("rustup").args([
         "toolchain",
         "install",
-        "nightly",
+        BPF_TOOLCHAIN,
         "--profile",
         "minimal",
         "--component",
         "rust-src",
+        "--component",
+        "clippy",
+    ]))?;
+    took("rustup", started.elapsed());
+    Ok(())
+}
+
+/// Components installed in `toolchain`; empty when it is not installed.
+/// Fails only when rustup itself is missing.
+fn installed_components(toolchain: &str) -> Result<Vec<String>> {
+    if !succeeds(Command::new("rustup").arg("--version")) {
+        bail!(
+            "rustup is not installed: strait's eBPF programs need a nightly toolchain that setup installs with rustup (https://rustup.rs)"
+        );
+    }
+    Ok(stdout(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        toolchain,
     ]))
+    .lines()
+    .map(str::to_owned)
+    .collect())
 }
 
 fn bpf_linker() -> Result<()> {
-    if succeeds(Command::new("bpf-linker").arg("--version")) {
-        eprintln!("bpf-linker: present");
+    let wanted = format!("bpf-linker {BPF_LINKER_VERSION}");
+    let found = stdout(Command::new("bpf-linker").arg("--version"));
+    if found.trim() == wanted {
+        eprintln!("bpf-linker: {BPF_LINKER_VERSION} present");
         return Ok(());
     }
-    eprintln!("bpf-linker: building against LLVM 22 (several minutes, once)");
-    let path = format!("{LLVM_BIN}:{}", std::env::var("PATH").unwrap_or_default());
-    cmd::run(
-        cargo()
-            .args([
-                "install",
-                "bpf-linker",
-                "--locked",
-                "--no-default-features",
-                "--features",
-                "llvm-22",
-            ])
-            .env("PATH", path),
-    )
+    if !found.is_empty() {
+        eprintln!("bpf-linker: found {}, replacing it", found.trim());
+    }
+    eprintln!(
+        "bpf-linker: building {BPF_LINKER_VERSION} with cargo install (about 2 minutes on 2 cores, once)"
+    );
+    let started = Instant::now();
+    cmd::run(cargo().args([
+        "install",
+        "bpf-linker",
+        "--version",
+        BPF_LINKER_VERSION,
+        "--locked",
+        "--force",
+    ]))?;
+    took("bpf-linker", started.elapsed());
+    let now = stdout(Command::new("bpf-linker").arg("--version"));
+    if now.trim() != wanted {
+        bail!(
+            "bpf-linker {BPF_LINKER_VERSION} was installed in cargo's bin directory, but `bpf-linker` on PATH is {}: put ~/.cargo/bin first in PATH",
+            if now.is_empty() {
+                "missing".to_owned()
+            } else {
+                now.trim().to_owned()
+            }
+        );
+    }
+    Ok(())
 }
 
 fn bpffs() -> Result<()> {
@@ -126,22 +194,7 @@ fn bpffs() -> Result<()> {
         return Ok(());
     }
     cmd::run(Command::new("mount").args(["-t", "bpf", "bpf", BPFFS]))
-}
-
-fn cgroup2() -> Result<()> {
-    let mounts =
-        std::fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
-    match mounts
-        .lines()
-        .find(|l| l.split_whitespace().nth(2) == Some("cgroup2"))
-    {
-        Some(line) => {
-            let at = line.split_whitespace().nth(1).unwrap_or("?");
-            eprintln!("cgroup v2: mounted at {at}");
-            Ok(())
-        }
-        None => bail!("no cgroup v2 filesystem is mounted; strait needs one (kernel >= 5.15)"),
-    }
+        .with_context(|| format!("mounting the BPF filesystem at {BPFFS}"))
 }
 
 fn is_mounted(path: &str, fstype: &str) -> Result<bool> {
@@ -151,4 +204,8 @@ fn is_mounted(path: &str, fstype: &str) -> Result<bool> {
         let mut f = l.split_whitespace().skip(1);
         f.next().is_some_and(|p| Path::new(p) == Path::new(path)) && f.next() == Some(fstype)
     }))
+}
+
+fn took(what: &str, elapsed: Duration) {
+    eprintln!("{what}: done in {:.1}s", elapsed.as_secs_f64());
 }

@@ -5,6 +5,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
+use strait_ebpf_common::BPF_TOOLCHAIN;
 
 use crate::cmd::{self, cargo, root, section, target_dir};
 
@@ -91,14 +92,14 @@ fn add_result_line(totals: &mut Totals, line: &str) {
     }
 }
 
-/// Clippy on `ebpf/programs` as it is really compiled: nightly, BPF target,
+/// Clippy on `ebpf/programs` as it is really compiled: the pinned nightly, BPF target,
 /// `core` built from source. Its own target dir keeps the host cache intact.
 fn bpf_clippy() -> Command {
     let mut cmd = Command::new("rustup");
     cmd.current_dir(root())
         .args([
             "run",
-            "nightly",
+            BPF_TOOLCHAIN,
             "cargo",
             "clippy",
             "--package",

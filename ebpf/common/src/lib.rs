@@ -182,6 +182,11 @@ impl Stat {
     }
 }
 
+/// The Rust toolchain that compiles the programs (`cargo xtask setup`
+/// installs it). Dated, not rolling: bpf-linker links with this toolchain's
+/// own LLVM (22) and is built for that version, and aya-ebpf must build on it.
+pub const BPF_TOOLCHAIN: &str = "nightly-2026-05-20";
+
 /// Version of the pinned-object layout. Bump it when a map's key or value
 /// layout changes so that an upgraded agent does not reuse maps it cannot read.
 pub const PIN_LAYOUT_VERSION: u32 = 3;

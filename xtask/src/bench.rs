@@ -56,7 +56,7 @@ struct Figures {
 }
 
 pub fn run() -> Result<()> {
-    let bin = cmd::build_release(&["strait-agent", "straitctl", "strait-e2e"])?;
+    let bin = cmd::build_release(&["strait-agent", "strait-ca", "straitctl", "strait-e2e"])?;
 
     section("topology: client pod on n1, server pod on n2, one veth hop each way");
     let topo = Topology::create(

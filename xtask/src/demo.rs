@@ -42,7 +42,7 @@ fn boxed(err: Box<dyn std::error::Error + Send + Sync>) -> anyhow::Error {
 }
 
 pub fn run() -> Result<()> {
-    let bin = cmd::build_release(&["strait-agent", "straitctl"])?;
+    let bin = cmd::build_release(&["strait-agent", "strait-ca", "straitctl"])?;
 
     section("topology: network namespaces, veth pairs and bridges");
     let topo = Topology::create(spec()).context("creating the demo topology")?;

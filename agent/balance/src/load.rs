@@ -53,6 +53,11 @@ impl Load {
         }
     }
 
+    /// Forgets the round-robin turns of services `keep` does not want.
+    pub fn retain_services(&self, keep: impl Fn(&str) -> bool) {
+        lock(&self.turns).retain(|service, _| keep(service));
+    }
+
     /// The next turn of `service` (ROUND_ROBIN).
     pub fn turn(&self, service: &str) -> usize {
         let mut turns = lock(&self.turns);

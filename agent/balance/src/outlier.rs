@@ -94,6 +94,21 @@ impl Health {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Forgets endpoints `keep` does not want (they left the config), so
+    /// the table is bounded by the endpoints that exist.
+    pub fn retain(&self, keep: impl Fn(SocketAddr) -> bool) {
+        self.lock().retain(|addr, _| keep(*addr));
+    }
+
+    /// Endpoints with a health record.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Whether `addr` is set aside at `now`.
     pub fn is_ejected(&self, addr: SocketAddr, now: Instant) -> bool {
         self.lock()

@@ -15,15 +15,12 @@ use http_body_util::Full;
 use hyper::{
     Method, Request, Response, StatusCode,
     body::{Bytes, Incoming},
-    server::conn::http1,
     service::service_fn,
 };
-use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use strait_capture::{Attachment, Capture};
 use strait_identity::CertManager;
 use tokio::{net::TcpListener, task::JoinHandle};
-use tracing::{debug, warn};
 
 use crate::{pods::Pods, proxy::Proxy, reload};
 
@@ -115,8 +112,9 @@ struct ConfigDump<'a> {
     reload: reload::Status,
     /// Endpoints outlier detection has set aside right now.
     ejected: Vec<Ejected>,
-    /// Probed workloads' readiness, as their agents published it.
-    readiness: std::collections::BTreeMap<String, strait_health::Status>,
+    /// Probed workloads' readiness, as their nodes' agents published it:
+    /// by node, then `namespace/name`.
+    readiness: BTreeMap<String, BTreeMap<String, strait_health::Status>>,
     config: &'a strait_config::Config,
 }
 
@@ -127,45 +125,53 @@ struct Ejected {
     report: strait_balance::outlier::Report,
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Routes {
     Admin,
     Readiness,
     Metrics,
 }
 
+/// Serves `routes` on `addr`, bounded like every server of the agent
+/// ([`strait_http::Limits`]: connections, header and connection timeouts).
+/// The admin routes are served on loopback only: they show the node's
+/// whole config and its certificates.
 pub async fn bind(addr: SocketAddr, routes: Routes, state: Arc<State>) -> Result<JoinHandle<()>> {
+    if routes == Routes::Admin && !addr.ip().is_loopback() {
+        anyhow::bail!(
+            "--admin-addr {addr}: the admin endpoint shows the node's config and certificates; it listens on a loopback address only"
+        );
+    }
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding {routes:?} endpoint on {addr}"))?;
-    Ok(tokio::spawn(async move {
-        loop {
-            let (stream, peer) = match listener.accept().await {
-                Ok(conn) => conn,
-                Err(err) => {
-                    warn!(%err, "accepting on the {routes:?} endpoint");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
+    let what = match routes {
+        Routes::Admin => "admin",
+        Routes::Readiness => "readiness",
+        Routes::Metrics => "metrics",
+    };
+    Ok(strait_http::serve(
+        listener,
+        strait_http::Limits::default(),
+        what,
+        move |tcp, _peer| {
             let state = state.clone();
-            tokio::spawn(async move {
+            async move {
                 let service = service_fn(move |req| {
                     let state = state.clone();
-                    async move { Ok::<_, Infallible>(route(routes, &state, &req)) }
+                    async move { Ok::<_, Infallible>(route(routes, &state, &req).await) }
                 });
-                if let Err(err) = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await
-                {
-                    debug!(%peer, %err, "admin connection ended with an error");
-                }
-            });
-        }
-    }))
+                Some((tcp, service))
+            }
+        },
+    ))
 }
 
-fn route(routes: Routes, state: &State, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+async fn route(
+    routes: Routes,
+    state: &Arc<State>,
+    req: &Request<Incoming>,
+) -> Response<Full<Bytes>> {
     if req.method() != Method::GET {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
     }
@@ -201,33 +207,46 @@ fn route(routes: Routes, state: &State, req: &Request<Incoming>) -> Response<Ful
         }
         (Routes::Admin, "/certs") => json(&state.certs.infos()),
         (Routes::Admin, "/config_dump") => {
-            let reload = state
-                .reload
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
-            let ejected = state
-                .proxy
-                .health
-                .ejected(std::time::Instant::now())
-                .into_iter()
-                .map(|(endpoint, report)| Ejected { endpoint, report })
-                .collect();
-            json(&ConfigDump {
-                reload,
-                ejected,
-                readiness: state
-                    .proxy
-                    .board
-                    .all()
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
-                config: &state.proxy.state.snapshot().config,
-            })
+            // Serializing the whole config takes a while at scale: not on
+            // the threads that carry connections.
+            let state = state.clone();
+            tokio::task::spawn_blocking(move || config_dump(&state))
+                .await
+                .unwrap_or_else(|err| text(StatusCode::INTERNAL_SERVER_ERROR, &format!("{err}\n")))
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+fn config_dump(state: &State) -> Response<Full<Bytes>> {
+    let reload = state
+        .reload
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let ejected = state
+        .proxy
+        .health
+        .ejected(std::time::Instant::now())
+        .into_iter()
+        .map(|(endpoint, report)| Ejected { endpoint, report })
+        .collect();
+    json(&ConfigDump {
+        reload,
+        ejected,
+        readiness: state.proxy.board.all().iter().fold(
+            BTreeMap::new(),
+            |mut by_node: BTreeMap<String, BTreeMap<String, strait_health::Status>>,
+             ((node, key), status)| {
+                by_node
+                    .entry(node.clone())
+                    .or_default()
+                    .insert(key.clone(), status.clone());
+                by_node
+            },
+        ),
+        config: &state.proxy.state.snapshot().config,
+    })
 }
 
 fn json(value: &impl Serialize) -> Response<Full<Bytes>> {

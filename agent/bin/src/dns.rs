@@ -1,8 +1,9 @@
 //! The DNS proxy on each enrolled pod's loopback (port 15053, UDP and
 //! TCP), where capture sends the pod's queries. Mesh names are answered
 //! from the current config ([`strait_dns`]); anything else goes unchanged to
-//! the nameserver the pod asked, from inside the pod, so it is resolved as
-//! it would be without the mesh.
+//! the nameserver the pod asked for that query, from inside the pod, so it
+//! is resolved as it would be without the mesh. Each pod's share of the
+//! proxy is bounded ([`MAX_FORWARDS`], [`MAX_TCP`]).
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use strait_dns::Outcome;
@@ -18,14 +19,26 @@ use crate::{pods::Pod, proxy::Proxy};
 /// How long an upstream nameserver gets to answer; the client retries
 /// on its own schedule anyway.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a TCP client may take to send its next query.
+const TCP_IDLE: Duration = Duration::from_secs(10);
 /// The largest DNS message (TCP's two-byte length).
 const MAX_MESSAGE: usize = 65_535;
+/// Per pod: UDP queries being forwarded at once (each holds a socket and a
+/// receive buffer until its answer or the timeout), and TCP connections.
+/// A pod past them has its further queries dropped (UDP clients retry) or
+/// waits (TCP); other pods are not affected.
+pub const MAX_FORWARDS: usize = 64;
+pub const MAX_TCP: usize = 16;
 
-/// Serves a pod's UDP DNS socket: each query on a task of its own, so a
+/// Serves a pod's UDP DNS socket. Mesh names are answered at once; the rest
+/// are forwarded on tasks of their own (at most [`MAX_FORWARDS`]), so a
 /// slow upstream does not hold up mesh answers.
 pub fn serve_udp(proxy: Arc<Proxy>, pod: Arc<Pod>, socket: UdpSocket) -> JoinHandle<()> {
     let socket = Arc::new(socket);
     tokio::spawn(async move {
+        let Ok(local) = socket.local_addr() else {
+            return;
+        };
         let mut buf = vec![0u8; MAX_MESSAGE];
         loop {
             let (len, peer) = match socket.recv_from(&mut buf).await {
@@ -36,23 +49,37 @@ pub fn serve_udp(proxy: Arc<Proxy>, pod: Arc<Pod>, socket: UdpSocket) -> JoinHan
                     continue;
                 }
             };
-            let query = buf[..len].to_vec();
-            let (proxy, pod, socket) = (proxy.clone(), pod.clone(), socket.clone());
+            let query = &buf[..len];
             let span = info_span!("dns", src = %peer, src_identity = %pod.identity, proto = "udp");
-            tokio::spawn(
-                async move {
-                    let reply = match decide(&proxy, &pod, &query) {
-                        Outcome::Answer(answer) => Some(answer),
-                        Outcome::Forward => forward_udp(&proxy, &pod, peer, &query).await,
-                    };
-                    if let Some(reply) = reply
-                        && let Err(err) = socket.send_to(&reply, peer).await
-                    {
+            let _entered = span.enter();
+            match decide(&proxy, query) {
+                Outcome::Answer(answer) => {
+                    if let Err(err) = socket.try_send_to(&answer, peer) {
                         debug!(%err, "sending the DNS answer");
                     }
                 }
-                .instrument(span),
-            );
+                Outcome::Forward => {
+                    let Ok(slot) = pod.dns_forwards.clone().try_acquire_owned() else {
+                        proxy.metrics.dns_dropped.inc();
+                        debug!("too many queries being forwarded for this pod; dropped");
+                        continue;
+                    };
+                    let query = query.to_vec();
+                    let (proxy, pod, socket) = (proxy.clone(), pod.clone(), socket.clone());
+                    tokio::spawn(
+                        async move {
+                            let _slot = slot;
+                            if let Some(reply) =
+                                forward_udp(&proxy, &pod, local, peer, &query).await
+                                && let Err(err) = socket.send_to(&reply, peer).await
+                            {
+                                debug!(%err, "sending the DNS answer");
+                            }
+                        }
+                        .instrument(span.clone()),
+                    );
+                }
+            }
         }
     })
 }
@@ -64,9 +91,15 @@ pub async fn handle_tcp(proxy: Arc<Proxy>, pod: Arc<Pod>, mut client: TcpStream,
     let span =
         info_span!("dns", src = %peer, src_identity = %pod.identity, proto = "tcp", ?nameserver);
     async move {
+        let Ok(_slot) = pod.dns_tcp.clone().try_acquire_owned() else {
+            proxy.metrics.dns_dropped.inc();
+            debug!("too many DNS connections for this pod; closed");
+            return;
+        };
         let mut upstream: Option<TcpStream> = None;
-        while let Some(query) = read_message(&mut client).await {
-            let reply = match decide(&proxy, &pod, &query) {
+        while let Ok(Some(query)) = tokio::time::timeout(TCP_IDLE, read_message(&mut client)).await
+        {
+            let reply = match decide(&proxy, &query) {
                 Outcome::Answer(answer) => answer,
                 Outcome::Forward => {
                     let Some(nameserver) = nameserver else {
@@ -75,10 +108,15 @@ pub async fn handle_tcp(proxy: Arc<Proxy>, pod: Arc<Pod>, mut client: TcpStream,
                     };
                     proxy.metrics.dns_forwarded.inc();
                     if upstream.is_none() {
-                        match pod.connect(nameserver, None, |_| ()).await {
-                            Ok(stream) => upstream = Some(stream),
-                            Err(err) => {
+                        let connect = pod.connect(nameserver, None, |_| ());
+                        match tokio::time::timeout(UPSTREAM_TIMEOUT, connect).await {
+                            Ok(Ok(stream)) => upstream = Some(stream),
+                            Ok(Err(err)) => {
                                 debug!(%err, "connecting to the nameserver");
+                                return;
+                            }
+                            Err(_) => {
+                                debug!("connecting to the nameserver timed out");
                                 return;
                             }
                         }
@@ -116,10 +154,10 @@ pub async fn handle_tcp(proxy: Arc<Proxy>, pod: Arc<Pod>, mut client: TcpStream,
 
 /// Mesh answer or forward; a query strait cannot read is forwarded for the
 /// nameserver to judge.
-fn decide(proxy: &Proxy, pod: &Pod, query: &[u8]) -> Outcome {
+fn decide(proxy: &Proxy, query: &[u8]) -> Outcome {
     proxy.metrics.dns_requests.inc();
     let state = proxy.state.snapshot();
-    match strait_dns::answer(&state.config, &pod.workload.namespace, query) {
+    match strait_dns::answer(&state.config, query) {
         Ok(outcome) => outcome,
         Err(err) => {
             debug!(%err, "unreadable query; forwarding it");
@@ -128,11 +166,27 @@ fn decide(proxy: &Proxy, pod: &Pod, query: &[u8]) -> Outcome {
     }
 }
 
-/// Asks the nameserver the pod last sent a query to, from inside the pod.
-async fn forward_udp(proxy: &Proxy, pod: &Pod, peer: SocketAddr, query: &[u8]) -> Option<Vec<u8>> {
+/// Asks the nameserver this query was for, from inside the pod. The
+/// client socket is found by its address (`local` is where the query
+/// arrived), and capture recorded which nameserver that socket asked.
+async fn forward_udp(
+    proxy: &Proxy,
+    pod: &Pod,
+    local: SocketAddr,
+    peer: SocketAddr,
+    query: &[u8],
+) -> Option<Vec<u8>> {
     proxy.metrics.dns_forwarded.inc();
-    let Some(nameserver) = proxy.maps.dns_upstream(pod.netns_cookie(), peer.is_ipv4()) else {
-        warn!("no nameserver recorded for this pod");
+    let nameserver = match pod.udp_socket_cookie(local, peer) {
+        Ok(Some(cookie)) => proxy.maps.dns_nameserver(cookie),
+        Ok(None) => None,
+        Err(err) => {
+            debug!(%err, "looking up the client socket");
+            None
+        }
+    };
+    let Some(nameserver) = nameserver else {
+        warn!("no nameserver recorded for the socket that sent this query");
         return None;
     };
     let exchange = async {

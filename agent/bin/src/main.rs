@@ -21,7 +21,8 @@ use std::{
 use anyhow::{Context, Result};
 use clap::Parser;
 use strait_capture::{Capture, CaptureConfig};
-use strait_identity::{CertManager, LocalCa, tls::ClientConfigs};
+use strait_ebpf_common::AGENT_MARK;
+use strait_identity::{CertManager, RemoteCa, tls::ClientConfigs};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::info;
 
@@ -42,10 +43,18 @@ struct Args {
     /// This agent's directory on bpffs; pinned maps and links live here.
     #[arg(long, env = "STRAIT_PIN_DIR", default_value = "/sys/fs/bpf/strait")]
     pin_dir: PathBuf,
-    /// Where the local CA keeps its root key and certificate (made on first
-    /// start; agents pointing at the same directory share the mesh root).
-    #[arg(long, env = "STRAIT_CA_DIR", default_value = "/var/lib/strait/ca")]
-    ca_dir: PathBuf,
+    /// The CA service (`strait-ca serve`), `ip:port`; several (comma
+    /// separated, or the flag repeated) are replicas, tried in turn.
+    #[arg(long, env = "STRAIT_CA_ADDR", value_delimiter = ',', required = true)]
+    ca_addr: Vec<SocketAddr>,
+    /// This node's credential for the CA service and the mesh's roots
+    /// (`strait-ca node-credential` makes it).
+    #[arg(
+        long,
+        env = "STRAIT_CREDENTIAL_DIR",
+        default_value = "/var/lib/strait/node"
+    )]
+    credential_dir: PathBuf,
     /// Lifetime of workload certificates (rotated at half life).
     #[arg(long, default_value = "24h", value_parser = strait_config::duration::parse)]
     cert_lifetime: Duration,
@@ -74,14 +83,29 @@ struct Args {
     /// Readiness endpoint (`/healthz/ready`).
     #[arg(long, default_value = "0.0.0.0:15021")]
     readiness_addr: SocketAddr,
+    /// Run WorkloadGroup `exec` probes of workloads that have no mount and
+    /// PID namespaces of their own (a bare network namespace) on the node,
+    /// as root, with only the network namespace switched. Off by default:
+    /// whoever writes a WorkloadGroup would run commands as root on every
+    /// node. Workloads with their own namespaces are always probed inside
+    /// them, as their own user.
+    #[arg(long)]
+    exec_probes_on_host: bool,
     /// Detach capture on exit (remove the pins) instead of leaving pods
     /// captured for the next agent to pick up.
     #[arg(long)]
     uninstall_on_exit: bool,
 }
 
+/// One attempt at one CA replica.
+const CA_TIMEOUT: Duration = Duration::from_secs(5);
+
 fn main() -> Result<()> {
     let args = Args::parse();
+    // The name goes into file names (the readiness board) and the CA's
+    // decisions: hold it to Kubernetes' rule for node names.
+    strait_config::names::check_subdomain(&args.node)
+        .map_err(|reason| anyhow::anyhow!("--node {reason}"))?;
     tracing_subscriber::fmt()
         .json()
         .with_current_span(true)
@@ -121,7 +145,6 @@ async fn run(args: Args) -> Result<()> {
         "config loaded"
     );
     release_freed_memory();
-    let trust_domain = config.trust_domain.clone();
     let state = NodeState::new(&args.node, config);
 
     let capture = Capture::attach(&CaptureConfig {
@@ -136,10 +159,18 @@ async fn run(args: Args) -> Result<()> {
         )
     })?;
 
-    let authorizer_state = state.clone();
-    let ca = LocalCa::load_or_create(&args.ca_dir, &trust_domain)
-        .with_context(|| format!("loading the CA from {}", args.ca_dir.display()))?
-        .with_authorizer(Box::new(move |id| authorizer_state.snapshot().may_hold(id)));
+    let ca = RemoteCa::new(
+        &args.credential_dir,
+        args.ca_addr.clone(),
+        Some(AGENT_MARK),
+        CA_TIMEOUT,
+    )
+    .with_context(|| {
+        format!(
+            "reading the node credential in {}",
+            args.credential_dir.display()
+        )
+    })?;
     let certs =
         CertManager::new(Arc::new(ca), args.cert_lifetime).context("setting up certificates")?;
 
@@ -156,6 +187,9 @@ async fn run(args: Args) -> Result<()> {
         health: Arc::new(strait_balance::outlier::Health::default()),
         load: Arc::new(strait_balance::load::Load::default()),
         board: board.clone(),
+        certs: certs.clone(),
+        open_inbound: Default::default(),
+        hbone_limits: strait_hbone::Limits::default(),
     });
     let capture = Arc::new(Mutex::new(capture));
     let pods = Arc::new(pods::Pods::new(
@@ -168,9 +202,12 @@ async fn run(args: Args) -> Result<()> {
             metrics.clone(),
             board.clone(),
         )),
-    ));
+        metrics.clone(),
+        args.exec_probes_on_host,
+    )?);
     let board_watch = probes::watch_board(board.clone(), reload::POLL);
     let enrolled = pods.sync(&state.snapshot(), &proxy).await;
+    let retries = pods.spawn_retries(state.clone(), proxy.clone());
 
     let reload_status = reload::initial_status();
     reload::spawn(
@@ -217,6 +254,7 @@ async fn run(args: Args) -> Result<()> {
         server.abort();
     }
     board_watch.abort();
+    retries.abort();
     if args.uninstall_on_exit {
         pins.remove().context("removing capture pins")?;
         info!("capture detached");

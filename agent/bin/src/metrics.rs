@@ -54,6 +54,10 @@ pub enum Reason {
     Denied,
     /// A service address with no endpoint for the port.
     NoEndpoints,
+    /// The pod has no certificate yet (the CA has not answered).
+    NoCertificate,
+    /// A peer over one of the HBONE server's limits.
+    Limit,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -85,6 +89,8 @@ label_values! {
         NoOriginalDestination => "no_original_destination",
         Denied => "denied",
         NoEndpoints => "no_endpoints",
+        NoCertificate => "no_certificate",
+        Limit => "limit",
     }
     ReloadResult { Success => "success", Failure => "failure" }
     ProbeResult { Passed => "passed", Failed => "failed" }
@@ -130,12 +136,24 @@ pub struct Metrics {
     /// DNS queries the proxy received, and those it forwarded upstream.
     pub dns_requests: Counter,
     pub dns_forwarded: Counter,
+    /// Queries dropped because a pod was over its share of the proxy.
+    pub dns_dropped: Counter,
     /// 1 while the directory's current contents are in force, 0 after a
     /// refused change.
     last_reload_ok: Gauge,
     /// How long the latest load of the config directory took.
     load_seconds: Gauge<f64, AtomicU64>,
+    /// This node's workloads in the mesh, fully enrolled or not yet.
+    workloads: Family<WorkloadLabels, Gauge>,
+    enrollment_failures: Counter,
     registry: Registry,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WorkloadLabels {
+    /// `enrolled`, or `pending` (not captured yet, not serving, or no
+    /// certificate yet).
+    pub state: &'static str,
 }
 
 impl Metrics {
@@ -202,6 +220,12 @@ impl Metrics {
             "DNS queries forwarded to the pod's nameserver",
             dns_forwarded.clone(),
         );
+        let dns_dropped = Counter::default();
+        registry.register(
+            "strait_dns_dropped",
+            "DNS queries dropped because the pod was over its share of the DNS proxy",
+            dns_dropped.clone(),
+        );
         let load_seconds = Gauge::<f64, AtomicU64>::default();
         registry.register(
             "strait_config_load_seconds",
@@ -215,7 +239,21 @@ impl Metrics {
             "Whether the latest config change was applied (1) or refused (0)",
             last_reload_ok.clone(),
         );
+        let workloads = Family::<WorkloadLabels, Gauge>::default();
+        registry.register(
+            "strait_workloads",
+            "This node's workloads in the mesh: enrolled, or pending (and retried)",
+            workloads.clone(),
+        );
+        let enrollment_failures = Counter::default();
+        registry.register(
+            "strait_enrollment_failures",
+            "Enrollment steps that failed and will be retried",
+            enrollment_failures.clone(),
+        );
         Self {
+            workloads,
+            enrollment_failures,
             opened,
             closed,
             sent_bytes,
@@ -226,6 +264,7 @@ impl Metrics {
             probes,
             dns_requests,
             dns_forwarded,
+            dns_dropped,
             last_reload_ok,
             load_seconds,
             registry,
@@ -253,6 +292,18 @@ impl Metrics {
             ProbeResult::Failed
         };
         self.probes.get_or_create(&ProbeLabels { result }).inc();
+    }
+
+    pub fn workloads(&self, enrolled: usize, pending: usize) {
+        for (state, n) in [("enrolled", enrolled), ("pending", pending)] {
+            self.workloads
+                .get_or_create(&WorkloadLabels { state })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+
+    pub fn enrollment_failed(&self) {
+        self.enrollment_failures.inc();
     }
 
     pub fn config_loaded_in(&self, took: std::time::Duration) {

@@ -1,12 +1,13 @@
 //! Enrolling this node's pods: for each one in the mesh, find its network
-//! namespace, open the agent's listeners inside it, register them with the
-//! capture programs, fetch its certificate, then switch capture on; and
-//! releasing those that left, whenever the config changes.
+//! namespace and switch capture on, open the agent's listeners inside it and
+//! register them with the capture programs, and get its certificate;
+//! retrying what fails, and releasing those that left.
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{Arc, Mutex},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
@@ -23,7 +24,12 @@ use tokio::{
 };
 use tracing::{info, warn};
 
-use crate::{probes::Probes, proxy::Proxy, state::Snapshot};
+use crate::{
+    metrics::Metrics,
+    probes::Probes,
+    proxy::Proxy,
+    state::{NodeState, Snapshot},
+};
 
 /// An enrolled pod and what the agent holds for it.
 pub struct Pod {
@@ -32,6 +38,14 @@ pub struct Pod {
     pub netns: Netns,
     /// Presents the pod's current certificate, requires a mesh client.
     pub server_tls: Arc<rustls::ServerConfig>,
+    /// What HBONE peers hold of this pod's listener.
+    pub admission: strait_hbone::Admission,
+    /// The pod's share of the DNS proxy.
+    pub dns_forwards: Arc<tokio::sync::Semaphore>,
+    pub dns_tcp: Arc<tokio::sync::Semaphore>,
+    /// Whether exec probes may run on the node when the workload has no
+    /// mount and PID namespaces of its own (`--exec-probes-on-host`).
+    pub exec_probes_on_host: bool,
     sockets: SocketMaker,
 }
 
@@ -115,6 +129,16 @@ impl Pod {
             .await
     }
 
+    /// The cookie of the pod's UDP socket that a datagram from `from` to
+    /// `to` would reach: the client of a DNS query the proxy received.
+    pub fn udp_socket_cookie(
+        &self,
+        from: SocketAddr,
+        to: SocketAddr,
+    ) -> std::io::Result<Option<u64>> {
+        self.sockets.udp_socket_cookie(from, to)
+    }
+
     /// A UDP socket inside the pod, marked so capture leaves it alone.
     pub fn udp_socket(&self, v4: bool) -> std::io::Result<UdpSocket> {
         let domain = if v4 { libc::AF_INET } else { libc::AF_INET6 };
@@ -130,31 +154,107 @@ impl Pod {
     }
 }
 
-/// This node's enrolled pods, kept in step with the config: at start and
-/// after every reload, workloads that appeared on this node are enrolled and
-/// those that left (or left the mesh) are released. Connections already
-/// open are never touched.
+/// This node's pods in the mesh, kept in step with the config and with
+/// their network namespaces: at start, after every reload and on a retry
+/// beat, workloads that appeared on this node are enrolled, those that left
+/// (or left the mesh) are released, and those whose namespace was deleted or
+/// recreated start over. Connections already open are never touched.
+///
+/// Enrollment fails closed: as soon as a pod's namespace is known, capture
+/// is switched on for it (its connects go to the agent's listener, inbound
+/// to its addresses is steered to the agent or dropped). Whatever fails
+/// after that (listeners, the certificate) leaves the pod's traffic
+/// failing, never running outside the mesh, and is retried with backoff.
 pub struct Pods {
     capture: Arc<Mutex<Capture>>,
     certs: Arc<CertManager>,
     netns_dir: PathBuf,
     probes: Arc<Probes>,
+    metrics: Arc<Metrics>,
+    exec_probes_on_host: bool,
+    /// The agent's own namespace and the host's: never a pod's.
+    home: Netns,
+    host_cookie: Option<u64>,
     /// Serializes syncs; held across their awaits.
-    enrolled: tokio::sync::Mutex<BTreeMap<Key, Enrolled>>,
+    members: tokio::sync::Mutex<BTreeMap<Key, Member>>,
     statuses: Mutex<Vec<WorkloadStatus>>,
+    /// The config generation and local identities of the last prune.
+    pruned_for: Mutex<(u64, BTreeSet<Identity>)>,
 }
 
 /// What makes an enrollment: a change to any of it enrolls the pod anew.
 type Key = (String, String, Vec<IpAddr>, Identity);
 
-struct Enrolled {
-    pod: Arc<Pod>,
-    /// The pod's accept loops and DNS socket.
-    tasks: Vec<JoinHandle<()>>,
+/// A workload of this node in the mesh, and how far its enrollment got.
+struct Member {
+    workload: Workload,
+    identity: Identity,
+    stage: Stage,
+    /// Why it is not enrolled yet.
+    problem: Option<String>,
+    failures: u32,
+    next_try: Instant,
 }
+
+enum Stage {
+    /// Its network namespace is not found yet: it has no traffic to capture.
+    Unplaced,
+    /// Capture is on, nothing listens yet: its traffic fails closed.
+    Captured(Netns),
+    /// Listening and proxying.
+    Serving {
+        pod: Arc<Pod>,
+        /// The pod's accept loops and DNS socket.
+        tasks: Vec<JoinHandle<()>>,
+    },
+}
+
+/// Retries of a step that failed: soon at first, then every 30 s at most.
+const RETRY_FIRST: Duration = Duration::from_millis(250);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+/// How long a first enrollment waits for its certificate before the pod is
+/// left captured without one (its mTLS fails until the CA answers).
+const FIRST_CERT_WAIT: Duration = Duration::from_secs(3);
+/// How often enrolled pods' namespaces are checked when nothing is pending.
+const RECHECK: Duration = Duration::from_secs(1);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Member {
+    fn netns(&self) -> Option<&Netns> {
+        match &self.stage {
+            Stage::Unplaced => None,
+            Stage::Captured(netns) => Some(netns),
+            Stage::Serving { pod, .. } => Some(&pod.netns),
+        }
+    }
+
+    fn enrolled(&self, certs: &CertManager) -> bool {
+        matches!(self.stage, Stage::Serving { .. }) && certs.current(&self.identity).is_some()
+    }
+
+    /// Stops serving; the caller removes its capture state.
+    async fn release(&mut self) {
+        if let Stage::Serving { tasks, .. } = std::mem::replace(&mut self.stage, Stage::Unplaced) {
+            for task in tasks {
+                task.abort();
+                let _ = task.await;
+            }
+        }
+    }
+
+    fn failed(&mut self, problem: String, metrics: &Metrics) {
+        metrics.enrollment_failed();
+        let retry = RETRY_FIRST
+            .saturating_mul(1 << self.failures.min(10))
+            .min(RETRY_MAX);
+        warn!(workload = %self.workload.name, namespace = %self.workload.namespace, ?retry, "enrolling: {problem}");
+        self.failures += 1;
+        self.next_try = Instant::now() + retry;
+        self.problem = Some(problem);
+    }
 }
 
 impl Pods {
@@ -163,15 +263,25 @@ impl Pods {
         certs: Arc<CertManager>,
         netns_dir: PathBuf,
         probes: Arc<Probes>,
-    ) -> Self {
-        Self {
+        metrics: Arc<Metrics>,
+        exec_probes_on_host: bool,
+    ) -> Result<Self> {
+        let home = Netns::open("/proc/self/ns/net")
+            .context("opening the agent's own network namespace")?;
+        let host_cookie = Netns::open("/proc/1/ns/net").ok().map(|n| n.cookie());
+        Ok(Self {
             capture,
             certs,
             netns_dir,
             probes,
-            enrolled: tokio::sync::Mutex::new(BTreeMap::new()),
+            metrics,
+            exec_probes_on_host,
+            home,
+            host_cookie,
+            members: tokio::sync::Mutex::new(BTreeMap::new()),
             statuses: Mutex::new(Vec::new()),
-        }
+            pruned_for: Mutex::new((0, BTreeSet::new())),
+        })
     }
 
     /// What `/workloads` shows.
@@ -179,17 +289,35 @@ impl Pods {
         lock(&self.statuses).clone()
     }
 
-    /// Brings the enrolled pods in line with `state`; returns how many are
+    /// Syncs again whenever an enrollment step is due to be retried, and
+    /// every second to notice pods whose namespace went away.
+    pub fn spawn_retries(self: &Arc<Self>, state: NodeState, proxy: Arc<Proxy>) -> JoinHandle<()> {
+        let pods = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let wait = pods.next_due().await;
+                tokio::time::sleep(wait).await;
+                pods.sync(&state.snapshot(), &proxy).await;
+            }
+        })
+    }
+
+    async fn next_due(&self) -> Duration {
+        let members = self.members.lock().await;
+        let now = Instant::now();
+        members
+            .values()
+            .filter(|m| !m.enrolled(&self.certs))
+            .map(|m| m.next_try.saturating_duration_since(now))
+            .min()
+            .unwrap_or(RECHECK)
+            .clamp(Duration::from_millis(50), RECHECK)
+    }
+
+    /// Brings this node's pods in line with `state`; returns how many are
     /// enrolled.
     pub async fn sync(&self, state: &Snapshot, proxy: &Arc<Proxy>) -> usize {
-        let mut enrolled = self.enrolled.lock().await;
-        let home = match Netns::open("/proc/self/ns/net") {
-            Ok(home) => home,
-            Err(err) => {
-                warn!(%err, "opening the agent's own network namespace; no pod can be enrolled");
-                return enrolled.len();
-            }
-        };
+        let mut members = self.members.lock().await;
         let mut statuses = Vec::new();
         let mut wanted: BTreeMap<Key, Workload> = BTreeMap::new();
         let mut probes = BTreeMap::new();
@@ -221,94 +349,223 @@ impl Pods {
         }
 
         // Release first: a pod enrolled anew needs its listeners' ports.
-        let stale: Vec<Key> = enrolled
+        let stale: Vec<Key> = members
             .keys()
             .filter(|k| !wanted.contains_key(*k))
             .cloned()
             .collect();
         for key in stale {
-            if let Some(gone) = enrolled.remove(&key) {
-                for task in gone.tasks {
-                    task.abort();
-                    let _ = task.await;
-                }
+            if let Some(mut gone) = members.remove(&key) {
+                gone.release().await;
                 info!(workload = %key.1, namespace = %key.0, "pod released");
             }
         }
-        for (key, workload) in wanted {
-            if enrolled.contains_key(&key) {
-                continue;
+        for member in members.values_mut() {
+            if member.netns().is_some_and(|n| !n.is_current()) {
+                warn!(workload = %member.workload.name, namespace = %member.workload.namespace, "the pod's network namespace is gone or was recreated; enrolling it anew");
+                member.release().await;
+                member.stage = Stage::Unplaced;
+                member.next_try = Instant::now();
+                member.failures = 0;
             }
-            match self.enroll(&workload, key.3.clone(), &home).await {
-                Ok((pod, listeners)) => {
-                    info!(workload = %workload.name, namespace = %workload.namespace, identity = %pod.identity, netns = %pod.netns.path().display(), "pod enrolled");
-                    let tasks = proxy.serve(pod.clone(), listeners);
-                    enrolled.insert(key, Enrolled { pod, tasks });
+        }
+        for (key, workload) in wanted {
+            let identity = key.3.clone();
+            members.entry(key).or_insert_with(|| Member {
+                workload,
+                identity,
+                stage: Stage::Unplaced,
+                problem: None,
+                failures: 0,
+                next_try: Instant::now(),
+            });
+        }
+
+        let now = Instant::now();
+        let due: Vec<Key> = members
+            .iter()
+            .filter(|(_, m)| !m.enrolled(&self.certs) && m.next_try <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        let scan = if due.iter().any(|k| {
+            members
+                .get(k)
+                .is_some_and(|m| matches!(m.stage, Stage::Unplaced) && m.workload.netns.is_none())
+        }) {
+            let dir = self.netns_dir.clone();
+            match tokio::task::spawn_blocking(move || Netns::scan(&dir)).await {
+                Ok(Ok(found)) => found,
+                Ok(Err(err)) => {
+                    warn!(%err, "listing network namespaces");
+                    Vec::new()
                 }
                 Err(err) => {
-                    warn!(workload = %workload.name, namespace = %workload.namespace, "enrolling: {err:#}");
-                    if let Some(s) = statuses
-                        .iter_mut()
-                        .find(|s| s.name == workload.name && s.namespace == workload.namespace)
-                    {
-                        s.state = format!("error: {err:#}");
-                    }
+                    warn!(%err, "listing network namespaces");
+                    Vec::new()
                 }
             }
-        }
-        for e in enrolled.values() {
-            let w = &e.pod.workload;
-            if let Some(s) = statuses
-                .iter_mut()
-                .find(|s| s.name == w.name && s.namespace == w.namespace)
-            {
-                s.state = "captured".into();
-                s.netns = Some(e.pod.netns.path().display().to_string());
+        } else {
+            Vec::new()
+        };
+        for key in due {
+            if let Some(member) = members.get_mut(&key) {
+                self.advance(member, &scan, proxy).await;
             }
         }
-        let pods: Vec<&Arc<Pod>> = enrolled.values().map(|e| &e.pod).collect();
-        reconcile(&lock(&self.capture), &pods);
+
+        let placed: Vec<(u64, &[IpAddr])> = members
+            .values()
+            .filter_map(|m| Some((m.netns()?.cookie(), m.workload.addresses.as_slice())))
+            .collect();
+        reconcile(&lock(&self.capture), &placed);
+        let local: BTreeSet<Identity> = members.values().map(|m| m.identity.clone()).collect();
+        // Pruning walks the whole config: only when it or the pods changed.
+        let pruned_for = (state.generation, local.clone());
+        if *lock(&self.pruned_for) != pruned_for {
+            self.certs.retain(&local);
+            proxy.prune(state, &local);
+            *lock(&self.pruned_for) = pruned_for;
+        }
         self.probes.sync(
-            pods.iter()
-                .filter_map(|pod| {
+            members
+                .values()
+                .filter_map(|m| {
+                    let Stage::Serving { pod, .. } = &m.stage else {
+                        return None;
+                    };
                     let w = &pod.workload;
                     let probe = probes.remove(&(w.namespace.clone(), w.name.clone()))?;
-                    Some(((*pod).clone(), *probe))
+                    Some((pod.clone(), *probe))
                 })
                 .collect(),
         );
+        let mut enrolled = 0;
+        for m in members.values() {
+            let w = &m.workload;
+            let Some(status) = statuses
+                .iter_mut()
+                .find(|s| s.name == w.name && s.namespace == w.namespace)
+            else {
+                continue;
+            };
+            status.netns = m.netns().map(|n| n.path().display().to_string());
+            status.state = if m.enrolled(&self.certs) {
+                enrolled += 1;
+                "captured".into()
+            } else {
+                // Never "captured": that is an enrolled pod's state alone.
+                let step = match m.stage {
+                    Stage::Unplaced => "pending",
+                    Stage::Captured(_) => "fail-closed: not listening yet",
+                    Stage::Serving { .. } => "fail-closed: no certificate",
+                };
+                format!(
+                    "{step}: {} (attempt {}, retried)",
+                    m.problem.as_deref().unwrap_or("starting"),
+                    m.failures
+                )
+            };
+        }
+        self.metrics.workloads(enrolled, members.len() - enrolled);
         *lock(&self.statuses) = statuses;
-        enrolled.len()
+        enrolled
     }
 
-    async fn enroll(
+    /// Takes `member` as far as it goes now; a failed step is retried later.
+    async fn advance(
         &self,
-        workload: &Workload,
-        identity: Identity,
-        home: &Netns,
-    ) -> Result<(Arc<Pod>, Listeners)> {
+        member: &mut Member,
+        scan: &[(PathBuf, Vec<IpAddr>)],
+        proxy: &Arc<Proxy>,
+    ) {
+        // The certificate is asked for first: the CA's round trip overlaps
+        // the rest.
+        self.certs.want(&member.identity);
+        if matches!(member.stage, Stage::Unplaced) {
+            // Namespaces and netlink: blocking work, kept off the runtime's
+            // other tasks.
+            match tokio::task::block_in_place(|| self.place(&member.workload, scan)) {
+                Ok(netns) => member.stage = Stage::Captured(netns),
+                Err(err) => return member.failed(format!("{err:#}"), &self.metrics),
+            }
+        }
+        if let Stage::Captured(netns) = &member.stage {
+            match tokio::task::block_in_place(|| self.open(&member.workload, netns)) {
+                Ok(listeners) => {
+                    let Stage::Captured(netns) =
+                        std::mem::replace(&mut member.stage, Stage::Unplaced)
+                    else {
+                        return;
+                    };
+                    match self.pod(member, netns) {
+                        Ok(pod) => {
+                            let tasks = proxy.serve(pod.clone(), listeners);
+                            member.stage = Stage::Serving { pod, tasks };
+                        }
+                        Err((netns, err)) => {
+                            member.stage = Stage::Captured(netns);
+                            return member.failed(format!("{err:#}"), &self.metrics);
+                        }
+                    }
+                }
+                Err(err) => return member.failed(format!("{err:#}"), &self.metrics),
+            }
+        }
+        let first = member.failures == 0 && member.problem.is_none();
+        if first {
+            self.certs.wait_for(&member.identity, FIRST_CERT_WAIT).await;
+        }
+        if self.certs.current(&member.identity).is_some() {
+            if member.problem.take().is_some() || first {
+                info!(workload = %member.workload.name, namespace = %member.workload.namespace, identity = %member.identity, "pod enrolled");
+            }
+            member.failures = 0;
+            return;
+        }
+        let why = self
+            .certs
+            .last_error(&member.identity)
+            .unwrap_or_else(|| "no answer from the CA yet".into());
+        member.failed(
+            format!("no certificate for {}: {why}", member.identity),
+            &self.metrics,
+        );
+    }
+
+    /// Finds the pod's network namespace and switches capture on for it.
+    fn place(&self, workload: &Workload, scan: &[(PathBuf, Vec<IpAddr>)]) -> Result<Netns> {
         let netns = match &workload.netns {
-            Some(path) => Netns::open(path)?,
+            Some(named) => Netns::open(netns_path(&self.netns_dir, named)?)?,
             None => {
                 let first = *workload
                     .addresses
                     .first()
                     .context("the workload has no address")?;
-                match Netns::find_by_address(&self.netns_dir, first)? {
-                    Some(netns) => netns,
-                    None => bail!(
+                let Some((path, _)) = scan.iter().find(|(_, addrs)| addrs.contains(&first)) else {
+                    bail!(
                         "no network namespace under {} has address {first}",
                         self.netns_dir.display()
-                    ),
-                }
+                    );
+                };
+                Netns::open(path)?
             }
         };
-        self.certs
-            .ensure(&identity)
-            .await
-            .with_context(|| format!("getting a certificate for {identity}"))?;
-        let server_tls = strait_identity::tls::server_config(&self.certs, &identity)?;
+        if netns.cookie() == self.home.cookie() || Some(netns.cookie()) == self.host_cookie {
+            bail!(
+                "{} is the node's own network namespace, not a pod's",
+                netns.path().display()
+            );
+        }
+        let mut capture = lock(&self.capture);
+        capture.attach_netns(&netns, netns.cookie())?;
+        // From here on the pod's connects go to the agent's listener and
+        // inbound is steered to it (or dropped while nothing listens).
+        capture.maps().enroll(netns.cookie(), &workload.addresses)?;
+        Ok(netns)
+    }
 
+    /// Opens the agent's listeners in the pod and registers them.
+    fn open(&self, workload: &Workload, netns: &Netns) -> Result<Listeners> {
         let families: BTreeSet<bool> = workload.addresses.iter().map(IpAddr::is_ipv4).collect();
         let listeners = netns.run(|| open_listeners(&families))??.into_tokio()?;
         let maps = lock(&self.capture).maps();
@@ -320,28 +577,72 @@ impl Pods {
             maps.add_listener(*ip, ListenerKind::Hbone, hbone)?;
             maps.add_listener(*ip, ListenerKind::Plaintext, plaintext)?;
         }
-        lock(&self.capture).attach_netns(&netns, netns.cookie())?;
-        let sockets = SocketMaker::new(&netns, home)?;
-        // Last: from here on the pod's connects are redirected to the listeners.
-        maps.enroll(netns.cookie(), &workload.addresses)?;
-        let pod = Pod {
-            workload: workload.clone(),
-            identity,
+        Ok(listeners)
+    }
+
+    /// The pod as the proxy sees it; the namespace back on failure.
+    #[allow(clippy::result_large_err)]
+    fn pod(
+        &self,
+        member: &Member,
+        netns: Netns,
+    ) -> std::result::Result<Arc<Pod>, (Netns, anyhow::Error)> {
+        let server_tls = match strait_identity::tls::server_config(&self.certs, &member.identity) {
+            Ok(tls) => tls,
+            Err(err) => return Err((netns, err.into())),
+        };
+        let sockets = match SocketMaker::new(&netns, &self.home) {
+            Ok(sockets) => sockets,
+            Err(err) => return Err((netns, err.into())),
+        };
+        Ok(Arc::new(Pod {
+            workload: member.workload.clone(),
+            identity: member.identity.clone(),
             netns,
             server_tls,
+            admission: Default::default(),
+            dns_forwards: Arc::new(tokio::sync::Semaphore::new(crate::dns::MAX_FORWARDS)),
+            dns_tcp: Arc::new(tokio::sync::Semaphore::new(crate::dns::MAX_TCP)),
+            exec_probes_on_host: self.exec_probes_on_host,
             sockets,
-        };
-        Ok((Arc::new(pod), listeners))
+        }))
     }
 }
 
-/// Removes capture state of pods that are not enrolled now: released ones,
+/// Where the `strait.dev/netns` annotation points: a namespace directly
+/// under the netns directory, by name or by path. Anything else (the host's
+/// `/proc/1/ns/net`, `..`) is refused.
+fn netns_path(dir: &Path, named: &Path) -> Result<PathBuf> {
+    let name = if named.is_absolute() {
+        if named.parent() != Some(dir) {
+            bail!(
+                "the {} annotation {} is not a namespace directly under {}",
+                strait_config::NETNS_ANNOTATION,
+                named.display(),
+                dir.display()
+            );
+        }
+        named.file_name()
+    } else {
+        Some(named.as_os_str())
+    };
+    match name.and_then(|n| n.to_str()) {
+        Some(n) if !n.is_empty() && n != "." && n != ".." && !n.contains('/') => Ok(dir.join(n)),
+        _ => bail!(
+            "the {} annotation {:?} is not a namespace name",
+            strait_config::NETNS_ANNOTATION,
+            named
+        ),
+    }
+}
+
+/// Removes capture state of pods that are not placed now: released ones,
 /// or what a previous run left.
-fn reconcile(capture: &Capture, pods: &[&Arc<Pod>]) {
-    let keep: BTreeSet<u64> = pods.iter().map(|p| p.netns_cookie()).collect();
-    let addrs: BTreeSet<IpAddr> = pods
+fn reconcile(capture: &Capture, placed: &[(u64, &[IpAddr])]) {
+    let keep: BTreeSet<u64> = placed.iter().map(|(cookie, _)| *cookie).collect();
+    let addrs: BTreeSet<IpAddr> = placed
         .iter()
-        .flat_map(|p| p.workload.addresses.clone())
+        .flat_map(|(_, addrs)| addrs.iter().copied())
         .collect();
     match capture.retain_netns(&keep) {
         Ok(0) => {}
@@ -425,5 +726,26 @@ fn unspecified(like: IpAddr) -> IpAddr {
     match like {
         IpAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
         IpAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_netns_annotation_names_a_namespace_under_the_netns_dir() {
+        let dir = Path::new("/run/netns");
+        assert_eq!(
+            netns_path(dir, Path::new("pod-a")).unwrap(),
+            Path::new("/run/netns/pod-a")
+        );
+        assert_eq!(
+            netns_path(dir, Path::new("/run/netns/pod-a")).unwrap(),
+            Path::new("/run/netns/pod-a")
+        );
+        for bad in ["/proc/1/ns/net", "/run/netns/../x", "../x", "a/b", "..", ""] {
+            assert!(netns_path(dir, Path::new(bad)).is_err(), "{bad:?}");
+        }
     }
 }

@@ -39,7 +39,25 @@ impl Target for Pod {
         Pod::connect(self, to, None, |_| ())
     }
 
+    /// An exec probe runs as the workload would run it: inside the mount,
+    /// PID, IPC, UTS, network and cgroup namespaces (and user namespace, if
+    /// it has one) of a process of the workload, as that process's user
+    /// (`nsenter`). A workload with no mount and PID namespaces of its own
+    /// (a bare network namespace) would have its probe run on the node as
+    /// root: refused unless the agent was started with
+    /// `--exec-probes-on-host`, whoever wrote the WorkloadGroup.
     fn command(&self, argv: &[String]) -> io::Result<tokio::process::Command> {
+        for pid in workload_processes(&self.netns)? {
+            if let Some(cmd) = in_workload(pid, argv)? {
+                return Ok(cmd);
+            }
+        }
+        if !self.exec_probes_on_host {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "the workload has no mount and PID namespaces of its own, so this exec probe would run on the node as root; the agent runs it only when started with --exec-probes-on-host",
+            ));
+        }
         let mut cmd = probe::command(argv)?;
         let fd = self.netns.as_fd().as_raw_fd();
         // SAFETY: setns is async-signal-safe and only changes the child,
@@ -54,6 +72,56 @@ impl Target for Pod {
         }
         Ok(cmd)
     }
+}
+
+/// The processes in `netns`, lowest PID (the pod's first) first.
+fn workload_processes(netns: &strait_netns::Netns) -> io::Result<Vec<u32>> {
+    use std::os::unix::fs::MetadataExt;
+    let pod = netns.as_fd_metadata()?;
+    let mut pids: Vec<u32> = std::fs::read_dir("/proc")?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|pid| {
+            std::fs::metadata(format!("/proc/{pid}/ns/net"))
+                .is_ok_and(|m| (m.dev(), m.ino()) == (pod.dev(), pod.ino()))
+        })
+        .collect();
+    pids.sort_unstable();
+    Ok(pids)
+}
+
+/// `argv` entered into `pid`'s namespaces as its user, if `pid` has mount
+/// and PID namespaces of its own; `None` if it shares the agent's.
+fn in_workload(pid: u32, argv: &[String]) -> io::Result<Option<tokio::process::Command>> {
+    use std::os::unix::fs::MetadataExt;
+    let same = |ns: &str| -> io::Result<bool> {
+        let theirs = std::fs::metadata(format!("/proc/{pid}/ns/{ns}"))?;
+        let ours = std::fs::metadata(format!("/proc/self/ns/{ns}"))?;
+        Ok((theirs.dev(), theirs.ino()) == (ours.dev(), ours.ino()))
+    };
+    if same("mnt")? || same("pid")? {
+        return Ok(None);
+    }
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let id = |field: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|rest| rest.split_whitespace().next())
+            .map(str::to_owned)
+            .ok_or_else(|| io::Error::other(format!("no {field} in /proc/{pid}/status")))
+    };
+    let (uid, gid) = (id("Uid:")?, id("Gid:")?);
+    let mut cmd = tokio::process::Command::new("nsenter");
+    cmd.arg("--target")
+        .arg(pid.to_string())
+        .args(["--mount", "--uts", "--ipc", "--net", "--pid", "--cgroup"]);
+    if !same("user")? {
+        cmd.arg("--user");
+    }
+    cmd.args(["--setuid", &uid, "--setgid", &gid, "--"])
+        .args(argv);
+    Ok(Some(cmd))
 }
 
 struct Running {
@@ -151,7 +219,7 @@ impl Probes {
     ) {
         // A restarted agent keeps what it published until the probe says
         // otherwise, so its workloads do not drop out for a period.
-        let mut tracker = match self.board.status(&key) {
+        let mut tracker = match self.board.status(&self.node, &key) {
             Some(last) => {
                 let ready = last.ready;
                 self.set_keeping(&key, last);

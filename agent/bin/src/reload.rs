@@ -1,16 +1,19 @@
-//! Hot reload of the config directory. The agent polls the directory; once
-//! a change has stayed put for one poll (an editor's save is not caught half
-//! written), it checks the whole directory again. A config with any rejected
-//! object is refused as a whole and the last good one stays in force;
-//! connections already open are never touched either way.
+//! Hot reload of the config directory. The agent polls the directory
+//! ([`strait_config::watch::DirWatch`]); once a change has stayed put for
+//! one poll, it checks the whole directory again. A config with any
+//! rejected object, or none at all, is refused as a whole and the last good
+//! one stays in force.
 use std::{
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::{Arc, Mutex},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use serde::Serialize;
-use strait_config::LoadError;
+use strait_config::{
+    LoadError,
+    watch::{DirWatch, reload_dir},
+};
 use tracing::{info, warn};
 
 use crate::{metrics::Metrics, pods::Pods, proxy::Proxy, state::NodeState};
@@ -54,22 +57,15 @@ pub fn spawn(
     proxy: Arc<Proxy>,
 ) {
     tokio::spawn(async move {
-        let mut applied = fingerprint(&dir);
-        let mut seen = applied.clone();
+        let mut watch = DirWatch::new(&dir);
         loop {
             tokio::time::sleep(POLL).await;
-            let now = fingerprint(&dir);
-            if now != seen {
-                seen = now;
+            if !tokio::task::block_in_place(|| watch.poll()) {
                 continue;
             }
-            if now == applied {
-                continue;
-            }
-            applied = now;
             let load_dir = dir.clone();
             let started = std::time::Instant::now();
-            let result = tokio::task::spawn_blocking(move || strait_config::load_dir(&load_dir))
+            let result = tokio::task::spawn_blocking(move || reload_dir(&load_dir))
                 .await
                 .unwrap_or_else(|join| {
                     Err(LoadError {
@@ -85,6 +81,10 @@ pub fn spawn(
                 Ok(config) => {
                     metrics.config_loaded_in(started.elapsed());
                     state.replace(config);
+                    let closed = proxy.enforce_policies();
+                    if closed > 0 {
+                        info!(closed, "open connections the new policies deny were closed");
+                    }
                     crate::release_freed_memory();
                     true
                 }
@@ -116,29 +116,6 @@ pub fn spawn(
             }
         }
     });
-}
-
-/// The manifest files of `dir` as (path, size, modified, inode): cheap to
-/// take, and different whenever a file is added, removed or rewritten.
-fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, SystemTime, u64)> {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut files: Vec<_> = entries
-        .flatten()
-        .filter_map(|e| {
-            let path = e.path();
-            let manifest = path.extension().is_some_and(|x| x == "yaml" || x == "yml");
-            let meta = std::fs::metadata(&path).ok()?;
-            (manifest && meta.is_file()).then(|| {
-                let modified = meta.modified().unwrap_or(UNIX_EPOCH);
-                (path, meta.len(), modified, meta.ino())
-            })
-        })
-        .collect();
-    files.sort();
-    files
 }
 
 fn now() -> f64 {

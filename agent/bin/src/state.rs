@@ -11,28 +11,43 @@ use strait_identity::Identity;
 #[derive(Clone)]
 pub struct NodeState {
     pub node: Arc<str>,
-    current: Arc<ArcSwap<Config>>,
+    current: Arc<ArcSwap<Versioned>>,
+}
+
+/// A config and its place in the sequence of configs applied.
+struct Versioned {
+    generation: u64,
+    config: Arc<Config>,
 }
 
 impl NodeState {
     pub fn new(node: &str, config: Config) -> Self {
         Self {
             node: node.into(),
-            current: Arc::new(ArcSwap::from_pointee(config)),
+            current: Arc::new(ArcSwap::from_pointee(Versioned {
+                generation: 1,
+                config: Arc::new(config),
+            })),
         }
     }
 
     /// The config as of now.
     pub fn snapshot(&self) -> Snapshot {
+        let current = self.current.load();
         Snapshot {
             node: self.node.clone(),
-            config: self.current.load_full(),
+            generation: current.generation,
+            config: current.config.clone(),
         }
     }
 
     /// Makes `config` the current one; connections already open keep theirs.
     pub fn replace(&self, config: Config) {
-        self.current.store(Arc::new(config));
+        let generation = self.current.load().generation + 1;
+        self.current.store(Arc::new(Versioned {
+            generation,
+            config: Arc::new(config),
+        }));
     }
 }
 
@@ -40,6 +55,8 @@ impl NodeState {
 #[derive(Clone)]
 pub struct Snapshot {
     pub node: Arc<str>,
+    /// 1 for the config loaded at start, then one more per reload applied.
+    pub generation: u64,
     pub config: Arc<Config>,
 }
 
@@ -62,13 +79,5 @@ impl Snapshot {
     /// Any known workload at `ip`, for telemetry labels.
     pub fn workload(&self, ip: IpAddr) -> Option<&Workload> {
         self.config.workload_by_address(ip)
-    }
-
-    /// Whether this node's CA client may ask for `identity`: only service
-    /// accounts of workloads scheduled here.
-    pub fn may_hold(&self, identity: &Identity) -> bool {
-        self.config
-            .workloads_on(&self.node)
-            .any(|w| self.config.enrolled(w) && self.identity(w) == *identity)
     }
 }

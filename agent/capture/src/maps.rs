@@ -10,7 +10,7 @@ use std::{
 };
 
 use aya::maps::{HashMap, MapData, SockHash};
-use strait_ebpf_common::{AF_INET, AF_INET6, ListenerKey, NetnsAddr, PodAddr, SockAddr, map};
+use strait_ebpf_common::{ListenerKey, NetnsAddr, PodAddr, SockAddr, map};
 
 use crate::{
     Error,
@@ -30,7 +30,7 @@ pub struct Maps {
     orig_by_tuple: Mutex<HashMap<MapData, NetnsAddr, SockAddr>>,
     listeners: Mutex<SockHash<MapData, ListenerKey>>,
     peer_names: Mutex<HashMap<MapData, NetnsAddr, SockAddr>>,
-    dns_upstream: Mutex<HashMap<MapData, NetnsAddr, SockAddr>>,
+    dns_by_cookie: Mutex<HashMap<MapData, u64, SockAddr>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -58,7 +58,7 @@ impl Maps {
             let data = MapData::from_pin(&path).map_err(|source| Error::Map { path, source })?;
             Ok(match name {
                 map::LISTENERS => aya::maps::Map::SockHash(data),
-                map::ORIG_BY_TUPLE | map::PEER_NAMES | map::DNS_UPSTREAM => {
+                map::ORIG_BY_TUPLE | map::PEER_NAMES | map::DNS_BY_COOKIE => {
                     aya::maps::Map::LruHashMap(data)
                 }
                 _ => aya::maps::Map::HashMap(data),
@@ -76,7 +76,7 @@ impl Maps {
             orig_by_tuple: typed(&mut get, map::ORIG_BY_TUPLE)?,
             listeners: typed(&mut get, map::LISTENERS)?,
             peer_names: typed(&mut get, map::PEER_NAMES)?,
-            dns_upstream: typed(&mut get, map::DNS_UPSTREAM)?,
+            dns_by_cookie: typed(&mut get, map::DNS_BY_COOKIE)?,
         })
     }
 
@@ -191,27 +191,11 @@ impl Maps {
         let _ = lock(&self.peer_names).remove(&netns_key(netns, local));
     }
 
-    /// The nameserver a pod's last captured DNS query was for, preferring
-    /// the address family `v4` says: where names the mesh does not know
-    /// are forwarded.
-    pub fn dns_upstream(&self, netns: u64, v4: bool) -> Option<SocketAddr> {
-        let map = lock(&self.dns_upstream);
-        let key = |family| NetnsAddr {
-            netns,
-            addr: SockAddr {
-                ip: [0; 4],
-                port: 0,
-                family,
-            },
-            _pad: 0,
-        };
-        let (first, second) = if v4 {
-            (AF_INET, AF_INET6)
-        } else {
-            (AF_INET6, AF_INET)
-        };
-        map.get(&key(first), 0)
-            .or_else(|_| map.get(&key(second), 0))
+    /// The nameserver the socket with `cookie` sent its DNS query to: where
+    /// a name the mesh does not know is forwarded.
+    pub fn dns_nameserver(&self, cookie: u64) -> Option<SocketAddr> {
+        lock(&self.dns_by_cookie)
+            .get(&cookie, 0)
             .ok()
             .map(|a| from_kernel(&a))
     }

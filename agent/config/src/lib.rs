@@ -6,8 +6,10 @@ mod check;
 pub mod duration;
 pub mod local;
 pub mod manifest;
+pub mod names;
 pub mod report;
 pub mod service;
+pub mod watch;
 mod yaml;
 
 use std::{collections::BTreeMap, net::IpAddr, path::PathBuf};

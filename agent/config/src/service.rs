@@ -299,19 +299,6 @@ fn fnv1a(text: &str) -> u32 {
     })
 }
 
-/// The names a pod in `namespace` may mean by `name`, in the order its
-/// search path (`<ns>.svc.<domain> svc.<domain> <domain>`) tries them.
-pub fn search_candidates(name: &str, namespace: &str) -> Vec<String> {
-    let name = name.trim_end_matches('.').to_ascii_lowercase();
-    let mut out = vec![name.clone()];
-    if !name.ends_with(CLUSTER_DOMAIN) {
-        out.push(format!("{name}.{namespace}.svc.{CLUSTER_DOMAIN}"));
-        out.push(format!("{name}.svc.{CLUSTER_DOMAIN}"));
-        out.push(format!("{name}.{CLUSTER_DOMAIN}"));
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -473,22 +460,5 @@ spec:
             Some("user-service.production.global")
         );
         assert!(cfg.find_service("nothing.here").is_none());
-    }
-
-    #[test]
-    fn search_path_forms() {
-        assert_eq!(
-            search_candidates("reviews", "default"),
-            [
-                "reviews",
-                "reviews.default.svc.cluster.local",
-                "reviews.svc.cluster.local",
-                "reviews.cluster.local"
-            ]
-        );
-        assert_eq!(
-            search_candidates("reviews.default.svc.cluster.local.", "x"),
-            ["reviews.default.svc.cluster.local"]
-        );
     }
 }

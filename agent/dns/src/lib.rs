@@ -12,7 +12,7 @@ use hickory_proto::{
         rdata::{A, AAAA},
     },
 };
-use strait_config::{Config, service::search_candidates};
+use strait_config::Config;
 
 /// How long clients may cache a mesh answer: short, so config changes show
 /// quickly.
@@ -34,8 +34,12 @@ pub enum Error {
     Encode(String),
 }
 
-/// Decides one query from a pod in `namespace`.
-pub fn answer(config: &Config, namespace: &str, query: &[u8]) -> Result<Outcome, Error> {
+/// Decides one query. Only the exact name asked is looked up: the pod's
+/// resolver applies its search path itself (and asks `reviews.default`
+/// as `reviews.default.svc.cluster.local`), while a name it sends as it is
+/// may be fully qualified (`github.com.`) and must not turn into a
+/// service `github` of a namespace `com`.
+pub fn answer(config: &Config, query: &[u8]) -> Result<Outcome, Error> {
     let request = Message::from_vec(query).map_err(|e| Error::Parse(e.to_string()))?;
     if request.message_type() != MessageType::Query
         || request.op_code() != OpCode::Query
@@ -49,10 +53,8 @@ pub fn answer(config: &Config, namespace: &str, query: &[u8]) -> Result<Outcome,
         return Ok(Outcome::Forward);
     }
     let name = question.name().to_ascii();
-    let Some(addresses) = search_candidates(&name, namespace)
-        .iter()
-        .find_map(|candidate| config.resolve(candidate))
-    else {
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    let Some(addresses) = config.resolve(&name) else {
         return Ok(Outcome::Forward);
     };
     let mut response = Message::new();
@@ -136,21 +138,24 @@ spec:
         let (code, data, id) = answers(
             answer(
                 &cfg,
-                "x",
                 &query("reviews.default.svc.cluster.local.", RecordType::A),
             )
             .unwrap(),
         );
         assert_eq!((code, id), (ResponseCode::NoError, 4242));
         assert_eq!(data, ["10.96.0.20"]);
-        // The short form, from a pod of the same namespace.
-        let (_, data, _) =
-            answers(answer(&cfg, "default", &query("reviews.", RecordType::A)).unwrap());
+        // Names are case-insensitive.
+        let (_, data, _) = answers(
+            answer(
+                &cfg,
+                &query("Reviews.Default.SVC.cluster.local.", RecordType::A),
+            )
+            .unwrap(),
+        );
         assert_eq!(data, ["10.96.0.20"]);
         let (_, data, _) = answers(
             answer(
                 &cfg,
-                "x",
                 &query("user-service.production.global.", RecordType::A),
             )
             .unwrap(),
@@ -165,7 +170,6 @@ spec:
         let (code, data, _) = answers(
             answer(
                 &cfg,
-                "x",
                 &query("reviews.default.svc.cluster.local.", RecordType::AAAA),
             )
             .unwrap(),
@@ -174,17 +178,38 @@ spec:
         assert!(data.is_empty());
     }
 
+    /// The resolver sent these names as they are: a fully qualified name
+    /// (or one the search path ran out on) is not expanded into a service
+    /// `github` of a namespace `com`, nor a bare `reviews` into one.
+    #[test]
+    fn names_are_not_search_expanded_by_the_proxy() {
+        let yaml = format!(
+            "{YAML}---\napiVersion: v1\nkind: Service\nmetadata: {{name: github, namespace: com}}\nspec:\n  clusterIP: 10.96.0.21\n  ports: [{{port: 443}}]\n"
+        );
+        let (report, cfg) = strait_config::check_text(std::path::Path::new("t.yaml"), &yaml);
+        let cfg = cfg.unwrap_or_else(|| panic!("{report}"));
+        for asked in ["github.com.", "reviews.", "reviews.default."] {
+            assert_eq!(
+                answer(&cfg, &query(asked, RecordType::A)).unwrap(),
+                Outcome::Forward,
+                "{asked}"
+            );
+        }
+        let (_, data, _) =
+            answers(answer(&cfg, &query("github.com.svc.cluster.local.", RecordType::A)).unwrap());
+        assert_eq!(data, ["10.96.0.21"]);
+    }
+
     #[test]
     fn other_names_and_types_are_forwarded() {
         let cfg = config();
         assert_eq!(
-            answer(&cfg, "default", &query("example.org.", RecordType::A)).unwrap(),
+            answer(&cfg, &query("example.org.", RecordType::A)).unwrap(),
             Outcome::Forward
         );
         assert_eq!(
             answer(
                 &cfg,
-                "x",
                 &query("reviews.default.svc.cluster.local.", RecordType::SRV)
             )
             .unwrap(),
@@ -195,8 +220,8 @@ spec:
     #[test]
     fn garbage_is_an_error_not_a_panic() {
         let cfg = config();
-        assert!(answer(&cfg, "x", b"\x00\x01garbage").is_err());
-        assert!(answer(&cfg, "x", b"").is_err());
+        assert!(answer(&cfg, b"\x00\x01garbage").is_err());
+        assert!(answer(&cfg, b"").is_err());
         let mut seed = 0x2545_f491_4f6c_dd1du64;
         let valid = query("reviews.default.svc.cluster.local.", RecordType::A);
         for _ in 0..5000 {
@@ -209,7 +234,7 @@ spec:
                 bytes[i] = (seed >> 32) as u8;
             }
             bytes.truncate((seed as usize >> 8) % (bytes.len() + 1));
-            let _ = answer(&cfg, "x", &bytes);
+            let _ = answer(&cfg, &bytes);
         }
     }
 }

@@ -113,6 +113,21 @@ impl Pool {
         self.lock().remove(key);
     }
 
+    /// Keeps the pooled connections `keep` wants (say, of identities still on
+    /// this node) and forgets ended ones, so the pool is bounded by what is
+    /// in use. Tunnels open on forgotten connections go on until they end.
+    pub fn retain(&self, keep: impl Fn(&PoolKey) -> bool) {
+        self.lock().retain(|key, conns| {
+            conns.retain(|c| !c.closed.load(Ordering::Acquire));
+            !conns.is_empty() && keep(key)
+        });
+    }
+
+    /// Keys with a pooled connection.
+    pub fn keys(&self) -> usize {
+        self.lock().len()
+    }
+
     /// Connections currently pooled.
     pub fn len(&self) -> usize {
         self.lock().values().map(Vec::len).sum()
@@ -138,8 +153,12 @@ impl Pool {
     }
 
     fn forget_closed(&self, key: &PoolKey) {
-        if let Some(conns) = self.lock().get_mut(key) {
+        let mut pool = self.lock();
+        if let Some(conns) = pool.get_mut(key) {
             conns.retain(|c| !c.closed.load(Ordering::Acquire));
+            if conns.is_empty() {
+                pool.remove(key);
+            }
         }
     }
 

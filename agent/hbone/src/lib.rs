@@ -7,7 +7,7 @@ pub mod server;
 mod tunnel;
 
 pub use client::{Pool, PoolKey};
-pub use server::{Connect, PendingTunnel, serve};
+pub use server::{Admission, Connect, Limits, PendingTunnel, serve};
 pub use tunnel::Tunnel;
 
 /// HTTP/2 windows large enough that flow control does not cap throughput on
@@ -42,6 +42,12 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A peer over one of the server's limits.
+    #[error("{addr}: too many {what}")]
+    Limit {
+        addr: std::net::SocketAddr,
+        what: &'static str,
+    },
     #[error("identity: {0}")]
     Identity(#[from] strait_identity::Error),
     #[error("building the request: {0}")]
@@ -61,7 +67,7 @@ mod tests {
     use std::{sync::Arc, time::Duration};
 
     use hyper::StatusCode;
-    use strait_identity::{CertManager, Identity, LocalCa, tls};
+    use strait_identity::{CertManager, Identity, Signer, tls};
     use tokio::{
         io::{AsyncReadExt, AsyncWriteExt},
         net::{TcpListener, TcpStream},
@@ -72,14 +78,14 @@ mod tests {
     #[tokio::test]
     async fn connect_tunnels_bytes_and_pools_connections() {
         let dir = tempfile::tempdir().unwrap();
-        let ca = LocalCa::load_or_create(dir.path(), "cluster.local").unwrap();
+        let ca = Signer::open_or_create(dir.path(), "cluster.local").unwrap();
         let certs = CertManager::new(Arc::new(ca), Duration::from_secs(3600)).unwrap();
         let (web, db) = (
             Identity::new("cluster.local", "shop", "web"),
             Identity::new("cluster.local", "shop", "db"),
         );
-        certs.ensure(&web).await.unwrap();
-        certs.ensure(&db).await.unwrap();
+        certs.ensure(&web, Duration::from_secs(5)).await.unwrap();
+        certs.ensure(&db, Duration::from_secs(5)).await.unwrap();
 
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -88,32 +94,41 @@ mod tests {
         let accepted_in = accepted.clone();
         let seen_peer = Arc::new(std::sync::Mutex::new(None));
         let seen = seen_peer.clone();
+        let admission = Arc::new(Admission::default());
         tokio::spawn(async move {
             loop {
                 let (tcp, peer_addr) = listener.accept().await.unwrap();
                 accepted_in.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let seen = seen.clone();
-                tokio::spawn(serve(
-                    tcp,
-                    peer_addr,
-                    server_tls.clone(),
-                    move |connect: Connect| {
-                        let seen = seen.clone();
-                        async move {
-                            if connect.authority.port() == 9 {
-                                connect.stream.refuse(StatusCode::SERVICE_UNAVAILABLE);
-                                return;
+                let tls = server_tls.clone();
+                let admission = admission.clone();
+                tokio::spawn(async move {
+                    serve(
+                        tcp,
+                        peer_addr,
+                        tls,
+                        Limits::default(),
+                        &admission,
+                        move |connect: Connect| {
+                            let seen = seen.clone();
+                            async move {
+                                if connect.authority.port() == 9 {
+                                    connect.stream.refuse(StatusCode::SERVICE_UNAVAILABLE);
+                                    return;
+                                }
+                                *seen.lock().unwrap() =
+                                    Some((connect.peer.clone(), connect.authority));
+                                let mut tunnel = connect.stream.accept().unwrap();
+                                let mut buf = [0u8; 5];
+                                tunnel.read_exact(&mut buf).await.unwrap();
+                                tunnel.write_all(&buf.to_ascii_uppercase()).await.unwrap();
+                                // End the stream; dropping it unfinished resets it.
+                                tunnel.shutdown().await.unwrap();
                             }
-                            *seen.lock().unwrap() = Some((connect.peer.clone(), connect.authority));
-                            let mut tunnel = connect.stream.accept().unwrap();
-                            let mut buf = [0u8; 5];
-                            tunnel.read_exact(&mut buf).await.unwrap();
-                            tunnel.write_all(&buf.to_ascii_uppercase()).await.unwrap();
-                            // End the stream; dropping it unfinished resets it.
-                            tunnel.shutdown().await.unwrap();
-                        }
-                    },
-                ));
+                        },
+                    )
+                    .await
+                });
             }
         });
 

@@ -1,7 +1,17 @@
 //! The inbound side: terminate mutual TLS, then serve HTTP/2 CONNECT
 //! requests, each handed to the caller with the peer's identity. The caller
 //! accepts a request (answering 200, getting the tunnel) or refuses it.
-use std::{future::Future, net::SocketAddr, sync::Arc};
+use std::{
+    collections::HashMap,
+    future::Future,
+    hash::Hash,
+    net::{IpAddr, SocketAddr},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use h2::{RecvStream, server::SendResponse};
 use hyper::{Method, Request, Response, StatusCode, body::Bytes};
@@ -55,13 +65,106 @@ fn status_response(status: StatusCode) -> Response<()> {
     response
 }
 
-/// Serves one accepted HBONE connection, calling `handler` for each CONNECT
-/// on a task of its own. A failed handshake (no certificate, another CA) is
-/// `Error::Tls`.
+/// What one peer may hold of the node proxy. A peer controls how many
+/// connections it opens, how slowly it handshakes, how many streams it asks
+/// for and how big its headers are: every one is bounded.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// From accepting the TCP connection to the end of the TLS handshake.
+    pub handshake_timeout: Duration,
+    /// TLS handshakes in progress from one IP address at once; more are
+    /// dropped unanswered.
+    pub handshakes_per_ip: usize,
+    /// Concurrent CONNECT streams on one connection (HTTP/2 SETTINGS); a
+    /// peer that wants more opens another connection or waits.
+    pub streams_per_connection: u32,
+    /// HBONE connections one peer identity may hold to one pod.
+    pub connections_per_identity: usize,
+    /// A request's headers, decoded (a CONNECT's are a few dozen bytes).
+    pub max_header_list_size: u32,
+    /// A connection with no open stream this long is closed.
+    pub idle_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            handshake_timeout: Duration::from_secs(10),
+            handshakes_per_ip: 64,
+            streams_per_connection: 100,
+            connections_per_identity: 16,
+            max_header_list_size: 16 << 10,
+            idle_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Counts what peers hold, to enforce [`Limits`]: handshakes by IP,
+/// connections by identity. One per pod.
+#[derive(Default)]
+pub struct Admission {
+    handshakes: Mutex<HashMap<IpAddr, usize>>,
+    connections: Mutex<HashMap<Identity, usize>>,
+}
+
+/// A slot in one of [`Admission`]'s counts, given back on drop.
+struct Slot<'a, K: Eq + Hash + Clone> {
+    map: &'a Mutex<HashMap<K, usize>>,
+    key: K,
+}
+
+impl<K: Eq + Hash + Clone> Slot<'_, K> {
+    fn take(map: &Mutex<HashMap<K, usize>>, key: K, max: usize) -> Option<Slot<'_, K>> {
+        let mut counts = map.lock().unwrap_or_else(|p| p.into_inner());
+        let n = counts.entry(key.clone()).or_default();
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(Slot { map, key })
+    }
+}
+
+impl<K: Eq + Hash + Clone> Drop for Slot<'_, K> {
+    fn drop(&mut self) {
+        let mut counts = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = counts.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.key);
+            }
+        }
+    }
+}
+
+impl Admission {
+    /// Peers currently counted (IPs handshaking, identities connected): for
+    /// tests and leak checks.
+    pub fn tracked(&self) -> (usize, usize) {
+        let h = self
+            .handshakes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len();
+        let c = self
+            .connections
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len();
+        (h, c)
+    }
+}
+
+/// Serves one accepted HBONE connection within `limits`, calling `handler`
+/// for each CONNECT on a task of its own. A failed handshake (no
+/// certificate, another CA, too slow) is `Error::Tls`; a peer over one of
+/// its limits is `Error::Limit`.
 pub async fn serve<H, F>(
     tcp: TcpStream,
     peer_addr: SocketAddr,
     tls: Arc<ServerConfig>,
+    limits: Limits,
+    admission: &Admission,
     handler: H,
 ) -> Result<(), Error>
 where
@@ -69,13 +172,29 @@ where
     F: Future<Output = ()> + Send + 'static,
 {
     let _ = tcp.set_nodelay(true);
-    let stream = TlsAcceptor::from(tls)
-        .accept(tcp)
+    let tls_err = |source| Error::Tls {
+        addr: peer_addr,
+        source,
+    };
+    let handshaking = Slot::take(
+        &admission.handshakes,
+        peer_addr.ip(),
+        limits.handshakes_per_ip,
+    )
+    .ok_or(Error::Limit {
+        addr: peer_addr,
+        what: "TLS handshakes in progress from this address",
+    })?;
+    let stream = tokio::time::timeout(limits.handshake_timeout, TlsAcceptor::from(tls).accept(tcp))
         .await
-        .map_err(|source| Error::Tls {
-            addr: peer_addr,
-            source,
-        })?;
+        .map_err(|_| {
+            tls_err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "TLS handshake timed out",
+            ))
+        })?
+        .map_err(tls_err)?;
+    drop(handshaking);
     let peer = stream
         .get_ref()
         .1
@@ -83,10 +202,16 @@ where
         .and_then(|certs| certs.first())
         .map(identity_of)
         .transpose()?
-        .ok_or_else(|| Error::Tls {
-            addr: peer_addr,
-            source: std::io::Error::other("the peer presented no certificate"),
-        })?;
+        .ok_or_else(|| tls_err(std::io::Error::other("the peer presented no certificate")))?;
+    let _connected = Slot::take(
+        &admission.connections,
+        peer.clone(),
+        limits.connections_per_identity,
+    )
+    .ok_or(Error::Limit {
+        addr: peer_addr,
+        what: "HBONE connections from this identity",
+    })?;
     let h2_err = |source| Error::H2 {
         addr: peer_addr,
         source,
@@ -95,11 +220,31 @@ where
         .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(MAX_FRAME)
+        .max_concurrent_streams(limits.streams_per_connection)
+        .max_header_list_size(limits.max_header_list_size)
         .handshake::<_, Bytes>(stream)
         .await
         .map_err(h2_err)?;
-    // Accepting also drives the connection's I/O for every open stream.
-    while let Some(next) = connection.accept().await {
+    let open = Arc::new(AtomicUsize::new(0));
+    loop {
+        // Accepting also drives the connection's I/O for every open stream.
+        let next = if open.load(Ordering::Acquire) == 0 {
+            match tokio::time::timeout(limits.idle_timeout, connection.accept()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    debug!(%peer_addr, "idle HBONE connection closed");
+                    connection.graceful_shutdown();
+                    // Let the GOAWAY go out.
+                    let _ = std::future::poll_fn(|cx| connection.poll_closed(cx)).await;
+                    return Ok(());
+                }
+            }
+        } else {
+            connection.accept().await
+        };
+        let Some(next) = next else {
+            return Ok(());
+        };
         let (request, mut respond) = next.map_err(h2_err)?;
         let Some(authority) = authority(&request) else {
             debug!(%peer_addr, method = %request.method(), uri = %request.uri(), "not a CONNECT to ip:port");
@@ -107,7 +252,8 @@ where
             continue;
         };
         let recv = request.into_body();
-        tokio::spawn(handler(Connect {
+        let active = StreamOpen::count(open.clone());
+        let stream = handler(Connect {
             peer: peer.clone(),
             peer_addr,
             authority,
@@ -116,9 +262,28 @@ where
                 recv,
                 authority,
             },
-        }));
+        });
+        tokio::spawn(async move {
+            stream.await;
+            drop(active);
+        });
     }
-    Ok(())
+}
+
+/// Counts an open stream while its task runs.
+struct StreamOpen(Arc<AtomicUsize>);
+
+impl StreamOpen {
+    fn count(open: Arc<AtomicUsize>) -> Self {
+        open.fetch_add(1, Ordering::AcqRel);
+        Self(open)
+    }
+}
+
+impl Drop for StreamOpen {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// The `ip:port` a CONNECT asks for; anything else is a bad request.

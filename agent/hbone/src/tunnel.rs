@@ -83,6 +83,13 @@ impl Tunnel {
 }
 
 impl Tunnel {
+    /// Resets the stream with CONNECT_ERROR, as RFC 9113 says a proxy does
+    /// when the TCP connection behind a CONNECT was reset or broke: the far
+    /// end resets its side in turn.
+    pub fn reset(&mut self) {
+        self.send.send_reset(h2::Reason::CONNECT_ERROR);
+    }
+
     /// Waits for the CONNECT's answer (client end): an error when the far
     /// end refused it (its app is not there) or the connection failed, so
     /// the caller can try another endpoint before any byte is sent.
@@ -150,9 +157,18 @@ impl AsyncRead for Tunnel {
                         this.buf = bytes;
                     }
                     Some(Err(err)) => {
+                        // Only NO_ERROR is an orderly end. A reset for any
+                        // other reason (CONNECT_ERROR: the far connection
+                        // was reset; CANCEL: the far end gave up) is a
+                        // reset here too, or a cut stream would pass for a
+                        // complete one.
                         return Poll::Ready(match err.reason() {
-                            Some(h2::Reason::NO_ERROR | h2::Reason::CANCEL) => Ok(()),
-                            _ => Err(h2_io(err)),
+                            Some(h2::Reason::NO_ERROR) => Ok(()),
+                            Some(reason) => Err(io::Error::new(
+                                io::ErrorKind::ConnectionReset,
+                                format!("the peer reset the stream: {reason}"),
+                            )),
+                            None => Err(h2_io(err)),
                         });
                     }
                 },

@@ -25,6 +25,8 @@ pub enum Error {
         path: PathBuf,
         source: serde_json::Error,
     },
+    #[error("{path}: a report for node {node} in another node's file")]
+    WrongNode { path: PathBuf, node: String },
 }
 
 /// One workload's readiness as its node's agent last saw it.
@@ -75,7 +77,8 @@ pub struct Board {
     dir: PathBuf,
     /// Per file: its modification time and size when read, and what it held.
     files: Mutex<BTreeMap<PathBuf, (SystemTime, u64, NodeReport)>>,
-    view: ArcSwap<HashMap<String, Status>>,
+    /// By (publishing node, `namespace/name`).
+    view: ArcSwap<HashMap<(String, String), Status>>,
 }
 
 impl Board {
@@ -91,13 +94,18 @@ impl Board {
         &self.dir
     }
 
-    /// A workload's status (`namespace/name`), if its node published one.
-    pub fn status(&self, key: &str) -> Option<Status> {
-        self.view.load().get(key).cloned()
+    /// A workload's status (`namespace/name`) as `node` published it. Only
+    /// the workload's own node counts: another node's word about it is
+    /// never asked for.
+    pub fn status(&self, node: &str, key: &str) -> Option<Status> {
+        self.view
+            .load()
+            .get(&(node.to_owned(), key.to_owned()))
+            .cloned()
     }
 
-    /// Every published status.
-    pub fn all(&self) -> Arc<HashMap<String, Status>> {
+    /// Every published status, by (node, `namespace/name`).
+    pub fn all(&self) -> Arc<HashMap<(String, String), Status>> {
         self.view.load_full()
     }
 
@@ -148,6 +156,18 @@ impl Board {
                         source,
                     })
                 });
+            // The file's name is the publishing node's; a report that claims
+            // another node is refused.
+            let read = read.and_then(|report| {
+                if Some(report.node.as_str()) == name.strip_suffix(".json") {
+                    Ok(report)
+                } else {
+                    Err(Error::WrongNode {
+                        path: path.clone(),
+                        node: report.node,
+                    })
+                }
+            });
             match read {
                 Ok(report) => {
                     changed |= files.get(&path).is_none_or(|(_, _, r)| *r != report);
@@ -162,8 +182,11 @@ impl Board {
         if changed {
             let view = files
                 .values()
-                .flat_map(|(_, _, r)| r.workloads.iter())
-                .map(|(k, s)| (k.clone(), s.clone()))
+                .flat_map(|(_, _, r)| {
+                    r.workloads
+                        .iter()
+                        .map(|(k, s)| ((r.node.clone(), k.clone()), s.clone()))
+                })
                 .collect();
             self.view.store(Arc::new(view));
         }
@@ -203,17 +226,46 @@ mod tests {
         publish(board.dir(), &report("n2", &[("shop/b", false)])).unwrap();
         let (changed, errors) = board.refresh();
         assert!(changed && errors.is_empty(), "{errors:?}");
-        assert!(board.status("shop/a").unwrap().ready);
-        assert!(!board.status("shop/b").unwrap().ready);
-        assert!(board.status("shop/c").is_none());
+        assert!(board.status("n1", "shop/a").unwrap().ready);
+        assert!(!board.status("n2", "shop/b").unwrap().ready);
+        assert!(board.status("n1", "shop/c").is_none());
 
         publish(board.dir(), &report("n2", &[("shop/b", true)])).unwrap();
         assert!(board.refresh().0);
-        assert!(board.status("shop/b").unwrap().ready);
+        assert!(board.status("n2", "shop/b").unwrap().ready);
 
         std::fs::remove_file(board.dir().join("n1.json")).unwrap();
         assert!(board.refresh().0);
-        assert!(board.status("shop/a").is_none(), "a removed report is gone");
+        assert!(
+            board.status("n1", "shop/a").is_none(),
+            "a removed report is gone"
+        );
+    }
+
+    /// A node that publishes about another node's workload, or writes
+    /// another node's file, changes nothing anyone reads.
+    #[test]
+    fn a_node_speaks_only_for_its_own_workloads() {
+        let dir = tempfile::tempdir().unwrap();
+        let board = Board::new(dir.path());
+        publish(dir.path(), &report("n2", &[("shop/b", true)])).unwrap();
+        publish(dir.path(), &report("n1", &[("shop/b", false)])).unwrap();
+        board.refresh();
+        assert!(
+            board.status("n2", "shop/b").unwrap().ready,
+            "n1's word is not n2's"
+        );
+        // n1 writes n2's file, claiming to be n1 in it.
+        let forged = serde_json::to_vec(&report("n1", &[("shop/b", false)])).unwrap();
+        std::fs::write(dir.path().join("n2.json"), forged).unwrap();
+        let (_, errors) = board.refresh();
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.to_string().contains("another node's file")),
+            "{errors:?}"
+        );
+        assert!(board.status("n2", "shop/b").unwrap().ready, "kept");
     }
 
     #[test]
@@ -230,6 +282,6 @@ mod tests {
             text.contains("n1.json") && text.contains("not a readiness report"),
             "{text}"
         );
-        assert!(!board.status("shop/a").unwrap().ready, "kept");
+        assert!(!board.status("n1", "shop/a").unwrap().ready, "kept");
     }
 }

@@ -36,7 +36,10 @@ pub fn readiness(board: &Board, w: &Workload) -> Readiness {
     if w.probe.is_none() {
         return Readiness::Ready;
     }
-    match board.status(&key(&w.namespace, &w.name)) {
+    let Some(node) = &w.node else {
+        return Readiness::NotReady("no node runs its probe".into());
+    };
+    match board.status(node, &key(&w.namespace, &w.name)) {
         Some(s) if s.ready => Readiness::Ready,
         Some(s) => Readiness::NotReady(s.reason),
         None => Readiness::NotReady("probe has not passed yet".into()),

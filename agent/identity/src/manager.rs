@@ -39,14 +39,27 @@ struct Issued {
     refresh_at: SystemTime,
 }
 
+/// An identity this node wants a certificate for, and its rotation task.
+struct Wanted {
+    task: tokio::task::JoinHandle<()>,
+    /// Why the last request failed, until one succeeds.
+    last_error: Option<String>,
+    /// Counts finished requests, for waiters.
+    attempts: tokio::sync::watch::Sender<u64>,
+}
+
+/// Retries after a failed request: quickly at first (the CA may just be
+/// starting), then no more often than every 30 s.
+const RETRY_FIRST: Duration = Duration::from_millis(250);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
 pub struct CertManager {
     ca: Arc<dyn CaClient>,
     lifetime: Duration,
     provider: Arc<CryptoProvider>,
     roots: Arc<RootCertStore>,
     issued: RwLock<BTreeMap<Identity, Issued>>,
-    /// Identities whose rotation task runs.
-    rotating: std::sync::Mutex<std::collections::BTreeSet<Identity>>,
+    wanted: std::sync::Mutex<BTreeMap<Identity, Wanted>>,
 }
 
 impl CertManager {
@@ -62,7 +75,7 @@ impl CertManager {
             provider,
             roots: Arc::new(roots),
             issued: RwLock::new(BTreeMap::new()),
-            rotating: std::sync::Mutex::new(std::collections::BTreeSet::new()),
+            wanted: std::sync::Mutex::new(BTreeMap::new()),
         }))
     }
 
@@ -83,35 +96,133 @@ impl CertManager {
         self.read().values().map(|i| i.info.clone()).collect()
     }
 
-    /// Makes sure `identity` has a certificate and is rotated from now on.
-    pub async fn ensure(self: &Arc<Self>, identity: &Identity) -> Result<(), Error> {
-        if self.current(identity).is_none() {
-            self.issue(identity).await?;
+    /// Why `identity` has no certificate, if its last request failed.
+    pub fn last_error(&self, identity: &Identity) -> Option<String> {
+        self.lock_wanted()
+            .get(identity)
+            .and_then(|w| w.last_error.clone())
+    }
+
+    /// Identities with a rotation task: what this node holds certificates
+    /// for (or is trying to).
+    pub fn wanted(&self) -> usize {
+        self.lock_wanted().len()
+    }
+
+    /// Makes sure `identity` gets a certificate and keeps it rotated: a task
+    /// asks the CA now, again after each failure (backing off), and at half
+    /// life from then on. Returns at once.
+    pub fn want(self: &Arc<Self>, identity: &Identity) {
+        let mut wanted = self.lock_wanted();
+        if wanted.contains_key(identity) {
+            return;
         }
-        let mut rotating = self.rotating.lock().unwrap_or_else(|p| p.into_inner());
-        if rotating.insert(identity.clone()) {
-            let this = self.clone();
-            let id = identity.clone();
-            tokio::spawn(async move { this.rotate(id).await });
+        let (attempts, _) = tokio::sync::watch::channel(0);
+        let this = self.clone();
+        let id = identity.clone();
+        let task = tokio::spawn(async move { this.rotate(id).await });
+        wanted.insert(
+            identity.clone(),
+            Wanted {
+                task,
+                last_error: None,
+                attempts,
+            },
+        );
+    }
+
+    /// Waits up to `timeout` for `identity` (wanted) to have a certificate,
+    /// or for a request for it to fail; whether it has one.
+    pub async fn wait_for(&self, identity: &Identity, timeout: Duration) -> bool {
+        let Some(mut attempts) = self
+            .lock_wanted()
+            .get(identity)
+            .map(|w| w.attempts.subscribe())
+        else {
+            return false;
+        };
+        let arrived = async {
+            while self.current(identity).is_none() && self.last_error(identity).is_none() {
+                if attempts.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(timeout, arrived).await;
+        self.current(identity).is_some()
+    }
+
+    /// [`CertManager::want`], then waits up to `timeout` for the first
+    /// certificate; the CA's refusal, or its silence, as an error.
+    pub async fn ensure(
+        self: &Arc<Self>,
+        identity: &Identity,
+        timeout: Duration,
+    ) -> Result<(), Error> {
+        self.want(identity);
+        if self.wait_for(identity, timeout).await {
+            return Ok(());
         }
-        Ok(())
+        Err(Error::NoCertificate(format!(
+            "{identity}: {}",
+            self.last_error(identity)
+                .unwrap_or_else(|| format!("no answer from the CA within {timeout:?}"))
+        )))
+    }
+
+    /// Stops rotating and forgets every identity not in `keep`: the
+    /// workloads that had them left this node.
+    pub fn retain(&self, keep: &std::collections::BTreeSet<Identity>) {
+        let mut wanted = self.lock_wanted();
+        wanted.retain(|id, w| {
+            let stay = keep.contains(id);
+            if !stay {
+                w.task.abort();
+            }
+            stay
+        });
+        drop(wanted);
+        self.issued
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|id, _| keep.contains(id));
     }
 
     async fn rotate(self: Arc<Self>, identity: Identity) {
+        let mut failures = 0u32;
         loop {
             let refresh_at = self.read().get(&identity).map(|i| i.refresh_at);
             let wait = refresh_at
                 .and_then(|at| at.duration_since(SystemTime::now()).ok())
                 .unwrap_or(Duration::ZERO);
             tokio::time::sleep(wait).await;
-            if let Err(err) = self.issue(&identity).await {
-                // Try again soon; the old certificate stays in use meanwhile.
-                let retry =
-                    (self.lifetime / 20).clamp(Duration::from_secs(1), Duration::from_secs(30));
-                warn!(%identity, %err, ?retry, "certificate rotation failed");
-                tokio::time::sleep(retry).await;
+            match self.issue(&identity).await {
+                Ok(()) => {
+                    failures = 0;
+                    if let Some(w) = self.lock_wanted().get_mut(&identity) {
+                        w.last_error = None;
+                        w.attempts.send_modify(|n| *n += 1);
+                    }
+                }
+                Err(err) => {
+                    // The old certificate, if any, stays in use meanwhile.
+                    let retry = RETRY_FIRST
+                        .saturating_mul(1 << failures.min(10))
+                        .min(RETRY_MAX);
+                    failures += 1;
+                    warn!(%identity, %err, ?retry, "certificate request failed");
+                    if let Some(w) = self.lock_wanted().get_mut(&identity) {
+                        w.last_error = Some(err.to_string());
+                        w.attempts.send_modify(|n| *n += 1);
+                    }
+                    tokio::time::sleep(retry).await;
+                }
             }
         }
+    }
+
+    fn lock_wanted(&self) -> std::sync::MutexGuard<'_, BTreeMap<Identity, Wanted>> {
+        self.wanted.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     async fn issue(&self, identity: &Identity) -> Result<(), Error> {

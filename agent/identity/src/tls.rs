@@ -79,6 +79,25 @@ impl ClientConfigs {
         }
     }
 
+    /// Forgets the configurations of (source, destination) pairs `keep`
+    /// does not want: sources that left this node, destinations that left
+    /// the mesh.
+    pub fn retain(&self, keep: impl Fn(&Identity, &Identity) -> bool) {
+        self.cache
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(source, destination), _| keep(source, destination));
+    }
+
+    /// Cached configurations.
+    pub fn len(&self) -> usize {
+        self.cache.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Presents `source`'s certificate and accepts only a server holding
     /// `destination`.
     pub fn get(
@@ -228,10 +247,10 @@ mod tests {
     use rustls::{ClientConnection, ServerConnection};
 
     use super::*;
-    use crate::LocalCa;
+    use crate::Signer;
 
     fn manager(dir: &std::path::Path) -> Arc<CertManager> {
-        let ca = LocalCa::load_or_create(dir, "cluster.local").unwrap();
+        let ca = Signer::open_or_create(dir, "cluster.local").unwrap();
         CertManager::new(Arc::new(ca), Duration::from_secs(3600)).unwrap()
     }
 
@@ -268,8 +287,8 @@ mod tests {
             Identity::new("cluster.local", "shop", "web"),
             Identity::new("cluster.local", "shop", "db"),
         );
-        certs.ensure(&web).await.unwrap();
-        certs.ensure(&db).await.unwrap();
+        certs.ensure(&web, Duration::from_secs(5)).await.unwrap();
+        certs.ensure(&db, Duration::from_secs(5)).await.unwrap();
         let clients = ClientConfigs::new(certs.clone());
         let server = server_config(&certs, &db).unwrap();
 
@@ -304,10 +323,10 @@ mod tests {
             Identity::new("cluster.local", "shop", "web"),
             Identity::new("cluster.local", "shop", "db"),
         );
-        mesh.ensure(&db).await.unwrap();
-        mesh.ensure(&web).await.unwrap();
-        rogue.ensure(&web).await.unwrap();
-        rogue.ensure(&db).await.unwrap();
+        mesh.ensure(&db, Duration::from_secs(5)).await.unwrap();
+        mesh.ensure(&web, Duration::from_secs(5)).await.unwrap();
+        rogue.ensure(&web, Duration::from_secs(5)).await.unwrap();
+        rogue.ensure(&db, Duration::from_secs(5)).await.unwrap();
 
         // A client with a certificate from another CA.
         let err = handshake(
@@ -326,20 +345,46 @@ mod tests {
     #[tokio::test]
     async fn certificates_carry_the_identity_and_rotate() {
         let dir = tempfile::tempdir().unwrap();
-        let ca = LocalCa::load_or_create(dir.path(), "cluster.local").unwrap();
+        let ca = Signer::open_or_create(dir.path(), "cluster.local").unwrap();
         let certs = CertManager::new(Arc::new(ca), Duration::from_secs(4)).unwrap();
         let id = Identity::new("cluster.local", "shop", "db");
-        certs.ensure(&id).await.unwrap();
+        let asked = std::time::Instant::now();
+        certs.ensure(&id, Duration::from_secs(5)).await.unwrap();
         let first = certs.infos()[0].clone();
         let key = certs.current(&id).unwrap();
         assert_eq!(identity_of(&key.cert[0]).unwrap(), id);
-        // Nothing before half life (2 s of a 4 s lifetime)...
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        assert_eq!(certs.infos()[0].generation, 1, "rotated before half life");
-        // ...and exactly one new certificate after it.
-        tokio::time::sleep(Duration::from_millis(1000)).await;
+        // Exactly one new certificate, at half life (2 s of 4 s; the
+        // certificate's end is truncated to the second, so 1.5 s at least).
+        let deadline = asked + Duration::from_secs(30);
+        while certs.infos()[0].generation == 1 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let rotated_after = asked.elapsed();
         let second = certs.infos()[0].clone();
+        println!("rotated after {rotated_after:?}");
         assert_eq!(second.generation, 2, "{first:?} {second:?}");
         assert_ne!(second.serial, first.serial);
+        assert!(
+            rotated_after >= Duration::from_millis(1500),
+            "rotated before half life: {rotated_after:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn departed_identities_stop_rotating() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Signer::open_or_create(dir.path(), "cluster.local").unwrap();
+        let certs = CertManager::new(Arc::new(ca), Duration::from_secs(3600)).unwrap();
+        let (web, db) = (
+            Identity::new("cluster.local", "shop", "web"),
+            Identity::new("cluster.local", "shop", "db"),
+        );
+        certs.ensure(&web, Duration::from_secs(5)).await.unwrap();
+        certs.ensure(&db, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(certs.wanted(), 2);
+        certs.retain(&[web.clone()].into());
+        assert_eq!(certs.wanted(), 1);
+        assert!(certs.current(&db).is_none());
+        assert!(certs.current(&web).is_some());
     }
 }

@@ -40,7 +40,6 @@ pub mod map {
     pub const LISTENERS: &str = "STRAIT_LISTENERS";
     pub const PEER_NAMES: &str = "STRAIT_PEER_NAMES";
     pub const DNS_BY_COOKIE: &str = "STRAIT_DNS_BY_COOKIE";
-    pub const DNS_UPSTREAM: &str = "STRAIT_DNS_UPSTREAM";
 }
 
 /// Ports of the agent's listeners inside each enrolled pod's network
@@ -189,7 +188,7 @@ pub const BPF_TOOLCHAIN: &str = "nightly-2026-05-20";
 
 /// Version of the pinned-object layout. Bump it when a map's key or value
 /// layout changes so that an upgraded agent does not reuse maps it cannot read.
-pub const PIN_LAYOUT_VERSION: u32 = 3;
+pub const PIN_LAYOUT_VERSION: u32 = 4;
 
 #[cfg(test)]
 mod tests {

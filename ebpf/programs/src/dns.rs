@@ -8,11 +8,11 @@ use aya_ebpf::{
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
-use strait_ebpf_common::{AF_INET, AF_INET6, AGENT_MARK, NetnsAddr, SockAddr, Stat, port};
+use strait_ebpf_common::{AF_INET, AF_INET6, AGENT_MARK, Stat, port};
 
 use crate::{
     addr,
-    maps::{DNS_BY_COOKIE, DNS_UPSTREAM, ENROLLED},
+    maps::{DNS_BY_COOKIE, ENROLLED},
     stats::bump,
 };
 
@@ -40,7 +40,8 @@ pub fn strait_recvmsg6(ctx: SockAddrContext) -> i32 {
 }
 
 /// Sends a UDP query for port 53 of an enrolled pod to the DNS proxy,
-/// remembering the nameserver for the answer and for forwarding.
+/// remembering the nameserver by socket: the proxy forwards to it and the
+/// answer appears to come from it.
 #[inline(always)]
 pub fn redirect(ctx: &SockAddrContext, family: u16) -> i32 {
     // SAFETY: the kernel hands the program a valid `bpf_sock_addr`.
@@ -64,20 +65,10 @@ pub fn redirect(ctx: &SockAddrContext, family: u16) -> i32 {
     }
     // SAFETY: helper valid for sock_addr programs.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
-    let pod = NetnsAddr {
-        netns,
-        addr: SockAddr {
-            ip: [0; 4],
-            port: 0,
-            family,
-        },
-        _pad: 0,
-    };
-    // Without both records the proxy could not answer as the nameserver or
-    // forward: leave the query alone.
-    if DNS_BY_COOKIE.insert(cookie, original, 0).is_err()
-        || DNS_UPSTREAM.insert(pod, original, 0).is_err()
-    {
+    // Without the record the proxy could neither forward the query (it
+    // finds the nameserver by the client socket's cookie) nor answer as the
+    // nameserver: leave the query alone.
+    if DNS_BY_COOKIE.insert(cookie, original, 0).is_err() {
         return ALLOW;
     }
     addr::write(sa, &addr::pod_loopback(&original, port::DNS));

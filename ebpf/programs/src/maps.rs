@@ -33,11 +33,6 @@ pub static LISTENERS: SockHash<ListenerKey> = SockHash::pinned(32_768, 0);
 #[map(name = "STRAIT_DNS_BY_COOKIE")]
 pub static DNS_BY_COOKIE: LruHashMap<u64, SockAddr> = LruHashMap::pinned(65_536, 0);
 
-/// The nameserver each pod (netns cookie, address family; address zero)
-/// asked last: where the DNS proxy forwards names the mesh does not know.
-#[map(name = "STRAIT_DNS_UPSTREAM")]
-pub static DNS_UPSTREAM: LruHashMap<NetnsAddr, SockAddr> = LruHashMap::pinned(16_384, 0);
-
 /// Real client of a connection the agent opened to a pod's app, by the
 /// agent socket's (netns, address, port): what `getpeername()` should say.
 #[map(name = "STRAIT_PEER_NAMES")]

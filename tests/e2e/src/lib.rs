@@ -2,8 +2,11 @@
 //! starting strait's binaries and unmodified client and server programs in a
 //! topology.
 use std::{
-    path::PathBuf,
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::{Path, PathBuf},
     process::Output,
+    sync::Mutex,
     time::{Duration, Instant},
 };
 
@@ -353,16 +356,33 @@ pub fn marker_url(ip: std::net::IpAddr, port: u16) -> String {
     }
 }
 
-/// A mesh on a topology: the config directory its agents read, the CA
-/// directory they share, and the agent binary they run. Everything lives in
-/// the topology's scratch directory and goes with it.
+/// A mesh on a topology: the config directory its agents and CA read, the
+/// CA's directory, the nodes' credentials, and the binaries they run.
+/// Everything lives in the topology's scratch directory and goes with it.
+///
+/// The CA service runs as its own process, one replica per network on the
+/// network's first node (its control node), started with the first agent
+/// of that network; replicas share the CA directory, which no agent sees.
 pub struct Mesh<'t> {
     pub topo: &'t Topology,
     pub config_dir: PathBuf,
     pub ca_dir: PathBuf,
-    /// Where `strait-agent` and `straitctl` are.
+    /// Where `strait-agent`, `strait-ca` and `straitctl` are.
     bin_dir: PathBuf,
+    /// The running CA replica of each network.
+    cas: Mutex<BTreeMap<String, CaReplica>>,
 }
+
+/// A running `strait-ca serve`.
+pub struct CaReplica {
+    pub process: Process,
+    pub addr: SocketAddr,
+    /// The node it runs on.
+    pub node: String,
+}
+
+/// The CA service's port, istiod's.
+pub const CA_PORT: u16 = 15012;
 
 impl<'t> Mesh<'t> {
     /// A mesh run by the binaries built with the tests.
@@ -381,7 +401,117 @@ impl<'t> Mesh<'t> {
             config_dir,
             ca_dir,
             bin_dir,
+            cas: Mutex::new(BTreeMap::new()),
         })
+    }
+
+    fn bin(&self, name: &str) -> String {
+        self.bin_dir.join(name).display().to_string()
+    }
+
+    /// The address of `network`'s CA replica, started on the network's
+    /// first node if it is not running yet.
+    pub fn ca_addr(&self, network: &str) -> Result<SocketAddr> {
+        let mut cas = self.cas.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(ca) = cas.get(network) {
+            return Ok(ca.addr);
+        }
+        let node = self
+            .topo
+            .nodes()
+            .iter()
+            .find(|n| n.spec.network == network)
+            .ok_or_else(|| format!("no node on network {network}"))?;
+        let ca = self.start_ca(node.name(), &self.ca_dir, CA_PORT, &[])?;
+        let addr = ca.addr;
+        cas.insert(network.to_owned(), ca);
+        Ok(addr)
+    }
+
+    /// The CA replica of `network`, if it runs: its node and address.
+    pub fn ca_of(&self, network: &str) -> Option<(String, SocketAddr, u32)> {
+        let cas = self.cas.lock().unwrap_or_else(|p| p.into_inner());
+        cas.get(network)
+            .map(|ca| (ca.node.clone(), ca.addr, ca.process.pid()))
+    }
+
+    /// Starts `strait-ca serve` on `node` with the keys in `ca_dir`,
+    /// listening on the node's address at `port` (metrics on the node's
+    /// 127.0.0.1:`port + 2`), and waits until it listens.
+    pub fn start_ca(
+        &self,
+        node: &str,
+        ca_dir: &Path,
+        port: u16,
+        extra: &[&str],
+    ) -> Result<CaReplica> {
+        let place_node = self.topo.node(node)?;
+        let addr = SocketAddr::new(place_node.addrs.ipv4.into(), port);
+        let (listen, metrics) = (addr.to_string(), format!("127.0.0.1:{}", port + 2));
+        let ca = self.bin("strait-ca");
+        let ca_dir = ca_dir.display().to_string();
+        let config_dir = self.config_dir.display().to_string();
+        let mut argv = vec![
+            ca.as_str(),
+            "serve",
+            "--ca-dir",
+            &ca_dir,
+            "--config-dir",
+            &config_dir,
+            "--listen",
+            &listen,
+            "--metrics-addr",
+            &metrics,
+        ];
+        argv.extend_from_slice(extra);
+        let mut process = place_node.place.spawn(&argv)?;
+        process.wait_listening(port, Duration::from_secs(15))?;
+        Ok(CaReplica {
+            process,
+            addr,
+            node: node.to_owned(),
+        })
+    }
+
+    /// The CA metrics of `network`'s replica, from its node.
+    pub fn ca_metrics(&self, network: &str) -> Result<String> {
+        let (node, addr, _) = self
+            .ca_of(network)
+            .ok_or_else(|| format!("no CA runs on network {network}"))?;
+        let url = format!("http://127.0.0.1:{}/metrics", addr.port() + 2);
+        let out = self.topo.node(&node)?.run_ok(
+            &["curl", "-sf", "--max-time", "3", &url],
+            Duration::from_secs(10),
+        )?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `node`'s credential from the CA whose keys are in `ca_dir`, made
+    /// once (as setup does) in the scratch directory.
+    pub fn node_credential(&self, node: &str, ca_dir: &Path) -> Result<PathBuf> {
+        let ca_name = ca_dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "ca".into());
+        let out = self
+            .topo
+            .scratch_dir()
+            .join("credentials")
+            .join(ca_name)
+            .join(node);
+        if !out.join("node-cert.pem").exists() {
+            let status = std::process::Command::new(self.bin("strait-ca"))
+                .args(["node-credential", "--node", node, "--ca-dir"])
+                .arg(ca_dir)
+                .arg("--out")
+                .arg(&out)
+                .stdout(std::process::Stdio::null())
+                .status()?;
+            if !status.success() {
+                return Err(format!("strait-ca node-credential for {node}: {status}").into());
+            }
+        }
+        Ok(out)
     }
 
     /// Writes (or replaces) one manifest file of the config directory.
@@ -391,7 +521,8 @@ impl<'t> Mesh<'t> {
     }
 
     /// Starts the agent of `node` and waits for readiness. `overrides`
-    /// replace the value of a flag (`("--ca-dir", "/elsewhere")`) or add it.
+    /// replace the value of a flag (`("--config-dir", "/elsewhere")`) or add
+    /// it (`("--exec-probes-on-host", "")` for one without a value).
     pub fn start_agent(&self, node: &str, overrides: &[(&str, &str)]) -> Result<Process> {
         let node = self.topo.node(node)?;
         self.start_agent_at(node, &node.place, overrides)
@@ -405,10 +536,13 @@ impl<'t> Mesh<'t> {
         place: &Place,
         overrides: &[(&str, &str)],
     ) -> Result<Process> {
+        let ca_addr = self.ca_addr(&node.spec.network)?;
+        let credential = self.node_credential(node.name(), &self.ca_dir)?;
         let mut flags: Vec<(String, String)> = vec![
             ("--node".into(), node.name().into()),
             ("--config-dir".into(), self.config_dir.display().to_string()),
-            ("--ca-dir".into(), self.ca_dir.display().to_string()),
+            ("--ca-addr".into(), ca_addr.to_string()),
+            ("--credential-dir".into(), credential.display().to_string()),
             (
                 "--status-dir".into(),
                 self.topo.scratch_dir().join("status").display().to_string(),
@@ -429,11 +563,14 @@ impl<'t> Mesh<'t> {
                 None => flags.push((flag.to_string(), value.to_string())),
             }
         }
-        let agent = self.bin_dir.join("strait-agent").display().to_string();
+        let agent = self.bin("strait-agent");
         let mut argv = vec![agent.as_str()];
         for (flag, value) in &flags {
             argv.push(flag);
-            argv.push(value);
+            // An empty value: a flag that takes none.
+            if !value.is_empty() {
+                argv.push(value);
+            }
         }
         let mut process = place.spawn(&argv)?;
         wait_ready(node, &mut process)?;

@@ -126,8 +126,9 @@ fn agent_refuses_a_pin_dir_outside_bpffs() -> Result<()> {
             "n1",
             "--config-dir",
             &mesh.config_dir.to_string_lossy(),
-            "--ca-dir",
-            &mesh.ca_dir.to_string_lossy(),
+            // Capture is attached before the CA is asked for anything.
+            "--ca-addr",
+            "127.0.0.1:15012",
             "--capture-cgroup",
             &n1.pods_cgroup.to_string_lossy(),
             "--pin-dir",

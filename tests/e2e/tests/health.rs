@@ -288,9 +288,12 @@ fn probes_take_endpoints_out_and_back_for_every_agent() -> Result<()> {
         ),
     );
     mesh.write("mesh.yaml", &yaml)?;
+    // The pods here are bare network namespaces: their exec probes run on
+    // the node, which the agent does only when told to.
+    let on_host = [("--exec-probes-on-host", "")];
     let mut agents = ["n1", "n2", "n3"]
         .iter()
-        .map(|n| mesh.start_agent(n, &[]))
+        .map(|n| mesh.start_agent(n, &on_host))
         .collect::<Result<Vec<_>>>()?;
 
     let place = |pod: &str| -> Result<&Place> { Ok(&topo.pod(pod)?.place) };
@@ -383,7 +386,7 @@ fn probes_take_endpoints_out_and_back_for_every_agent() -> Result<()> {
 
     let dump = mesh.admin("n1", "/config_dump")?;
     assert_eq!(
-        dump["readiness"]["shop/near-http"]["ready"], true,
+        dump["readiness"]["n2"]["shop/near-http"]["ready"], true,
         "{}",
         dump["readiness"]
     );
@@ -411,7 +414,7 @@ fn probes_take_endpoints_out_and_back_for_every_agent() -> Result<()> {
     };
     let since = published("since_ms")?;
     agents[1].stop(Duration::from_secs(5))?;
-    agents[1] = mesh.start_agent("n2", &[])?;
+    agents[1] = mesh.start_agent("n2", &on_host)?;
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(published("ready")?, true);
     assert_eq!(

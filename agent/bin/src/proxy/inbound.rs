@@ -30,13 +30,18 @@ pub async fn handle_hbone(proxy: Arc<Proxy>, pod: Arc<Pod>, stream: TcpStream, p
             let (proxy, pod) = (proxy.clone(), pod.clone());
             move |connect: Connect| on_connect(proxy.clone(), pod.clone(), connect)
         };
-        if let Err(err) = strait_hbone::serve(stream, peer, tls, handler).await {
-            if err.is_tls() {
+        let limits = proxy.hbone_limits;
+        match strait_hbone::serve(stream, peer, tls, limits, &pod.admission, handler).await {
+            Ok(()) => {}
+            Err(err) if err.is_tls() => {
                 proxy.metrics.fail(Direction::Inbound, Reason::Tls);
                 warn!(%err, "HBONE handshake refused");
-            } else {
-                debug!(%err, "HBONE connection ended");
             }
+            Err(err @ strait_hbone::Error::Limit { .. }) => {
+                proxy.metrics.fail(Direction::Inbound, Reason::Limit);
+                warn!(%err, "HBONE connection refused");
+            }
+            Err(err) => debug!(%err, "HBONE connection ended"),
         }
     }
     .instrument(span)
@@ -81,8 +86,19 @@ async fn on_connect(proxy: Arc<Proxy>, pod: Arc<Pod>, connect: Connect) {
                     true,
                 );
                 let (src, dst) = (connect.peer_addr.to_string(), connect.authority.to_string());
-                // An error ends both sides; nothing more to tell.
-                let _ = relay(&proxy.metrics, labels, &mut tunnel, &mut app, &src, &dst).await;
+                let closed =
+                    proxy.track_inbound(&pod, Some(&connect.peer), client_ip, connect.authority);
+                let copy = relay(&proxy.metrics, labels, &mut tunnel, &mut app, &src, &dst);
+                let result = tokio::select! {
+                    result = copy => result,
+                    () = closed.denied() => Err(std::io::Error::other("denied by a policy change")),
+                };
+                // A reset on either side is a reset on the other.
+                if let Err(err) = result {
+                    debug!(%err, "inbound connection ended abnormally");
+                    tunnel.reset();
+                    reset(app);
+                }
             }
             Err(err) => debug!(%err, "the tunnel did not open"),
         }
@@ -142,10 +158,17 @@ pub async fn handle_plaintext(
         );
         let (src, dst) = (peer.to_string(), original.to_string());
         let (mut client, mut app) = (client, app);
-        let result = relay(&proxy.metrics, labels, &mut client, &mut app, &src, &dst).await;
+        let closed = proxy.track_inbound(&pod, None, peer.ip(), original);
+        let copy = relay(&proxy.metrics, labels, &mut client, &mut app, &src, &dst);
+        let result = tokio::select! {
+            result = copy => result,
+            () = closed.denied() => Err(std::io::Error::other("denied by a policy change")),
+        };
         proxy.maps.clear_peer_name(pod.netns_cookie(), local);
-        if result.is_err() {
+        if let Err(err) = result {
+            debug!(%err, "inbound connection ended abnormally");
             reset(client);
+            reset(app);
         }
     }
     .instrument(span)
@@ -221,5 +244,96 @@ async fn deliver(
             None
         }
         (Ok(_), None) => None,
+    }
+}
+
+/// Inbound connections while they are open, so a policy change can close
+/// those it now denies (as ztunnel does): a DENY written for an attacker
+/// must not spare the connection the attacker already has.
+#[derive(Default)]
+pub struct OpenConnections {
+    next: std::sync::atomic::AtomicU64,
+    open: std::sync::Mutex<std::collections::HashMap<u64, OpenConnection>>,
+}
+
+#[derive(Clone)]
+struct OpenConnection {
+    pod: Arc<Pod>,
+    peer: Option<Identity>,
+    client_ip: IpAddr,
+    to: SocketAddr,
+    close: Arc<tokio::sync::Notify>,
+}
+
+/// One connection's entry; leaves the registry when dropped.
+pub struct Tracked<'a> {
+    registry: &'a OpenConnections,
+    id: u64,
+    close: Arc<tokio::sync::Notify>,
+}
+
+impl Tracked<'_> {
+    /// Completes when a policy change denies the connection.
+    pub async fn denied(&self) {
+        self.close.notified().await
+    }
+}
+
+impl Drop for Tracked<'_> {
+    fn drop(&mut self) {
+        self.registry.lock().remove(&self.id);
+    }
+}
+
+impl OpenConnections {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, OpenConnection>> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Proxy {
+    /// Registers an inbound connection that was just authorized.
+    pub fn track_inbound(
+        &self,
+        pod: &Arc<Pod>,
+        peer: Option<&Identity>,
+        client_ip: IpAddr,
+        to: SocketAddr,
+    ) -> Tracked<'_> {
+        let registry = &self.open_inbound;
+        let id = registry
+            .next
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let close = Arc::new(tokio::sync::Notify::new());
+        registry.lock().insert(
+            id,
+            OpenConnection {
+                pod: pod.clone(),
+                peer: peer.cloned(),
+                client_ip,
+                to,
+                close: close.clone(),
+            },
+        );
+        Tracked {
+            registry,
+            id,
+            close,
+        }
+    }
+
+    /// Judges every open inbound connection by the policies now in force
+    /// and closes (resets) those they deny; returns how many.
+    pub fn enforce_policies(&self) -> usize {
+        let open: Vec<OpenConnection> = self.open_inbound.lock().values().cloned().collect();
+        let mut closed = 0;
+        for c in open {
+            if !authorized(self, &c.pod, c.peer.as_ref(), c.client_ip, c.to) {
+                // notify_one keeps the permit if the task is not waiting yet.
+                c.close.notify_one();
+                closed += 1;
+            }
+        }
+        closed
     }
 }

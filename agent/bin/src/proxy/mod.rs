@@ -14,10 +14,16 @@ pub mod outbound;
 pub mod relay;
 pub mod route;
 
-use std::{net::IpAddr, sync::Arc};
+use std::{
+    collections::{BTreeSet, HashSet},
+    net::IpAddr,
+    sync::Arc,
+};
 
 use strait_capture::Maps;
+use strait_config::Endpoints;
 use strait_hbone::Pool;
+use strait_identity::Identity;
 use strait_identity::tls::ClientConfigs;
 use tokio::{net::TcpListener, task::JoinHandle};
 use tracing::warn;
@@ -25,7 +31,7 @@ use tracing::warn;
 use crate::{
     metrics::{Metrics, Reporter, TcpLabels},
     pods::{Listeners, Pod},
-    state::NodeState,
+    state::{NodeState, Snapshot},
 };
 
 /// Everything a proxied connection needs, shared by all of them.
@@ -43,6 +49,12 @@ pub struct Proxy {
     pub load: Arc<strait_balance::load::Load>,
     /// Readiness of probed workloads, as their agents published it.
     pub board: Arc<strait_health::Board>,
+    /// Certificates of this node's workloads.
+    pub certs: Arc<strait_identity::CertManager>,
+    /// Inbound connections while open, re-judged on policy changes.
+    pub open_inbound: inbound::OpenConnections,
+    /// What one peer may hold of a pod's HBONE listener.
+    pub hbone_limits: strait_hbone::Limits,
 }
 
 impl Proxy {
@@ -95,6 +107,44 @@ impl Proxy {
                 }
             }
         })
+    }
+
+    /// Forgets what belonged to pods, workloads and services that are gone:
+    /// pooled connections and TLS configurations of identities no longer on
+    /// this node or in the mesh, endpoint health of addresses no longer in
+    /// the config, round-robin turns of services that left. What the proxy
+    /// keeps is then bounded by what exists, however much churns.
+    pub fn prune(&self, state: &Snapshot, local: &BTreeSet<Identity>) {
+        let config = &state.config;
+        let remote: HashSet<Identity> = config
+            .workloads
+            .iter()
+            .filter(|w| config.enrolled(w))
+            .map(|w| state.identity(w))
+            .collect();
+        self.pool
+            .retain(|k| local.contains(&k.source) && remote.contains(&k.destination));
+        self.clients
+            .retain(|source, destination| local.contains(source) && remote.contains(destination));
+        let listed: HashSet<IpAddr> = config
+            .services
+            .iter()
+            .filter_map(|s| match &s.endpoints {
+                Endpoints::Static(entries) => Some(entries),
+                _ => None,
+            })
+            .flatten()
+            .flat_map(|w| w.addresses.iter().copied())
+            .collect();
+        self.health.retain(|addr| {
+            config.workload_by_address(addr.ip()).is_some() || listed.contains(&addr.ip())
+        });
+        let services: HashSet<String> = config
+            .services
+            .iter()
+            .map(|s| format!("{}/{}", s.namespace, s.name))
+            .collect();
+        self.load.retain_services(|s| services.contains(s));
     }
 
     /// Istio's labels for a connection between two addresses.

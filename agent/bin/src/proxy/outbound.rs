@@ -107,6 +107,12 @@ pub async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, client: TcpStream, peer: S
                     carry(&proxy, &pod, client, upstream, src, target).await;
                     return;
                 }
+                Err(Reason::NoCertificate) => {
+                    // Ours, not the endpoint's fault: no other endpoint helps.
+                    failure = Reason::NoCertificate;
+                    warn!("no certificate for this pod yet: refused rather than sent in the clear");
+                    break;
+                }
                 Err(reason) => {
                     failure = reason;
                     if let Some((service, all, settings)) = &outlier {
@@ -157,6 +163,9 @@ async fn open(
             }
         };
     };
+    if proxy.certs.current(&pod.identity).is_none() {
+        return Err(Reason::NoCertificate);
+    }
     let hbone = SocketAddr::new(target.ip(), port::HBONE);
     let key = PoolKey {
         source: pod.identity.clone(),
@@ -232,16 +241,22 @@ async fn carry(
             // The far end refused the CONNECT (its app is not listening, or
             // a policy): the client sees a reset, as it would without the
             // mesh.
-            if let Err(err) = &result
-                && err.kind() == std::io::ErrorKind::ConnectionRefused
-            {
-                proxy.metrics.fail(Direction::Outbound, Reason::Upstream);
-                warn!(%err, %destination, "CONNECT refused");
+            if let Err(err) = &result {
+                if err.kind() == std::io::ErrorKind::ConnectionRefused {
+                    proxy.metrics.fail(Direction::Outbound, Reason::Upstream);
+                    warn!(%err, %destination, "CONNECT refused");
+                }
+                // The client's side broke: the far end resets too.
+                tunnel.reset();
             }
             result
         }
         Upstream::Plain(mut stream) => {
-            relay(&proxy.metrics, labels, &mut client, &mut stream, &src, &dst).await
+            let result = relay(&proxy.metrics, labels, &mut client, &mut stream, &src, &dst).await;
+            if result.is_err() {
+                reset(stream);
+            }
+            result
         }
     };
     if result.is_err() {

@@ -1,0 +1,148 @@
+//! Which identities a node may hold, from the CA's own view of the config:
+//! it reads the same manifests as the agents and follows their changes, so
+//! an agent's claims about its node count for nothing.
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use arc_swap::ArcSwap;
+use strait_config::{
+    Config,
+    watch::{DirWatch, reload_dir},
+};
+use strait_identity::Identity;
+use tracing::{info, warn};
+
+use crate::metrics::Metrics;
+
+/// How often the config directory is looked at, as the agents do.
+const POLL: Duration = Duration::from_millis(200);
+
+pub struct Registry {
+    config: ArcSwap<Config>,
+}
+
+impl Registry {
+    pub fn new(config: Config) -> Self {
+        Self {
+            config: ArcSwap::from_pointee(config),
+        }
+    }
+
+    pub fn trust_domain(&self) -> String {
+        self.config.load().trust_domain.clone()
+    }
+
+    /// Whether `node` runs a workload in the mesh as `identity`; if not,
+    /// why not.
+    pub fn may_hold(&self, node: &str, identity: &Identity) -> Result<(), String> {
+        let config = self.config.load();
+        if identity.trust_domain != config.trust_domain {
+            return Err(format!(
+                "trust domain {} is not this mesh's ({})",
+                identity.trust_domain, config.trust_domain
+            ));
+        }
+        let runs_here = config.workloads_on(node).any(|w| {
+            config.enrolled(w)
+                && w.namespace == identity.namespace
+                && w.service_account == identity.service_account
+        });
+        if runs_here {
+            Ok(())
+        } else {
+            Err(format!(
+                "no workload in the mesh on node {node} runs as service account {}/{}",
+                identity.namespace, identity.service_account
+            ))
+        }
+    }
+
+    /// Follows `dir` for as long as the service runs; a change that does not
+    /// load keeps the last good config, as in the agents.
+    pub fn watch(self: &Arc<Self>, dir: PathBuf, metrics: Arc<Metrics>) {
+        let registry = self.clone();
+        tokio::spawn(async move {
+            let mut watch = DirWatch::new(&dir);
+            loop {
+                tokio::time::sleep(POLL).await;
+                if !tokio::task::block_in_place(|| watch.poll()) {
+                    continue;
+                }
+                let load = dir.clone();
+                match tokio::task::spawn_blocking(move || reload_dir(&load)).await {
+                    Ok(Ok(config)) => {
+                        registry.config.store(Arc::new(config));
+                        metrics.config_reloaded(true);
+                        info!(dir = %dir.display(), "config reloaded");
+                    }
+                    Ok(Err(err)) => {
+                        metrics.config_reloaded(false);
+                        warn!(%err, "config change refused; keeping the last good config");
+                    }
+                    Err(err) => {
+                        metrics.config_reloaded(false);
+                        warn!(%err, "the config loader failed");
+                    }
+                }
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    const MESH: &str = "
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: shop
+  labels:
+    istio.io/dataplane-mode: ambient
+---
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: outside
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata:
+  name: db
+  namespace: shop
+  annotations:
+    strait.dev/node: n2
+spec:
+  address: 10.2.0.10
+  serviceAccount: db
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata:
+  name: legacy
+  namespace: outside
+  annotations:
+    strait.dev/node: n1
+spec:
+  address: 10.1.0.11
+  serviceAccount: legacy
+";
+
+    #[test]
+    fn a_node_may_hold_only_its_own_workloads_identities() {
+        let (_, config) = strait_config::check_text(Path::new("mesh.yaml"), MESH);
+        let registry = Registry::new(config.unwrap());
+        let db = Identity::new("cluster.local", "shop", "db");
+        assert_eq!(registry.may_hold("n2", &db), Ok(()));
+        let err = registry.may_hold("n1", &db).unwrap_err();
+        assert!(err.contains("on node n1"), "{err}");
+        // On the node, but not in the mesh: no certificate either.
+        let legacy = Identity::new("cluster.local", "outside", "legacy");
+        assert!(registry.may_hold("n1", &legacy).is_err());
+        let foreign = Identity::new("evil.example", "shop", "db");
+        let err = registry.may_hold("n2", &foreign).unwrap_err();
+        assert!(err.contains("trust domain"), "{err}");
+    }
+}

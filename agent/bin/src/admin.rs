@@ -75,6 +75,8 @@ impl State {
                     attached: match how {
                         Attachment::New => "new",
                         Attachment::Kept => "kept",
+                        Attachment::Replaced => "replaced",
+                        Attachment::Pending => "pending",
                     },
                 })
                 .collect(),

@@ -207,6 +207,16 @@ async fn run(args: Args) -> Result<()> {
     )?);
     let board_watch = probes::watch_board(board.clone(), reload::POLL);
     let enrolled = pods.sync(&state.snapshot(), &proxy).await;
+    // From another version whose maps this one could not take over: the
+    // pods are in this version's maps now, so its programs may take over.
+    let switched = capture
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .finish_upgrade()
+        .context("switching capture over from the previous version")?;
+    if switched > 0 {
+        info!(switched, "capture switched over from the previous version");
+    }
     let retries = pods.spawn_retries(state.clone(), proxy.clone());
 
     let reload_status = reload::initial_status();

@@ -5,6 +5,14 @@
 //! Attachments are pinned links: they outlive the agent process, so pods keep
 //! being captured while the agent restarts. A restarted agent of the same
 //! version finds its links pinned and keeps them instead of attaching again.
+//!
+//! An agent of another version (an upgrade, or a rollback) never leaves a
+//! hook without a program: it switches each link an older version pinned to
+//! its own program in place (`BPF_LINK_UPDATE`, atomic) and moves the pin
+//! into its own directory. When the older version's maps have the same
+//! layout it takes them over too, so enrolled pods stay enrolled through the
+//! switch; when they do not, the cgroup links are switched only once the
+//! agent has enrolled the pods in its new maps ([`Capture::finish_upgrade`]).
 use std::{
     collections::BTreeSet,
     fs,
@@ -15,7 +23,8 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     programs::{
-        CgroupAttachMode, CgroupSockAddr, SkLookup, SockOps, links::FdLink, links::PinnedLink,
+        CgroupAttachMode, CgroupSockAddr, Program, SkLookup, SockOps, links::FdLink,
+        links::PinnedLink,
     },
 };
 use strait_ebpf_common::{map, program};
@@ -24,7 +33,7 @@ use tracing::{debug, info, warn};
 use crate::{
     Error, OBJECT, io_err,
     maps::Maps,
-    pins::{PinLayout, cgroup_id, link_name},
+    pins::{OtherVersion, PinLayout, cgroup_id, link_name},
     stats::StatsSnapshot,
 };
 
@@ -43,6 +52,11 @@ pub enum Attachment {
     New,
     /// Found pinned by a previous run of the same version, and kept.
     Kept,
+    /// An older version's link, switched to this version's program in place.
+    Replaced,
+    /// An older version's link whose maps this version cannot read: it keeps
+    /// running the older program until [`Capture::finish_upgrade`].
+    Pending,
 }
 
 /// The loaded programs and their maps, attached to one cgroup subtree.
@@ -51,7 +65,11 @@ pub struct Capture {
     maps: std::sync::Arc<Maps>,
     layout: PinLayout,
     cgroup: PathBuf,
+    cgroup_id: u64,
     attachments: Vec<(&'static str, Attachment)>,
+    /// Older versions whose pins are still in use (their maps could not be
+    /// taken over): removed by [`Capture::finish_upgrade`].
+    older: Vec<OtherVersion>,
 }
 
 /// Programs attached to the node's cgroup subtree.
@@ -73,8 +91,11 @@ impl Capture {
     pub fn attach(config: &CaptureConfig) -> Result<Self, Error> {
         let layout = PinLayout::new(&config.pin_dir);
         layout.prepare()?;
-        for old in layout.remove_other_versions()? {
-            info!(version = %old, "removed pins of another version");
+        let older = layout.other_versions()?;
+        // Same map layout: take the older version's maps over, so what it
+        // enrolled stays enrolled (the programs find it by pin).
+        for old in older.iter().filter(|o| o.same_maps) {
+            adopt_pins(&old.maps_dir(), &layout.maps_dir())?;
         }
         let cgroup_id = cgroup_id(&config.cgroup)?;
         let wanted: BTreeSet<String> = CGROUP_PROGRAMS
@@ -96,8 +117,19 @@ impl Capture {
         let mut attachments = Vec::new();
         for name in CGROUP_PROGRAMS {
             let pin = layout.link(name, cgroup_id);
+            let old = older
+                .iter()
+                .map(|o| (o, o.links_dir().join(link_name(name, cgroup_id))))
+                .find(|(_, p)| p.exists());
             let how = if PinnedLink::from_pin(&pin).is_ok() {
                 Attachment::Kept
+            } else if let Some((old, old_pin)) = old {
+                if old.same_maps {
+                    replace(&mut ebpf, name, &old_pin, &pin)?;
+                    Attachment::Replaced
+                } else {
+                    Attachment::Pending
+                }
             } else {
                 remove_if_present(&pin)?;
                 let link = attach_to_cgroup(&mut ebpf, name, &cgroup)?;
@@ -107,10 +139,24 @@ impl Capture {
             debug!(program = name, pin = %pin.display(), ?how, "cgroup program");
             attachments.push((name, how));
         }
+        // Inbound capture of the pods the older version enrolled moves over
+        // with its maps.
+        for old in older.iter().filter(|o| o.same_maps) {
+            for (old_pin, file) in sk_lookup_links(&old.links_dir())? {
+                let pin = layout.links_dir().join(file);
+                if !pin.exists() {
+                    replace(&mut ebpf, program::SK_LOOKUP, &old_pin, &pin)?;
+                }
+            }
+            old.remove()?;
+            info!(version = %old.name, "took over the pins of another version");
+        }
+        let older: Vec<OtherVersion> = older.into_iter().filter(|o| !o.same_maps).collect();
         info!(
             cgroup = %config.cgroup.display(),
             version = layout.version(),
             ?attachments,
+            pending_versions = older.len(),
             "capture attached"
         );
         Ok(Self {
@@ -118,8 +164,47 @@ impl Capture {
             maps,
             layout,
             cgroup: config.cgroup.clone(),
+            cgroup_id,
             attachments,
+            older,
         })
+    }
+
+    /// Completes an upgrade from a version whose maps this one cannot read:
+    /// call once this version's maps hold the pods (enrolled anew). Each
+    /// cgroup link the older version pinned switches to this version's
+    /// program in place, then its remaining pins (its `sk_lookup` links,
+    /// which this version replaced per pod) are removed. Returns how many
+    /// links were switched.
+    pub fn finish_upgrade(&mut self) -> Result<usize, Error> {
+        let mut switched = 0;
+        for (name, how) in &mut self.attachments {
+            if *how != Attachment::Pending {
+                continue;
+            }
+            let pin = self.layout.link(name, self.cgroup_id);
+            let old_pin = self
+                .older
+                .iter()
+                .map(|o| o.links_dir().join(link_name(name, self.cgroup_id)))
+                .find(|p| p.exists());
+            match old_pin {
+                Some(old_pin) => replace(&mut self.ebpf, name, &old_pin, &pin)?,
+                None => {
+                    let cgroup = fs::File::open(&self.cgroup)
+                        .map_err(io_err("opening cgroup", &self.cgroup))?;
+                    let link = attach_to_cgroup(&mut self.ebpf, name, &cgroup)?;
+                    pin_link(name, link, &pin)?;
+                }
+            }
+            *how = Attachment::Replaced;
+            switched += 1;
+        }
+        for old in self.older.drain(..) {
+            old.remove()?;
+            info!(version = %old.name, "removed the pins of another version");
+        }
+        Ok(switched)
     }
 
     /// Attaches inbound capture (`sk_lookup`) to a pod's network namespace,
@@ -230,6 +315,67 @@ fn attach_to_cgroup(
     } else {
         attach_as!(CgroupSockAddr)
     }
+}
+
+/// Switches the link pinned at `old_pin` to this object's program `name`,
+/// atomically, and moves the pin to `pin`.
+fn replace(ebpf: &mut Ebpf, name: &'static str, old_pin: &Path, pin: &Path) -> Result<(), Error> {
+    let program_err = |source| Error::Program { name, source };
+    let program = ebpf
+        .program_mut(name)
+        .ok_or(Error::MissingProgram { name })?;
+    // The same steps for the program types strait has, which share no
+    // trait in aya.
+    macro_rules! loaded_fd {
+        ($p:expr) => {{
+            if $p.fd().is_err() {
+                $p.load().map_err(program_err)?;
+            }
+            $p.fd().map_err(program_err)?.as_fd()
+        }};
+    }
+    let program_fd = match program {
+        Program::CgroupSockAddr(p) => loaded_fd!(p),
+        Program::SockOps(p) => loaded_fd!(p),
+        Program::SkLookup(p) => loaded_fd!(p),
+        _ => return Err(Error::MissingProgram { name }),
+    };
+    let link = crate::sys::obj_get(old_pin).map_err(io_err("opening the link", old_pin))?;
+    crate::sys::link_update(link.as_fd(), program_fd).map_err(io_err(
+        "switching the link to this version's program",
+        old_pin,
+    ))?;
+    fs::rename(old_pin, pin).map_err(io_err("moving the link's pin", pin))
+}
+
+/// Moves the map pins in `from` into `to`, keeping any `to` already has.
+fn adopt_pins(from: &Path, to: &Path) -> Result<(), Error> {
+    let Ok(entries) = fs::read_dir(from) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let target = to.join(entry.file_name());
+        if !target.exists() {
+            fs::rename(entry.path(), &target).map_err(io_err("moving a map's pin", &target))?;
+        }
+    }
+    Ok(())
+}
+
+/// The `sk_lookup` link pins in `dir`: (path, file name).
+fn sk_lookup_links(dir: &Path) -> Result<Vec<(PathBuf, std::ffi::OsString)>, Error> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Ok(Vec::new());
+    };
+    Ok(entries
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(program::SK_LOOKUP)
+        })
+        .map(|e| (e.path(), e.file_name()))
+        .collect())
 }
 
 fn pin_link(name: &'static str, link: FdLink, pin: &Path) -> Result<(), Error> {

@@ -12,6 +12,7 @@ pub mod attach;
 pub mod maps;
 pub mod pins;
 pub mod stats;
+mod sys;
 
 pub use attach::{Attachment, Capture, CaptureConfig};
 pub use maps::{ListenerKind, Maps};

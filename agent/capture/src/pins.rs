@@ -81,19 +81,22 @@ impl PinLayout {
         Ok(())
     }
 
-    /// Removes what other versions pinned. Unpinning a link detaches its
-    /// programs once no process holds it any more.
-    pub fn remove_other_versions(&self) -> Result<Vec<String>, Error> {
-        let mut removed = Vec::new();
+    /// What other versions (older agents) pinned here.
+    pub fn other_versions(&self) -> Result<Vec<OtherVersion>, Error> {
+        let mut found = Vec::new();
         for entry in fs::read_dir(&self.root).map_err(io_err("reading", &self.root))? {
             let entry = entry.map_err(io_err("reading", &self.root))?;
             let name = entry.file_name().to_string_lossy().into_owned();
             if name != self.version && is_version_name(&name) {
-                fs::remove_dir_all(entry.path()).map_err(io_err("removing", entry.path()))?;
-                removed.push(name);
+                found.push(OtherVersion {
+                    same_maps: layout_of(&name) == Some(PIN_LAYOUT_VERSION),
+                    dir: entry.path(),
+                    name,
+                });
             }
         }
-        Ok(removed)
+        found.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(found)
     }
 
     /// Removes this version's pins: capture stops once no process holds the
@@ -102,6 +105,36 @@ impl PinLayout {
         let dir = self.version_dir();
         match fs::remove_dir_all(&dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err("removing", dir)(e)),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Another version's pins.
+#[derive(Clone, Debug)]
+pub struct OtherVersion {
+    pub name: String,
+    pub dir: PathBuf,
+    /// Its maps have this version's layout, so this version can take them
+    /// over (and with them, the pods the older agent enrolled).
+    pub same_maps: bool,
+}
+
+impl OtherVersion {
+    pub fn maps_dir(&self) -> PathBuf {
+        self.dir.join("maps")
+    }
+
+    pub fn links_dir(&self) -> PathBuf {
+        self.dir.join("links")
+    }
+
+    /// Removes its pins; links still pinned there detach.
+    pub fn remove(&self) -> Result<(), Error> {
+        match fs::remove_dir_all(&self.dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(io_err("removing", &self.dir)(e))
+            }
             _ => Ok(()),
         }
     }
@@ -122,6 +155,10 @@ pub(crate) fn link_name(program: &str, cgroup_id: u64) -> String {
 
 fn version_name(object: &[u8]) -> String {
     format!("v{PIN_LAYOUT_VERSION}-{:016x}", fnv1a(object))
+}
+
+fn layout_of(name: &str) -> Option<u32> {
+    name.strip_prefix('v')?.split_once('-')?.0.parse().ok()
 }
 
 fn is_version_name(name: &str) -> bool {
@@ -182,6 +219,13 @@ mod tests {
             assert!(!is_version_name(name), "{name}");
         }
         assert!(is_version_name("v7-0123456789abcdef"));
+    }
+
+    #[test]
+    fn the_layout_is_read_from_the_name() {
+        assert_eq!(layout_of(&version_name(b"x")), Some(PIN_LAYOUT_VERSION));
+        assert_eq!(layout_of("v3-0123456789abcdef"), Some(3));
+        assert_eq!(layout_of("maps"), None);
     }
 
     #[test]

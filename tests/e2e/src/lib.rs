@@ -146,8 +146,9 @@ pub fn echo_server(place: &Place, port: u16) -> Result<Process> {
 }
 
 /// One long-lived connection to an echo server: a line every 50 ms for
-/// `seconds`, each checked as it comes back. Prints `echoed N` and exits 0
-/// when every line came back, non-zero at the first failure.
+/// `seconds`, each checked as it comes back. Prints `connected` once the
+/// first line came back, `echoed N` and exits 0 when every line came back,
+/// non-zero at the first failure.
 pub fn echo_client(
     place: &Place,
     ip: std::net::IpAddr,
@@ -165,6 +166,8 @@ while time.monotonic() < end:
     f.write(line); f.flush()
     if f.readline() != line:
         sys.exit("echo %d did not come back" % n)
+    if n == 0:
+        print("connected", flush=True)
     n += 1
     time.sleep(0.05)
 print("echoed", n, flush=True)
@@ -694,4 +697,87 @@ pub fn wait_ready(node: &Node, agent: &mut Process) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Waits until `process` printed `line` (bounded by `timeout`).
+pub fn wait_for_line(process: &mut Process, line: &str, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let log = process.log();
+        if log.lines().any(|l| l == line) {
+            return Ok(());
+        }
+        if let Some(status) = process.wait_timeout(Duration::ZERO)? {
+            return Err(format!("exited ({status}) before printing {line:?}:\n{log}").into());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("no {line:?} within {timeout:?}:\n{log}").into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A client key and certificate for `identity`, signed by the CA whose
+/// certificate and key are `ca_cert`/`ca_key`, made with openssl (an
+/// independent TLS implementation, not ours) in `dir`: (cert, key) paths.
+/// Tests play the operator here: only they and the CA read its key.
+pub fn client_cert(
+    place: &Place,
+    dir: &Path,
+    name: &str,
+    identity: &str,
+    ca_cert: &Path,
+    ca_key: &Path,
+) -> Result<(String, String)> {
+    let (key, csr, cert, ext) = (
+        dir.join(format!("{name}.key")),
+        dir.join(format!("{name}.csr")),
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}.ext")),
+    );
+    std::fs::write(
+        &ext,
+        format!("subjectAltName=URI:{identity}\nextendedKeyUsage=clientAuth\n"),
+    )?;
+    let s = |p: &Path| p.display().to_string();
+    place.run_ok(
+        &[
+            "openssl",
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &s(&key),
+            "-out",
+            &s(&csr),
+            "-subj",
+            "/CN=client",
+        ],
+        Duration::from_secs(10),
+    )?;
+    place.run_ok(
+        &[
+            "openssl",
+            "x509",
+            "-req",
+            "-in",
+            &s(&csr),
+            "-CA",
+            &s(ca_cert),
+            "-CAkey",
+            &s(ca_key),
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-out",
+            &s(&cert),
+            "-extfile",
+            &s(&ext),
+        ],
+        Duration::from_secs(10),
+    )?;
+    Ok((s(&cert), s(&key)))
 }

@@ -9,9 +9,11 @@ use std::{
 };
 
 use strait_e2e::{
-    Mesh, Result, curl, http_server, iperf_reverse, marker_url, metric_sum, namespace_yaml,
-    require_root, workload_yaml,
+    Mesh, Result, client_cert, curl, http_server, iperf_reverse, marker_url, metric_sum,
+    namespace_yaml, require_root, workload_yaml,
 };
+
+const WEB: &str = "spiffe://cluster.local/ns/frontend/sa/web";
 use strait_topology::{Locality, Place, Spec, Topology};
 
 fn spec() -> Spec {
@@ -32,69 +34,6 @@ fn config(topo: &Topology, b_sa: &str) -> Result<String> {
         workload_yaml(topo.pod("b")?, "backend", b_sa, &[]),
     ]
     .concat())
-}
-
-/// A client key and certificate for `spiffe://cluster.local/ns/frontend/sa/web`
-/// signed by the CA in `ca_cert`/`ca_key`, made with openssl: an independent
-/// TLS implementation, not ours.
-fn client_cert(
-    place: &Place,
-    dir: &Path,
-    name: &str,
-    ca_cert: &Path,
-    ca_key: &Path,
-) -> Result<(String, String)> {
-    let (key, csr, cert, ext) = (
-        dir.join(format!("{name}.key")),
-        dir.join(format!("{name}.csr")),
-        dir.join(format!("{name}.pem")),
-        dir.join(format!("{name}.ext")),
-    );
-    std::fs::write(
-        &ext,
-        "subjectAltName=URI:spiffe://cluster.local/ns/frontend/sa/web\nextendedKeyUsage=clientAuth\n",
-    )?;
-    let s = |p: &Path| p.display().to_string();
-    place.run_ok(
-        &[
-            "openssl",
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &s(&key),
-            "-out",
-            &s(&csr),
-            "-subj",
-            "/CN=client",
-        ],
-        Duration::from_secs(10),
-    )?;
-    place.run_ok(
-        &[
-            "openssl",
-            "x509",
-            "-req",
-            "-in",
-            &s(&csr),
-            "-CA",
-            &s(ca_cert),
-            "-CAkey",
-            &s(ca_key),
-            "-CAcreateserial",
-            "-days",
-            "1",
-            "-out",
-            &s(&cert),
-            "-extfile",
-            &s(&ext),
-        ],
-        Duration::from_secs(10),
-    )?;
-    Ok((s(&cert), s(&key)))
 }
 
 /// curl's HTTP status for a TLS request to `b`'s HBONE port with a client
@@ -146,6 +85,7 @@ fn foreign_ca_and_wrong_identity_are_refused_both_ways() -> Result<()> {
         outsider,
         &dir,
         "mesh-client",
+        WEB,
         &mesh.ca_dir.join("root-cert.pem"),
         &mesh.ca_dir.join("root-key.pem"),
     )?;
@@ -179,6 +119,7 @@ fn foreign_ca_and_wrong_identity_are_refused_both_ways() -> Result<()> {
         outsider,
         &dir,
         "rogue-client",
+        WEB,
         &dir.join("rogue-ca.pem"),
         &dir.join("rogue-ca.key"),
     )?;

@@ -109,3 +109,109 @@ fn iperf3_moves_a_gibibyte_and_both_ends_agree() -> Result<()> {
     assert_eq!(sent, received, "the ends disagree on the byte count");
     Ok(())
 }
+
+/// A server that, for each connection, sends `partial` and then resets it
+/// (SO_LINGER 0), or (`watch`) reads until the client's end and prints
+/// `reset` or `eof` for how it ended.
+const RESET_SERVER: &str = r#"
+import socket, struct, sys
+mode, port = sys.argv[1], int(sys.argv[2])
+srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("0.0.0.0", port))
+srv.listen(16)
+print("listening", flush=True)
+for _ in range(5):
+    conn, _ = srv.accept()
+    if mode == "reset":
+        conn.sendall(b"partial")
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.close()
+    else:
+        conn.settimeout(10)
+        try:
+            while conn.recv(4096):
+                pass
+            print("eof", flush=True)
+        except ConnectionResetError:
+            print("reset", flush=True)
+        except OSError as e:
+            print("error", e, flush=True)
+        conn.close()
+"#;
+
+/// The client side: `read` reads until the end and prints `reset` or
+/// `eof:<bytes>`; `reset` sends a line, then resets the connection.
+const RESET_CLIENT: &str = r#"
+import socket, struct, sys, time
+mode, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+s = socket.create_connection((host, port), timeout=10)
+if mode == "read":
+    data = b""
+    try:
+        while True:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        print("eof:" + data.decode(), flush=True)
+    except ConnectionResetError:
+        print("reset", flush=True)
+else:
+    s.sendall(b"hello\n")
+    time.sleep(0.3)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()
+    print("sent reset", flush=True)
+"#;
+
+/// A reset on one side reaches the other side as a reset, both ways: a cut
+/// stream never passes for a complete one.
+#[test]
+fn a_reset_on_either_side_is_a_reset_on_the_other() -> Result<()> {
+    require_root();
+    let topo = Topology::create(two_nodes())?;
+    let (_mesh, _agents) = mesh_of_two(&topo)?;
+    let (a, b) = (topo.pod("a")?, topo.pod("b")?);
+    let b_ip = b.ipv4.to_string();
+
+    // The server resets after a partial answer: the client sees a reset.
+    let mut server = b.spawn(&["python3", "-c", RESET_SERVER, "reset", "9000"])?;
+    server.wait_listening(9000, std::time::Duration::from_secs(10))?;
+    for _ in 0..3 {
+        let out = a.run_ok(
+            &["python3", "-c", RESET_CLIENT, "read", &b_ip, "9000"],
+            std::time::Duration::from_secs(20),
+        )?;
+        let said = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        println!("client after the server's reset: {said}");
+        assert_eq!(
+            said, "reset",
+            "the server's reset reached the client as {said:?}"
+        );
+    }
+
+    // The client resets: the server sees a reset.
+    let mut watcher = b.spawn(&["python3", "-c", RESET_SERVER, "watch", "9001"])?;
+    watcher.wait_listening(9001, std::time::Duration::from_secs(10))?;
+    for _ in 0..3 {
+        a.run_ok(
+            &["python3", "-c", RESET_CLIENT, "reset", &b_ip, "9001"],
+            std::time::Duration::from_secs(20),
+        )?;
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let ended = |log: &str| log.lines().filter(|l| *l != "listening").count();
+    while ended(&watcher.log()) < 3 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let log = watcher.log();
+    println!("server after the clients' resets:\n{log}");
+    assert_eq!(
+        log.lines().filter(|l| *l == "reset").count(),
+        3,
+        "the clients' resets reached the server otherwise:\n{log}"
+    );
+    let _ = (server.kill(), watcher.kill());
+    Ok(())
+}

@@ -447,15 +447,7 @@ impl Topology {
                 node.addrs.pod_gateway_v6,
             );
             let cgroup = node.pods_cgroup.join(&pod_spec.name);
-            netns_add(&ns)?;
-            let port = format!("p{slot}");
-            veth(&ns, NODE_UPLINK, &node_ns, &port)?;
-            enslave(&node_ns, &port, POD_BRIDGE)?;
-            addr(&ns, NODE_UPLINK, &format!("{ipv4}/24"))?;
-            addr(&ns, NODE_UPLINK, &format!("{ipv6}/64"))?;
-            up(&ns, NODE_UPLINK)?;
-            route(&ns, "default", &gw4.to_string())?;
-            route(&ns, "default", &gw6.to_string())?;
+            plumb_pod(&ns, slot, &node_ns, (ipv4, ipv6), (gw4, gw6))?;
             fs::create_dir_all(&cgroup)
                 .map_err(|e| Error::io(format!("creating cgroup {}", cgroup.display()), e))?;
             let links = self.netns_dir();
@@ -481,6 +473,51 @@ impl Topology {
             });
         }
         Ok(())
+    }
+}
+
+/// A pod's namespace and its link to its node's bridge, addressed.
+fn plumb_pod(
+    ns: &str,
+    slot: u8,
+    node_ns: &str,
+    (ipv4, ipv6): (Ipv4Addr, Ipv6Addr),
+    (gw4, gw6): (Ipv4Addr, Ipv6Addr),
+) -> Result<(), Error> {
+    netns_add(ns)?;
+    let port = format!("p{slot}");
+    veth(ns, NODE_UPLINK, node_ns, &port)?;
+    enslave(node_ns, &port, POD_BRIDGE)?;
+    addr(ns, NODE_UPLINK, &format!("{ipv4}/24"))?;
+    addr(ns, NODE_UPLINK, &format!("{ipv6}/64"))?;
+    up(ns, NODE_UPLINK)?;
+    route(ns, "default", &gw4.to_string())?;
+    route(ns, "default", &gw6.to_string())
+}
+
+impl Topology {
+    /// Deletes `pod`'s network namespace and makes a new one with the same
+    /// name, link and addresses, as a pod restarted in place is: the same
+    /// IP, another namespace. Processes still in the old one lose their
+    /// network.
+    pub fn recreate_pod(&self, pod: &str) -> Result<(), Error> {
+        let found = self.pod(pod)?;
+        let node = self.node(&found.node)?;
+        let slot = self
+            .spec
+            .pods
+            .iter()
+            .find(|p| p.name == pod)
+            .and_then(|p| self.spec.pod_slot(p))
+            .ok_or_else(|| Error::Spec(format!("no slot for pod {pod}")))?;
+        netns_del(&found.place.netns)?;
+        plumb_pod(
+            &found.place.netns,
+            slot,
+            &node.place.netns,
+            (found.ipv4, found.ipv6),
+            (node.addrs.pod_gateway_v4, node.addrs.pod_gateway_v6),
+        )
     }
 }
 

@@ -1,0 +1,193 @@
+//! One agent serves every pod of its node, so no peer may exhaust it: a
+//! thousand TLS handshakes that never finish and a flood of HTTP/2 streams
+//! from one identity, while another client's requests keep being served.
+use std::{
+    net::IpAddr,
+    time::{Duration, Instant},
+};
+
+use strait_e2e::{
+    Mesh, Result, client_cert, connections, http_server, metric_sum, monotonic_now, namespace_yaml,
+    require_root, workload_yaml,
+};
+use strait_topology::{Locality, Spec, Topology};
+
+/// Opens `n` TCP connections to `host:port` and keeps them open and silent
+/// (a TLS server waits for a ClientHello) until its stdin closes or 60 s
+/// pass; prints how many it opened, and how many the server closed by the
+/// end.
+const SLOW_HANDSHAKES: &str = r#"
+import resource, select, socket, sys, time
+host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+socks = []
+for _ in range(n):
+    s = socket.socket()
+    s.settimeout(5)
+    try:
+        s.connect((host, port))
+        socks.append(s)
+    except OSError:
+        s.close()
+print("opened", len(socks), flush=True)
+deadline = time.time() + float(sys.argv[4])
+closed = set()
+while time.time() < deadline and len(closed) < len(socks):
+    r, _, _ = select.select([s for s in socks if s not in closed], [], [], 0.5)
+    for s in r:
+        try:
+            if not s.recv(1):
+                closed.add(s)
+        except OSError:
+            closed.add(s)
+print("closed by the server", len(closed), flush=True)
+"#;
+
+fn rss_kib_and_fds(pid: u32) -> Result<(u64, usize)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))?.count();
+    Ok((rss, fds))
+}
+
+#[test]
+fn slow_handshakes_and_a_stream_flood_do_not_starve_other_clients() -> Result<()> {
+    require_root();
+    let topo = Topology::create(
+        Spec::new()
+            .node("n1", "c1", "net1", Locality::new("r1", "z1", ""))
+            .node("n2", "c1", "net1", Locality::new("r1", "z2", ""))
+            .pod("web", "n1")
+            .pod("attacker", "n1")
+            .pod("api", "n2"),
+    )?;
+    let mesh = Mesh::new(&topo)?;
+    mesh.write(
+        "mesh.yaml",
+        &[
+            namespace_yaml("frontend", true),
+            namespace_yaml("backend", true),
+            // The attacker is outside the mesh: its connections to 15008
+            // go straight to api's agent.
+            namespace_yaml("outside", false),
+            workload_yaml(topo.pod("web")?, "frontend", "web", &[]),
+            workload_yaml(topo.pod("attacker")?, "outside", "attacker", &[]),
+            workload_yaml(topo.pod("api")?, "backend", "api", &[]),
+        ]
+        .concat(),
+    )?;
+    let _agent1 = mesh.start_agent("n1", &[])?;
+    let agent2 = mesh.start_agent("n2", &[])?;
+    let (web, attacker, api) = (topo.pod("web")?, topo.pod("attacker")?, topo.pod("api")?);
+    let _server = http_server(api, 8080, "from-api")?;
+    let before = rss_kib_and_fds(agent2.pid())?;
+
+    // A thousand handshakes that never start.
+    let mut slow = attacker.spawn(&[
+        "python3",
+        "-c",
+        SLOW_HANDSHAKES,
+        &api.ipv4.to_string(),
+        "15008",
+        "1000",
+        "30",
+    ])?;
+    wait_for_line_prefix(&mut slow, "opened", Duration::from_secs(30))?;
+
+    // A flood of streams from one identity, which holds a certificate the
+    // mesh trusts (minted here as an operator would), on 30 connections.
+    let dir = attacker.scratch_dir()?;
+    let (cert, key) = client_cert(
+        attacker,
+        &dir,
+        "flooder",
+        "spiffe://cluster.local/ns/frontend/sa/flooder",
+        &mesh.ca_dir.join("root-cert.pem"),
+        &mesh.ca_dir.join("root-key.pem"),
+    )?;
+    let url = format!("https://{}:15008/", api.ipv4);
+    let mut floods = Vec::new();
+    for _ in 0..30 {
+        floods.push(attacker.spawn(&[
+            "nghttp", "-n", "-y", "--cert", &cert, "--key", &key, "-m", "2000", "-t", "60", &url,
+        ])?);
+    }
+
+    // Meanwhile, web's requests over the mesh keep being served.
+    let started = Instant::now();
+    let load = connections(web, IpAddr::V4(api.ipv4), 8080, 300, 4, monotonic_now())?;
+    let during = rss_kib_and_fds(agent2.pid())?;
+    println!(
+        "web during the floods: {} answered, {} failed in {:.1}s ({:?})",
+        load.total(),
+        load.failures,
+        started.elapsed().as_secs_f64(),
+        load.errors
+    );
+    assert_eq!(load.failures, 0, "web was starved: {:?}", load.errors);
+    assert_eq!(load.total(), 300);
+
+    for mut flood in floods {
+        let _ = flood.wait_timeout(Duration::from_secs(60))?;
+    }
+    let metrics = mesh.metrics("n2")?;
+    let limited = metric_sum(
+        &metrics,
+        "strait_connection_failures_total",
+        &["reason=\"limit\""],
+    );
+    let tls = metric_sum(
+        &metrics,
+        "strait_connection_failures_total",
+        &["reason=\"tls\""],
+    );
+    wait_for_line_prefix(&mut slow, "closed by the server", Duration::from_secs(60))?;
+    println!(
+        "api's agent: RSS {} -> {} KiB, fds {} -> {}; refused over a limit {limited}, handshakes failed {tls}; attacker: {}",
+        before.0,
+        during.0,
+        before.1,
+        during.1,
+        slow.log().replace('\n', ", ")
+    );
+    assert!(limited > 0, "no peer was held to a limit:\n{metrics}");
+    // 64 pending handshakes per address and 16 connections per identity,
+    // not a thousand of each.
+    assert!(
+        during.1 < before.1 + 400,
+        "the agent holds {} descriptors (from {})",
+        during.1,
+        before.1
+    );
+    let closed: usize = slow
+        .log()
+        .lines()
+        .find_map(|l| l.strip_prefix("closed by the server "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(
+        closed >= 900,
+        "only {closed} silent connections were closed"
+    );
+    Ok(())
+}
+
+fn wait_for_line_prefix(
+    process: &mut strait_topology::Process,
+    prefix: &str,
+    timeout: Duration,
+) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    while !process.log().lines().any(|l| l.starts_with(prefix)) {
+        if Instant::now() >= deadline {
+            return Err(format!("no {prefix:?} within {timeout:?}:\n{}", process.log()).into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}

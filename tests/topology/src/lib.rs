@@ -510,6 +510,9 @@ impl Topology {
             .find(|p| p.name == pod)
             .and_then(|p| self.spec.pod_slot(p))
             .ok_or_else(|| Error::Spec(format!("no slot for pod {pod}")))?;
+        // The old namespace lives on while something holds it (an agent's
+        // sockets): take its link away with it.
+        netlink::ip_in(&node.place.netns, &["link", "del", &format!("p{slot}")])?;
         netns_del(&found.place.netns)?;
         plumb_pod(
             &found.place.netns,

@@ -146,6 +146,8 @@ pub struct Metrics {
     /// This node's workloads in the mesh, fully enrolled or not yet.
     workloads: Family<WorkloadLabels, Gauge>,
     enrollment_failures: Counter,
+    /// The agent's live tasks, read when scraped: a leak shows as growth.
+    tasks: Gauge,
     registry: Registry,
 }
 
@@ -251,9 +253,16 @@ impl Metrics {
             "Enrollment steps that failed and will be retried",
             enrollment_failures.clone(),
         );
+        let tasks = Gauge::default();
+        registry.register(
+            "strait_tasks",
+            "Tasks alive in the agent's runtime (connections, listeners, probes, rotations)",
+            tasks.clone(),
+        );
         Self {
             workloads,
             enrollment_failures,
+            tasks,
             opened,
             closed,
             sent_bytes,
@@ -322,6 +331,10 @@ impl Metrics {
 
     /// The text exposition format.
     pub fn encode(&self) -> String {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let alive = runtime.metrics().num_alive_tasks();
+            self.tasks.set(i64::try_from(alive).unwrap_or(i64::MAX));
+        }
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();

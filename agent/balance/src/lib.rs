@@ -187,7 +187,16 @@ pub fn order<'a>(
         let mut head = first.map(|i| groups.remove(i));
         let mut keyed: Vec<(f64, Vec<Ranked<'a>>)> = groups
             .into_iter()
-            .map(|(w, g)| (random().powf(1.0 / w), g))
+            .map(|(w, g)| {
+                let u = match simple {
+                    Simple::SourceHash(key) => {
+                        let first = g.first().map(|r| r.endpoint.addr.to_string());
+                        load::unit(load::hash_of(&first.unwrap_or_default(), key))
+                    }
+                    _ => random(),
+                };
+                (u.powf(1.0 / w), g)
+            })
             .collect();
         keyed.sort_by(|a, b| b.0.total_cmp(&a.0));
         for group in head
@@ -229,15 +238,25 @@ fn order_group<'a>(
     active: &dyn Fn(std::net::SocketAddr) -> usize,
     random: &mut impl FnMut() -> f64,
 ) -> Vec<Ranked<'a>> {
-    // Weighted random order (Efraimidis–Spirakis): sort by u^(1/w).
+    // Weighted random order (Efraimidis–Spirakis): sort by u^(1/w); with a
+    // source hash, u is the hash of (source, endpoint), which makes it
+    // weighted rendezvous hashing.
     let mut keyed: Vec<(f64, Ranked<'a>)> = group
         .into_iter()
-        .map(|r| (random().powf(1.0 / r.weight), r))
+        .map(|r| {
+            let u = match simple {
+                Simple::SourceHash(key) => {
+                    load::unit(load::hash_of(&r.endpoint.addr.to_string(), key))
+                }
+                _ => random(),
+            };
+            (u.powf(1.0 / r.weight), r)
+        })
         .collect();
     keyed.sort_by(|a, b| b.0.total_cmp(&a.0));
     let mut level: Vec<Ranked<'a>> = keyed.into_iter().map(|(_, r)| r).collect();
     match simple {
-        Simple::Random => {}
+        Simple::Random | Simple::SourceHash(_) | Simple::Passthrough => {}
         Simple::LeastRequest => {
             if level.len() >= 2 && active(level[1].endpoint.addr) < active(level[0].endpoint.addr) {
                 level.swap(0, 1);
@@ -827,5 +846,47 @@ mod tests {
         assert!(locality_matches("us-east/us-east-1a/rack1", &l));
         assert!(!locality_matches("us-west/*", &l));
         assert!(!locality_matches("us-east/us-east-1b", &l));
+    }
+
+    /// With `useSourceIp`, a client always gets the same endpoint, clients
+    /// spread over the endpoints, and removing one endpoint moves only its
+    /// own clients.
+    #[test]
+    fn source_hash_is_sticky_and_moves_little() {
+        let workloads: Vec<Workload> = (0..4)
+            .map(|i| workload(&format!("e{i}"), "r1/z1", &[]))
+            .collect();
+        let endpoints: Vec<Endpoint<'_>> = workloads
+            .iter()
+            .enumerate()
+            .map(|(i, w)| Endpoint {
+                addr: format!("10.0.0.{}:80", i + 1).parse().unwrap(),
+                workload: w,
+            })
+            .collect();
+        let (locality, labels) = (Locality::parse("r1/z1"), Labels::default());
+        let who = client(&locality, &labels);
+        let pick = |endpoints: &[Endpoint<'_>], source: &str| {
+            let ranked = rank(&who, endpoints, Policy::default(), &no_cluster);
+            let simple = Simple::parse(None, Some(&serde_json::json!({"useSourceIp": true})))
+                .for_source(source.parse().unwrap());
+            order(ranked, simple, 0, &|_| 0, || unreachable!("no randomness"))[0].addr
+        };
+        let sources: Vec<String> = (0..400)
+            .map(|i| format!("10.9.{}.{}", i / 250, i % 250))
+            .collect();
+        let before: Vec<_> = sources.iter().map(|s| pick(&endpoints, s)).collect();
+        let again: Vec<_> = sources.iter().map(|s| pick(&endpoints, s)).collect();
+        assert_eq!(before, again, "the same source, the same endpoint");
+        let spread: std::collections::BTreeSet<_> = before.iter().collect();
+        assert_eq!(spread.len(), 4, "sources spread over every endpoint");
+        let fewer = &endpoints[..3];
+        let gone = endpoints[3].addr;
+        for (s, b) in sources.iter().zip(&before) {
+            let now = pick(fewer, s);
+            if *b != gone {
+                assert_eq!(now, *b, "{s} moved although its endpoint stayed");
+            }
+        }
     }
 }

@@ -16,22 +16,68 @@ pub enum Simple {
     RoundRobin,
     /// The less busy of two weighted random picks (Istio's default).
     LeastRequest,
+    /// `consistentHash.useSourceIp`: the same client address goes to the
+    /// same endpoint (weighted rendezvous hashing, so endpoints coming and
+    /// going move only their own share); the key is the address's hash.
+    SourceHash(u64),
+    /// `PASSTHROUGH`: no balancing, the address the client dialled.
+    Passthrough,
 }
 
 impl Simple {
-    pub fn parse(simple: Option<&str>) -> Self {
+    /// From a `loadBalancer`'s `simple` and `consistentHash` (of which only
+    /// `useSourceIp` means anything at L4). `LEAST_CONN` is Istio's
+    /// deprecated name for `LEAST_REQUEST`.
+    pub fn parse(simple: Option<&str>, consistent_hash: Option<&serde_json::Value>) -> Self {
+        let source_ip = consistent_hash
+            .and_then(|h| h.get("useSourceIp"))
+            .and_then(serde_json::Value::as_bool)
+            == Some(true);
         match simple {
+            _ if source_ip => Simple::SourceHash(0),
             Some("RANDOM") => Simple::Random,
             Some("ROUND_ROBIN") => Simple::RoundRobin,
+            Some("PASSTHROUGH") => Simple::Passthrough,
             _ => Simple::LeastRequest,
         }
     }
+
+    /// This policy for a connection from `source`: the hash key, for
+    /// [`Simple::SourceHash`].
+    pub fn for_source(self, source: std::net::IpAddr) -> Self {
+        match self {
+            Simple::SourceHash(_) => Simple::SourceHash(hash_of(&source.to_string(), 0)),
+            other => other,
+        }
+    }
+}
+
+/// A stable 64-bit hash of `text` and `salt` (FNV-1a, then a finalizer so
+/// nearby inputs land far apart).
+pub(crate) fn hash_of(text: &str, salt: u64) -> u64 {
+    let mut h = text
+        .bytes()
+        .chain(salt.to_le_bytes())
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h
+}
+
+/// A hash as a number in (0, 1], for weighted rendezvous.
+pub(crate) fn unit(hash: u64) -> f64 {
+    ((hash >> 11) as f64 + 1.0) / (1u64 << 53) as f64
 }
 
 #[derive(Debug, Default)]
 pub struct Load {
     active: Mutex<HashMap<SocketAddr, usize>>,
     turns: Mutex<HashMap<String, usize>>,
+    /// Open connections per service, for `connectionPool.tcp.maxConnections`.
+    services: Mutex<HashMap<String, usize>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -51,6 +97,21 @@ impl Load {
             load: self.clone(),
             addr,
         }
+    }
+
+    /// Counts a connection to `service` while the slot lives, if fewer than
+    /// `max` are open.
+    pub fn open_service(self: &Arc<Self>, service: &str, max: u32) -> Option<ServiceSlot> {
+        let mut open = lock(&self.services);
+        let n = open.entry(service.to_owned()).or_default();
+        if *n >= max as usize {
+            return None;
+        }
+        *n += 1;
+        Some(ServiceSlot {
+            load: self.clone(),
+            service: service.to_owned(),
+        })
     }
 
     /// Forgets the round-robin turns of services `keep` does not want.
@@ -81,6 +142,25 @@ impl Drop for Active {
             *n = n.saturating_sub(1);
             if *n == 0 {
                 active.remove(&self.addr);
+            }
+        }
+    }
+}
+
+/// One connection counted against its service's `maxConnections`.
+#[derive(Debug)]
+pub struct ServiceSlot {
+    load: Arc<Load>,
+    service: String,
+}
+
+impl Drop for ServiceSlot {
+    fn drop(&mut self) {
+        let mut open = lock(&self.load.services);
+        if let Some(n) = open.get_mut(&self.service) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.service);
             }
         }
     }

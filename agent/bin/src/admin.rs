@@ -139,11 +139,7 @@ pub enum Routes {
 /// The admin routes are served on loopback only: they show the node's
 /// whole config and its certificates.
 pub async fn bind(addr: SocketAddr, routes: Routes, state: Arc<State>) -> Result<JoinHandle<()>> {
-    if routes == Routes::Admin && !addr.ip().is_loopback() {
-        anyhow::bail!(
-            "--admin-addr {addr}: the admin endpoint shows the node's config and certificates; it listens on a loopback address only"
-        );
-    }
+    check_addr(routes, addr)?;
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding {routes:?} endpoint on {addr}"))?;
@@ -251,6 +247,17 @@ fn config_dump(state: &State) -> Response<Full<Bytes>> {
     })
 }
 
+/// The admin routes show the node's whole config and its certificates:
+/// they are served on a loopback address only.
+fn check_addr(routes: Routes, addr: SocketAddr) -> Result<()> {
+    if routes == Routes::Admin && !addr.ip().is_loopback() {
+        anyhow::bail!(
+            "--admin-addr {addr}: the admin endpoint shows the node's config and certificates; it listens on a loopback address only"
+        );
+    }
+    Ok(())
+}
+
 fn json(value: &impl Serialize) -> Response<Full<Bytes>> {
     match serde_json::to_vec_pretty(value) {
         Ok(body) => response(StatusCode::OK, "application/json", body),
@@ -270,4 +277,24 @@ fn response(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<F
             .insert(hyper::header::CONTENT_TYPE, value);
     }
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_admin_endpoint_is_loopback_only() {
+        for ok in ["127.0.0.1:15000", "[::1]:15000"] {
+            assert!(
+                check_addr(Routes::Admin, ok.parse().unwrap()).is_ok(),
+                "{ok}"
+            );
+        }
+        let err = check_addr(Routes::Admin, "0.0.0.0:15000".parse().unwrap()).unwrap_err();
+        assert!(err.to_string().contains("loopback"), "{err}");
+        // Metrics and readiness are for the node's network, as documented.
+        assert!(check_addr(Routes::Metrics, "0.0.0.0:15020".parse().unwrap()).is_ok());
+        assert!(check_addr(Routes::Readiness, "0.0.0.0:15021".parse().unwrap()).is_ok());
+    }
 }

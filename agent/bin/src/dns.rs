@@ -8,7 +8,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use strait_dns::Outcome;
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::{TcpStream, UdpSocket},
     task::JoinHandle,
 };
@@ -52,7 +52,7 @@ pub fn serve_udp(proxy: Arc<Proxy>, pod: Arc<Pod>, socket: UdpSocket) -> JoinHan
             let query = &buf[..len];
             let span = info_span!("dns", src = %peer, src_identity = %pod.identity, proto = "udp");
             let _entered = span.enter();
-            match decide(&proxy, query) {
+            match decide(&proxy, &pod, query) {
                 Outcome::Answer(answer) => {
                     if let Err(err) = socket.try_send_to(&answer, peer) {
                         debug!(%err, "sending the DNS answer");
@@ -99,7 +99,7 @@ pub async fn handle_tcp(proxy: Arc<Proxy>, pod: Arc<Pod>, mut client: TcpStream,
         let mut upstream: Option<TcpStream> = None;
         while let Ok(Some(query)) = tokio::time::timeout(TCP_IDLE, read_message(&mut client)).await
         {
-            let reply = match decide(&proxy, &query) {
+            let reply = match decide(&proxy, &pod, &query) {
                 Outcome::Answer(answer) => answer,
                 Outcome::Forward => {
                     let Some(nameserver) = nameserver else {
@@ -154,10 +154,10 @@ pub async fn handle_tcp(proxy: Arc<Proxy>, pod: Arc<Pod>, mut client: TcpStream,
 
 /// Mesh answer or forward; a query strait cannot read is forwarded for the
 /// nameserver to judge.
-fn decide(proxy: &Proxy, query: &[u8]) -> Outcome {
+fn decide(proxy: &Proxy, pod: &Pod, query: &[u8]) -> Outcome {
     proxy.metrics.dns_requests.inc();
     let state = proxy.state.snapshot();
-    match strait_dns::answer(&state.config, query) {
+    match strait_dns::answer(&state.config, &pod.workload.namespace, query) {
         Ok(outcome) => outcome,
         Err(err) => {
             debug!(%err, "unreadable query; forwarding it");
@@ -211,18 +211,45 @@ async fn forward_udp(
     }
 }
 
-async fn read_message(stream: &mut TcpStream) -> Option<Vec<u8>> {
+/// One length-prefixed DNS message (RFC 1035 §4.2.2); `None` at the end of
+/// the stream or when it ends inside a message.
+async fn read_message(stream: &mut (impl AsyncRead + Unpin)) -> Option<Vec<u8>> {
     let len = stream.read_u16().await.ok()?;
     let mut message = vec![0u8; usize::from(len)];
     stream.read_exact(&mut message).await.ok()?;
     Some(message)
 }
 
-async fn write_message(stream: &mut TcpStream, message: &[u8]) -> std::io::Result<()> {
+async fn write_message(
+    stream: &mut (impl AsyncWrite + Unpin),
+    message: &[u8],
+) -> std::io::Result<()> {
     let len = u16::try_from(message.len())
         .map_err(|_| std::io::Error::other("DNS message over 65535 bytes"))?;
     let mut framed = Vec::with_capacity(message.len() + 2);
     framed.extend_from_slice(&len.to_be_bytes());
     framed.extend_from_slice(message);
     stream.write_all(&framed).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn tcp_messages_are_framed_by_their_length() {
+        let (mut a, mut b) = tokio::io::duplex(1 << 17);
+        write_message(&mut a, b"first").await.unwrap();
+        write_message(&mut a, &[7u8; 512]).await.unwrap();
+        write_message(&mut a, b"").await.unwrap();
+        assert_eq!(read_message(&mut b).await.unwrap(), b"first");
+        assert_eq!(read_message(&mut b).await.unwrap(), vec![7u8; 512]);
+        assert_eq!(read_message(&mut b).await.unwrap(), b"");
+        // A message may not outgrow its two-byte length.
+        assert!(write_message(&mut a, &vec![0u8; 70_000]).await.is_err());
+        // A stream that ends inside a message yields nothing, not a part.
+        a.write_all(&[0, 10, 1, 2, 3]).await.unwrap();
+        drop(a);
+        assert_eq!(read_message(&mut b).await, None);
+    }
 }

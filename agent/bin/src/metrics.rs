@@ -58,6 +58,8 @@ pub enum Reason {
     NoCertificate,
     /// A peer over one of the HBONE server's limits.
     Limit,
+    /// A service's `connectionPool.tcp.maxConnections` was reached.
+    Overflow,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -91,6 +93,7 @@ label_values! {
         NoEndpoints => "no_endpoints",
         NoCertificate => "no_certificate",
         Limit => "limit",
+        Overflow => "overflow",
     }
     ReloadResult { Success => "success", Failure => "failure" }
     ProbeResult { Passed => "passed", Failed => "failed" }

@@ -4,7 +4,7 @@
 //! rejected object, or none at all, is refused as a whole and the last good
 //! one stays in force.
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -47,7 +47,8 @@ pub fn initial_status() -> SharedStatus {
 }
 
 /// Watches `dir` for as long as the agent runs; after each applied change,
-/// enrolls and releases this node's pods to match.
+/// re-judges open connections and enrolls and releases this node's pods to
+/// match.
 pub fn spawn(
     dir: PathBuf,
     state: NodeState,
@@ -63,59 +64,66 @@ pub fn spawn(
             if !tokio::task::block_in_place(|| watch.poll()) {
                 continue;
             }
-            let load_dir = dir.clone();
-            let started = std::time::Instant::now();
-            let result = tokio::task::spawn_blocking(move || reload_dir(&load_dir))
-                .await
-                .unwrap_or_else(|join| {
-                    Err(LoadError {
-                        file: dir.clone(),
-                        line: None,
-                        object: None,
-                        field: None,
-                        reason: format!("the loader failed: {join}"),
-                        more: 0,
-                    })
-                });
-            let applied = match result {
-                Ok(config) => {
-                    metrics.config_loaded_in(started.elapsed());
-                    state.replace(config);
-                    let closed = proxy.enforce_policies();
-                    if closed > 0 {
-                        info!(closed, "open connections the new policies deny were closed");
-                    }
-                    crate::release_freed_memory();
-                    true
-                }
-                Err(err) => {
-                    let mut status = status.lock().unwrap_or_else(|p| p.into_inner());
-                    status.failures += 1;
-                    metrics.config_reloaded(false);
-                    warn!(
-                        file = %err.file.display(),
-                        line = err.line,
-                        object = err.object.as_deref().unwrap_or(""),
-                        field = err.field.as_deref().unwrap_or(""),
-                        reason = %err.reason,
-                        more = err.more,
-                        "config change refused; keeping the last good config"
-                    );
-                    status.last_error = Some(err);
-                    false
-                }
-            };
-            if applied {
-                let enrolled = pods.sync(&state.snapshot(), &proxy).await;
-                let mut status = status.lock().unwrap_or_else(|p| p.into_inner());
-                status.generation += 1;
-                status.applied_at = self::now();
-                status.last_error = None;
-                metrics.config_reloaded(true);
-                info!(generation = status.generation, enrolled, dir = %dir.display(), "config reloaded");
+            if !reload(&dir, &state, &status, &metrics).await {
+                continue;
             }
+            let closed = proxy.enforce_policies();
+            if closed > 0 {
+                info!(closed, "open connections the new policies deny were closed");
+            }
+            let enrolled = pods.sync(&state.snapshot(), &proxy).await;
+            let generation = status.lock().unwrap_or_else(|p| p.into_inner()).generation;
+            info!(generation, enrolled, dir = %dir.display(), "config reloaded");
         }
     });
+}
+
+/// Loads `dir` again (off the runtime's threads) and makes it the config
+/// in force, or refuses it and says why in `status` and the metrics,
+/// keeping the last good one. Returns whether it was applied.
+async fn reload(dir: &Path, state: &NodeState, status: &SharedStatus, metrics: &Metrics) -> bool {
+    let load_dir = dir.to_path_buf();
+    let started = std::time::Instant::now();
+    let result = tokio::task::spawn_blocking(move || reload_dir(&load_dir))
+        .await
+        .unwrap_or_else(|join| {
+            Err(LoadError {
+                file: dir.to_path_buf(),
+                line: None,
+                object: None,
+                field: None,
+                reason: format!("the loader failed: {join}"),
+                more: 0,
+            })
+        });
+    let mut status = status.lock().unwrap_or_else(|p| p.into_inner());
+    match result {
+        Ok(config) => {
+            metrics.config_loaded_in(started.elapsed());
+            state.replace(config);
+            crate::release_freed_memory();
+            status.generation += 1;
+            status.applied_at = self::now();
+            status.last_error = None;
+            metrics.config_reloaded(true);
+            true
+        }
+        Err(err) => {
+            status.failures += 1;
+            metrics.config_reloaded(false);
+            warn!(
+                file = %err.file.display(),
+                line = err.line,
+                object = err.object.as_deref().unwrap_or(""),
+                field = err.field.as_deref().unwrap_or(""),
+                reason = %err.reason,
+                more = err.more,
+                "config change refused; keeping the last good config"
+            );
+            status.last_error = Some(err);
+            false
+        }
+    }
 }
 
 fn now() -> f64 {
@@ -123,4 +131,60 @@ fn now() -> f64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n";
+    const POLICY: &str = "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: p, namespace: shop}
+spec:
+  action: ALLOW
+  rules:
+  - from:
+    - source:
+        principal: [x]
+";
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_good_change_applies_and_a_bad_one_keeps_the_last_good_config() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.yaml"), GOOD).unwrap();
+        let state = NodeState::new("n1", strait_config::load_dir(dir.path()).unwrap());
+        let (status, metrics) = (initial_status(), Metrics::new());
+
+        std::fs::write(dir.path().join("b.yaml"), GOOD.replace("shop", "more")).unwrap();
+        assert!(reload(dir.path(), &state, &status, &metrics).await);
+        assert_eq!(state.snapshot().generation, 2);
+        assert!(state.snapshot().config.namespaces.contains_key("more"));
+
+        // A typo: refused as a whole, named, and the config stays.
+        std::fs::write(dir.path().join("c.yaml"), POLICY).unwrap();
+        assert!(!reload(dir.path(), &state, &status, &metrics).await);
+        let s = status.lock().unwrap().clone();
+        assert_eq!((s.generation, s.failures), (2, 1));
+        let err = s.last_error.unwrap();
+        assert!(err.file.ends_with("c.yaml"), "{err}");
+        assert_eq!(
+            err.field.as_deref(),
+            Some("spec.rules[0].from[0].source.principal")
+        );
+        assert_eq!(state.snapshot().generation, 2);
+        assert!(
+            metrics
+                .encode()
+                .contains("strait_config_last_reload_success 0")
+        );
+
+        // Emptied: refused too, rather than releasing every pod.
+        for f in ["a.yaml", "b.yaml", "c.yaml"] {
+            std::fs::remove_file(dir.path().join(f)).unwrap();
+        }
+        assert!(!reload(dir.path(), &state, &status, &metrics).await);
+        assert!(state.snapshot().config.namespaces.contains_key("more"));
+        assert_eq!(status.lock().unwrap().failures, 2);
+    }
 }

@@ -153,7 +153,16 @@ pub(crate) fn object(
         "Node" => Item::Node(node(&name, &meta.labels)),
         "Service" => {
             let spec = f.spec(json)?;
-            Item::Service(service(f, &name, namespace, spec))
+            let mut svc = service(f, &name, namespace, spec);
+            if let Some(to) = meta.annotations.get(crate::EXPORT_TO_ANNOTATION) {
+                svc.export_to = to.split(',').map(|t| t.trim().to_owned()).collect();
+                export_to(
+                    f,
+                    &format!("metadata.annotations.{}", crate::EXPORT_TO_ANNOTATION),
+                    &svc.export_to,
+                );
+            }
+            Item::Service(svc)
         }
         "ServiceEntry" => {
             let spec = f.spec(json)?;
@@ -179,11 +188,19 @@ pub(crate) fn object(
         "VirtualService" => {
             let spec: net::VirtualServiceSpec = f.spec(json)?;
             virtual_service(f, &spec);
+            f.warn(
+                "spec",
+                "has no effect yet: VirtualService routes are applied by a waypoint, which strait does not run yet",
+            );
             Item::VirtualService(Box::new(Named::new(&name, namespace, spec)))
         }
         "Gateway" => {
             let spec: net::GatewaySpec = f.spec(json)?;
             gateway(f, &spec);
+            f.warn(
+                "spec",
+                "has no effect yet: strait runs no ingress or egress gateway",
+            );
             Item::Gateway(Box::new(Named::new(&name, namespace, spec)))
         }
         "PeerAuthentication" => {
@@ -197,6 +214,10 @@ pub(crate) fn object(
         }
         "RequestAuthentication" => {
             let spec: sec::RequestAuthenticationSpec = f.spec(json)?;
+            f.warn(
+                "spec",
+                "has no effect yet: JWTs are checked by a waypoint, which strait does not run yet",
+            );
             for (i, rule) in spec.jwt_rules.iter().enumerate() {
                 if rule.issuer.is_empty() {
                     f.reject(&format!("spec.jwtRules[{i}].issuer"), "is required");
@@ -352,6 +373,21 @@ fn service(f: &mut Findings, name: &str, namespace: &str, spec: core::ServiceSpe
         origin: ServiceOrigin::Kubernetes,
         traffic_distribution: spec.traffic_distribution,
         node_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
+        export_to: Vec::new(),
+    }
+}
+
+/// `exportTo` values: `*`, `.`, `~` or namespace names.
+fn export_to(f: &mut Findings, path: &str, to: &[String]) {
+    for (i, t) in to.iter().enumerate() {
+        let ok = matches!(t.as_str(), "*" | "." | "~")
+            || crate::names::check_subdomain(t).is_ok() && !t.contains('.');
+        if !ok {
+            f.reject(
+                &format!("{path}[{i}]"),
+                &format!("{t:?} is not `*`, `.`, `~` or a namespace name"),
+            );
+        }
     }
 }
 
@@ -399,6 +435,10 @@ fn service_entry(
 ) -> Service {
     if spec.hosts.is_empty() {
         f.reject("spec.hosts", "needs at least one host");
+    }
+    export_to(f, "spec.exportTo", &spec.export_to);
+    if !spec.subject_alt_names.is_empty() {
+        f.warn("spec.subjectAltNames", NO_EFFECT);
     }
     let resolution = spec.resolution.as_deref().unwrap_or("NONE");
     f.one_of(
@@ -536,6 +576,7 @@ fn service_entry(
         },
         traffic_distribution: None,
         node_local: false,
+        export_to: spec.export_to,
     }
 }
 
@@ -668,14 +709,26 @@ fn workload_group(f: &mut Findings, spec: &net::WorkloadGroupSpec) {
     }
 }
 
+/// Why a field strait reads and checks does nothing yet: the node agent
+/// works at L4, and these belong to an L7 proxy (a waypoint) or are not
+/// built.
+const NO_EFFECT: &str = "has no effect: strait's node agent works at L4 and does not implement it (an L7 proxy, a waypoint, would)";
+
 fn destination_rule(f: &mut Findings, spec: &net::DestinationRuleSpec) {
     if spec.host.is_empty() {
         f.reject("spec.host", "is required");
     } else if !valid_host(&spec.host) {
         f.reject("spec.host", &format!("{:?} is not a host name", spec.host));
     }
+    export_to(f, "spec.exportTo", &spec.export_to);
     if let Some(tp) = &spec.traffic_policy {
         traffic_policy(f, "spec.trafficPolicy", tp);
+    }
+    if !spec.subsets.is_empty() {
+        f.warn(
+            "spec.subsets",
+            "has no effect at L4: subsets are chosen by VirtualService routes, which a waypoint applies",
+        );
     }
     let mut names = BTreeSet::new();
     for (i, subset) in spec.subsets.iter().enumerate() {
@@ -719,6 +772,13 @@ fn traffic_policy(f: &mut Findings, path: &str, tp: &net::TrafficPolicy) {
             tls.mode.as_deref(),
             &["DISABLE", "SIMPLE", "MUTUAL", "ISTIO_MUTUAL"],
         );
+        f.warn(&format!("{path}.tls"), NO_EFFECT);
+    }
+    if tp.tunnel.is_some() {
+        f.warn(&format!("{path}.tunnel"), NO_EFFECT);
+    }
+    if tp.proxy_protocol.is_some() {
+        f.warn(&format!("{path}.proxyProtocol"), NO_EFFECT);
     }
     for (i, pl) in tp.port_level_settings.iter().enumerate() {
         let p = format!("{path}.portLevelSettings[{i}]");
@@ -737,6 +797,9 @@ fn traffic_policy(f: &mut Findings, path: &str, tp: &net::TrafficPolicy) {
         if let Some(pool) = &pl.connection_pool {
             connection_pool(f, &format!("{p}.connectionPool"), pool);
         }
+        if pl.tls.is_some() {
+            f.warn(&format!("{p}.tls"), NO_EFFECT);
+        }
     }
 }
 
@@ -749,6 +812,19 @@ fn load_balancer(f: &mut Findings, path: &str, lb: &net::LoadBalancer) {
         &format!("{path}.warmupDurationSecs"),
         lb.warmup_duration_secs.as_ref(),
     );
+    if lb.warmup_duration_secs.is_some() || lb.warmup.is_some() {
+        f.warn(&format!("{path}.warmup"), NO_EFFECT);
+    }
+    if let Some(hash) = &lb.consistent_hash {
+        // Only the client's address is known at L4.
+        let source_ip = hash.get("useSourceIp").and_then(serde_json::Value::as_bool) == Some(true);
+        if !source_ip {
+            f.warn(
+                &format!("{path}.consistentHash"),
+                "has no effect at L4 except useSourceIp: true (headers, cookies and query parameters are L7, which a waypoint sees)",
+            );
+        }
+    }
     let Some(loc) = &lb.locality_lb_setting else {
         return;
     };
@@ -818,10 +894,18 @@ fn connection_pool(f: &mut Findings, path: &str, pool: &net::ConnectionPool) {
         if let Some(k) = &tcp.tcp_keepalive {
             f.duration(&format!("{p}.tcpKeepalive.time"), k.time.as_ref());
             f.duration(&format!("{p}.tcpKeepalive.interval"), k.interval.as_ref());
+            f.warn(&format!("{p}.tcpKeepalive"), NO_EFFECT);
+        }
+        if tcp.max_connection_duration.is_some() {
+            f.warn(&format!("{p}.maxConnectionDuration"), NO_EFFECT);
+        }
+        if tcp.idle_timeout.is_some() {
+            f.warn(&format!("{p}.idleTimeout"), NO_EFFECT);
         }
     }
     if let Some(http) = &pool.http {
         let p = format!("{path}.http");
+        f.warn(&p, NO_EFFECT);
         f.duration(&format!("{p}.idleTimeout"), http.idle_timeout.as_ref());
         f.one_of(
             &format!("{p}.h2UpgradePolicy"),

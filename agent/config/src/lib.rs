@@ -36,6 +36,23 @@ pub const NETNS_ANNOTATION: &str = "strait.dev/netns";
 /// Annotation with a workload's further addresses (comma separated), for
 /// dual-stack workloads: a WorkloadEntry has one `address`.
 pub const ADDRESSES_ANNOTATION: &str = "strait.dev/addresses";
+/// Annotation of a Kubernetes Service with the namespaces it is exported to
+/// (comma separated), as Istio reads it.
+pub const EXPORT_TO_ANNOTATION: &str = "networking.istio.io/exportTo";
+
+/// Whether an object of namespace `owner` with `exportTo: export_to` is
+/// visible from namespace `client`: `*` (or nothing) is everywhere, `.`
+/// the owner's namespace, `~` nowhere, anything else a namespace by name.
+pub fn exported_to(export_to: &[String], owner: &str, client: &str) -> bool {
+    export_to.is_empty()
+        || export_to.iter().any(|to| match to.as_str() {
+            "*" => true,
+            "." => owner == client,
+            "~" => false,
+            ns => ns == client,
+        })
+}
+
 /// Annotation naming the WorkloadGroup a WorkloadEntry was made from.
 pub const GROUP_ANNOTATION: &str = "istio.io/autoRegistrationGroup";
 
@@ -197,6 +214,10 @@ pub struct Service {
     pub traffic_distribution: Option<String>,
     /// `internalTrafficPolicy: Local`: only endpoints on the client's node.
     pub node_local: bool,
+    /// Namespaces that see it (`exportTo` of a ServiceEntry, the
+    /// `networking.istio.io/exportTo` annotation of a Service): empty is
+    /// every namespace.
+    pub export_to: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

@@ -102,7 +102,7 @@ impl Config {
     /// a service's declared addresses, or the one allocated for that host.
     /// `None` for names the mesh does not know (ask upstream); an empty
     /// list for known names without addresses (headless, wildcard).
-    pub fn resolve(&self, name: &str) -> Option<Vec<IpAddr>> {
+    pub fn resolve(&self, name: &str, client_namespace: &str) -> Option<Vec<IpAddr>> {
         let name = name.trim_end_matches('.').to_ascii_lowercase();
         let index = &self.services_index;
         let exact = index.by_host.get(&name).into_iter().flatten();
@@ -119,8 +119,13 @@ impl Config {
         let mut found = false;
         let mut addresses = Vec::new();
         for &i in exact.chain(wild) {
-            found = true;
             let service = &self.services[i];
+            // A service not exported to the client's namespace is not
+            // there for it.
+            if !crate::exported_to(&service.export_to, &service.namespace, client_namespace) {
+                continue;
+            }
+            found = true;
             if service.addresses.is_empty() {
                 addresses.extend(self.allocated.get(&name));
             }
@@ -195,15 +200,30 @@ impl Config {
     }
 
     /// The DestinationRule for `host` as a client in `client_namespace`
-    /// sees it: an exact host before a wildcard, and among equals the
-    /// client's namespace, then the service's, then any other.
+    /// (labelled `client_labels`) sees it: of the rules exported to the
+    /// client's namespace (`exportTo`) and selecting the client
+    /// (`workloadSelector`, for rules of its own namespace), an exact host
+    /// before a wildcard, and among equals the client's namespace, then the
+    /// service's, then any other.
     pub fn destination_rule(
         &self,
         at: ServiceAt<'_>,
         client_namespace: &str,
+        client_labels: &Labels,
     ) -> Option<&DestinationRuleSpec> {
         self.destination_rules
             .iter()
+            .filter(|dr| crate::exported_to(&dr.spec.export_to, &dr.namespace, client_namespace))
+            .filter(|dr| match &dr.spec.workload_selector {
+                None => true,
+                Some(sel) => {
+                    dr.namespace == client_namespace
+                        && sel
+                            .labels
+                            .iter()
+                            .all(|(k, v)| client_labels.get(k) == Some(v))
+                }
+            })
             .filter_map(|dr| {
                 let host = qualify(&dr.spec.host, &dr.namespace);
                 let exact = host == at.host;
@@ -378,7 +398,7 @@ spec:
     #[test]
     fn service_entries_get_allocated_addresses() {
         let cfg = config(MESH);
-        let ips = cfg.resolve("user-service.production.global.").unwrap();
+        let ips = cfg.resolve("user-service.production.global.", "x").unwrap();
         assert_eq!(ips.len(), 1);
         let IpAddr::V4(v4) = ips[0] else { panic!("v4") };
         assert_eq!(v4.octets()[..2], [240, 240]);
@@ -389,7 +409,7 @@ spec:
         };
         assert_eq!(eps[0].addr, "10.2.0.7:8080".parse().unwrap());
 
-        let ext = cfg.resolve("external.example.com").unwrap()[0];
+        let ext = cfg.resolve("external.example.com", "x").unwrap()[0];
         let at = cfg.service_at(ext).unwrap();
         assert!(matches!(
             cfg.backends(at, 443),
@@ -397,21 +417,24 @@ spec:
         ));
         // Same host, same address, whatever else the config holds.
         let smaller = config(&MESH.replace("hosts: [external.example.com]", "hosts: [x.example]"));
-        assert_eq!(smaller.resolve("user-service.production.global"), Some(ips));
+        assert_eq!(
+            smaller.resolve("user-service.production.global", "x"),
+            Some(ips)
+        );
     }
 
     #[test]
     fn wildcards_and_unknown_names() {
         let cfg = config(MESH);
         assert_eq!(
-            cfg.resolve("mail.corp.example"),
+            cfg.resolve("mail.corp.example", "x"),
             Some(vec!["10.99.0.1".parse().unwrap()])
         );
         let at = cfg.service_at("10.99.0.1".parse().unwrap()).unwrap();
         assert!(matches!(cfg.backends(at, 25), Ok(Backends::Original)));
-        assert_eq!(cfg.resolve("example.org"), None);
+        assert_eq!(cfg.resolve("example.org", "x"), None);
         assert_eq!(
-            cfg.resolve("reviews.default.svc.cluster.local"),
+            cfg.resolve("reviews.default.svc.cluster.local", "x"),
             Some(vec!["10.96.0.20".parse().unwrap()])
         );
     }

@@ -172,3 +172,89 @@ fn no_input_makes_the_checker_panic() {
         let _ = format!("{round}: {report}");
     }
 }
+
+/// Every field strait reads but does not act on is named in a warning, so
+/// a user knows what does not take effect; the L4 ones it acts on are not.
+#[test]
+fn fields_without_effect_are_named() {
+    let text = "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: web, namespace: shop}
+spec:
+  host: web.shop.svc.cluster.local
+  exportTo: [.]
+  subsets: [{name: v1, labels: {version: v1}}]
+  trafficPolicy:
+    tls: {mode: SIMPLE}
+    loadBalancer:
+      consistentHash: {httpHeaderName: x-user}
+    connectionPool:
+      tcp: {maxConnections: 10, connectTimeout: 2s, idleTimeout: 1h}
+      http: {http2MaxRequests: 100}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: sticky, namespace: shop}
+spec:
+  host: sticky.shop.svc.cluster.local
+  trafficPolicy:
+    loadBalancer:
+      consistentHash: {useSourceIp: true}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ext, namespace: shop}
+spec:
+  hosts: [ext.example.com]
+  exportTo: ['*']
+  subjectAltNames: [spiffe://other/ns/x/sa/y]
+  ports: [{number: 443, name: tls}]
+  resolution: DNS
+";
+    let (report, config) = check_text(Path::new("dr.yaml"), text);
+    assert!(config.is_some(), "{report}");
+    let warned: Vec<String> = report
+        .objects
+        .iter()
+        .flat_map(|o| o.warnings.iter().map(|w| w.field.clone()))
+        .collect();
+    for field in [
+        "spec.subsets",
+        "spec.trafficPolicy.tls",
+        "spec.trafficPolicy.loadBalancer.consistentHash",
+        "spec.trafficPolicy.connectionPool.tcp.idleTimeout",
+        "spec.trafficPolicy.connectionPool.http",
+        "spec.subjectAltNames",
+    ] {
+        assert!(
+            warned.iter().any(|w| w == field),
+            "no warning for {field}: {report}"
+        );
+    }
+    // What acts at L4 is not warned about.
+    for field in [
+        "spec.exportTo",
+        "spec.trafficPolicy.connectionPool.tcp.maxConnections",
+        "spec.trafficPolicy.connectionPool.tcp.connectTimeout",
+    ] {
+        assert!(
+            !warned.iter().any(|w| w == field),
+            "{field} was warned about: {report}"
+        );
+    }
+    let sticky = report.objects.iter().find(|o| o.name == "sticky").unwrap();
+    assert!(
+        sticky
+            .warnings
+            .iter()
+            .all(|w| !w.reason.contains("no effect")),
+        "useSourceIp acts at L4: {report}"
+    );
+
+    let (report, _) = check_text(
+        Path::new("bad.yaml"),
+        &text.replace("exportTo: [.]", "exportTo: [../x]"),
+    );
+    assert_eq!(report.rejected(), 1, "{report}");
+    assert!(report.to_string().contains("spec.exportTo[0]"), "{report}");
+}

@@ -34,12 +34,13 @@ pub enum Error {
     Encode(String),
 }
 
-/// Decides one query. Only the exact name asked is looked up: the pod's
+/// Decides one query from a pod in `namespace` (services not exported to
+/// it are not there). Only the exact name asked is looked up: the pod's
 /// resolver applies its search path itself (and asks `reviews.default`
 /// as `reviews.default.svc.cluster.local`), while a name it sends as it is
 /// may be fully qualified (`github.com.`) and must not turn into a
 /// service `github` of a namespace `com`.
-pub fn answer(config: &Config, query: &[u8]) -> Result<Outcome, Error> {
+pub fn answer(config: &Config, namespace: &str, query: &[u8]) -> Result<Outcome, Error> {
     let request = Message::from_vec(query).map_err(|e| Error::Parse(e.to_string()))?;
     if request.message_type() != MessageType::Query
         || request.op_code() != OpCode::Query
@@ -54,7 +55,7 @@ pub fn answer(config: &Config, query: &[u8]) -> Result<Outcome, Error> {
     }
     let name = question.name().to_ascii();
     let name = name.trim_end_matches('.').to_ascii_lowercase();
-    let Some(addresses) = config.resolve(&name) else {
+    let Some(addresses) = config.resolve(&name, namespace) else {
         return Ok(Outcome::Forward);
     };
     let mut response = Message::new();
@@ -138,6 +139,7 @@ spec:
         let (code, data, id) = answers(
             answer(
                 &cfg,
+                "x",
                 &query("reviews.default.svc.cluster.local.", RecordType::A),
             )
             .unwrap(),
@@ -148,6 +150,7 @@ spec:
         let (_, data, _) = answers(
             answer(
                 &cfg,
+                "x",
                 &query("Reviews.Default.SVC.cluster.local.", RecordType::A),
             )
             .unwrap(),
@@ -156,6 +159,7 @@ spec:
         let (_, data, _) = answers(
             answer(
                 &cfg,
+                "x",
                 &query("user-service.production.global.", RecordType::A),
             )
             .unwrap(),
@@ -170,6 +174,7 @@ spec:
         let (code, data, _) = answers(
             answer(
                 &cfg,
+                "x",
                 &query("reviews.default.svc.cluster.local.", RecordType::AAAA),
             )
             .unwrap(),
@@ -190,13 +195,19 @@ spec:
         let cfg = cfg.unwrap_or_else(|| panic!("{report}"));
         for asked in ["github.com.", "reviews.", "reviews.default."] {
             assert_eq!(
-                answer(&cfg, &query(asked, RecordType::A)).unwrap(),
+                answer(&cfg, "x", &query(asked, RecordType::A)).unwrap(),
                 Outcome::Forward,
                 "{asked}"
             );
         }
-        let (_, data, _) =
-            answers(answer(&cfg, &query("github.com.svc.cluster.local.", RecordType::A)).unwrap());
+        let (_, data, _) = answers(
+            answer(
+                &cfg,
+                "x",
+                &query("github.com.svc.cluster.local.", RecordType::A),
+            )
+            .unwrap(),
+        );
         assert_eq!(data, ["10.96.0.21"]);
     }
 
@@ -204,12 +215,13 @@ spec:
     fn other_names_and_types_are_forwarded() {
         let cfg = config();
         assert_eq!(
-            answer(&cfg, &query("example.org.", RecordType::A)).unwrap(),
+            answer(&cfg, "x", &query("example.org.", RecordType::A)).unwrap(),
             Outcome::Forward
         );
         assert_eq!(
             answer(
                 &cfg,
+                "x",
                 &query("reviews.default.svc.cluster.local.", RecordType::SRV)
             )
             .unwrap(),
@@ -220,8 +232,8 @@ spec:
     #[test]
     fn garbage_is_an_error_not_a_panic() {
         let cfg = config();
-        assert!(answer(&cfg, b"\x00\x01garbage").is_err());
-        assert!(answer(&cfg, b"").is_err());
+        assert!(answer(&cfg, "x", b"\x00\x01garbage").is_err());
+        assert!(answer(&cfg, "x", b"").is_err());
         let mut seed = 0x2545_f491_4f6c_dd1du64;
         let valid = query("reviews.default.svc.cluster.local.", RecordType::A);
         for _ in 0..5000 {
@@ -234,7 +246,7 @@ spec:
                 bytes[i] = (seed >> 32) as u8;
             }
             bytes.truncate((seed as usize >> 8) % (bytes.len() + 1));
-            let _ = answer(&cfg, &bytes);
+            let _ = answer(&cfg, "x", &bytes);
         }
     }
 }

@@ -143,5 +143,27 @@ fn agent_refuses_a_pin_dir_outside_bpffs() -> Result<()> {
         stderr.contains(&bogus.to_string_lossy().into_owned()),
         "{stderr}"
     );
+
+    // A node name goes into file names and the CA's decisions: checked.
+    let out = n1.run(
+        &[
+            &agent.to_string_lossy(),
+            "--node",
+            "../n1",
+            "--config-dir",
+            &mesh.config_dir.to_string_lossy(),
+            "--ca-addr",
+            "127.0.0.1:15012",
+            "--capture-cgroup",
+            &n1.pods_cgroup.to_string_lossy(),
+        ],
+        Duration::from_secs(10),
+    )?;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--node") && stderr.contains("DNS-1123"),
+        "{stderr}"
+    );
     Ok(())
 }

@@ -11,11 +11,13 @@ use strait_identity::Identity;
 use tokio::net::TcpStream;
 use tracing::{Instrument, debug, info_span, warn};
 
+use strait_config::MtlsMode;
+
 use super::{
     Proxy,
     relay::relay,
     reset,
-    route::{Route, route},
+    route::{Pool, Route, route},
 };
 use crate::{
     metrics::{Direction, Reason, Reporter},
@@ -50,12 +52,14 @@ pub async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, client: TcpStream, peer: S
             .workload_by_address(src)
             .unwrap_or(&pod.workload);
         let mut outlier = None;
+        let mut pool = Pool::default();
         let targets = match route(
             &state,
             &proxy.health,
             &proxy.board,
             &proxy.load,
             client_workload,
+            src,
             original,
         ) {
             Ok(Route::Direct(dst)) => vec![dst],
@@ -64,9 +68,11 @@ pub async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, client: TcpStream, peer: S
                 targets,
                 all,
                 outlier: settings,
+                pool: limits,
             }) => {
                 debug!(%service, ?targets, "service address");
                 outlier = Some((service, all, settings));
+                pool = limits;
                 targets
             }
             Ok(Route::Dns {
@@ -92,15 +98,30 @@ pub async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, client: TcpStream, peer: S
                 return;
             }
         };
+        // connectionPool.tcp.maxConnections: past it, refused (Envoy's
+        // overflow) rather than queued.
+        let _slot = match (&outlier, pool.max_connections) {
+            (Some((service, _, _)), Some(max)) => match proxy.load.open_service(service, max) {
+                Some(slot) => Some(slot),
+                None => {
+                    proxy.metrics.fail(Direction::Outbound, Reason::Overflow);
+                    warn!(%service, max, "connectionPool.tcp.maxConnections reached: refused");
+                    reset(client);
+                    return;
+                }
+            },
+            _ => None,
+        };
+        let timeout = pool.connect_timeout.unwrap_or(proxy.connect_timeout);
         let mut failure = Reason::Upstream;
         // Silent endpoints each cost a connect timeout: stop starting new
         // attempts after three.
-        let give_up = std::time::Instant::now() + proxy.connect_timeout * 3;
+        let give_up = std::time::Instant::now() + timeout * 3;
         for target in targets {
             if std::time::Instant::now() >= give_up {
                 break;
             }
-            match open(&proxy, &pod, &state, target).await {
+            match open(&proxy, &pod, &state, target, timeout).await {
                 Ok(upstream) => {
                     proxy.health.success(target);
                     let _active = proxy.load.open(target);
@@ -140,17 +161,22 @@ enum Upstream {
     Plain(TcpStream),
 }
 
-/// Opens the way to `target`: an HBONE tunnel when a mesh workload is
-/// there, a plain connection from the pod otherwise.
+/// Opens the way to `target` within `timeout`: an HBONE tunnel when a mesh
+/// workload is there (unless its PeerAuthentication says DISABLE for the
+/// port), a plain connection from the pod otherwise.
 async fn open(
     proxy: &Proxy,
     pod: &Pod,
     state: &Snapshot,
     target: SocketAddr,
+    timeout: std::time::Duration,
 ) -> Result<Upstream, Reason> {
-    let Some(destination) = state.mesh_workload(target.ip()).map(|w| state.identity(w)) else {
-        let connect =
-            tokio::time::timeout(proxy.connect_timeout, pod.connect(target, None, |_| ()));
+    let destination = state
+        .mesh_workload(target.ip())
+        .filter(|w| state.config.mtls_mode(w, target.port()) != MtlsMode::Disable)
+        .map(|w| state.identity(w));
+    let Some(destination) = destination else {
+        let connect = tokio::time::timeout(timeout, pod.connect(target, None, |_| ()));
         return match connect.await {
             Ok(Ok(stream)) => Ok(Upstream::Plain(stream)),
             Ok(Err(err)) => {
@@ -181,7 +207,7 @@ async fn open(
         })?;
     // Wait for the far end to accept: a refusal or a silent endpoint is
     // found before the client's first byte, while another can be tried.
-    let connect = tokio::time::timeout(proxy.connect_timeout, async {
+    let connect = tokio::time::timeout(timeout, async {
         let mut tunnel = proxy
             .pool
             .connect(&key, target, tls, || pod.connect(hbone, None, |_| ()))
@@ -198,7 +224,7 @@ async fn open(
             destination,
         }),
         Err(_) => {
-            warn!(%destination, %target, timeout = ?proxy.connect_timeout, "HBONE connect timed out");
+            warn!(%destination, %target, ?timeout, "HBONE connect timed out");
             proxy.pool.forget(&key);
             Err(Reason::Upstream)
         }

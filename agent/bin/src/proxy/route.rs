@@ -5,8 +5,8 @@
 //! outlier detection set aside; any other goes where the client asked.
 use std::{
     collections::{HashMap, HashSet},
-    net::SocketAddr,
-    time::Instant,
+    net::{IpAddr, SocketAddr},
+    time::{Duration, Instant},
 };
 
 use strait_balance::{
@@ -37,6 +37,7 @@ pub enum Route {
         /// Every endpoint of the service, for `maxEjectionPercent`.
         all: Vec<SocketAddr>,
         outlier: Settings,
+        pool: Pool,
     },
     /// A service resolved by DNS when used: look these names up (through
     /// the node's resolver), then connect straight to what they give.
@@ -45,6 +46,16 @@ pub enum Route {
         hosts: Vec<String>,
         port: u16,
     },
+}
+
+/// The DestinationRule's `connectionPool.tcp` settings that act at L4.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pool {
+    /// Connections this agent keeps open to the service at once; more are
+    /// refused (Envoy's overflow).
+    pub max_connections: Option<u32>,
+    /// Replaces `--connect-timeout` for each endpoint attempt.
+    pub connect_timeout: Option<Duration>,
 }
 
 /// How one service port's endpoints rank for one client.
@@ -64,21 +75,29 @@ pub enum Plan<'a> {
         not_ready: HashMap<SocketAddr, String>,
         outlier: Settings,
         simple: Simple,
+        pool: Pool,
     },
 }
 
-/// The route for a connection from `client` to `dst`.
+/// The route for a connection from `client` (at `src`) to `dst`.
 pub fn route(
     state: &Snapshot,
     health: &Health,
     board: &Board,
     load: &Load,
     client: &Workload,
+    src: IpAddr,
     dst: SocketAddr,
 ) -> Result<Route, NoBackends> {
     let Some(at) = state.config.service_at(dst.ip()) else {
         return Ok(Route::Direct(dst));
     };
+    // A service not exported to the client's namespace is not there for
+    // it: the address stands for itself.
+    let service = at.service;
+    if !strait_config::exported_to(&service.export_to, &service.namespace, &client.namespace) {
+        return Ok(Route::Direct(dst));
+    }
     let service = format!("{}/{}", at.service.namespace, at.service.name);
     let cluster = cluster(state, client);
     let who = Client {
@@ -88,7 +107,7 @@ pub fn route(
         node: &state.node,
         labels: &client.labels,
     };
-    let (ranked, ejected, not_ready, outlier, simple) = match plan(
+    let (ranked, ejected, not_ready, outlier, simple, pool) = match plan(
         state,
         health,
         board,
@@ -111,7 +130,15 @@ pub fn route(
             not_ready,
             outlier,
             simple,
-        } => (ranked, ejected, not_ready, outlier, simple),
+            pool,
+        } => (
+            ranked,
+            ejected,
+            not_ready,
+            outlier,
+            simple.for_source(src),
+            pool,
+        ),
     };
     let ranked: Vec<Ranked<'_>> = ranked
         .into_iter()
@@ -151,6 +178,7 @@ pub fn route(
         targets,
         all,
         outlier,
+        pool,
     })
 }
 
@@ -176,7 +204,9 @@ pub fn plan<'a>(
         .into_iter()
         .filter(|e| !at.service.node_local || e.workload.node.as_deref() == Some(&*state.node))
         .collect();
-    let rule = state.config.destination_rule(at, client_namespace);
+    let rule = state
+        .config
+        .destination_rule(at, client_namespace, who.labels);
     let traffic = rule.and_then(|r| r.traffic_policy.as_ref());
     // `portLevelSettings` for this service port override the rule's own.
     let port_level = traffic.and_then(|t| {
@@ -190,6 +220,23 @@ pub fn plan<'a>(
     let outlier = port_level
         .and_then(|p| p.outlier_detection.as_ref())
         .or_else(|| traffic.and_then(|t| t.outlier_detection.as_ref()));
+    let simple = Simple::parse(
+        balancer.and_then(|lb| lb.simple.as_deref()),
+        balancer.and_then(|lb| lb.consistent_hash.as_ref()),
+    );
+    if simple == Simple::Passthrough {
+        return Ok(Plan::Original);
+    }
+    let tcp = port_level
+        .and_then(|p| p.connection_pool.as_ref())
+        .or_else(|| traffic.and_then(|t| t.connection_pool.as_ref()))
+        .and_then(|c| c.tcp.as_ref());
+    let pool = Pool {
+        max_connections: tcp.and_then(|t| t.max_connections),
+        connect_timeout: tcp
+            .and_then(|t| t.connect_timeout.as_deref())
+            .and_then(|t| strait_config::duration::parse(t).ok()),
+    };
     let policy = Policy {
         locality: balancer.and_then(|lb| lb.locality_lb_setting.as_ref()),
         traffic_distribution: at.service.traffic_distribution.as_deref(),
@@ -214,7 +261,8 @@ pub fn plan<'a>(
         ejected,
         not_ready,
         outlier: Settings::from_rule(outlier),
-        simple: Simple::parse(balancer.and_then(|lb| lb.simple.as_deref())),
+        simple,
+        pool,
     })
 }
 
@@ -231,4 +279,251 @@ pub fn cluster(state: &Snapshot, w: &Workload) -> String {
         })
         .cloned()
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{path::Path, sync::Arc};
+
+    use strait_balance::{load::Load, outlier::Health};
+    use strait_config::{Config, check_text};
+    use strait_health::Board;
+
+    use super::*;
+
+    const MESH: &str = "
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {istio.io/dataplane-mode: ambient}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: other, labels: {istio.io/dataplane-mode: ambient}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  clusterIP: 10.96.0.10
+  selector: {app: web}
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: private, namespace: shop}
+spec:
+  hosts: [private.shop.internal]
+  addresses: [10.96.0.20]
+  exportTo: [.]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 80, name: http, targetPort: 8080}]
+  workloadSelector: {labels: {app: web}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: client, namespace: shop, annotations: {strait.dev/node: n1}}
+spec: {address: 10.1.0.5, labels: {app: client, tier: front}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: stranger, namespace: other, annotations: {strait.dev/node: n1}}
+spec: {address: 10.1.0.6, labels: {app: stranger}}
+";
+
+    fn endpoints(n: usize) -> String {
+        (0..n)
+            .map(|i| {
+                format!(
+                    "---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: web-{i}, namespace: shop}}\nspec: {{address: 10.2.0.{}, labels: {{app: web}}}}\n",
+                    10 + i
+                )
+            })
+            .collect()
+    }
+
+    fn snapshot(extra: &str) -> Snapshot {
+        let text = format!("{MESH}{}{extra}", endpoints(4));
+        let (report, config) = check_text(Path::new("mesh.yaml"), &text);
+        let config: Config = config.unwrap_or_else(|| panic!("{report}"));
+        Snapshot {
+            node: "n1".into(),
+            generation: 1,
+            config: Arc::new(config),
+        }
+    }
+
+    struct World {
+        health: Health,
+        board: Board,
+        load: Arc<Load>,
+        _dir: tempfile::TempDir,
+    }
+
+    fn world() -> World {
+        let dir = tempfile::tempdir().unwrap();
+        World {
+            health: Health::default(),
+            board: Board::new(dir.path()),
+            load: Arc::new(Load::default()),
+            _dir: dir,
+        }
+    }
+
+    fn route_from(s: &Snapshot, w: &World, client: &str, dst: &str) -> Route {
+        let client = s
+            .config
+            .workloads
+            .iter()
+            .find(|x| x.name == client)
+            .unwrap();
+        route(
+            s,
+            &w.health,
+            &w.board,
+            &w.load,
+            client,
+            client.addresses[0],
+            dst.parse().unwrap(),
+        )
+        .unwrap()
+    }
+
+    fn first(route: &Route) -> SocketAddr {
+        match route {
+            Route::Endpoints { targets, .. } => targets[0],
+            other => panic!("not endpoints: {other:?}"),
+        }
+    }
+
+    fn pool(route: &Route) -> Pool {
+        match route {
+            Route::Endpoints { pool, .. } => *pool,
+            other => panic!("not endpoints: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_service_address_leads_to_an_endpoint_and_others_stand_for_themselves() {
+        let (s, w) = (snapshot(""), world());
+        let to = first(&route_from(&s, &w, "client", "10.96.0.10:80"));
+        assert!(
+            to.ip().to_string().starts_with("10.2.0.") && to.port() == 8080,
+            "{to}"
+        );
+        assert!(matches!(
+            route_from(&s, &w, "client", "10.9.9.9:80"),
+            Route::Direct(d) if d == "10.9.9.9:80".parse().unwrap()
+        ));
+    }
+
+    #[test]
+    fn consistent_hash_by_source_ip_keeps_each_client_on_one_endpoint() {
+        let rule = "---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: web, namespace: shop}
+spec:
+  host: web.shop.svc.cluster.local
+  trafficPolicy:
+    loadBalancer:
+      consistentHash: {useSourceIp: true}
+";
+        let (s, w) = (snapshot(rule), world());
+        let picks: std::collections::BTreeSet<SocketAddr> = (0..50)
+            .map(|_| first(&route_from(&s, &w, "client", "10.96.0.10:80")))
+            .collect();
+        assert_eq!(picks.len(), 1, "one client, one endpoint: {picks:?}");
+        // Without the rule, 50 connections spread.
+        let (s, w) = (snapshot(""), world());
+        let picks: std::collections::BTreeSet<SocketAddr> = (0..50)
+            .map(|_| first(&route_from(&s, &w, "client", "10.96.0.10:80")))
+            .collect();
+        assert!(picks.len() > 1, "{picks:?}");
+    }
+
+    #[test]
+    fn passthrough_goes_where_the_client_dialled() {
+        let rule = "---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: web, namespace: shop}
+spec:
+  host: web.shop.svc.cluster.local
+  trafficPolicy: {loadBalancer: {simple: PASSTHROUGH}}
+";
+        let (s, w) = (snapshot(rule), world());
+        assert!(matches!(
+            route_from(&s, &w, "client", "10.96.0.10:80"),
+            Route::Direct(_)
+        ));
+    }
+
+    #[test]
+    fn connection_pool_settings_reach_the_route_per_port() {
+        let rule = "---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: web, namespace: shop}
+spec:
+  host: web.shop.svc.cluster.local
+  trafficPolicy:
+    connectionPool: {tcp: {maxConnections: 7, connectTimeout: 250ms}}
+    portLevelSettings:
+    - port: {number: 80}
+      connectionPool: {tcp: {maxConnections: 3}}
+";
+        let (s, w) = (snapshot(rule), world());
+        assert_eq!(
+            pool(&route_from(&s, &w, "client", "10.96.0.10:80")),
+            Pool {
+                max_connections: Some(3),
+                connect_timeout: None,
+            },
+            "the port's settings replace the rule's"
+        );
+    }
+
+    #[test]
+    fn export_to_and_workload_selector_limit_who_sees_what() {
+        // The ServiceEntry is exported to its own namespace only.
+        let (s, w) = (snapshot(""), world());
+        assert!(matches!(
+            route_from(&s, &w, "client", "10.96.0.20:80"),
+            Route::Endpoints { .. }
+        ));
+        assert!(matches!(
+            route_from(&s, &w, "stranger", "10.96.0.20:80"),
+            Route::Direct(_)
+        ));
+        // A rule exported to `.` applies to its own namespace's clients;
+        // one with a workloadSelector only to the clients it selects.
+        let rules = "---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: mine, namespace: shop}
+spec:
+  host: web.shop.svc.cluster.local
+  exportTo: [.]
+  trafficPolicy: {connectionPool: {tcp: {maxConnections: 1}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: fronts, namespace: other}
+spec:
+  host: web.shop.svc.cluster.local
+  workloadSelector: {labels: {tier: front}}
+  trafficPolicy: {connectionPool: {tcp: {maxConnections: 2}}}
+";
+        let (s, w) = (snapshot(rules), world());
+        assert_eq!(
+            pool(&route_from(&s, &w, "client", "10.96.0.10:80")).max_connections,
+            Some(1)
+        );
+        assert_eq!(
+            pool(&route_from(&s, &w, "stranger", "10.96.0.10:80")).max_connections,
+            None,
+            "neither rule is for the stranger"
+        );
+    }
 }

@@ -96,6 +96,24 @@ pub fn run() -> Result<()> {
         }
     }
 
+    section("certificate authority: strait-ca, its own process, the only holder of the keys");
+    for network in ["east-net", "west-net"] {
+        if let Some((node, addr, pid)) = mesh.ca_of(network) {
+            let metrics = mesh.ca_metrics(network).map_err(boxed)?;
+            println!(
+                "  {network}: replica on {node} ({addr}, pid {pid}); signed {} certificate(s), refused {}",
+                metric_sum(&metrics, "strait_ca_requests_total", &["result=\"signed\""]),
+                metric_sum(
+                    &metrics,
+                    "strait_ca_requests_total",
+                    &["result=\"refused\""]
+                ),
+            );
+        }
+    }
+    println!("  agents authenticate with a per-node credential and send CSRs; a node gets only");
+    println!("  the identities of the workloads it runs (by the CA's own reading of the config)");
+
     section("traffic: curl -> python3 -m http.server, unmodified, across nodes");
     let _east = http_server(
         topo.pod("backend-east")?,

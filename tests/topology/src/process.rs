@@ -416,12 +416,21 @@ mod tests {
 
     #[test]
     fn run_times_out_and_kills() {
-        let mut cmd = Command::new("sleep");
-        cmd.arg("5");
-        let started = Instant::now();
+        let dir = std::env::temp_dir().join(format!("strait-topology-kill-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let pid_file = dir.join("pid");
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(format!("echo $$ > {}; exec sleep 30", pid_file.display()));
         let err = run(cmd, Duration::from_millis(200)).unwrap_err();
         assert!(matches!(err, Error::Timeout { .. }), "{err}");
-        assert!(started.elapsed() < Duration::from_secs(2));
+        // Killed and reaped by the time run returns, not left to sleep.
+        let pid = fs::read_to_string(&pid_file).unwrap();
+        assert!(
+            !Path::new(&format!("/proc/{}", pid.trim())).exists(),
+            "the timed-out process still runs"
+        );
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -20,14 +20,28 @@ fn spec() -> Spec {
         .node("n2", "c1", "net1", Locality::new("r1", "z2", ""))
         .pod("a", "n1")
         .pod("b", "n2")
+        .pod("outsider", "n2")
 }
 
 fn config(topo: &Topology) -> Result<String> {
     Ok([
         namespace_yaml("frontend", true),
         namespace_yaml("backend", true),
+        namespace_yaml("outside", false),
         workload_yaml(topo.pod("a")?, "frontend", "web", &[]),
         workload_yaml(topo.pod("b")?, "backend", "db", &[]),
+        workload_yaml(topo.pod("outsider")?, "outside", "outsider", &[]),
+        "apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata:
+  name: strict
+  namespace: frontend
+spec:
+  mtls:
+    mode: STRICT
+---
+"
+        .to_string(),
     ]
     .concat())
 }
@@ -79,6 +93,15 @@ fn without_a_certificate_a_pod_fails_closed_and_is_enrolled_once_the_ca_answers(
         s.starts_with("fail-closed: no certificate")
     })?;
     println!("a while the CA is away: {state}");
+    // a is STRICT: plaintext from outside the mesh never reaches its app,
+    // enrolled or not.
+    let _a_server = http_server(a, 8081, "a-in-the-clear")?;
+    let outsider = topo.pod("outsider")?;
+    let out = curl(outsider, &marker_url(IpAddr::V4(a.ipv4), 8081))?;
+    assert!(
+        !out.status.success(),
+        "plaintext reached the STRICT workload while it was not enrolled"
+    );
     assert!(state.contains("unavailable"), "{state}");
     let metrics = mesh.metrics("n1")?;
     assert_eq!(

@@ -88,13 +88,10 @@ impl Registry {
     }
 }
 
+/// A mesh for tests: `shop/db` in the mesh on n2, `outside/legacy` out of
+/// it on n1.
 #[cfg(test)]
-mod tests {
-    use std::path::Path;
-
-    use super::*;
-
-    const MESH: &str = "
+pub(crate) const TEST_MESH: &str = "
 apiVersion: v1
 kind: Namespace
 metadata:
@@ -130,9 +127,15 @@ spec:
   serviceAccount: legacy
 ";
 
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
     #[test]
     fn a_node_may_hold_only_its_own_workloads_identities() {
-        let (_, config) = strait_config::check_text(Path::new("mesh.yaml"), MESH);
+        let (_, config) = strait_config::check_text(Path::new("mesh.yaml"), TEST_MESH);
         let registry = Registry::new(config.unwrap());
         let db = Identity::new("cluster.local", "shop", "db");
         assert_eq!(registry.may_hold("n2", &db), Ok(()));

@@ -205,29 +205,10 @@ mod tests {
 
     use super::*;
 
-    const CONFIG: &str = "
-apiVersion: v1
-kind: Namespace
-metadata:
-  name: shop
-  labels:
-    istio.io/dataplane-mode: ambient
----
-apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata:
-  name: db
-  namespace: shop
-  annotations:
-    strait.dev/node: n2
-spec:
-  address: 10.2.0.10
-  serviceAccount: db
-";
-
     /// A CA service on loopback, with its keys in `dir`.
     async fn start(dir: &Path) -> (std::net::SocketAddr, Arc<Metrics>) {
-        let (_, config) = strait_config::check_text(Path::new("mesh.yaml"), CONFIG);
+        let (_, config) =
+            strait_config::check_text(Path::new("mesh.yaml"), crate::nodes::TEST_MESH);
         let signer = Signer::open_or_create(dir, "cluster.local")
             .unwrap()
             .with_max_lifetime(Duration::from_secs(3600));
@@ -327,7 +308,8 @@ spec:
     #[tokio::test(flavor = "multi_thread")]
     async fn bad_requests_get_a_reason_and_change_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let (_, config) = strait_config::check_text(Path::new("mesh.yaml"), CONFIG);
+        let (_, config) =
+            strait_config::check_text(Path::new("mesh.yaml"), crate::nodes::TEST_MESH);
         let service = Service {
             signer: Signer::open_or_create(dir.path(), "cluster.local").unwrap(),
             registry: Arc::new(Registry::new(config.unwrap())),

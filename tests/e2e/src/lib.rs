@@ -45,6 +45,29 @@ pub fn require_root() {
     );
 }
 
+/// Two nodes of one cluster and network, in two zones of one region
+/// (`n1` in r1/z1, `n2` in r1/z2), with `pods` as (name, node).
+pub fn two_nodes(pods: &[(&str, &str)]) -> Spec {
+    pods.iter().fold(
+        Spec::new()
+            .node("n1", "c1", "net1", Locality::new("r1", "z1", ""))
+            .node("n2", "c1", "net1", Locality::new("r1", "z2", "")),
+        |spec, (pod, node)| spec.pod(pod, node),
+    )
+}
+
+/// A process's resident memory (KiB) and open descriptors.
+pub fn footprint(pid: u32) -> Result<(u64, usize)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))?.count();
+    Ok((rss, fds))
+}
+
 /// Two networks of two nodes with two pods each. Node `a1` and `b1` are the
 /// gateways; the `a` nodes are cluster `c1` in region `r1`, the `b` nodes
 /// cluster `c2` in region `r2`.

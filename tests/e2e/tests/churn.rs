@@ -9,24 +9,18 @@ use std::{
 };
 
 use strait_e2e::{
-    Mesh, Result, curl, http_server, marker_url, metric_sum, namespace_yaml, require_root,
-    workload_yaml,
+    Mesh, Result, curl, footprint, http_server, marker_url, metric_sum, namespace_yaml,
+    require_root, two_nodes, workload_yaml,
 };
-use strait_topology::{Locality, Spec, Topology};
+use strait_topology::Topology;
 
 const PODS: usize = 20;
 const CYCLES: usize = 50;
 
 /// (tasks, descriptors, RSS in KiB) of n1's agent.
-fn footprint(mesh: &Mesh, pid: u32) -> Result<(u64, usize, u64)> {
+fn agent_footprint(mesh: &Mesh, pid: u32) -> Result<(u64, usize, u64)> {
     let tasks = metric_sum(&mesh.metrics("n1")?, "strait_tasks", &[]);
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))?.count();
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let rss = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0);
+    let (rss, fds) = footprint(pid)?;
     Ok((tasks, fds, rss))
 }
 
@@ -51,10 +45,7 @@ fn wait_captured(mesh: &Mesh, want: usize) -> Result<()> {
 #[test]
 fn a_thousand_enroll_release_cycles_leave_the_agent_flat() -> Result<()> {
     require_root();
-    let mut spec = Spec::new()
-        .node("n1", "c1", "net1", Locality::new("r1", "z1", ""))
-        .node("n2", "c1", "net1", Locality::new("r1", "z2", ""))
-        .pod("server", "n2");
+    let mut spec = two_nodes(&[("server", "n2")]);
     for i in 0..PODS {
         spec = spec.pod(&format!("p{i}"), "n1");
     }
@@ -103,11 +94,11 @@ fn a_thousand_enroll_release_cycles_leave_the_agent_flat() -> Result<()> {
         mesh.write("mesh.yaml", &base)?;
         wait_captured(&mesh, 0)?;
         if cycle == 4 {
-            warm = Some(footprint(&mesh, agent.pid())?);
+            warm = Some(agent_footprint(&mesh, agent.pid())?);
         }
     }
     let warm = warm.ok_or("no warm measurement")?;
-    let end = footprint(&mesh, agent.pid())?;
+    let end = agent_footprint(&mesh, agent.pid())?;
     let certs = mesh.straitctl("n1", &["certs"])?;
     println!(
         "{} enroll/release cycles in {:.1}s; after 5 cycles: {} tasks, {} fds, {} KiB; after {CYCLES}: {} tasks, {} fds, {} KiB",

@@ -5,7 +5,8 @@
 use std::{net::IpAddr, path::PathBuf, time::Duration};
 
 use strait_e2e::{
-    Mesh, Result, curl, http_server, metric_sum, namespace_yaml, require_root, workload_yaml,
+    Mesh, Result, curl, http_server, metric_sum, namespace_yaml, require_root, two_nodes,
+    workload_yaml,
 };
 use strait_topology::{Locality, Place, Process, Spec, Topology};
 
@@ -277,14 +278,7 @@ def answer(sock):
 #[test]
 fn each_query_goes_to_the_nameserver_it_was_sent_to() -> Result<()> {
     require_root();
-    let topo = Topology::create(
-        Spec::new()
-            .node("n1", "c1", "net1", Locality::new("r1", "z1", ""))
-            .node("n2", "c1", "net1", Locality::new("r1", "z2", ""))
-            .pod("web", "n1")
-            .pod("nsd1", "n2")
-            .pod("nsd2", "n2"),
-    )?;
+    let topo = Topology::create(two_nodes(&[("web", "n1"), ("nsd1", "n2"), ("nsd2", "n2")]))?;
     let mesh = Mesh::new(&topo)?;
     mesh.write(
         "mesh.yaml",
@@ -370,15 +364,12 @@ print(' '.join(out))
 #[test]
 fn a_dns_flood_from_one_pod_leaves_the_others_answered() -> Result<()> {
     require_root();
-    let topo = Topology::create(
-        Spec::new()
-            .node("n1", "c1", "net1", Locality::new("r1", "z1", ""))
-            .node("n2", "c1", "net1", Locality::new("r1", "z2", ""))
-            .pod("web", "n1")
-            .pod("flood", "n1")
-            .pod("nsd", "n2")
-            .pod("ext", "n2"),
-    )?;
+    let topo = Topology::create(two_nodes(&[
+        ("web", "n1"),
+        ("flood", "n1"),
+        ("nsd", "n2"),
+        ("ext", "n2"),
+    ]))?;
     let mesh = Mesh::new(&topo)?;
     mesh.write(
         "mesh.yaml",

@@ -10,17 +10,12 @@ use std::{
 
 use strait_e2e::{
     Mesh, Result, curl, http_server, marker_url, metric_sum, namespace_yaml, require_root,
-    workload_yaml,
+    two_nodes, workload_yaml,
 };
-use strait_topology::{Locality, Spec, Topology};
+use strait_topology::{Spec, Topology};
 
 fn spec() -> Spec {
-    Spec::new()
-        .node("n1", "c1", "net1", Locality::new("r1", "z1", ""))
-        .node("n2", "c1", "net1", Locality::new("r1", "z2", ""))
-        .pod("a", "n1")
-        .pod("b", "n2")
-        .pod("outsider", "n2")
+    two_nodes(&[("a", "n1"), ("b", "n2"), ("outsider", "n2")])
 }
 
 fn config(topo: &Topology) -> Result<String> {

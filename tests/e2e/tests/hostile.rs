@@ -7,10 +7,10 @@ use std::{
 };
 
 use strait_e2e::{
-    Mesh, Result, client_cert, connections, http_server, metric_sum, monotonic_now, namespace_yaml,
-    require_root, workload_yaml,
+    Mesh, Result, client_cert, connections, footprint, http_server, metric_sum, monotonic_now,
+    namespace_yaml, require_root, two_nodes, workload_yaml,
 };
-use strait_topology::{Locality, Spec, Topology};
+use strait_topology::Topology;
 
 /// Opens `n` TCP connections to `host:port` and keeps them open and silent
 /// (a TLS server waits for a ClientHello) until its stdin closes or 60 s
@@ -44,28 +44,14 @@ while time.time() < deadline and len(closed) < len(socks):
 print("closed by the server", len(closed), flush=True)
 "#;
 
-fn rss_kib_and_fds(pid: u32) -> Result<(u64, usize)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let rss = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0);
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))?.count();
-    Ok((rss, fds))
-}
-
 #[test]
 fn slow_handshakes_and_a_stream_flood_do_not_starve_other_clients() -> Result<()> {
     require_root();
-    let topo = Topology::create(
-        Spec::new()
-            .node("n1", "c1", "net1", Locality::new("r1", "z1", ""))
-            .node("n2", "c1", "net1", Locality::new("r1", "z2", ""))
-            .pod("web", "n1")
-            .pod("attacker", "n1")
-            .pod("api", "n2"),
-    )?;
+    let topo = Topology::create(two_nodes(&[
+        ("web", "n1"),
+        ("attacker", "n1"),
+        ("api", "n2"),
+    ]))?;
     let mesh = Mesh::new(&topo)?;
     mesh.write(
         "mesh.yaml",
@@ -85,7 +71,7 @@ fn slow_handshakes_and_a_stream_flood_do_not_starve_other_clients() -> Result<()
     let agent2 = mesh.start_agent("n2", &[])?;
     let (web, attacker, api) = (topo.pod("web")?, topo.pod("attacker")?, topo.pod("api")?);
     let _server = http_server(api, 8080, "from-api")?;
-    let before = rss_kib_and_fds(agent2.pid())?;
+    let before = footprint(agent2.pid())?;
 
     // A thousand handshakes that never start.
     let mut slow = attacker.spawn(&[
@@ -121,7 +107,7 @@ fn slow_handshakes_and_a_stream_flood_do_not_starve_other_clients() -> Result<()
     // Meanwhile, web's requests over the mesh keep being served.
     let started = Instant::now();
     let load = connections(web, IpAddr::V4(api.ipv4), 8080, 300, 4, monotonic_now())?;
-    let during = rss_kib_and_fds(agent2.pid())?;
+    let during = footprint(agent2.pid())?;
     println!(
         "web during the floods: {} answered, {} failed in {:.1}s ({:?})",
         load.total(),

@@ -10,11 +10,12 @@ use std::{
 
 use strait_capture::{Maps, PinLayout};
 use strait_e2e::{
-    Mesh, Result, curl, http_server, marker_url, namespace_yaml, require_root, workload_yaml,
+    Mesh, Result, curl, http_server, marker_url, namespace_yaml, require_root, two_nodes,
+    workload_yaml,
 };
 use strait_ebpf_common::PIN_LAYOUT_VERSION;
 use strait_netns::Netns;
-use strait_topology::{Locality, Spec, Topology};
+use strait_topology::Topology;
 
 fn config(topo: &Topology, c_labels: &[(&str, &str)]) -> Result<String> {
     Ok([
@@ -39,14 +40,7 @@ fn sk_lookup_links(pin_dir: &std::path::Path) -> Result<BTreeSet<u64>> {
 #[test]
 fn agent_restart_keeps_capture_and_reconciles_pinned_state() -> Result<()> {
     require_root();
-    let topo = Topology::create(
-        Spec::new()
-            .node("n1", "c1", "net1", Locality::new("r1", "z1", ""))
-            .node("n2", "c1", "net1", Locality::new("r1", "z2", ""))
-            .pod("a", "n1")
-            .pod("b", "n2")
-            .pod("c", "n2"),
-    )?;
+    let topo = Topology::create(two_nodes(&[("a", "n1"), ("b", "n2"), ("c", "n2")]))?;
     let mesh = Mesh::new(&topo)?;
     mesh.write("mesh.yaml", &config(&topo, &[])?)?;
     let _agent1 = mesh.start_agent("n1", &[])?;
@@ -159,14 +153,7 @@ while not os.path.exists(stop) and time.time() < deadline and n < 20000:
 #[test]
 fn an_upgrade_switches_capture_in_place_with_no_uncaptured_window() -> Result<()> {
     require_root();
-    let topo = Topology::create(
-        Spec::new()
-            .node("n1", "c1", "net1", Locality::new("r1", "z1", ""))
-            .node("n2", "c1", "net1", Locality::new("r1", "z2", ""))
-            .pod("a", "n1")
-            .pod("b", "n2")
-            .pod("c", "n2"),
-    )?;
+    let topo = Topology::create(two_nodes(&[("a", "n1"), ("b", "n2"), ("c", "n2")]))?;
     let mesh = Mesh::new(&topo)?;
     mesh.write("mesh.yaml", &config(&topo, &[])?)?;
     let mut agent1 = mesh.start_agent("n1", &[])?;

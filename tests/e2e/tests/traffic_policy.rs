@@ -6,23 +6,16 @@ use std::{net::IpAddr, time::Duration};
 
 use strait_e2e::{
     Mesh, Result, curl, echo_client, echo_server, http_server, marker_url, metric_sum,
-    namespace_yaml, require_root, wait_for_line, workload_yaml,
+    namespace_yaml, require_root, two_nodes, wait_for_line, workload_yaml,
 };
-use strait_topology::{Locality, Spec, Topology};
+use strait_topology::Topology;
 
 const MARKER: &str = "disable-marker-91d0";
 
 #[test]
 fn max_connections_refuses_the_overflow_and_disable_speaks_plaintext() -> Result<()> {
     require_root();
-    let topo = Topology::create(
-        Spec::new()
-            .node("n1", "c1", "net1", Locality::new("r1", "z1", ""))
-            .node("n2", "c1", "net1", Locality::new("r1", "z2", ""))
-            .pod("web", "n1")
-            .pod("api", "n2")
-            .pod("plain", "n2"),
-    )?;
+    let topo = Topology::create(two_nodes(&[("web", "n1"), ("api", "n2"), ("plain", "n2")]))?;
     let mesh = Mesh::new(&topo)?;
     mesh.write(
         "mesh.yaml",

@@ -353,6 +353,14 @@ spec: {address: 10.1.0.6, labels: {app: stranger}}
         }
     }
 
+    /// A DestinationRule `shop/web` for the web service with `policy` as
+    /// its trafficPolicy.
+    fn web_rule(policy: &str) -> String {
+        format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: web, namespace: shop}}\nspec:\n  host: web.shop.svc.cluster.local\n  trafficPolicy: {policy}\n"
+        )
+    }
+
     struct World {
         health: Health,
         board: Board,
@@ -419,17 +427,12 @@ spec: {address: 10.1.0.6, labels: {app: stranger}}
 
     #[test]
     fn consistent_hash_by_source_ip_keeps_each_client_on_one_endpoint() {
-        let rule = "---
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: web, namespace: shop}
-spec:
-  host: web.shop.svc.cluster.local
-  trafficPolicy:
-    loadBalancer:
-      consistentHash: {useSourceIp: true}
-";
-        let (s, w) = (snapshot(rule), world());
+        let (s, w) = (
+            snapshot(&web_rule(
+                "{loadBalancer: {consistentHash: {useSourceIp: true}}}",
+            )),
+            world(),
+        );
         let picks: std::collections::BTreeSet<SocketAddr> = (0..50)
             .map(|_| first(&route_from(&s, &w, "client", "10.96.0.10:80")))
             .collect();
@@ -444,15 +447,10 @@ spec:
 
     #[test]
     fn passthrough_goes_where_the_client_dialled() {
-        let rule = "---
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: web, namespace: shop}
-spec:
-  host: web.shop.svc.cluster.local
-  trafficPolicy: {loadBalancer: {simple: PASSTHROUGH}}
-";
-        let (s, w) = (snapshot(rule), world());
+        let (s, w) = (
+            snapshot(&web_rule("{loadBalancer: {simple: PASSTHROUGH}}")),
+            world(),
+        );
         assert!(matches!(
             route_from(&s, &w, "client", "10.96.0.10:80"),
             Route::Direct(_)
@@ -461,19 +459,13 @@ spec:
 
     #[test]
     fn connection_pool_settings_reach_the_route_per_port() {
-        let rule = "---
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: web, namespace: shop}
-spec:
-  host: web.shop.svc.cluster.local
-  trafficPolicy:
-    connectionPool: {tcp: {maxConnections: 7, connectTimeout: 250ms}}
-    portLevelSettings:
-    - port: {number: 80}
-      connectionPool: {tcp: {maxConnections: 3}}
-";
-        let (s, w) = (snapshot(rule), world());
+        let (s, w) = (
+            snapshot(&web_rule(
+                "{connectionPool: {tcp: {maxConnections: 7, connectTimeout: 250ms}}, \
+                 portLevelSettings: [{port: {number: 80}, connectionPool: {tcp: {maxConnections: 3}}}]}",
+            )),
+            world(),
+        );
         assert_eq!(
             pool(&route_from(&s, &w, "client", "10.96.0.10:80")),
             Pool {

@@ -150,7 +150,7 @@ fn a_pod_whose_namespace_is_recreated_is_captured_again() -> Result<()> {
     let mesh = Mesh::new(&topo)?;
     mesh.write("mesh.yaml", &config(&topo)?)?;
     let _agent1 = mesh.start_agent("n1", &[])?;
-    let _agent2 = mesh.start_agent("n2", &[])?;
+    let agent2 = mesh.start_agent("n2", &[])?;
     let (a, b) = (topo.pod("a")?, topo.pod("b")?);
     let first = http_server(b, 8080, "from-b")?;
     let url = marker_url(IpAddr::V4(b.ipv4), 8080);
@@ -176,8 +176,10 @@ fn a_pod_whose_namespace_is_recreated_is_captured_again() -> Result<()> {
         }
         if Instant::now() > deadline {
             return Err(format!(
-                "a cannot reach the recreated b over the mesh: {}",
-                String::from_utf8_lossy(&out.stderr)
+                "a cannot reach the recreated b over the mesh: {}\nn2's workloads: {}\nn2's agent:\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                mesh.admin("n2", "/workloads")?,
+                agent2.log()
             )
             .into());
         }

@@ -520,7 +520,13 @@ impl Topology {
             &node.place.netns,
             (found.ipv4, found.ipv6),
             (node.addrs.pod_gateway_v4, node.addrs.pod_gateway_v6),
-        )
+        )?;
+        // The node still knows the old link's MAC for these addresses, and
+        // would send the pod's traffic there until the entry goes stale.
+        for ip in [found.ipv4.to_string(), found.ipv6.to_string()] {
+            netlink::ip_in(&node.place.netns, &["neigh", "flush", "to", &ip])?;
+        }
+        Ok(())
     }
 }
 

@@ -106,6 +106,12 @@ pub fn run() -> Result<()> {
         .map(|n| mesh.start_agent(n, &[]).map_err(anyhow::Error::from_boxed))
         .collect::<Result<Vec<_>>>()?;
     let mesh_figures = measure(client, direct_target, &bin)?;
+    // CPU is steadier than wall-clock time on a shared machine: what both
+    // agents spend on one new connection, over another connection run.
+    let cpu = |all: &[Process]| all.iter().map(cpu_seconds).sum::<f64>();
+    let before = cpu(&agents);
+    let (rate, _, _) = connections(client, direct_target, &bin)?;
+    let cpu_per_connection_us = (cpu(&agents) - before) / (rate * f64::from(SECONDS)) * 1e6;
     let rss_mib = agents
         .iter()
         .map(|a| rss_mib(a).0)
@@ -124,6 +130,9 @@ pub fn run() -> Result<()> {
 
     section("results");
     print_table(&direct, &floor, &mesh_figures, rss_mib);
+    println!(
+        "| agents' CPU per new connection (µs, both ends) | - | - | {cpu_per_connection_us:.0} | - | - | |"
+    );
     println!();
     println!("| scale: 10,000 Services, 100,000 WorkloadEntries | strait | target |");
     println!("|---|---:|---|");
@@ -319,6 +328,26 @@ fn number_after(text: &str, key: &str) -> Option<f64> {
         })
         .unwrap_or(rest.len());
     rest[..end].parse().ok()
+}
+
+/// CPU time a process has used (user and system, all threads), in seconds.
+fn cpu_seconds(process: &Process) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", process.pid())).unwrap_or_default();
+    // After the command name (in parentheses): state is field 3, utime 14,
+    // stime 15.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i - 3)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    (ticks(14) + ticks(15)) / hz
 }
 
 /// Peak and current resident memory of a process (`VmHWM`, `VmRSS`).

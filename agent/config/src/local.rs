@@ -91,7 +91,16 @@ impl LoadError {
 /// it: a half-valid config is never used.
 pub fn load_dir(dir: &Path) -> Result<Config, LoadError> {
     let (report, config) = check_path(dir);
-    match (LoadError::first_of(&report), config) {
+    usable(dir, &report, config)
+}
+
+/// The model of a checked directory, or its first problem.
+pub(crate) fn usable(
+    dir: &Path,
+    report: &Report,
+    config: Option<Config>,
+) -> Result<Config, LoadError> {
+    match (LoadError::first_of(report), config) {
         (None, Some(config)) => Ok(config),
         (Some(err), _) => Err(err),
         (None, None) => Err(LoadError {

@@ -59,7 +59,7 @@ impl DirWatch {
 /// and a directory with no object in it (emptied, unmounted, unreadable) is
 /// refused, so the last good config stays in force.
 pub fn reload_dir(dir: &Path) -> Result<Config, LoadError> {
-    let (report, _) = check_path(dir);
+    let (report, config) = check_path(dir);
     if report.objects.is_empty() && report.files.is_empty() {
         return Err(LoadError {
             file: dir.into(),
@@ -70,7 +70,7 @@ pub fn reload_dir(dir: &Path) -> Result<Config, LoadError> {
             more: 0,
         });
     }
-    crate::load_dir(dir)
+    crate::local::usable(dir, &report, config)
 }
 
 fn fingerprint(dir: &Path) -> Fingerprint {

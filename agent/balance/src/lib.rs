@@ -868,8 +868,7 @@ mod tests {
         let who = client(&locality, &labels);
         let pick = |endpoints: &[Endpoint<'_>], source: &str| {
             let ranked = rank(&who, endpoints, Policy::default(), &no_cluster);
-            let simple = Simple::parse(None, Some(&serde_json::json!({"useSourceIp": true})))
-                .for_source(source.parse().unwrap());
+            let simple = Simple::parse(None, true).for_source(source.parse().unwrap());
             order(ranked, simple, 0, &|_| 0, || unreachable!("no randomness"))[0].addr
         };
         let sources: Vec<String> = (0..400)

@@ -25,14 +25,10 @@ pub enum Simple {
 }
 
 impl Simple {
-    /// From a `loadBalancer`'s `simple` and `consistentHash` (of which only
-    /// `useSourceIp` means anything at L4). `LEAST_CONN` is Istio's
-    /// deprecated name for `LEAST_REQUEST`.
-    pub fn parse(simple: Option<&str>, consistent_hash: Option<&serde_json::Value>) -> Self {
-        let source_ip = consistent_hash
-            .and_then(|h| h.get("useSourceIp"))
-            .and_then(serde_json::Value::as_bool)
-            == Some(true);
+    /// From a `loadBalancer`'s `simple` and its `consistentHash`'s
+    /// `useSourceIp` (the only hash key known at L4). `LEAST_CONN` is
+    /// Istio's deprecated name for `LEAST_REQUEST`.
+    pub fn parse(simple: Option<&str>, source_ip: bool) -> Self {
         match simple {
             _ if source_ip => Simple::SourceHash(0),
             Some("RANDOM") => Simple::Random,

@@ -140,6 +140,8 @@ fn source_matches(s: &Source, conn: &Connection<'_>, action: Action) -> bool {
     let principal = |p: &String| conn.principal.is_some_and(|have| pattern_matches(p, have));
     let namespace = |n: &String| conn.namespace.is_some_and(|have| pattern_matches(n, have));
     let ip = |b: &String| cidr_contains(b, conn.source_ip);
+    let account = service_account(conn.principal);
+    let service_account = |a: &String| account.as_deref() == Some(a.as_str());
     // Request principals come from a JWT, which only a waypoint sees.
     let uses_l7 = !s.request_principals.is_empty() || !s.not_request_principals.is_empty();
     if !l7_outcome(uses_l7, action) {
@@ -149,6 +151,8 @@ fn source_matches(s: &Source, conn: &Connection<'_>, action: Action) -> bool {
         && none_of(&s.not_principals, principal)
         && one_of(&s.namespaces, namespace)
         && none_of(&s.not_namespaces, namespace)
+        && one_of(&s.service_accounts, service_account)
+        && none_of(&s.not_service_accounts, service_account)
         && one_of(&s.ip_blocks, ip)
         && none_of(&s.not_ip_blocks, ip)
         // Without a proxy in front, the remote address is the source.
@@ -177,6 +181,7 @@ fn condition_matches(c: &Condition, conn: &Connection<'_>, action: Action) -> bo
         "source.ip" | "remote.ip" => Some(conn.source_ip.to_string()),
         "source.namespace" => conn.namespace.map(str::to_string),
         "source.principal" => conn.principal.map(str::to_string),
+        "source.serviceAccount" => service_account(conn.principal),
         "destination.ip" => Some(conn.destination_ip.to_string()),
         "destination.port" => Some(conn.destination_port.to_string()),
         _ => return l7_outcome(true, action),
@@ -193,6 +198,15 @@ fn condition_matches(c: &Condition, conn: &Connection<'_>, action: Action) -> bo
         (None, _) => false,
     };
     one_of(&c.values, test) && none_of(&c.not_values, test)
+}
+
+/// `namespace/name` of the service account a principal
+/// (`<trust domain>/ns/<namespace>/sa/<name>`) names, whatever its trust
+/// domain: what `serviceAccounts` and `source.serviceAccount` compare.
+fn service_account(principal: Option<&str>) -> Option<String> {
+    let (_, rest) = principal?.split_once("/ns/")?;
+    let (namespace, name) = rest.split_once("/sa/")?;
+    (!namespace.contains('/') && !name.contains('/')).then(|| format!("{namespace}/{name}"))
 }
 
 /// Whether the L7 part of a rule counts as matched: never in ALLOW (allow

@@ -80,6 +80,10 @@ pub struct Config {
     pub gateways: Vec<Named<networking::GatewaySpec>>,
     /// Objects of kinds the model does not use, as `kind namespace/name`.
     pub ignored: Vec<String>,
+    /// What the checks warned about, one line each as `straitctl validate`
+    /// prints it (`file:line Kind namespace/name: field F: reason`): the
+    /// config applies, and these say what in it does not act.
+    pub warnings: Vec<String>,
     /// Addresses allocated to ServiceEntry hosts that declare none.
     pub allocated: BTreeMap<String, IpAddr>,
     /// Workloads by address (index into `workloads`); see [`Config::reindex`].
@@ -106,6 +110,7 @@ impl Default for Config {
             virtual_services: Vec::new(),
             gateways: Vec::new(),
             ignored: Vec::new(),
+            warnings: Vec::new(),
             allocated: BTreeMap::new(),
             by_address: std::collections::HashMap::new(),
             services_index: service::ServiceIndex::default(),

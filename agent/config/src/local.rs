@@ -87,7 +87,7 @@ impl LoadError {
     }
 }
 
-/// Reads every `*.yaml` / `*.yml` file in `dir` into one model, or refuses
+/// Reads every `*.yaml`, `*.yml` and `*.json` file in `dir` into one model, or refuses
 /// it: a half-valid config is never used.
 pub fn load_dir(dir: &Path) -> Result<Config, LoadError> {
     let (report, config) = check_path(dir);
@@ -114,7 +114,14 @@ pub(crate) fn usable(
     }
 }
 
-/// Checks a file or a directory (its `*.yaml` / `*.yml` files, sorted by
+/// Whether a directory entry is read as manifests: YAML, or JSON (which
+/// Kubernetes accepts as well).
+pub fn is_manifest(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|x| x == "yaml" || x == "yml" || x == "json")
+}
+
+/// Checks a file or a directory (its `*.yaml`, `*.yml` and `*.json` files, sorted by
 /// name): the report, and the model when nothing was rejected.
 pub fn check_path(path: &Path) -> (Report, Option<Config>) {
     let mut sources = Vec::new();
@@ -125,9 +132,7 @@ pub fn check_path(path: &Path) -> (Report, Option<Config>) {
                 let mut files: Vec<PathBuf> = entries
                     .flatten()
                     .map(|e| e.path())
-                    .filter(|p| {
-                        p.is_file() && p.extension().is_some_and(|x| x == "yaml" || x == "yml")
-                    })
+                    .filter(|p| p.is_file() && is_manifest(p))
                     .collect();
                 files.sort();
                 files
@@ -197,9 +202,7 @@ fn check_sources(mut report: Report, sources: Vec<(PathBuf, String)>) -> (Report
                     let mut report = Report::default();
                     let mut parsed = Vec::new();
                     for &(file, first_line, doc) in part {
-                        if let Some(p) = check_document(&mut report, file, first_line, doc) {
-                            parsed.push(p);
-                        }
+                        parsed.extend(check_document(&mut report, file, first_line, doc));
                     }
                     (report, parsed)
                 })
@@ -232,7 +235,9 @@ fn check_sources(mut report: Report, sources: Vec<(PathBuf, String)>) -> (Report
     (report, config)
 }
 
-fn check_document(report: &mut Report, file: &Path, first_line: u64, doc: &str) -> Option<Parsed> {
+/// One YAML document: an object, or a `v1` `List` of objects (what
+/// `kubectl get -o yaml` prints).
+fn check_document(report: &mut Report, file: &Path, first_line: u64, doc: &str) -> Vec<Parsed> {
     let tree = match yaml::parse(doc) {
         Ok(tree) => tree,
         Err(e) => {
@@ -244,17 +249,39 @@ fn check_document(report: &mut Report, file: &Path, first_line: u64, doc: &str) 
                 ),
                 reason: first_line_of(&e),
             });
-            return None;
+            return Vec::new();
         }
     };
-    let json = tree.to_json();
-    let decoded = serde_json::from_value::<Header>(json.clone());
-    let header_ok = decoded.is_ok();
-    let header = decoded.unwrap_or_default();
+    match tree.list_items() {
+        Some(items) => items
+            .into_iter()
+            .filter_map(|item| {
+                let at = first_line + item.line.max(1) - 1;
+                check_object(report, file, (first_line, at), item)
+            })
+            .collect(),
+        None => check_object(report, file, (first_line, first_line), tree)
+            .into_iter()
+            .collect(),
+    }
+}
+
+/// One object; `lines` are where its document starts (what the tree's
+/// lines count from) and where the object does.
+fn check_object(
+    report: &mut Report,
+    file: &Path,
+    lines: (u64, u64),
+    tree: yaml::Node,
+) -> Option<Parsed> {
+    let (first_line, at) = lines;
+    let mut json = tree.to_json();
+    manifest::strip_nulls(&mut json);
+    let (header, problems) = Header::read(&json);
     let meta = &header.metadata;
     let mut entry = ObjectReport {
         file: file.into(),
-        line: first_line,
+        line: at,
         api_version: header.api_version.clone().unwrap_or_default(),
         kind: header.kind.clone().unwrap_or_default(),
         namespace: meta.namespace.clone().unwrap_or_else(|| "default".into()),
@@ -265,11 +292,6 @@ fn check_document(report: &mut Report, file: &Path, first_line: u64, doc: &str) 
     let mut findings = Findings::new(&tree, first_line);
     if !json.is_object() {
         findings.reject("", "a manifest must be a mapping with apiVersion and kind");
-    } else if !header_ok {
-        findings.reject(
-            "metadata",
-            "must be a mapping with string name, namespace, labels and annotations",
-        );
     } else if entry.api_version.is_empty() {
         findings.reject("apiVersion", "is required");
     } else if entry.kind.is_empty() {
@@ -295,6 +317,10 @@ fn check_document(report: &mut Report, file: &Path, first_line: u64, doc: &str) 
             None
         }
         KindCheck::Used => {
+            for (path, reason) in &problems {
+                findings.reject(path, reason);
+            }
+            check::envelope(&mut findings, &entry.kind, meta, &json);
             let item = check::object(&mut findings, &entry.kind, &entry.namespace, meta, &json);
             entry.warnings = std::mem::take(&mut findings.warnings);
             if findings.has_errors() {
@@ -475,7 +501,7 @@ metadata:
 
     #[test]
     fn bad_values_name_the_field() {
-        let err = load(&GOOD.replace("address: 10.2.0.10", "address: db.local")).unwrap_err();
+        let err = load(&GOOD.replace("address: 10.2.0.10", "address: db_local!")).unwrap_err();
         assert_eq!(err.field.as_deref(), Some("spec.address"), "{err}");
         let err = load(&GOOD.replace("mode: STRICT", "mode: STRICTEST")).unwrap_err();
         assert_eq!(err.field.as_deref(), Some("spec.mtls.mode"), "{err}");
@@ -494,7 +520,7 @@ metadata:
     #[test]
     fn every_problem_of_every_object_is_reported() {
         let text = GOOD
-            .replace("address: 10.2.0.10", "address: db.local")
+            .replace("address: 10.2.0.10", "address: db_local!")
             .replace("mode: STRICT", "mode: STRICTEST");
         let (report, config) = check_text(Path::new("t.yaml"), &text);
         assert!(config.is_none());

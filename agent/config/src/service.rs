@@ -219,7 +219,7 @@ impl Config {
                 Some(sel) => {
                     dr.namespace == client_namespace
                         && sel
-                            .labels
+                            .match_labels
                             .iter()
                             .all(|(k, v)| client_labels.get(k) == Some(v))
                 }

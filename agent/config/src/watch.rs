@@ -82,7 +82,7 @@ fn fingerprint(dir: &Path) -> Fingerprint {
         .flatten()
         .filter_map(|e| {
             let path = e.path();
-            let manifest = path.extension().is_some_and(|x| x == "yaml" || x == "yml");
+            let manifest = crate::local::is_manifest(&path);
             let meta = std::fs::metadata(&path).ok()?;
             (manifest && meta.is_file()).then(|| {
                 let modified = meta.modified().unwrap_or(UNIX_EPOCH);

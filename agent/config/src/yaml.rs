@@ -66,6 +66,25 @@ impl Node {
         node.key_line.unwrap_or(node.line)
     }
 
+    /// The objects of a Kubernetes `List` (`apiVersion: v1`, `kind: List`,
+    /// `items`), or `None` when this is not one.
+    pub fn list_items(&self) -> Option<Vec<Node>> {
+        let Value::Map(fields) = &self.value else {
+            return None;
+        };
+        let text = |key: &str| match fields.get(key).map(|n| &n.value) {
+            Some(Value::Str(s)) => Some(s.as_str()),
+            _ => None,
+        };
+        if text("apiVersion") != Some("v1") || text("kind") != Some("List") {
+            return None;
+        }
+        match fields.get("items").map(|n| &n.value) {
+            Some(Value::Seq(items)) => Some(items.clone()),
+            _ => Some(Vec::new()),
+        }
+    }
+
     /// The same tree as JSON (map keys stay strings).
     pub fn to_json(&self) -> serde_json::Value {
         use serde_json::Value as J;

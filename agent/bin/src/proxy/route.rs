@@ -222,7 +222,10 @@ pub fn plan<'a>(
         .or_else(|| traffic.and_then(|t| t.outlier_detection.as_ref()));
     let simple = Simple::parse(
         balancer.and_then(|lb| lb.simple.as_deref()),
-        balancer.and_then(|lb| lb.consistent_hash.as_ref()),
+        balancer
+            .and_then(|lb| lb.consistent_hash.as_ref())
+            .and_then(|h| h.use_source_ip)
+            == Some(true),
     );
     if simple == Simple::Passthrough {
         return Ok(Plan::Original);
@@ -504,7 +507,7 @@ kind: DestinationRule
 metadata: {name: fronts, namespace: other}
 spec:
   host: web.shop.svc.cluster.local
-  workloadSelector: {labels: {tier: front}}
+  workloadSelector: {matchLabels: {tier: front}}
   trafficPolicy: {connectionPool: {tcp: {maxConnections: 2}}}
 ";
         let (s, w) = (snapshot(rules), world());

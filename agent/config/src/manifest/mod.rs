@@ -6,31 +6,105 @@ pub mod core;
 pub mod networking;
 pub mod security;
 
-use serde::{Deserialize, de::DeserializeOwned};
+use serde::de::DeserializeOwned;
+use serde_json::Value as Json;
 
 use crate::Labels;
 
 /// What every object has; read first to pick the kind.
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Default)]
 pub struct Header {
     pub api_version: Option<String>,
     pub kind: Option<String>,
-    #[serde(default)]
     pub metadata: ObjectMeta,
 }
 
 /// `metadata`; fields the model does not use (uid, resourceVersion, ...)
 /// are allowed and ignored.
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Default)]
 pub struct ObjectMeta {
     pub name: Option<String>,
     pub namespace: Option<String>,
-    #[serde(default)]
     pub labels: Labels,
-    #[serde(default)]
     pub annotations: Labels,
+}
+
+impl Header {
+    /// Reads the header field by field: a bad label or annotation is a
+    /// problem at its path (returned), never a reason to lose the object's
+    /// kind and name.
+    pub fn read(json: &Json) -> (Header, Vec<(String, String)>) {
+        let mut problems = Vec::new();
+        let mut text = |path: &str, value: Option<&Json>| match value {
+            None => None,
+            Some(Json::String(s)) => Some(s.clone()),
+            Some(_) => {
+                problems.push((path.to_string(), "must be a string".to_string()));
+                None
+            }
+        };
+        let api_version = text("apiVersion", json.get("apiVersion"));
+        let kind = text("kind", json.get("kind"));
+        let meta = json.get("metadata");
+        let name = text("metadata.name", meta.and_then(|m| m.get("name")));
+        let namespace = text("metadata.namespace", meta.and_then(|m| m.get("namespace")));
+        if meta.is_some_and(|m| !m.is_object()) {
+            problems.push(("metadata".into(), "must be a mapping".into()));
+        }
+        let mut map = |field: &str| {
+            let mut out = Labels::new();
+            match meta.and_then(|m| m.get(field)) {
+                None => {}
+                Some(Json::Object(entries)) => {
+                    for (k, v) in entries {
+                        match v {
+                            Json::String(s) => {
+                                out.insert(k.clone(), s.clone());
+                            }
+                            _ => problems.push((
+                                format!("metadata.{field}.{k}"),
+                                format!(
+                                    "must be a string (quote it: \"{}\")",
+                                    v.to_string().trim_matches('"')
+                                ),
+                            )),
+                        }
+                    }
+                }
+                Some(_) => problems.push((
+                    format!("metadata.{field}"),
+                    "must be a mapping of strings".into(),
+                )),
+            }
+            out
+        };
+        let labels = map("labels");
+        let annotations = map("annotations");
+        let header = Header {
+            api_version,
+            kind,
+            metadata: ObjectMeta {
+                name,
+                namespace,
+                labels,
+                annotations,
+            },
+        };
+        (header, problems)
+    }
+}
+
+/// Removes every `null` from `json`, at any depth: Kubernetes reads a field
+/// left empty (`annotations:`) as absent.
+pub fn strip_nulls(json: &mut Json) {
+    match json {
+        Json::Object(map) => {
+            map.retain(|_, v| !v.is_null());
+            map.values_mut().for_each(strip_nulls);
+        }
+        Json::Array(items) => items.iter_mut().for_each(strip_nulls),
+        _ => {}
+    }
 }
 
 /// The kinds strait reads, with the group and versions they must come
@@ -53,12 +127,13 @@ const NETWORKING: &[&str] = &["v1alpha3", "v1beta1", "v1"];
 const SECURITY: &[&str] = &["v1beta1", "v1"];
 
 /// Istio kinds strait does not implement: listed as ignored, not errors.
-const ISTIO_OTHER: [(&str, &str); 6] = [
+const ISTIO_OTHER: [(&str, &str); 7] = [
     ("networking.istio.io", "Sidecar"),
     ("networking.istio.io", "EnvoyFilter"),
     ("networking.istio.io", "ProxyConfig"),
     ("telemetry.istio.io", "Telemetry"),
     ("extensions.istio.io", "WasmPlugin"),
+    ("extensions.istio.io", "ExtensionFilter"),
     ("security.istio.io", "CertificateRequest"),
 ];
 
@@ -72,7 +147,13 @@ pub enum KindCheck {
 
 pub fn classify(api_version: &str, kind: &str) -> KindCheck {
     let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+    let istio = group.ends_with(".istio.io");
     if let Some((want_group, versions, _)) = USED.iter().find(|(_, _, k)| *k == kind) {
+        // The same kind name in another API group (Gateway API's Gateway,
+        // Knative's Service) is that API's own kind.
+        if group != *want_group && !istio && !group.is_empty() {
+            return KindCheck::Ignored(format!("{api_version} {kind} is not used by strait"));
+        }
         if group != *want_group {
             let home = if want_group.is_empty() {
                 "the core API (apiVersion: v1)".to_string()
@@ -90,7 +171,6 @@ pub fn classify(api_version: &str, kind: &str) -> KindCheck {
         }
         return KindCheck::Used;
     }
-    let istio = group.ends_with(".istio.io");
     if istio && !ISTIO_OTHER.iter().any(|(g, k)| *g == group && *k == kind) {
         let known = USED
             .iter()
@@ -194,6 +274,20 @@ mod tests {
         assert!(matches!(
             classify("apps/v1", "Deployment"),
             KindCheck::Ignored(_)
+        ));
+        for (api, kind) in [
+            ("gateway.networking.k8s.io/v1", "Gateway"),
+            ("gateway.networking.k8s.io/v1", "HTTPRoute"),
+            ("serving.knative.dev/v1", "Service"),
+        ] {
+            assert!(
+                matches!(classify(api, kind), KindCheck::Ignored(_)),
+                "{api} {kind}"
+            );
+        }
+        assert!(matches!(
+            classify("v1", "VirtualService"),
+            KindCheck::Wrong(_)
         ));
         assert!(matches!(
             classify("networking.istio.io/v1alpha3", "EnvoyFilter"),

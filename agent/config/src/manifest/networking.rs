@@ -121,7 +121,9 @@ pub struct DestinationRuleSpec {
     pub traffic_policy: Option<TrafficPolicy>,
     pub subsets: Vec<Subset>,
     pub export_to: Vec<String>,
-    pub workload_selector: Option<WorkloadSelector>,
+    /// Istio's `type.v1beta1.WorkloadSelector` (`matchLabels`), unlike a
+    /// ServiceEntry's.
+    pub workload_selector: Option<crate::manifest::security::Selector>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
@@ -142,6 +144,14 @@ pub struct TrafficPolicy {
     pub port_level_settings: Vec<PortTrafficPolicy>,
     pub tunnel: Option<Tunnel>,
     pub proxy_protocol: Option<ProxyProtocol>,
+    pub retry_budget: Option<RetryBudget>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct RetryBudget {
+    pub percent: Option<Percent>,
+    pub min_retry_concurrency: Option<u32>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
@@ -164,10 +174,58 @@ pub struct PortSelector {
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct LoadBalancer {
     pub simple: Option<String>,
-    pub consistent_hash: Option<serde_json::Value>,
+    pub consistent_hash: Option<ConsistentHash>,
     pub locality_lb_setting: Option<LocalityLbSetting>,
     pub warmup_duration_secs: Option<String>,
-    pub warmup: Option<serde_json::Value>,
+    pub warmup: Option<Warmup>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct ConsistentHash {
+    pub http_header_name: Option<String>,
+    pub http_cookie: Option<HttpCookie>,
+    pub use_source_ip: Option<bool>,
+    pub http_query_parameter_name: Option<String>,
+    pub ring_hash: Option<RingHash>,
+    pub maglev: Option<Maglev>,
+    pub minimum_ring_size: Option<u64>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpCookie {
+    pub name: String,
+    pub path: Option<String>,
+    pub ttl: Option<String>,
+    pub attributes: Vec<NameValueOpt>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NameValueOpt {
+    pub name: String,
+    pub value: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct RingHash {
+    pub minimum_ring_size: Option<u64>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct Maglev {
+    pub table_size: Option<u64>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct Warmup {
+    pub duration: Option<String>,
+    pub minimum_percent: Option<f64>,
+    pub aggression: Option<f64>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
@@ -229,6 +287,15 @@ pub struct HttpSettings {
     pub h2_upgrade_policy: Option<String>,
     pub use_client_protocol: Option<bool>,
     pub max_concurrent_streams: Option<u32>,
+    pub http2_keep_alive: Option<Http2KeepAlive>,
+}
+
+/// HTTP/2 PING keepalive (Istio 1.29).
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Http2KeepAlive {
+    pub interval: Option<String>,
+    pub timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
@@ -292,19 +359,87 @@ pub struct HttpRoute {
     #[serde(rename = "match")]
     pub matches: Vec<HttpMatch>,
     pub route: Vec<RouteDestination>,
-    pub redirect: Option<serde_json::Value>,
-    pub direct_response: Option<serde_json::Value>,
-    pub delegate: Option<serde_json::Value>,
-    pub rewrite: Option<serde_json::Value>,
+    pub redirect: Option<Redirect>,
+    pub direct_response: Option<DirectResponse>,
+    pub delegate: Option<Delegate>,
+    pub rewrite: Option<Rewrite>,
     pub timeout: Option<String>,
     pub retries: Option<Retries>,
     pub fault: Option<Fault>,
     pub mirror: Option<Destination>,
-    pub mirrors: Vec<serde_json::Value>,
+    pub mirrors: Vec<Mirror>,
     pub mirror_percentage: Option<Percent>,
     pub mirror_percent: Option<u32>,
-    pub cors_policy: Option<serde_json::Value>,
+    pub cors_policy: Option<CorsPolicy>,
     pub headers: Option<Headers>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct Redirect {
+    pub uri: Option<String>,
+    pub authority: Option<String>,
+    pub port: Option<u32>,
+    pub derive_port: Option<String>,
+    pub scheme: Option<String>,
+    pub redirect_code: Option<u32>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DirectResponse {
+    pub status: u32,
+    pub body: Option<Body>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Body {
+    pub string: Option<String>,
+    pub bytes: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Delegate {
+    pub name: String,
+    pub namespace: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct Rewrite {
+    pub uri: Option<String>,
+    pub authority: Option<String>,
+    pub uri_regex_rewrite: Option<RegexRewrite>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegexRewrite {
+    #[serde(rename = "match")]
+    pub matches: String,
+    pub rewrite: String,
+}
+
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Mirror {
+    pub destination: Option<Destination>,
+    pub percentage: Option<Percent>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct CorsPolicy {
+    pub allow_origin: Vec<String>,
+    pub allow_origins: Vec<StringMatch>,
+    pub allow_methods: Vec<String>,
+    pub allow_headers: Vec<String>,
+    pub expose_headers: Vec<String>,
+    pub max_age: Option<String>,
+    pub allow_credentials: Option<bool>,
+    pub unmatched_preflights: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
@@ -368,10 +503,11 @@ pub struct HeaderOperations {
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct Retries {
-    pub attempts: Option<u32>,
+    pub attempts: Option<i64>,
     pub per_try_timeout: Option<String>,
     pub retry_on: Option<String>,
     pub retry_remote_localities: Option<bool>,
+    pub retry_ignore_previous_hosts: Option<bool>,
     pub backoff: Option<String>,
 }
 
@@ -411,7 +547,15 @@ pub struct Percent {
 pub struct TlsRoute {
     #[serde(rename = "match")]
     pub matches: Vec<TlsMatch>,
-    pub route: Vec<RouteDestination>,
+    pub route: Vec<L4RouteDestination>,
+}
+
+/// A TCP or TLS route's destination (no header operations at L4).
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct L4RouteDestination {
+    pub destination: Destination,
+    pub weight: Option<i64>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
@@ -430,7 +574,7 @@ pub struct TlsMatch {
 pub struct TcpRoute {
     #[serde(rename = "match")]
     pub matches: Vec<L4Match>,
-    pub route: Vec<RouteDestination>,
+    pub route: Vec<L4RouteDestination>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
@@ -454,10 +598,38 @@ pub struct GatewaySpec {
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct GatewayServer {
-    pub port: ServicePort,
+    pub port: Option<ServicePort>,
     pub bind: Option<String>,
     pub hosts: Vec<String>,
-    pub tls: Option<serde_json::Value>,
+    pub tls: Option<ServerTls>,
     pub default_endpoint: Option<String>,
     pub name: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct ServerTls {
+    pub https_redirect: Option<bool>,
+    pub mode: Option<String>,
+    pub server_certificate: Option<String>,
+    pub private_key: Option<String>,
+    pub ca_certificates: Option<String>,
+    pub ca_crl: Option<String>,
+    pub credential_name: Option<String>,
+    pub credential_names: Vec<String>,
+    pub tls_certificates: Vec<TlsCertificate>,
+    pub subject_alt_names: Vec<String>,
+    pub verify_certificate_spki: Vec<String>,
+    pub verify_certificate_hash: Vec<String>,
+    pub min_protocol_version: Option<String>,
+    pub max_protocol_version: Option<String>,
+    pub cipher_suites: Vec<String>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct TlsCertificate {
+    pub server_certificate: Option<String>,
+    pub private_key: Option<String>,
+    pub ca_certificates: Option<String>,
 }

@@ -74,6 +74,8 @@ pub struct Source {
     pub not_request_principals: Vec<String>,
     pub namespaces: Vec<String>,
     pub not_namespaces: Vec<String>,
+    pub service_accounts: Vec<String>,
+    pub not_service_accounts: Vec<String>,
     pub ip_blocks: Vec<String>,
     pub not_ip_blocks: Vec<String>,
     pub remote_ip_blocks: Vec<String>,
@@ -130,6 +132,7 @@ pub struct JwtRule {
     pub forward_original_token: Option<bool>,
     pub output_claim_to_headers: Vec<ClaimToHeader>,
     pub timeout: Option<String>,
+    pub space_delimited_claims: Vec<String>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]

@@ -1,0 +1,135 @@
+//! The model of a config whose every object passed.
+use std::collections::HashMap;
+
+use super::Item;
+use crate::{
+    Config, Service, ServiceOrigin,
+    local::Parsed,
+    report::{Report, Verdict},
+};
+
+pub(crate) fn build(parsed: Vec<Parsed>, report: &Report) -> Config {
+    let mut config = Config::default();
+    let mut kubernetes_services = HashMap::new();
+    for p in parsed {
+        match p.item {
+            Item::Namespace(ns) => {
+                config.namespaces.insert(ns.name.clone(), ns);
+            }
+            Item::Node(n) => {
+                config.nodes.insert(n.name.clone(), n);
+            }
+            Item::Service(s) => merge_service(&mut config.services, &mut kubernetes_services, s),
+            Item::Workload(w) => config.workloads.push(w),
+            Item::WorkloadGroup(g) => config.workload_groups.push(*g),
+            Item::PeerAuthentication(pa) => config.peer_authentications.push(pa),
+            Item::AuthorizationPolicy(ap) => config.authorization_policies.push(*ap),
+            Item::RequestAuthentication(ra) => config.request_authentications.push(*ra),
+            Item::DestinationRule(dr) => config.destination_rules.push(*dr),
+            Item::VirtualService(vs) => config.virtual_services.push(*vs),
+            Item::Gateway(gw) => config.gateways.push(*gw),
+        }
+    }
+    link_groups(&mut config);
+    // A workload without its own locality or network has its node's, as a
+    // Kubernetes pod has.
+    for w in &mut config.workloads {
+        let Some(node) = w.node.as_ref().and_then(|n| config.nodes.get(n)) else {
+            continue;
+        };
+        if w.locality.region.is_empty() {
+            w.locality = node.locality.clone();
+        }
+        if w.network.is_empty() {
+            w.network = node.network.clone();
+        }
+    }
+    config.ignored = report
+        .objects
+        .iter()
+        .filter(|o| matches!(o.verdict, Verdict::Ignored(_)))
+        .map(|o| format!("{} {}", o.api_version, o.object()))
+        .collect();
+    config.warnings = report
+        .objects
+        .iter()
+        .flat_map(|o| {
+            o.warnings.iter().map(move |w| {
+                format!(
+                    "{}:{} {}: field {}: {}",
+                    o.file.display(),
+                    w.line,
+                    o.object(),
+                    w.field,
+                    w.reason
+                )
+            })
+        })
+        .collect();
+    config.reindex();
+    config
+}
+
+/// Gives each WorkloadEntry its WorkloadGroup's probe: the group its
+/// annotation names, else one in its namespace whose `metadata.labels` it
+/// carries (the first by name).
+fn link_groups(config: &mut Config) {
+    if config.workload_groups.is_empty() {
+        return;
+    }
+    config.workload_groups.sort_by(|a, b| {
+        (a.namespace.as_str(), a.name.as_str()).cmp(&(b.namespace.as_str(), b.name.as_str()))
+    });
+    let groups = &config.workload_groups;
+    for w in &mut config.workloads {
+        let group = match &w.group {
+            Some(name) => groups
+                .iter()
+                .find(|g| g.namespace == w.namespace && &g.name == name),
+            None => groups.iter().find(|g| {
+                g.namespace == w.namespace
+                    && g.spec.metadata.as_ref().is_some_and(|m| {
+                        !m.labels.is_empty()
+                            && m.labels.iter().all(|(k, v)| w.labels.get(k) == Some(v))
+                    })
+            }),
+        };
+        if let Some(g) = group {
+            w.group = Some(g.name.clone());
+            w.probe = g.spec.probe.clone().map(Box::new);
+        }
+    }
+}
+
+/// The same Kubernetes Service in several clusters is one service: its
+/// addresses and ports are the union. `seen` indexes the Kubernetes
+/// services already in `services` by (namespace, name).
+fn merge_service(
+    services: &mut Vec<Service>,
+    seen: &mut HashMap<(String, String), usize>,
+    s: Service,
+) {
+    let key = (s.namespace.clone(), s.name.clone());
+    let index = match s.origin {
+        ServiceOrigin::Kubernetes => seen.get(&key).copied(),
+        _ => None,
+    };
+    if index.is_none() && s.origin == ServiceOrigin::Kubernetes {
+        seen.insert(key, services.len());
+    }
+    match index.and_then(|i| services.get_mut(i)) {
+        Some(existing) => {
+            for a in s.addresses {
+                if !existing.addresses.contains(&a) {
+                    existing.addresses.push(a);
+                }
+            }
+            for port in s.ports {
+                if !existing.ports.iter().any(|p| p.port == port.port) {
+                    existing.ports.push(port);
+                }
+            }
+        }
+        None => services.push(s),
+    }
+}

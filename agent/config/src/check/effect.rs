@@ -1,0 +1,216 @@
+//! Which fields of each kind strait acts on. Every other field an object
+//! sets is named in a warning, with why it does nothing yet, so that no
+//! setting is silently ignored. The README's table is this file in prose.
+use std::sync::LazyLock;
+
+use serde_json::Value as Json;
+
+use super::Findings;
+
+/// Why a field does nothing when no better reason is listed.
+const NOT_BUILT: &str = "has no effect: strait does not implement it yet";
+/// Why an L7 setting does nothing.
+const L7: &str =
+    "has no effect at L4: it needs an L7 proxy (a waypoint), which strait does not run yet";
+
+/// One kind's fields, as paths under `spec` (`a.b`, `list[].c`): what acts
+/// (a path acts with everything under it), and reasons for some of what
+/// does not.
+struct Kind {
+    acts: Vec<String>,
+    reasons: Vec<(String, &'static str)>,
+}
+
+/// The settings a traffic policy shares with its port-level settings.
+const POLICY_ACTS: [&str; 13] = [
+    "loadBalancer.simple",
+    "loadBalancer.consistentHash.useSourceIp",
+    "loadBalancer.localityLbSetting",
+    "connectionPool.tcp.maxConnections",
+    "connectionPool.tcp.connectTimeout",
+    "outlierDetection.consecutiveGatewayErrors",
+    "outlierDetection.consecutive5xxErrors",
+    "outlierDetection.consecutiveErrors",
+    "outlierDetection.consecutiveLocalOriginFailures",
+    "outlierDetection.interval",
+    "outlierDetection.baseEjectionTime",
+    "outlierDetection.maxEjectionPercent",
+    "outlierDetection.minHealthPercent",
+];
+
+const POLICY_REASONS: [(&str, &str); 7] = [
+    (
+        "tls",
+        "has no effect: the node proxy speaks its own mutual TLS (HBONE) between workloads and originates no other TLS",
+    ),
+    ("connectionPool.http", L7),
+    ("loadBalancer.consistentHash.httpHeaderName", L7),
+    ("loadBalancer.consistentHash.httpCookie", L7),
+    ("loadBalancer.consistentHash.httpQueryParameterName", L7),
+    (
+        "loadBalancer.consistentHash.ringHash",
+        "has no effect: strait hashes source addresses by rendezvous hashing, with no ring to size",
+    ),
+    (
+        "loadBalancer.consistentHash.maglev",
+        "has no effect: strait hashes source addresses by rendezvous hashing, with no table to size",
+    ),
+];
+
+static DESTINATION_RULE: LazyLock<Kind> = LazyLock::new(|| {
+    let mut acts: Vec<String> = [
+        "host",
+        "exportTo",
+        "workloadSelector",
+        "trafficPolicy.portLevelSettings[].port",
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut reasons = vec![(
+        "subsets".to_string(),
+        "has no effect at L4: subsets are chosen by VirtualService routes, which a waypoint applies",
+    )];
+    for prefix in ["trafficPolicy", "trafficPolicy.portLevelSettings[]"] {
+        acts.extend(POLICY_ACTS.iter().map(|a| format!("{prefix}.{a}")));
+        reasons.extend(
+            POLICY_REASONS
+                .iter()
+                .map(|(p, r)| (format!("{prefix}.{p}"), *r)),
+        );
+    }
+    Kind { acts, reasons }
+});
+
+static SERVICE_ENTRY: LazyLock<Kind> = LazyLock::new(|| Kind {
+    acts: [
+        "hosts",
+        "addresses",
+        "ports",
+        "location",
+        "resolution",
+        "endpoints",
+        "workloadSelector",
+        "exportTo",
+    ]
+    .map(String::from)
+    .to_vec(),
+    reasons: vec![(
+        "subjectAltNames".into(),
+        "has no effect: strait checks a peer's identity against the workload's service account, not these names",
+    )],
+});
+
+static WORKLOAD_GROUP: LazyLock<Kind> = LazyLock::new(|| Kind {
+    acts: ["metadata.labels", "probe"].map(String::from).to_vec(),
+    reasons: vec![
+        (
+            "template".into(),
+            "has no effect: strait does not register workloads from a group; write a WorkloadEntry per workload",
+        ),
+        (
+            "metadata.annotations".into(),
+            "has no effect: strait does not register workloads from a group; write a WorkloadEntry per workload",
+        ),
+    ],
+});
+
+static AUTHORIZATION_POLICY: LazyLock<Kind> = LazyLock::new(|| {
+    Kind {
+    // L7 attributes in rules are warned about where they are checked:
+    // they change what a rule matches.
+    acts: ["selector", "action", "provider", "rules"].map(String::from).to_vec(),
+    reasons: ["targetRef", "targetRefs"]
+        .map(|t| {
+            (
+                t.to_string(),
+                "has no effect: a policy bound by target applies at a waypoint or gateway, which strait does not run yet",
+            )
+        })
+        .to_vec(),
+}
+});
+
+/// The table for `kind`: `None` when every field acts (WorkloadEntry,
+/// PeerAuthentication, core kinds) or none does (warned once at `spec`).
+fn table(kind: &str) -> Option<&'static Kind> {
+    match kind {
+        "DestinationRule" => Some(&DESTINATION_RULE),
+        "ServiceEntry" => Some(&SERVICE_ENTRY),
+        "WorkloadGroup" => Some(&WORKLOAD_GROUP),
+        "AuthorizationPolicy" => Some(&AUTHORIZATION_POLICY),
+        _ => None,
+    }
+}
+
+/// Warns, at the outermost such field, about every field of `spec` that
+/// strait does not act on.
+pub(super) fn warn_without_effect(f: &mut Findings, kind: &str, spec: &Json) {
+    if let Some(table) = table(kind) {
+        walk(f, table, spec, "", "spec");
+    }
+}
+
+fn walk(f: &mut Findings, table: &Kind, value: &Json, pattern: &str, path: &str) {
+    let Json::Object(fields) = value else {
+        return;
+    };
+    for (key, v) in fields {
+        let pattern = join(pattern, key);
+        let path = format!("{path}.{key}");
+        if table.acts.iter().any(|a| covers(a, &pattern)) {
+            continue;
+        }
+        if table.acts.iter().any(|a| covers(&pattern, a)) {
+            match v {
+                Json::Array(items) => {
+                    for (i, item) in items.iter().enumerate() {
+                        walk(
+                            f,
+                            table,
+                            item,
+                            &format!("{pattern}[]"),
+                            &format!("{path}[{i}]"),
+                        );
+                    }
+                }
+                other => walk(f, table, other, &pattern, &path),
+            }
+            continue;
+        }
+        let reason = table
+            .reasons
+            .iter()
+            .find(|(p, _)| covers(p, &pattern))
+            .map_or(NOT_BUILT, |(_, r)| *r);
+        f.warn(&path, reason);
+    }
+}
+
+fn join(pattern: &str, key: &str) -> String {
+    if pattern.is_empty() {
+        key.to_string()
+    } else {
+        format!("{pattern}.{key}")
+    }
+}
+
+/// Whether `outer` is `inner` or contains it.
+fn covers(outer: &str, inner: &str) -> bool {
+    inner
+        .strip_prefix(outer)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('.') || rest.starts_with('['))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_cover_their_subfields_only() {
+        assert!(covers("trafficPolicy.tls", "trafficPolicy.tls.mode"));
+        assert!(covers("a[]", "a[].b"));
+        assert!(covers("a", "a[].b"));
+        assert!(!covers("trafficPolicy.tl", "trafficPolicy.tls"));
+        assert!(covers("host", "host"));
+    }
+}

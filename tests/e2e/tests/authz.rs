@@ -264,6 +264,54 @@ fn malformed_edit_keeps_the_last_good_config() -> Result<()> {
     Ok(())
 }
 
+/// A config Istio accepts with warnings (here a route to a subset no
+/// DestinationRule defines) applies whole: the policy beside it acts, and
+/// `/config_dump` lists the warning.
+#[test]
+fn a_config_with_warnings_applies_and_lists_them() -> Result<()> {
+    require_root();
+    let topo = Topology::create(spec())?;
+    let s = setup(&topo)?;
+    let (web, other, api) = (topo.pod("web")?, topo.pod("other")?, topo.pod("api")?);
+    let route = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: api-canary
+  namespace: backend
+spec:
+  hosts: [api]
+  http:
+  - route:
+    - destination: {host: api, subset: canary}
+";
+    s.mesh
+        .write("policy.yaml", &format!("{ALLOW_WEB}---\n{route}"))?;
+    until_reach(other, api, false)?;
+    assert!(reaches(web, api)?, "the policy beside the warning acts");
+    let dump = s.mesh.admin("n2", "/config_dump")?;
+    assert!(dump["reload"]["last_error"].is_null(), "{}", dump["reload"]);
+    let warnings: Vec<&str> = dump["config"]["warnings"]
+        .as_array()
+        .ok_or("no warnings in /config_dump")?
+        .iter()
+        .filter_map(|w| w.as_str())
+        .collect();
+    let subset = warnings
+        .iter()
+        .find(|w| {
+            w.contains(
+                "VirtualService backend/api-canary: field spec.http[0].route[0].destination.subset",
+            )
+        })
+        .ok_or_else(|| format!("the subset warning is not listed: {warnings:#?}"))?;
+    println!(
+        "/config_dump lists {} warning(s), among them: {subset}",
+        warnings.len()
+    );
+    assert!(subset.contains("policy.yaml:"), "{subset}");
+    Ok(())
+}
+
 /// Connections `n2` counted as opened (destination side) with `labels`.
 fn opened_at_n2(mesh: &Mesh<'_>, labels: &[&str]) -> Result<u64> {
     Ok(metric_sum(

@@ -93,6 +93,10 @@ pub(super) fn service(
                 &format!("{path}.name"),
                 "is required when a Service has several ports",
             );
+        } else if !port_name.is_empty()
+            && let Err(why) = crate::names::check_label(&port_name)
+        {
+            f.reject(&format!("{path}.name"), &why);
         } else if !names.insert(port_name.clone()) {
             f.reject(
                 &format!("{path}.name"),

@@ -276,6 +276,19 @@ pub(super) fn authorization_policy(
     }
 }
 
+/// A rule's `source` or `operation` (at `p`): present, naming at least
+/// one of its `lists`, with no empty strings in them.
+fn lists_set(f: &mut Findings, p: &str, present: bool, lists: &[(&str, &Vec<String>)]) {
+    if !present {
+        f.reject(p, "is required");
+    } else if lists.iter().all(|(_, v)| v.is_empty()) {
+        f.reject(p, "is empty: name at least one field");
+    }
+    for (field, values) in lists {
+        f.no_empty(&format!("{p}.{field}"), values);
+    }
+}
+
 fn source(f: &mut Findings, p: &str, s: &sec::Source, present: bool) {
     let lists = [
         ("principals", &s.principals),
@@ -291,14 +304,7 @@ fn source(f: &mut Findings, p: &str, s: &sec::Source, present: bool) {
         ("remoteIpBlocks", &s.remote_ip_blocks),
         ("notRemoteIpBlocks", &s.not_remote_ip_blocks),
     ];
-    if !present {
-        f.reject(p, "is required");
-    } else if lists.iter().all(|(_, v)| v.is_empty()) {
-        f.reject(p, "is empty: name at least one field");
-    }
-    for (field, values) in lists {
-        f.no_empty(&format!("{p}.{field}"), values);
-    }
+    lists_set(f, p, present, &lists);
     let identities = [
         &s.principals,
         &s.not_principals,
@@ -361,14 +367,7 @@ fn operation(f: &mut Findings, p: &str, o: &sec::Operation, present: bool) {
         ("paths", &o.paths),
         ("notPaths", &o.not_paths),
     ];
-    if !present {
-        f.reject(p, "is required");
-    } else if lists.iter().all(|(_, v)| v.is_empty()) {
-        f.reject(p, "is empty: name at least one field");
-    }
-    for (field, values) in lists {
-        f.no_empty(&format!("{p}.{field}"), values);
-    }
+    lists_set(f, p, present, &lists);
     for (field, ports) in [("ports", &o.ports), ("notPorts", &o.not_ports)] {
         for (k, port) in ports.iter().enumerate() {
             match port.parse::<u32>() {

@@ -689,3 +689,70 @@ fn service_entry_combinations_istio_refuses() {
         "no wildcard",
     );
 }
+
+#[test]
+fn virtual_service_routes_are_judged_as_istio_does() {
+    let vs = |http: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: reviews, namespace: shop}}
+spec:
+  hosts: [reviews, '*.example.com']
+  http:
+{http}"
+        )
+    };
+    // An empty URI prefix matches every path; a delegate root route.
+    accepted(&vs("  - match: [{uri: {prefix: ''}}]
+    route: [{destination: {host: reviews}}]
+"));
+    accepted(&vs(
+        "  - delegate: {name: reviews-delegate, namespace: shop}\n",
+    ));
+    rejected(
+        &vs("  - redirect: {uri: /v2}\n    route: [{destination: {host: reviews}}]\n"),
+        "spec.http[0].route",
+        "cannot be set with redirect",
+    );
+    rejected(
+        &vs("  - match: [{method: {prefix: ''}}]\n    route: [{destination: {host: reviews}}]\n"),
+        "spec.http[0].match[0].method.prefix",
+        "must not be empty",
+    );
+    rejected(
+        &vs("  - route: [{destination: {host: reviews}}]
+    headers: {request: {set: {host: a.example}}}
+    rewrite: {authority: b.example}
+"),
+        "spec.http[0].headers.request",
+        "more than once",
+    );
+    warned(
+        &vs("  - route: [{destination: {host: reviews}}]
+  - match: [{uri: {prefix: /v2}}]
+    route: [{destination: {host: reviews}}]
+"),
+        "spec.http[1]",
+        "never used",
+    );
+    let tls = |sni: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: ext, namespace: shop}}
+spec:
+  hosts: ['*.example.com']
+  tls:
+  - match: [{{port: 443, sniHosts: ['{sni}']}}]
+    route: [{{destination: {{host: api.example.com}}}}]
+"
+        )
+    };
+    accepted(&tls("api.example.com"));
+    rejected(
+        &tls("api.example.org"),
+        "spec.tls[0].match[0].sniHosts[0]",
+        "not among the VirtualService's hosts",
+    );
+}

@@ -50,7 +50,37 @@ pub(super) fn virtual_service(f: &mut Findings, namespace: &str, spec: &net::Vir
         f.reject("spec", "needs http, tcp or tls routes");
     }
     for (i, h) in spec.http.iter().enumerate() {
-        http_route(f, &format!("spec.http[{i}]"), h);
+        http_route(f, &format!("spec.http[{i}]"), h, spec.hosts.is_empty());
+    }
+    // Routes are tried in order: one without matches takes everything.
+    let catch_all = |matches: &[bool]| matches.iter().position(|empty| *empty);
+    for (kind, empties) in [
+        (
+            "http",
+            spec.http
+                .iter()
+                .map(|h| h.matches.is_empty())
+                .collect::<Vec<_>>(),
+        ),
+        (
+            "tcp",
+            spec.tcp.iter().map(|t| t.matches.is_empty()).collect(),
+        ),
+        (
+            "tls",
+            spec.tls.iter().map(|t| t.matches.is_empty()).collect(),
+        ),
+    ] {
+        if let Some(first) = catch_all(&empties) {
+            for later in first + 1..empties.len() {
+                f.warn(
+                    &format!("spec.{kind}[{later}]"),
+                    &format!(
+                        "is never used: route {first} before it has no match and takes all traffic"
+                    ),
+                );
+            }
+        }
     }
     for (i, t) in spec.tcp.iter().enumerate() {
         let path = format!("spec.tcp[{i}]");
@@ -91,8 +121,25 @@ pub(super) fn virtual_service(f: &mut Findings, namespace: &str, spec: &net::Vir
                 f.reject(&format!("{p}.sniHosts"), "needs at least one host");
             }
             for (k, sni) in m.sni_hosts.iter().enumerate() {
-                if sni.parse::<std::net::IpAddr>().is_err() {
-                    host(f, &format!("{p}.sniHosts[{k}]"), sni);
+                let at = format!("{p}.sniHosts[{k}]");
+                if sni.parse::<std::net::IpAddr>().is_ok() {
+                    f.warn(
+                        &at,
+                        "is an IP address: SNI carries names, and most clients send none for an IP",
+                    );
+                } else if host(f, &at, sni)
+                    && !spec
+                        .hosts
+                        .iter()
+                        .any(|h| h.eq_ignore_ascii_case(sni) || crate::host_matches(h, sni))
+                {
+                    f.reject(
+                        &at,
+                        &format!(
+                            "{sni:?} is not among the VirtualService's hosts {:?}",
+                            spec.hosts
+                        ),
+                    );
                 }
             }
             if let Some(port) = m.port {
@@ -173,23 +220,84 @@ const GRPC_STATUS: [&str; 17] = [
     "UNAUTHENTICATED",
 ];
 
-fn http_route(f: &mut Findings, path: &str, h: &net::HttpRoute) {
-    let actions = [
-        !h.route.is_empty(),
-        h.redirect.is_some(),
-        h.direct_response.is_some(),
-        h.delegate.is_some(),
-    ];
-    match actions.iter().filter(|a| **a).count() {
-        0 => f.reject(
+fn http_route(f: &mut Findings, path: &str, h: &net::HttpRoute, in_delegate: bool) {
+    if h.delegate.is_some() {
+        // A root route hands its requests to the delegate, and only that.
+        if in_delegate {
+            f.reject(
+                &format!("{path}.delegate"),
+                "a delegate's routes cannot delegate again",
+            );
+        }
+        for (field, set) in [
+            ("redirect", h.redirect.is_some()),
+            ("route", !h.route.is_empty()),
+        ] {
+            if set {
+                f.reject(&format!("{path}.{field}"), "cannot be set with delegate");
+            }
+        }
+    } else if h.redirect.is_some() {
+        for (field, set) in [
+            ("route", !h.route.is_empty()),
+            ("fault", h.fault.is_some()),
+            ("rewrite", h.rewrite.is_some()),
+            ("directResponse", h.direct_response.is_some()),
+        ] {
+            if set {
+                f.reject(&format!("{path}.{field}"), "cannot be set with redirect");
+            }
+        }
+    } else if h.direct_response.is_some() {
+        for (field, set) in [
+            ("route", !h.route.is_empty()),
+            ("fault", h.fault.is_some()),
+            ("rewrite", h.rewrite.is_some()),
+        ] {
+            if set {
+                f.reject(
+                    &format!("{path}.{field}"),
+                    "cannot be set with directResponse",
+                );
+            }
+        }
+    } else if h.route.is_empty() {
+        f.reject(
             &format!("{path}.route"),
             "needs a route, redirect, directResponse or delegate",
-        ),
-        1 => {}
-        _ => f.reject(
-            path,
-            "takes only one of route, redirect, directResponse and delegate",
-        ),
+        );
+    }
+    if h.mirror.is_some() && !h.mirrors.is_empty() {
+        f.reject(&format!("{path}.mirrors"), "cannot be set with mirror");
+    }
+    if let Some(p) = h.mirror_percent {
+        f.warn(
+            &format!("{path}.mirrorPercent"),
+            "is deprecated: use mirrorPercentage",
+        );
+        f.percent(&format!("{path}.mirrorPercent"), Some(f64::from(p)));
+    }
+    let authorities = h
+        .rewrite
+        .as_ref()
+        .and_then(|r| r.authority.as_ref())
+        .into_iter()
+        .count()
+        + h.headers
+            .as_ref()
+            .and_then(|hd| hd.request.as_ref())
+            .map_or(0, |r| {
+                r.set
+                    .keys()
+                    .chain(r.add.keys())
+                    .filter(|k| authority_header(k))
+                    .count()
+            });
+    if authorities > 1 {
+        f.reject(
+            &format!("{path}.headers.request"),
+            "the authority is rewritten more than once (rewrite.authority, :authority, host)",
+        );
     }
     http_destinations(f, &format!("{path}.route"), &h.route);
     for (j, m) in h.matches.iter().enumerate() {
@@ -258,9 +366,6 @@ fn http_route(f: &mut Findings, path: &str, h: &net::HttpRoute) {
         &format!("{path}.mirrorPercentage.value"),
         h.mirror_percentage.as_ref().map(|p| p.value),
     );
-    if let Some(p) = h.mirror_percent {
-        f.percent(&format!("{path}.mirrorPercent"), Some(f64::from(p)));
-    }
     if let Some(cors) = &h.cors_policy {
         let p = format!("{path}.corsPolicy");
         for (i, origin) in cors.allow_origins.iter().enumerate() {
@@ -297,8 +402,10 @@ fn http_route(f: &mut Findings, path: &str, h: &net::HttpRoute) {
 }
 
 fn http_match(f: &mut Findings, path: &str, m: &net::HttpMatch) {
+    if let Some(uri) = &m.uri {
+        string_match_as(f, &format!("{path}.uri"), uri, Match::Uri);
+    }
     for (field, sm) in [
-        ("uri", &m.uri),
         ("scheme", &m.scheme),
         ("method", &m.method),
         ("authority", &m.authority),
@@ -319,7 +426,12 @@ fn http_match(f: &mut Findings, path: &str, m: &net::HttpMatch) {
             {
                 f.reject(&at, &why);
             }
-            string_match(f, &at, sm);
+            let what = if field == "withoutHeaders" {
+                Match::WithoutHeader
+            } else {
+                Match::Other
+            };
+            string_match_as(f, &at, sm, what);
         }
     }
     for (key, sm) in &m.query_params {
@@ -330,9 +442,27 @@ fn http_match(f: &mut Findings, path: &str, m: &net::HttpMatch) {
     }
     f.labels(&format!("{path}.sourceLabels"), &m.source_labels);
     gateway_names(f, &format!("{path}.gateways"), &m.gateways);
+    if let Some(ns) = &m.source_namespace
+        && let Err(why) = names::check_label(ns)
+    {
+        f.reject(&format!("{path}.sourceNamespace"), &why);
+    }
 }
 
 fn string_match(f: &mut Findings, path: &str, m: &net::StringMatch) {
+    string_match_as(f, path, m, Match::Other);
+}
+
+/// What a string match is of: a URI may match the empty prefix (every
+/// path), and `withoutHeaders` takes `regex: "*"` for "absent".
+#[derive(PartialEq, Eq)]
+enum Match {
+    Uri,
+    WithoutHeader,
+    Other,
+}
+
+fn string_match_as(f: &mut Findings, path: &str, m: &net::StringMatch, what: Match) {
     let set = [&m.exact, &m.prefix, &m.regex]
         .iter()
         .filter(|v| v.is_some())
@@ -340,12 +470,19 @@ fn string_match(f: &mut Findings, path: &str, m: &net::StringMatch) {
     if set > 1 {
         f.reject(path, "takes only one of exact, prefix, regex");
     }
-    if m.prefix.as_deref() == Some("") {
+    if m.prefix.as_deref() == Some("") && what != Match::Uri {
         f.reject(&format!("{path}.prefix"), "must not be empty");
     }
-    if let Some(re) = &m.regex {
-        f.regex(&format!("{path}.regex"), re);
+    match &m.regex {
+        Some(re) if re == "*" && what == Match::WithoutHeader => {}
+        Some(re) => f.regex(&format!("{path}.regex"), re),
+        None => {}
     }
+}
+
+/// `:authority` or `host`: the request's authority.
+fn authority_header(name: &str) -> bool {
+    name.eq_ignore_ascii_case(":authority") || name.eq_ignore_ascii_case("host")
 }
 
 fn destination(f: &mut Findings, path: &str, d: &net::Destination) {
@@ -424,14 +561,14 @@ fn header_operations(f: &mut Findings, path: &str, headers: &net::Headers) {
         ] {
             for name in keys {
                 let at = format!("{p}.{field}.{name}");
-                // Only the request's authority may be rewritten.
-                let authority = side == "request" && field != "remove" && name == ":authority";
+                // Only the request's authority may be set, as `:authority`
+                // or `host`; no pseudo-header otherwise.
+                let authority = side == "request" && field != "remove" && authority_header(name);
                 if name.is_empty() {
                     f.reject(&at, "header name is empty");
-                } else if name.starts_with(':') && !authority {
-                    f.reject(&at, "pseudo-headers (`:`) cannot be changed");
-                } else if field == "remove" && name.eq_ignore_ascii_case("host") {
-                    f.reject(&at, "the Host header cannot be removed");
+                } else if (name.starts_with(':') || name.eq_ignore_ascii_case("host")) && !authority
+                {
+                    f.reject(&at, "pseudo-headers (`:`) and Host cannot be changed here");
                 }
             }
         }

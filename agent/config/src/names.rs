@@ -41,6 +41,21 @@ pub fn check_label(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A DNS-1123 label as Istio checks it (port, subset and gateway names):
+/// like Kubernetes' but letters of either case.
+pub fn check_istio_label(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("is empty".into());
+    }
+    if host_label(name) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a DNS-1123 label (at most 63 letters, digits and '-', starting and ending with a letter or digit)"
+        ))
+    }
+}
+
 /// One label of a host name as Istio reads it: letters of either case,
 /// digits and `-`, not at either end, at most 63.
 fn host_label(label: &str) -> bool {
@@ -53,7 +68,8 @@ fn host_label(label: &str) -> bool {
 }
 
 /// A fully qualified host name (no wildcard): dot-separated labels, at
-/// most 255 characters.
+/// most 255 characters, the last not all digits; a final dot is allowed
+/// (`istio.io.`).
 pub fn check_fqdn(host: &str) -> Result<(), String> {
     if host.is_empty() {
         return Err("is empty".into());
@@ -61,7 +77,14 @@ pub fn check_fqdn(host: &str) -> Result<(), String> {
     if host.len() > 255 {
         return Err(format!("{host:?} is longer than 255 characters"));
     }
-    match host.split('.').find(|l| !host_label(l)) {
+    let name = host.strip_suffix('.').unwrap_or(host);
+    let top = name.rsplit('.').next().unwrap_or_default();
+    if !top.is_empty() && top.chars().all(|c| c.is_ascii_digit()) {
+        return Err(format!(
+            "{host:?} is not a host name (its top-level label {top:?} is all digits)"
+        ));
+    }
+    match name.split('.').find(|l| !host_label(l)) {
         Some(label) => Err(format!(
             "{host:?} is not a host name (label {label:?}: letters, digits and '-', at most 63, not starting or ending with '-')"
         )),
@@ -211,6 +234,10 @@ mod tests {
             assert!(check_wildcard_host(bad).is_err(), "{bad:?}");
         }
         assert!(check_fqdn("*.example.com").is_err());
+        assert!(check_fqdn("istio.io.").is_ok());
+        assert!(check_fqdn("10.2.0.300").is_err());
+        assert!(check_istio_label("HTTP1").is_ok());
+        assert!(check_istio_label("http_1").is_err());
         for good in ["app", "topology.kubernetes.io/zone", "a_b.c-d"] {
             assert!(check_label_key(good).is_ok(), "{good}");
         }

@@ -102,6 +102,10 @@ impl<'a> Findings<'a> {
                 Ok(d) if d < std::time::Duration::from_millis(1) => {
                     self.reject(path, &format!("{v:?} is shorter than 1ms"))
                 }
+                Ok(d) if d.subsec_nanos() % 1_000_000 != 0 => self.reject(
+                    path,
+                    &format!("{v:?} is finer than a millisecond, Istio's precision"),
+                ),
                 Ok(_) => {}
                 Err(e) => self.reject(path, &e),
             }
@@ -356,7 +360,7 @@ fn export_to(f: &mut Findings, path: &str, namespace: &str, to: &[String]) {
     let mut seen = BTreeSet::new();
     for (i, t) in to.iter().enumerate() {
         let at = format!("{path}[{i}]");
-        let ok = matches!(t.as_str(), "*" | "." | "~") || names::check_label(t).is_ok();
+        let ok = matches!(t.as_str(), "*" | "." | "~") || names::check_istio_label(t).is_ok();
         if !ok {
             f.reject(
                 &at,

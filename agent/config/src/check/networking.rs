@@ -93,7 +93,7 @@ pub(super) fn service_entry(
             .target_port
             .and_then(|t| f.port(&format!("{path}.targetPort"), t));
         let port_name = p.name.clone().unwrap_or_default();
-        match names::check_label(&port_name) {
+        match names::check_istio_label(&port_name) {
             Err(why) => f.reject(&format!("{path}.name"), &why),
             Ok(()) if !port_names.insert(port_name.clone()) => f.reject(
                 &format!("{path}.name"),
@@ -249,7 +249,7 @@ fn entry_fields(
     let mut ports = BTreeMap::new();
     for (port_name, port) in &spec.ports {
         let at = format!("{path}.ports.{port_name}");
-        if let Err(why) = names::check_label(port_name) {
+        if let Err(why) = names::check_istio_label(port_name) {
             f.reject(&at, &why);
         }
         if let Some(p) = f.port(&at, *port) {
@@ -385,7 +385,7 @@ pub(super) fn workload_group(f: &mut Findings, spec: &net::WorkloadGroupSpec, js
     }
     for (port_name, port) in &spec.template.ports {
         let at = format!("spec.template.ports.{port_name}");
-        if let Err(why) = names::check_label(port_name) {
+        if let Err(why) = names::check_istio_label(port_name) {
             f.reject(&at, &why);
         }
         f.port(&at, *port);

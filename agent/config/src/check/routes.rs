@@ -166,7 +166,7 @@ fn gateway_names(f: &mut Findings, path: &str, gateways: &[String]) {
     for (i, g) in gateways.iter().enumerate() {
         let at = format!("{path}[{i}]");
         let ok = match g.split_once('/') {
-            Some((ns, name)) => names::check_label(ns).and(names::check_label(name)),
+            Some((ns, name)) => names::check_istio_label(ns).and(names::check_istio_label(name)),
             None => names::check_fqdn(g),
         };
         if let Err(why) = ok {
@@ -443,7 +443,7 @@ fn http_match(f: &mut Findings, path: &str, m: &net::HttpMatch) {
     f.labels(&format!("{path}.sourceLabels"), &m.source_labels);
     gateway_names(f, &format!("{path}.gateways"), &m.gateways);
     if let Some(ns) = &m.source_namespace
-        && let Err(why) = names::check_label(ns)
+        && let Err(why) = names::check_istio_label(ns)
     {
         f.reject(&format!("{path}.sourceNamespace"), &why);
     }
@@ -495,7 +495,7 @@ fn destination(f: &mut Findings, path: &str, d: &net::Destination) {
         host(f, &at, &d.host);
     }
     if let Some(subset) = &d.subset
-        && let Err(why) = names::check_label(subset)
+        && let Err(why) = names::check_istio_label(subset)
     {
         f.reject(&format!("{path}.subset"), &why);
     }
@@ -724,10 +724,23 @@ pub(super) fn gateway(f: &mut Findings, spec: &net::GatewaySpec) {
         for (j, h) in s.hosts.iter().enumerate() {
             let at = format!("{path}.hosts[{j}]");
             let (ns, name) = h.split_once('/').unwrap_or((".", h));
-            if !matches!(ns, "*" | ".") && names::check_label(ns).is_err() {
+            if !matches!(ns, "*" | ".") && names::check_istio_label(ns).is_err() {
                 f.reject(&at, &format!("{ns:?} is not `*`, `.` or a namespace name"));
             }
-            if name != "*" && name.parse::<std::net::IpAddr>().is_err() {
+            if name == "*" || name.parse::<std::net::IpAddr>().is_ok() {
+                continue;
+            }
+            if !name.contains('.') {
+                f.reject(
+                    &at,
+                    &format!("{name:?} is a short name: a gateway host is fully qualified"),
+                );
+            } else if name.starts_with('*') && !name.starts_with("*.") {
+                f.reject(
+                    &at,
+                    &format!("{name:?} is a partial wildcard, which a gateway does not take"),
+                );
+            } else {
                 host(f, &at, name);
             }
         }

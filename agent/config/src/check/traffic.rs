@@ -33,7 +33,7 @@ pub(super) fn destination_rule(f: &mut Findings, namespace: &str, spec: &net::De
     let mut names = BTreeSet::new();
     for (i, subset) in spec.subsets.iter().enumerate() {
         let path = format!("spec.subsets[{i}]");
-        match crate::names::check_label(&subset.name) {
+        match crate::names::check_istio_label(&subset.name) {
             Err(why) => f.reject(&format!("{path}.name"), &why),
             Ok(()) if !names.insert(subset.name.as_str()) => f.reject(
                 &format!("{path}.name"),
@@ -159,27 +159,43 @@ fn client_tls(f: &mut Findings, path: &str, tls: &net::ClientTls) {
         &["DISABLE", "SIMPLE", "MUTUAL", "ISTIO_MUTUAL"],
     );
     let set = |v: &Option<String>| v.as_deref().is_some_and(|s| !s.is_empty());
+    if tls.insecure_skip_verify == Some(true) {
+        let verifying = match mode {
+            Some("SIMPLE") => {
+                set(&tls.ca_certificates)
+                    || set(&tls.credential_name)
+                    || !tls.subject_alt_names.is_empty()
+            }
+            Some("MUTUAL") => set(&tls.ca_certificates) || !tls.subject_alt_names.is_empty(),
+            _ => false,
+        };
+        if verifying {
+            f.reject(
+                &format!("{path}.insecureSkipVerify"),
+                "cannot be true with CA certificates, a credentialName or subjectAltNames to verify by",
+            );
+        }
+    }
+    let files = [
+        ("clientCertificate", &tls.client_certificate),
+        ("privateKey", &tls.private_key),
+        ("caCertificates", &tls.ca_certificates),
+        ("caCrl", &tls.ca_crl),
+    ];
     match mode {
-        Some("ISTIO_MUTUAL") => {
-            for (field, value) in [
-                ("clientCertificate", &tls.client_certificate),
-                ("privateKey", &tls.private_key),
-                ("caCertificates", &tls.ca_certificates),
-                ("credentialName", &tls.credential_name),
-            ] {
+        // The credential holds the certificates; files beside it conflict.
+        Some("SIMPLE" | "MUTUAL") if set(&tls.credential_name) => {
+            for (field, value) in files {
                 if set(value) {
                     f.reject(
                         &format!("{path}.{field}"),
-                        "cannot be set with mode ISTIO_MUTUAL (the mesh's own certificates are used)",
+                        "cannot be set with credentialName",
                     );
                 }
             }
         }
-        Some("MUTUAL") if !set(&tls.credential_name) => {
-            for (field, value) in [
-                ("clientCertificate", &tls.client_certificate),
-                ("privateKey", &tls.private_key),
-            ] {
+        Some("MUTUAL") => {
+            for (field, value) in &files[..2] {
                 if !set(value) {
                     f.reject(
                         &format!("{path}.{field}"),
@@ -224,13 +240,37 @@ fn load_balancer(f: &mut Findings, path: &str, lb: &net::LoadBalancer) {
     if !loc.distribute.is_empty() && !loc.failover.is_empty() {
         f.reject(&path, "distribute and failover cannot both be set");
     }
+    if !loc.failover.is_empty() {
+        const TOPOLOGY: [&str; 3] = [
+            "topology.kubernetes.io/region",
+            "topology.kubernetes.io/zone",
+            "topology.istio.io/subzone",
+        ];
+        if let Some(i) = loc
+            .failover_priority
+            .iter()
+            .position(|l| TOPOLOGY.contains(&l.as_str()))
+        {
+            f.reject(
+                &format!("{path}.failoverPriority[{i}]"),
+                "a region, zone or subzone label cannot be used together with failover",
+            );
+        }
+    }
     for (i, d) in loc.distribute.iter().enumerate() {
         let p = format!("{path}.distribute[{i}]");
-        if d.from.is_empty() {
-            f.reject(&format!("{p}.from"), "is required");
-        }
+        locality(f, &format!("{p}.from"), &d.from);
         if d.to.is_empty() {
             f.reject(&format!("{p}.to"), "needs at least one locality");
+        }
+        for (to, weight) in &d.to {
+            locality(f, &format!("{p}.to.{to}"), to);
+            if !(1..=100).contains(weight) {
+                f.reject(
+                    &format!("{p}.to.{to}"),
+                    &format!("weight {weight} is not 1-100"),
+                );
+            }
         }
         let sum: u64 = d.to.values().map(|w| u64::from(*w)).sum();
         if !d.to.is_empty() && sum != 100 {
@@ -248,6 +288,8 @@ fn load_balancer(f: &mut Findings, path: &str, lb: &net::LoadBalancer) {
             f.reject(&format!("{p}.to"), "must be another region than from");
         } else if fo.from.contains('/') || fo.to.contains('/') {
             f.reject(&p, "failover is between regions: no zone or subzone");
+        } else if fo.from.contains('*') || fo.to.contains('*') {
+            f.reject(&p, "failover regions are named, without a wildcard `*`");
         }
     }
     for (i, label) in loc.failover_priority.iter().enumerate() {
@@ -257,6 +299,23 @@ fn load_balancer(f: &mut Findings, path: &str, lb: &net::LoadBalancer) {
                 "needs a label (or label=value)",
             );
         }
+    }
+}
+
+/// A locality pattern: `region[/zone[/subzone]]`, no part empty, at most one
+/// `*`, and only at the end.
+fn locality(f: &mut Findings, path: &str, text: &str) {
+    let stars = text.matches('*').count();
+    if stars > 1 || (stars == 1 && !text.ends_with('*')) {
+        f.reject(
+            path,
+            &format!("{text:?}: a wildcard `*` may only end the locality"),
+        );
+    } else if text.is_empty() || text.splitn(3, '/').any(str::is_empty) {
+        f.reject(
+            path,
+            &format!("{text:?}: region, zone and subzone must not be empty"),
+        );
     }
 }
 

@@ -138,7 +138,7 @@ pub(crate) fn across(report: &mut Report, parsed: &[Parsed]) {
                                 .unwrap_or_default();
                             f.warn(
                                 &format!("{p}.subset"),
-                                &format!("subset {subset:?} is not defined by any DestinationRule for {host}{hint}: a route to it finds no endpoints"),
+                                &format!("subset {subset:?} is not defined by any DestinationRule for {host} (a route to it finds no endpoints){hint}"),
                             );
                         }
                     }

@@ -6,6 +6,7 @@ mod build_graph;
 mod cmd;
 mod demo;
 mod host;
+mod kube;
 mod scale;
 mod setup;
 mod test;
@@ -22,7 +23,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install every prerequisite (idempotent; seconds when nothing is missing).
+    /// Install every prerequisite (idempotent; seconds when nothing is
+    /// missing; the first run builds kube-apiserver, about 8 minutes).
     Setup,
     /// Setup, then fmt, clippy (host and BPF), unit tests and end-to-end tests.
     Test {
@@ -39,17 +41,18 @@ enum Task {
 
 fn main() -> Result<()> {
     match Cli::parse().task {
-        Task::Setup => setup::run(),
+        Task::Setup => setup::run(setup::Kube::Build),
         Task::Test { filter } => {
-            setup::run()?;
+            setup::run(setup::Kube::Build)?;
             test::run(filter.as_deref())
         }
         Task::Demo => {
-            setup::run()?;
+            // The embedded default runs without an API server.
+            setup::run(setup::Kube::Skip)?;
             demo::run()
         }
         Task::Bench => {
-            setup::run()?;
+            setup::run(setup::Kube::Build)?;
             bench::run()
         }
     }

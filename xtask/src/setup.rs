@@ -12,7 +12,7 @@ use strait_ebpf_common::BPF_TOOLCHAIN;
 
 use crate::{
     cmd::{self, cargo, section, stdout, succeeds},
-    host,
+    host, kube,
 };
 
 /// Debian packages the tests, demo and benchmarks use.
@@ -39,21 +39,40 @@ const APT_PACKAGES: &[&str] = &[
 const BPF_LINKER_VERSION: &str = "0.10.4";
 const BPFFS: &str = "/sys/fs/bpf";
 
-pub fn run() -> Result<()> {
+/// Whether this job needs the Kubernetes control plane (tests and bench
+/// do; the demo's embedded default does not).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Kube {
+    Build,
+    Skip,
+}
+
+pub fn run(kube: Kube) -> Result<()> {
     let started = Instant::now();
     section("setup");
     host::check()?;
-    apt()?;
+    apt(kube)?;
     stable_components()?;
     bpf_toolchain()?;
     bpf_linker()?;
     bpffs()?;
+    if kube == Kube::Build {
+        kube::ensure()?;
+    }
     eprintln!("setup: done in {:.1}s", started.elapsed().as_secs_f64());
     Ok(())
 }
 
-fn apt() -> Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES
+fn apt(kube: Kube) -> Result<()> {
+    let wanted: Vec<&str> = match kube {
+        Kube::Build => APT_PACKAGES
+            .iter()
+            .chain(kube::BUILD_PACKAGES)
+            .copied()
+            .collect(),
+        Kube::Skip => APT_PACKAGES.to_vec(),
+    };
+    let missing: Vec<&str> = wanted
         .iter()
         .copied()
         .filter(|p| {
@@ -62,7 +81,7 @@ fn apt() -> Result<()> {
         })
         .collect();
     if missing.is_empty() {
-        eprintln!("apt: all {} packages present", APT_PACKAGES.len());
+        eprintln!("apt: all {} packages present", wanted.len());
         return Ok(());
     }
     eprintln!(
@@ -206,6 +225,6 @@ fn is_mounted(path: &str, fstype: &str) -> Result<bool> {
     }))
 }
 
-fn took(what: &str, elapsed: Duration) {
+pub fn took(what: &str, elapsed: Duration) {
     eprintln!("{what}: done in {:.1}s", elapsed.as_secs_f64());
 }

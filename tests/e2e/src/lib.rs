@@ -12,6 +12,8 @@ use std::{
 
 use strait_topology::{Locality, Node, Place, Pod, Process, Spec, Topology};
 
+pub mod kube;
+
 pub type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 /// A strait binary built next to the test binaries (`cargo xtask test`

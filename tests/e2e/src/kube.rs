@@ -1,0 +1,282 @@
+//! A real Kubernetes control plane for the tests: etcd and kube-apiserver
+//! (built by `cargo xtask setup` from Debian's source package) inside a
+//! topology node's network namespace, with an admin token, a service
+//! account signing key, and `kubectl` pointed at it. There is no
+//! controller-manager, scheduler or kubelet: tests create the objects a
+//! cluster would have (Pods with `spec.nodeName`, their status) themselves.
+use std::{
+    fmt::Write as _,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    time::{Duration, Instant},
+};
+
+use strait_topology::{Place, Process, process};
+
+use crate::Result;
+
+/// The Kubernetes version setup builds.
+pub const VERSION: &str = "1.20.2";
+/// Where setup keeps `kube-apiserver` and `kubectl`.
+pub const BIN_DIR: &str = "/var/cache/strait/kube/v1.20.2";
+/// The audience of the tokens strait's agents present.
+pub const AUDIENCE: &str = "strait";
+const PORT: u16 = 6443;
+const ETCD_PORT: u16 = 2379;
+const ETCD_PEER_PORT: u16 = 2380;
+
+/// `kube-apiserver` or `kubectl` as built by setup.
+pub fn bin(name: &str) -> PathBuf {
+    Path::new(BIN_DIR).join(name)
+}
+
+/// One cluster's control plane. Dropping it stops both processes.
+pub struct ApiServer {
+    place: Place,
+    dir: PathBuf,
+    etcd: Process,
+    server: Option<Process>,
+    args: Vec<String>,
+    pub address: SocketAddr,
+    /// A `system:masters` bearer token.
+    pub admin_token: String,
+}
+
+impl ApiServer {
+    /// Starts etcd and the API server at `place` (a node's namespace),
+    /// serving on `ip`:6443, and waits until it is ready.
+    pub fn start(place: &Place, ip: std::net::IpAddr, name: &str) -> Result<Self> {
+        let dir = place.scratch_dir()?.join(format!("kube-{name}"));
+        std::fs::create_dir_all(&dir)?;
+        let key = dir.join("sa.key");
+        let public = dir.join("sa.pub");
+        run_ok(
+            Command::new("openssl")
+                .args(["genrsa", "-out"])
+                .arg(&key)
+                .arg("2048"),
+        )?;
+        run_ok(
+            Command::new("openssl")
+                .args(["rsa", "-pubout", "-in"])
+                .arg(&key)
+                .arg("-out")
+                .arg(&public),
+        )?;
+        let admin_token = random_token()?;
+        std::fs::write(
+            dir.join("tokens.csv"),
+            format!("{admin_token},admin,admin,\"system:masters\"\n"),
+        )?;
+        let mut etcd = place.command("etcd")?;
+        etcd.arg("--data-dir").arg(dir.join("etcd")).args([
+            "--listen-client-urls",
+            &format!("http://127.0.0.1:{ETCD_PORT}"),
+            "--advertise-client-urls",
+            &format!("http://127.0.0.1:{ETCD_PORT}"),
+            "--listen-peer-urls",
+            &format!("http://127.0.0.1:{ETCD_PEER_PORT}"),
+        ]);
+        let mut etcd = Process::spawn_logged(etcd, &format!("etcd-{name}"), &dir)?;
+        etcd.wait_listening(ETCD_PORT, Duration::from_secs(30))?;
+        let address = SocketAddr::new(ip, PORT);
+        let args = vec![
+            format!("--etcd-servers=http://127.0.0.1:{ETCD_PORT}"),
+            format!("--bind-address={ip}"),
+            format!("--advertise-address={ip}"),
+            format!("--secure-port={PORT}"),
+            format!("--cert-dir={}", dir.join("certs").display()),
+            format!("--token-auth-file={}", dir.join("tokens.csv").display()),
+            "--authorization-mode=RBAC".into(),
+            "--service-account-issuer=https://kubernetes.default.svc".into(),
+            format!("--service-account-signing-key-file={}", key.display()),
+            format!("--service-account-key-file={}", public.display()),
+            format!("--api-audiences={AUDIENCE}"),
+            "--service-cluster-ip-range=10.96.0.0/16".into(),
+            // No controller-manager makes ServiceAccounts' token Secrets.
+            "--disable-admission-plugins=ServiceAccount".into(),
+        ];
+        let mut api = Self {
+            place: place.clone(),
+            dir,
+            etcd,
+            server: None,
+            args,
+            address,
+            admin_token,
+        };
+        api.restart()?;
+        Ok(api)
+    }
+
+    /// Starts the API server (again, after [`ApiServer::stop`]) on the same
+    /// etcd, and waits until it answers `/readyz`.
+    pub fn restart(&mut self) -> Result<Duration> {
+        let started = Instant::now();
+        let mut cmd = self.place.command(bin("kube-apiserver"))?;
+        cmd.args(&self.args);
+        self.server = Some(Process::spawn_logged(cmd, "kube-apiserver", &self.dir)?);
+        let deadline = started + Duration::from_secs(60);
+        loop {
+            let ready = self.kubectl(&["get", "--raw", "/readyz"])?;
+            if ready.status.success() {
+                return Ok(started.elapsed());
+            }
+            if let Some(server) = &mut self.server
+                && let Some(status) = server.wait_timeout(Duration::ZERO)?
+            {
+                return Err(format!("kube-apiserver exited ({status}):\n{}", server.log()).into());
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "kube-apiserver not ready after 60 s:\n{}",
+                    String::from_utf8_lossy(&ready.stderr)
+                )
+                .into());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Stops the API server; etcd keeps the cluster's state.
+    pub fn stop(&mut self) -> Result<()> {
+        if let Some(mut server) = self.server.take() {
+            server.stop(Duration::from_secs(10))?;
+        }
+        Ok(())
+    }
+
+    /// The serving certificate, to trust (it is self-signed).
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("certs/apiserver.crt")
+    }
+
+    /// A kubeconfig with `token`, for an agent or a CA.
+    pub fn kubeconfig(&self, name: &str, token: &str) -> Result<PathBuf> {
+        let path = self.dir.join(format!("{name}.kubeconfig"));
+        let mut text = String::new();
+        writeln!(
+            text,
+            "apiVersion: v1
+kind: Config
+clusters:
+- name: {name}
+  cluster:
+    server: https://{}
+    certificate-authority: {}
+users:
+- name: {name}
+  user:
+    token: {token}
+contexts:
+- name: {name}
+  context: {{cluster: {name}, user: {name}}}
+current-context: {name}",
+            self.address,
+            self.ca_file().display()
+        )?;
+        std::fs::write(&path, text)?;
+        Ok(path)
+    }
+
+    /// `kubectl` as the admin, run at the control plane's place.
+    pub fn kubectl(&self, args: &[&str]) -> Result<Output> {
+        let mut cmd = self.place.command(bin("kubectl"))?;
+        cmd.arg(format!("--server=https://{}", self.address))
+            .arg(format!("--token={}", self.admin_token))
+            .arg(format!(
+                "--certificate-authority={}",
+                self.ca_file().display()
+            ))
+            .args(args);
+        Ok(process::run(cmd, Duration::from_secs(30))?)
+    }
+
+    /// `kubectl`, failing with its stderr unless it succeeds; its stdout.
+    pub fn kubectl_ok(&self, args: &[&str]) -> Result<String> {
+        let out = self.kubectl(args)?;
+        if !out.status.success() {
+            return Err(format!(
+                "kubectl {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            )
+            .into());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `kubectl apply -f` of `yaml`.
+    pub fn apply(&self, yaml: &str) -> Result<String> {
+        let file = self.dir.join(format!("apply-{}.yaml", random_token()?));
+        std::fs::write(&file, yaml)?;
+        let file = file.display().to_string();
+        self.kubectl_ok(&["apply", "-f", &file])
+    }
+
+    /// A raw request as the admin (`POST` with a JSON body, `PATCH` with a
+    /// merge patch): what kubectl 1.20 cannot do, such as writing a Pod's
+    /// status as a kubelet would.
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<serde_json::Value> {
+        let content_type = match method {
+            "PATCH" => "application/merge-patch+json",
+            _ => "application/json",
+        };
+        let mut cmd = self.place.command("curl")?;
+        cmd.args(["-sS", "--fail-with-body", "-X", method])
+            .arg("--cacert")
+            .arg(self.ca_file())
+            .args(["-H", &format!("Authorization: Bearer {}", self.admin_token)])
+            .args(["-H", &format!("Content-Type: {content_type}")])
+            .args(["--data-binary", &body.to_string()])
+            .arg(format!("https://{}{path}", self.address));
+        let out = process::run(cmd, Duration::from_secs(30))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() {
+            return Err(format!(
+                "{method} {path}: {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+            .into());
+        }
+        Ok(serde_json::from_str(&text)?)
+    }
+
+    /// The API server's log so far.
+    pub fn log(&self) -> String {
+        self.server.as_ref().map(Process::log).unwrap_or_default()
+    }
+
+    /// etcd's log so far.
+    pub fn etcd_log(&self) -> String {
+        self.etcd.log()
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
+
+fn run_ok(cmd: &mut Command) -> Result<()> {
+    let out = cmd.output()?;
+    if !out.status.success() {
+        return Err(format!("{cmd:?}: {}", String::from_utf8_lossy(&out.stderr)).into());
+    }
+    Ok(())
+}
+
+/// 32 hex digits from the kernel's random source.
+fn random_token() -> Result<String> {
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}

@@ -1,10 +1,13 @@
-//! Kubernetes core objects: Nodes and Services.
+//! Kubernetes core objects: Nodes, Pods and Services.
 use std::{collections::BTreeSet, net::IpAddr};
+
+use serde_json::Value as Json;
 
 use super::{Findings, export_to};
 use crate::{
-    Endpoints, Labels, Locality, Node, Service, ServiceOrigin, ServicePort, TargetPort,
-    manifest::{ObjectMeta, core},
+    Endpoints, Labels, Locality, NETNS_ANNOTATION, Node, Service, ServiceOrigin, ServicePort,
+    TargetPort, Workload,
+    manifest::{ObjectMeta, core, decode},
 };
 
 use super::CLUSTER_DOMAIN;
@@ -168,4 +171,101 @@ pub(super) fn service(
         node_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
         export_to: export,
     }
+}
+
+/// A Pod as a workload: its addresses, labels, service account and node
+/// as its kubelet reported them. `None` without errors while it has no
+/// address yet, once it has finished, or when it shares its node's network
+/// (a mesh does not capture those, as in Istio).
+pub(super) fn pod(
+    f: &mut Findings,
+    name: &str,
+    namespace: &str,
+    meta: &ObjectMeta,
+    json: &Json,
+) -> Option<Workload> {
+    let part = |field: &str| {
+        json.get(field)
+            .cloned()
+            .unwrap_or(Json::Object(Default::default()))
+    };
+    let spec: core::PodSpec = match decode(&part("spec"), "spec") {
+        Ok(spec) => spec,
+        Err((path, why)) => {
+            f.reject(&path, &why);
+            return None;
+        }
+    };
+    let status: core::PodStatus = match decode(&part("status"), "status") {
+        Ok(status) => status,
+        Err((path, why)) => {
+            f.reject(&path, &why);
+            return None;
+        }
+    };
+    let mut addresses = Vec::new();
+    let listed = status.pod_ips.iter().map(|p| p.ip.as_str());
+    for (i, ip) in status
+        .pod_ip
+        .iter()
+        .map(String::as_str)
+        .chain(listed)
+        .enumerate()
+    {
+        match ip.parse::<IpAddr>() {
+            Ok(ip) if !addresses.contains(&ip) => addresses.push(ip),
+            Ok(_) => {}
+            Err(_) => f.reject(
+                if i == 0 && status.pod_ip.is_some() {
+                    "status.podIP"
+                } else {
+                    "status.podIPs"
+                },
+                &format!("{ip:?} is not an IP address"),
+            ),
+        }
+    }
+    let mut ports = std::collections::BTreeMap::new();
+    for (i, c) in spec.containers.iter().enumerate() {
+        for (j, p) in c.ports.iter().enumerate() {
+            let at = format!("spec.containers[{i}].ports[{j}].containerPort");
+            if let (Some(port_name), Some(port)) = (&p.name, f.port(&at, p.container_port)) {
+                ports.insert(port_name.clone(), port);
+            }
+        }
+    }
+    let finished = matches!(status.phase.as_deref(), Some("Succeeded" | "Failed"));
+    if f.has_errors() || addresses.is_empty() || finished || spec.host_network == Some(true) {
+        return None;
+    }
+    let ready = status
+        .conditions
+        .iter()
+        .any(|c| c.kind == "Ready" && c.status == "True");
+    Some(Workload {
+        name: name.into(),
+        namespace: namespace.into(),
+        addresses,
+        labels: meta.labels.clone(),
+        service_account: spec
+            .service_account_name
+            .unwrap_or_else(|| "default".into()),
+        // Its node's, unless the pod says otherwise (as Istio reads it).
+        locality: Locality::default(),
+        network: meta
+            .labels
+            .get("topology.istio.io/network")
+            .cloned()
+            .unwrap_or_default(),
+        ports,
+        weight: 1,
+        node: spec.node_name,
+        netns: meta
+            .annotations
+            .get(NETNS_ANNOTATION)
+            .map(std::path::PathBuf::from),
+        ready,
+        group: None,
+        probe: None,
+    })
 }

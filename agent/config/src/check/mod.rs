@@ -287,6 +287,7 @@ pub(crate) fn object(
             labels: meta.labels.clone(),
         })),
         "Node" => Some(Item::Node(core::node(&name, &meta.labels))),
+        "Pod" => core::pod(f, &name, namespace, meta, json).map(Item::Workload),
         "Service" => {
             let spec = f.spec(json)?;
             Some(Item::Service(core::service(

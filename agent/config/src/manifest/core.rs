@@ -51,3 +51,53 @@ pub enum IntOrString {
     Int(u32),
     Str(String),
 }
+
+/// The parts of a Pod the model uses: who it is, where it runs, and what
+/// its kubelet reported. A Pod has hundreds of other fields that mean
+/// nothing to a mesh, so unknown fields are allowed here.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct PodSpec {
+    pub node_name: Option<String>,
+    pub service_account_name: Option<String>,
+    pub host_network: Option<bool>,
+    pub containers: Vec<Container>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(default)]
+pub struct Container {
+    pub ports: Vec<ContainerPort>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ContainerPort {
+    pub name: Option<String>,
+    pub container_port: u32,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct PodStatus {
+    pub phase: Option<String>,
+    #[serde(rename = "podIP")]
+    pub pod_ip: Option<String>,
+    #[serde(rename = "podIPs")]
+    pub pod_ips: Vec<PodIp>,
+    pub conditions: Vec<PodCondition>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(default)]
+pub struct PodIp {
+    pub ip: String,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(default)]
+pub struct PodCondition {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub status: String,
+}

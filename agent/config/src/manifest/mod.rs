@@ -109,10 +109,11 @@ pub fn strip_nulls(json: &mut Json) {
 
 /// The kinds strait reads, with the group and versions they must come
 /// with.
-pub const USED: [(&str, &[&str], &str); 12] = [
+pub const USED: [(&str, &[&str], &str); 13] = [
     ("", &["v1"], "Namespace"),
     ("", &["v1"], "Service"),
     ("", &["v1"], "Node"),
+    ("", &["v1"], "Pod"),
     ("networking.istio.io", NETWORKING, "ServiceEntry"),
     ("networking.istio.io", NETWORKING, "WorkloadEntry"),
     ("networking.istio.io", NETWORKING, "WorkloadGroup"),

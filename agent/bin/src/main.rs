@@ -34,9 +34,11 @@ struct Args {
     /// Name of the node this agent serves.
     #[arg(long, env = "STRAIT_NODE")]
     node: String,
-    /// Directory of Kubernetes/Istio YAML manifests (the local config source).
-    #[arg(long, env = "STRAIT_CONFIG_DIR")]
-    config_dir: PathBuf,
+    #[command(flatten)]
+    source: Source,
+    /// This cluster's name: where its endpoints are (`topology.istio.io/cluster`).
+    #[arg(long, env = "STRAIT_CLUSTER", default_value = "Kubernetes")]
+    cluster: String,
     /// cgroup v2 directory holding the node's pods; capture attaches here.
     #[arg(long, env = "STRAIT_CAPTURE_CGROUP")]
     capture_cgroup: PathBuf,
@@ -97,6 +99,20 @@ struct Args {
     uninstall_on_exit: bool,
 }
 
+/// Where the config comes from: a directory of manifests, or the cluster's
+/// API server.
+#[derive(clap::Args, Debug)]
+#[group(required = true, multiple = false)]
+struct Source {
+    /// Directory of Kubernetes/Istio YAML manifests (the local config source).
+    #[arg(long, env = "STRAIT_CONFIG_DIR")]
+    config_dir: Option<PathBuf>,
+    /// Kubeconfig of this cluster's API server: namespaces, pods, services,
+    /// nodes and the Istio kinds are watched there.
+    #[arg(long, env = "STRAIT_KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+}
+
 /// One attempt at one CA replica.
 const CA_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -135,8 +151,24 @@ pub fn release_freed_memory() {
 async fn run(args: Args) -> Result<()> {
     let metrics = Arc::new(metrics::Metrics::new());
     let started = std::time::Instant::now();
-    let config =
-        strait_config::load_dir(&args.config_dir).context("loading the config directory")?;
+    let (config, cluster) = match (&args.source.config_dir, &args.source.kubeconfig) {
+        (Some(dir), _) => (
+            strait_config::load_dir(dir).context("loading the config directory")?,
+            None,
+        ),
+        (None, Some(kubeconfig)) => {
+            let client = strait_kube::client(kubeconfig)
+                .await
+                .context("connecting to the API server")?;
+            let mut updates = strait_kube::spawn(client, args.cluster.clone());
+            info!(kubeconfig = %kubeconfig.display(), "listing the cluster");
+            let first = strait_kube::first(&mut updates)
+                .await
+                .context("the cluster's watches ended before the first listing")?;
+            (Arc::unwrap_or_clone(first.config), Some(updates))
+        }
+        (None, None) => anyhow::bail!("--config-dir or --kubeconfig is required"),
+    };
     metrics.config_loaded_in(started.elapsed());
     info!(
         services = config.services.len(),
@@ -220,14 +252,18 @@ async fn run(args: Args) -> Result<()> {
     let retries = pods.spawn_retries(state.clone(), proxy.clone());
 
     let reload_status = reload::initial_status();
-    reload::spawn(
-        args.config_dir.clone(),
-        state.clone(),
-        reload_status.clone(),
-        metrics.clone(),
-        pods.clone(),
-        proxy.clone(),
-    );
+    let follow = reload::Follow {
+        state: state.clone(),
+        status: reload_status.clone(),
+        metrics: metrics.clone(),
+        pods: pods.clone(),
+        proxy: proxy.clone(),
+    };
+    match (args.source.config_dir.clone(), cluster) {
+        (Some(dir), _) => reload::spawn(dir, follow),
+        (None, Some(updates)) => reload::spawn_cluster(updates, follow),
+        (None, None) => {}
+    }
 
     let admin_state = Arc::new(admin::State::new(
         proxy.clone(),

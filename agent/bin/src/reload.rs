@@ -1,8 +1,9 @@
-//! Hot reload of the config directory. The agent polls the directory
+//! Hot reload. From a directory: the agent polls it
 //! ([`strait_config::watch::DirWatch`]); once a change has stayed put for
-//! one poll, it checks the whole directory again. A config with any
+//! one poll, it checks the whole directory again, and a config with any
 //! rejected object, or none at all, is refused as a whole and the last good
-//! one stays in force.
+//! one stays in force. From a cluster: each snapshot of its objects
+//! applies, the objects that fail the checks left out and listed.
 use std::{
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
@@ -33,6 +34,8 @@ pub struct Status {
     pub failures: u64,
     /// Why the latest change was refused; cleared by the next good one.
     pub last_error: Option<LoadError>,
+    /// From a cluster: the objects left out of the config in force, and why.
+    pub left_out: Vec<String>,
 }
 
 pub type SharedStatus = Arc<Mutex<Status>>;
@@ -43,20 +46,39 @@ pub fn initial_status() -> SharedStatus {
         applied_at: now(),
         failures: 0,
         last_error: None,
+        left_out: Vec::new(),
     }))
 }
 
-/// Watches `dir` for as long as the agent runs; after each applied change,
-/// re-judges open connections and enrolls and releases this node's pods to
-/// match.
-pub fn spawn(
-    dir: PathBuf,
-    state: NodeState,
-    status: SharedStatus,
-    metrics: Arc<Metrics>,
-    pods: Arc<Pods>,
-    proxy: Arc<Proxy>,
-) {
+/// What a reload updates.
+pub struct Follow {
+    pub state: NodeState,
+    pub status: SharedStatus,
+    pub metrics: Arc<Metrics>,
+    pub pods: Arc<Pods>,
+    pub proxy: Arc<Proxy>,
+}
+
+impl Follow {
+    /// After a config was applied: re-judges open connections and enrolls
+    /// and releases this node's pods to match.
+    async fn applied(&self, source: &str) {
+        let closed = self.proxy.enforce_policies();
+        if closed > 0 {
+            info!(closed, "open connections the new policies deny were closed");
+        }
+        let enrolled = self.pods.sync(&self.state.snapshot(), &self.proxy).await;
+        let generation = self
+            .status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .generation;
+        info!(generation, enrolled, source, "config reloaded");
+    }
+}
+
+/// Watches `dir` for as long as the agent runs.
+pub fn spawn(dir: PathBuf, follow: Follow) {
     tokio::spawn(async move {
         let mut watch = DirWatch::new(&dir);
         loop {
@@ -64,16 +86,37 @@ pub fn spawn(
             if !tokio::task::block_in_place(|| watch.poll()) {
                 continue;
             }
-            if !reload(&dir, &state, &status, &metrics).await {
+            if reload(&dir, &follow.state, &follow.status, &follow.metrics).await {
+                follow.applied(&dir.display().to_string()).await;
+            }
+        }
+    });
+}
+
+/// Follows a cluster's snapshots for as long as the agent runs.
+pub fn spawn_cluster(
+    mut updates: tokio::sync::watch::Receiver<Option<strait_kube::Snapshot>>,
+    follow: Follow,
+) {
+    tokio::spawn(async move {
+        while updates.changed().await.is_ok() {
+            let Some(snapshot) = updates.borrow_and_update().clone() else {
                 continue;
+            };
+            let left_out = snapshot.report.rejections();
+            for line in &left_out {
+                warn!(object = %line, "left out of the config");
             }
-            let closed = proxy.enforce_policies();
-            if closed > 0 {
-                info!(closed, "open connections the new policies deny were closed");
+            follow.state.replace(Arc::unwrap_or_clone(snapshot.config));
+            crate::release_freed_memory();
+            {
+                let mut status = follow.status.lock().unwrap_or_else(|p| p.into_inner());
+                status.generation += 1;
+                status.applied_at = self::now();
+                status.left_out = left_out;
             }
-            let enrolled = pods.sync(&state.snapshot(), &proxy).await;
-            let generation = status.lock().unwrap_or_else(|p| p.into_inner()).generation;
-            info!(generation, enrolled, dir = %dir.display(), "config reloaded");
+            follow.metrics.config_reloaded(true);
+            follow.applied("cluster").await;
         }
     });
 }

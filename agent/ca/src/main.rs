@@ -45,8 +45,16 @@ enum Command {
         ca_dir: PathBuf,
         /// The mesh's manifests, the same the agents read: which workload
         /// runs on which node, as what.
-        #[arg(long, env = "STRAIT_CONFIG_DIR")]
-        config_dir: PathBuf,
+        #[arg(
+            long,
+            env = "STRAIT_CONFIG_DIR",
+            required_unless_present = "kubeconfig",
+            conflicts_with = "kubeconfig"
+        )]
+        config_dir: Option<PathBuf>,
+        /// Or the cluster's API server, as the agents watch it.
+        #[arg(long, env = "STRAIT_KUBECONFIG")]
+        kubeconfig: Option<PathBuf>,
         #[arg(long, default_value = "0.0.0.0:15012")]
         listen: SocketAddr,
         /// Prometheus metrics (`/metrics`).
@@ -98,6 +106,7 @@ fn main() -> Result<()> {
         Command::Serve {
             ca_dir,
             config_dir,
+            kubeconfig,
             listen,
             metrics_addr,
             max_cert_lifetime,
@@ -108,6 +117,7 @@ fn main() -> Result<()> {
             .block_on(serve(
                 ca_dir,
                 config_dir,
+                kubeconfig,
                 listen,
                 metrics_addr,
                 max_cert_lifetime,
@@ -117,12 +127,29 @@ fn main() -> Result<()> {
 
 async fn serve(
     ca_dir: PathBuf,
-    config_dir: PathBuf,
+    config_dir: Option<PathBuf>,
+    kubeconfig: Option<PathBuf>,
     listen: SocketAddr,
     metrics_addr: SocketAddr,
     max_cert_lifetime: Duration,
 ) -> Result<()> {
-    let config = strait_config::load_dir(&config_dir).context("loading the config directory")?;
+    let (config, cluster) = match (&config_dir, &kubeconfig) {
+        (Some(dir), _) => (
+            strait_config::load_dir(dir).context("loading the config directory")?,
+            None,
+        ),
+        (None, Some(kubeconfig)) => {
+            let client = strait_kube::client(kubeconfig)
+                .await
+                .context("connecting to the API server")?;
+            let mut updates = strait_kube::spawn(client, "ca".into());
+            let first = strait_kube::first(&mut updates)
+                .await
+                .context("the cluster's watches ended before the first listing")?;
+            (Arc::unwrap_or_clone(first.config), Some(updates))
+        }
+        (None, None) => anyhow::bail!("--config-dir or --kubeconfig is required"),
+    };
     let trust_domain = config.trust_domain.clone();
     let signer = Signer::open_or_create(&ca_dir, &trust_domain)
         .with_context(|| format!("opening the mesh root in {}", ca_dir.display()))?
@@ -130,7 +157,11 @@ async fn serve(
     let control = ControlRoot::open_or_create(&ca_dir, &trust_domain)?;
     let metrics = Arc::new(Metrics::new());
     let registry = Arc::new(Registry::new(config));
-    registry.watch(config_dir, metrics.clone());
+    match (config_dir, cluster) {
+        (Some(dir), _) => registry.watch(dir, metrics.clone()),
+        (None, Some(updates)) => registry.follow(updates, metrics.clone()),
+        (None, None) => {}
+    }
 
     let tls = server::tls_config(&control)?;
     let listener = TcpListener::bind(listen)

@@ -88,6 +88,27 @@ impl Registry {
     }
 }
 
+impl Registry {
+    /// Follows a cluster's snapshots for as long as the service runs.
+    pub fn follow(
+        self: &Arc<Self>,
+        mut updates: tokio::sync::watch::Receiver<Option<strait_kube::Snapshot>>,
+        metrics: Arc<Metrics>,
+    ) {
+        let registry = self.clone();
+        tokio::spawn(async move {
+            while updates.changed().await.is_ok() {
+                let Some(snapshot) = updates.borrow_and_update().clone() else {
+                    continue;
+                };
+                registry.config.store(snapshot.config);
+                metrics.config_reloaded(true);
+                info!("cluster config applied");
+            }
+        });
+    }
+}
+
 /// A mesh for tests: `shop/db` in the mesh on n2, `outside/legacy` out of
 /// it on n1.
 #[cfg(test)]

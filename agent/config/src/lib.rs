@@ -16,7 +16,7 @@ use std::{collections::BTreeMap, net::IpAddr, path::PathBuf};
 
 use serde::Serialize;
 
-pub use local::{LoadError, check_path, check_text, load_dir};
+pub use local::{LoadError, check_objects, check_path, check_text, load_dir};
 pub use report::{Finding, ObjectReport, Report, Verdict};
 
 use crate::manifest::{networking, security};

@@ -170,6 +170,22 @@ pub fn check_text(file: &Path, text: &str) -> (Report, Option<Config>) {
     )
 }
 
+/// Checks objects an API server holds (`origin` names it in the report)
+/// and builds the model from those that pass: unlike a directory, where
+/// one bad file refuses the change, a cluster's bad object is left out and
+/// the rest applies. Lines are meaningless here (every finding is on 1).
+pub fn check_objects(origin: &Path, objects: Vec<serde_json::Value>) -> (Report, Config) {
+    let mut report = Report::default();
+    let parsed: Vec<Parsed> = objects
+        .iter()
+        .filter_map(|json| check_object(&mut report, origin, (1, 1), yaml::Node::from_json(json)))
+        .collect();
+    drop(objects);
+    check::across(&mut report, &parsed);
+    let config = check::build(parsed, &report);
+    (report, config)
+}
+
 /// An object that passed its own checks, kept for the checks across
 /// objects and then for the model.
 pub(crate) struct Parsed {

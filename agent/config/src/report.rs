@@ -59,6 +59,23 @@ impl Report {
                 .count()
     }
 
+    /// One line per rejection (`Kind ns/name: field F: reason`), for a
+    /// source that leaves rejected objects out rather than refusing all.
+    pub fn rejections(&self) -> Vec<String> {
+        self.objects
+            .iter()
+            .flat_map(|o| {
+                let findings = match &o.verdict {
+                    Verdict::Rejected(f) => f.as_slice(),
+                    _ => &[],
+                };
+                findings
+                    .iter()
+                    .map(move |x| format!("{}: field {}: {}", o.object(), x.field, x.reason))
+            })
+            .collect()
+    }
+
     pub fn warnings(&self) -> usize {
         self.objects.iter().map(|o| o.warnings.len()).sum()
     }

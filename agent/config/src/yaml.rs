@@ -85,6 +85,33 @@ impl Node {
         }
     }
 
+    /// A tree for an object that came as JSON (from an API server): every
+    /// value is on line 1, there being no file.
+    pub fn from_json(json: &serde_json::Value) -> Node {
+        use serde_json::Value as J;
+        let value = match json {
+            J::Null => Value::Null,
+            J::Bool(b) => Value::Bool(*b),
+            J::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
+                (Some(i), _, _) => Value::Int(i),
+                (None, Some(u), _) => Value::Uint(u),
+                (_, _, f) => Value::Float(f.unwrap_or_default()),
+            },
+            J::String(s) => Value::Str(s.clone()),
+            J::Array(items) => Value::Seq(items.iter().map(Node::from_json).collect()),
+            J::Object(m) => Value::Map(
+                m.iter()
+                    .map(|(k, v)| (k.clone(), Node::from_json(v)))
+                    .collect(),
+            ),
+        };
+        Node {
+            line: 1,
+            key_line: None,
+            value,
+        }
+    }
+
     /// The same tree as JSON (map keys stay strings).
     pub fn to_json(&self) -> serde_json::Value {
         use serde_json::Value as J;

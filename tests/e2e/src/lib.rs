@@ -395,6 +395,9 @@ pub struct Mesh<'t> {
     pub topo: &'t Topology,
     pub config_dir: PathBuf,
     pub ca_dir: PathBuf,
+    /// The cluster's API server, when the agents and CAs read their config
+    /// there instead of `config_dir`.
+    pub kubeconfig: Option<PathBuf>,
     /// Where `strait-agent`, `strait-ca` and `straitctl` are.
     bin_dir: PathBuf,
     /// The running CA replica of each network.
@@ -428,9 +431,27 @@ impl<'t> Mesh<'t> {
             topo,
             config_dir,
             ca_dir,
+            kubeconfig: None,
             bin_dir,
             cas: Mutex::new(BTreeMap::new()),
         })
+    }
+
+    /// A mesh whose agents and CAs watch the API server `kubeconfig`
+    /// leads to, with no config directory.
+    pub fn with_cluster(topo: &'t Topology, kubeconfig: PathBuf) -> Result<Self> {
+        Ok(Self {
+            kubeconfig: Some(kubeconfig),
+            ..Self::new(topo)?
+        })
+    }
+
+    /// The flag and value that tell a binary where the config is.
+    fn source(&self) -> (&'static str, String) {
+        match &self.kubeconfig {
+            Some(kubeconfig) => ("--kubeconfig", kubeconfig.display().to_string()),
+            None => ("--config-dir", self.config_dir.display().to_string()),
+        }
     }
 
     fn bin(&self, name: &str) -> String {
@@ -478,14 +499,14 @@ impl<'t> Mesh<'t> {
         let (listen, metrics) = (addr.to_string(), format!("127.0.0.1:{}", port + 2));
         let ca = self.bin("strait-ca");
         let ca_dir = ca_dir.display().to_string();
-        let config_dir = self.config_dir.display().to_string();
+        let (source, config) = self.source();
         let mut argv = vec![
             ca.as_str(),
             "serve",
             "--ca-dir",
             &ca_dir,
-            "--config-dir",
-            &config_dir,
+            source,
+            &config,
             "--listen",
             &listen,
             "--metrics-addr",
@@ -568,7 +589,10 @@ impl<'t> Mesh<'t> {
         let credential = self.node_credential(node.name(), &self.ca_dir)?;
         let mut flags: Vec<(String, String)> = vec![
             ("--node".into(), node.name().into()),
-            ("--config-dir".into(), self.config_dir.display().to_string()),
+            {
+                let (flag, value) = self.source();
+                (flag.into(), value)
+            },
             ("--ca-addr".into(), ca_addr.to_string()),
             ("--credential-dir".into(), credential.display().to_string()),
             (

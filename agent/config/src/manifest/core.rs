@@ -31,6 +31,8 @@ pub struct ServiceSpec {
     pub allocate_load_balancer_node_ports: Option<bool>,
     pub health_check_node_port: Option<u32>,
     pub publish_not_ready_addresses: Option<bool>,
+    /// Kubernetes 1.17-1.21 (alpha, removed since).
+    pub topology_keys: Vec<String>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]

@@ -1,0 +1,124 @@
+//! The kinds the model reads, with the versions the directory source
+//! accepts, newest first: the first one the cluster serves is watched.
+use kube::{
+    Client,
+    api::{ApiResource, GroupVersionKind},
+    discovery,
+};
+
+pub struct Kind {
+    pub group: &'static str,
+    pub versions: &'static [&'static str],
+    pub kind: &'static str,
+    pub plural: &'static str,
+}
+
+const NETWORKING: &[&str] = &["v1", "v1beta1", "v1alpha3"];
+const SECURITY: &[&str] = &["v1", "v1beta1"];
+
+pub const KINDS: [Kind; 13] = [
+    Kind::core("Namespace", "namespaces"),
+    Kind::core("Node", "nodes"),
+    Kind::core("Pod", "pods"),
+    Kind::core("Service", "services"),
+    Kind::istio(
+        "networking.istio.io",
+        NETWORKING,
+        "ServiceEntry",
+        "serviceentries",
+    ),
+    Kind::istio(
+        "networking.istio.io",
+        NETWORKING,
+        "WorkloadEntry",
+        "workloadentries",
+    ),
+    Kind::istio(
+        "networking.istio.io",
+        NETWORKING,
+        "WorkloadGroup",
+        "workloadgroups",
+    ),
+    Kind::istio(
+        "networking.istio.io",
+        NETWORKING,
+        "DestinationRule",
+        "destinationrules",
+    ),
+    Kind::istio(
+        "networking.istio.io",
+        NETWORKING,
+        "VirtualService",
+        "virtualservices",
+    ),
+    Kind::istio("networking.istio.io", NETWORKING, "Gateway", "gateways"),
+    Kind::istio(
+        "security.istio.io",
+        SECURITY,
+        "PeerAuthentication",
+        "peerauthentications",
+    ),
+    Kind::istio(
+        "security.istio.io",
+        SECURITY,
+        "AuthorizationPolicy",
+        "authorizationpolicies",
+    ),
+    Kind::istio(
+        "security.istio.io",
+        SECURITY,
+        "RequestAuthentication",
+        "requestauthentications",
+    ),
+];
+
+impl Kind {
+    const fn core(kind: &'static str, plural: &'static str) -> Self {
+        Self {
+            group: "",
+            versions: &["v1"],
+            kind,
+            plural,
+        }
+    }
+
+    const fn istio(
+        group: &'static str,
+        versions: &'static [&'static str],
+        kind: &'static str,
+        plural: &'static str,
+    ) -> Self {
+        Self {
+            group,
+            versions,
+            kind,
+            plural,
+        }
+    }
+
+    /// The resource to watch: the newest version the cluster serves, or
+    /// `None` when it serves none (the CRD is not installed).
+    pub async fn resource(&self, client: &Client) -> Option<ApiResource> {
+        let served: Vec<String> = if self.group.is_empty() {
+            vec!["v1".into()]
+        } else {
+            let group = discovery::group(client, self.group).await.ok()?;
+            group
+                .versions()
+                .filter(|v| {
+                    group
+                        .versioned_resources(v)
+                        .iter()
+                        .any(|(resource, _)| resource.kind == self.kind)
+                })
+                .map(str::to_string)
+                .collect()
+        };
+        let version = self
+            .versions
+            .iter()
+            .find(|v| served.iter().any(|s| s == *v))?;
+        let gvk = GroupVersionKind::gvk(self.group, version, self.kind);
+        Some(ApiResource::from_gvk_with_plural(&gvk, self.plural))
+    }
+}

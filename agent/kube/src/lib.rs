@@ -1,0 +1,167 @@
+//! The Kubernetes source: one watch per kind on a cluster's API server,
+//! the objects kept (trimmed to what the model reads), and the model
+//! rebuilt from them with the checks `straitctl validate` runs. A bad
+//! object is left out and reported; the rest of the cluster applies. The
+//! proxies see a [`strait_config::Config`] either way.
+mod kinds;
+mod store;
+
+use std::{path::Path, sync::Arc, time::Duration};
+
+use futures::StreamExt;
+use kube::{
+    Client,
+    api::{Api, DynamicObject},
+    config::{KubeConfigOptions, Kubeconfig},
+    runtime::{WatchStreamExt, watcher},
+};
+use strait_config::{Config, Report};
+use tokio::sync::{Notify, watch};
+use tracing::{info, warn};
+
+pub use kinds::{KINDS, Kind};
+use store::Store;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("reading kubeconfig {path}: {source}")]
+    Kubeconfig {
+        path: String,
+        source: kube::config::KubeconfigError,
+    },
+    #[error("a client for {path}: {source}")]
+    Client { path: String, source: kube::Error },
+}
+
+/// What a cluster's objects amount to now.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    pub config: Arc<Config>,
+    /// Objects left out, and warnings, as `straitctl validate` prints them.
+    pub report: Arc<Report>,
+}
+
+/// Waits for the first complete snapshot (every kind listed once).
+pub async fn first(rx: &mut watch::Receiver<Option<Snapshot>>) -> Option<Snapshot> {
+    rx.wait_for(Option::is_some)
+        .await
+        .ok()
+        .and_then(|s| s.clone())
+}
+
+/// A client for the cluster a kubeconfig file names.
+pub async fn client(kubeconfig: &Path) -> Result<Client, Error> {
+    let path = kubeconfig.display().to_string();
+    let file = Kubeconfig::read_from(kubeconfig).map_err(|source| Error::Kubeconfig {
+        path: path.clone(),
+        source,
+    })?;
+    let config = kube::Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
+        .await
+        .map_err(|source| Error::Kubeconfig {
+            path: path.clone(),
+            source,
+        })?;
+    Client::try_from(config).map_err(|source| Error::Client { path, source })
+}
+
+/// How long a burst of changes may settle before the model is rebuilt.
+const SETTLE: Duration = Duration::from_millis(50);
+/// How often a kind the cluster does not serve yet (Istio's CRDs not
+/// installed) is looked for again.
+const RETRY: Duration = Duration::from_secs(2);
+
+/// Watches every kind on `client`'s cluster and keeps the latest snapshot
+/// in the returned channel (`None` until every kind has been listed).
+pub fn spawn(client: Client, cluster: String) -> watch::Receiver<Option<Snapshot>> {
+    let (tx, rx) = watch::channel(None);
+    let store = Arc::new(Store::new(KINDS.len()));
+    let changed = Arc::new(Notify::new());
+    for (index, kind) in KINDS.iter().enumerate() {
+        tokio::spawn(watch_kind(
+            client.clone(),
+            kind,
+            index,
+            store.clone(),
+            changed.clone(),
+        ));
+    }
+    tokio::spawn(async move {
+        loop {
+            changed.notified().await;
+            tokio::time::sleep(SETTLE).await;
+            if !store.all_listed() {
+                continue;
+            }
+            let objects = store.objects();
+            let origin = format!("kube:{cluster}");
+            let built = tokio::task::spawn_blocking(move || {
+                strait_config::check_objects(Path::new(&origin), objects)
+            })
+            .await;
+            let Ok((report, config)) = built else {
+                warn!("building the model from the cluster failed; keeping the last one");
+                continue;
+            };
+            if report.rejected() > 0 {
+                warn!(rejected = report.rejected(), "objects left out:\n{report}");
+            }
+            let snapshot = Snapshot {
+                config: Arc::new(config),
+                report: Arc::new(report),
+            };
+            if tx.send(Some(snapshot)).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// One kind's watch, for as long as the agent runs: listed, then watched,
+/// relisted after a 410 Gone or a lost connection (with backoff); a kind
+/// the cluster does not serve yet is looked for again.
+async fn watch_kind(
+    client: Client,
+    kind: &'static Kind,
+    index: usize,
+    store: Arc<Store>,
+    changed: Arc<Notify>,
+) {
+    let resource = loop {
+        match kind.resource(&client).await {
+            Some(resource) => break resource,
+            None => {
+                // Not served: nothing of this kind exists (yet).
+                if store.mark_listed(index) {
+                    changed.notify_one();
+                }
+                tokio::time::sleep(RETRY).await;
+            }
+        }
+    };
+    info!(kind = kind.kind, version = %resource.version, "watching");
+    let api: Api<DynamicObject> = Api::all_with(client, &resource);
+    let mut events = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .boxed();
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(watcher::Event::Init) => store.begin_relist(index),
+            Ok(watcher::Event::InitApply(object)) => store.put(index, kind, &resource, object),
+            Ok(watcher::Event::InitDone) => {
+                store.end_relist(index);
+                changed.notify_one();
+            }
+            Ok(watcher::Event::Apply(object)) => {
+                store.put(index, kind, &resource, object);
+                changed.notify_one();
+            }
+            Ok(watcher::Event::Delete(object)) => {
+                store.delete(index, &object);
+                changed.notify_one();
+            }
+            Err(err) => warn!(kind = kind.kind, %err, "watch interrupted; retrying"),
+        }
+    }
+}

@@ -1,0 +1,282 @@
+//! The objects the watches have seen, per kind, trimmed to what the model
+//! reads: every node runs an agent, so a Pod's containers, volumes and
+//! managed fields are not kept.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Mutex,
+};
+
+use kube::api::{ApiResource, DynamicObject};
+use serde_json::{Value as Json, json};
+
+use crate::kinds::Kind;
+
+/// (namespace, name) within a kind.
+type Key = (String, String);
+
+pub struct Store {
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    kinds: Vec<KindObjects>,
+}
+
+#[derive(Default)]
+struct KindObjects {
+    objects: BTreeMap<Key, Json>,
+    /// Keys seen since a relist began; the others are gone at its end.
+    relisting: Option<BTreeSet<Key>>,
+    listed: bool,
+}
+
+impl Store {
+    pub fn new(kinds: usize) -> Self {
+        Self {
+            inner: Mutex::new(Inner {
+                kinds: (0..kinds).map(|_| KindObjects::default()).collect(),
+            }),
+        }
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut Inner) -> R) -> R {
+        f(&mut self.inner.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    pub fn begin_relist(&self, kind: usize) {
+        self.with(|s| s.kinds[kind].relisting = Some(BTreeSet::new()));
+    }
+
+    pub fn end_relist(&self, kind: usize) {
+        self.with(|s| {
+            let k = &mut s.kinds[kind];
+            if let Some(seen) = k.relisting.take() {
+                k.objects.retain(|key, _| seen.contains(key));
+            }
+            k.listed = true;
+        });
+    }
+
+    /// A kind the cluster does not serve counts as listed (and empty).
+    /// Returns whether that changed anything.
+    pub fn mark_listed(&self, kind: usize) -> bool {
+        self.with(|s| !std::mem::replace(&mut s.kinds[kind].listed, true))
+    }
+
+    pub fn all_listed(&self) -> bool {
+        self.with(|s| s.kinds.iter().all(|k| k.listed))
+    }
+
+    pub fn put(&self, kind: usize, meta: &Kind, resource: &ApiResource, object: DynamicObject) {
+        let key = key(&object);
+        let json = trim(meta, resource, object);
+        self.with(|s| {
+            let k = &mut s.kinds[kind];
+            if let Some(seen) = &mut k.relisting {
+                seen.insert(key.clone());
+            }
+            k.objects.insert(key, json);
+        });
+    }
+
+    pub fn delete(&self, kind: usize, object: &DynamicObject) {
+        let key = key(object);
+        self.with(|s| {
+            s.kinds[kind].objects.remove(&key);
+        });
+    }
+
+    /// Every object, for a rebuild.
+    pub fn objects(&self) -> Vec<Json> {
+        self.with(|s| {
+            s.kinds
+                .iter()
+                .flat_map(|k| k.objects.values().cloned())
+                .collect()
+        })
+    }
+}
+
+fn key(object: &DynamicObject) -> Key {
+    (
+        object.metadata.namespace.clone().unwrap_or_default(),
+        object.metadata.name.clone().unwrap_or_default(),
+    )
+}
+
+/// The object as the checks read it: `apiVersion`, `kind`, the metadata
+/// they use, and `spec`/`status` (for a Pod, only the parts that make it a
+/// workload).
+fn trim(meta: &Kind, resource: &ApiResource, object: DynamicObject) -> Json {
+    let m = &object.metadata;
+    let mut metadata = json!({
+        "name": m.name,
+        "namespace": m.namespace,
+    });
+    if let Some(labels) = &m.labels {
+        metadata["labels"] = json!(labels);
+    }
+    if let Some(annotations) = &m.annotations {
+        // The last applied configuration is a copy of the whole object.
+        let kept: BTreeMap<&String, &String> = annotations
+            .iter()
+            .filter(|(k, _)| k.as_str() != "kubectl.kubernetes.io/last-applied-configuration")
+            .collect();
+        metadata["annotations"] = json!(kept);
+    }
+    let mut out = json!({
+        "apiVersion": resource.api_version,
+        "kind": meta.kind,
+        "metadata": metadata,
+    });
+    let data = object.data;
+    if meta.kind == "Pod" {
+        out["spec"] = pod_spec(data.get("spec"));
+        out["status"] = pod_status(data.get("status"));
+    } else if meta.kind == "WorkloadEntry" || meta.group.is_empty() {
+        // A WorkloadEntry's status says whether it is healthy; the core
+        // kinds' status is not read.
+        for part in ["spec", "status"] {
+            if let Some(value) = data.get(part)
+                && (part == "spec" || meta.kind == "WorkloadEntry")
+            {
+                out[part] = value.clone();
+            }
+        }
+    } else if let Some(spec) = data.get("spec") {
+        out["spec"] = spec.clone();
+    }
+    strait_config::manifest::strip_nulls(&mut out);
+    out
+}
+
+fn pod_spec(spec: Option<&Json>) -> Json {
+    let Some(spec) = spec else {
+        return json!({});
+    };
+    let containers: Vec<Json> = spec
+        .get("containers")
+        .and_then(Json::as_array)
+        .into_iter()
+        .flatten()
+        .map(|c| json!({"ports": c.get("ports").cloned().unwrap_or_else(|| json!([]))}))
+        .collect();
+    json!({
+        "nodeName": spec.get("nodeName"),
+        "serviceAccountName": spec.get("serviceAccountName"),
+        "hostNetwork": spec.get("hostNetwork"),
+        "containers": containers,
+    })
+}
+
+fn pod_status(status: Option<&Json>) -> Json {
+    let Some(status) = status else {
+        return json!({});
+    };
+    let conditions: Vec<Json> = status
+        .get("conditions")
+        .and_then(Json::as_array)
+        .into_iter()
+        .flatten()
+        .map(|c| json!({"type": c.get("type"), "status": c.get("status")}))
+        .collect();
+    json!({
+        "phase": status.get("phase"),
+        "podIP": status.get("podIP"),
+        "podIPs": status.get("podIPs"),
+        "conditions": conditions,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use kube::api::GroupVersionKind;
+
+    use super::*;
+    use crate::kinds::KINDS;
+
+    fn pod(name: &str) -> DynamicObject {
+        serde_json::from_value(json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": name,
+                "namespace": "shop",
+                "labels": {"app": "web"},
+                "annotations": {
+                    "kubectl.kubernetes.io/last-applied-configuration": "{\"huge\": true}",
+                    "strait.dev/netns": "/run/netns/web"
+                },
+                "managedFields": [{"manager": "kubectl"}],
+                "uid": "u1"
+            },
+            "spec": {
+                "nodeName": "n1",
+                "serviceAccountName": "web",
+                "volumes": [{"name": "data"}],
+                "containers": [{"name": "web", "image": "nginx", "env": [{"name": "SECRET", "value": "x"}],
+                    "ports": [{"name": "http", "containerPort": 8080}]}]
+            },
+            "status": {"phase": "Running", "podIP": "10.1.0.2", "hostIP": "172.16.1.1",
+                "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": "now"}]}
+        }))
+        .unwrap()
+    }
+
+    fn pods() -> (usize, &'static Kind, ApiResource) {
+        let index = KINDS.iter().position(|k| k.kind == "Pod").unwrap();
+        let resource = ApiResource::from_gvk(&GroupVersionKind::gvk("", "v1", "Pod"));
+        (index, &KINDS[index], resource)
+    }
+
+    #[test]
+    fn a_pod_keeps_only_what_makes_it_a_workload() {
+        let (_, kind, resource) = pods();
+        let kept = trim(kind, &resource, pod("web"));
+        assert_eq!(
+            kept["spec"]["containers"],
+            json!([{"ports": [{"name": "http", "containerPort": 8080}]}])
+        );
+        assert_eq!(
+            kept["status"]["conditions"],
+            json!([{"type": "Ready", "status": "True"}])
+        );
+        assert!(kept["metadata"].get("managedFields").is_none());
+        assert!(kept["spec"].get("volumes").is_none());
+        let annotations = &kept["metadata"]["annotations"];
+        assert!(
+            annotations
+                .get("kubectl.kubernetes.io/last-applied-configuration")
+                .is_none()
+        );
+        assert_eq!(annotations["strait.dev/netns"], "/run/netns/web");
+        assert!(!kept.to_string().contains("SECRET"), "{kept}");
+    }
+
+    #[test]
+    fn a_relist_drops_what_it_no_longer_lists() {
+        let (index, kind, resource) = pods();
+        let store = Store::new(KINDS.len());
+        store.put(index, kind, &resource, pod("a"));
+        store.put(index, kind, &resource, pod("b"));
+        assert!(!store.all_listed());
+        store.begin_relist(index);
+        store.put(index, kind, &resource, pod("b"));
+        store.end_relist(index);
+        let names: Vec<String> = store
+            .objects()
+            .iter()
+            .map(|o| {
+                o["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(names, ["b"]);
+        for other in (0..KINDS.len()).filter(|i| *i != index) {
+            store.mark_listed(other);
+        }
+        assert!(store.all_listed());
+    }
+}

@@ -146,6 +146,8 @@ pub struct Metrics {
     last_reload_ok: Gauge,
     /// How long the latest load of the config directory took.
     load_seconds: Gauge<f64, AtomicU64>,
+    /// From a cluster: objects left out of the config in force.
+    left_out: Gauge,
     /// This node's workloads in the mesh, fully enrolled or not yet.
     workloads: Family<WorkloadLabels, Gauge>,
     enrollment_failures: Counter,
@@ -237,6 +239,12 @@ impl Metrics {
             "How long the latest load of the config directory took",
             load_seconds.clone(),
         );
+        let left_out = Gauge::default();
+        registry.register(
+            "strait_config_objects_left_out",
+            "Objects of the cluster left out of the config in force for failing the checks",
+            left_out.clone(),
+        );
         let last_reload_ok = Gauge::default();
         last_reload_ok.set(1);
         registry.register(
@@ -279,6 +287,7 @@ impl Metrics {
             dns_dropped,
             last_reload_ok,
             load_seconds,
+            left_out,
             registry,
         }
     }
@@ -316,6 +325,11 @@ impl Metrics {
 
     pub fn enrollment_failed(&self) {
         self.enrollment_failures.inc();
+    }
+
+    pub fn config_left_out(&self, objects: usize) {
+        self.left_out
+            .set(i64::try_from(objects).unwrap_or(i64::MAX));
     }
 
     pub fn config_loaded_in(&self, took: std::time::Duration) {

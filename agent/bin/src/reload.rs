@@ -116,6 +116,7 @@ pub fn spawn_cluster(
                 status.left_out = left_out;
             }
             follow.metrics.config_reloaded(true);
+            follow.metrics.config_left_out(snapshot.report.rejected());
             follow.applied("cluster").await;
         }
     });

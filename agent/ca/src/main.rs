@@ -139,13 +139,9 @@ async fn serve(
             None,
         ),
         (None, Some(kubeconfig)) => {
-            let client = strait_kube::client(kubeconfig)
+            let (first, updates) = strait_kube::follow(kubeconfig, "ca")
                 .await
-                .context("connecting to the API server")?;
-            let mut updates = strait_kube::spawn(client, "ca".into());
-            let first = strait_kube::first(&mut updates)
-                .await
-                .context("the cluster's watches ended before the first listing")?;
+                .context("reading the cluster")?;
             (Arc::unwrap_or_clone(first.config), Some(updates))
         }
         (None, None) => anyhow::bail!("--config-dir or --kubeconfig is required"),

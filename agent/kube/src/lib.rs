@@ -31,6 +31,24 @@ pub enum Error {
     },
     #[error("a client for {path}: {source}")]
     Client { path: String, source: kube::Error },
+    #[error("the watches of {path} ended before the first listing")]
+    Ended { path: String },
+}
+
+/// Connects to the cluster `kubeconfig` names, watches it, and waits for
+/// the first complete listing: that snapshot, and the channel of the next.
+pub async fn follow(
+    kubeconfig: &Path,
+    cluster: &str,
+) -> Result<(Snapshot, watch::Receiver<Option<Snapshot>>), Error> {
+    let mut updates = spawn(client(kubeconfig).await?, cluster.to_string());
+    info!(kubeconfig = %kubeconfig.display(), "listing the cluster");
+    match first(&mut updates).await {
+        Some(snapshot) => Ok((snapshot, updates)),
+        None => Err(Error::Ended {
+            path: kubeconfig.display().to_string(),
+        }),
+    }
 }
 
 /// What a cluster's objects amount to now.

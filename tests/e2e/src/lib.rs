@@ -665,6 +665,38 @@ impl<'t> Mesh<'t> {
         ))
     }
 
+    /// Polls the state `/workloads` on `node` shows for `pod` (empty while
+    /// it is not listed) until `done` accepts it or `timeout` passes; the
+    /// state and how long it took.
+    pub fn wait_state(
+        &self,
+        node: &str,
+        pod: &str,
+        timeout: Duration,
+        done: impl Fn(&str) -> bool,
+    ) -> Result<(String, Duration)> {
+        let started = Instant::now();
+        loop {
+            let workloads = self.admin(node, "/workloads")?;
+            let state = workloads
+                .as_array()
+                .and_then(|all| all.iter().find(|w| w["name"] == pod))
+                .and_then(|w| w["state"].as_str())
+                .unwrap_or_default()
+                .to_owned();
+            if done(&state) {
+                return Ok((state, started.elapsed()));
+            }
+            if started.elapsed() > timeout {
+                return Err(format!(
+                    "{pod} on {node} is still {state:?} after {timeout:?}: {workloads}"
+                )
+                .into());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// The agent's Prometheus metrics, from its node.
     pub fn metrics(&self, node: &str) -> Result<String> {
         let out = self.topo.node(node)?.run_ok(

@@ -41,34 +41,6 @@ spec:
     .concat())
 }
 
-/// The state `/workloads` on `node` shows for `pod`, once `done` accepts it
-/// (bounded by `timeout`).
-fn wait_state(
-    mesh: &Mesh,
-    node: &str,
-    pod: &str,
-    timeout: Duration,
-    done: impl Fn(&str) -> bool,
-) -> Result<(String, Duration)> {
-    let started = Instant::now();
-    loop {
-        let workloads = mesh.admin(node, "/workloads")?;
-        let state = workloads
-            .as_array()
-            .and_then(|all| all.iter().find(|w| w["name"] == pod))
-            .and_then(|w| w["state"].as_str())
-            .unwrap_or_default()
-            .to_owned();
-        if done(&state) {
-            return Ok((state, started.elapsed()));
-        }
-        if started.elapsed() > timeout {
-            return Err(format!("{pod} on {node} is still {state:?} after {timeout:?}").into());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn without_a_certificate_a_pod_fails_closed_and_is_enrolled_once_the_ca_answers() -> Result<()> {
     require_root();
@@ -84,7 +56,7 @@ fn without_a_certificate_a_pod_fails_closed_and_is_enrolled_once_the_ca_answers(
     let n1 = topo.node("n1")?;
     let absent = format!("{}:15099", n1.addrs.ipv4);
     let _agent1 = mesh.start_agent("n1", &[("--ca-addr", &absent)])?;
-    let (state, _) = wait_state(&mesh, "n1", "a", Duration::from_secs(20), |s| {
+    let (state, _) = mesh.wait_state("n1", "a", Duration::from_secs(20), |s| {
         s.starts_with("fail-closed: no certificate")
     })?;
     println!("a while the CA is away: {state}");
@@ -130,9 +102,7 @@ fn without_a_certificate_a_pod_fails_closed_and_is_enrolled_once_the_ca_answers(
     // The CA comes up where the agent looks for it: a is enrolled on the
     // next retry, and works over mTLS.
     let _ca = mesh.start_ca("n1", &mesh.ca_dir, 15099, &[])?;
-    let (state, took) = wait_state(&mesh, "n1", "a", Duration::from_secs(60), |s| {
-        s == "captured"
-    })?;
+    let (state, took) = mesh.wait_state("n1", "a", Duration::from_secs(60), |s| s == "captured")?;
     println!("a {state} {took:?} after the CA came up");
     let out = curl(a, &url)?;
     assert!(
@@ -161,9 +131,7 @@ fn a_pod_whose_namespace_is_recreated_is_captured_again() -> Result<()> {
     let recreated = Instant::now();
     topo.recreate_pod("b")?;
     let _second = http_server(b, 8080, "from-b-again")?;
-    let (_, took) = wait_state(&mesh, "n2", "b", Duration::from_secs(30), |s| {
-        s == "captured"
-    })?;
+    let (_, took) = mesh.wait_state("n2", "b", Duration::from_secs(30), |s| s == "captured")?;
     // The state reads "captured" before the namespace change is noticed
     // too: wait for a connection that works (the new namespace captured).
     let deadline = Instant::now() + Duration::from_secs(30);

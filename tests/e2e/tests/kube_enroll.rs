@@ -10,32 +10,13 @@ use std::{
 
 use serde_json::json;
 use strait_e2e::{
-    Mesh, Result, curl, http_server, kube::ApiServer, marker_url, require_root, two_nodes,
+    Mesh, Result, curl, http_server, kube::ApiServer, marker_url, metric_sum, require_root,
+    two_nodes,
 };
 use strait_topology::{Pod, Topology};
 
-/// The state `/workloads` on `node` shows for `pod` once `done` accepts it.
-fn wait_state(mesh: &Mesh, node: &str, pod: &str, done: impl Fn(&str) -> bool) -> Result<Duration> {
-    let started = Instant::now();
-    loop {
-        let workloads = mesh.admin(node, "/workloads")?;
-        let state = workloads
-            .as_array()
-            .and_then(|all| all.iter().find(|w| w["name"] == pod))
-            .and_then(|w| w["state"].as_str())
-            .unwrap_or("(absent)")
-            .to_owned();
-        if done(&state) {
-            return Ok(started.elapsed());
-        }
-        if started.elapsed() > Duration::from_secs(30) {
-            return Err(
-                format!("{pod} on {node} is still {state:?} after 30 s: {workloads}").into(),
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+/// How long a state change may take before the test gives up.
+const WAIT: Duration = Duration::from_secs(30);
 
 /// A Pod object for a topology pod, scheduled on `node`.
 fn pod_yaml(pod: &Pod, node: &str, service_account: &str) -> String {
@@ -93,13 +74,13 @@ metadata: {{name: shop, labels: {{istio.io/dataplane-mode: ambient}}}}
     let _agent1 = mesh.start_agent("n1", &[])?;
     let _agent2 = mesh.start_agent("n2", &[])?;
     // Nothing is enrolled before the kubelet says where the pod is.
-    wait_state(&mesh, "n1", "a", |s| s == "(absent)")?;
+    mesh.wait_state("n1", "a", WAIT, str::is_empty)?;
 
     make_ready(&api, a)?;
     let made_ready = Instant::now();
     make_ready(&api, b)?;
-    wait_state(&mesh, "n1", "a", |s| s == "captured")?;
-    wait_state(&mesh, "n2", "b", |s| s == "captured")?;
+    mesh.wait_state("n1", "a", WAIT, |s| s == "captured")?;
+    mesh.wait_state("n2", "b", WAIT, |s| s == "captured")?;
     println!(
         "a and b enrolled {:.2} s after their status was written",
         made_ready.elapsed().as_secs_f64()
@@ -123,6 +104,49 @@ metadata: {{name: shop, labels: {{istio.io/dataplane-mode: ambient}}}}
         pcap.tcp_ports()
     );
 
+    // An object the API server takes but the checks refuse is left out,
+    // named, and counted; the rest of the cluster still applies.
+    api.apply(
+        "apiVersion: v1
+kind: Service
+metadata:
+  name: odd
+  namespace: shop
+  annotations: {istio.io/dry-run: 'true'}
+spec:
+  selector: {app: b}
+  ports: [{port: 80}]
+",
+    )?;
+    let deadline = Instant::now() + WAIT;
+    let left_out = loop {
+        let dump = mesh.admin("n1", "/config_dump")?;
+        if let Some(line) = dump["reload"]["left_out"]
+            .as_array()
+            .and_then(|l| l.first())
+            .and_then(|l| l.as_str())
+        {
+            break line.to_owned();
+        }
+        if Instant::now() > deadline {
+            return Err(format!("the bad Service was not left out: {}", dump["reload"]).into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    println!("left out: {left_out}");
+    assert!(
+        left_out.starts_with("Service shop/odd: field metadata.annotations.istio.io/dry-run:"),
+        "{left_out}"
+    );
+    assert_eq!(
+        metric_sum(&mesh.metrics("n1")?, "strait_config_objects_left_out", &[]),
+        1
+    );
+    assert!(
+        curl(a, &url)?.status.success(),
+        "the rest of the cluster still applies"
+    );
+
     // A deleted pod is released; a namespace that leaves the mesh takes its
     // pods with it.
     // No kubelet confirms a graceful deletion here: delete at once.
@@ -135,10 +159,10 @@ metadata: {{name: shop, labels: {{istio.io/dataplane-mode: ambient}}}}
         "--grace-period=0",
         "--force",
     ])?;
-    let took = wait_state(&mesh, "n2", "b", |s| s != "captured")?;
+    let (_, took) = mesh.wait_state("n2", "b", WAIT, |s| s != "captured")?;
     println!("b released {:.2} s after its deletion", took.as_secs_f64());
     api.kubectl_ok(&["label", "namespace", "shop", "istio.io/dataplane-mode-"])?;
-    let took = wait_state(&mesh, "n1", "a", |s| s != "captured")?;
+    let (_, took) = mesh.wait_state("n1", "a", WAIT, |s| s != "captured")?;
     println!(
         "a released {:.2} s after its namespace lost the label",
         took.as_secs_f64()

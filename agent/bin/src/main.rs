@@ -160,6 +160,7 @@ async fn run(args: Args) -> Result<()> {
             let (first, updates) = strait_kube::follow(kubeconfig, &args.cluster)
                 .await
                 .context("reading the cluster")?;
+            metrics.follow_cluster(first.connected.clone());
             (Arc::unwrap_or_clone(first.config), Some(updates))
         }
         (None, None) => anyhow::bail!("--config-dir or --kubeconfig is required"),

@@ -1,6 +1,9 @@
 //! Prometheus metrics on :15020 with Istio's names and labels, so existing
 //! dashboards work.
-use std::sync::atomic::AtomicU64;
+use std::sync::{
+    Arc, Mutex,
+    atomic::{AtomicBool, AtomicU64, Ordering},
+};
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder},
@@ -148,6 +151,10 @@ pub struct Metrics {
     load_seconds: Gauge<f64, AtomicU64>,
     /// From a cluster: objects left out of the config in force.
     left_out: Gauge,
+    /// Whether the cluster's API server answers (read when scraped; 1
+    /// with a config directory).
+    cluster_connected: Gauge,
+    cluster: Mutex<Option<Arc<AtomicBool>>>,
     /// This node's workloads in the mesh, fully enrolled or not yet.
     workloads: Family<WorkloadLabels, Gauge>,
     enrollment_failures: Counter,
@@ -245,6 +252,13 @@ impl Metrics {
             "Objects of the cluster left out of the config in force for failing the checks",
             left_out.clone(),
         );
+        let cluster_connected = Gauge::default();
+        cluster_connected.set(1);
+        registry.register(
+            "strait_cluster_connected",
+            "Whether the cluster's API server answers (1), or the last config stays in force without it (0)",
+            cluster_connected.clone(),
+        );
         let last_reload_ok = Gauge::default();
         last_reload_ok.set(1);
         registry.register(
@@ -288,6 +302,8 @@ impl Metrics {
             last_reload_ok,
             load_seconds,
             left_out,
+            cluster_connected,
+            cluster: Mutex::new(None),
             registry,
         }
     }
@@ -327,6 +343,11 @@ impl Metrics {
         self.enrollment_failures.inc();
     }
 
+    /// Reports the cluster's API server as `connected` says when scraped.
+    pub fn follow_cluster(&self, connected: Arc<AtomicBool>) {
+        *self.cluster.lock().unwrap_or_else(|p| p.into_inner()) = Some(connected);
+    }
+
     pub fn config_left_out(&self, objects: usize) {
         self.left_out
             .set(i64::try_from(objects).unwrap_or(i64::MAX));
@@ -348,6 +369,10 @@ impl Metrics {
 
     /// The text exposition format.
     pub fn encode(&self) -> String {
+        if let Some(connected) = &*self.cluster.lock().unwrap_or_else(|p| p.into_inner()) {
+            let up = connected.load(Ordering::Relaxed);
+            self.cluster_connected.set(i64::from(up));
+        }
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let alive = runtime.metrics().num_alive_tasks();
             self.tasks.set(i64::try_from(alive).unwrap_or(i64::MAX));

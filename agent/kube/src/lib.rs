@@ -6,14 +6,21 @@
 mod kinds;
 mod store;
 
-use std::{path::Path, sync::Arc, time::Duration};
+use std::{
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use futures::StreamExt;
 use kube::{
     Client,
     api::{Api, DynamicObject},
     config::{KubeConfigOptions, Kubeconfig},
-    runtime::{WatchStreamExt, watcher},
+    runtime::{WatchStreamExt, utils::Backoff, watcher},
 };
 use strait_config::{Config, Report};
 use tokio::sync::{Notify, watch};
@@ -57,6 +64,41 @@ pub struct Snapshot {
     pub config: Arc<Config>,
     /// Objects left out, and warnings, as `straitctl validate` prints them.
     pub report: Arc<Report>,
+    /// Live: whether the API server answers now. While it does not, the
+    /// last snapshot stays in force.
+    pub connected: Arc<AtomicBool>,
+}
+
+impl Snapshot {
+    pub fn connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+}
+
+/// Retries while the API server is away: from 100 ms, doubling, at most
+/// 1 s apart, so that a server back from a restart is seen within a second
+/// (client-go's backoff reaches 30 s, and changes would wait that long).
+struct Retry {
+    next: Duration,
+}
+
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MOST: Duration = Duration::from_secs(1);
+
+impl Iterator for Retry {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let now = self.next;
+        self.next = (self.next * 2).min(RETRY_MOST);
+        Some(now)
+    }
+}
+
+impl Backoff for Retry {
+    fn reset(&mut self) {
+        self.next = RETRY_FIRST;
+    }
 }
 
 /// Waits for the first complete snapshot (every kind listed once).
@@ -95,6 +137,7 @@ pub fn spawn(client: Client, cluster: String) -> watch::Receiver<Option<Snapshot
     let (tx, rx) = watch::channel(None);
     let store = Arc::new(Store::new(KINDS.len()));
     let changed = Arc::new(Notify::new());
+    let connected = Arc::new(AtomicBool::new(true));
     for (index, kind) in KINDS.iter().enumerate() {
         tokio::spawn(watch_kind(
             client.clone(),
@@ -102,6 +145,7 @@ pub fn spawn(client: Client, cluster: String) -> watch::Receiver<Option<Snapshot
             index,
             store.clone(),
             changed.clone(),
+            connected.clone(),
         ));
     }
     tokio::spawn(async move {
@@ -127,6 +171,7 @@ pub fn spawn(client: Client, cluster: String) -> watch::Receiver<Option<Snapshot
             let snapshot = Snapshot {
                 config: Arc::new(config),
                 report: Arc::new(report),
+                connected: connected.clone(),
             };
             if tx.send(Some(snapshot)).is_err() {
                 return;
@@ -145,6 +190,7 @@ async fn watch_kind(
     index: usize,
     store: Arc<Store>,
     changed: Arc<Notify>,
+    connected: Arc<AtomicBool>,
 ) {
     let resource = loop {
         match kind.resource(&client).await {
@@ -161,9 +207,12 @@ async fn watch_kind(
     info!(kind = kind.kind, version = %resource.version, "watching");
     let api: Api<DynamicObject> = Api::all_with(client, &resource);
     let mut events = watcher(api, watcher::Config::default())
-        .default_backoff()
+        .backoff(Retry { next: RETRY_FIRST })
         .boxed();
     while let Some(event) = events.next().await {
+        if event.is_ok() && !connected.swap(true, Ordering::Relaxed) {
+            info!(kind = kind.kind, "the API server answers again");
+        }
         match event {
             Ok(watcher::Event::Init) => store.begin_relist(index),
             Ok(watcher::Event::InitApply(object)) => store.put(index, kind, &resource, object),
@@ -179,7 +228,11 @@ async fn watch_kind(
                 store.delete(index, &object);
                 changed.notify_one();
             }
-            Err(err) => warn!(kind = kind.kind, %err, "watch interrupted; retrying"),
+            Err(err) => {
+                if connected.swap(false, Ordering::Relaxed) {
+                    warn!(kind = kind.kind, %err, "the API server is away; the last config stays in force");
+                }
+            }
         }
     }
 }

@@ -10,10 +10,10 @@ use std::{
 
 use serde_json::json;
 use strait_e2e::{
-    Mesh, Result, curl, http_server, kube::ApiServer, marker_url, metric_sum, require_root,
-    two_nodes,
+    Mesh, Result, curl, echo_client, echo_server, http_server, kube::ApiServer, marker_url,
+    metric_sum, require_root, two_nodes, wait_for_line,
 };
-use strait_topology::{Pod, Topology};
+use strait_topology::{Pod, Process, Topology};
 
 /// How long a state change may take before the test gives up.
 const WAIT: Duration = Duration::from_secs(30);
@@ -54,14 +54,20 @@ fn make_ready(api: &ApiServer, pod: &Pod) -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn pods_from_the_api_server_are_enrolled_and_released() -> Result<()> {
-    require_root();
-    let topo = Topology::create(two_nodes(&[("a", "n1"), ("b", "n2")]))?;
+/// Namespace `shop` (in the mesh) with pods a (n1) and b (n2) ready and
+/// enrolled, agents and a CA reading the API server on n1; c (n2) is left
+/// for the test.
+struct Cluster<'t> {
+    api: ApiServer,
+    mesh: Mesh<'t>,
+    _agents: [Process; 2],
+}
+
+fn cluster(topo: &Topology) -> Result<Cluster<'_>> {
     let (n1, a, b) = (topo.node("n1")?, topo.pod("a")?, topo.pod("b")?);
     let api = ApiServer::start(&n1.place, n1.addrs.ipv4.into(), "c1")?;
     let kubeconfig = api.kubeconfig("strait", &api.admin_token)?;
-    let mesh = Mesh::with_cluster(&topo, kubeconfig)?;
+    let mesh = Mesh::with_cluster(topo, kubeconfig)?;
     api.apply(&format!(
         "apiVersion: v1
 kind: Namespace
@@ -71,11 +77,9 @@ metadata: {{name: shop, labels: {{istio.io/dataplane-mode: ambient}}}}
         pod_yaml(a, "n1", "a"),
         pod_yaml(b, "n2", "b")
     ))?;
-    let _agent1 = mesh.start_agent("n1", &[])?;
-    let _agent2 = mesh.start_agent("n2", &[])?;
+    let agents = [mesh.start_agent("n1", &[])?, mesh.start_agent("n2", &[])?];
     // Nothing is enrolled before the kubelet says where the pod is.
     mesh.wait_state("n1", "a", WAIT, str::is_empty)?;
-
     make_ready(&api, a)?;
     let made_ready = Instant::now();
     make_ready(&api, b)?;
@@ -85,7 +89,23 @@ metadata: {{name: shop, labels: {{istio.io/dataplane-mode: ambient}}}}
         "a and b enrolled {:.2} s after their status was written",
         made_ready.elapsed().as_secs_f64()
     );
+    Ok(Cluster {
+        api,
+        mesh,
+        _agents: agents,
+    })
+}
 
+fn spec() -> strait_topology::Spec {
+    two_nodes(&[("a", "n1"), ("b", "n2"), ("c", "n2")])
+}
+
+#[test]
+fn pods_from_the_api_server_are_enrolled_and_released() -> Result<()> {
+    require_root();
+    let topo = Topology::create(spec())?;
+    let Cluster { api, mesh, .. } = &cluster(&topo)?;
+    let (n1, a, b) = (topo.node("n1")?, topo.pod("a")?, topo.pod("b")?);
     let _server = http_server(b, 8080, "from-b")?;
     let url = marker_url(IpAddr::V4(b.ipv4), 8080);
     let capture = n1.capture("eth0", &["tcp"])?;
@@ -167,5 +187,70 @@ spec:
         "a released {:.2} s after its namespace lost the label",
         took.as_secs_f64()
     );
+    Ok(())
+}
+
+/// The API server restarts under running agents: no connection drops, the
+/// agents say the server is away meanwhile, and a change made after it is
+/// back applies as soon as they reconnect.
+#[test]
+fn an_api_server_restart_drops_nothing_and_later_changes_apply() -> Result<()> {
+    require_root();
+    let topo = Topology::create(spec())?;
+    let Cluster {
+        mut api,
+        mesh,
+        _agents,
+    } = cluster(&topo)?;
+    let (a, b, c) = (topo.pod("a")?, topo.pod("b")?, topo.pod("c")?);
+    let mut echo = echo_server(&b.place, 9000)?;
+    echo.wait_listening(9000, WAIT)?;
+    let mut long = echo_client(&a.place, IpAddr::V4(b.ipv4), 9000, 8)?;
+    wait_for_line(&mut long, "connected", WAIT)?;
+
+    api.stop()?;
+    let away = Instant::now();
+    while metric_sum(&mesh.metrics("n2")?, "strait_cluster_connected", &[]) != 0 {
+        if away.elapsed() > WAIT {
+            return Err("the agent did not notice the API server was away".into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!(
+        "n2's agent reported the API server away after {:.2} s",
+        away.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        mesh.wait_state("n2", "b", WAIT, |s| s == "captured")?.0,
+        "captured"
+    );
+
+    let up = api.restart()?;
+    let back = Instant::now();
+    println!(
+        "the API server was ready again {:.1} s after its start",
+        up.as_secs_f64()
+    );
+    api.apply(&pod_yaml(c, "n2", "c"))?;
+    make_ready(&api, c)?;
+    mesh.wait_state("n2", "c", WAIT, |s| s == "captured")?;
+    println!(
+        "c, created after the restart, enrolled {:.2} s after the API server was back",
+        back.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        metric_sum(&mesh.metrics("n2")?, "strait_cluster_connected", &[]),
+        1
+    );
+
+    let status = long
+        .wait_timeout(WAIT)?
+        .ok_or("the long-lived connection did not finish")?;
+    assert!(
+        status.success(),
+        "the connection broke across the restart:\n{}",
+        long.log()
+    );
+    println!("{}", long.log().trim());
     Ok(())
 }

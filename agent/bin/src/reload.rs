@@ -34,8 +34,11 @@ pub struct Status {
     pub failures: u64,
     /// Why the latest change was refused; cleared by the next good one.
     pub last_error: Option<LoadError>,
-    /// From a cluster: the objects left out of the config in force, and why.
+    /// From a cluster: the objects whose latest version failed the
+    /// checks, and why; those never seen good are left out, the others
+    /// are in force at their last good version (`kept_previous`).
     pub left_out: Vec<String>,
+    pub kept_previous: Vec<String>,
 }
 
 pub type SharedStatus = Arc<Mutex<Status>>;
@@ -47,6 +50,7 @@ pub fn initial_status() -> SharedStatus {
         failures: 0,
         last_error: None,
         left_out: Vec::new(),
+        kept_previous: Vec::new(),
     }))
 }
 
@@ -114,6 +118,7 @@ pub fn spawn_cluster(
                 status.generation += 1;
                 status.applied_at = self::now();
                 status.left_out = left_out;
+                status.kept_previous = snapshot.kept.to_vec();
             }
             follow.metrics.config_reloaded(true);
             follow.metrics.config_left_out(snapshot.report.rejected());

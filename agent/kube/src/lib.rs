@@ -3,6 +3,7 @@
 //! rebuilt from them with the checks `straitctl validate` runs. A bad
 //! object is left out and reported; the rest of the cluster applies. The
 //! proxies see a [`strait_config::Config`] either way.
+mod judge;
 mod kinds;
 mod store;
 
@@ -64,6 +65,9 @@ pub struct Snapshot {
     pub config: Arc<Config>,
     /// Objects left out, and warnings, as `straitctl validate` prints them.
     pub report: Arc<Report>,
+    /// Objects whose latest version failed the checks and whose previous
+    /// one is in force (`Kind namespace/name`).
+    pub kept: Arc<Vec<String>>,
     /// Live: whether the API server answers now. While it does not, the
     /// last snapshot stays in force.
     pub connected: Arc<AtomicBool>,
@@ -149,6 +153,9 @@ pub fn spawn(client: Client, cluster: String) -> watch::Receiver<Option<Snapshot
         ));
     }
     tokio::spawn(async move {
+        let judge = Arc::new(std::sync::Mutex::new(judge::Judge::new(
+            format!("kube:{cluster}").into(),
+        )));
         loop {
             changed.notified().await;
             tokio::time::sleep(SETTLE).await;
@@ -156,21 +163,26 @@ pub fn spawn(client: Client, cluster: String) -> watch::Receiver<Option<Snapshot
                 continue;
             }
             let objects = store.objects();
-            let origin = format!("kube:{cluster}");
+            let judging = judge.clone();
             let built = tokio::task::spawn_blocking(move || {
-                strait_config::check_objects(Path::new(&origin), objects)
+                judging
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .judge(objects)
             })
             .await;
-            let Ok((report, config)) = built else {
+            let Ok(verdicts) = built else {
                 warn!("building the model from the cluster failed; keeping the last one");
                 continue;
             };
+            let report = verdicts.report;
             if report.rejected() > 0 {
-                warn!(rejected = report.rejected(), "objects left out:\n{report}");
+                warn!(rejected = report.rejected(), kept = ?verdicts.kept, "objects left out (or kept at their last good version):\n{report}");
             }
             let snapshot = Snapshot {
-                config: Arc::new(config),
+                config: Arc::new(verdicts.config),
                 report: Arc::new(report),
+                kept: Arc::new(verdicts.kept),
                 connected: connected.clone(),
             };
             if tx.send(Some(snapshot)).is_err() {

@@ -167,6 +167,66 @@ spec:
         "the rest of the cluster still applies"
     );
 
+    // A change the checks refuse to an object that passed before: its last
+    // good version stays in force, as a webhook would have kept it.
+    api.apply(
+        "apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  selector: {app: b}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+",
+    )?;
+    let cluster_ip = api.kubectl_ok(&[
+        "-n",
+        "shop",
+        "get",
+        "service",
+        "web",
+        "-o",
+        "jsonpath={.spec.clusterIP}",
+    ])?;
+    let service_url = format!("http://{cluster_ip}:80/marker");
+    let deadline = Instant::now() + WAIT;
+    while !curl(a, &service_url)?.status.success() {
+        if Instant::now() > deadline {
+            return Err(format!("the Service {cluster_ip} never answered").into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    api.kubectl_ok(&[
+        "-n",
+        "shop",
+        "annotate",
+        "service",
+        "web",
+        "istio.io/dry-run=true",
+    ])?;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let reload = mesh.admin("n1", "/config_dump")?["reload"].clone();
+        if reload["kept_previous"]
+            .as_array()
+            .is_some_and(|k| k.iter().any(|o| o == "Service shop/web"))
+        {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(
+                format!("the failed change to Service shop/web was not noticed: {reload}").into(),
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = curl(a, &service_url)?;
+    assert!(
+        out.status.success(),
+        "the last good Service is not in force: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "from-b");
+
     // A deleted pod is released; a namespace that leaves the mesh takes its
     // pods with it.
     // No kubelet confirms a graceful deletion here: delete at once.

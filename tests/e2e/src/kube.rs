@@ -180,11 +180,61 @@ current-context: {name}",
         Ok(path)
     }
 
+    /// A kubeconfig for strait's agents and CAs: the ServiceAccount
+    /// `kube-system/strait`, allowed only to read what strait watches
+    /// (RBAC), with a token for [`AUDIENCE`] from the TokenRequest API.
+    pub fn strait_kubeconfig(&self) -> Result<PathBuf> {
+        let token = self.strait_token()?;
+        self.kubeconfig("strait", &token)
+    }
+
+    /// The token of [`ApiServer::strait_kubeconfig`].
+    pub fn strait_token(&self) -> Result<String> {
+        self.apply(
+            "apiVersion: v1
+kind: ServiceAccount
+metadata: {name: strait, namespace: kube-system}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: strait}
+rules:
+- apiGroups: ['']
+  resources: [namespaces, nodes, pods, services]
+  verbs: [get, list, watch]
+- apiGroups: [networking.istio.io, security.istio.io]
+  resources: ['*']
+  verbs: [get, list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: strait}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: strait}
+subjects: [{kind: ServiceAccount, name: strait, namespace: kube-system}]
+",
+        )?;
+        let issued = self.request(
+            "POST",
+            "/api/v1/namespaces/kube-system/serviceaccounts/strait/token",
+            &serde_json::json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                "spec": {"audiences": [AUDIENCE], "expirationSeconds": 3600}}),
+        )?;
+        Ok(issued["status"]["token"]
+            .as_str()
+            .ok_or_else(|| format!("no token in {issued}"))?
+            .to_string())
+    }
+
     /// `kubectl` as the admin, run at the control plane's place.
     pub fn kubectl(&self, args: &[&str]) -> Result<Output> {
+        self.kubectl_as(&self.admin_token, args)
+    }
+
+    /// `kubectl` with another bearer token.
+    pub fn kubectl_as(&self, token: &str, args: &[&str]) -> Result<Output> {
         let mut cmd = self.place.command(bin("kubectl"))?;
         cmd.arg(format!("--server=https://{}", self.address))
-            .arg(format!("--token={}", self.admin_token))
+            .arg(format!("--token={token}"))
             .arg(format!(
                 "--certificate-authority={}",
                 self.ca_file().display()

@@ -139,6 +139,24 @@ spec:
         "another audience passed: {other}"
     );
 
+    // strait's own account reads what it watches and nothing else.
+    let strait = api.strait_token()?;
+    assert!(
+        api.kubectl_as(&strait, &["get", "pods", "-A"])?
+            .status
+            .success()
+    );
+    let secrets = api.kubectl_as(&strait, &["get", "secrets", "-A"])?;
+    assert!(
+        !secrets.status.success(),
+        "strait's account may read secrets"
+    );
+    assert!(
+        String::from_utf8_lossy(&secrets.stderr).contains("forbidden"),
+        "{}",
+        String::from_utf8_lossy(&secrets.stderr)
+    );
+
     // The state is etcd's: an API server restart keeps it.
     api.stop()?;
     let back = api.restart()?;

@@ -66,8 +66,9 @@ struct Cluster<'t> {
 fn cluster(topo: &Topology) -> Result<Cluster<'_>> {
     let (n1, a, b) = (topo.node("n1")?, topo.pod("a")?, topo.pod("b")?);
     let api = ApiServer::start(&n1.place, n1.addrs.ipv4.into(), "c1")?;
-    let kubeconfig = api.kubeconfig("strait", &api.admin_token)?;
-    let mesh = Mesh::with_cluster(topo, kubeconfig)?;
+    // The agents and the CA read with a ServiceAccount's token, allowed to
+    // read only what strait watches.
+    let mesh = Mesh::with_cluster(topo, api.strait_kubeconfig()?)?;
     api.apply(&format!(
         "apiVersion: v1
 kind: Namespace

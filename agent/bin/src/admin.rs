@@ -112,6 +112,10 @@ struct ProgramReport {
 #[derive(Serialize)]
 struct ConfigDump<'a> {
     reload: reload::Status,
+    /// With a Kubernetes source: the clusters followed.
+    clusters: Vec<strait_kube::ClusterStatus>,
+    /// Remote clusters' kubeconfigs refused, and why.
+    cluster_problems: Vec<String>,
     /// Endpoints outlier detection has set aside right now.
     ejected: Vec<Ejected>,
     /// Probed workloads' readiness, as their nodes' agents published it:
@@ -176,7 +180,7 @@ async fn route(
     match (routes, req.uri().path()) {
         (_, "/healthz/ready") => {
             if state.ready.load(Ordering::Acquire) {
-                text(StatusCode::OK, "ready\n")
+                text(StatusCode::OK, &readiness_details(state))
             } else {
                 text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
             }
@@ -197,6 +201,7 @@ async fn route(
                 &state.proxy.state.snapshot(),
                 &state.proxy.health,
                 &state.proxy.board,
+                state.proxy.metrics.clusters().as_deref(),
                 query,
             ) {
                 Ok(report) => json(&report),
@@ -216,6 +221,34 @@ async fn route(
     }
 }
 
+/// Ready, and which clusters' API servers are away: the agent serves
+/// what they last listed meanwhile.
+fn readiness_details(state: &State) -> String {
+    let mut out = String::from("ready\n");
+    for cluster in state
+        .proxy
+        .metrics
+        .clusters()
+        .map(|c| c.status())
+        .unwrap_or_default()
+    {
+        if let Some(problem) = &cluster.problem {
+            out.push_str(&format!(
+                "cluster {}: not followed: {problem}\n",
+                cluster.name
+            ));
+        } else if !cluster.connected {
+            out.push_str(&format!(
+                "cluster {}: API server away; what it last listed is in force\n",
+                cluster.name
+            ));
+        } else if !cluster.listed {
+            out.push_str(&format!("cluster {}: not listed yet\n", cluster.name));
+        }
+    }
+    out
+}
+
 fn config_dump(state: &State) -> Response<Full<Bytes>> {
     let reload = state
         .reload
@@ -229,8 +262,11 @@ fn config_dump(state: &State) -> Response<Full<Bytes>> {
         .into_iter()
         .map(|(endpoint, report)| Ejected { endpoint, report })
         .collect();
+    let clusters = state.proxy.metrics.clusters();
     json(&ConfigDump {
         reload,
+        clusters: clusters.as_ref().map(|c| c.status()).unwrap_or_default(),
+        cluster_problems: clusters.map(|c| c.problems()).unwrap_or_default(),
         ejected,
         readiness: state.proxy.board.all().iter().fold(
             BTreeMap::new(),

@@ -30,6 +30,10 @@ pub struct EndpointReport {
     pub workload: String,
     pub locality: String,
     pub network: String,
+    pub cluster: String,
+    /// Its cluster's API server does not answer: this is what it last
+    /// listed, and may be out of date.
+    pub stale: bool,
     pub node: String,
     pub priority: u32,
     pub weight: f64,
@@ -43,6 +47,7 @@ pub fn report(
     state: &Snapshot,
     health: &Health,
     board: &Board,
+    clusters: Option<&strait_kube::Clusters>,
     query: &str,
 ) -> Result<Report, String> {
     let param = |key: &str| {
@@ -107,7 +112,10 @@ pub fn report(
                     .map(|r| {
                         let w = r.endpoint.workload;
                         let h = health.report(r.endpoint.addr, now);
+                        let in_cluster = cluster(state, w);
                         EndpointReport {
+                            stale: clusters.is_some_and(|c| c.stale(&in_cluster)),
+                            cluster: in_cluster,
                             address: r.endpoint.addr.to_string(),
                             workload: format!("{}/{}", w.namespace, w.name),
                             locality: locality_text(&w.locality),

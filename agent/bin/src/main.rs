@@ -39,6 +39,15 @@ struct Args {
     /// This cluster's name: where its endpoints are (`topology.istio.io/cluster`).
     #[arg(long, env = "STRAIT_CLUSTER", default_value = "Kubernetes")]
     cluster: String,
+    /// With --kubeconfig: a directory of remote clusters' kubeconfigs, one
+    /// file per cluster named after it (a mounted Secret works).
+    #[arg(long, env = "STRAIT_REMOTE_KUBECONFIGS", requires = "kubeconfig")]
+    remote_kubeconfigs: Option<PathBuf>,
+    /// With --kubeconfig: the namespace of the local cluster whose Secrets
+    /// labelled `istio/multiCluster=true` hold remote clusters' kubeconfigs
+    /// (Istio's remote secrets).
+    #[arg(long, env = "STRAIT_REMOTE_SECRETS_NAMESPACE", requires = "kubeconfig")]
+    remote_secrets_namespace: Option<String>,
     /// cgroup v2 directory holding the node's pods; capture attaches here.
     #[arg(long, env = "STRAIT_CAPTURE_CGROUP")]
     capture_cgroup: PathBuf,
@@ -157,10 +166,16 @@ async fn run(args: Args) -> Result<()> {
             None,
         ),
         (None, Some(kubeconfig)) => {
-            let (first, updates) = strait_kube::follow(kubeconfig, &args.cluster)
+            let sources = strait_kube::Sources {
+                kubeconfig: kubeconfig.clone(),
+                cluster: args.cluster.clone(),
+                remote_dir: args.remote_kubeconfigs.clone(),
+                remote_secrets: args.remote_secrets_namespace.clone(),
+            };
+            let (first, updates) = strait_kube::follow(&sources)
                 .await
                 .context("reading the cluster")?;
-            metrics.follow_cluster(first.connected.clone());
+            metrics.follow_clusters(first.clusters.clone());
             (Arc::unwrap_or_clone(first.config), Some(updates))
         }
         (None, None) => anyhow::bail!("--config-dir or --kubeconfig is required"),

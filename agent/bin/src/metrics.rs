@@ -1,9 +1,6 @@
 //! Prometheus metrics on :15020 with Istio's names and labels, so existing
 //! dashboards work.
-use std::sync::{
-    Arc, Mutex,
-    atomic::{AtomicBool, AtomicU64, Ordering},
-};
+use std::sync::{Arc, Mutex, atomic::AtomicU64};
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder},
@@ -126,6 +123,11 @@ pub enum ReloadResult {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterLabels {
+    pub cluster: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReloadLabels {
     pub result: ReloadResult,
 }
@@ -151,10 +153,10 @@ pub struct Metrics {
     load_seconds: Gauge<f64, AtomicU64>,
     /// From a cluster: objects left out of the config in force.
     left_out: Gauge,
-    /// Whether the cluster's API server answers (read when scraped; 1
-    /// with a config directory).
-    cluster_connected: Gauge,
-    cluster: Mutex<Option<Arc<AtomicBool>>>,
+    /// Per cluster followed: whether its API server answers (read when
+    /// scraped; none with a config directory).
+    cluster_connected: Family<ClusterLabels, Gauge>,
+    clusters: Mutex<Option<Arc<strait_kube::Clusters>>>,
     /// This node's workloads in the mesh, fully enrolled or not yet.
     workloads: Family<WorkloadLabels, Gauge>,
     enrollment_failures: Counter,
@@ -252,11 +254,10 @@ impl Metrics {
             "Objects of the cluster left out of the config in force for failing the checks",
             left_out.clone(),
         );
-        let cluster_connected = Gauge::default();
-        cluster_connected.set(1);
+        let cluster_connected = Family::<ClusterLabels, Gauge>::default();
         registry.register(
             "strait_cluster_connected",
-            "Whether the cluster's API server answers (1), or the last config stays in force without it (0)",
+            "Per cluster followed: whether its API server answers (1), or what it last listed stays in force without it (0)",
             cluster_connected.clone(),
         );
         let last_reload_ok = Gauge::default();
@@ -303,7 +304,7 @@ impl Metrics {
             load_seconds,
             left_out,
             cluster_connected,
-            cluster: Mutex::new(None),
+            clusters: Mutex::new(None),
             registry,
         }
     }
@@ -343,9 +344,17 @@ impl Metrics {
         self.enrollment_failures.inc();
     }
 
-    /// Reports the cluster's API server as `connected` says when scraped.
-    pub fn follow_cluster(&self, connected: Arc<AtomicBool>) {
-        *self.cluster.lock().unwrap_or_else(|p| p.into_inner()) = Some(connected);
+    /// Reports the clusters' API servers as they are when scraped.
+    pub fn follow_clusters(&self, clusters: Arc<strait_kube::Clusters>) {
+        *self.clusters.lock().unwrap_or_else(|p| p.into_inner()) = Some(clusters);
+    }
+
+    /// The clusters followed, when the config comes from clusters.
+    pub fn clusters(&self) -> Option<Arc<strait_kube::Clusters>> {
+        self.clusters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn config_left_out(&self, objects: usize) {
@@ -369,9 +378,15 @@ impl Metrics {
 
     /// The text exposition format.
     pub fn encode(&self) -> String {
-        if let Some(connected) = &*self.cluster.lock().unwrap_or_else(|p| p.into_inner()) {
-            let up = connected.load(Ordering::Relaxed);
-            self.cluster_connected.set(i64::from(up));
+        if let Some(clusters) = self.clusters() {
+            self.cluster_connected.clear();
+            for cluster in clusters.status() {
+                self.cluster_connected
+                    .get_or_create(&ClusterLabels {
+                        cluster: cluster.name,
+                    })
+                    .set(i64::from(cluster.connected));
+            }
         }
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let alive = runtime.metrics().num_alive_tasks();

@@ -139,9 +139,10 @@ async fn serve(
             None,
         ),
         (None, Some(kubeconfig)) => {
-            let (first, updates) = strait_kube::follow(kubeconfig, "ca")
-                .await
-                .context("reading the cluster")?;
+            let (first, updates) =
+                strait_kube::follow(&strait_kube::Sources::local(kubeconfig, "ca"))
+                    .await
+                    .context("reading the cluster")?;
             (Arc::unwrap_or_clone(first.config), Some(updates))
         }
         (None, None) => anyhow::bail!("--config-dir or --kubeconfig is required"),

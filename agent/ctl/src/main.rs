@@ -80,6 +80,10 @@ struct EndpointReport {
     workload: String,
     locality: String,
     network: String,
+    #[serde(default)]
+    cluster: String,
+    #[serde(default)]
+    stale: bool,
     priority: u32,
     weight: f64,
     health: String,
@@ -193,16 +197,19 @@ fn render_endpoints(report: &EndpointsReport) -> String {
         report.kind
     );
     out.push_str(&format!(
-        "{:<26} {:<28} {:<20} {:<10} {:>8} {:>8}  HEALTH\n",
-        "ENDPOINT", "WORKLOAD", "LOCALITY", "NETWORK", "PRIORITY", "WEIGHT"
+        "{:<26} {:<28} {:<20} {:<10} {:<12} {:>8} {:>8}  HEALTH\n",
+        "ENDPOINT", "WORKLOAD", "LOCALITY", "NETWORK", "CLUSTER", "PRIORITY", "WEIGHT"
     ));
     for e in &report.endpoints {
+        // What a cluster whose API server is away last listed may be gone.
+        let stale = if e.stale { " (stale)" } else { "" };
         out.push_str(&format!(
-            "{:<26} {:<28} {:<20} {:<10} {:>8} {:>8.1}  {}\n",
+            "{:<26} {:<28} {:<20} {:<10} {:<12} {:>8} {:>8.1}  {}{stale}\n",
             e.address,
             e.workload,
             dash(&e.locality),
             dash(&e.network),
+            dash(&e.cluster),
             e.priority,
             e.weight,
             e.health
@@ -279,13 +286,15 @@ mod tests {
     #[test]
     fn renders_endpoints() {
         let report: EndpointsReport = serde_json::from_str(
-            r#"{"service":"shop/web","host":"web.shop.svc.cluster.local","port":80,"from":"r1/z1","kind":"endpoints","endpoints":[{"address":"10.2.0.10:8080","workload":"shop/near","locality":"r1/z1","network":"","node":"n2","priority":0,"weight":1.0,"health":"ejected (4s left)","consecutive_errors":0,"times_ejected":1}]}"#,
+            r#"{"service":"shop/web","host":"web.shop.svc.cluster.local","port":80,"from":"r1/z1","kind":"endpoints","endpoints":[{"address":"10.2.0.10:8080","workload":"shop/near","locality":"r1/z1","network":"","node":"n2","priority":0,"weight":1.0,"health":"ejected (4s left)","consecutive_errors":0,"times_ejected":1},{"address":"10.3.0.10:8080","workload":"shop/far","locality":"r2/z1","network":"","cluster":"c2","stale":true,"node":"n3.c2","priority":1,"weight":1.0,"health":"healthy","consecutive_errors":0,"times_ejected":0}]}"#,
         )
         .unwrap();
         let text = render_endpoints(&report);
         assert!(text.starts_with("service shop/web"), "{text}");
         assert!(text.contains("10.2.0.10:8080"), "{text}");
-        assert!(text.trim_end().ends_with("ejected (4s left)"), "{text}");
+        assert!(text.contains("ejected (4s left)\n"), "{text}");
+        assert!(text.trim_end().ends_with("healthy (stale)"), "{text}");
+        assert!(text.contains(" c2 "), "{text}");
     }
 
     #[test]

@@ -27,6 +27,8 @@ pub struct Verdicts {
     /// Objects whose latest version failed and whose previous one is in
     /// force, as `Kind namespace/name`.
     pub kept: Vec<String>,
+    /// The objects `config` was built from.
+    pub in_force: Vec<Json>,
 }
 
 impl Judge {
@@ -58,10 +60,17 @@ impl Judge {
             .filter(|k| self.last_good.contains_key(*k))
             .collect();
         if kept.is_empty() {
+            let in_force = keys
+                .iter()
+                .zip(objects)
+                .filter(|(k, _)| !rejected.contains(*k))
+                .map(|(_, object)| object)
+                .collect();
             return Verdicts {
                 config,
                 report,
                 kept: Vec::new(),
+                in_force,
             };
         }
         let substituted: Vec<Json> = keys
@@ -72,7 +81,7 @@ impl Judge {
                 false => Some(object),
             })
             .collect();
-        let (_, config) = check_objects(&self.origin, substituted);
+        let (_, config) = check_objects(&self.origin, substituted.clone());
         let mut kept: Vec<String> = kept
             .into_iter()
             .map(|(kind, namespace, name)| format!("{kind} {namespace}/{name}"))
@@ -82,6 +91,7 @@ impl Judge {
             config,
             report,
             kept,
+            in_force: substituted,
         }
     }
 }
@@ -120,6 +130,7 @@ mod tests {
         let good = judge.judge(vec![service(json!({}))]);
         assert_eq!(good.config.services.len(), 1);
         assert!(good.kept.is_empty());
+        assert_eq!(good.in_force.len(), 1);
 
         // The same object changed into one the checks refuse.
         let bad = judge.judge(vec![service(json!({"istio.io/dry-run": "true"}))]);
@@ -130,6 +141,7 @@ mod tests {
             1,
             "the last good version is in force"
         );
+        assert_eq!(bad.in_force, [service(json!({}))]);
 
         // A bad object never seen good is left out.
         let mut fresh = Judge::new("kube:test".into());

@@ -16,6 +16,10 @@ pub struct Kind {
 const NETWORKING: &[&str] = &["v1", "v1beta1", "v1alpha3"];
 const SECURITY: &[&str] = &["v1", "v1beta1"];
 
+/// The first kinds: what a remote cluster gives (its workloads and
+/// services; its Istio config is its own control plane's).
+pub const DISCOVERY: usize = 4;
+
 pub const KINDS: [Kind; 13] = [
     Kind::core("Namespace", "namespaces"),
     Kind::core("Node", "nodes"),

@@ -1,34 +1,44 @@
-//! The Kubernetes source: one watch per kind on a cluster's API server,
+//! The Kubernetes source: one watch per kind on each cluster's API server,
 //! the objects kept (trimmed to what the model reads), and the model
 //! rebuilt from them with the checks `straitctl validate` runs. A bad
-//! object is left out and reported; the rest of the cluster applies. The
-//! proxies see a [`strait_config::Config`] either way.
+//! object is left out and reported; the rest applies. The proxies see a
+//! [`strait_config::Config`] either way.
+//!
+//! The local cluster gives every kind; remote clusters (a directory of
+//! kubeconfigs, or Istio's remote secrets) give their namespaces, nodes,
+//! pods and services, so that a service is one service across clusters
+//! and its endpoints carry their cluster. A remote cluster's nodes are
+//! named `<node>.<cluster>` in the model, so that no remote pod is ever
+//! taken for one of this node's.
 mod judge;
 mod kinds;
+mod remotes;
 mod store;
+mod watch;
 
 use std::{
-    path::Path,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+    collections::{BTreeMap, BTreeSet, HashMap},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
-use futures::StreamExt;
 use kube::{
     Client,
-    api::{Api, DynamicObject},
     config::{KubeConfigOptions, Kubeconfig},
-    runtime::{WatchStreamExt, utils::Backoff, watcher},
 };
+use serde::Serialize;
+use serde_json::{Value as Json, json};
 use strait_config::{Config, Report};
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, watch as channel};
 use tracing::{info, warn};
 
-pub use kinds::{KINDS, Kind};
-use store::Store;
+pub use kinds::{DISCOVERY, KINDS, Kind};
+pub use remotes::{REMOTE_SECRET_LABEL, check_cluster_name};
+use watch::ClusterWatch;
+
+/// The label that says which cluster a node (and so its pods) is in.
+pub const CLUSTER_LABEL: &str = "topology.istio.io/cluster";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -43,74 +53,160 @@ pub enum Error {
     Ended { path: String },
 }
 
-/// Connects to the cluster `kubeconfig` names, watches it, and waits for
-/// the first complete listing: that snapshot, and the channel of the next.
-pub async fn follow(
-    kubeconfig: &Path,
-    cluster: &str,
-) -> Result<(Snapshot, watch::Receiver<Option<Snapshot>>), Error> {
-    let mut updates = spawn(client(kubeconfig).await?, cluster.to_string());
-    info!(kubeconfig = %kubeconfig.display(), "listing the cluster");
-    match first(&mut updates).await {
-        Some(snapshot) => Ok((snapshot, updates)),
-        None => Err(Error::Ended {
-            path: kubeconfig.display().to_string(),
-        }),
+/// What to follow.
+#[derive(Clone, Debug)]
+pub struct Sources {
+    /// The local cluster's kubeconfig.
+    pub kubeconfig: PathBuf,
+    /// The local cluster's name.
+    pub cluster: String,
+    /// A directory with one kubeconfig per remote cluster, named after it.
+    pub remote_dir: Option<PathBuf>,
+    /// The local cluster's namespace holding remote secrets.
+    pub remote_secrets: Option<String>,
+}
+
+impl Sources {
+    pub fn local(kubeconfig: &Path, cluster: &str) -> Self {
+        Self {
+            kubeconfig: kubeconfig.to_path_buf(),
+            cluster: cluster.to_string(),
+            remote_dir: None,
+            remote_secrets: None,
+        }
     }
 }
 
-/// What a cluster's objects amount to now.
-#[derive(Clone, Debug)]
+/// What the clusters' objects amount to now.
+#[derive(Clone)]
 pub struct Snapshot {
     pub config: Arc<Config>,
     /// Objects left out, and warnings, as `straitctl validate` prints them.
     pub report: Arc<Report>,
     /// Objects whose latest version failed the checks and whose previous
-    /// one is in force (`Kind namespace/name`).
+    /// one is in force (`Kind namespace/name`, prefixed `cluster: ` for a
+    /// remote cluster's).
     pub kept: Arc<Vec<String>>,
-    /// Live: whether the API server answers now. While it does not, the
-    /// last snapshot stays in force.
-    pub connected: Arc<AtomicBool>,
+    /// Live: the clusters followed and whether their API servers answer.
+    pub clusters: Arc<Clusters>,
 }
 
 impl Snapshot {
+    /// Whether the local cluster's API server answers now.
     pub fn connected(&self) -> bool {
-        self.connected.load(Ordering::Relaxed)
+        self.clusters.local.connected()
     }
 }
 
-/// Retries while the API server is away: from 100 ms, doubling, at most
-/// 1 s apart, so that a server back from a restart is seen within a second
-/// (client-go's backoff reaches 30 s, and changes would wait that long).
-struct Retry {
-    next: Duration,
+/// The clusters followed, live.
+pub struct Clusters {
+    local: ClusterWatch,
+    remotes: Mutex<Remotes>,
 }
 
-const RETRY_FIRST: Duration = Duration::from_millis(100);
-const RETRY_MOST: Duration = Duration::from_secs(1);
+#[derive(Default)]
+struct Remotes {
+    watches: BTreeMap<String, Remote>,
+    /// Entries of the directory or the secrets that were refused.
+    problems: Vec<String>,
+}
 
-impl Iterator for Retry {
-    type Item = Duration;
+struct Remote {
+    kubeconfig: String,
+    watch: Result<ClusterWatch, String>,
+}
 
-    fn next(&mut self) -> Option<Duration> {
-        let now = self.next;
-        self.next = (self.next * 2).min(RETRY_MOST);
-        Some(now)
+/// One cluster, as readiness details and `/config_dump` show it.
+#[derive(Clone, Debug, Serialize)]
+pub struct ClusterStatus {
+    pub name: String,
+    pub local: bool,
+    /// Its API server answers now.
+    pub connected: bool,
+    /// Every kind was listed once: its objects are in the config (and,
+    /// while it is not connected, they are stale).
+    pub listed: bool,
+    /// Why it is not followed (its kubeconfig was refused).
+    pub problem: Option<String>,
+}
+
+impl Clusters {
+    pub fn local_name(&self) -> &str {
+        &self.local.name
+    }
+
+    pub fn status(&self) -> Vec<ClusterStatus> {
+        let of = |w: &ClusterWatch, local| ClusterStatus {
+            name: w.name.clone(),
+            local,
+            connected: w.connected(),
+            listed: w.store.all_listed(),
+            problem: None,
+        };
+        let mut all = vec![of(&self.local, true)];
+        let remotes = self.remotes.lock().unwrap_or_else(|p| p.into_inner());
+        for (name, remote) in &remotes.watches {
+            all.push(match &remote.watch {
+                Ok(w) => of(w, false),
+                Err(why) => ClusterStatus {
+                    name: name.clone(),
+                    local: false,
+                    connected: false,
+                    listed: false,
+                    problem: Some(why.clone()),
+                },
+            });
+        }
+        all
+    }
+
+    /// Entries of the remote clusters' directory or secrets refused.
+    pub fn problems(&self) -> Vec<String> {
+        let remotes = self.remotes.lock().unwrap_or_else(|p| p.into_inner());
+        remotes.problems.clone()
+    }
+
+    /// Whether what the model holds of `cluster` may be out of date: its
+    /// API server does not answer.
+    pub fn stale(&self, cluster: &str) -> bool {
+        if cluster == self.local.name {
+            return !self.local.connected();
+        }
+        let remotes = self.remotes.lock().unwrap_or_else(|p| p.into_inner());
+        remotes
+            .watches
+            .get(cluster)
+            .and_then(|r| r.watch.as_ref().ok())
+            .is_some_and(|w| !w.connected())
     }
 }
 
-impl Backoff for Retry {
-    fn reset(&mut self) {
-        self.next = RETRY_FIRST;
-    }
-}
-
-/// Waits for the first complete snapshot (every kind listed once).
-pub async fn first(rx: &mut watch::Receiver<Option<Snapshot>>) -> Option<Snapshot> {
-    rx.wait_for(Option::is_some)
+/// Connects to the local cluster, watches it (and the remote clusters),
+/// and waits for the local cluster's first complete listing: that
+/// snapshot, and the channel of the next. Remote clusters join the config
+/// as they are listed; none of them holds the local one up.
+pub async fn follow(
+    sources: &Sources,
+) -> Result<(Snapshot, channel::Receiver<Option<Snapshot>>), Error> {
+    let client = client(&sources.kubeconfig).await?;
+    let changed = Arc::new(Notify::new());
+    let clusters = Arc::new(Clusters {
+        local: ClusterWatch::start(client.clone(), &sources.cluster, &KINDS, changed.clone()),
+        remotes: Mutex::default(),
+    });
+    follow_remotes(sources, client, clusters.clone(), changed.clone());
+    let mut updates = spawn_builder(clusters, changed);
+    let path = sources.kubeconfig.display().to_string();
+    info!(kubeconfig = %path, cluster = %sources.cluster, "listing the cluster");
+    match updates
+        .wait_for(Option::is_some)
         .await
         .ok()
         .and_then(|s| s.clone())
+    {
+        Some(snapshot) => Ok((snapshot, updates)),
+        None => Err(Error::Ended { path }),
+    }
 }
 
 /// A client for the cluster a kubeconfig file names.
@@ -120,70 +216,191 @@ pub async fn client(kubeconfig: &Path) -> Result<Client, Error> {
         path: path.clone(),
         source,
     })?;
+    client_of(file, &path).await
+}
+
+async fn client_of(file: Kubeconfig, path: &str) -> Result<Client, Error> {
     let config = kube::Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
         .await
         .map_err(|source| Error::Kubeconfig {
-            path: path.clone(),
+            path: path.to_string(),
             source,
         })?;
-    Client::try_from(config).map_err(|source| Error::Client { path, source })
+    Client::try_from(config).map_err(|source| Error::Client {
+        path: path.to_string(),
+        source,
+    })
+}
+
+/// Keeps the remote clusters' watches matching the directory and the
+/// secrets.
+fn follow_remotes(sources: &Sources, local: Client, clusters: Arc<Clusters>, changed: Arc<Notify>) {
+    let mut from_dir = sources.remote_dir.clone().map(remotes::follow_dir);
+    let mut from_secrets = sources
+        .remote_secrets
+        .as_deref()
+        .map(|ns| remotes::follow_secrets(local, ns));
+    if from_dir.is_none() && from_secrets.is_none() {
+        return;
+    }
+    let local_name = sources.cluster.clone();
+    tokio::spawn(async move {
+        loop {
+            let mut wanted = remotes::Wanted::default();
+            for rx in [&mut from_dir, &mut from_secrets].into_iter().flatten() {
+                let w = rx.borrow_and_update().clone();
+                for (name, text) in w.kubeconfigs {
+                    if name == local_name {
+                        wanted
+                            .problems
+                            .push(format!("cluster {name} is the local cluster"));
+                    } else if wanted.kubeconfigs.insert(name.clone(), text).is_some() {
+                        wanted
+                            .problems
+                            .push(format!("cluster {name} is named twice"));
+                    }
+                }
+                wanted.problems.extend(w.problems);
+            }
+            reconcile(&clusters, wanted, &changed).await;
+            let dir = async {
+                match &mut from_dir {
+                    Some(rx) => rx.changed().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let secrets = async {
+                match &mut from_secrets {
+                    Some(rx) => rx.changed().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let ended = tokio::select! {
+                r = dir => r.is_err(),
+                r = secrets => r.is_err(),
+            };
+            if ended {
+                return;
+            }
+        }
+    });
+}
+
+/// Starts, restarts and stops remote watches to match `wanted`.
+async fn reconcile(clusters: &Clusters, wanted: remotes::Wanted, changed: &Arc<Notify>) {
+    let current: BTreeMap<String, String> = {
+        let remotes = clusters.remotes.lock().unwrap_or_else(|p| p.into_inner());
+        remotes
+            .watches
+            .iter()
+            .map(|(k, r)| (k.clone(), r.kubeconfig.clone()))
+            .collect()
+    };
+    let mut started = Vec::new();
+    for (name, text) in &wanted.kubeconfigs {
+        if current.get(name) == Some(text) {
+            continue;
+        }
+        let origin = format!("remote cluster {name}");
+        let watch = match Kubeconfig::from_yaml(text) {
+            Ok(file) => client_of(file, &origin)
+                .await
+                .map(|client| {
+                    ClusterWatch::start(client, name, &KINDS[..DISCOVERY], changed.clone())
+                })
+                .map_err(|e| e.to_string()),
+            Err(source) => Err(Error::Kubeconfig {
+                path: origin,
+                source,
+            }
+            .to_string()),
+        };
+        match &watch {
+            Ok(_) => info!(cluster = %name, "following a remote cluster"),
+            Err(why) => warn!(cluster = %name, %why, "a remote cluster's kubeconfig is refused"),
+        }
+        started.push((
+            name.clone(),
+            Remote {
+                kubeconfig: text.clone(),
+                watch,
+            },
+        ));
+    }
+    for problem in &wanted.problems {
+        warn!(%problem, "a remote cluster's kubeconfig is refused");
+    }
+    let mut remotes = clusters.remotes.lock().unwrap_or_else(|p| p.into_inner());
+    let before = remotes.watches.len();
+    remotes
+        .watches
+        .retain(|name, _| wanted.kubeconfigs.contains_key(name));
+    if remotes.watches.len() != before {
+        info!(
+            clusters = before - remotes.watches.len(),
+            "remote clusters dropped"
+        );
+    }
+    remotes.watches.extend(started);
+    remotes.problems = wanted.problems;
+    drop(remotes);
+    changed.notify_one();
 }
 
 /// How long a burst of changes may settle before the model is rebuilt.
 const SETTLE: Duration = Duration::from_millis(50);
-/// How often a kind the cluster does not serve yet (Istio's CRDs not
-/// installed) is looked for again.
-const RETRY: Duration = Duration::from_secs(2);
 
-/// Watches every kind on `client`'s cluster and keeps the latest snapshot
-/// in the returned channel (`None` until every kind has been listed).
-pub fn spawn(client: Client, cluster: String) -> watch::Receiver<Option<Snapshot>> {
-    let (tx, rx) = watch::channel(None);
-    let store = Arc::new(Store::new(KINDS.len()));
-    let changed = Arc::new(Notify::new());
-    let connected = Arc::new(AtomicBool::new(true));
-    for (index, kind) in KINDS.iter().enumerate() {
-        tokio::spawn(watch_kind(
-            client.clone(),
-            kind,
-            index,
-            store.clone(),
-            changed.clone(),
-            connected.clone(),
-        ));
-    }
+/// Rebuilds the model whenever a cluster's objects change, once the local
+/// cluster has been listed, and sends it (`None` until then).
+fn spawn_builder(
+    clusters: Arc<Clusters>,
+    changed: Arc<Notify>,
+) -> channel::Receiver<Option<Snapshot>> {
+    let (tx, rx) = channel::channel(None);
     tokio::spawn(async move {
-        let judge = Arc::new(std::sync::Mutex::new(judge::Judge::new(
-            format!("kube:{cluster}").into(),
-        )));
+        let judges = Arc::new(Mutex::new(HashMap::<String, judge::Judge>::new()));
         loop {
             changed.notified().await;
             tokio::time::sleep(SETTLE).await;
-            if !store.all_listed() {
+            if !clusters.local.store.all_listed() {
                 continue;
             }
-            let objects = store.objects();
-            let judging = judge.clone();
+            let mut sets = vec![(
+                clusters.local.name.clone(),
+                true,
+                clusters.local.store.objects(),
+            )];
+            {
+                let remotes = clusters.remotes.lock().unwrap_or_else(|p| p.into_inner());
+                for (name, remote) in &remotes.watches {
+                    if let Ok(w) = &remote.watch
+                        && w.store.all_listed()
+                    {
+                        sets.push((name.clone(), false, w.store.objects()));
+                    }
+                }
+            }
+            let judging = judges.clone();
             let built = tokio::task::spawn_blocking(move || {
-                judging
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .judge(objects)
+                build(&mut judging.lock().unwrap_or_else(|p| p.into_inner()), sets)
             })
             .await;
-            let Ok(verdicts) = built else {
-                warn!("building the model from the cluster failed; keeping the last one");
+            let Ok((config, report, kept)) = built else {
+                warn!("building the model from the clusters failed; keeping the last one");
                 continue;
             };
-            let report = verdicts.report;
             if report.rejected() > 0 {
-                warn!(rejected = report.rejected(), kept = ?verdicts.kept, "objects left out (or kept at their last good version):\n{report}");
+                warn!(
+                    rejected = report.rejected(),
+                    ?kept,
+                    "objects left out (or kept at their last good version):\n{report}"
+                );
             }
             let snapshot = Snapshot {
-                config: Arc::new(verdicts.config),
+                config: Arc::new(config),
                 report: Arc::new(report),
-                kept: Arc::new(verdicts.kept),
-                connected: connected.clone(),
+                kept: Arc::new(kept),
+                clusters: clusters.clone(),
             };
             if tx.send(Some(snapshot)).is_err() {
                 return;
@@ -193,58 +410,176 @@ pub fn spawn(client: Client, cluster: String) -> watch::Receiver<Option<Snapshot
     rx
 }
 
-/// One kind's watch, for as long as the agent runs: listed, then watched,
-/// relisted after a 410 Gone or a lost connection (with backoff); a kind
-/// the cluster does not serve yet is looked for again.
-async fn watch_kind(
-    client: Client,
-    kind: &'static Kind,
-    index: usize,
-    store: Arc<Store>,
-    changed: Arc<Notify>,
-    connected: Arc<AtomicBool>,
-) {
-    let resource = loop {
-        match kind.resource(&client).await {
-            Some(resource) => break resource,
-            None => {
-                // Not served: nothing of this kind exists (yet).
-                if store.mark_listed(index) {
-                    changed.notify_one();
-                }
-                tokio::time::sleep(RETRY).await;
-            }
+/// Judges each cluster's objects on their own (so that one cluster's bad
+/// object is reported as its), then builds one model from what each has
+/// in force. `sets` are (cluster, local, objects), the local one first.
+fn build(
+    judges: &mut HashMap<String, judge::Judge>,
+    sets: Vec<(String, bool, Vec<Json>)>,
+) -> (Config, Report, Vec<String>) {
+    judges.retain(|name, _| sets.iter().any(|(n, _, _)| n == name));
+    let mut report = Report::default();
+    let mut kept = Vec::new();
+    let mut union = Vec::new();
+    let mut local_namespaces = BTreeSet::new();
+    let mut only = None;
+    let count = sets.len();
+    for (name, local, objects) in sets {
+        let objects: Vec<Json> = objects
+            .into_iter()
+            .filter_map(|o| place(o, &name, local))
+            .filter(|o| local || !local_namespaces.contains(&namespace_name(o)))
+            .collect();
+        if local {
+            local_namespaces.extend(objects.iter().map(namespace_name).filter(|n| !n.is_empty()));
         }
+        let judge = judges
+            .entry(name.clone())
+            .or_insert_with(|| judge::Judge::new(format!("kube:{name}").into()));
+        let verdicts = judge.judge(objects);
+        report.objects.extend(verdicts.report.objects);
+        report.files.extend(verdicts.report.files);
+        kept.extend(verdicts.kept.into_iter().map(|k| match local {
+            true => k,
+            false => format!("{name}: {k}"),
+        }));
+        if count == 1 {
+            only = Some(verdicts.config);
+        } else {
+            union.extend(verdicts.in_force);
+        }
+    }
+    let config = match only {
+        Some(config) => config,
+        None => strait_config::check_objects(Path::new("kube:all"), union).1,
     };
-    info!(kind = kind.kind, version = %resource.version, "watching");
-    let api: Api<DynamicObject> = Api::all_with(client, &resource);
-    let mut events = watcher(api, watcher::Config::default())
-        .backoff(Retry { next: RETRY_FIRST })
-        .boxed();
-    while let Some(event) = events.next().await {
-        if event.is_ok() && !connected.swap(true, Ordering::Relaxed) {
-            info!(kind = kind.kind, "the API server answers again");
+    (config, report, kept)
+}
+
+/// The name of a Namespace object, empty for other kinds.
+fn namespace_name(object: &Json) -> String {
+    match object["kind"].as_str() {
+        Some("Namespace") => object["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        _ => String::new(),
+    }
+}
+
+/// An object as the model takes it from `cluster`: nodes carry their
+/// cluster's label; a remote cluster's nodes are renamed
+/// `<node>.<cluster>` (and its pods' `nodeName` with them), and its pods
+/// carry the label too. `None` for what a remote cluster does not give.
+fn place(mut object: Json, cluster: &str, local: bool) -> Option<Json> {
+    let kind = object["kind"].as_str().unwrap_or_default().to_string();
+    match kind.as_str() {
+        "Node" => {
+            if !local && let Some(name) = object["metadata"]["name"].as_str() {
+                object["metadata"]["name"] = json!(format!("{name}.{cluster}"));
+            }
+            label(&mut object, cluster);
         }
-        match event {
-            Ok(watcher::Event::Init) => store.begin_relist(index),
-            Ok(watcher::Event::InitApply(object)) => store.put(index, kind, &resource, object),
-            Ok(watcher::Event::InitDone) => {
-                store.end_relist(index);
-                changed.notify_one();
+        "Pod" if !local => {
+            if let Some(node) = object["spec"]["nodeName"].as_str() {
+                object["spec"]["nodeName"] = json!(format!("{node}.{cluster}"));
             }
-            Ok(watcher::Event::Apply(object)) => {
-                store.put(index, kind, &resource, object);
-                changed.notify_one();
-            }
-            Ok(watcher::Event::Delete(object)) => {
-                store.delete(index, &object);
-                changed.notify_one();
-            }
-            Err(err) => {
-                if connected.swap(false, Ordering::Relaxed) {
-                    warn!(kind = kind.kind, %err, "the API server is away; the last config stays in force");
-                }
-            }
+            label(&mut object, cluster);
         }
+        "Namespace" | "Pod" | "Service" => {}
+        _ if !local => return None,
+        _ => {}
+    }
+    Some(object)
+}
+
+/// Adds the cluster label unless the object has one.
+fn label(object: &mut Json, cluster: &str) {
+    let metadata = &mut object["metadata"];
+    if !metadata["labels"].is_object() {
+        metadata["labels"] = json!({});
+    }
+    if let Some(labels) = metadata["labels"].as_object_mut() {
+        labels
+            .entry(CLUSTER_LABEL)
+            .or_insert_with(|| json!(cluster));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str) -> Json {
+        json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}})
+    }
+
+    fn pod(name: &str, node: &str, ip: &str) -> Json {
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "shop", "labels": {"app": "web"}},
+            "spec": {"nodeName": node, "serviceAccountName": "web", "containers": []},
+            "status": {"phase": "Running", "podIP": ip,
+                "conditions": [{"type": "Ready", "status": "True"}]},
+        })
+    }
+
+    fn namespace(labels: Json) -> Json {
+        json!({"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": "shop", "labels": labels}})
+    }
+
+    #[test]
+    fn a_remote_clusters_pods_are_its_own_and_never_this_nodes() {
+        let mesh = json!({"istio.io/dataplane-mode": "ambient"});
+        let sets = vec![
+            (
+                "c1".to_string(),
+                true,
+                vec![
+                    namespace(mesh.clone()),
+                    node("n1"),
+                    pod("a", "n1", "10.1.0.2"),
+                ],
+            ),
+            (
+                "c2".to_string(),
+                false,
+                // The same node name as the local one; the remote copy of
+                // the namespace does not override the local one.
+                vec![namespace(json!({})), node("n1"), pod("b", "n1", "10.2.0.2")],
+            ),
+        ];
+        let (config, report, kept) = build(&mut HashMap::new(), sets);
+        assert_eq!(report.rejected(), 0, "{report}");
+        assert!(kept.is_empty());
+        let on_n1: Vec<&str> = config.workloads_on("n1").map(|w| w.name.as_str()).collect();
+        assert_eq!(on_n1, ["a"]);
+        let b = config.workloads.iter().find(|w| w.name == "b").unwrap();
+        assert_eq!(b.node.as_deref(), Some("n1.c2"));
+        assert_eq!(b.labels.get(CLUSTER_LABEL).map(String::as_str), Some("c2"));
+        assert!(config.enrolled(b), "the local namespace's label applies");
+        assert_eq!(
+            config.nodes["n1"]
+                .labels
+                .get(CLUSTER_LABEL)
+                .map(String::as_str),
+            Some("c1")
+        );
+        assert_eq!(
+            config.nodes["n1.c2"]
+                .labels
+                .get(CLUSTER_LABEL)
+                .map(String::as_str),
+            Some("c2")
+        );
+    }
+
+    #[test]
+    fn a_remote_clusters_istio_config_is_not_taken() {
+        let rule = json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+            "metadata": {"name": "r", "namespace": "shop"}, "spec": {"host": "web"}});
+        assert!(place(rule.clone(), "c2", false).is_none());
+        assert!(place(rule, "c1", true).is_some());
     }
 }

@@ -402,6 +402,8 @@ pub struct Mesh<'t> {
     bin_dir: PathBuf,
     /// The running CA replica of each network.
     cas: Mutex<BTreeMap<String, CaReplica>>,
+    /// Where the CA runs, instead of each network's first node.
+    ca_node: Option<String>,
 }
 
 /// A running `strait-ca serve`.
@@ -434,6 +436,7 @@ impl<'t> Mesh<'t> {
             kubeconfig: None,
             bin_dir,
             cas: Mutex::new(BTreeMap::new()),
+            ca_node: None,
         })
     }
 
@@ -444,6 +447,15 @@ impl<'t> Mesh<'t> {
             kubeconfig: Some(kubeconfig),
             ..Self::new(topo)?
         })
+    }
+
+    /// This mesh's CA runs on `node` (a second cluster's own CA, sharing
+    /// the first one's root).
+    pub fn with_ca_on(self, node: &str) -> Self {
+        Self {
+            ca_node: Some(node.to_owned()),
+            ..self
+        }
     }
 
     /// The flag and value that tell a binary where the config is.
@@ -469,7 +481,10 @@ impl<'t> Mesh<'t> {
             .topo
             .nodes()
             .iter()
-            .find(|n| n.spec.network == network)
+            .find(|n| match &self.ca_node {
+                Some(name) => n.name() == name,
+                None => n.spec.network == network,
+            })
             .ok_or_else(|| format!("no node on network {network}"))?;
         let ca = self.start_ca(node.name(), &self.ca_dir, CA_PORT, &[])?;
         let addr = ca.addr;
@@ -695,6 +710,21 @@ impl<'t> Mesh<'t> {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The body of the agent's readiness endpoint, from its node.
+    pub fn readiness(&self, node: &str) -> Result<String> {
+        let out = self.topo.node(node)?.run_ok(
+            &[
+                "curl",
+                "-sf",
+                "--max-time",
+                "3",
+                "http://127.0.0.1:15021/healthz/ready",
+            ],
+            Duration::from_secs(10),
+        )?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// The agent's Prometheus metrics, from its node.

@@ -285,6 +285,11 @@ fn an_api_server_restart_drops_nothing_and_later_changes_apply() -> Result<()> {
         mesh.wait_state("n2", "b", WAIT, |s| s == "captured")?.0,
         "captured"
     );
+    let ready = mesh.readiness("n2")?;
+    assert!(
+        ready.contains("cluster Kubernetes: API server away; what it last listed is in force"),
+        "readiness: {ready}"
+    );
 
     let up = api.restart()?;
     let back = Instant::now();

@@ -1,0 +1,250 @@
+//! Two clusters on one network, each with its own API server, etcd and CA
+//! (sharing one root): a Service named alike in both is one service whose
+//! endpoints carry their cluster. A client in cluster 1 keeps to its own
+//! zone's endpoint, fails over to cluster 2's when that one is gone, with
+//! no failed connection, and goes on reaching cluster 2's known endpoints
+//! while cluster 2's API server is stopped (marked stale meanwhile).
+use std::{
+    net::IpAddr,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use serde_json::json;
+use strait_e2e::{
+    Load, Mesh, Result, connections, http_server, kube::ApiServer, metric_sum, monotonic_now,
+    node_yaml, require_root,
+};
+use strait_topology::{Locality, Pod, Spec, Topology};
+
+const WAIT: Duration = Duration::from_secs(30);
+const CONNECTIONS: u32 = 2_000;
+
+/// n1 (client) and n2 (near) in cluster c1, zone r1/z1; n3 (far) in c2,
+/// zone r1/z2.
+fn spec() -> Spec {
+    Spec::new()
+        .node("n1", "c1", "net1", Locality::new("r1", "z1", ""))
+        .node("n2", "c1", "net1", Locality::new("r1", "z1", ""))
+        .node("n3", "c2", "net1", Locality::new("r1", "z2", ""))
+        .pod("client", "n1")
+        .pod("near", "n2")
+        .pod("far", "n3")
+}
+
+/// The namespace, a Service `web`, and `pods` (name, node, labels) with
+/// their ServiceAccounts.
+fn objects(nodes: &[(&str, &str)], pods: &[(&Pod, &str)]) -> String {
+    let mut yaml = String::from(
+        "apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {istio.io/dataplane-mode: ambient}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+---
+",
+    );
+    for (node, zone) in nodes {
+        yaml.push_str(&node_yaml(node, "r1", zone));
+    }
+    for (pod, app) in pods {
+        yaml.push_str(&format!(
+            "apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: {name}, namespace: shop}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, namespace: shop, labels: {{app: {app}}}}}
+spec:
+  nodeName: {node}
+  serviceAccountName: {name}
+  automountServiceAccountToken: false
+  containers: [{{name: app, image: none}}]
+---
+",
+            name = pod.name,
+            node = pod.node,
+        ));
+    }
+    yaml
+}
+
+fn make_ready(api: &ApiServer, pod: &Pod) -> Result<()> {
+    api.request(
+        "PATCH",
+        &format!("/api/v1/namespaces/shop/pods/{}/status", pod.name),
+        &json!({"status": {
+            "phase": "Running",
+            "podIP": pod.ipv4.to_string(),
+            "podIPs": [{"ip": pod.ipv4.to_string()}],
+            "conditions": [{"type": "Ready", "status": "True"}],
+        }}),
+    )?;
+    Ok(())
+}
+
+/// A directory holding one kubeconfig, named after its cluster.
+fn remote_dir(dir: &Path, cluster: &str, kubeconfig: &Path) -> Result<String> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::copy(kubeconfig, dir.join(cluster))?;
+    Ok(dir.display().to_string())
+}
+
+fn check(load: &Load, to: &str, step: &str) {
+    println!(
+        "{step}: {} connections in {:.1}s, answers {:?}, failed {}",
+        load.total(),
+        load.seconds,
+        load.answers,
+        load.failures
+    );
+    assert_eq!(load.failures, 0, "{step}: failures {:?}", load.errors);
+    assert_eq!(load.count(&[to]), load.total(), "{step}: {:?}", load.answers);
+    assert_eq!(load.total(), u64::from(CONNECTIONS), "{step}");
+}
+
+#[test]
+fn a_service_spans_two_clusters_and_fails_over_between_them() -> Result<()> {
+    require_root();
+    let topo = Topology::create(spec())?;
+    let (n1, n3) = (topo.node("n1")?, topo.node("n3")?);
+    let (client, near, far) = (topo.pod("client")?, topo.pod("near")?, topo.pod("far")?);
+    let api1 = ApiServer::start(&n1.place, n1.addrs.ipv4.into(), "c1")?;
+    let mut api2 = ApiServer::start(&n3.place, n3.addrs.ipv4.into(), "c2")?;
+    api1.apply(&objects(
+        &[("n1", "z1"), ("n2", "z1")],
+        &[(client, "client"), (near, "web")],
+    ))?;
+    api2.apply(&objects(&[("n3", "z2")], &[(far, "web")]))?;
+
+    // Each cluster's agents and CA read their own API server; the agents
+    // read the other cluster's too. The CAs share one root.
+    let (kube1, kube2) = (api1.strait_kubeconfig()?, api2.strait_kubeconfig()?);
+    let mesh1 = Mesh::with_cluster(&topo, kube1.clone())?;
+    let mesh2 = Mesh::with_cluster(&topo, kube2.clone())?.with_ca_on("n3");
+    let scratch = topo.scratch_dir();
+    let to_c2 = remote_dir(&scratch.join("remotes-c1"), "c2", &kube2)?;
+    let to_c1 = remote_dir(&scratch.join("remotes-c2"), "c1", &kube1)?;
+    let in_c1 = [("--cluster", "c1"), ("--remote-kubeconfigs", to_c2.as_str())];
+    let in_c2 = [("--cluster", "c2"), ("--remote-kubeconfigs", to_c1.as_str())];
+    let _agents = [
+        mesh1.start_agent("n1", &in_c1)?,
+        mesh1.start_agent("n2", &in_c1)?,
+        mesh2.start_agent("n3", &in_c2)?,
+    ];
+    let written = Instant::now();
+    for pod in [client, near] {
+        make_ready(&api1, pod)?;
+    }
+    make_ready(&api2, far)?;
+    mesh1.wait_state("n1", "client", WAIT, |s| s == "captured")?;
+    mesh1.wait_state("n2", "near", WAIT, |s| s == "captured")?;
+    mesh2.wait_state("n3", "far", WAIT, |s| s == "captured")?;
+    println!(
+        "client, near and far enrolled {:.2} s after their status was written",
+        written.elapsed().as_secs_f64()
+    );
+
+    // Cluster 1's address of the service; cluster 2 gave it another.
+    let vip: IpAddr = api1
+        .kubectl_ok(&[
+            "-n",
+            "shop",
+            "get",
+            "service",
+            "web",
+            "-o",
+            "jsonpath={.spec.clusterIP}",
+        ])?
+        .trim()
+        .parse()?;
+    let deadline = Instant::now() + WAIT;
+    let endpoints = loop {
+        let text = mesh1.straitctl("n1", &["endpoints", "web.shop", "--port", "80"])?;
+        if text.contains(&far.ipv4.to_string()) && text.contains(&near.ipv4.to_string()) {
+            break text;
+        }
+        if Instant::now() > deadline {
+            return Err(format!("n1 does not see both clusters' endpoints:\n{text}").into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    println!("{endpoints}");
+    let row = |text: &str, pod: &Pod| {
+        text.lines()
+            .find(|l| l.starts_with(&pod.ipv4.to_string()))
+            .map(str::to_owned)
+            .unwrap_or_default()
+    };
+    assert!(row(&endpoints, near).contains(" c1 "), "{endpoints}");
+    assert!(row(&endpoints, far).contains(" c2 "), "{endpoints}");
+    // A remote node is named after its cluster too: no remote pod is ever
+    // taken for one of this node's.
+    let report = mesh1.admin("n1", "/endpoints?service=web.shop&port=80")?;
+    let far_node = report["endpoints"]
+        .as_array()
+        .and_then(|all| all.iter().find(|e| e["workload"] == "shop/far"))
+        .map(|e| e["node"].clone());
+    assert_eq!(far_node, Some(json!("n3.c2")), "{report}");
+
+    let mut near_server = http_server(&near.place, 8080, "near")?;
+    let _far_server = http_server(&far.place, 8080, "far")?;
+    let got = connections(&client.place, vip, 80, CONNECTIONS, 8, 0.0)?;
+    check(&got, "near", "both clusters up");
+
+    // Cluster 1's endpoint is gone: cluster 2's takes every connection.
+    near_server.kill()?;
+    let killed = monotonic_now();
+    let got = connections(&client.place, vip, 80, CONNECTIONS, 8, killed)?;
+    check(&got, "far", "cluster 1's endpoint killed");
+    println!(
+        "first connection served by cluster 2 {:.0} ms after the kill",
+        got.first_of(&["far"]).unwrap_or(f64::NAN)
+    );
+
+    // Cluster 2's API server stops: what it last listed stays in force,
+    // marked stale, and its endpoint goes on serving.
+    api2.stop()?;
+    let stopped = Instant::now();
+    while metric_sum(
+        &mesh1.metrics("n1")?,
+        "strait_cluster_connected",
+        &["cluster=\"c2\""],
+    ) != 0
+    {
+        if stopped.elapsed() > WAIT {
+            return Err("n1's agent did not notice cluster 2's API server was away".into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!(
+        "n1 reported cluster 2's API server away after {:.2} s",
+        stopped.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        metric_sum(
+            &mesh1.metrics("n1")?,
+            "strait_cluster_connected",
+            &["cluster=\"c1\""]
+        ),
+        1
+    );
+    let ready = mesh1.readiness("n1")?;
+    assert!(
+        ready.contains("cluster c2: API server away"),
+        "readiness: {ready}"
+    );
+    let endpoints = mesh1.straitctl("n1", &["endpoints", "web.shop", "--port", "80"])?;
+    println!("{endpoints}");
+    assert!(row(&endpoints, far).ends_with("(stale)"), "{endpoints}");
+    assert!(!row(&endpoints, near).ends_with("(stale)"), "{endpoints}");
+    let got = connections(&client.place, vip, 80, CONNECTIONS, 8, 0.0)?;
+    check(&got, "far", "cluster 2's API server stopped");
+    Ok(())
+}

@@ -375,6 +375,16 @@ spec:
         )
     };
     accepted(&dr("{app.kubernetes.io/name: reviews, tier: ''}"));
+    let many = |n: usize| {
+        let pairs: Vec<String> = (0..n).map(|i| format!("l{i}: v")).collect();
+        format!("{{{}}}", pairs.join(", "))
+    };
+    accepted(&dr(&many(strait_config::MAX_LABELS)));
+    rejected(
+        &dr(&many(strait_config::MAX_LABELS + 1)),
+        "metadata.labels",
+        "has 129 labels; at most 128",
+    );
     rejected(
         &dr("{'bad key!': x}"),
         "metadata.labels.bad key!",

@@ -52,6 +52,10 @@ enum Command {
         #[arg(short = 'f', long = "filename")]
         path: PathBuf,
     },
+    /// Prints the CustomResourceDefinitions of the Istio kinds strait
+    /// reads, for `straitctl crds | kubectl apply -f -` where Istio's are
+    /// not installed.
+    Crds,
 }
 
 #[derive(Deserialize)]
@@ -118,6 +122,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Validate { path } => validate::run(path, cli.json),
+        Command::Crds => {
+            use std::io::Write;
+            std::io::stdout()
+                .write_all(strait_crds::render(cli.json).as_bytes())
+                .map(|()| ExitCode::SUCCESS)
+                .context("writing the CRDs")
+        }
         Command::Capture => inspect(&cli, "/capture", |body| {
             Ok(render_capture(&serde_json::from_str(body)?))
         }),

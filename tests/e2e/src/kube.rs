@@ -257,6 +257,14 @@ subjects: [{kind: ServiceAccount, name: strait, namespace: kube-system}]
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// Writes `text` to a new file of this control plane's directory; its
+    /// path.
+    pub fn scratch_file(&self, name: &str, text: &str) -> Result<String> {
+        let file = self.dir.join(format!("{}-{name}", random_token()?));
+        std::fs::write(&file, text)?;
+        Ok(file.display().to_string())
+    }
+
     /// `kubectl apply -f` of `yaml`.
     pub fn apply(&self, yaml: &str) -> Result<String> {
         let file = self.dir.join(format!("apply-{}.yaml", random_token()?));

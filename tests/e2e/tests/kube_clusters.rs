@@ -105,7 +105,12 @@ fn check(load: &Load, to: &str, step: &str) {
         load.failures
     );
     assert_eq!(load.failures, 0, "{step}: failures {:?}", load.errors);
-    assert_eq!(load.count(&[to]), load.total(), "{step}: {:?}", load.answers);
+    assert_eq!(
+        load.count(&[to]),
+        load.total(),
+        "{step}: {:?}",
+        load.answers
+    );
     assert_eq!(load.total(), u64::from(CONNECTIONS), "{step}");
 }
 
@@ -131,8 +136,14 @@ fn a_service_spans_two_clusters_and_fails_over_between_them() -> Result<()> {
     let scratch = topo.scratch_dir();
     let to_c2 = remote_dir(&scratch.join("remotes-c1"), "c2", &kube2)?;
     let to_c1 = remote_dir(&scratch.join("remotes-c2"), "c1", &kube1)?;
-    let in_c1 = [("--cluster", "c1"), ("--remote-kubeconfigs", to_c2.as_str())];
-    let in_c2 = [("--cluster", "c2"), ("--remote-kubeconfigs", to_c1.as_str())];
+    let in_c1 = [
+        ("--cluster", "c1"),
+        ("--remote-kubeconfigs", to_c2.as_str()),
+    ];
+    let in_c2 = [
+        ("--cluster", "c2"),
+        ("--remote-kubeconfigs", to_c1.as_str()),
+    ];
     let _agents = [
         mesh1.start_agent("n1", &in_c1)?,
         mesh1.start_agent("n2", &in_c1)?,

@@ -28,6 +28,10 @@ use crate::{
 
 /// The DNS domain of Kubernetes services.
 pub const CLUSTER_DOMAIN: &str = "cluster.local";
+/// Labels on one object (or in one selector). Kubernetes sets no limit,
+/// but every agent keeps every pod's labels and matches selectors against
+/// them: a few dozen is usual, hundreds is a mistake or an attack.
+pub const MAX_LABELS: usize = 128;
 
 /// Problems found in one object, placed at their lines.
 pub(crate) struct Findings<'a> {
@@ -124,6 +128,11 @@ impl<'a> Findings<'a> {
 
     /// Label keys and values, as Kubernetes checks them.
     fn labels(&mut self, path: &str, labels: &Labels) {
+        if labels.len() > MAX_LABELS {
+            let why = format!("has {} labels; at most {MAX_LABELS}", labels.len());
+            self.reject(path, &why);
+            return;
+        }
         for (key, value) in labels {
             let at = format!("{path}.{key}");
             if let Err(why) =
@@ -138,6 +147,11 @@ impl<'a> Findings<'a> {
     /// labels exactly); none at all selects every workload, which is
     /// likely a mistake.
     fn selector(&mut self, path: &str, labels: &Labels) {
+        if labels.len() > MAX_LABELS {
+            let why = format!("has {} labels; at most {MAX_LABELS}", labels.len());
+            self.reject(path, &why);
+            return;
+        }
         for (key, value) in labels {
             let at = format!("{path}.{key}");
             if key.contains('*') || value.contains('*') {

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::Labels;
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct WorkloadEntrySpec {
     pub address: Option<String>,
@@ -20,6 +21,7 @@ pub struct WorkloadEntrySpec {
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct ServiceEntrySpec {
     pub hosts: Vec<String>,
@@ -34,6 +36,7 @@ pub struct ServiceEntrySpec {
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct ServicePort {
     pub number: u32,
@@ -43,12 +46,14 @@ pub struct ServicePort {
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct WorkloadSelector {
     pub labels: Labels,
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct WorkloadGroupSpec {
     pub metadata: Option<GroupMetadata>,
@@ -57,6 +62,7 @@ pub struct WorkloadGroupSpec {
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct GroupMetadata {
     pub labels: Labels,
@@ -64,6 +70,7 @@ pub struct GroupMetadata {
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct Probe {
     pub initial_delay_seconds: Option<u32>,
@@ -78,6 +85,7 @@ pub struct Probe {
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct HttpGet {
     pub path: Option<String>,
@@ -88,6 +96,7 @@ pub struct HttpGet {
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct NameValue {
     pub name: String,
@@ -95,6 +104,7 @@ pub struct NameValue {
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct TcpSocket {
     pub host: Option<String>,
@@ -102,12 +112,14 @@ pub struct TcpSocket {
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct Exec {
     pub command: Vec<String>,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct GrpcProbe {
     pub port: u32,
@@ -115,6 +127,7 @@ pub struct GrpcProbe {
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct DestinationRuleSpec {
     pub host: String,
@@ -127,6 +140,7 @@ pub struct DestinationRuleSpec {
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct Subset {
     pub name: String,
@@ -135,6 +149,7 @@ pub struct Subset {
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct TrafficPolicy {
     pub load_balancer: Option<LoadBalancer>,
@@ -148,6 +163,7 @@ pub struct TrafficPolicy {
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct RetryBudget {
     pub percent: Option<Percent>,
@@ -155,6 +171,7 @@ pub struct RetryBudget {
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct PortTrafficPolicy {
     pub port: Option<PortSelector>,
@@ -165,12 +182,14 @@ pub struct PortTrafficPolicy {
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct PortSelector {
     pub number: u32,
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct LoadBalancer {
     pub simple: Option<String>,
@@ -181,6 +200,7 @@ pub struct LoadBalancer {
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct ConsistentHash {
     pub http_header_name: Option<String>,
@@ -193,6 +213,7 @@ pub struct ConsistentHash {
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpCookie {
     pub name: String,
@@ -202,6 +223,7 @@ pub struct HttpCookie {
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct NameValueOpt {
     pub name: String,
@@ -209,18 +231,21 @@ pub struct NameValueOpt {
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct RingHash {
     pub minimum_ring_size: Option<u64>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct Maglev {
     pub table_size: Option<u64>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct Warmup {
     pub duration: Option<String>,
@@ -229,6 +254,7 @@ pub struct Warmup {
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct LocalityLbSetting {
     pub distribute: Vec<Distribute>,
@@ -238,6 +264,7 @@ pub struct LocalityLbSetting {
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct Distribute {
     pub from: String,
@@ -245,6 +272,7 @@ pub struct Distribute {
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct Failover {
     pub from: String,
@@ -252,6 +280,7 @@ pub struct Failover {
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct ConnectionPool {
     pub tcp: Option<TcpSettings>,
@@ -259,6 +288,7 @@ pub struct ConnectionPool {
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct TcpSettings {
     pub max_connections: Option<u32>,
@@ -269,6 +299,7 @@ pub struct TcpSettings {
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct TcpKeepalive {
     pub probes: Option<u32>,
@@ -277,6 +308,7 @@ pub struct TcpKeepalive {
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct HttpSettings {
     pub http1_max_pending_requests: Option<u32>,
@@ -292,6 +324,7 @@ pub struct HttpSettings {
 
 /// HTTP/2 PING keepalive (Istio 1.29).
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct Http2KeepAlive {
     pub interval: Option<String>,
@@ -299,6 +332,7 @@ pub struct Http2KeepAlive {
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct OutlierDetection {
     pub split_external_local_origin_errors: Option<bool>,
@@ -314,6 +348,7 @@ pub struct OutlierDetection {
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct ClientTls {
     pub mode: Option<String>,
@@ -328,6 +363,7 @@ pub struct ClientTls {
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct Tunnel {
     pub protocol: Option<String>,
@@ -336,12 +372,14 @@ pub struct Tunnel {
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct ProxyProtocol {
     pub version: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct VirtualServiceSpec {
     pub hosts: Vec<String>,
@@ -353,6 +391,7 @@ pub struct VirtualServiceSpec {
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct HttpRoute {
     pub name: Option<String>,
@@ -375,6 +414,7 @@ pub struct HttpRoute {
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct Redirect {
     pub uri: Option<String>,
@@ -386,6 +426,7 @@ pub struct Redirect {
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct DirectResponse {
     pub status: u32,
@@ -393,6 +434,7 @@ pub struct DirectResponse {
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct Body {
     pub string: Option<String>,
@@ -400,6 +442,7 @@ pub struct Body {
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct Delegate {
     pub name: String,
@@ -407,6 +450,7 @@ pub struct Delegate {
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct Rewrite {
     pub uri: Option<String>,
@@ -415,6 +459,7 @@ pub struct Rewrite {
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct RegexRewrite {
     #[serde(rename = "match")]
@@ -423,6 +468,7 @@ pub struct RegexRewrite {
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct Mirror {
     pub destination: Option<Destination>,
@@ -430,6 +476,7 @@ pub struct Mirror {
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct CorsPolicy {
     pub allow_origin: Vec<String>,
@@ -443,6 +490,7 @@ pub struct CorsPolicy {
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct HttpMatch {
     pub name: Option<String>,
@@ -462,6 +510,7 @@ pub struct HttpMatch {
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct StringMatch {
     pub exact: Option<String>,
@@ -470,6 +519,7 @@ pub struct StringMatch {
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct RouteDestination {
     pub destination: Destination,
@@ -478,6 +528,7 @@ pub struct RouteDestination {
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct Destination {
     pub host: String,
@@ -486,6 +537,7 @@ pub struct Destination {
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct Headers {
     pub request: Option<HeaderOperations>,
@@ -493,6 +545,7 @@ pub struct Headers {
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct HeaderOperations {
     pub set: BTreeMap<String, String>,
@@ -501,6 +554,7 @@ pub struct HeaderOperations {
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct Retries {
     pub attempts: Option<i64>,
@@ -512,6 +566,7 @@ pub struct Retries {
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct Fault {
     pub delay: Option<FaultDelay>,
@@ -519,6 +574,7 @@ pub struct Fault {
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct FaultDelay {
     pub fixed_delay: Option<String>,
@@ -528,6 +584,7 @@ pub struct FaultDelay {
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct FaultAbort {
     pub http_status: Option<u32>,
@@ -537,12 +594,14 @@ pub struct FaultAbort {
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct Percent {
     pub value: f64,
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsRoute {
     #[serde(rename = "match")]
@@ -552,6 +611,7 @@ pub struct TlsRoute {
 
 /// A TCP or TLS route's destination (no header operations at L4).
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct L4RouteDestination {
     pub destination: Destination,
@@ -559,6 +619,7 @@ pub struct L4RouteDestination {
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct TlsMatch {
     pub sni_hosts: Vec<String>,
@@ -570,6 +631,7 @@ pub struct TlsMatch {
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct TcpRoute {
     #[serde(rename = "match")]
@@ -578,6 +640,7 @@ pub struct TcpRoute {
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct L4Match {
     pub destination_subnets: Vec<String>,
@@ -589,6 +652,7 @@ pub struct L4Match {
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct GatewaySpec {
     pub selector: Labels,
@@ -596,6 +660,7 @@ pub struct GatewaySpec {
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct GatewayServer {
     pub port: Option<ServicePort>,
@@ -607,6 +672,7 @@ pub struct GatewayServer {
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct ServerTls {
     pub https_redirect: Option<bool>,
@@ -627,6 +693,7 @@ pub struct ServerTls {
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct TlsCertificate {
     pub server_certificate: Option<String>,

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::Labels;
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct PeerAuthenticationSpec {
     pub selector: Option<Selector>,
@@ -14,18 +15,21 @@ pub struct PeerAuthenticationSpec {
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct Selector {
     pub match_labels: Labels,
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct Mtls {
     pub mode: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct AuthorizationPolicySpec {
     pub selector: Option<Selector>,
@@ -37,6 +41,7 @@ pub struct AuthorizationPolicySpec {
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct TargetRef {
     pub group: Option<String>,
@@ -46,12 +51,14 @@ pub struct TargetRef {
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct Provider {
     pub name: String,
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct Rule {
     pub from: Vec<From>,
@@ -60,12 +67,14 @@ pub struct Rule {
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct From {
     pub source: Source,
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct Source {
     pub principals: Vec<String>,
@@ -83,12 +92,14 @@ pub struct Source {
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct To {
     pub operation: Operation,
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct Operation {
     pub hosts: Vec<String>,
@@ -102,6 +113,7 @@ pub struct Operation {
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct Condition {
     pub key: String,
@@ -110,6 +122,7 @@ pub struct Condition {
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct RequestAuthenticationSpec {
     pub selector: Option<Selector>,
@@ -119,6 +132,7 @@ pub struct RequestAuthenticationSpec {
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct JwtRule {
     pub issuer: String,
@@ -136,6 +150,7 @@ pub struct JwtRule {
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct JwtHeader {
     pub name: String,
@@ -143,6 +158,7 @@ pub struct JwtHeader {
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct ClaimToHeader {
     pub header: String,

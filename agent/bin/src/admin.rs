@@ -221,10 +221,20 @@ async fn route(
     }
 }
 
-/// Ready, and which clusters' API servers are away: the agent serves
-/// what they last listed meanwhile.
+/// Ready, and which clusters' API servers are away (the agent serves
+/// what they last listed meanwhile) and which certificate requests fail
+/// (the current certificates stay in use, requests are retried).
 fn readiness_details(state: &State) -> String {
     let mut out = String::from("ready\n");
+    for (identity, why) in state.certs.failing() {
+        let held = match state.certs.current(&identity) {
+            Some(_) => "the current certificate stays in use",
+            None => "no certificate yet",
+        };
+        out.push_str(&format!(
+            "certificate {identity}: the CA request fails, retrying ({held}): {why}\n"
+        ));
+    }
     for cluster in state
         .proxy
         .metrics

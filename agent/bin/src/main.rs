@@ -66,6 +66,11 @@ struct Args {
         default_value = "/var/lib/strait/node"
     )]
     credential_dir: PathBuf,
+    /// The agent's projected ServiceAccount token (Kubernetes): sent to the
+    /// CA instead of a node certificate, read again for every request;
+    /// `--credential-dir` then needs only the roots (`strait-ca roots`).
+    #[arg(long, env = "STRAIT_CA_TOKEN")]
+    ca_token: Option<PathBuf>,
     /// Lifetime of workload certificates (rotated at half life).
     #[arg(long, default_value = "24h", value_parser = strait_config::duration::parse)]
     cert_lifetime: Duration,
@@ -207,6 +212,7 @@ async fn run(args: Args) -> Result<()> {
         args.ca_addr.clone(),
         Some(AGENT_MARK),
         CA_TIMEOUT,
+        args.ca_token.clone(),
     )
     .with_context(|| {
         format!(
@@ -216,6 +222,7 @@ async fn run(args: Args) -> Result<()> {
     })?;
     let certs =
         CertManager::new(Arc::new(ca), args.cert_lifetime).context("setting up certificates")?;
+    metrics.follow_certs(certs.clone());
 
     let board = Arc::new(strait_health::Board::new(&args.status_dir));
     board.refresh();

@@ -157,6 +157,10 @@ pub struct Metrics {
     /// scraped; none with a config directory).
     cluster_connected: Family<ClusterLabels, Gauge>,
     clusters: Mutex<Option<Arc<strait_kube::Clusters>>>,
+    /// Identities whose last certificate request failed (read when
+    /// scraped): the CA is away or refuses, current certificates are kept.
+    certs_failing: Gauge,
+    certs: Mutex<Option<Arc<strait_identity::CertManager>>>,
     /// This node's workloads in the mesh, fully enrolled or not yet.
     workloads: Family<WorkloadLabels, Gauge>,
     enrollment_failures: Counter,
@@ -260,6 +264,12 @@ impl Metrics {
             "Per cluster followed: whether its API server answers (1), or what it last listed stays in force without it (0)",
             cluster_connected.clone(),
         );
+        let certs_failing = Gauge::default();
+        registry.register(
+            "strait_certificate_requests_failing",
+            "Identities whose last certificate request failed (the CA is away or refuses); their current certificates stay in use",
+            certs_failing.clone(),
+        );
         let last_reload_ok = Gauge::default();
         last_reload_ok.set(1);
         registry.register(
@@ -305,6 +315,8 @@ impl Metrics {
             left_out,
             cluster_connected,
             clusters: Mutex::new(None),
+            certs_failing,
+            certs: Mutex::new(None),
             registry,
         }
     }
@@ -349,6 +361,11 @@ impl Metrics {
         *self.clusters.lock().unwrap_or_else(|p| p.into_inner()) = Some(clusters);
     }
 
+    /// Reports failing certificate requests as they are when scraped.
+    pub fn follow_certs(&self, certs: Arc<strait_identity::CertManager>) {
+        *self.certs.lock().unwrap_or_else(|p| p.into_inner()) = Some(certs);
+    }
+
     /// The clusters followed, when the config comes from clusters.
     pub fn clusters(&self) -> Option<Arc<strait_kube::Clusters>> {
         self.clusters
@@ -378,6 +395,11 @@ impl Metrics {
 
     /// The text exposition format.
     pub fn encode(&self) -> String {
+        if let Some(certs) = &*self.certs.lock().unwrap_or_else(|p| p.into_inner()) {
+            let failing = certs.failing().len();
+            self.certs_failing
+                .set(i64::try_from(failing).unwrap_or(i64::MAX));
+        }
         if let Some(clusters) = self.clusters() {
             self.cluster_connected.clear();
             for cluster in clusters.status() {

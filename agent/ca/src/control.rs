@@ -70,8 +70,21 @@ impl ControlRoot {
             key.serialize_pem().as_bytes(),
         )?;
         write(credential::NODE_CERT, cert.pem())?;
-        write(credential::CONTROL_ROOT, pem_cert(&self.root))?;
-        write(credential::MESH_ROOT, pem_cert(mesh_root))?;
+        self.write_roots(mesh_root, out)
+    }
+
+    /// Writes the roots alone: what an agent that authenticates with its
+    /// ServiceAccount token needs (a ConfigMap in Kubernetes).
+    pub fn write_roots(&self, mesh_root: &CertificateDer<'_>, out: &Path) -> Result<()> {
+        fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+        for (name, cert) in [
+            (credential::CONTROL_ROOT, &self.root),
+            (credential::MESH_ROOT, mesh_root),
+        ] {
+            let path = out.join(name);
+            fs::write(&path, pem_cert(cert))
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
         Ok(())
     }
 

@@ -63,6 +63,23 @@ enum Command {
         /// The longest certificate this CA signs, whatever is asked.
         #[arg(long, default_value = "24h", value_parser = strait_config::duration::parse)]
         max_cert_lifetime: Duration,
+        /// With --kubeconfig: the agents' ServiceAccount (`namespace/name`);
+        /// a token of it, bound to a pod, authenticates that pod's node.
+        #[arg(long, default_value = "kube-system/strait", requires = "kubeconfig")]
+        agent_service_account: String,
+        /// With --kubeconfig: the audience agents' tokens must be for.
+        #[arg(long, default_value = "strait-ca", requires = "kubeconfig")]
+        token_audience: String,
+    },
+    /// Write the roots alone (for agents that authenticate with a
+    /// ServiceAccount token: their `--credential-dir`).
+    Roots {
+        #[arg(long, env = "STRAIT_CA_DIR", default_value = "/var/lib/strait/ca")]
+        ca_dir: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value = "cluster.local")]
+        trust_domain: String,
     },
     /// Make a node's credential directory (setup, once per node): the key
     /// and certificate its agent authenticates with, and the roots.
@@ -103,6 +120,19 @@ fn main() -> Result<()> {
             println!("{}", out.display());
             Ok(())
         }
+        Command::Roots {
+            ca_dir,
+            out,
+            trust_domain,
+        } => {
+            let mesh = Signer::open_or_create(&ca_dir, &trust_domain)
+                .with_context(|| format!("opening the mesh root in {}", ca_dir.display()))?;
+            ControlRoot::open_or_create(&ca_dir, &trust_domain)?
+                .write_roots(mesh.root(), &out)
+                .with_context(|| format!("writing the roots to {}", out.display()))?;
+            println!("{}", out.display());
+            Ok(())
+        }
         Command::Serve {
             ca_dir,
             config_dir,
@@ -110,29 +140,47 @@ fn main() -> Result<()> {
             listen,
             metrics_addr,
             max_cert_lifetime,
+            agent_service_account,
+            token_audience,
         } => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
             .context("starting the tokio runtime")?
-            .block_on(serve(
+            .block_on(serve(Serve {
                 ca_dir,
                 config_dir,
                 kubeconfig,
                 listen,
                 metrics_addr,
                 max_cert_lifetime,
-            )),
+                agent_service_account,
+                token_audience,
+            })),
     }
 }
 
-async fn serve(
+struct Serve {
     ca_dir: PathBuf,
     config_dir: Option<PathBuf>,
     kubeconfig: Option<PathBuf>,
     listen: SocketAddr,
     metrics_addr: SocketAddr,
     max_cert_lifetime: Duration,
-) -> Result<()> {
+    agent_service_account: String,
+    token_audience: String,
+}
+
+async fn serve(args: Serve) -> Result<()> {
+    let Serve {
+        ca_dir,
+        config_dir,
+        kubeconfig,
+        listen,
+        metrics_addr,
+        max_cert_lifetime,
+        agent_service_account,
+        token_audience,
+    } = args;
     let (config, cluster) = match (&config_dir, &kubeconfig) {
         (Some(dir), _) => (
             strait_config::load_dir(dir).context("loading the config directory")?,
@@ -160,7 +208,18 @@ async fn serve(
         (None, None) => {}
     }
 
-    let tls = server::tls_config(&control)?;
+    let tokens = match &kubeconfig {
+        Some(kubeconfig) => Some(
+            strait_kube::TokenReviewer::new(
+                strait_kube::client(kubeconfig).await?,
+                &token_audience,
+                &agent_service_account,
+            )
+            .map_err(|why| anyhow::anyhow!("--agent-service-account: {why}"))?,
+        ),
+        None => None,
+    };
+    let tls = server::tls_config(&control, tokens.is_some())?;
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
@@ -168,6 +227,7 @@ async fn serve(
         signer,
         registry: registry.clone(),
         metrics: metrics.clone(),
+        tokens,
     });
     let signing = server::serve(listener, tls, service);
 

@@ -15,8 +15,11 @@ pub enum Outcome {
     refused,
     /// Not a request the CA can read.
     invalid,
-    /// The TLS handshake failed: no node credential, or a foreign one.
+    /// The TLS handshake failed (no node credential, or a foreign one),
+    /// or the ServiceAccount token was refused.
     unauthenticated,
+    /// The API server could not check the token.
+    unavailable,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -1,7 +1,10 @@
 //! The signing service: HTTPS on 15012 (istiod's CA port), each client a
-//! node authenticated by its credential. `POST /v1/sign` takes a CSR, and
-//! signs it if the node runs a workload in the mesh with the identity the
-//! CSR names; the lifetime is the request's, capped by the CA.
+//! node authenticated by its credential (a client certificate), or, in
+//! Kubernetes, an agent by its ServiceAccount token (`Authorization:
+//! Bearer`, checked by TokenReview; its pod's node is the client's node).
+//! `POST /v1/sign` takes a CSR, and signs it if the node runs a workload
+//! in the mesh with the identity the CSR names; the lifetime is the
+//! request's, capped by the CA.
 use std::{convert::Infallible, sync::Arc, time::Duration};
 
 use anyhow::{Context, Result};
@@ -39,15 +42,26 @@ pub struct Service {
     pub signer: Signer,
     pub registry: Arc<Registry>,
     pub metrics: Arc<Metrics>,
+    /// In Kubernetes: checks agents' ServiceAccount tokens.
+    pub tokens: Option<strait_kube::TokenReviewer>,
 }
 
-/// TLS 1.3 presenting the service's certificate, requiring a node
-/// credential from the control root.
-pub fn tls_config(control: &ControlRoot) -> Result<Arc<ServerConfig>> {
+/// A token is about a kilobyte.
+const MAX_TOKEN: usize = 64 << 10;
+
+/// TLS 1.3 presenting the service's certificate, checking a node
+/// credential from the control root; with `tokens_too`, a client without
+/// one may connect, and must then send a ServiceAccount token.
+pub fn tls_config(control: &ControlRoot, tokens_too: bool) -> Result<Arc<ServerConfig>> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = RootCertStore::empty();
     roots.add(control.root().clone())?;
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+    let builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+    let builder = match tokens_too {
+        true => builder.allow_unauthenticated(),
+        false => builder,
+    };
+    let verifier = builder
         .build()
         .context("building the node credential verifier")?;
     let (chain, key) = control.server_credential()?;
@@ -81,20 +95,16 @@ pub fn serve(
                     return None;
                 }
             };
-            let node = stream
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|certs| certs.first())
-                .and_then(node_of);
-            let Some(node) = node else {
+            let certs = stream.get_ref().1.peer_certificates();
+            let node = certs.and_then(|certs| certs.first()).and_then(node_of);
+            if node.is_none() && (certs.is_some() || service.tokens.is_none()) {
                 service.metrics.request(Outcome::unauthenticated);
                 warn!(%peer, "a control-root certificate that names no node");
                 return None;
-            };
+            }
             let handler = service_fn(move |req| {
                 let (service, node) = (service.clone(), node.clone());
-                async move { Ok::<_, Infallible>(service.handle(&node, req).await) }
+                async move { Ok::<_, Infallible>(service.handle(node, req).await) }
             });
             Some((stream, handler))
         }
@@ -113,11 +123,65 @@ fn node_of(cert: &CertificateDer<'_>) -> Option<String> {
     })
 }
 
+/// The bearer token of a request, if it sent one.
+fn bearer(req: &Request<Incoming>) -> Result<Option<String>, String> {
+    let Some(value) = req.headers().get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    if value.len() > MAX_TOKEN {
+        return Err(format!("the token is over {MAX_TOKEN} bytes"));
+    }
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| Some(t.trim().to_owned()))
+        .ok_or_else(|| "Authorization is not `Bearer <token>`".to_owned())
+}
+
 impl Service {
-    async fn handle(&self, node: &str, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    /// The asking node: from its ServiceAccount token when it sent one,
+    /// else from its certificate.
+    async fn asker(
+        &self,
+        cert_node: Option<String>,
+        req: &Request<Incoming>,
+    ) -> Result<String, (Outcome, StatusCode, String)> {
+        let unauthenticated =
+            |why: String| (Outcome::unauthenticated, StatusCode::UNAUTHORIZED, why);
+        match (bearer(req).map_err(unauthenticated)?, &self.tokens) {
+            (Some(token), Some(tokens)) => tokens.node_of(&token).await.map_err(|e| match e {
+                strait_kube::TokenError::Refused(why) => unauthenticated(why),
+                strait_kube::TokenError::Unavailable(why) => {
+                    (Outcome::unavailable, StatusCode::SERVICE_UNAVAILABLE, why)
+                }
+            }),
+            (Some(_), None) => Err(unauthenticated(
+                "this CA does not take tokens (it reads no API server)".into(),
+            )),
+            (None, _) => cert_node.ok_or_else(|| {
+                unauthenticated("neither a node certificate nor a ServiceAccount token".into())
+            }),
+        }
+    }
+
+    async fn handle(
+        &self,
+        cert_node: Option<String>,
+        req: Request<Incoming>,
+    ) -> Response<Full<Bytes>> {
         if req.uri().path() != "/v1/sign" {
             return refusal(StatusCode::NOT_FOUND, "no such endpoint");
         }
+        let node = match self.asker(cert_node, &req).await {
+            Ok(node) => node,
+            Err((outcome, status, reason)) => {
+                self.metrics.request(outcome);
+                warn!(%reason, "signing request from an unknown asker");
+                return refusal(status, &reason);
+            }
+        };
+        let node = node.as_str();
         if req.method() != Method::POST {
             return refusal(StatusCode::METHOD_NOT_ALLOWED, "POST a signing request");
         }
@@ -218,10 +282,11 @@ mod tests {
             signer,
             registry: Arc::new(Registry::new(config.unwrap())),
             metrics: metrics.clone(),
+            tokens: None,
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        serve(listener, tls_config(&control).unwrap(), service);
+        serve(listener, tls_config(&control, false).unwrap(), service);
         (addr, metrics)
     }
 
@@ -234,7 +299,7 @@ mod tests {
     }
 
     fn client(dir: &Path, addr: std::net::SocketAddr, lifetime: Duration) -> Arc<CertManager> {
-        let ca = RemoteCa::new(dir, vec![addr], None, Duration::from_secs(5)).unwrap();
+        let ca = RemoteCa::new(dir, vec![addr], None, Duration::from_secs(5), None).unwrap();
         CertManager::new(Arc::new(ca), lifetime).unwrap()
     }
 
@@ -314,6 +379,7 @@ mod tests {
             signer: Signer::open_or_create(dir.path(), "cluster.local").unwrap(),
             registry: Arc::new(Registry::new(config.unwrap())),
             metrics: Arc::new(Metrics::new()),
+            tokens: None,
         };
         for (body, want) in [
             (&b"not json"[..], "the request"),

@@ -103,6 +103,15 @@ impl CertManager {
             .and_then(|w| w.last_error.clone())
     }
 
+    /// The identities whose last request failed, with why: the CA is
+    /// away or refuses. Their current certificates, if any, stay in use.
+    pub fn failing(&self) -> Vec<(Identity, String)> {
+        self.lock_wanted()
+            .iter()
+            .filter_map(|(id, w)| Some((id.clone(), w.last_error.clone()?)))
+            .collect()
+    }
+
     /// Identities with a rotation task: what this node holds certificates
     /// for (or is trying to).
     pub fn wanted(&self) -> usize {

@@ -3,6 +3,9 @@
 //! credential. The agent holds no signing key; it sends a CSR and gets a
 //! certificate back, or the CA's reason for refusing.
 //!
+//! In Kubernetes the agent authenticates with its projected
+//! ServiceAccount token instead, which the CA checks by TokenReview.
+//!
 //! The node credential is a directory that setup makes for each node
 //! (`strait-ca node-credential`): the node's key and certificate (from the
 //! CA's control root, not the mesh root, so it is never a workload
@@ -94,16 +97,26 @@ pub struct RemoteCa {
     timeout: Duration,
     /// Where the next request starts, so replicas share the load.
     next: AtomicUsize,
+    /// In Kubernetes: the agent's projected ServiceAccount token, read
+    /// again for every request (the kubelet rotates it); sent instead of a
+    /// node certificate.
+    token: Option<PathBuf>,
 }
+
+/// A projected token is about a kilobyte.
+const MAX_TOKEN: u64 = 64 << 10;
 
 impl RemoteCa {
     /// The CA service at `addrs` (replicas, tried in turn), as the node
-    /// whose credential is in `dir`. Each attempt is bounded by `timeout`.
+    /// whose credential is in `dir`, or, with `token`, as the agent whose
+    /// ServiceAccount token that file holds (`dir` then needs only the
+    /// roots). Each attempt is bounded by `timeout`.
     pub fn new(
         dir: &Path,
         addrs: Vec<SocketAddr>,
         mark: Option<u32>,
         timeout: Duration,
+        token: Option<PathBuf>,
     ) -> Result<Self, Error> {
         if addrs.is_empty() {
             return Err(Error::Parse("no CA service address".into()));
@@ -126,14 +139,19 @@ impl RemoteCa {
         for root in certs(credential::CONTROL_ROOT)? {
             control.add(root)?;
         }
-        let key_path = file(credential::NODE_KEY);
-        let key = PrivateKeyDer::from_pem_file(&key_path)
-            .map_err(|e| Error::Parse(format!("{}: {e}", key_path.display())))?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let tls = ClientConfig::builder_with_provider(provider)
+        let builder = ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])?
-            .with_root_certificates(control)
-            .with_client_auth_cert(certs(credential::NODE_CERT)?, key)?;
+            .with_root_certificates(control);
+        let tls = match &token {
+            Some(_) => builder.with_no_client_auth(),
+            None => {
+                let key_path = file(credential::NODE_KEY);
+                let key = PrivateKeyDer::from_pem_file(&key_path)
+                    .map_err(|e| Error::Parse(format!("{}: {e}", key_path.display())))?;
+                builder.with_client_auth_cert(certs(credential::NODE_CERT)?, key)?
+            }
+        };
         Ok(Self {
             addrs,
             tls: Arc::new(tls),
@@ -141,10 +159,36 @@ impl RemoteCa {
             mark,
             timeout,
             next: AtomicUsize::new(0),
+            token,
         })
     }
 
-    async fn sign_at(&self, addr: SocketAddr, body: &Bytes) -> Result<(StatusCode, Bytes), Error> {
+    /// The token file's current content, checked for size.
+    fn token(&self) -> Result<Option<String>, Error> {
+        let Some(path) = &self.token else {
+            return Ok(None);
+        };
+        let bad = |why: String| Error::Parse(format!("the token {}: {why}", path.display()));
+        let size = std::fs::metadata(path)
+            .map_err(|e| bad(e.to_string()))?
+            .len();
+        if size > MAX_TOKEN {
+            return Err(bad(format!("{size} bytes; at most {MAX_TOKEN}")));
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+        let text = text.trim();
+        if text.is_empty() || !text.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(bad("not a bearer token".into()));
+        }
+        Ok(Some(text.to_owned()))
+    }
+
+    async fn sign_at(
+        &self,
+        addr: SocketAddr,
+        body: &Bytes,
+        token: Option<&str>,
+    ) -> Result<(StatusCode, Bytes), Error> {
         let unavailable = |what: &str, err: &dyn std::fmt::Display| Error::Unavailable {
             addr,
             reason: format!("{what}: {err}"),
@@ -179,9 +223,13 @@ impl RemoteCa {
                     debug!(%addr, %err, "CA connection ended");
                 }
             });
-            let request = Request::post("/v1/sign")
+            let mut request = Request::post("/v1/sign")
                 .header(header::HOST, credential::CA_SERVER_NAME)
-                .header(header::CONTENT_TYPE, "application/json")
+                .header(header::CONTENT_TYPE, "application/json");
+            if let Some(token) = token {
+                request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+            }
+            let request = request
                 .body(Full::new(body.clone()))
                 .map_err(|e| unavailable("request", &e))?;
             let response = sender
@@ -214,11 +262,12 @@ impl RemoteCa {
         })
         .map_err(|e| Error::Parse(e.to_string()))?;
         let body = Bytes::from(body);
+        let token = self.token()?;
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let mut last = None;
         for i in 0..self.addrs.len() {
             let addr = self.addrs[(start + i) % self.addrs.len()];
-            match self.sign_at(addr, &body).await {
+            match self.sign_at(addr, &body, token.as_deref()).await {
                 Ok((status, answer)) => return decode(&request, status, &answer),
                 Err(err) => {
                     debug!(%addr, %err, "CA replica unavailable");

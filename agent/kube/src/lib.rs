@@ -14,6 +14,7 @@ mod judge;
 mod kinds;
 mod remotes;
 mod store;
+mod tokens;
 mod watch;
 
 use std::{
@@ -35,6 +36,7 @@ use tracing::{info, warn};
 
 pub use kinds::{DISCOVERY, KINDS, Kind};
 pub use remotes::{REMOTE_SECRET_LABEL, check_cluster_name};
+pub use tokens::{TokenError, TokenReviewer};
 use watch::ClusterWatch;
 
 /// The label that says which cluster a node (and so its pods) is in.

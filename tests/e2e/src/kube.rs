@@ -225,6 +225,105 @@ subjects: [{kind: ServiceAccount, name: strait, namespace: kube-system}]
             .to_string())
     }
 
+    /// A kubeconfig for the CA: the ServiceAccount `kube-system/strait-ca`,
+    /// allowed to read what strait watches and to create TokenReviews.
+    pub fn ca_kubeconfig(&self) -> Result<PathBuf> {
+        self.strait_token()?;
+        self.apply(
+            "apiVersion: v1
+kind: ServiceAccount
+metadata: {name: strait-ca, namespace: kube-system}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: strait-ca}
+rules:
+- apiGroups: [authentication.k8s.io]
+  resources: [tokenreviews]
+  verbs: [create]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: strait-ca}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: strait-ca}
+subjects: [{kind: ServiceAccount, name: strait-ca, namespace: kube-system}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: strait-ca-reads}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: strait}
+subjects: [{kind: ServiceAccount, name: strait-ca, namespace: kube-system}]
+",
+        )?;
+        let token = self.token("kube-system", "strait-ca", None, AUDIENCE, 3600)?;
+        self.kubeconfig("strait-ca", &token)
+    }
+
+    /// A token of ServiceAccount `namespace/account` for `audience`, bound
+    /// to pod `namespace/pod` when given (as the kubelet projects it).
+    pub fn token(
+        &self,
+        namespace: &str,
+        account: &str,
+        pod: Option<&str>,
+        audience: &str,
+        seconds: u64,
+    ) -> Result<String> {
+        let mut spec = serde_json::json!({"audiences": [audience], "expirationSeconds": seconds});
+        if let Some(pod) = pod {
+            let object = self.request(
+                "GET",
+                &format!("/api/v1/namespaces/{namespace}/pods/{pod}"),
+                &serde_json::Value::Null,
+            );
+            let uid = object?["metadata"]["uid"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            spec["boundObjectRef"] =
+                serde_json::json!({"apiVersion": "v1", "kind": "Pod", "name": pod, "uid": uid});
+        }
+        let issued = self.request(
+            "POST",
+            &format!("/api/v1/namespaces/{namespace}/serviceaccounts/{account}/token"),
+            &serde_json::json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec}),
+        )?;
+        Ok(issued["status"]["token"]
+            .as_str()
+            .ok_or_else(|| format!("no token in {issued}"))?
+            .to_string())
+    }
+
+    /// `token` re-signed with the ServiceAccount key after its times are
+    /// moved by `shift` seconds (negative: an expired copy), as only the
+    /// API server could sign it.
+    pub fn resign(&self, token: &str, shift: i64) -> Result<String> {
+        use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD as B64};
+        let mut parts = token.split('.');
+        let (Some(header), Some(payload)) = (parts.next(), parts.next()) else {
+            return Err("not a JWT".into());
+        };
+        let mut claims: serde_json::Value = serde_json::from_slice(&B64.decode(payload)?)?;
+        for field in ["exp", "iat", "nbf"] {
+            if let Some(t) = claims[field].as_i64() {
+                claims[field] = serde_json::json!(t + shift);
+            }
+        }
+        let signed = format!("{header}.{}", B64.encode(claims.to_string()));
+        let input = self.dir.join(format!("{}-jwt", random_token()?));
+        std::fs::write(&input, &signed)?;
+        let out = Command::new("openssl")
+            .args(["dgst", "-sha256", "-sign"])
+            .arg(self.dir.join("sa.key"))
+            .arg(&input)
+            .output()?;
+        std::fs::remove_file(&input)?;
+        if !out.status.success() {
+            return Err(format!("openssl: {}", String::from_utf8_lossy(&out.stderr)).into());
+        }
+        Ok(format!("{signed}.{}", B64.encode(out.stdout)))
+    }
+
     /// `kubectl` as the admin, run at the control plane's place.
     pub fn kubectl(&self, args: &[&str]) -> Result<Output> {
         self.kubectl_as(&self.admin_token, args)
@@ -286,13 +385,17 @@ subjects: [{kind: ServiceAccount, name: strait, namespace: kube-system}]
             "PATCH" => "application/merge-patch+json",
             _ => "application/json",
         };
+        let data = match body {
+            serde_json::Value::Null => Vec::new(),
+            _ => vec!["--data-binary".to_string(), body.to_string()],
+        };
         let mut cmd = self.place.command("curl")?;
         cmd.args(["-sS", "--fail-with-body", "-X", method])
             .arg("--cacert")
             .arg(self.ca_file())
             .args(["-H", &format!("Authorization: Bearer {}", self.admin_token)])
             .args(["-H", &format!("Content-Type: {content_type}")])
-            .args(["--data-binary", &body.to_string()])
+            .args(&data)
             .arg(format!("https://{}{path}", self.address));
         let out = process::run(cmd, Duration::from_secs(30))?;
         let text = String::from_utf8_lossy(&out.stdout);

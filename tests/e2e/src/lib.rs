@@ -12,6 +12,7 @@ use std::{
 
 use strait_topology::{Locality, Node, Place, Pod, Process, Spec, Topology};
 
+pub mod ca;
 pub mod kube;
 
 pub type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
@@ -404,6 +405,9 @@ pub struct Mesh<'t> {
     cas: Mutex<BTreeMap<String, CaReplica>>,
     /// Where the CA runs, instead of each network's first node.
     ca_node: Option<String>,
+    /// The CA's own kubeconfig and flags, when they differ from the agents'.
+    ca_kubeconfig: Option<PathBuf>,
+    ca_flags: Vec<String>,
 }
 
 /// A running `strait-ca serve`.
@@ -437,6 +441,8 @@ impl<'t> Mesh<'t> {
             bin_dir,
             cas: Mutex::new(BTreeMap::new()),
             ca_node: None,
+            ca_kubeconfig: None,
+            ca_flags: Vec::new(),
         })
     }
 
@@ -455,6 +461,32 @@ impl<'t> Mesh<'t> {
         Self {
             ca_node: Some(node.to_owned()),
             ..self
+        }
+    }
+
+    /// The CA reads the cluster with `kubeconfig` (its own ServiceAccount)
+    /// and runs with `flags` besides.
+    pub fn with_ca(self, kubeconfig: PathBuf, flags: &[&str]) -> Self {
+        Self {
+            ca_kubeconfig: Some(kubeconfig),
+            ca_flags: flags.iter().map(|f| f.to_string()).collect(),
+            ..self
+        }
+    }
+
+    /// Kills `network`'s CA replica (by its PID).
+    pub fn stop_ca(&self, network: &str) -> Result<()> {
+        let ca = self
+            .cas
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(network);
+        match ca {
+            Some(mut ca) => {
+                ca.process.kill()?;
+                Ok(())
+            }
+            None => Err(format!("no CA runs on network {network}").into()),
         }
     }
 
@@ -514,7 +546,10 @@ impl<'t> Mesh<'t> {
         let (listen, metrics) = (addr.to_string(), format!("127.0.0.1:{}", port + 2));
         let ca = self.bin("strait-ca");
         let ca_dir = ca_dir.display().to_string();
-        let (source, config) = self.source();
+        let (source, mut config) = self.source();
+        if let Some(kubeconfig) = &self.ca_kubeconfig {
+            config = kubeconfig.display().to_string();
+        }
         let mut argv = vec![
             ca.as_str(),
             "serve",
@@ -527,6 +562,7 @@ impl<'t> Mesh<'t> {
             "--metrics-addr",
             &metrics,
         ];
+        argv.extend(self.ca_flags.iter().map(String::as_str));
         argv.extend_from_slice(extra);
         let mut process = place_node.place.spawn(&argv)?;
         process.wait_listening(port, Duration::from_secs(15))?;

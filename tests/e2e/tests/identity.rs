@@ -9,8 +9,10 @@ use std::{
 };
 
 use strait_e2e::{
-    Mesh, Result, client_cert, curl, http_server, iperf_reverse, marker_url, metric_sum,
-    namespace_yaml, require_root, workload_yaml,
+    Mesh, Result,
+    ca::{Auth, ask_ca, sign_body},
+    client_cert, curl, http_server, iperf_reverse, marker_url, metric_sum, namespace_yaml,
+    require_root, workload_yaml,
 };
 
 const WEB: &str = "spiffe://cluster.local/ns/frontend/sa/web";
@@ -258,94 +260,6 @@ fn certificates_rotate_under_a_running_transfer() -> Result<()> {
     Ok(())
 }
 
-/// A CSR for `identity` made with openssl, as the JSON body of a signing
-/// request asking for `lifetime_seconds`.
-fn sign_body(
-    place: &Place,
-    dir: &Path,
-    name: &str,
-    identity: &str,
-    lifetime_seconds: u64,
-) -> Result<String> {
-    let (key, csr) = (
-        dir.join(format!("{name}.key")),
-        dir.join(format!("{name}.csr")),
-    );
-    let s = |p: &Path| p.display().to_string();
-    place.run_ok(
-        &[
-            "openssl",
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &s(&key),
-            "-out",
-            &s(&csr),
-            "-subj",
-            "/CN=x",
-            "-addext",
-            &format!("subjectAltName=URI:{identity}"),
-        ],
-        Duration::from_secs(10),
-    )?;
-    let body = serde_json::json!({
-        "csr": std::fs::read_to_string(&csr)?,
-        "lifetime_seconds": lifetime_seconds,
-    });
-    let path = dir.join(format!("{name}.json"));
-    std::fs::write(&path, body.to_string())?;
-    Ok(s(&path))
-}
-
-/// POSTs a signing request to the CA from `place` with `credential` (none:
-/// no client certificate): curl's exit code, the HTTP status and the body.
-fn ask_ca(
-    place: &Place,
-    ca: std::net::SocketAddr,
-    credential: &Path,
-    with_cert: bool,
-    body: &str,
-) -> Result<(i32, String, String)> {
-    let c = |f: &str| credential.join(f).display().to_string();
-    let resolve = format!("strait-ca:{}:{}", ca.port(), ca.ip());
-    let url = format!("https://strait-ca:{}/v1/sign", ca.port());
-    let (cacert, cert, key) = (c("control-root.pem"), c("node-cert.pem"), c("node-key.pem"));
-    let body = format!("@{body}");
-    let mut argv = vec![
-        "curl",
-        "-s",
-        "--max-time",
-        "5",
-        "--cacert",
-        &cacert,
-        "--resolve",
-        &resolve,
-        "-H",
-        "content-type: application/json",
-        "--data-binary",
-        &body,
-        "-w",
-        "\n%{http_code}",
-    ];
-    if with_cert {
-        argv.extend_from_slice(&["--cert", &cert, "--key", &key]);
-    }
-    argv.push(&url);
-    let out = place.run(&argv, Duration::from_secs(10))?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (answer, status) = text.rsplit_once('\n').unwrap_or(("", &text));
-    Ok((
-        out.status.code().unwrap_or(-1),
-        status.to_owned(),
-        answer.to_owned(),
-    ))
-}
-
 /// The 32-byte private scalar inside a P-256 key file (PKCS#8 or SEC 1).
 fn private_scalar(place: &Place, key: &Path) -> Result<Vec<u8>> {
     let der = key.with_extension("der");
@@ -455,7 +369,7 @@ fn the_ca_signs_only_for_the_asking_nodes_workloads_and_only_it_holds_the_keys()
         "spiffe://cluster.local/ns/backend/sa/db",
         3600,
     )?;
-    let (_, status, answer) = ask_ca(&n1.place, ca_addr, &n1_credential, true, &db)?;
+    let (_, status, answer) = ask_ca(&n1.place, ca_addr, &n1_credential, Auth::Cert, &db)?;
     println!("n1 asking for backend/db: {status} {answer}");
     assert_eq!(status, "403", "{answer}");
     assert!(answer.contains("on node n1"), "{answer}");
@@ -470,7 +384,7 @@ fn the_ca_signs_only_for_the_asking_nodes_workloads_and_only_it_holds_the_keys()
         "spiffe://cluster.local/ns/frontend/sa/web",
         10 * 365 * 86400,
     )?;
-    let (_, status, answer) = ask_ca(&n1.place, ca_addr, &n1_credential, true, &web)?;
+    let (_, status, answer) = ask_ca(&n1.place, ca_addr, &n1_credential, Auth::Cert, &web)?;
     assert_eq!(status, "200", "{answer}");
     let chain: serde_json::Value = serde_json::from_str(&answer)?;
     let leaf = chain["chain"][0].as_str().ok_or("no chain")?;
@@ -502,7 +416,7 @@ fn the_ca_signs_only_for_the_asking_nodes_workloads_and_only_it_holds_the_keys()
 
     // Without a node credential, TLS itself fails; counted too.
     let unauthenticated_before = count("unauthenticated")?;
-    let (code, status, _) = ask_ca(&n1.place, ca_addr, &n1_credential, false, &web)?;
+    let (code, status, _) = ask_ca(&n1.place, ca_addr, &n1_credential, Auth::None, &web)?;
     assert_ne!(
         code, 0,
         "a request without a credential got an answer: {status}"

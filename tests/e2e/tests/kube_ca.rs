@@ -1,0 +1,372 @@
+//! The CA in the cluster: agents authenticate with their pods' projected
+//! ServiceAccount tokens, which the CA checks by TokenReview; it signs an
+//! identity only for a pod with that service account on the asking
+//! agent's node. Tokens of another audience, of another service account,
+//! or expired are refused, and every refusal is counted. Two replicas
+//! behind one address list: one is killed before the 60 s certificates'
+//! rotation, and every agent still rotates and new pods still get theirs.
+//! With both away, agents keep their certificates and say so.
+use std::{
+    net::IpAddr,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use serde_json::json;
+use strait_e2e::{
+    CA_PORT, Mesh, Result,
+    ca::{Auth, ask_ca, sign_body},
+    curl, http_server,
+    kube::ApiServer,
+    marker_url, metric_sum, require_root, strait_bin, two_nodes,
+};
+use strait_topology::{Pod, Topology};
+
+const WAIT: Duration = Duration::from_secs(90);
+const AUDIENCE: &str = "strait-ca";
+const AGENT_SA: &str = "kube-system/strait-agent";
+
+fn pod_yaml(pod: &Pod) -> String {
+    format!(
+        "apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: {name}, namespace: shop}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, namespace: shop, labels: {{app: {name}}}}}
+spec:
+  nodeName: {node}
+  serviceAccountName: {name}
+  automountServiceAccountToken: false
+  containers: [{{name: app, image: none}}]
+---
+",
+        name = pod.name,
+        node = pod.node,
+    )
+}
+
+fn agent_pod_yaml(node: &str) -> String {
+    format!(
+        "apiVersion: v1
+kind: Pod
+metadata: {{name: agent-{node}, namespace: kube-system}}
+spec:
+  nodeName: {node}
+  hostNetwork: true
+  serviceAccountName: strait-agent
+  automountServiceAccountToken: false
+  containers: [{{name: agent, image: none}}]
+---
+"
+    )
+}
+
+fn set_status(
+    api: &ApiServer,
+    namespace: &str,
+    pod: &str,
+    status: serde_json::Value,
+) -> Result<()> {
+    api.request(
+        "PATCH",
+        &format!("/api/v1/namespaces/{namespace}/pods/{pod}/status"),
+        &json!({ "status": status }),
+    )?;
+    Ok(())
+}
+
+fn make_ready(api: &ApiServer, pod: &Pod) -> Result<()> {
+    set_status(
+        api,
+        "shop",
+        &pod.name,
+        json!({
+            "phase": "Running",
+            "podIP": pod.ipv4.to_string(),
+            "podIPs": [{"ip": pod.ipv4.to_string()}],
+            "conditions": [{"type": "Ready", "status": "True"}],
+        }),
+    )
+}
+
+/// The generation of `node`'s certificate for `identity`, 0 if none.
+fn generation(mesh: &Mesh<'_>, node: &str, identity: &str) -> Result<u64> {
+    let certs = mesh.admin(node, "/certs")?;
+    Ok(certs
+        .as_array()
+        .and_then(|all| all.iter().find(|c| c["identity"] == identity))
+        .and_then(|c| c["generation"].as_u64())
+        .unwrap_or(0))
+}
+
+fn wait_generation(mesh: &Mesh<'_>, node: &str, identity: &str, at_least: u64) -> Result<Duration> {
+    let started = Instant::now();
+    while generation(mesh, node, identity)? < at_least {
+        if started.elapsed() > WAIT {
+            return Err(format!(
+                "{node}: {identity} not at generation {at_least}: {}",
+                mesh.admin(node, "/certs")?
+            )
+            .into());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(started.elapsed())
+}
+
+#[test]
+fn the_ca_signs_by_token_for_pods_on_the_askers_node_and_survives_a_replica() -> Result<()> {
+    require_root();
+    let topo = Topology::create(two_nodes(&[
+        ("a", "n1"),
+        ("b", "n2"),
+        ("c", "n2"),
+        ("d", "n1"),
+    ]))?;
+    let n1 = topo.node("n1")?;
+    let (a, b, c, d) = (
+        topo.pod("a")?,
+        topo.pod("b")?,
+        topo.pod("c")?,
+        topo.pod("d")?,
+    );
+    let api = ApiServer::start(&n1.place, n1.addrs.ipv4.into(), "c1")?;
+    api.apply(&format!(
+        "apiVersion: v1
+kind: Namespace
+metadata: {{name: shop, labels: {{istio.io/dataplane-mode: ambient}}}}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: strait-agent, namespace: kube-system}}
+---
+{}{}{}{}",
+        pod_yaml(a),
+        pod_yaml(b),
+        agent_pod_yaml("n1"),
+        agent_pod_yaml("n2"),
+    ))?;
+    for node in ["n1", "n2"] {
+        set_status(
+            &api,
+            "kube-system",
+            &format!("agent-{node}"),
+            json!({"phase": "Running"}),
+        )?;
+    }
+    let mesh = Mesh::with_cluster(&topo, api.strait_kubeconfig()?)?.with_ca(
+        api.ca_kubeconfig()?,
+        &[
+            "--agent-service-account",
+            AGENT_SA,
+            "--max-cert-lifetime",
+            "60s",
+        ],
+    );
+
+    // The agents hold the roots only, and their pods' tokens, as a
+    // DaemonSet would mount them.
+    let scratch = topo.scratch_dir();
+    let roots = scratch.join("roots");
+    let status = std::process::Command::new(strait_bin("strait-ca"))
+        .args(["roots", "--ca-dir"])
+        .arg(&mesh.ca_dir)
+        .arg("--out")
+        .arg(&roots)
+        .stdout(std::process::Stdio::null())
+        .status()?;
+    assert!(status.success());
+    let token_file = |node: &str| -> Result<(String, PathBuf)> {
+        let token = api.token(
+            "kube-system",
+            "strait-agent",
+            Some(&format!("agent-{node}")),
+            AUDIENCE,
+            3600,
+        )?;
+        let path = scratch.join(format!("{node}.token"));
+        std::fs::write(&path, &token)?;
+        Ok((token, path))
+    };
+    let (t1, t1_file) = token_file("n1")?;
+    let (_, t2_file) = token_file("n2")?;
+
+    // Two replicas; the agents know both.
+    let first = mesh.ca_addr("net1")?;
+    let second = mesh.start_ca("n2", &mesh.ca_dir, CA_PORT, &[])?;
+    let replicas = format!("{first},{}", second.addr);
+    let (roots_dir, lifetime) = (roots.display().to_string(), "60s");
+    let (t1_path, t2_path) = (t1_file.display().to_string(), t2_file.display().to_string());
+    let start = |node: &str, token: &str| {
+        mesh.start_agent(
+            node,
+            &[
+                ("--ca-token", token),
+                ("--credential-dir", roots_dir.as_str()),
+                ("--ca-addr", replicas.as_str()),
+                ("--cert-lifetime", lifetime),
+            ],
+        )
+    };
+    let _agents = [start("n1", &t1_path)?, start("n2", &t2_path)?];
+    make_ready(&api, a)?;
+    make_ready(&api, b)?;
+    mesh.wait_state("n1", "a", WAIT, |s| s == "captured")?;
+    mesh.wait_state("n2", "b", WAIT, |s| s == "captured")?;
+    let (id_a, id_b) = (
+        "spiffe://cluster.local/ns/shop/sa/a",
+        "spiffe://cluster.local/ns/shop/sa/b",
+    );
+    wait_generation(&mesh, "n1", id_a, 1)?;
+    wait_generation(&mesh, "n2", id_b, 1)?;
+    let _server = http_server(b, 8080, "from-b")?;
+    let url = marker_url(IpAddr::V4(b.ipv4), 8080);
+    let out = curl(a, &url)?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // On the wire: what the CA signs, and what it refuses.
+    let count = |result: &str| -> Result<u64> {
+        Ok(metric_sum(
+            &mesh.ca_metrics("net1")?,
+            "strait_ca_requests_total",
+            &[&format!("result=\"{result}\"")],
+        ))
+    };
+    let ask = |token: &str, body: &str| ask_ca(&n1.place, first, &roots, Auth::Token(token), body);
+    let dir = n1.scratch_dir()?;
+    let for_a = sign_body(&n1.place, &dir, "a", id_a, 60)?;
+    let for_b = sign_body(&n1.place, &dir, "b", id_b, 60)?;
+    let (_, status, answer) = ask(&t1, &for_a)?;
+    assert_eq!(status, "200", "n1's token, a pod on n1: {answer}");
+
+    let refused = count("refused")?;
+    let (_, status, answer) = ask(&t1, &for_b)?;
+    println!("n1 asking for b (on n2): {status} {answer}");
+    assert_eq!(status, "403", "{answer}");
+    assert!(
+        answer.contains("on node n1 runs as service account shop/b"),
+        "{answer}"
+    );
+    assert_eq!(count("refused")?, refused + 1);
+
+    let unauthenticated = count("unauthenticated")?;
+    let other_audience = api.token(
+        "kube-system",
+        "strait-agent",
+        Some("agent-n1"),
+        "elsewhere",
+        3600,
+    )?;
+    let not_agent = api.token("shop", "a", None, AUDIENCE, 3600)?;
+    let expired = api.resign(&t1, -7200)?;
+    // The same re-signing, keeping the times: taken, so the expired
+    // copy is refused for its time alone.
+    let resigned = api.resign(&t1, 0)?;
+    let (_, status, answer) = ask(&resigned, &for_a)?;
+    assert_eq!(status, "200", "the re-signed token: {answer}");
+    for (what, token, reason) in [
+        ("another audience", other_audience.as_str(), "audience"),
+        (
+            "not the agents' ServiceAccount",
+            not_agent.as_str(),
+            "is not the agents' serviceaccount",
+        ),
+        ("expired", expired.as_str(), "expired"),
+        ("garbage", "not-a-token", "the token"),
+    ] {
+        let (_, status, answer) = ask(token, &for_a)?;
+        println!("{what}: {status} {answer}");
+        assert_eq!(status, "401", "{what}: {answer}");
+        assert!(answer.to_lowercase().contains(reason), "{what}: {answer}");
+    }
+    assert_eq!(count("unauthenticated")?, unauthenticated + 4);
+
+    // One replica dies before the rotation (at half of 60 s): every agent
+    // still rotates, and a new pod gets its first certificate.
+    let before = (
+        generation(&mesh, "n1", id_a)?,
+        generation(&mesh, "n2", id_b)?,
+    );
+    mesh.stop_ca("net1")?;
+    let killed = Instant::now();
+    api.apply(&pod_yaml(c))?;
+    make_ready(&api, c)?;
+    mesh.wait_state("n2", "c", WAIT, |s| s == "captured")?;
+    wait_generation(&mesh, "n2", "spiffe://cluster.local/ns/shop/sa/c", 1)?;
+    println!(
+        "c, created after a replica was killed, holds its certificate {:.1} s after the kill",
+        killed.elapsed().as_secs_f64()
+    );
+    wait_generation(&mesh, "n1", id_a, before.0 + 1)?;
+    wait_generation(&mesh, "n2", id_b, before.1 + 1)?;
+    println!(
+        "both agents rotated {:.1} s after a replica was killed",
+        killed.elapsed().as_secs_f64()
+    );
+    let out = curl(a, &url)?;
+    assert!(
+        out.status.success(),
+        "after rotation: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Both away: the agents keep what they hold, say so, and retry.
+    let mut second = second;
+    second.process.kill()?;
+    api.apply(&pod_yaml(d))?;
+    make_ready(&api, d)?;
+    let id_d = "spiffe://cluster.local/ns/shop/sa/d";
+    let started = Instant::now();
+    let ready = loop {
+        let ready = mesh.readiness("n1")?;
+        if ready.contains(&format!("certificate {id_d}: the CA request fails")) {
+            break ready;
+        }
+        if started.elapsed() > WAIT {
+            return Err(format!("n1 does not report the CA away:\n{ready}").into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    println!("{}", ready.trim());
+    assert!(
+        metric_sum(
+            &mesh.metrics("n1")?,
+            "strait_certificate_requests_failing",
+            &[]
+        ) >= 1
+    );
+    assert!(
+        generation(&mesh, "n1", id_a)? >= 1,
+        "a's certificate is kept"
+    );
+    let out = curl(a, &url)?;
+    assert!(
+        out.status.success(),
+        "with the CA away: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A replica back: the retries reach it.
+    mesh.ca_addr("net1")?;
+    let back = Instant::now();
+    wait_generation(&mesh, "n1", id_d, 1)?;
+    println!(
+        "d got its certificate {:.1} s after a replica came back",
+        back.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        metric_sum(
+            &mesh.metrics("n1")?,
+            "strait_certificate_requests_failing",
+            &[]
+        ),
+        0
+    );
+    Ok(())
+}

@@ -16,8 +16,19 @@ use strait_topology::{Locality, Place, Process, Spec, Topology};
 
 use crate::{
     cmd::{self, section},
-    scale,
+    kube_scale, scale,
 };
+
+/// The parts of the bench, each on a topology of its own.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Part {
+    /// strait against direct TCP and a relay pair, same links.
+    Path,
+    /// An agent loading a large config directory.
+    Scale,
+    /// Pods enrolled from a real API server, and memory at cluster scale.
+    Kube,
+}
 
 /// Seconds per measurement: long enough to be stable, short enough to keep
 /// the whole run around a minute.
@@ -55,8 +66,71 @@ struct Figures {
     conn_p99_us: f64,
 }
 
-pub fn run() -> Result<()> {
+pub fn run(only: Option<Part>) -> Result<()> {
     let bin = cmd::build_release(&["strait-agent", "strait-ca", "straitctl", "strait-e2e"])?;
+    let runs = |part| only.is_none_or(|o| o == part);
+    if runs(Part::Path) || runs(Part::Scale) {
+        path_and_scale(&bin, runs(Part::Path), runs(Part::Scale))?;
+    }
+    if runs(Part::Kube) {
+        section(&format!(
+            "Kubernetes: {} pods enrolled from the API server; {} pods and {} services",
+            kube_scale::PODS,
+            kube_scale::ALL_PODS,
+            kube_scale::SERVICES
+        ));
+        let kube = kube_scale::measure(&bin)?;
+        println!();
+        println!(
+            "| Kubernetes (kube-apiserver {}) | strait | target |",
+            strait_e2e::kube::VERSION
+        );
+        println!("|---|---:|---|");
+        println!(
+            "| `kubectl apply` of {} pods (s) | {:.1} | |",
+            kube_scale::PODS,
+            kube.apply_seconds
+        );
+        println!(
+            "| from `kubectl apply` of {} pods (made ready) to all enrolled on their {} nodes (s) | {:.1} | |",
+            kube_scale::PODS,
+            kube_scale::NODES,
+            kube.enroll_seconds
+        );
+        println!(
+            "| {} more pods and {} services created until all in the agent's config (s) | {:.1} | |",
+            kube_scale::ALL_PODS - kube_scale::PODS,
+            kube_scale::SERVICES,
+            kube.listed_seconds
+        );
+        println!(
+            "| agent RSS with {} pods and {} services in the cluster (MiB) | {:.1} | < 300 MiB |",
+            kube_scale::ALL_PODS,
+            kube_scale::SERVICES,
+            kube.rss_mib
+        );
+        println!(
+            "| agent peak RSS over the run (MiB) | {:.1} | |",
+            kube.peak_rss_mib
+        );
+        println!(
+            "| agent restarted on that cluster: start to ready (s) | {:.1} | |",
+            kube.restart_seconds
+        );
+        println!(
+            "| agent RSS once ready after the restart (MiB) | {:.1} | |",
+            kube.restart_rss_mib
+        );
+        println!(
+            "| agent peak RSS over the restart (MiB) | {:.1} | |",
+            kube.restart_peak_rss_mib
+        );
+    }
+    Ok(())
+}
+
+fn path_and_scale(bin: &Path, path: bool, scale_rows: bool) -> Result<()> {
+    let bin = bin.to_path_buf();
 
     section("topology: client pod on n1, server pod on n2, one veth hop each way");
     let topo = Topology::create(
@@ -79,83 +153,87 @@ pub fn run() -> Result<()> {
         .concat(),
     )
     .map_err(anyhow::Error::from_boxed)?;
-    let _servers = start_servers(server, &bin)?;
+    if path {
+        let _servers = start_servers(server, &bin)?;
 
-    let direct_target = Target {
-        ip: server.ipv4.into(),
-        port_offset: 0,
-    };
-    section("direct TCP (no mesh)");
-    let direct = measure(client, direct_target, &bin)?;
+        let direct_target = Target {
+            ip: server.ipv4.into(),
+            port_offset: 0,
+        };
+        section("direct TCP (no mesh)");
+        let direct = measure(client, direct_target, &bin)?;
 
-    section("two plain relays (no TLS, no HTTP/2, no capture): the floor of a proxy pair");
-    let relays = start_relays(client, server, &bin)?;
-    let floor = measure(
-        client,
-        Target {
-            ip: Ipv4Addr::LOCALHOST.into(),
-            port_offset: RELAY_CLIENT_OFFSET,
-        },
-        &bin,
-    )?;
-    drop(relays);
+        section("two plain relays (no TLS, no HTTP/2, no capture): the floor of a proxy pair");
+        let relays = start_relays(client, server, &bin)?;
+        let floor = measure(
+            client,
+            Target {
+                ip: Ipv4Addr::LOCALHOST.into(),
+                port_offset: RELAY_CLIENT_OFFSET,
+            },
+            &bin,
+        )?;
+        drop(relays);
 
-    section("strait (agents on both nodes, mTLS HBONE)");
-    let agents = ["n1", "n2"]
-        .iter()
-        .map(|n| mesh.start_agent(n, &[]).map_err(anyhow::Error::from_boxed))
-        .collect::<Result<Vec<_>>>()?;
-    let mesh_figures = measure(client, direct_target, &bin)?;
-    // CPU is steadier than wall-clock time on a shared machine: what both
-    // agents spend on one new connection, over another connection run.
-    let cpu = |all: &[Process]| all.iter().map(cpu_seconds).sum::<f64>();
-    let before = cpu(&agents);
-    let (rate, _, _) = connections(client, direct_target, &bin)?;
-    let cpu_per_connection_us = (cpu(&agents) - before) / (rate * f64::from(SECONDS)) * 1e6;
-    let rss_mib = agents
-        .iter()
-        .map(|a| rss_mib(a).0)
-        .max_by(f64::total_cmp)
-        .unwrap_or(0.0);
-    drop(agents);
+        section("strait (agents on both nodes, mTLS HBONE)");
+        let agents = ["n1", "n2"]
+            .iter()
+            .map(|n| mesh.start_agent(n, &[]).map_err(anyhow::Error::from_boxed))
+            .collect::<Result<Vec<_>>>()?;
+        let mesh_figures = measure(client, direct_target, &bin)?;
+        // CPU is steadier than wall-clock time on a shared machine: what both
+        // agents spend on one new connection, over another connection run.
+        let cpu = |all: &[Process]| all.iter().map(cpu_seconds).sum::<f64>();
+        let before = cpu(&agents);
+        let (rate, _, _) = connections(client, direct_target, &bin)?;
+        let cpu_per_connection_us = (cpu(&agents) - before) / (rate * f64::from(SECONDS)) * 1e6;
+        let rss_mib = agents
+            .iter()
+            .map(|a| rss_mib(a).0)
+            .max_by(f64::total_cmp)
+            .unwrap_or(0.0);
+        drop(agents);
 
-    section(&format!(
-        "scale: an agent loading {} Services and {} WorkloadEntries",
-        scale::SERVICES,
-        scale::WORKLOADS
-    ));
-    let scale_dir = topo.scratch_dir().join("config-scale");
-    scale::write_config(&scale_dir)?;
-    let scale = scale::measure(&mesh, "n1", &scale_dir)?;
+        section("results");
+        print_table(&direct, &floor, &mesh_figures, rss_mib);
+        println!(
+            "| agents' CPU per new connection (µs, both ends) | - | - | {cpu_per_connection_us:.0} | - | - | |"
+        );
+    }
+    if scale_rows {
+        section(&format!(
+            "scale: an agent loading {} Services and {} WorkloadEntries",
+            scale::SERVICES,
+            scale::WORKLOADS
+        ));
+        let scale_dir = topo.scratch_dir().join("config-scale");
+        scale::write_config(&scale_dir)?;
+        let scale = scale::measure(&mesh, "n1", &scale_dir)?;
 
-    section("results");
-    print_table(&direct, &floor, &mesh_figures, rss_mib);
-    println!(
-        "| agents' CPU per new connection (µs, both ends) | - | - | {cpu_per_connection_us:.0} | - | - | |"
-    );
-    println!();
-    println!("| scale: 10,000 Services, 100,000 WorkloadEntries | strait | target |");
-    println!("|---|---:|---|");
-    println!(
-        "| config load at start (s) | {:.2} | < 5 s |",
-        scale.load_seconds
-    );
-    println!(
-        "| config reload after a change (s) | {:.2} | |",
-        scale.reload_seconds
-    );
-    println!(
-        "| agent peak RSS while loading at start (MiB) | {:.1} | |",
-        scale.start_peak_rss_mib
-    );
-    println!(
-        "| agent RSS once loaded (MiB) | {:.1} | < 300 MiB |",
-        scale.rss_mib
-    );
-    println!(
-        "| agent peak RSS over start and reload (MiB) | {:.1} | |",
-        scale.peak_rss_mib
-    );
+        println!();
+        println!("| scale: 10,000 Services, 100,000 WorkloadEntries | strait | target |");
+        println!("|---|---:|---|");
+        println!(
+            "| config load at start (s) | {:.2} | < 5 s |",
+            scale.load_seconds
+        );
+        println!(
+            "| config reload after a change (s) | {:.2} | |",
+            scale.reload_seconds
+        );
+        println!(
+            "| agent peak RSS while loading at start (MiB) | {:.1} | |",
+            scale.start_peak_rss_mib
+        );
+        println!(
+            "| agent RSS once loaded (MiB) | {:.1} | < 300 MiB |",
+            scale.rss_mib
+        );
+        println!(
+            "| agent peak RSS over start and reload (MiB) | {:.1} | |",
+            scale.peak_rss_mib
+        );
+    }
     Ok(())
 }
 

@@ -7,6 +7,7 @@ mod cmd;
 mod demo;
 mod host;
 mod kube;
+mod kube_scale;
 mod scale;
 mod setup;
 mod test;
@@ -36,7 +37,12 @@ enum Task {
     Demo,
     /// Setup, then measure strait against direct TCP on the same topology
     /// (release build) and print a table of ratios.
-    Bench,
+    Bench {
+        /// Only one part: the data path, the config scale, or the
+        /// Kubernetes rows.
+        #[arg(long, value_enum)]
+        only: Option<bench::Part>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -51,9 +57,9 @@ fn main() -> Result<()> {
             setup::run(setup::Kube::Skip)?;
             demo::run()
         }
-        Task::Bench => {
+        Task::Bench { only } => {
             setup::run(setup::Kube::Build)?;
-            bench::run()
+            bench::run(only)
         }
     }
 }

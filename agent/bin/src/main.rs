@@ -167,7 +167,7 @@ async fn run(args: Args) -> Result<()> {
     let started = std::time::Instant::now();
     let (config, cluster) = match (&args.source.config_dir, &args.source.kubeconfig) {
         (Some(dir), _) => (
-            strait_config::load_dir(dir).context("loading the config directory")?,
+            Arc::new(strait_config::load_dir(dir).context("loading the config directory")?),
             None,
         ),
         (None, Some(kubeconfig)) => {
@@ -181,7 +181,7 @@ async fn run(args: Args) -> Result<()> {
                 .await
                 .context("reading the cluster")?;
             metrics.follow_clusters(first.clusters.clone());
-            (Arc::unwrap_or_clone(first.config), Some(updates))
+            (first.config, Some(updates))
         }
         (None, None) => anyhow::bail!("--config-dir or --kubeconfig is required"),
     };

@@ -111,7 +111,7 @@ pub fn spawn_cluster(
             for line in &left_out {
                 warn!(object = %line, "left out of the config");
             }
-            follow.state.replace(Arc::unwrap_or_clone(snapshot.config));
+            follow.state.replace(snapshot.config);
             crate::release_freed_memory();
             {
                 let mut status = follow.status.lock().unwrap_or_else(|p| p.into_inner());

@@ -21,12 +21,14 @@ struct Versioned {
 }
 
 impl NodeState {
-    pub fn new(node: &str, config: Config) -> Self {
+    /// `config` is shared, not copied: a cluster source keeps the same
+    /// one as its latest snapshot.
+    pub fn new(node: &str, config: impl Into<Arc<Config>>) -> Self {
         Self {
             node: node.into(),
             current: Arc::new(ArcSwap::from_pointee(Versioned {
                 generation: 1,
-                config: Arc::new(config),
+                config: config.into(),
             })),
         }
     }
@@ -42,11 +44,11 @@ impl NodeState {
     }
 
     /// Makes `config` the current one; connections already open keep theirs.
-    pub fn replace(&self, config: Config) {
+    pub fn replace(&self, config: impl Into<Arc<Config>>) {
         let generation = self.current.load().generation + 1;
         self.current.store(Arc::new(Versioned {
             generation,
-            config: Arc::new(config),
+            config: config.into(),
         }));
     }
 }

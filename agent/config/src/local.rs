@@ -174,13 +174,22 @@ pub fn check_text(file: &Path, text: &str) -> (Report, Option<Config>) {
 /// and builds the model from those that pass: unlike a directory, where
 /// one bad file refuses the change, a cluster's bad object is left out and
 /// the rest applies. Lines are meaningless here (every finding is on 1).
-pub fn check_objects(origin: &Path, objects: Vec<serde_json::Value>) -> (Report, Config) {
+pub fn check_objects<J: std::borrow::Borrow<serde_json::Value>>(
+    origin: &Path,
+    objects: &[J],
+) -> (Report, Config) {
     let mut report = Report::default();
     let parsed: Vec<Parsed> = objects
         .iter()
-        .filter_map(|json| check_object(&mut report, origin, (1, 1), yaml::Node::from_json(json)))
+        .filter_map(|json| {
+            check_object(
+                &mut report,
+                origin,
+                (1, 1),
+                yaml::Node::from_json(json.borrow()),
+            )
+        })
         .collect();
-    drop(objects);
     check::across(&mut report, &parsed);
     let config = check::build(parsed, &report);
     (report, config)

@@ -5,6 +5,7 @@
 use std::{
     collections::{HashMap, HashSet},
     path::PathBuf,
+    sync::Arc,
 };
 
 use serde_json::Value as Json;
@@ -16,8 +17,9 @@ type Key = (String, String, String);
 
 pub struct Judge {
     origin: PathBuf,
-    /// The latest version of each object that passed.
-    last_good: HashMap<Key, Json>,
+    /// The latest version of each object that passed (shared with the
+    /// store while it is also the current one).
+    last_good: HashMap<Key, Arc<Json>>,
 }
 
 /// What a round of judging made of the objects.
@@ -28,7 +30,7 @@ pub struct Verdicts {
     /// force, as `Kind namespace/name`.
     pub kept: Vec<String>,
     /// The objects `config` was built from.
-    pub in_force: Vec<Json>,
+    pub in_force: Vec<Arc<Json>>,
 }
 
 impl Judge {
@@ -39,9 +41,9 @@ impl Judge {
         }
     }
 
-    pub fn judge(&mut self, objects: Vec<Json>) -> Verdicts {
-        let keys: Vec<Key> = objects.iter().map(key).collect();
-        let (report, config) = check_objects(&self.origin, objects.clone());
+    pub fn judge(&mut self, objects: Vec<Arc<Json>>) -> Verdicts {
+        let keys: Vec<Key> = objects.iter().map(|o| key(o)).collect();
+        let (report, config) = check_objects(&self.origin, &objects);
         let rejected: HashSet<Key> = report
             .objects
             .iter()
@@ -73,7 +75,7 @@ impl Judge {
                 in_force,
             };
         }
-        let substituted: Vec<Json> = keys
+        let substituted: Vec<Arc<Json>> = keys
             .iter()
             .zip(objects)
             .filter_map(|(k, object)| match rejected.contains(k) {
@@ -81,7 +83,7 @@ impl Judge {
                 false => Some(object),
             })
             .collect();
-        let (_, config) = check_objects(&self.origin, substituted.clone());
+        let (_, config) = check_objects(&self.origin, &substituted);
         let mut kept: Vec<String> = kept
             .into_iter()
             .map(|(kind, namespace, name)| format!("{kind} {namespace}/{name}"))
@@ -115,13 +117,13 @@ mod tests {
 
     use super::*;
 
-    fn service(annotations: Json) -> Json {
-        json!({
+    fn service(annotations: Json) -> Arc<Json> {
+        Arc::new(json!({
             "apiVersion": "v1",
             "kind": "Service",
             "metadata": {"name": "web", "namespace": "shop", "annotations": annotations},
             "spec": {"clusterIP": "10.96.0.10", "selector": {"app": "web"}, "ports": [{"port": 80}]}
-        })
+        }))
     }
 
     #[test]

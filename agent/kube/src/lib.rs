@@ -29,7 +29,7 @@ use kube::{
     config::{KubeConfigOptions, Kubeconfig},
 };
 use serde::Serialize;
-use serde_json::{Value as Json, json};
+use serde_json::Value as Json;
 use strait_config::{Config, Report};
 use tokio::sync::{Notify, watch as channel};
 use tracing::{info, warn};
@@ -193,7 +193,13 @@ pub async fn follow(
     let client = client(&sources.kubeconfig).await?;
     let changed = Arc::new(Notify::new());
     let clusters = Arc::new(Clusters {
-        local: ClusterWatch::start(client.clone(), &sources.cluster, &KINDS, changed.clone()),
+        local: ClusterWatch::start(
+            client.clone(),
+            &sources.cluster,
+            true,
+            &KINDS,
+            changed.clone(),
+        ),
         remotes: Mutex::default(),
     });
     follow_remotes(sources, client, clusters.clone(), changed.clone());
@@ -308,7 +314,7 @@ async fn reconcile(clusters: &Clusters, wanted: remotes::Wanted, changed: &Arc<N
             Ok(file) => client_of(file, &origin)
                 .await
                 .map(|client| {
-                    ClusterWatch::start(client, name, &KINDS[..DISCOVERY], changed.clone())
+                    ClusterWatch::start(client, name, false, &KINDS[..DISCOVERY], changed.clone())
                 })
                 .map_err(|e| e.to_string()),
             Err(source) => Err(Error::Kubeconfig {
@@ -361,9 +367,12 @@ fn spawn_builder(
     let (tx, rx) = channel::channel(None);
     tokio::spawn(async move {
         let judges = Arc::new(Mutex::new(HashMap::<String, judge::Judge>::new()));
+        let mut last_build = Duration::ZERO;
         loop {
             changed.notified().await;
-            tokio::time::sleep(SETTLE).await;
+            // A large cluster takes a while to rebuild: under a stream of
+            // changes, rebuild at most half the time.
+            tokio::time::sleep(SETTLE.max(last_build)).await;
             if !clusters.local.store.all_listed() {
                 continue;
             }
@@ -383,10 +392,12 @@ fn spawn_builder(
                 }
             }
             let judging = judges.clone();
+            let began = std::time::Instant::now();
             let built = tokio::task::spawn_blocking(move || {
                 build(&mut judging.lock().unwrap_or_else(|p| p.into_inner()), sets)
             })
             .await;
+            last_build = began.elapsed();
             let Ok((config, report, kept)) = built else {
                 warn!("building the model from the clusters failed; keeping the last one");
                 continue;
@@ -414,10 +425,12 @@ fn spawn_builder(
 
 /// Judges each cluster's objects on their own (so that one cluster's bad
 /// object is reported as its), then builds one model from what each has
-/// in force. `sets` are (cluster, local, objects), the local one first.
+/// in force. `sets` are (cluster, local, objects), the local one first; a
+/// remote cluster's copy of a namespace the local one has is not taken
+/// (the local labels decide who is in the mesh).
 fn build(
     judges: &mut HashMap<String, judge::Judge>,
-    sets: Vec<(String, bool, Vec<Json>)>,
+    sets: Vec<(String, bool, Vec<Arc<Json>>)>,
 ) -> (Config, Report, Vec<String>) {
     judges.retain(|name, _| sets.iter().any(|(n, _, _)| n == name));
     let mut report = Report::default();
@@ -426,20 +439,30 @@ fn build(
     let mut local_namespaces = BTreeSet::new();
     let mut only = None;
     let count = sets.len();
-    for (name, local, objects) in sets {
-        let objects: Vec<Json> = objects
-            .into_iter()
-            .filter_map(|o| place(o, &name, local))
-            .filter(|o| local || !local_namespaces.contains(&namespace_name(o)))
-            .collect();
+    for (name, local, mut objects) in sets {
         if local {
-            local_namespaces.extend(objects.iter().map(namespace_name).filter(|n| !n.is_empty()));
+            local_namespaces.extend(
+                objects
+                    .iter()
+                    .map(|o| namespace_name(o))
+                    .filter(|n| !n.is_empty()),
+            );
+        } else {
+            objects.retain(|o| !local_namespaces.contains(&namespace_name(o)));
         }
         let judge = judges
             .entry(name.clone())
             .or_insert_with(|| judge::Judge::new(format!("kube:{name}").into()));
         let verdicts = judge.judge(objects);
-        report.objects.extend(verdicts.report.objects);
+        // Only what was left out is reported on; the accepted are the
+        // config itself (and their warnings are in it).
+        report.objects.extend(
+            verdicts
+                .report
+                .objects
+                .into_iter()
+                .filter(|o| o.verdict != strait_config::Verdict::Accepted),
+        );
         report.files.extend(verdicts.report.files);
         kept.extend(verdicts.kept.into_iter().map(|k| match local {
             true => k,
@@ -453,7 +476,7 @@ fn build(
     }
     let config = match only {
         Some(config) => config,
-        None => strait_config::check_objects(Path::new("kube:all"), union).1,
+        None => strait_config::check_objects(Path::new("kube:all"), &union).1,
     };
     (config, report, kept)
 }
@@ -469,47 +492,10 @@ fn namespace_name(object: &Json) -> String {
     }
 }
 
-/// An object as the model takes it from `cluster`: nodes carry their
-/// cluster's label; a remote cluster's nodes are renamed
-/// `<node>.<cluster>` (and its pods' `nodeName` with them), and its pods
-/// carry the label too. `None` for what a remote cluster does not give.
-fn place(mut object: Json, cluster: &str, local: bool) -> Option<Json> {
-    let kind = object["kind"].as_str().unwrap_or_default().to_string();
-    match kind.as_str() {
-        "Node" => {
-            if !local && let Some(name) = object["metadata"]["name"].as_str() {
-                object["metadata"]["name"] = json!(format!("{name}.{cluster}"));
-            }
-            label(&mut object, cluster);
-        }
-        "Pod" if !local => {
-            if let Some(node) = object["spec"]["nodeName"].as_str() {
-                object["spec"]["nodeName"] = json!(format!("{node}.{cluster}"));
-            }
-            label(&mut object, cluster);
-        }
-        "Namespace" | "Pod" | "Service" => {}
-        _ if !local => return None,
-        _ => {}
-    }
-    Some(object)
-}
-
-/// Adds the cluster label unless the object has one.
-fn label(object: &mut Json, cluster: &str) {
-    let metadata = &mut object["metadata"];
-    if !metadata["labels"].is_object() {
-        metadata["labels"] = json!({});
-    }
-    if let Some(labels) = metadata["labels"].as_object_mut() {
-        labels
-            .entry(CLUSTER_LABEL)
-            .or_insert_with(|| json!(cluster));
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     fn node(name: &str) -> Json {
@@ -552,6 +538,16 @@ mod tests {
                 vec![namespace(json!({})), node("n1"), pod("b", "n1", "10.2.0.2")],
             ),
         ];
+        let sets = sets
+            .into_iter()
+            .map(|(name, local, objects)| {
+                let placed = objects
+                    .into_iter()
+                    .map(|o| Arc::new(store::place(o, &name, local)))
+                    .collect();
+                (name, local, placed)
+            })
+            .collect();
         let (config, report, kept) = build(&mut HashMap::new(), sets);
         assert_eq!(report.rejected(), 0, "{report}");
         assert!(kept.is_empty());
@@ -578,10 +574,8 @@ mod tests {
     }
 
     #[test]
-    fn a_remote_clusters_istio_config_is_not_taken() {
-        let rule = json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
-            "metadata": {"name": "r", "namespace": "shop"}, "spec": {"host": "web"}});
-        assert!(place(rule.clone(), "c2", false).is_none());
-        assert!(place(rule, "c1", true).is_some());
+    fn a_remote_cluster_gives_only_its_workloads_and_services() {
+        let kinds: Vec<&str> = KINDS[..DISCOVERY].iter().map(|k| k.kind).collect();
+        assert_eq!(kinds, ["Namespace", "Node", "Pod", "Service"]);
     }
 }

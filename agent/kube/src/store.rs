@@ -3,7 +3,7 @@
 //! managed fields are not kept.
 use std::{
     collections::{BTreeMap, BTreeSet},
-    sync::Mutex,
+    sync::{Arc, Mutex},
 };
 
 use kube::api::{ApiResource, DynamicObject};
@@ -16,6 +16,9 @@ type Key = (String, String);
 
 pub struct Store {
     inner: Mutex<Inner>,
+    /// The cluster the objects come from, and whether it is the local one.
+    cluster: String,
+    local: bool,
 }
 
 struct Inner {
@@ -24,18 +27,20 @@ struct Inner {
 
 #[derive(Default)]
 struct KindObjects {
-    objects: BTreeMap<Key, Json>,
+    objects: BTreeMap<Key, Arc<Json>>,
     /// Keys seen since a relist began; the others are gone at its end.
     relisting: Option<BTreeSet<Key>>,
     listed: bool,
 }
 
 impl Store {
-    pub fn new(kinds: usize) -> Self {
+    pub fn new(kinds: usize, cluster: &str, local: bool) -> Self {
         Self {
             inner: Mutex::new(Inner {
                 kinds: (0..kinds).map(|_| KindObjects::default()).collect(),
             }),
+            cluster: cluster.to_string(),
+            local,
         }
     }
 
@@ -69,7 +74,11 @@ impl Store {
 
     pub fn put(&self, kind: usize, meta: &Kind, resource: &ApiResource, object: DynamicObject) {
         let key = key(&object);
-        let json = trim(meta, resource, object);
+        let json = Arc::new(place(
+            trim(meta, resource, object),
+            &self.cluster,
+            self.local,
+        ));
         self.with(|s| {
             let k = &mut s.kinds[kind];
             if let Some(seen) = &mut k.relisting {
@@ -86,8 +95,8 @@ impl Store {
         });
     }
 
-    /// Every object, for a rebuild.
-    pub fn objects(&self) -> Vec<Json> {
+    /// Every object, for a rebuild (shared, not copied).
+    pub fn objects(&self) -> Vec<Arc<Json>> {
         self.with(|s| {
             s.kinds
                 .iter()
@@ -102,6 +111,42 @@ fn key(object: &DynamicObject) -> Key {
         object.metadata.namespace.clone().unwrap_or_default(),
         object.metadata.name.clone().unwrap_or_default(),
     )
+}
+
+/// An object as the model takes it from `cluster`: nodes carry their
+/// cluster's label; a remote cluster's nodes are renamed
+/// `<node>.<cluster>` (and its pods' `nodeName` with them), and its pods
+/// carry the label too.
+pub(crate) fn place(mut object: Json, cluster: &str, local: bool) -> Json {
+    match object["kind"].as_str() {
+        Some("Node") => {
+            if !local && let Some(name) = object["metadata"]["name"].as_str() {
+                object["metadata"]["name"] = json!(format!("{name}.{cluster}"));
+            }
+            label(&mut object, cluster);
+        }
+        Some("Pod") if !local => {
+            if let Some(node) = object["spec"]["nodeName"].as_str() {
+                object["spec"]["nodeName"] = json!(format!("{node}.{cluster}"));
+            }
+            label(&mut object, cluster);
+        }
+        _ => {}
+    }
+    object
+}
+
+/// Adds the cluster label unless the object has one.
+fn label(object: &mut Json, cluster: &str) {
+    let metadata = &mut object["metadata"];
+    if !metadata["labels"].is_object() {
+        metadata["labels"] = json!({});
+    }
+    if let Some(labels) = metadata["labels"].as_object_mut() {
+        labels
+            .entry(crate::CLUSTER_LABEL)
+            .or_insert_with(|| json!(cluster));
+    }
 }
 
 /// The object as the checks read it: `apiVersion`, `kind`, the metadata
@@ -256,7 +301,7 @@ mod tests {
     #[test]
     fn a_relist_drops_what_it_no_longer_lists() {
         let (index, kind, resource) = pods();
-        let store = Store::new(KINDS.len());
+        let store = Store::new(KINDS.len(), "c1", true);
         store.put(index, kind, &resource, pod("a"));
         store.put(index, kind, &resource, pod("b"));
         assert!(!store.all_listed());

@@ -68,10 +68,16 @@ impl Drop for ClusterWatch {
 }
 
 impl ClusterWatch {
-    /// Starts watching `kinds` on `client`'s cluster; `changed` is notified
-    /// whenever the store changes.
-    pub fn start(client: Client, name: &str, kinds: &'static [Kind], changed: Arc<Notify>) -> Self {
-        let store = Arc::new(Store::new(kinds.len()));
+    /// Starts watching `kinds` on `client`'s cluster (the `local` one or a
+    /// remote one); `changed` is notified whenever the store changes.
+    pub fn start(
+        client: Client,
+        name: &str,
+        local: bool,
+        kinds: &'static [Kind],
+        changed: Arc<Notify>,
+    ) -> Self {
+        let store = Arc::new(Store::new(kinds.len(), name, local));
         let connected = Arc::new(AtomicBool::new(true));
         let tasks = kinds
             .iter()

@@ -409,6 +409,56 @@ subjects: [{kind: ServiceAccount, name: strait-ca, namespace: kube-system}]
         Ok(serde_json::from_str(&text)?)
     }
 
+    /// Many raw requests as the admin, `parallel` at a time (one curl):
+    /// (method, path, JSON body). Returns how many succeeded (2xx).
+    pub fn requests(
+        &self,
+        requests: &[(&str, String, serde_json::Value)],
+        parallel: usize,
+    ) -> Result<usize> {
+        // curl's config syntax: double-quoted, backslash escapes.
+        let quote = |s: &str| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""));
+        let mut config = String::new();
+        for (i, (method, path, body)) in requests.iter().enumerate() {
+            if i > 0 {
+                config.push_str("next\n");
+            }
+            let content_type = match *method {
+                "PATCH" => "application/merge-patch+json",
+                _ => "application/json",
+            };
+            for (key, value) in [
+                ("url", format!("https://{}{path}", self.address)),
+                ("request", method.to_string()),
+                ("cacert", self.ca_file().display().to_string()),
+                (
+                    "header",
+                    format!("Authorization: Bearer {}", self.admin_token),
+                ),
+                ("header", format!("Content-Type: {content_type}")),
+                ("data-binary", body.to_string()),
+                ("output", "/dev/null".to_string()),
+                ("write-out", "%{http_code}\\n".to_string()),
+            ] {
+                writeln!(config, "{key} = {}", quote(&value))?;
+            }
+            config.push_str("silent\n");
+        }
+        let file = self
+            .dir
+            .join(format!("{}-requests.curlrc", random_token()?));
+        std::fs::write(&file, config)?;
+        let mut cmd = self.place.command("curl")?;
+        cmd.args(["--parallel", "--parallel-max", &parallel.to_string(), "-K"])
+            .arg(&file);
+        let out = process::run(cmd, Duration::from_secs(600))?;
+        std::fs::remove_file(&file)?;
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|code| code.starts_with('2'))
+            .count())
+    }
+
     /// The API server's log so far.
     pub fn log(&self) -> String {
         self.server.as_ref().map(Process::log).unwrap_or_default()

@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use strait_topology::{Place, Process, process};
+use strait_topology::{Place, Pod, Process, process};
 
 use crate::Result;
 
@@ -32,6 +32,42 @@ pub fn bin(name: &str) -> PathBuf {
 }
 
 /// One cluster's control plane. Dropping it stops both processes.
+/// The agents' ServiceAccount, as the CA's `--agent-service-account`
+/// names it.
+pub const AGENT_SERVICE_ACCOUNT: &str = "kube-system/strait-agent";
+/// The audience of the tokens agents send the CA.
+pub const CA_AUDIENCE: &str = "strait-ca";
+
+/// A ServiceAccount and a Pod object for a topology pod, scheduled on its
+/// node, running as `service_account`, with `labels`.
+pub fn pod_yaml(
+    pod: &Pod,
+    namespace: &str,
+    service_account: &str,
+    labels: &[(&str, &str)],
+) -> String {
+    let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+    format!(
+        "apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: {service_account}, namespace: {namespace}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, namespace: {namespace}, labels: {{{labels}}}}}
+spec:
+  nodeName: {node}
+  serviceAccountName: {service_account}
+  automountServiceAccountToken: false
+  containers: [{{name: app, image: none}}]
+---
+",
+        name = pod.name,
+        node = pod.node,
+        labels = labels.join(", "),
+    )
+}
+
 pub struct ApiServer {
     place: Place,
     dir: PathBuf,
@@ -354,6 +390,55 @@ subjects: [{kind: ServiceAccount, name: strait-ca, namespace: kube-system}]
             .into());
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The agent of `node` as a DaemonSet runs it: a running pod
+    /// `kube-system/agent-<node>` of [`AGENT_SERVICE_ACCOUNT`] on that node,
+    /// and its projected token for the CA, written to `dir/<node>.token`.
+    /// The token and its file.
+    pub fn agent_token(&self, node: &str, dir: &Path) -> Result<(String, PathBuf)> {
+        self.apply(&format!(
+            "apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: strait-agent, namespace: kube-system}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: agent-{node}, namespace: kube-system}}
+spec:
+  nodeName: {node}
+  hostNetwork: true
+  serviceAccountName: strait-agent
+  automountServiceAccountToken: false
+  containers: [{{name: agent, image: none}}]
+"
+        ))?;
+        self.request(
+            "PATCH",
+            &format!("/api/v1/namespaces/kube-system/pods/agent-{node}/status"),
+            &serde_json::json!({"status": {"phase": "Running"}}),
+        )?;
+        let pod = format!("agent-{node}");
+        let token = self.token("kube-system", "strait-agent", Some(&pod), CA_AUDIENCE, 3600)?;
+        let path = dir.join(format!("{node}.token"));
+        std::fs::write(&path, &token)?;
+        Ok((token, path))
+    }
+
+    /// Writes the status a kubelet would once `pod`'s network is up:
+    /// running, its addresses, ready.
+    pub fn make_ready(&self, namespace: &str, pod: &Pod) -> Result<()> {
+        self.request(
+            "PATCH",
+            &format!("/api/v1/namespaces/{namespace}/pods/{}/status", pod.name),
+            &serde_json::json!({"status": {
+                "phase": "Running",
+                "podIP": pod.ipv4.to_string(),
+                "podIPs": [{"ip": pod.ipv4.to_string()}],
+                "conditions": [{"type": "Ready", "status": "True"}],
+            }}),
+        )?;
+        Ok(())
     }
 
     /// Writes `text` to a new file of this control plane's directory; its

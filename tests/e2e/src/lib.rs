@@ -474,6 +474,23 @@ impl<'t> Mesh<'t> {
         }
     }
 
+    /// The roots alone (`strait-ca roots`), as agents that authenticate
+    /// with a ServiceAccount token hold them; the directory.
+    pub fn roots_dir(&self) -> Result<PathBuf> {
+        let out = self.topo.scratch_dir().join("roots");
+        let status = std::process::Command::new(self.bin("strait-ca"))
+            .args(["roots", "--ca-dir"])
+            .arg(&self.ca_dir)
+            .arg("--out")
+            .arg(&out)
+            .stdout(std::process::Stdio::null())
+            .status()?;
+        if !status.success() {
+            return Err(format!("strait-ca roots: {status}").into());
+        }
+        Ok(out)
+    }
+
     /// Kills `network`'s CA replica (by its PID).
     pub fn stop_ca(&self, network: &str) -> Result<()> {
         let ca = self

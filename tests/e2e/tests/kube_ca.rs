@@ -8,88 +8,19 @@
 //! With both away, agents keep their certificates and say so.
 use std::{
     net::IpAddr,
-    path::PathBuf,
     time::{Duration, Instant},
 };
 
-use serde_json::json;
 use strait_e2e::{
     CA_PORT, Mesh, Result,
     ca::{Auth, ask_ca, sign_body},
     curl, http_server,
-    kube::ApiServer,
-    marker_url, metric_sum, require_root, strait_bin, two_nodes,
+    kube::{AGENT_SERVICE_ACCOUNT, ApiServer, CA_AUDIENCE as AUDIENCE, pod_yaml},
+    marker_url, metric_sum, require_root, two_nodes,
 };
-use strait_topology::{Pod, Topology};
+use strait_topology::Topology;
 
 const WAIT: Duration = Duration::from_secs(90);
-const AUDIENCE: &str = "strait-ca";
-const AGENT_SA: &str = "kube-system/strait-agent";
-
-fn pod_yaml(pod: &Pod) -> String {
-    format!(
-        "apiVersion: v1
-kind: ServiceAccount
-metadata: {{name: {name}, namespace: shop}}
----
-apiVersion: v1
-kind: Pod
-metadata: {{name: {name}, namespace: shop, labels: {{app: {name}}}}}
-spec:
-  nodeName: {node}
-  serviceAccountName: {name}
-  automountServiceAccountToken: false
-  containers: [{{name: app, image: none}}]
----
-",
-        name = pod.name,
-        node = pod.node,
-    )
-}
-
-fn agent_pod_yaml(node: &str) -> String {
-    format!(
-        "apiVersion: v1
-kind: Pod
-metadata: {{name: agent-{node}, namespace: kube-system}}
-spec:
-  nodeName: {node}
-  hostNetwork: true
-  serviceAccountName: strait-agent
-  automountServiceAccountToken: false
-  containers: [{{name: agent, image: none}}]
----
-"
-    )
-}
-
-fn set_status(
-    api: &ApiServer,
-    namespace: &str,
-    pod: &str,
-    status: serde_json::Value,
-) -> Result<()> {
-    api.request(
-        "PATCH",
-        &format!("/api/v1/namespaces/{namespace}/pods/{pod}/status"),
-        &json!({ "status": status }),
-    )?;
-    Ok(())
-}
-
-fn make_ready(api: &ApiServer, pod: &Pod) -> Result<()> {
-    set_status(
-        api,
-        "shop",
-        &pod.name,
-        json!({
-            "phase": "Running",
-            "podIP": pod.ipv4.to_string(),
-            "podIPs": [{"ip": pod.ipv4.to_string()}],
-            "conditions": [{"type": "Ready", "status": "True"}],
-        }),
-    )
-}
 
 /// The generation of `node`'s certificate for `identity`, 0 if none.
 fn generation(mesh: &Mesh<'_>, node: &str, identity: &str) -> Result<u64> {
@@ -138,29 +69,15 @@ fn the_ca_signs_by_token_for_pods_on_the_askers_node_and_survives_a_replica() ->
 kind: Namespace
 metadata: {{name: shop, labels: {{istio.io/dataplane-mode: ambient}}}}
 ---
-apiVersion: v1
-kind: ServiceAccount
-metadata: {{name: strait-agent, namespace: kube-system}}
----
-{}{}{}{}",
-        pod_yaml(a),
-        pod_yaml(b),
-        agent_pod_yaml("n1"),
-        agent_pod_yaml("n2"),
+{}{}",
+        pod_yaml(a, "shop", &a.name, &[("app", &a.name)]),
+        pod_yaml(b, "shop", &b.name, &[("app", &b.name)]),
     ))?;
-    for node in ["n1", "n2"] {
-        set_status(
-            &api,
-            "kube-system",
-            &format!("agent-{node}"),
-            json!({"phase": "Running"}),
-        )?;
-    }
     let mesh = Mesh::with_cluster(&topo, api.strait_kubeconfig()?)?.with_ca(
         api.ca_kubeconfig()?,
         &[
             "--agent-service-account",
-            AGENT_SA,
+            AGENT_SERVICE_ACCOUNT,
             "--max-cert-lifetime",
             "60s",
         ],
@@ -169,29 +86,9 @@ metadata: {{name: strait-agent, namespace: kube-system}}
     // The agents hold the roots only, and their pods' tokens, as a
     // DaemonSet would mount them.
     let scratch = topo.scratch_dir();
-    let roots = scratch.join("roots");
-    let status = std::process::Command::new(strait_bin("strait-ca"))
-        .args(["roots", "--ca-dir"])
-        .arg(&mesh.ca_dir)
-        .arg("--out")
-        .arg(&roots)
-        .stdout(std::process::Stdio::null())
-        .status()?;
-    assert!(status.success());
-    let token_file = |node: &str| -> Result<(String, PathBuf)> {
-        let token = api.token(
-            "kube-system",
-            "strait-agent",
-            Some(&format!("agent-{node}")),
-            AUDIENCE,
-            3600,
-        )?;
-        let path = scratch.join(format!("{node}.token"));
-        std::fs::write(&path, &token)?;
-        Ok((token, path))
-    };
-    let (t1, t1_file) = token_file("n1")?;
-    let (_, t2_file) = token_file("n2")?;
+    let roots = mesh.roots_dir()?;
+    let (t1, t1_file) = api.agent_token("n1", &scratch)?;
+    let (_, t2_file) = api.agent_token("n2", &scratch)?;
 
     // Two replicas; the agents know both.
     let first = mesh.ca_addr("net1")?;
@@ -211,8 +108,8 @@ metadata: {{name: strait-agent, namespace: kube-system}}
         )
     };
     let _agents = [start("n1", &t1_path)?, start("n2", &t2_path)?];
-    make_ready(&api, a)?;
-    make_ready(&api, b)?;
+    api.make_ready("shop", a)?;
+    api.make_ready("shop", b)?;
     mesh.wait_state("n1", "a", WAIT, |s| s == "captured")?;
     mesh.wait_state("n2", "b", WAIT, |s| s == "captured")?;
     let (id_a, id_b) = (
@@ -295,8 +192,8 @@ metadata: {{name: strait-agent, namespace: kube-system}}
     );
     mesh.stop_ca("net1")?;
     let killed = Instant::now();
-    api.apply(&pod_yaml(c))?;
-    make_ready(&api, c)?;
+    api.apply(&pod_yaml(c, "shop", &c.name, &[("app", &c.name)]))?;
+    api.make_ready("shop", c)?;
     mesh.wait_state("n2", "c", WAIT, |s| s == "captured")?;
     wait_generation(&mesh, "n2", "spiffe://cluster.local/ns/shop/sa/c", 1)?;
     println!(
@@ -319,8 +216,8 @@ metadata: {{name: strait-agent, namespace: kube-system}}
     // Both away: the agents keep what they hold, say so, and retry.
     let mut second = second;
     second.process.kill()?;
-    api.apply(&pod_yaml(d))?;
-    make_ready(&api, d)?;
+    api.apply(&pod_yaml(d, "shop", &d.name, &[("app", &d.name)]))?;
+    api.make_ready("shop", d)?;
     let id_d = "spiffe://cluster.local/ns/shop/sa/d";
     let started = Instant::now();
     let ready = loop {

@@ -12,8 +12,9 @@ use std::{
 
 use serde_json::json;
 use strait_e2e::{
-    Load, Mesh, Result, connections, http_server, kube::ApiServer, metric_sum, monotonic_now,
-    node_yaml, require_root,
+    Load, Mesh, Result, connections, http_server,
+    kube::{ApiServer, pod_yaml},
+    metric_sum, monotonic_now, node_yaml, require_root,
 };
 use strait_topology::{Locality, Pod, Spec, Topology};
 
@@ -53,40 +54,9 @@ spec:
         yaml.push_str(&node_yaml(node, "r1", zone));
     }
     for (pod, app) in pods {
-        yaml.push_str(&format!(
-            "apiVersion: v1
-kind: ServiceAccount
-metadata: {{name: {name}, namespace: shop}}
----
-apiVersion: v1
-kind: Pod
-metadata: {{name: {name}, namespace: shop, labels: {{app: {app}}}}}
-spec:
-  nodeName: {node}
-  serviceAccountName: {name}
-  automountServiceAccountToken: false
-  containers: [{{name: app, image: none}}]
----
-",
-            name = pod.name,
-            node = pod.node,
-        ));
+        yaml.push_str(&pod_yaml(pod, "shop", &pod.name, &[("app", app)]));
     }
     yaml
-}
-
-fn make_ready(api: &ApiServer, pod: &Pod) -> Result<()> {
-    api.request(
-        "PATCH",
-        &format!("/api/v1/namespaces/shop/pods/{}/status", pod.name),
-        &json!({"status": {
-            "phase": "Running",
-            "podIP": pod.ipv4.to_string(),
-            "podIPs": [{"ip": pod.ipv4.to_string()}],
-            "conditions": [{"type": "Ready", "status": "True"}],
-        }}),
-    )?;
-    Ok(())
 }
 
 /// A directory holding one kubeconfig, named after its cluster.
@@ -151,9 +121,9 @@ fn a_service_spans_two_clusters_and_fails_over_between_them() -> Result<()> {
     ];
     let written = Instant::now();
     for pod in [client, near] {
-        make_ready(&api1, pod)?;
+        api1.make_ready("shop", pod)?;
     }
-    make_ready(&api2, far)?;
+    api2.make_ready("shop", far)?;
     mesh1.wait_state("n1", "client", WAIT, |s| s == "captured")?;
     mesh1.wait_state("n2", "near", WAIT, |s| s == "captured")?;
     mesh2.wait_state("n3", "far", WAIT, |s| s == "captured")?;

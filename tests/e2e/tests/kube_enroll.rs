@@ -8,51 +8,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde_json::json;
 use strait_e2e::{
-    Mesh, Result, curl, echo_client, echo_server, http_server, kube::ApiServer, marker_url,
-    metric_sum, require_root, two_nodes, wait_for_line,
+    Mesh, Result, curl, echo_client, echo_server, http_server,
+    kube::{ApiServer, pod_yaml},
+    marker_url, metric_sum, require_root, two_nodes, wait_for_line,
 };
-use strait_topology::{Pod, Process, Topology};
+use strait_topology::{Process, Topology};
 
 /// How long a state change may take before the test gives up.
 const WAIT: Duration = Duration::from_secs(30);
-
-/// A Pod object for a topology pod, scheduled on `node`.
-fn pod_yaml(pod: &Pod, node: &str, service_account: &str) -> String {
-    format!(
-        "apiVersion: v1
-kind: ServiceAccount
-metadata: {{name: {service_account}, namespace: shop}}
----
-apiVersion: v1
-kind: Pod
-metadata: {{name: {name}, namespace: shop, labels: {{app: {name}}}}}
-spec:
-  nodeName: {node}
-  serviceAccountName: {service_account}
-  automountServiceAccountToken: false
-  containers: [{{name: app, image: none}}]
----
-",
-        name = pod.name
-    )
-}
-
-/// Writes the status a kubelet would once the pod's network is up.
-fn make_ready(api: &ApiServer, pod: &Pod) -> Result<()> {
-    api.request(
-        "PATCH",
-        &format!("/api/v1/namespaces/shop/pods/{}/status", pod.name),
-        &json!({"status": {
-            "phase": "Running",
-            "podIP": pod.ipv4.to_string(),
-            "podIPs": [{"ip": pod.ipv4.to_string()}],
-            "conditions": [{"type": "Ready", "status": "True"}],
-        }}),
-    )?;
-    Ok(())
-}
 
 /// Namespace `shop` (in the mesh) with pods a (n1) and b (n2) ready and
 /// enrolled, agents and a CA reading the API server on n1; c (n2) is left
@@ -75,15 +39,15 @@ kind: Namespace
 metadata: {{name: shop, labels: {{istio.io/dataplane-mode: ambient}}}}
 ---
 {}{}",
-        pod_yaml(a, "n1", "a"),
-        pod_yaml(b, "n2", "b")
+        pod_yaml(a, "shop", "a", &[("app", &a.name)]),
+        pod_yaml(b, "shop", "b", &[("app", &b.name)])
     ))?;
     let agents = [mesh.start_agent("n1", &[])?, mesh.start_agent("n2", &[])?];
     // Nothing is enrolled before the kubelet says where the pod is.
     mesh.wait_state("n1", "a", WAIT, str::is_empty)?;
-    make_ready(&api, a)?;
+    api.make_ready("shop", a)?;
     let made_ready = Instant::now();
-    make_ready(&api, b)?;
+    api.make_ready("shop", b)?;
     mesh.wait_state("n1", "a", WAIT, |s| s == "captured")?;
     mesh.wait_state("n2", "b", WAIT, |s| s == "captured")?;
     println!(
@@ -297,8 +261,8 @@ fn an_api_server_restart_drops_nothing_and_later_changes_apply() -> Result<()> {
         "the API server was ready again {:.1} s after its start",
         up.as_secs_f64()
     );
-    api.apply(&pod_yaml(c, "n2", "c"))?;
-    make_ready(&api, c)?;
+    api.apply(&pod_yaml(c, "shop", "c", &[("app", &c.name)]))?;
+    api.make_ready("shop", c)?;
     mesh.wait_state("n2", "c", WAIT, |s| s == "captured")?;
     println!(
         "c, created after the restart, enrolled {:.2} s after the API server was back",

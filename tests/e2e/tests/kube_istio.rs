@@ -12,9 +12,11 @@ use std::{
 
 use serde_json::{Value as Json, json};
 use strait_e2e::{
-    Load, Mesh, Result, connections, curl, http_server, kube::ApiServer, node_yaml, require_root,
+    Load, Mesh, Result, connections, curl, http_server,
+    kube::{ApiServer, pod_yaml},
+    node_yaml, require_root,
 };
-use strait_topology::{Locality, Pod, Spec, Topology};
+use strait_topology::{Locality, Spec, Topology};
 
 const WAIT: Duration = Duration::from_secs(60);
 const CONNECTIONS: u32 = 4_000;
@@ -29,41 +31,6 @@ fn spec() -> Spec {
         .pod("client", "n1")
         .pod("east", "n2")
         .pod("west", "n3")
-}
-
-fn pod_yaml(pod: &Pod, app: &str) -> String {
-    format!(
-        "apiVersion: v1
-kind: ServiceAccount
-metadata: {{name: {name}, namespace: default}}
----
-apiVersion: v1
-kind: Pod
-metadata: {{name: {name}, namespace: default, labels: {{app: {app}}}}}
-spec:
-  nodeName: {node}
-  serviceAccountName: {name}
-  automountServiceAccountToken: false
-  containers: [{{name: app, image: none}}]
----
-",
-        name = pod.name,
-        node = pod.node,
-    )
-}
-
-fn make_ready(api: &ApiServer, pod: &Pod) -> Result<()> {
-    api.request(
-        "PATCH",
-        &format!("/api/v1/namespaces/default/pods/{}/status", pod.name),
-        &json!({"status": {
-            "phase": "Running",
-            "podIP": pod.ipv4.to_string(),
-            "podIPs": [{"ip": pod.ipv4.to_string()}],
-            "conditions": [{"type": "Ready", "status": "True"}],
-        }}),
-    )?;
-    Ok(())
 }
 
 /// `kubectl apply` that must fail: its stderr.
@@ -172,9 +139,24 @@ spec:
     yaml.push_str(&node_yaml("n1", "east-cluster", "z1"));
     yaml.push_str(&node_yaml("n2", "east-cluster", "z1"));
     yaml.push_str(&node_yaml("n3", "west-cluster", "z1"));
-    yaml.push_str(&pod_yaml(client, "client"));
-    yaml.push_str(&pod_yaml(east, "reviews"));
-    yaml.push_str(&pod_yaml(west, "reviews"));
+    yaml.push_str(&pod_yaml(
+        client,
+        "default",
+        &client.name,
+        &[("app", "client")],
+    ));
+    yaml.push_str(&pod_yaml(
+        east,
+        "default",
+        &east.name,
+        &[("app", "reviews")],
+    ));
+    yaml.push_str(&pod_yaml(
+        west,
+        "default",
+        &west.name,
+        &[("app", "reviews")],
+    ));
     api.apply(&yaml)?;
     api.kubectl_ok(&[
         "label",
@@ -202,7 +184,7 @@ spec:
         mesh.start_agent("n3", &[])?,
     ];
     for pod in [client, east, west] {
-        make_ready(&api, pod)?;
+        api.make_ready("default", pod)?;
     }
     mesh.wait_state("n1", "client", WAIT, |s| s == "captured")?;
     let dump = wait_dump(&mesh, "the examples are not all in force", |d| {

@@ -37,7 +37,7 @@ fn spec() -> Spec {
         .pod("backend-west", "west-2")
 }
 
-fn boxed(err: Box<dyn std::error::Error + Send + Sync>) -> anyhow::Error {
+pub(crate) fn boxed(err: Box<dyn std::error::Error + Send + Sync>) -> anyhow::Error {
     anyhow::Error::from_boxed(err)
 }
 
@@ -316,7 +316,7 @@ pub fn run() -> Result<()> {
     Ok(())
 }
 
-fn print_topology(topo: &Topology) {
+pub(crate) fn print_topology(topo: &Topology) {
     println!(
         "  {:<8} {:<8} {:<9} {:<20} {:<12} GATEWAY",
         "NODE", "CLUSTER", "NETWORK", "LOCALITY", "ADDRESS"
@@ -429,7 +429,7 @@ fn answer(place: &Place, ip: IpAddr) -> Result<String> {
     answer_url(place, &marker_url(ip, HTTP_PORT))
 }
 
-fn answer_url(place: &Place, url: &str) -> Result<String> {
+pub(crate) fn answer_url(place: &Place, url: &str) -> Result<String> {
     let out = curl(place, url).map_err(boxed)?;
     Ok(if out.status.success() {
         format!("-> \"{}\"", String::from_utf8_lossy(&out.stdout).trim())

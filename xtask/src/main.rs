@@ -5,6 +5,7 @@ mod bench;
 mod build_graph;
 mod cmd;
 mod demo;
+mod demo_kube;
 mod host;
 mod kube;
 mod kube_scale;
@@ -34,7 +35,12 @@ enum Task {
     },
     /// Setup, then bring up the demo topology, run the mesh on it, show what
     /// it did, and tear it down.
-    Demo,
+    Demo {
+        /// Feed the mesh from real API servers (two clusters) instead of
+        /// a directory; setup builds kube-apiserver first if needed.
+        #[arg(long)]
+        kube: bool,
+    },
     /// Setup, then measure strait against direct TCP on the same topology
     /// (release build) and print a table of ratios.
     Bench {
@@ -52,10 +58,14 @@ fn main() -> Result<()> {
             setup::run(setup::Kube::Build)?;
             test::run(filter.as_deref())
         }
-        Task::Demo => {
+        Task::Demo { kube: false } => {
             // The embedded default runs without an API server.
             setup::run(setup::Kube::Skip)?;
             demo::run()
+        }
+        Task::Demo { kube: true } => {
+            setup::run(setup::Kube::Build)?;
+            demo_kube::run()
         }
         Task::Bench { only } => {
             setup::run(setup::Kube::Build)?;

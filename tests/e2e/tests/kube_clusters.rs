@@ -229,3 +229,120 @@ fn a_service_spans_two_clusters_and_fails_over_between_them() -> Result<()> {
     check(&got, "far", "cluster 2's API server stopped");
     Ok(())
 }
+
+/// Istio's remote secrets: a Secret labelled `istio/multiCluster=true` in
+/// the agents' namespace of cluster 1, holding cluster 2's kubeconfig under
+/// the key `c2`, adds cluster 2 while the agent runs; a key that is not a
+/// cluster name is refused with the reason; deleting the Secret drops
+/// cluster 2 again.
+#[test]
+fn remote_secrets_add_and_drop_a_cluster_while_the_agent_runs() -> Result<()> {
+    require_root();
+    let topo = Topology::create(
+        Spec::new()
+            .node("n1", "c1", "net1", Locality::new("r1", "z1", ""))
+            .node("n3", "c2", "net1", Locality::new("r1", "z2", ""))
+            .pod("client", "n1")
+            .pod("far", "n3"),
+    )?;
+    let (n1, n3) = (topo.node("n1")?, topo.node("n3")?);
+    let (client, far) = (topo.pod("client")?, topo.pod("far")?);
+    let api1 = ApiServer::start(&n1.place, n1.addrs.ipv4.into(), "c1")?;
+    let api2 = ApiServer::start(&n3.place, n3.addrs.ipv4.into(), "c2")?;
+    api1.apply(&objects(&[("n1", "z1")], &[(client, "client")]))?;
+    api2.apply(&objects(&[("n3", "z2")], &[(far, "web")]))?;
+    api2.make_ready("shop", far)?;
+    // The agents may read remote secrets in istio-system, and nothing else
+    // of Secrets.
+    api1.apply(
+        "apiVersion: v1
+kind: Namespace
+metadata: {name: istio-system}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: strait-remote-secrets, namespace: istio-system}
+rules:
+- apiGroups: ['']
+  resources: [secrets]
+  verbs: [get, list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: strait-remote-secrets, namespace: istio-system}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: strait-remote-secrets}
+subjects: [{kind: ServiceAccount, name: strait, namespace: kube-system}]
+",
+    )?;
+    let mesh = Mesh::with_cluster(&topo, api1.strait_kubeconfig()?)?;
+    let _agent = mesh.start_agent(
+        "n1",
+        &[
+            ("--cluster", "c1"),
+            ("--remote-secrets-namespace", "istio-system"),
+        ],
+    )?;
+    let clusters = |dump: &serde_json::Value| -> Vec<String> {
+        dump["clusters"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["name"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let far_known = |dump: &serde_json::Value| {
+        dump["config"]["workloads"]
+            .as_array()
+            .is_some_and(|all| all.iter().any(|w| w["name"] == "far"))
+    };
+    let wait =
+        |what: &str, done: &dyn Fn(&serde_json::Value) -> bool| -> Result<serde_json::Value> {
+            let started = Instant::now();
+            loop {
+                let dump = mesh.admin("n1", "/config_dump")?;
+                if done(&dump) {
+                    println!("{what} after {:.2} s", started.elapsed().as_secs_f64());
+                    return Ok(dump);
+                }
+                if started.elapsed() > WAIT {
+                    return Err(format!("{what}: not within {WAIT:?}: {}", dump["clusters"]).into());
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        };
+    let dump = mesh.admin("n1", "/config_dump")?;
+    assert_eq!(clusters(&dump), ["c1"]);
+    assert!(!far_known(&dump));
+
+    let kubeconfig = std::fs::read_to_string(api2.strait_kubeconfig()?)?;
+    let secret = json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "istio-remote-secret-c2", "namespace": "istio-system",
+            "labels": {"istio/multiCluster": "true"}},
+        "stringData": {"c2": kubeconfig, "Not_A_Cluster": "x"},
+    });
+    api1.request("POST", "/api/v1/namespaces/istio-system/secrets", &secret)?;
+    let dump = wait("cluster c2 followed and its pod known", &|d| {
+        clusters(d).contains(&"c2".to_string()) && far_known(d)
+    })?;
+    let problems = dump["cluster_problems"].to_string();
+    assert!(
+        problems.contains("Secret istio-remote-secret-c2: data.Not_A_Cluster:"),
+        "{problems}"
+    );
+    let far_labels = dump["config"]["workloads"]
+        .as_array()
+        .and_then(|all| all.iter().find(|w| w["name"] == "far"))
+        .map(|w| w["labels"]["topology.istio.io/cluster"].clone());
+    assert_eq!(far_labels, Some(json!("c2")));
+
+    api1.request(
+        "DELETE",
+        "/api/v1/namespaces/istio-system/secrets/istio-remote-secret-c2",
+        &serde_json::Value::Null,
+    )?;
+    wait("cluster c2 dropped with its Secret", &|d| {
+        clusters(d) == ["c1"] && !far_known(d)
+    })?;
+    Ok(())
+}

@@ -188,6 +188,35 @@ impl ApiServer {
         self.dir.join("certs/apiserver.crt")
     }
 
+    /// A kubeconfig whose token is read from `token_file` (as a projected
+    /// token is mounted, and rotated, in a pod).
+    pub fn kubeconfig_with_token_file(&self, name: &str, token_file: &Path) -> Result<PathBuf> {
+        let path = self.dir.join(format!("{name}.kubeconfig"));
+        let text = format!(
+            "apiVersion: v1
+kind: Config
+clusters:
+- name: {name}
+  cluster:
+    server: https://{}
+    certificate-authority: {}
+users:
+- name: {name}
+  user:
+    tokenFile: {}
+contexts:
+- name: {name}
+  context: {{cluster: {name}, user: {name}}}
+current-context: {name}
+",
+            self.address,
+            self.ca_file().display(),
+            token_file.display()
+        );
+        std::fs::write(&path, text)?;
+        Ok(path)
+    }
+
     /// A kubeconfig with `token`, for an agent or a CA.
     pub fn kubeconfig(&self, name: &str, token: &str) -> Result<PathBuf> {
         let path = self.dir.join(format!("{name}.kubeconfig"));

@@ -10,7 +10,7 @@ use std::{
 
 use strait_e2e::{
     Mesh, Result, curl, echo_client, echo_server, http_server,
-    kube::{ApiServer, pod_yaml},
+    kube::{AUDIENCE, ApiServer, pod_yaml},
     marker_url, metric_sum, require_root, two_nodes, wait_for_line,
 };
 use strait_topology::{Process, Topology};
@@ -282,5 +282,83 @@ fn an_api_server_restart_drops_nothing_and_later_changes_apply() -> Result<()> {
         long.log()
     );
     println!("{}", long.log().trim());
+    Ok(())
+}
+
+/// The agents' kubeconfig names a token file, as a pod's projected token
+/// is mounted: the file is rotated, the old token stops being valid (its
+/// pod is gone), and the API server restarts so every watch must
+/// authenticate again. The agents take up the new token and later changes
+/// apply.
+#[test]
+fn a_rotated_token_is_taken_up() -> Result<()> {
+    require_root();
+    let topo = Topology::create(spec())?;
+    let n1 = topo.node("n1")?;
+    let (a, b, c) = (topo.pod("a")?, topo.pod("b")?, topo.pod("c")?);
+    let mut api = ApiServer::start(&n1.place, n1.addrs.ipv4.into(), "c1")?;
+    api.strait_token()?;
+    let holder = |name: &str| {
+        format!(
+            "apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, namespace: kube-system}}
+spec:
+  nodeName: n2
+  hostNetwork: true
+  serviceAccountName: strait
+  automountServiceAccountToken: false
+  containers: [{{name: agent, image: none}}]
+---
+"
+        )
+    };
+    api.apply(&format!(
+        "apiVersion: v1
+kind: Namespace
+metadata: {{name: shop, labels: {{istio.io/dataplane-mode: ambient}}}}
+---
+{}{}{}{}",
+        holder("agent-old"),
+        holder("agent-new"),
+        pod_yaml(a, "shop", "a", &[("app", &a.name)]),
+        pod_yaml(b, "shop", "b", &[("app", &b.name)]),
+    ))?;
+    let bound = |pod: &str| api.token("kube-system", "strait", Some(pod), AUDIENCE, 3600);
+    let old = bound("agent-old")?;
+    let file = topo.scratch_dir().join("strait.token");
+    std::fs::write(&file, &old)?;
+    let mesh = Mesh::with_cluster(&topo, api.kubeconfig_with_token_file("rotating", &file)?)?;
+    let _agents = [mesh.start_agent("n1", &[])?, mesh.start_agent("n2", &[])?];
+    api.make_ready("shop", a)?;
+    api.make_ready("shop", b)?;
+    mesh.wait_state("n2", "b", WAIT, |s| s == "captured")?;
+
+    // Rotate: the new token in the file, the old one void, every watch
+    // cut.
+    std::fs::write(&file, bound("agent-new")?)?;
+    api.kubectl_ok(&[
+        "-n",
+        "kube-system",
+        "delete",
+        "pod",
+        "agent-old",
+        "--grace-period=0",
+        "--force",
+    ])?;
+    api.restart()?;
+    let back = Instant::now();
+    // (The API server caches a token's review for 10 s; restarted, it has
+    // none.)
+    let refused = api.kubectl_as(&old, &["get", "namespaces"])?;
+    assert!(!refused.status.success(), "the old token still works");
+    api.apply(&pod_yaml(c, "shop", "c", &[("app", &c.name)]))?;
+    api.make_ready("shop", c)?;
+    // kube-rs reads a token file again at least once a minute.
+    mesh.wait_state("n2", "c", Duration::from_secs(120), |s| s == "captured")?;
+    println!(
+        "c enrolled {:.1} s after the API server came back with the old token void",
+        back.elapsed().as_secs_f64()
+    );
     Ok(())
 }

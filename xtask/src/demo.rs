@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail};
 use strait_e2e::{
     Mesh, curl, http_server, marker_url, metric_sum, namespace_yaml, node_yaml, workload_yaml,
 };
-use strait_topology::{Locality, Place, Spec, Topology};
+use strait_topology::{Locality, Place, Process, Spec, Topology};
 
 use crate::cmd::{self, section};
 
@@ -299,6 +299,12 @@ pub fn run() -> Result<()> {
         println!("  {line}");
     }
 
+    teardown(agents, topo, "")
+}
+
+/// Stops the agents, removes the topology and checks nothing is left;
+/// `also` names what else went with it.
+pub(crate) fn teardown(agents: Vec<Process>, topo: Topology, also: &str) -> Result<()> {
     section("teardown");
     for mut agent in agents {
         agent.stop(Duration::from_secs(5))?;
@@ -310,7 +316,7 @@ pub fn run() -> Result<()> {
         bail!("the demo left {left:?}");
     }
     println!(
-        "  removed {} namespaces, the cgroups and the pins; nothing left",
+        "  removed {} namespaces{also}, the cgroups and the pins; nothing left",
         resources.netns.len()
     );
     Ok(())

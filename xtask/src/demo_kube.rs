@@ -6,7 +6,7 @@
 //! pods' ServiceAccount tokens. A service that spans both clusters fails
 //! over from one to the other, and keeps working while the other
 //! cluster's API server is down.
-use std::{net::IpAddr, path::Path, time::Instant};
+use std::{path::Path, time::Instant};
 
 use anyhow::{Context, Result, bail};
 use strait_e2e::{Mesh, http_server, kube, kube::ApiServer, metric_sum, monotonic_now, node_yaml};
@@ -14,7 +14,7 @@ use strait_topology::{Locality, Spec, Topology};
 
 use crate::{
     cmd::{self, section},
-    demo::{answer_url, boxed, print_topology},
+    demo::{answer_url, boxed, print_topology, teardown},
 };
 
 const HTTP_PORT: u16 = 8080;
@@ -194,19 +194,7 @@ pub fn run() -> Result<()> {
             http_server(topo.pod(pod)?, HTTP_PORT, &format!("hello from {pod}")).map_err(boxed)?,
         );
     }
-    let vip: IpAddr = apis[0]
-        .kubectl_ok(&[
-            "-n",
-            "shop",
-            "get",
-            "service",
-            "backend",
-            "-o",
-            "jsonpath={.spec.clusterIP}",
-        ])
-        .map_err(boxed)?
-        .trim()
-        .parse()?;
+    let vip = apis[0].cluster_ip("shop", "backend").map_err(boxed)?;
     let frontend = topo.pod("frontend")?;
     let capture = topo.node("east-1")?.capture("eth0", &["tcp"])?;
     let url = format!("http://{vip}:{HTTP_PORT}/marker");
@@ -247,21 +235,18 @@ pub fn run() -> Result<()> {
 
     section("cluster west's API server stops: what it listed is kept, marked stale");
     apis[1].stop().map_err(boxed)?;
-    let stopped = Instant::now();
-    while metric_sum(
-        &east.metrics("east-1").map_err(boxed)?,
-        "strait_cluster_connected",
-        &["cluster=\"west\""],
-    ) != 0
-    {
-        if stopped.elapsed() > WAIT {
-            bail!("east-1's agent did not notice west's API server was away");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    let away = east
+        .wait_metric(
+            "east-1",
+            "strait_cluster_connected",
+            &["cluster=\"west\""],
+            0,
+            WAIT,
+        )
+        .map_err(boxed)?;
     println!(
         "  east-1 noticed after {:.2} s; its readiness says:",
-        stopped.elapsed().as_secs_f64()
+        away.as_secs_f64()
     );
     for line in east.readiness("east-1").map_err(boxed)?.lines() {
         println!("    {line}");
@@ -317,23 +302,10 @@ spec:
     );
     println!("  curl {url} {}", answer_url(frontend, &url)?);
 
-    section("teardown");
-    for mut agent in agents {
-        agent.stop(std::time::Duration::from_secs(5))?;
-    }
+    // The API servers run in the topology's namespaces: they go first.
     drop(meshes);
     drop(apis);
-    let resources = topo.resources();
-    topo.destroy().context("tearing the demo down")?;
-    let left = resources.remaining();
-    if !left.is_empty() {
-        bail!("the demo left {left:?}");
-    }
-    println!(
-        "  removed {} namespaces, the API servers, the cgroups and the pins; nothing left",
-        resources.netns.len()
-    );
-    Ok(())
+    teardown(agents, topo, ", the API servers")
 }
 
 fn path(p: &Path) -> Result<&str> {

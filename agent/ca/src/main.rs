@@ -38,39 +38,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the signing service.
-    Serve {
-        /// The CA's keys: the mesh root and the control root (made on the
-        /// first start). Only CA processes may read it.
-        #[arg(long, env = "STRAIT_CA_DIR", default_value = "/var/lib/strait/ca")]
-        ca_dir: PathBuf,
-        /// The mesh's manifests, the same the agents read: which workload
-        /// runs on which node, as what.
-        #[arg(
-            long,
-            env = "STRAIT_CONFIG_DIR",
-            required_unless_present = "kubeconfig",
-            conflicts_with = "kubeconfig"
-        )]
-        config_dir: Option<PathBuf>,
-        /// Or the cluster's API server, as the agents watch it.
-        #[arg(long, env = "STRAIT_KUBECONFIG")]
-        kubeconfig: Option<PathBuf>,
-        #[arg(long, default_value = "0.0.0.0:15012")]
-        listen: SocketAddr,
-        /// Prometheus metrics (`/metrics`).
-        #[arg(long, default_value = "127.0.0.1:15014")]
-        metrics_addr: SocketAddr,
-        /// The longest certificate this CA signs, whatever is asked.
-        #[arg(long, default_value = "24h", value_parser = strait_config::duration::parse)]
-        max_cert_lifetime: Duration,
-        /// With --kubeconfig: the agents' ServiceAccount (`namespace/name`);
-        /// a token of it, bound to a pod, authenticates that pod's node.
-        #[arg(long, default_value = "kube-system/strait", requires = "kubeconfig")]
-        agent_service_account: String,
-        /// With --kubeconfig: the audience agents' tokens must be for.
-        #[arg(long, default_value = "strait-ca", requires = "kubeconfig")]
-        token_audience: String,
-    },
+    Serve(Serve),
     /// Write the roots alone (for agents that authenticate with a
     /// ServiceAccount token: their `--credential-dir`).
     Roots {
@@ -111,62 +79,75 @@ fn main() -> Result<()> {
             node,
             out,
             trust_domain,
-        } => {
-            let mesh = Signer::open_or_create(&ca_dir, &trust_domain)
-                .with_context(|| format!("opening the mesh root in {}", ca_dir.display()))?;
-            ControlRoot::open_or_create(&ca_dir, &trust_domain)?
-                .write_node_credential(&node, mesh.root(), &out)
-                .with_context(|| format!("writing {node}'s credential to {}", out.display()))?;
-            println!("{}", out.display());
-            Ok(())
-        }
+        } => write_credential(&ca_dir, &trust_domain, &out, Some(&node)),
         Command::Roots {
             ca_dir,
             out,
             trust_domain,
-        } => {
-            let mesh = Signer::open_or_create(&ca_dir, &trust_domain)
-                .with_context(|| format!("opening the mesh root in {}", ca_dir.display()))?;
-            ControlRoot::open_or_create(&ca_dir, &trust_domain)?
-                .write_roots(mesh.root(), &out)
-                .with_context(|| format!("writing the roots to {}", out.display()))?;
-            println!("{}", out.display());
-            Ok(())
-        }
-        Command::Serve {
-            ca_dir,
-            config_dir,
-            kubeconfig,
-            listen,
-            metrics_addr,
-            max_cert_lifetime,
-            agent_service_account,
-            token_audience,
-        } => tokio::runtime::Builder::new_multi_thread()
+        } => write_credential(&ca_dir, &trust_domain, &out, None),
+        Command::Serve(args) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
             .context("starting the tokio runtime")?
-            .block_on(serve(Serve {
-                ca_dir,
-                config_dir,
-                kubeconfig,
-                listen,
-                metrics_addr,
-                max_cert_lifetime,
-                agent_service_account,
-                token_audience,
-            })),
+            .block_on(serve(args)),
     }
 }
 
+/// Writes `node`'s credential directory to `out`, or with no node the
+/// roots alone; prints where.
+fn write_credential(
+    ca_dir: &std::path::Path,
+    trust_domain: &str,
+    out: &std::path::Path,
+    node: Option<&str>,
+) -> Result<()> {
+    let mesh = Signer::open_or_create(ca_dir, trust_domain)
+        .with_context(|| format!("opening the mesh root in {}", ca_dir.display()))?;
+    let control = ControlRoot::open_or_create(ca_dir, trust_domain)?;
+    match node {
+        Some(node) => control
+            .write_node_credential(node, mesh.root(), out)
+            .with_context(|| format!("writing {node}'s credential to {}", out.display()))?,
+        None => control
+            .write_roots(mesh.root(), out)
+            .with_context(|| format!("writing the roots to {}", out.display()))?,
+    }
+    println!("{}", out.display());
+    Ok(())
+}
+
+#[derive(clap::Args)]
 struct Serve {
+    /// The CA's keys: the mesh root and the control root (made on the
+    /// first start). Only CA processes may read it.
+    #[arg(long, env = "STRAIT_CA_DIR", default_value = "/var/lib/strait/ca")]
     ca_dir: PathBuf,
+    /// The mesh's manifests, the same the agents read: which workload
+    /// runs on which node, as what.
+    #[arg(
+        long,
+        env = "STRAIT_CONFIG_DIR",
+        required_unless_present = "kubeconfig",
+        conflicts_with = "kubeconfig"
+    )]
     config_dir: Option<PathBuf>,
+    /// Or the cluster's API server, as the agents watch it.
+    #[arg(long, env = "STRAIT_KUBECONFIG")]
     kubeconfig: Option<PathBuf>,
+    #[arg(long, default_value = "0.0.0.0:15012")]
     listen: SocketAddr,
+    /// Prometheus metrics (`/metrics`).
+    #[arg(long, default_value = "127.0.0.1:15014")]
     metrics_addr: SocketAddr,
+    /// The longest certificate this CA signs, whatever is asked.
+    #[arg(long, default_value = "24h", value_parser = strait_config::duration::parse)]
     max_cert_lifetime: Duration,
+    /// With --kubeconfig: the agents' ServiceAccount (`namespace/name`);
+    /// a token of it, bound to a pod, authenticates that pod's node.
+    #[arg(long, default_value = "kube-system/strait", requires = "kubeconfig")]
     agent_service_account: String,
+    /// With --kubeconfig: the audience agents' tokens must be for.
+    #[arg(long, default_value = "strait-ca", requires = "kubeconfig")]
     token_audience: String,
 }
 

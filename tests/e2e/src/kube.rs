@@ -188,9 +188,18 @@ impl ApiServer {
         self.dir.join("certs/apiserver.crt")
     }
 
+    /// A kubeconfig with `token`, for an agent or a CA.
+    pub fn kubeconfig(&self, name: &str, token: &str) -> Result<PathBuf> {
+        self.write_kubeconfig(name, &format!("token: {token}"))
+    }
+
     /// A kubeconfig whose token is read from `token_file` (as a projected
     /// token is mounted, and rotated, in a pod).
     pub fn kubeconfig_with_token_file(&self, name: &str, token_file: &Path) -> Result<PathBuf> {
+        self.write_kubeconfig(name, &format!("tokenFile: {}", token_file.display()))
+    }
+
+    fn write_kubeconfig(&self, name: &str, user: &str) -> Result<PathBuf> {
         let path = self.dir.join(format!("{name}.kubeconfig"));
         let text = format!(
             "apiVersion: v1
@@ -203,7 +212,7 @@ clusters:
 users:
 - name: {name}
   user:
-    tokenFile: {}
+    {user}
 contexts:
 - name: {name}
   context: {{cluster: {name}, user: {name}}}
@@ -211,36 +220,7 @@ current-context: {name}
 ",
             self.address,
             self.ca_file().display(),
-            token_file.display()
         );
-        std::fs::write(&path, text)?;
-        Ok(path)
-    }
-
-    /// A kubeconfig with `token`, for an agent or a CA.
-    pub fn kubeconfig(&self, name: &str, token: &str) -> Result<PathBuf> {
-        let path = self.dir.join(format!("{name}.kubeconfig"));
-        let mut text = String::new();
-        writeln!(
-            text,
-            "apiVersion: v1
-kind: Config
-clusters:
-- name: {name}
-  cluster:
-    server: https://{}
-    certificate-authority: {}
-users:
-- name: {name}
-  user:
-    token: {token}
-contexts:
-- name: {name}
-  context: {{cluster: {name}, user: {name}}}
-current-context: {name}",
-            self.address,
-            self.ca_file().display()
-        )?;
         std::fs::write(&path, text)?;
         Ok(path)
     }
@@ -476,6 +456,20 @@ spec:
         let file = self.dir.join(format!("{}-{name}", random_token()?));
         std::fs::write(&file, text)?;
         Ok(file.display().to_string())
+    }
+
+    /// The cluster IP the API server gave Service `namespace/name`.
+    pub fn cluster_ip(&self, namespace: &str, name: &str) -> Result<std::net::IpAddr> {
+        let ip = self.kubectl_ok(&[
+            "-n",
+            namespace,
+            "get",
+            "service",
+            name,
+            "-o",
+            "jsonpath={.spec.clusterIP}",
+        ])?;
+        Ok(ip.trim().parse()?)
     }
 
     /// `kubectl apply -f` of `yaml`.

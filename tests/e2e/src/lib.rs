@@ -765,6 +765,32 @@ impl<'t> Mesh<'t> {
         }
     }
 
+    /// Polls `node`'s metrics until the samples of `name` with `labels`
+    /// sum to `want`, or `timeout` passes; how long it took.
+    pub fn wait_metric(
+        &self,
+        node: &str,
+        name: &str,
+        labels: &[&str],
+        want: u64,
+        timeout: Duration,
+    ) -> Result<Duration> {
+        let started = Instant::now();
+        loop {
+            let got = metric_sum(&self.metrics(node)?, name, labels);
+            if got == want {
+                return Ok(started.elapsed());
+            }
+            if started.elapsed() > timeout {
+                return Err(format!(
+                    "{node}: {name}{labels:?} is {got}, not {want}, after {timeout:?}"
+                )
+                .into());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// The body of the agent's readiness endpoint, from its node.
     pub fn readiness(&self, node: &str) -> Result<String> {
         let out = self.topo.node(node)?.run_ok(

@@ -16,7 +16,7 @@ use strait_e2e::{
     ca::{Auth, ask_ca, sign_body},
     curl, http_server,
     kube::{AGENT_SERVICE_ACCOUNT, ApiServer, CA_AUDIENCE as AUDIENCE, pod_yaml},
-    marker_url, metric_sum, require_root, two_nodes,
+    marker_url, metric_sum, namespace_yaml, require_root, two_nodes,
 };
 use strait_topology::Topology;
 
@@ -65,11 +65,8 @@ fn the_ca_signs_by_token_for_pods_on_the_askers_node_and_survives_a_replica() ->
     );
     let api = ApiServer::start(&n1.place, n1.addrs.ipv4.into(), "c1")?;
     api.apply(&format!(
-        "apiVersion: v1
-kind: Namespace
-metadata: {{name: shop, labels: {{istio.io/dataplane-mode: ambient}}}}
----
-{}{}",
+        "{}{}{}",
+        namespace_yaml("shop", true),
         pod_yaml(a, "shop", &a.name, &[("app", &a.name)]),
         pod_yaml(b, "shop", &b.name, &[("app", &b.name)]),
     ))?;

@@ -5,7 +5,6 @@
 //! no failed connection, and goes on reaching cluster 2's known endpoints
 //! while cluster 2's API server is stopped (marked stale meanwhile).
 use std::{
-    net::IpAddr,
     path::Path,
     time::{Duration, Instant},
 };
@@ -133,18 +132,7 @@ fn a_service_spans_two_clusters_and_fails_over_between_them() -> Result<()> {
     );
 
     // Cluster 1's address of the service; cluster 2 gave it another.
-    let vip: IpAddr = api1
-        .kubectl_ok(&[
-            "-n",
-            "shop",
-            "get",
-            "service",
-            "web",
-            "-o",
-            "jsonpath={.spec.clusterIP}",
-        ])?
-        .trim()
-        .parse()?;
+    let vip = api1.cluster_ip("shop", "web")?;
     let deadline = Instant::now() + WAIT;
     let endpoints = loop {
         let text = mesh1.straitctl("n1", &["endpoints", "web.shop", "--port", "80"])?;
@@ -192,21 +180,16 @@ fn a_service_spans_two_clusters_and_fails_over_between_them() -> Result<()> {
     // Cluster 2's API server stops: what it last listed stays in force,
     // marked stale, and its endpoint goes on serving.
     api2.stop()?;
-    let stopped = Instant::now();
-    while metric_sum(
-        &mesh1.metrics("n1")?,
+    let away = mesh1.wait_metric(
+        "n1",
         "strait_cluster_connected",
         &["cluster=\"c2\""],
-    ) != 0
-    {
-        if stopped.elapsed() > WAIT {
-            return Err("n1's agent did not notice cluster 2's API server was away".into());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        0,
+        WAIT,
+    )?;
     println!(
         "n1 reported cluster 2's API server away after {:.2} s",
-        stopped.elapsed().as_secs_f64()
+        away.as_secs_f64()
     );
     assert_eq!(
         metric_sum(

@@ -11,7 +11,7 @@ use std::{
 use strait_e2e::{
     Mesh, Result, curl, echo_client, echo_server, http_server,
     kube::{AUDIENCE, ApiServer, pod_yaml},
-    marker_url, metric_sum, require_root, two_nodes, wait_for_line,
+    marker_url, metric_sum, namespace_yaml, require_root, two_nodes, wait_for_line,
 };
 use strait_topology::{Process, Topology};
 
@@ -34,11 +34,8 @@ fn cluster(topo: &Topology) -> Result<Cluster<'_>> {
     // read only what strait watches.
     let mesh = Mesh::with_cluster(topo, api.strait_kubeconfig()?)?;
     api.apply(&format!(
-        "apiVersion: v1
-kind: Namespace
-metadata: {{name: shop, labels: {{istio.io/dataplane-mode: ambient}}}}
----
-{}{}",
+        "{}{}{}",
+        namespace_yaml("shop", true),
         pod_yaml(a, "shop", "a", &[("app", &a.name)]),
         pod_yaml(b, "shop", "b", &[("app", &b.name)])
     ))?;
@@ -143,15 +140,7 @@ spec:
   ports: [{name: http, port: 80, targetPort: 8080}]
 ",
     )?;
-    let cluster_ip = api.kubectl_ok(&[
-        "-n",
-        "shop",
-        "get",
-        "service",
-        "web",
-        "-o",
-        "jsonpath={.spec.clusterIP}",
-    ])?;
+    let cluster_ip = api.cluster_ip("shop", "web")?;
     let service_url = format!("http://{cluster_ip}:80/marker");
     let deadline = Instant::now() + WAIT;
     while !curl(a, &service_url)?.status.success() {
@@ -234,16 +223,10 @@ fn an_api_server_restart_drops_nothing_and_later_changes_apply() -> Result<()> {
     wait_for_line(&mut long, "connected", WAIT)?;
 
     api.stop()?;
-    let away = Instant::now();
-    while metric_sum(&mesh.metrics("n2")?, "strait_cluster_connected", &[]) != 0 {
-        if away.elapsed() > WAIT {
-            return Err("the agent did not notice the API server was away".into());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let away = mesh.wait_metric("n2", "strait_cluster_connected", &[], 0, WAIT)?;
     println!(
         "n2's agent reported the API server away after {:.2} s",
-        away.elapsed().as_secs_f64()
+        away.as_secs_f64()
     );
     assert_eq!(
         mesh.wait_state("n2", "b", WAIT, |s| s == "captured")?.0,

@@ -204,16 +204,7 @@ spec:
     );
     assert!(services.contains("istiod"), "the istiod Service");
 
-    let vip = api
-        .kubectl_ok(&[
-            "get",
-            "service",
-            "reviews",
-            "-o",
-            "jsonpath={.spec.clusterIP}",
-        ])?
-        .trim()
-        .parse()?;
+    let vip = api.cluster_ip("default", "reviews")?;
     let _servers = [
         http_server(&east.place, 8080, "east")?,
         http_server(&west.place, 8080, "west")?,

@@ -7,11 +7,13 @@ mod cmd;
 mod demo;
 mod demo_kube;
 mod host;
+mod image;
 mod kube;
 mod kube_scale;
 mod scale;
 mod setup;
 mod test;
+mod tools;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -41,6 +43,9 @@ enum Task {
         #[arg(long)]
         kube: bool,
     },
+    /// Build the container image (static binaries, from scratch, with
+    /// buildah) and write it as an OCI archive.
+    Image,
     /// Setup, then measure strait against direct TCP on the same topology
     /// (release build) and print a table of ratios.
     Bench {
@@ -66,6 +71,11 @@ fn main() -> Result<()> {
         Task::Demo { kube: true } => {
             setup::run(setup::Kube::Build)?;
             demo_kube::run()
+        }
+        Task::Image => {
+            setup::run(setup::Kube::Skip)?;
+            setup::image()?;
+            image::build().map(drop)
         }
         Task::Bench { only } => {
             setup::run(setup::Kube::Build)?;

@@ -12,7 +12,7 @@ use strait_ebpf_common::BPF_TOOLCHAIN;
 
 use crate::{
     cmd::{self, cargo, section, stdout, succeeds},
-    host, kube,
+    host, kube, tools,
 };
 
 /// Debian packages the tests, demo and benchmarks use.
@@ -33,6 +33,11 @@ const APT_PACKAGES: &[&str] = &[
     "wrk",
     "nghttp2-client",
 ];
+
+/// Building the image (`cargo xtask image`) and running it (the tests).
+const IMAGE_PACKAGES: &[&str] = &["musl-tools", "binutils", "buildah", "podman", "runc"];
+/// The static binaries' target.
+const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
 
 /// bpf-linker 0.10's default build loads the LLVM 22 that ships inside the
 /// Rust toolchain running it (`BPF_TOOLCHAIN`), so no system LLVM is needed.
@@ -58,6 +63,8 @@ pub fn run(kube: Kube) -> Result<()> {
     bpffs()?;
     if kube == Kube::Build {
         kube::ensure()?;
+        image()?;
+        tools::ensure()?;
     }
     eprintln!("setup: done in {:.1}s", started.elapsed().as_secs_f64());
     Ok(())
@@ -68,10 +75,36 @@ fn apt(kube: Kube) -> Result<()> {
         Kube::Build => APT_PACKAGES
             .iter()
             .chain(kube::BUILD_PACKAGES)
+            .chain(IMAGE_PACKAGES)
+            .chain(tools::PACKAGES)
             .copied()
             .collect(),
         Kube::Skip => APT_PACKAGES.to_vec(),
     };
+    apt_install(&wanted)
+}
+
+/// What building and running the image needs: its packages and the musl
+/// target of the stable toolchain.
+pub fn image() -> Result<()> {
+    apt_install(IMAGE_PACKAGES)?;
+    let toolchain = std::env::var("RUSTUP_TOOLCHAIN").unwrap_or_else(|_| "stable".into());
+    let installed = stdout(Command::new("rustup").args([
+        "target",
+        "list",
+        "--installed",
+        "--toolchain",
+        &toolchain,
+    ]));
+    if installed.lines().any(|l| l.trim() == MUSL_TARGET) {
+        eprintln!("rustup: {toolchain} has the {MUSL_TARGET} target");
+        return Ok(());
+    }
+    eprintln!("rustup: adding the {MUSL_TARGET} target to {toolchain} (a download of about 40 MB)");
+    cmd::run(Command::new("rustup").args(["target", "add", "--toolchain", &toolchain, MUSL_TARGET]))
+}
+
+fn apt_install(wanted: &[&str]) -> Result<()> {
     let missing: Vec<&str> = wanted
         .iter()
         .copied()

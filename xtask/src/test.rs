@@ -21,10 +21,13 @@ pub fn run(filter: Option<&str>) -> Result<()> {
 
     section("build binaries (the end-to-end tests run them)");
     cmd::run(cargo().args(["build", "--bins"]))?;
+    // The install tests run the image as the Helm chart says.
+    let image = crate::image::build()?;
 
     section("unit and end-to-end tests");
     let mut test = cargo();
-    test.args(["test", "--no-fail-fast"]);
+    test.args(["test", "--no-fail-fast"])
+        .env("STRAIT_IMAGE_ARCHIVE", &image);
     if let Some(filter) = filter {
         test.args(["--", filter]);
     }

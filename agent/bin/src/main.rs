@@ -2,6 +2,7 @@
 //! attaches them to the cgroup subtree of the node's pods, enrolls the pods
 //! that are in the mesh, and proxies their traffic over mutual-TLS HBONE.
 mod admin;
+mod ca_addr;
 mod dns;
 mod endpoints;
 mod metrics;
@@ -39,14 +40,14 @@ struct Args {
     /// This cluster's name: where its endpoints are (`topology.istio.io/cluster`).
     #[arg(long, env = "STRAIT_CLUSTER", default_value = "Kubernetes")]
     cluster: String,
-    /// With --kubeconfig: a directory of remote clusters' kubeconfigs, one
+    /// With --kubeconfig or --in-cluster: a directory of remote clusters' kubeconfigs, one
     /// file per cluster named after it (a mounted Secret works).
-    #[arg(long, env = "STRAIT_REMOTE_KUBECONFIGS", requires = "kubeconfig")]
+    #[arg(long, env = "STRAIT_REMOTE_KUBECONFIGS")]
     remote_kubeconfigs: Option<PathBuf>,
-    /// With --kubeconfig: the namespace of the local cluster whose Secrets
+    /// With --kubeconfig or --in-cluster: the namespace of the local cluster whose Secrets
     /// labelled `istio/multiCluster=true` hold remote clusters' kubeconfigs
     /// (Istio's remote secrets).
-    #[arg(long, env = "STRAIT_REMOTE_SECRETS_NAMESPACE", requires = "kubeconfig")]
+    #[arg(long, env = "STRAIT_REMOTE_SECRETS_NAMESPACE")]
     remote_secrets_namespace: Option<String>,
     /// cgroup v2 directory holding the node's pods; capture attaches here.
     #[arg(long, env = "STRAIT_CAPTURE_CGROUP")]
@@ -54,10 +55,13 @@ struct Args {
     /// This agent's directory on bpffs; pinned maps and links live here.
     #[arg(long, env = "STRAIT_PIN_DIR", default_value = "/sys/fs/bpf/strait")]
     pin_dir: PathBuf,
-    /// The CA service (`strait-ca serve`), `ip:port`; several (comma
-    /// separated, or the flag repeated) are replicas, tried in turn.
+    /// The CA service (`strait-ca serve`): `ip:port`, or `host:port` with
+    /// the host of a Service the config knows (`strait-ca.strait.svc`),
+    /// whose ready endpoints are asked, so no cluster DNS or kube-proxy is
+    /// needed. Several (comma separated, or the flag repeated) are tried
+    /// in turn.
     #[arg(long, env = "STRAIT_CA_ADDR", value_delimiter = ',', required = true)]
-    ca_addr: Vec<SocketAddr>,
+    ca_addr: Vec<ca_addr::CaAddr>,
     /// This node's credential for the CA service and the mesh's roots
     /// (`strait-ca node-credential` makes it).
     #[arg(
@@ -125,6 +129,10 @@ struct Source {
     /// nodes and the Istio kinds are watched there.
     #[arg(long, env = "STRAIT_KUBECONFIG")]
     kubeconfig: Option<PathBuf>,
+    /// The same, as a pod reaches its own cluster (the ServiceAccount
+    /// token the kubelet mounts, `KUBERNETES_SERVICE_HOST`): the DaemonSet.
+    #[arg(long)]
+    in_cluster: bool,
 }
 
 /// One attempt at one CA replica.
@@ -165,14 +173,26 @@ pub fn release_freed_memory() {
 async fn run(args: Args) -> Result<()> {
     let metrics = Arc::new(metrics::Metrics::new());
     let started = std::time::Instant::now();
-    let (config, cluster) = match (&args.source.config_dir, &args.source.kubeconfig) {
+    let access = match (&args.source.kubeconfig, args.source.in_cluster) {
+        (Some(kubeconfig), _) => Some(strait_kube::Access::Kubeconfig(kubeconfig.clone())),
+        (None, true) => Some(strait_kube::Access::InCluster),
+        (None, false) => {
+            if args.remote_kubeconfigs.is_some() || args.remote_secrets_namespace.is_some() {
+                anyhow::bail!(
+                    "--remote-kubeconfigs and --remote-secrets-namespace need --kubeconfig or --in-cluster"
+                );
+            }
+            None
+        }
+    };
+    let (config, cluster) = match (&args.source.config_dir, access) {
         (Some(dir), _) => (
             Arc::new(strait_config::load_dir(dir).context("loading the config directory")?),
             None,
         ),
-        (None, Some(kubeconfig)) => {
+        (None, Some(access)) => {
             let sources = strait_kube::Sources {
-                kubeconfig: kubeconfig.clone(),
+                access,
                 cluster: args.cluster.clone(),
                 remote_dir: args.remote_kubeconfigs.clone(),
                 remote_secrets: args.remote_secrets_namespace.clone(),
@@ -183,7 +203,7 @@ async fn run(args: Args) -> Result<()> {
             metrics.follow_clusters(first.clusters.clone());
             (first.config, Some(updates))
         }
-        (None, None) => anyhow::bail!("--config-dir or --kubeconfig is required"),
+        (None, None) => anyhow::bail!("--config-dir, --kubeconfig or --in-cluster is required"),
     };
     metrics.config_loaded_in(started.elapsed());
     info!(
@@ -209,7 +229,7 @@ async fn run(args: Args) -> Result<()> {
 
     let ca = RemoteCa::new(
         &args.credential_dir,
-        args.ca_addr.clone(),
+        ca_addr::resolver(args.ca_addr.clone(), state.clone()),
         Some(AGENT_MARK),
         CA_TIMEOUT,
         args.ca_token.clone(),

@@ -11,11 +11,18 @@ use rcgen::{
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use strait_identity::{
-    ca::{CLOCK_SKEW, new_serial, open_or_create_root, write_private},
+    ca::{CLOCK_SKEW, ROOT_CERT, ROOT_KEY, new_serial, open_or_create_root, write_private},
     remote::credential,
 };
 
 const CONTROL_ROOT_KEY: &str = "control-root-key.pem";
+/// Every file of a CA directory: what replicas share.
+pub const KEY_FILES: [&str; 4] = [
+    ROOT_CERT,
+    ROOT_KEY,
+    credential::CONTROL_ROOT,
+    CONTROL_ROOT_KEY,
+];
 /// A node's credential is made once by setup, like a kubelet's.
 const NODE_CREDENTIAL_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
 /// The service's own certificate is made anew at each start.
@@ -77,15 +84,25 @@ impl ControlRoot {
     /// ServiceAccount token needs (a ConfigMap in Kubernetes).
     pub fn write_roots(&self, mesh_root: &CertificateDer<'_>, out: &Path) -> Result<()> {
         fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-        for (name, cert) in [
-            (credential::CONTROL_ROOT, &self.root),
-            (credential::MESH_ROOT, mesh_root),
-        ] {
+        for (name, text) in self.roots_text(mesh_root) {
             let path = out.join(name);
-            fs::write(&path, pem_cert(cert))
-                .with_context(|| format!("writing {}", path.display()))?;
+            fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
         }
         Ok(())
+    }
+
+    /// The roots' files: name to PEM.
+    pub fn roots_text(
+        &self,
+        mesh_root: &CertificateDer<'_>,
+    ) -> std::collections::BTreeMap<String, String> {
+        [
+            (credential::CONTROL_ROOT, &self.root),
+            (credential::MESH_ROOT, mesh_root),
+        ]
+        .into_iter()
+        .map(|(name, cert)| (name.to_string(), pem_cert(cert)))
+        .collect()
     }
 
     /// The service's certificate (named [`credential::CA_SERVER_NAME`]) and

@@ -122,81 +122,135 @@ struct Serve {
     /// first start). Only CA processes may read it.
     #[arg(long, env = "STRAIT_CA_DIR", default_value = "/var/lib/strait/ca")]
     ca_dir: PathBuf,
-    /// The mesh's manifests, the same the agents read: which workload
-    /// runs on which node, as what.
-    #[arg(
-        long,
-        env = "STRAIT_CONFIG_DIR",
-        required_unless_present = "kubeconfig",
-        conflicts_with = "kubeconfig"
-    )]
-    config_dir: Option<PathBuf>,
-    /// Or the cluster's API server, as the agents watch it.
-    #[arg(long, env = "STRAIT_KUBECONFIG")]
-    kubeconfig: Option<PathBuf>,
+    #[command(flatten)]
+    source: Source,
+    /// With a cluster: the Secret of the CA's namespace that holds its
+    /// keys. The first replica to start makes them and creates it; every
+    /// replica copies them into --ca-dir (an in-memory volume).
+    #[arg(long, env = "STRAIT_CA_SECRET")]
+    ca_secret: Option<String>,
+    /// With a cluster: the ConfigMap of the CA's namespace to publish the
+    /// roots in (`control-root.pem`, `mesh-root.pem`): what agents mount
+    /// as their --credential-dir.
+    #[arg(long, env = "STRAIT_ROOTS_CONFIG_MAP")]
+    roots_config_map: Option<String>,
     #[arg(long, default_value = "0.0.0.0:15012")]
     listen: SocketAddr,
-    /// Prometheus metrics (`/metrics`).
+    /// Prometheus metrics (`/metrics`) and readiness (`/ready`).
     #[arg(long, default_value = "127.0.0.1:15014")]
     metrics_addr: SocketAddr,
     /// The longest certificate this CA signs, whatever is asked.
     #[arg(long, default_value = "24h", value_parser = strait_config::duration::parse)]
     max_cert_lifetime: Duration,
-    /// With --kubeconfig: the agents' ServiceAccount (`namespace/name`);
+    /// With a cluster: the agents' ServiceAccount (`namespace/name`);
     /// a token of it, bound to a pod, authenticates that pod's node.
-    #[arg(long, default_value = "kube-system/strait", requires = "kubeconfig")]
+    #[arg(long, default_value = "kube-system/strait")]
     agent_service_account: String,
-    /// With --kubeconfig: the audience agents' tokens must be for.
-    #[arg(long, default_value = "strait-ca", requires = "kubeconfig")]
+    /// With a cluster: the audience agents' tokens must be for.
+    #[arg(long, default_value = "strait-ca")]
     token_audience: String,
+}
+
+/// Where the config comes from.
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+struct Source {
+    /// The mesh's manifests, the same the agents read: which workload
+    /// runs on which node, as what.
+    #[arg(long, env = "STRAIT_CONFIG_DIR")]
+    config_dir: Option<PathBuf>,
+    /// Or the cluster's API server, as the agents watch it.
+    #[arg(long, env = "STRAIT_KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// Or the cluster the CA runs in as a pod (its ServiceAccount).
+    #[arg(long)]
+    in_cluster: bool,
 }
 
 async fn serve(args: Serve) -> Result<()> {
     let Serve {
         ca_dir,
-        config_dir,
-        kubeconfig,
+        source,
+        ca_secret,
+        roots_config_map,
         listen,
         metrics_addr,
         max_cert_lifetime,
         agent_service_account,
         token_audience,
     } = args;
-    let (config, cluster) = match (&config_dir, &kubeconfig) {
+    let access = match (&source.kubeconfig, source.in_cluster) {
+        (Some(kubeconfig), _) => Some(strait_kube::Access::Kubeconfig(kubeconfig.clone())),
+        (None, true) => Some(strait_kube::Access::InCluster),
+        (None, false) => None,
+    };
+    let client = match &access {
+        Some(access) => Some(strait_kube::client(access).await?),
+        None if ca_secret.is_some() || roots_config_map.is_some() => {
+            anyhow::bail!("--ca-secret and --roots-config-map need --kubeconfig or --in-cluster")
+        }
+        None => None,
+    };
+    let (config, cluster) = match (&source.config_dir, &access) {
         (Some(dir), _) => (
             strait_config::load_dir(dir).context("loading the config directory")?,
             None,
         ),
-        (None, Some(kubeconfig)) => {
+        (None, Some(access)) => {
             let (first, updates) =
-                strait_kube::follow(&strait_kube::Sources::local(kubeconfig, "ca"))
+                strait_kube::follow(&strait_kube::Sources::local(access.clone(), "ca"))
                     .await
                     .context("reading the cluster")?;
             (Arc::unwrap_or_clone(first.config), Some(updates))
         }
-        (None, None) => anyhow::bail!("--config-dir or --kubeconfig is required"),
+        (None, None) => anyhow::bail!("--config-dir, --kubeconfig or --in-cluster is required"),
     };
     let trust_domain = config.trust_domain.clone();
+    if let (Some(client), Some(secret)) = (&client, &ca_secret) {
+        let origin = strait_kube::files_in_secret(
+            client,
+            client.default_namespace(),
+            secret,
+            &ca_dir,
+            &control::KEY_FILES,
+            |dir| {
+                Signer::open_or_create(dir, &trust_domain).map_err(|e| e.to_string())?;
+                ControlRoot::open_or_create(dir, &trust_domain)
+                    .map(drop)
+                    .map_err(|e| format!("{e:#}"))
+            },
+        )
+        .await
+        .context("--ca-secret")?;
+        info!(secret = %secret, ?origin, "the CA's keys");
+    }
     let signer = Signer::open_or_create(&ca_dir, &trust_domain)
         .with_context(|| format!("opening the mesh root in {}", ca_dir.display()))?
         .with_max_lifetime(max_cert_lifetime);
     let control = ControlRoot::open_or_create(&ca_dir, &trust_domain)?;
+    if let (Some(client), Some(name)) = (&client, &roots_config_map) {
+        strait_kube::publish_config_map(
+            client,
+            client.default_namespace(),
+            name,
+            control.roots_text(signer.root()),
+        )
+        .await
+        .context("--roots-config-map")?;
+        info!(config_map = %name, "roots published");
+    }
     let metrics = Arc::new(Metrics::new());
     let registry = Arc::new(Registry::new(config));
-    match (config_dir, cluster) {
+    match (source.config_dir, cluster) {
         (Some(dir), _) => registry.watch(dir, metrics.clone()),
         (None, Some(updates)) => registry.follow(updates, metrics.clone()),
         (None, None) => {}
     }
 
-    let tokens = match &kubeconfig {
-        Some(kubeconfig) => Some(
-            strait_kube::TokenReviewer::new(
-                strait_kube::client(kubeconfig).await?,
-                &token_audience,
-                &agent_service_account,
-            )
-            .map_err(|why| anyhow::anyhow!("--agent-service-account: {why}"))?,
+    let tokens = match client {
+        Some(client) => Some(
+            strait_kube::TokenReviewer::new(client, &token_audience, &agent_service_account)
+                .map_err(|why| anyhow::anyhow!("--agent-service-account: {why}"))?,
         ),
         None => None,
     };
@@ -224,10 +278,18 @@ async fn serve(args: Serve) -> Result<()> {
             async move {
                 let service = service_fn(move |req: hyper::Request<_>| {
                     let mut response = Response::new(Full::new(Bytes::new()));
-                    if req.uri().path() == "/metrics" {
-                        *response.body_mut() = Full::new(Bytes::from(metrics.encode()));
-                    } else {
-                        *response.status_mut() = hyper::StatusCode::NOT_FOUND;
+                    match req.uri().path() {
+                        "/metrics" => {
+                            *response.body_mut() = Full::new(Bytes::from(metrics.encode()));
+                        }
+                        // Listening here means the keys are open and the
+                        // signing endpoint is bound.
+                        "/ready" => {
+                            *response.body_mut() = Full::new(Bytes::from_static(b"ready\n"))
+                        }
+                        _ => {
+                            *response.status_mut() = hyper::StatusCode::NOT_FOUND;
+                        }
                     }
                     async move { Ok::<_, Infallible>(response) }
                 });

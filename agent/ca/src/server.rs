@@ -299,7 +299,14 @@ mod tests {
     }
 
     fn client(dir: &Path, addr: std::net::SocketAddr, lifetime: Duration) -> Arc<CertManager> {
-        let ca = RemoteCa::new(dir, vec![addr], None, Duration::from_secs(5), None).unwrap();
+        let ca = RemoteCa::new(
+            dir,
+            Arc::new(move || vec![addr]),
+            None,
+            Duration::from_secs(5),
+            None,
+        )
+        .unwrap();
         CertManager::new(Arc::new(ca), lifetime).unwrap()
     }
 

@@ -75,13 +75,14 @@ impl Config {
     }
 
     /// A service by what a user types: a host (`reviews.default.svc.cluster.local`,
-    /// `user-service.production.global`), `name.namespace`, or
+    /// `user-service.production.global`), `name.namespace[.svc]`, or
     /// `namespace/name`.
     pub fn find_service(&self, name: &str) -> Option<ServiceAt<'_>> {
         let wanted = name.trim_end_matches('.').to_ascii_lowercase();
         let by_name = wanted.split_once('/');
         let qualified = match wanted.split('.').count() {
             2 => Some(format!("{wanted}.svc.{CLUSTER_DOMAIN}")),
+            3 if wanted.ends_with(".svc") => Some(format!("{wanted}.{CLUSTER_DOMAIN}")),
             _ => None,
         };
         self.services.iter().find_map(|s| {
@@ -468,6 +469,7 @@ spec:
         let cfg = config(MESH);
         for name in [
             "reviews.default.svc.cluster.local",
+            "reviews.default.svc",
             "reviews.default",
             "default/reviews",
         ] {

@@ -45,6 +45,8 @@ pub enum Error {
         addr: std::net::SocketAddr,
         reason: String,
     },
+    #[error("no CA replica is ready")]
+    NoReplica,
     #[error("TLS: {0}")]
     Tls(#[from] rustls::Error),
     #[error("no certificate for {0} yet")]

@@ -87,8 +87,13 @@ pub struct Refusal {
 /// Bounds an answer from the CA: a chain is a few kilobytes.
 const MAX_ANSWER: usize = 256 << 10;
 
+/// Where the CA replicas are, asked again for every request: fixed
+/// addresses, or a Kubernetes Service's ready endpoints as the agent's
+/// config knows them (replicas come and go).
+pub type CaAddrs = Arc<dyn Fn() -> Vec<SocketAddr> + Send + Sync>;
+
 pub struct RemoteCa {
-    addrs: Vec<SocketAddr>,
+    addrs: CaAddrs,
     tls: Arc<ClientConfig>,
     mesh_roots: Vec<CertificateDer<'static>>,
     /// SO_MARK for the connections, so the node's own capture leaves them
@@ -113,14 +118,11 @@ impl RemoteCa {
     /// roots). Each attempt is bounded by `timeout`.
     pub fn new(
         dir: &Path,
-        addrs: Vec<SocketAddr>,
+        addrs: CaAddrs,
         mark: Option<u32>,
         timeout: Duration,
         token: Option<PathBuf>,
     ) -> Result<Self, Error> {
-        if addrs.is_empty() {
-            return Err(Error::Parse("no CA service address".into()));
-        }
         let file = |name: &str| -> PathBuf { dir.join(name) };
         let certs = |name: &str| -> Result<Vec<CertificateDer<'static>>, Error> {
             let path = file(name);
@@ -263,10 +265,11 @@ impl RemoteCa {
         .map_err(|e| Error::Parse(e.to_string()))?;
         let body = Bytes::from(body);
         let token = self.token()?;
+        let addrs = (self.addrs)();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let mut last = None;
-        for i in 0..self.addrs.len() {
-            let addr = self.addrs[(start + i) % self.addrs.len()];
+        for i in 0..addrs.len() {
+            let addr = addrs[(start + i) % addrs.len()];
             match self.sign_at(addr, &body, token.as_deref()).await {
                 Ok((status, answer)) => return decode(&request, status, &answer),
                 Err(err) => {
@@ -275,7 +278,7 @@ impl RemoteCa {
                 }
             }
         }
-        Err(last.unwrap_or_else(|| Error::Parse("no CA service address".into())))
+        Err(last.unwrap_or(Error::NoReplica))
     }
 }
 

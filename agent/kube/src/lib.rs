@@ -13,6 +13,7 @@
 mod judge;
 mod kinds;
 mod remotes;
+mod shared;
 mod store;
 mod tokens;
 mod watch;
@@ -36,6 +37,7 @@ use tracing::{info, warn};
 
 pub use kinds::{DISCOVERY, KINDS, Kind};
 pub use remotes::{REMOTE_SECRET_LABEL, check_cluster_name};
+pub use shared::{Origin, SharedError, files_in_secret, publish_config_map};
 pub use tokens::{TokenError, TokenReviewer};
 use watch::ClusterWatch;
 
@@ -49,17 +51,40 @@ pub enum Error {
         path: String,
         source: kube::config::KubeconfigError,
     },
+    #[error("the pod's own access to its cluster (in-cluster config): {0}")]
+    InCluster(#[from] kube::config::InClusterError),
     #[error("a client for {path}: {source}")]
     Client { path: String, source: kube::Error },
     #[error("the watches of {path} ended before the first listing")]
     Ended { path: String },
 }
 
+/// How to reach the local cluster's API server.
+#[derive(Clone, Debug)]
+pub enum Access {
+    /// A kubeconfig file.
+    Kubeconfig(PathBuf),
+    /// As a pod does: `KUBERNETES_SERVICE_HOST`/`_PORT` and the
+    /// ServiceAccount token and CA mounted at
+    /// `/var/run/secrets/kubernetes.io/serviceaccount` (the token is read
+    /// again as the kubelet rotates it).
+    InCluster,
+}
+
+impl std::fmt::Display for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Kubeconfig(path) => write!(f, "kubeconfig {}", path.display()),
+            Self::InCluster => f.write_str("in-cluster config"),
+        }
+    }
+}
+
 /// What to follow.
 #[derive(Clone, Debug)]
 pub struct Sources {
-    /// The local cluster's kubeconfig.
-    pub kubeconfig: PathBuf,
+    /// The local cluster.
+    pub access: Access,
     /// The local cluster's name.
     pub cluster: String,
     /// A directory with one kubeconfig per remote cluster, named after it.
@@ -69,9 +94,9 @@ pub struct Sources {
 }
 
 impl Sources {
-    pub fn local(kubeconfig: &Path, cluster: &str) -> Self {
+    pub fn local(access: Access, cluster: &str) -> Self {
         Self {
-            kubeconfig: kubeconfig.to_path_buf(),
+            access,
             cluster: cluster.to_string(),
             remote_dir: None,
             remote_secrets: None,
@@ -190,7 +215,7 @@ impl Clusters {
 pub async fn follow(
     sources: &Sources,
 ) -> Result<(Snapshot, channel::Receiver<Option<Snapshot>>), Error> {
-    let client = client(&sources.kubeconfig).await?;
+    let client = client(&sources.access).await?;
     let changed = Arc::new(Notify::new());
     let clusters = Arc::new(Clusters {
         local: ClusterWatch::start(
@@ -204,8 +229,8 @@ pub async fn follow(
     });
     follow_remotes(sources, client, clusters.clone(), changed.clone());
     let mut updates = spawn_builder(clusters, changed);
-    let path = sources.kubeconfig.display().to_string();
-    info!(kubeconfig = %path, cluster = %sources.cluster, "listing the cluster");
+    let path = sources.access.to_string();
+    info!(access = %path, cluster = %sources.cluster, "listing the cluster");
     match updates
         .wait_for(Option::is_some)
         .await
@@ -217,8 +242,18 @@ pub async fn follow(
     }
 }
 
-/// A client for the cluster a kubeconfig file names.
-pub async fn client(kubeconfig: &Path) -> Result<Client, Error> {
+/// A client for the local cluster.
+pub async fn client(access: &Access) -> Result<Client, Error> {
+    let kubeconfig = match access {
+        Access::Kubeconfig(path) => path,
+        Access::InCluster => {
+            let config = kube::Config::incluster()?;
+            return Client::try_from(config).map_err(|source| Error::Client {
+                path: access.to_string(),
+                source,
+            });
+        }
+    };
     let path = kubeconfig.display().to_string();
     let file = Kubeconfig::read_from(kubeconfig).map_err(|source| Error::Kubeconfig {
         path: path.clone(),

@@ -175,6 +175,11 @@ impl ApiServer {
         }
     }
 
+    /// Where the control plane runs: clients of it run there too.
+    pub fn place(&self) -> &Place {
+        &self.place
+    }
+
     /// Stops the API server; etcd keeps the cluster's state.
     pub fn stop(&mut self) -> Result<()> {
         if let Some(mut server) = self.server.take() {

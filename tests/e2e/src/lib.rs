@@ -13,7 +13,9 @@ use std::{
 use strait_topology::{Locality, Node, Place, Pod, Process, Spec, Topology};
 
 pub mod ca;
+pub mod install;
 pub mod kube;
+pub mod kubelet;
 
 pub type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
 

@@ -263,6 +263,29 @@ impl Topology {
         self.scratch_dir().join("netns")
     }
 
+    /// A directory holding the network namespaces of `node`'s pods (as of
+    /// this call) the way a container runtime keeps a node's `/run/netns`:
+    /// bind mounts rather than links, so that it can be mounted into a
+    /// container. Unmounted with the run.
+    pub fn node_netns_dir(&self, node: &str) -> Result<PathBuf, Error> {
+        let dir = self.scratch_dir().join("node-netns").join(node);
+        fs::create_dir_all(&dir)
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        for pod in self.pods.iter().filter(|p| p.node == node) {
+            let target = dir.join(&pod.name);
+            if target.exists() {
+                continue;
+            }
+            fs::File::create(&target)
+                .map_err(|e| Error::io(format!("creating {}", target.display()), e))?;
+            bind_mount(
+                &Path::new(netlink::NETNS_DIR).join(&pod.place.netns),
+                &target,
+            )?;
+        }
+        Ok(dir)
+    }
+
     /// Everything this run owns on the host.
     pub fn resources(&self) -> Resources {
         Resources::of(&self.host, &self.run)
@@ -610,6 +633,9 @@ fn remove_run(host: &Host, run: &RunId) -> Result<(), Error> {
     if let Err(err) = rmdir_tree(&res.cgroup_dir) {
         errors.push(err.to_string());
     }
+    if let Err(err) = unmount_under(&res.scratch_dir) {
+        errors.push(err.to_string());
+    }
     for ns in &res.netns {
         if let Err(err) = netns_del(ns) {
             errors.push(err.to_string());
@@ -653,6 +679,57 @@ fn kill_cgroup(dir: &Path) -> Result<(), Error> {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+fn bind_mount(source: &Path, target: &Path) -> Result<(), Error> {
+    let c = |p: &Path| {
+        std::ffi::CString::new(p.as_os_str().as_encoded_bytes())
+            .map_err(|_| Error::Spec(format!("{} has a NUL byte", p.display())))
+    };
+    let (src, dst) = (c(source)?, c(target)?);
+    // SAFETY: both paths are NUL-terminated strings that outlive the call.
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            dst.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(Error::io(
+            format!("bind-mounting {} on {}", source.display(), target.display()),
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}
+
+/// Detaches every mount under `dir` (what [`Topology::node_netns_dir`]
+/// made), deepest first.
+fn unmount_under(dir: &Path) -> Result<(), Error> {
+    let info = fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| Error::io("reading /proc/self/mountinfo", e))?;
+    let mut points: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(PathBuf::from)
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
+    for point in points {
+        let path = std::ffi::CString::new(point.as_os_str().as_encoded_bytes())
+            .map_err(|_| Error::Spec(format!("{} has a NUL byte", point.display())))?;
+        // SAFETY: a NUL-terminated path that outlives the call.
+        if unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) } != 0 {
+            return Err(Error::io(
+                format!("unmounting {}", point.display()),
+                std::io::Error::last_os_error(),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// cgroup directories are removed with rmdir, children first.

@@ -56,6 +56,11 @@ impl State {
         self.ready.store(true, Ordering::Release);
     }
 
+    /// Not ready any more: the agent is draining.
+    pub fn set_stopping(&self) {
+        self.ready.store(false, Ordering::Release);
+    }
+
     fn capture_report(&self) -> Result<CaptureReport, strait_capture::Error> {
         let capture = self
             .capture

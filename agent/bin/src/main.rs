@@ -115,6 +115,19 @@ struct Args {
     /// captured for the next agent to pick up.
     #[arg(long)]
     uninstall_on_exit: bool,
+    /// The DaemonSet this agent runs in, `namespace/name` (with
+    /// --in-cluster or --kubeconfig), watched: on SIGTERM, when it was last
+    /// seen gone or being deleted (the chart was uninstalled), capture is
+    /// detached as with --uninstall-on-exit; otherwise it stays for the
+    /// agent that replaces this one. When the API server never said,
+    /// capture stays (pods fail closed rather than leave the mesh).
+    #[arg(long, env = "STRAIT_DAEMONSET")]
+    daemonset: Option<String>,
+    /// On SIGTERM: stop accepting (the replacing agent, sharing the ports,
+    /// takes new connections) and let accepted connections finish for up
+    /// to this long before exiting.
+    #[arg(long, default_value = "0s", value_parser = strait_config::duration::parse)]
+    drain_timeout: Duration,
 }
 
 /// Where the config comes from: a directory of manifests, or the cluster's
@@ -183,6 +196,21 @@ async fn run(args: Args) -> Result<()> {
                 );
             }
             None
+        }
+    };
+    let daemonset = match (&args.daemonset, &access) {
+        (None, _) => None,
+        (Some(_), None) => anyhow::bail!("--daemonset needs --kubeconfig or --in-cluster"),
+        (Some(name), Some(access)) => {
+            let (namespace, name) = name
+                .split_once('/')
+                .filter(|(ns, n)| !ns.is_empty() && !n.is_empty())
+                .ok_or_else(|| anyhow::anyhow!("--daemonset {name:?}: not namespace/name"))?;
+            Some(strait_kube::follow_daemonset(
+                strait_kube::client(access).await?,
+                namespace,
+                name,
+            ))
         }
     };
     let (config, cluster) = match (&args.source.config_dir, access) {
@@ -260,6 +288,7 @@ async fn run(args: Args) -> Result<()> {
         certs: certs.clone(),
         open_inbound: Default::default(),
         hbone_limits: strait_hbone::Limits::default(),
+        in_flight: Arc::default(),
     });
     let capture = Arc::new(Mutex::new(capture));
     let pods = Arc::new(pods::Pods::new(
@@ -307,7 +336,7 @@ async fn run(args: Args) -> Result<()> {
         proxy.clone(),
         reload_status,
         capture,
-        pods,
+        pods.clone(),
         certs,
     ));
     let servers = [
@@ -334,12 +363,27 @@ async fn run(args: Args) -> Result<()> {
         _ = term.recv() => info!("SIGTERM: shutting down"),
         _ = int.recv() => info!("SIGINT: shutting down"),
     }
+    admin_state.set_stopping();
+    retries.abort();
+    pods.stop_accepting().await;
+    let open = proxy.in_flight.count();
+    if open > 0 && !args.drain_timeout.is_zero() {
+        info!(open, timeout = ?args.drain_timeout, "draining");
+        match tokio::time::timeout(args.drain_timeout, proxy.in_flight.idle()).await {
+            Ok(()) => info!("drained"),
+            Err(_) => info!(
+                open = proxy.in_flight.count(),
+                "drain timeout: closing what is left"
+            ),
+        }
+    }
     for server in servers {
         server.abort();
     }
     board_watch.abort();
-    retries.abort();
-    if args.uninstall_on_exit {
+    let uninstall = args.uninstall_on_exit
+        || daemonset.is_some_and(|removed| removed.load(std::sync::atomic::Ordering::Relaxed));
+    if uninstall {
         pins.remove().context("removing capture pins")?;
         info!("capture detached");
     } else {

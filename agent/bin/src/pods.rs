@@ -177,6 +177,8 @@ pub struct Pods {
     host_cookie: Option<u64>,
     /// Serializes syncs; held across their awaits.
     members: tokio::sync::Mutex<BTreeMap<Key, Member>>,
+    /// Set when the agent stops: no pod is served anew.
+    stopping: std::sync::atomic::AtomicBool,
     statuses: Mutex<Vec<WorkloadStatus>>,
     /// The config generation and local identities of the last prune.
     pruned_for: Mutex<(u64, BTreeSet<Identity>)>,
@@ -279,6 +281,7 @@ impl Pods {
             home,
             host_cookie,
             members: tokio::sync::Mutex::new(BTreeMap::new()),
+            stopping: std::sync::atomic::AtomicBool::new(false),
             statuses: Mutex::new(Vec::new()),
             pruned_for: Mutex::new((0, BTreeSet::new())),
         })
@@ -314,10 +317,25 @@ impl Pods {
             .clamp(Duration::from_millis(50), RECHECK)
     }
 
+    /// Closes every pod's listeners, leaving capture as it is: new
+    /// connections go to the agent that replaces this one (its listeners
+    /// share the ports), accepted ones go on. Later syncs do nothing.
+    pub async fn stop_accepting(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::Release);
+        let mut members = self.members.lock().await;
+        for member in members.values_mut() {
+            member.release().await;
+        }
+    }
+
     /// Brings this node's pods in line with `state`; returns how many are
     /// enrolled.
     pub async fn sync(&self, state: &Snapshot, proxy: &Arc<Proxy>) -> usize {
         let mut members = self.members.lock().await;
+        if self.stopping.load(std::sync::atomic::Ordering::Acquire) {
+            return 0;
+        }
         let mut statuses = Vec::new();
         let mut wanted: BTreeMap<Key, Workload> = BTreeMap::new();
         let mut probes = BTreeMap::new();
@@ -689,9 +707,12 @@ fn open_listeners(
     Ok(listeners)
 }
 
+/// Listeners share their port (SO_REUSEPORT) with the agent that replaces
+/// this one during a rolling update: both serve until this one drains.
 fn listen(addr: SocketAddr) -> Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }
@@ -706,6 +727,7 @@ fn listen(addr: SocketAddr) -> Result<std::net::TcpListener> {
 fn bind_udp(addr: SocketAddr) -> Result<std::net::UdpSocket> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, None)?;
     socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }

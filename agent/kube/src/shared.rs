@@ -2,17 +2,33 @@
 //! Secret (the first replica to start makes them; create is atomic, so
 //! replicas starting together end with the same keys) and the public
 //! roots in a ConfigMap the agents mount.
-use std::{collections::BTreeMap, io::Write, os::unix::fs::OpenOptionsExt, path::Path};
+use std::{
+    collections::BTreeMap,
+    io::Write,
+    os::unix::fs::OpenOptionsExt,
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use futures::StreamExt;
 
 use k8s_openapi::{
     ByteString,
-    api::core::v1::{ConfigMap, Secret},
+    api::{
+        apps::v1::DaemonSet,
+        core::v1::{ConfigMap, Secret},
+    },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 use kube::{
     Client,
     api::{Api, PostParams},
+    runtime::{WatchStreamExt, watcher},
 };
+use tracing::{debug, info};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SharedError {
@@ -129,6 +145,44 @@ pub async fn publish_config_map(
                 .map_err(failed)
         }
     }
+}
+
+/// Follows the DaemonSet `namespace/name`: whether it is gone or being
+/// deleted, as last seen. An agent stopping then is being uninstalled,
+/// not replaced. Uninstalling removes the agents' RBAC and ServiceAccount
+/// soon after the DaemonSet, so the answer must come from watching before
+/// the agent is stopped, not from asking then.
+pub fn follow_daemonset(client: Client, namespace: &str, name: &str) -> Arc<AtomicBool> {
+    let removed = Arc::new(AtomicBool::new(false));
+    let api: Api<DaemonSet> = Api::namespaced(client, namespace);
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let (flag, name) = (removed.clone(), name.to_string());
+    tokio::spawn(async move {
+        let mut events = watcher(api, config).default_backoff().boxed();
+        let mut listed = false;
+        while let Some(event) = events.next().await {
+            let gone = match event {
+                Ok(watcher::Event::Init) => {
+                    listed = false;
+                    continue;
+                }
+                Ok(watcher::Event::InitApply(set) | watcher::Event::Apply(set)) => {
+                    listed = true;
+                    set.metadata.deletion_timestamp.is_some()
+                }
+                Ok(watcher::Event::InitDone) => !listed,
+                Ok(watcher::Event::Delete(_)) => true,
+                Err(err) => {
+                    debug!(daemonset = %name, %err, "watching the agents' DaemonSet");
+                    continue;
+                }
+            };
+            if gone != flag.swap(gone, Ordering::Relaxed) {
+                info!(daemonset = %name, removed = gone, "the agents' DaemonSet");
+            }
+        }
+    });
+    removed
 }
 
 fn meta(namespace: &str, name: &str) -> ObjectMeta {

@@ -5,11 +5,15 @@
 //! replicas make and share their keys, the agents enroll the pods of
 //! their nodes, and curl between nodes is mTLS on the wire. Uninstalling
 //! leaves no pin, program or listener behind.
-use std::{net::IpAddr, time::Instant};
+use std::{
+    net::IpAddr,
+    os::unix::fs::MetadataExt,
+    time::{Duration, Instant},
+};
 
 use serde_json::Value as Json;
 use strait_e2e::{
-    Mesh, Result, curl, http_server,
+    Result, connections, curl, echo_client, echo_server, http_server,
     install::{
         IMAGE_NAME, VALIDATE_NEWEST, VALIDATE_OLDEST, chart_dir, find, helm, helm_at,
         image_archive, render, validate_command,
@@ -21,7 +25,7 @@ use strait_e2e::{
 use strait_topology::Topology;
 
 const NAMESPACE: &str = "strait-system";
-const WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+const WAIT: Duration = Duration::from_secs(60);
 
 fn stdout(out: &std::process::Output) -> String {
     format!(
@@ -138,6 +142,9 @@ fn the_chart_installs_and_its_pods_run_from_the_image_as_it_says() -> Result<()>
         ("b", "n2"),
         ("ca1", "n1"),
         ("ca2", "n2"),
+        ("agent1", "n1"),
+        ("agent2", "n2"),
+        ("agent1b", "n1"),
     ]))?;
     let (n1, n2) = (topo.node("n1")?, topo.node("n2")?);
     let api = ApiServer::start(&n1.place, n1.addrs.ipv4.into(), "c1")?;
@@ -300,7 +307,8 @@ fn the_chart_installs_and_its_pods_run_from_the_image_as_it_says() -> Result<()>
         "{roots}"
     );
 
-    // The workloads, then the agents.
+    // The workloads, then the agents, each in its own pod as the chart
+    // says (no host network).
     api.apply(&format!(
         "{}{}{}",
         namespace_yaml("shop", true),
@@ -311,29 +319,40 @@ fn the_chart_installs_and_its_pods_run_from_the_image_as_it_says() -> Result<()>
     api.make_ready("shop", topo.pod("b")?)?;
     let agent = template(&api, "daemonset", "strait-agent")?;
     let started = Instant::now();
-    let agents = [
-        kubelets[0].run(NAMESPACE, "strait-agent-n1", &agent, Network::Host)?,
-        kubelets[1].run(NAMESPACE, "strait-agent-n2", &agent, Network::Host)?,
+    let mut agents = vec![
+        kubelets[0].run(
+            NAMESPACE,
+            "strait-agent-n1",
+            &agent,
+            Network::Pod(topo.pod("agent1")?),
+        )?,
+        kubelets[1].run(
+            NAMESPACE,
+            "strait-agent-n2",
+            &agent,
+            Network::Pod(topo.pod("agent2")?),
+        )?,
     ];
     println!(
         "agents ready {:.1} s after start",
         started.elapsed().as_secs_f64()
     );
-    let mesh = Mesh::with_cluster(&topo, api.kubeconfig("reader", &api.admin_token)?)?;
-    mesh.wait_state("n1", "a", WAIT, |s| s == "captured")
-        .map_err(|e| format!("{e}\n{}", agents[0].containers[0].log()))?;
-    mesh.wait_state("n2", "b", WAIT, |s| s == "captured")
-        .map_err(|e| format!("{e}\n{}", agents[1].containers[0].log()))?;
+    let log = |pod: &RunningPod| pod.containers[0].log();
+    wait_state(topo.pod("agent1")?, "a", "captured")
+        .map_err(|e| format!("{e}\n{}", log(&agents[0])))?;
+    wait_state(topo.pod("agent2")?, "b", "captured")
+        .map_err(|e| format!("{e}\n{}", log(&agents[1])))?;
 
-    let b = topo.pod("b")?;
+    let (a, b) = (topo.pod("a")?, topo.pod("b")?);
     let _server = http_server(b, 8080, "from-b")?;
+    let url = marker_url(IpAddr::V4(b.ipv4), 8080);
     let capture = n1.capture("eth0", &["tcp"])?;
-    let out = curl(topo.pod("a")?, &marker_url(IpAddr::V4(b.ipv4), 8080))?;
+    let out = curl(a, &url)?;
     assert!(
         out.status.success(),
         "{}\n{}",
         stdout(&out),
-        agents[0].containers[0].log()
+        log(&agents[0])
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "from-b");
     let pcap = capture.finish()?;
@@ -346,13 +365,202 @@ fn the_chart_installs_and_its_pods_run_from_the_image_as_it_says() -> Result<()>
         !pcap.tcp_ports().contains(&8080) && !pcap.contains(b"from-b"),
         "plaintext on the wire"
     );
-    let certs = mesh.straitctl("n1", &["certs"])?;
+    let certs = ctl(topo.pod("agent1")?, &["certs"])?;
     println!("{certs}");
     assert!(
         certs.contains("spiffe://cluster.local/ns/shop/sa/a"),
         "{certs}"
     );
-    drop(agents);
+
+    // A rolling update with maxSurge 1: n1's new agent starts beside the
+    // old one and becomes ready; the old one gets SIGTERM and drains. A
+    // connection it carries goes on; new ones go to the new agent.
+    let _echo = echo_server(b, 7000)?;
+    let mut long = echo_client(a, IpAddr::V4(b.ipv4), 7000, 8)?;
+    strait_e2e::wait_for_line(&mut long, "connected", WAIT)?;
+    let surge = kubelets[0].run(
+        NAMESPACE,
+        "strait-agent-n1-new",
+        &agent,
+        Network::Pod(topo.pod("agent1b")?),
+    )?;
+    println!("the new agent of n1 is ready beside the old one");
+    let mut old = agents.remove(0);
+    let stopping = std::thread::spawn(move || {
+        let took = old.containers[0].stop();
+        (took, old)
+    });
+    let during = connections(a, IpAddr::V4(b.ipv4), 8080, 200, 4, 0.0)?;
+    let echoed = long.wait_timeout(WAIT)?;
+    let (took, old) = stopping
+        .join()
+        .map_err(|_| "stopping the old agent panicked")?;
+    let took = took?;
+    let old_log = log(&old);
+    println!(
+        "old agent stopped in {:.1} s; {} connections during its drain, {} failed; the long connection: {}",
+        took.as_secs_f64(),
+        during.total(),
+        during.failures,
+        long.log().trim()
+    );
+    assert_eq!(during.failures, 0, "{:?}\n{old_log}", during.errors);
+    assert!(
+        echoed.is_some_and(|s| s.success()),
+        "the long connection broke: {}\n{old_log}",
+        long.log()
+    );
+    assert!(old_log.contains("\"draining\""), "{old_log}");
+    assert!(old_log.contains("\"drained\""), "{old_log}");
+    assert!(old_log.contains("capture stays attached"), "{old_log}");
+    drop(old);
+    let out = curl(a, &url)?;
+    assert!(
+        out.status.success(),
+        "after the update: {}\n{}",
+        stdout(&out),
+        log(&surge)
+    );
+    agents.insert(0, surge);
+
+    // What uninstalling must remove is there now: programs attached to
+    // the nodes' pods cgroups and to the pods' namespaces.
+    let attached = |links: &[Json]| -> Result<(usize, usize)> {
+        let mut counts = (0, 0);
+        for node in [n1, n2] {
+            let cgroup = std::fs::metadata(&node.pods_cgroup)?.ino();
+            counts.0 += links.iter().filter(|l| l["cgroup_id"] == cgroup).count();
+        }
+        for pod in [a, b] {
+            let netns = std::fs::metadata(pod.netns_path())?.ino();
+            counts.1 += links.iter().filter(|l| l["netns_ino"] == netns).count();
+        }
+        Ok(counts)
+    };
+    let before = attached(&bpf_links()?)?;
+    println!(
+        "before uninstall: {} links on the nodes' cgroups, {} on the pods' namespaces",
+        before.0, before.1
+    );
+    assert!(before.0 > 0 && before.1 > 0, "{before:?}");
+
+    // Uninstall: the DaemonSet goes, its pods are stopped (a kubelet's
+    // part, once the garbage collector deletes them), and each agent,
+    // finding its DaemonSet gone, detaches capture.
+    let out = helm_on(
+        &api,
+        &admin,
+        &["uninstall", "strait", "--namespace", NAMESPACE],
+    )?;
+    assert!(out.status.success(), "{}", stdout(&out));
+    for pod in &mut agents {
+        pod.containers[0].stop()?;
+        let said = log(pod);
+        assert!(said.contains("capture detached"), "{said}");
+    }
     drop(cas);
+    for node in [n1, n2] {
+        let left: Vec<_> = walk(&node.pin_dir)?;
+        assert!(left.is_empty(), "pins left on {}: {left:?}", node.name());
+    }
+    let links = bpf_links()?;
+    assert_eq!(
+        attached(&links)?,
+        (0, 0),
+        "programs still attached: {links:?}"
+    );
+    for pod in [a, b] {
+        let listening = pod.run_ok(&["ss", "-Hltn"], Duration::from_secs(10))?;
+        let listening = String::from_utf8_lossy(&listening.stdout);
+        for port in [15001, 15006, 15008, 15053] {
+            assert!(
+                !listening.contains(&format!(":{port} ")),
+                "pod {} still has a listener on {port}: {listening}",
+                pod.name
+            );
+        }
+    }
+    // Traffic goes straight to the pods again.
+    let capture = n1.capture("eth0", &["tcp"])?;
+    let out = curl(a, &url)?;
+    assert!(out.status.success(), "{}", stdout(&out));
+    let pcap = capture.finish()?;
+    assert!(pcap.tcp_ports().contains(&8080) && !pcap.tcp_ports().contains(&15008));
+    println!(
+        "after uninstall: no pins, no programs, no listeners; curl goes direct (ports {:?})",
+        pcap.tcp_ports()
+    );
     Ok(())
+}
+
+/// `straitctl` in the agent's pod (its admin listens on the pod's
+/// loopback).
+fn ctl(agent: &strait_topology::Pod, args: &[&str]) -> Result<String> {
+    let bin = strait_e2e::strait_bin("straitctl");
+    let bin = bin.display().to_string();
+    let mut argv = vec![bin.as_str()];
+    argv.extend_from_slice(args);
+    let out = agent.run_ok(&argv, Duration::from_secs(10))?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Waits until `pod`'s state in the agent's `/workloads` is `wanted`.
+fn wait_state(agent: &strait_topology::Pod, pod: &str, wanted: &str) -> Result<()> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let out = agent.run(
+            &[
+                "curl",
+                "-sf",
+                "--max-time",
+                "2",
+                "http://127.0.0.1:15000/workloads",
+            ],
+            Duration::from_secs(5),
+        )?;
+        let workloads: Json = serde_json::from_slice(&out.stdout).unwrap_or(Json::Null);
+        let state = workloads
+            .as_array()
+            .and_then(|all| all.iter().find(|w| w["name"] == pod))
+            .and_then(|w| w["state"].as_str())
+            .unwrap_or_default()
+            .to_owned();
+        if state == wanted {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{pod} is {state:?}, not {wanted:?}: {workloads}").into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Every file left under `dir`.
+fn walk(dir: &std::path::Path) -> Result<Vec<std::path::PathBuf>> {
+    let mut found = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                found.extend(walk(&path)?);
+            } else {
+                found.push(path);
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// The kernel's BPF links (`bpftool link`).
+fn bpf_links() -> Result<Vec<Json>> {
+    let out = std::process::Command::new("bpftool")
+        .args(["--json", "link", "show"])
+        .output()?;
+    if !out.status.success() {
+        return Err(format!("bpftool: {}", stdout(&out)).into());
+    }
+    Ok(serde_json::from_slice::<Json>(&out.stdout)?
+        .as_array()
+        .cloned()
+        .unwrap_or_default())
 }

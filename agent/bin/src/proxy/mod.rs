@@ -17,7 +17,10 @@ pub mod route;
 use std::{
     collections::{BTreeSet, HashSet},
     net::IpAddr,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
 };
 
 use strait_capture::Maps;
@@ -25,7 +28,7 @@ use strait_config::Endpoints;
 use strait_hbone::Pool;
 use strait_identity::Identity;
 use strait_identity::tls::ClientConfigs;
-use tokio::{net::TcpListener, task::JoinHandle};
+use tokio::{net::TcpListener, sync::Notify, task::JoinHandle};
 use tracing::warn;
 
 use crate::{
@@ -55,6 +58,51 @@ pub struct Proxy {
     pub open_inbound: inbound::OpenConnections,
     /// What one peer may hold of a pod's HBONE listener.
     pub hbone_limits: strait_hbone::Limits,
+    /// Accepted connections not finished yet: what a draining agent waits
+    /// for.
+    pub in_flight: Arc<InFlight>,
+}
+
+/// A count of connections being handled, and a way to wait until none is.
+#[derive(Default)]
+pub struct InFlight {
+    count: AtomicUsize,
+    idle: Notify,
+}
+
+/// Counts one connection while it lives.
+pub struct InFlightGuard(Arc<InFlight>);
+
+impl InFlight {
+    pub fn enter(self: &Arc<Self>) -> InFlightGuard {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        InFlightGuard(self.clone())
+    }
+
+    pub fn count(&self) -> usize {
+        self.count.load(Ordering::Acquire)
+    }
+
+    /// Returns once no connection is in flight.
+    pub async fn idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.count() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
 }
 
 impl Proxy {
@@ -97,7 +145,12 @@ impl Proxy {
             loop {
                 match listener.accept().await {
                     Ok((stream, peer)) => {
-                        tokio::spawn(handle(proxy.clone(), pod.clone(), stream, peer));
+                        let guard = proxy.in_flight.enter();
+                        let work = handle(proxy.clone(), pod.clone(), stream, peer);
+                        tokio::spawn(async move {
+                            work.await;
+                            drop(guard);
+                        });
                     }
                     Err(err) => {
                         warn!(%err, pod = %pod.workload.name, "accept failed");

@@ -27,6 +27,8 @@ const APT_PACKAGES: &[&str] = &[
     // The upstream nameserver of the DNS tests.
     "dnsmasq-base",
     "openssl",
+    // What the install test checks is gone after uninstalling.
+    "bpftool",
     // Benchmarks.
     "iperf3",
     "sockperf",

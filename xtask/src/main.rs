@@ -8,6 +8,7 @@ mod demo;
 mod demo_kube;
 mod host;
 mod image;
+mod kind;
 mod kube;
 mod kube_scale;
 mod scale;
@@ -46,6 +47,9 @@ enum Task {
     /// Build the container image (static binaries, from scratch, with
     /// buildah) and write it as an OCI archive.
     Image,
+    /// The demo's scenario on kind clusters, installed with the Helm
+    /// chart (needs kind and a container engine; not run in CI).
+    Kind,
     /// Setup, then measure strait against direct TCP on the same topology
     /// (release build) and print a table of ratios.
     Bench {
@@ -76,6 +80,10 @@ fn main() -> Result<()> {
             setup::run(setup::Kube::Skip)?;
             setup::image()?;
             image::build().map(drop)
+        }
+        Task::Kind => {
+            setup::run(setup::Kube::Skip)?;
+            kind::run()
         }
         Task::Bench { only } => {
             setup::run(setup::Kube::Build)?;

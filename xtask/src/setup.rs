@@ -29,6 +29,8 @@ const APT_PACKAGES: &[&str] = &[
     "openssl",
     // What the install test checks is gone after uninstalling.
     "bpftool",
+    // The shell scripts of deploy/ and vagrant/ are checked.
+    "shellcheck",
     // Benchmarks.
     "iperf3",
     "sockperf",

@@ -564,3 +564,23 @@ fn bpf_links() -> Result<Vec<Json>> {
         .cloned()
         .unwrap_or_default())
 }
+
+#[test]
+fn the_install_scripts_are_shellcheck_clean() -> Result<()> {
+    let root = chart_dir().join("../../..");
+    let mut scripts = Vec::new();
+    for dir in ["deploy/kind", "vagrant"] {
+        for entry in std::fs::read_dir(root.join(dir))?.flatten() {
+            if entry.path().extension().is_some_and(|e| e == "sh") {
+                scripts.push(entry.path());
+            }
+        }
+    }
+    assert!(!scripts.is_empty());
+    let out = std::process::Command::new("shellcheck")
+        .args(&scripts)
+        .output()?;
+    assert!(out.status.success(), "{}", stdout(&out));
+    println!("shellcheck: {} scripts clean", scripts.len());
+    Ok(())
+}

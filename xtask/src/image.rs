@@ -25,10 +25,10 @@ pub fn build() -> Result<PathBuf> {
     cmd::run(&mut build)?;
     let built = target_dir().join(TARGET).join("release");
     let stage = target_dir().join("image").join("rootfs");
+    let bin = staged_bin_dir();
     if stage.exists() {
         std::fs::remove_dir_all(&stage).with_context(|| format!("removing {}", stage.display()))?;
     }
-    let bin = stage.join("usr/local/bin");
     std::fs::create_dir_all(&bin).with_context(|| format!("creating {}", bin.display()))?;
     for name in BINARIES {
         let out = bin.join(name);
@@ -67,6 +67,12 @@ pub fn build() -> Result<PathBuf> {
         );
     }
     Ok(archive)
+}
+
+/// Where the image's binaries are staged (static, stripped): what the VMs
+/// of `cargo xtask vagrant` run too.
+pub fn staged_bin_dir() -> PathBuf {
+    target_dir().join("image/rootfs/usr/local/bin")
 }
 
 fn commit(container: &str, stage: &std::path::Path, archive: &std::path::Path) -> Result<()> {

@@ -20,10 +20,7 @@ pub fn run() -> Result<()> {
     tools::ensure()?;
     let archive = image::build()?;
     // `helm` from setup, first on PATH.
-    let path = format!(
-        "{TOOLS_DIR}:{}",
-        std::env::var("PATH").unwrap_or_default()
-    );
+    let path = format!("{TOOLS_DIR}:{}", std::env::var("PATH").unwrap_or_default());
     cmd::run(
         Command::new("bash")
             .arg(cmd::root().join("deploy/kind/scenario.sh"))

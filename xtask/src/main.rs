@@ -15,6 +15,7 @@ mod scale;
 mod setup;
 mod test;
 mod tools;
+mod vagrant;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -50,6 +51,9 @@ enum Task {
     /// The demo's scenario on kind clusters, installed with the Helm
     /// chart (needs kind and a container engine; not run in CI).
     Kind,
+    /// strait on two VMs with their own kernels under QEMU (the box is
+    /// built locally with debootstrap, once).
+    Vagrant,
     /// Setup, then measure strait against direct TCP on the same topology
     /// (release build) and print a table of ratios.
     Bench {
@@ -84,6 +88,10 @@ fn main() -> Result<()> {
         Task::Kind => {
             setup::run(setup::Kube::Skip)?;
             kind::run()
+        }
+        Task::Vagrant => {
+            setup::run(setup::Kube::Skip)?;
+            vagrant::run()
         }
         Task::Bench { only } => {
             setup::run(setup::Kube::Build)?;

@@ -108,7 +108,7 @@ pub fn image() -> Result<()> {
     cmd::run(Command::new("rustup").args(["target", "add", "--toolchain", &toolchain, MUSL_TARGET]))
 }
 
-fn apt_install(wanted: &[&str]) -> Result<()> {
+pub fn apt_install(wanted: &[&str]) -> Result<()> {
     let missing: Vec<&str> = wanted
         .iter()
         .copied()

@@ -54,7 +54,10 @@ if ! wait_for 1200 curl -sf http://127.0.0.1:15021/healthz/ready; then
   say "agent not ready"; tail -20 /run/agent.log; exit 1
 fi
 say "agent ready"
-if ! wait_for 1200 grep -q '"state":"captured"' <(curl -s http://127.0.0.1:15000/workloads); then
+enrolled() {
+  curl -s http://127.0.0.1:15000/workloads | grep -q '"state": *"captured"'
+}
+if ! wait_for 1200 enrolled; then
   say "pod not enrolled"; curl -s http://127.0.0.1:15000/workloads; tail -20 /run/agent.log; exit 1
 fi
 say "pod enrolled"

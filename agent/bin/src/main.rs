@@ -36,7 +36,7 @@ struct Args {
     #[arg(long, env = "STRAIT_NODE")]
     node: String,
     #[command(flatten)]
-    source: Source,
+    source: strait_kube::SourceArgs,
     /// This cluster's name: where its endpoints are (`topology.istio.io/cluster`).
     #[arg(long, env = "STRAIT_CLUSTER", default_value = "Kubernetes")]
     cluster: String,
@@ -130,24 +130,6 @@ struct Args {
     drain_timeout: Duration,
 }
 
-/// Where the config comes from: a directory of manifests, or the cluster's
-/// API server.
-#[derive(clap::Args, Debug)]
-#[group(required = true, multiple = false)]
-struct Source {
-    /// Directory of Kubernetes/Istio YAML manifests (the local config source).
-    #[arg(long, env = "STRAIT_CONFIG_DIR")]
-    config_dir: Option<PathBuf>,
-    /// Kubeconfig of this cluster's API server: namespaces, pods, services,
-    /// nodes and the Istio kinds are watched there.
-    #[arg(long, env = "STRAIT_KUBECONFIG")]
-    kubeconfig: Option<PathBuf>,
-    /// The same, as a pod reaches its own cluster (the ServiceAccount
-    /// token the kubelet mounts, `KUBERNETES_SERVICE_HOST`): the DaemonSet.
-    #[arg(long)]
-    in_cluster: bool,
-}
-
 /// One attempt at one CA replica.
 const CA_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -186,18 +168,14 @@ pub fn release_freed_memory() {
 async fn run(args: Args) -> Result<()> {
     let metrics = Arc::new(metrics::Metrics::new());
     let started = std::time::Instant::now();
-    let access = match (&args.source.kubeconfig, args.source.in_cluster) {
-        (Some(kubeconfig), _) => Some(strait_kube::Access::Kubeconfig(kubeconfig.clone())),
-        (None, true) => Some(strait_kube::Access::InCluster),
-        (None, false) => {
-            if args.remote_kubeconfigs.is_some() || args.remote_secrets_namespace.is_some() {
-                anyhow::bail!(
-                    "--remote-kubeconfigs and --remote-secrets-namespace need --kubeconfig or --in-cluster"
-                );
-            }
-            None
-        }
-    };
+    let access = args.source.access();
+    if access.is_none()
+        && (args.remote_kubeconfigs.is_some() || args.remote_secrets_namespace.is_some())
+    {
+        anyhow::bail!(
+            "--remote-kubeconfigs and --remote-secrets-namespace need --kubeconfig or --in-cluster"
+        );
+    }
     let daemonset = match (&args.daemonset, &access) {
         (None, _) => None,
         (Some(_), None) => anyhow::bail!("--daemonset needs --kubeconfig or --in-cluster"),

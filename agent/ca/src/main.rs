@@ -123,7 +123,7 @@ struct Serve {
     #[arg(long, env = "STRAIT_CA_DIR", default_value = "/var/lib/strait/ca")]
     ca_dir: PathBuf,
     #[command(flatten)]
-    source: Source,
+    source: strait_kube::SourceArgs,
     /// With a cluster: the Secret of the CA's namespace that holds its
     /// keys. The first replica to start makes them and creates it; every
     /// replica copies them into --ca-dir (an in-memory volume).
@@ -151,22 +151,6 @@ struct Serve {
     token_audience: String,
 }
 
-/// Where the config comes from.
-#[derive(clap::Args)]
-#[group(required = true, multiple = false)]
-struct Source {
-    /// The mesh's manifests, the same the agents read: which workload
-    /// runs on which node, as what.
-    #[arg(long, env = "STRAIT_CONFIG_DIR")]
-    config_dir: Option<PathBuf>,
-    /// Or the cluster's API server, as the agents watch it.
-    #[arg(long, env = "STRAIT_KUBECONFIG")]
-    kubeconfig: Option<PathBuf>,
-    /// Or the cluster the CA runs in as a pod (its ServiceAccount).
-    #[arg(long)]
-    in_cluster: bool,
-}
-
 async fn serve(args: Serve) -> Result<()> {
     let Serve {
         ca_dir,
@@ -179,11 +163,7 @@ async fn serve(args: Serve) -> Result<()> {
         agent_service_account,
         token_audience,
     } = args;
-    let access = match (&source.kubeconfig, source.in_cluster) {
-        (Some(kubeconfig), _) => Some(strait_kube::Access::Kubeconfig(kubeconfig.clone())),
-        (None, true) => Some(strait_kube::Access::InCluster),
-        (None, false) => None,
-    };
+    let access = source.access();
     let client = match &access {
         Some(access) => Some(strait_kube::client(access).await?),
         None if ca_secret.is_some() || roots_config_map.is_some() => {

@@ -80,6 +80,38 @@ impl std::fmt::Display for Access {
     }
 }
 
+/// Where the config comes from, as `strait-agent` and `strait-ca` take it
+/// on their command lines.
+#[cfg(feature = "cli")]
+#[derive(clap::Args, Debug)]
+#[group(required = true, multiple = false)]
+pub struct SourceArgs {
+    /// A directory of Kubernetes/Istio YAML manifests (the local config
+    /// source).
+    #[arg(long, env = "STRAIT_CONFIG_DIR")]
+    pub config_dir: Option<PathBuf>,
+    /// Kubeconfig of this cluster's API server: namespaces, pods, services,
+    /// nodes and the Istio kinds are watched there.
+    #[arg(long, env = "STRAIT_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The same, as a pod reaches its own cluster (the ServiceAccount
+    /// token the kubelet mounts, `KUBERNETES_SERVICE_HOST`).
+    #[arg(long)]
+    pub in_cluster: bool,
+}
+
+#[cfg(feature = "cli")]
+impl SourceArgs {
+    /// The cluster to follow, unless the config is a directory.
+    pub fn access(&self) -> Option<Access> {
+        match (&self.kubeconfig, self.in_cluster) {
+            (Some(kubeconfig), _) => Some(Access::Kubeconfig(kubeconfig.clone())),
+            (None, true) => Some(Access::InCluster),
+            (None, false) => None,
+        }
+    }
+}
+
 /// What to follow.
 #[derive(Clone, Debug)]
 pub struct Sources {

@@ -715,12 +715,7 @@ impl<'t> Mesh<'t> {
     /// A document of the agent's admin endpoint (`/config_dump`, ...), from
     /// its node.
     pub fn admin(&self, node: &str, path: &str) -> Result<serde_json::Value> {
-        let url = format!("http://127.0.0.1:15000{path}");
-        let out = self.topo.node(node)?.run_ok(
-            &["curl", "-sf", "--max-time", "3", &url],
-            Duration::from_secs(10),
-        )?;
-        Ok(serde_json::from_slice(&out.stdout)?)
+        admin_at(self.topo.node(node)?, path)
     }
 
     /// `straitctl` on this host (no agent needed: `validate`): its exit
@@ -745,26 +740,8 @@ impl<'t> Mesh<'t> {
         timeout: Duration,
         done: impl Fn(&str) -> bool,
     ) -> Result<(String, Duration)> {
-        let started = Instant::now();
-        loop {
-            let workloads = self.admin(node, "/workloads")?;
-            let state = workloads
-                .as_array()
-                .and_then(|all| all.iter().find(|w| w["name"] == pod))
-                .and_then(|w| w["state"].as_str())
-                .unwrap_or_default()
-                .to_owned();
-            if done(&state) {
-                return Ok((state, started.elapsed()));
-            }
-            if started.elapsed() > timeout {
-                return Err(format!(
-                    "{pod} on {node} is still {state:?} after {timeout:?}: {workloads}"
-                )
-                .into());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_state_at(self.topo.node(node)?, pod, timeout, done)
+            .map_err(|e| format!("on {node}: {e}").into())
     }
 
     /// Polls `node`'s metrics until the samples of `name` with `labels`
@@ -821,6 +798,45 @@ impl<'t> Mesh<'t> {
             Duration::from_secs(10),
         )?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+/// A document of the admin endpoint of the agent whose network namespace
+/// `place` is (its node's, or its own pod's in Kubernetes).
+pub fn admin_at(place: &Place, path: &str) -> Result<serde_json::Value> {
+    let url = format!("http://127.0.0.1:15000{path}");
+    let out = place.run_ok(
+        &["curl", "-sf", "--max-time", "3", &url],
+        Duration::from_secs(10),
+    )?;
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// Polls the state the agent at `place` shows for `pod` in `/workloads`
+/// (empty while it is not listed) until `done` accepts it or `timeout`
+/// passes; the state and how long it took.
+pub fn wait_state_at(
+    place: &Place,
+    pod: &str,
+    timeout: Duration,
+    done: impl Fn(&str) -> bool,
+) -> Result<(String, Duration)> {
+    let started = Instant::now();
+    loop {
+        let workloads = admin_at(place, "/workloads")?;
+        let state = workloads
+            .as_array()
+            .and_then(|all| all.iter().find(|w| w["name"] == pod))
+            .and_then(|w| w["state"].as_str())
+            .unwrap_or_default()
+            .to_owned();
+        if done(&state) {
+            return Ok((state, started.elapsed()));
+        }
+        if started.elapsed() > timeout {
+            return Err(format!("{pod} is still {state:?} after {timeout:?}: {workloads}").into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

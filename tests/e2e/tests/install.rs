@@ -20,7 +20,7 @@ use strait_e2e::{
     },
     kube::{ApiServer, pod_yaml},
     kubelet::{Kubelet, Network, RunningPod, load_image},
-    marker_url, namespace_yaml, require_root, two_nodes,
+    marker_url, namespace_yaml, require_root, two_nodes, wait_state_at,
 };
 use strait_topology::Topology;
 
@@ -119,6 +119,20 @@ fn helm_on(api: &ApiServer, kubeconfig: &str, args: &[&str]) -> Result<std::proc
     helm_at(api.place(), &all)
 }
 
+/// `helm install` of the chart as release `strait`, with `args` besides.
+fn install(api: &ApiServer, kubeconfig: &str, args: &[&str]) -> Result<std::process::Output> {
+    let mut all = vec![
+        "install",
+        "strait",
+        "CHART",
+        "--namespace",
+        NAMESPACE,
+        "--create-namespace",
+    ];
+    all.extend_from_slice(args);
+    helm_on(api, kubeconfig, &all)
+}
+
 /// The object's `spec.template`, as the API server holds it.
 fn template(api: &ApiServer, kind: &str, name: &str) -> Result<Json> {
     let object: Json = serde_json::from_str(&api.kubectl_ok(&[
@@ -156,20 +170,7 @@ fn the_chart_installs_and_its_pods_run_from_the_image_as_it_says() -> Result<()>
 
     // Bad values fail the install with the schema's message; nothing is
     // created.
-    let bad = helm_on(
-        &api,
-        &admin,
-        &[
-            "install",
-            "strait",
-            "CHART",
-            "--namespace",
-            NAMESPACE,
-            "--create-namespace",
-            "--set",
-            "ca.replicaCount=two",
-        ],
-    )?;
+    let bad = install(&api, &admin, &["--set", "ca.replicaCount=two"])?;
     let said = stdout(&bad);
     println!("wrong type: {said}");
     assert!(
@@ -177,19 +178,7 @@ fn the_chart_installs_and_its_pods_run_from_the_image_as_it_says() -> Result<()>
         "{said}"
     );
     let unknown = api.scratch_file("unknown.yaml", "ca:\n  replicas: 2\n")?;
-    let bad = helm_on(
-        &api,
-        &admin,
-        &[
-            "install",
-            "strait",
-            "CHART",
-            "--namespace",
-            NAMESPACE,
-            "--values",
-            &unknown,
-        ],
-    )?;
+    let bad = install(&api, &admin, &["--values", &unknown])?;
     let said = stdout(&bad);
     println!("unknown key: {said}");
     assert!(
@@ -204,20 +193,7 @@ fn the_chart_installs_and_its_pods_run_from_the_image_as_it_says() -> Result<()>
     );
 
     let started = Instant::now();
-    let out = helm_on(
-        &api,
-        &admin,
-        &[
-            "install",
-            "strait",
-            "CHART",
-            "--namespace",
-            NAMESPACE,
-            "--create-namespace",
-            "--set",
-            &cgroup,
-        ],
-    )?;
+    let out = install(&api, &admin, &["--set", &cgroup])?;
     assert!(out.status.success(), "{}", stdout(&out));
     println!(
         "helm install: {:.1} s\n{}",
@@ -338,9 +314,9 @@ fn the_chart_installs_and_its_pods_run_from_the_image_as_it_says() -> Result<()>
         started.elapsed().as_secs_f64()
     );
     let log = |pod: &RunningPod| pod.containers[0].log();
-    wait_state(topo.pod("agent1")?, "a", "captured")
+    wait_state_at(topo.pod("agent1")?, "a", WAIT, |s| s == "captured")
         .map_err(|e| format!("{e}\n{}", log(&agents[0])))?;
-    wait_state(topo.pod("agent2")?, "b", "captured")
+    wait_state_at(topo.pod("agent2")?, "b", WAIT, |s| s == "captured")
         .map_err(|e| format!("{e}\n{}", log(&agents[1])))?;
 
     let (a, b) = (topo.pod("a")?, topo.pod("b")?);
@@ -502,37 +478,6 @@ fn ctl(agent: &strait_topology::Pod, args: &[&str]) -> Result<String> {
     argv.extend_from_slice(args);
     let out = agent.run_ok(&argv, Duration::from_secs(10))?;
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// Waits until `pod`'s state in the agent's `/workloads` is `wanted`.
-fn wait_state(agent: &strait_topology::Pod, pod: &str, wanted: &str) -> Result<()> {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let out = agent.run(
-            &[
-                "curl",
-                "-sf",
-                "--max-time",
-                "2",
-                "http://127.0.0.1:15000/workloads",
-            ],
-            Duration::from_secs(5),
-        )?;
-        let workloads: Json = serde_json::from_slice(&out.stdout).unwrap_or(Json::Null);
-        let state = workloads
-            .as_array()
-            .and_then(|all| all.iter().find(|w| w["name"] == pod))
-            .and_then(|w| w["state"].as_str())
-            .unwrap_or_default()
-            .to_owned();
-        if state == wanted {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err(format!("{pod} is {state:?}, not {wanted:?}: {workloads}").into());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// Every file left under `dir`.

@@ -24,6 +24,8 @@ const APT_PACKAGES: &[&str] = &[
     "tcpdump",
     "tshark",
     "socat",
+    // The NAT at a network's edge in multi-network topologies.
+    "iptables",
     // The upstream nameserver of the DNS tests.
     "dnsmasq-base",
     "openssl",

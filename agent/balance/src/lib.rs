@@ -9,7 +9,10 @@
 //!   (weights per client locality; endpoints of unlisted localities get
 //!   nothing), `enabled: false` (one level);
 //! - a Service's `trafficDistribution` (PreferClose / PreferSameZone: same
-//!   zone first; PreferSameNode: same node, then same zone).
+//!   zone first; PreferSameNode: same node, then same zone);
+//! - without `distribute` or `failoverPriority`, the client's own network
+//!   before any other (reached through east-west gateways), each by the
+//!   levels above.
 //!
 //! Lower levels take connections only when the levels above have no
 //! endpoint left to try: [`order`] lists every eligible endpoint, level by
@@ -31,6 +34,10 @@ pub const REGION: &str = "topology.kubernetes.io/region";
 pub const ZONE: &str = "topology.kubernetes.io/zone";
 pub const SUBZONE: &str = "topology.istio.io/subzone";
 pub const HOSTNAME: &str = "kubernetes.io/hostname";
+
+/// Added to the level of an endpoint on another network than the
+/// client's, past every locality level, when no rule orders networks.
+pub const OTHER_NETWORK: u32 = 10;
 
 /// Where a connection comes from.
 #[derive(Clone, Copy, Debug)]
@@ -125,21 +132,29 @@ pub fn rank<'a>(
         .iter()
         .map(|e| {
             let w = e.workload;
-            let priority = match policy.traffic_distribution {
-                Some("PreferClose" | "PreferSameZone") if setting.is_none() => {
-                    u32::from(!same_zone(client.locality, &w.locality))
-                }
-                Some("PreferSameNode") if setting.is_none() => {
-                    if w.node.as_deref() == Some(client.node) {
-                        0
-                    } else if same_zone(client.locality, &w.locality) {
-                        1
-                    } else {
-                        2
-                    }
-                }
-                _ => locality_priority(client.locality, &w.locality, failover_to),
+            // Another network is behind a gateway: it comes after every
+            // level of the client's own network.
+            let network = if w.network == client.network {
+                0
+            } else {
+                OTHER_NETWORK
             };
+            let priority = network
+                + match policy.traffic_distribution {
+                    Some("PreferClose" | "PreferSameZone") if setting.is_none() => {
+                        u32::from(!same_zone(client.locality, &w.locality))
+                    }
+                    Some("PreferSameNode") if setting.is_none() => {
+                        if w.node.as_deref() == Some(client.node) {
+                            0
+                        } else if same_zone(client.locality, &w.locality) {
+                            1
+                        } else {
+                            2
+                        }
+                    }
+                    _ => locality_priority(client.locality, &w.locality, failover_to),
+                };
             Ranked {
                 endpoint: *e,
                 priority,

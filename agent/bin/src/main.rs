@@ -4,6 +4,7 @@
 mod admin;
 mod ca_addr;
 mod dns;
+mod east_west;
 mod endpoints;
 mod metrics;
 mod pods;
@@ -35,6 +36,15 @@ struct Args {
     /// Name of the node this agent serves.
     #[arg(long, env = "STRAIT_NODE")]
     node: String,
+    /// `node`: capture and proxy the node's pods. `east-west-gateway`:
+    /// serve the Gateway `--gateway` names, on its addresses that are on
+    /// this host (no capture).
+    #[arg(long, env = "STRAIT_ROLE", value_enum, default_value = "node")]
+    role: Role,
+    /// With `--role east-west-gateway`: the Gateway (class
+    /// istio-east-west), `namespace/name`.
+    #[arg(long, env = "STRAIT_GATEWAY")]
+    gateway: Option<String>,
     #[command(flatten)]
     source: strait_kube::SourceArgs,
     /// This cluster's name: where its endpoints are (`topology.istio.io/cluster`).
@@ -49,9 +59,10 @@ struct Args {
     /// (Istio's remote secrets).
     #[arg(long, env = "STRAIT_REMOTE_SECRETS_NAMESPACE")]
     remote_secrets_namespace: Option<String>,
-    /// cgroup v2 directory holding the node's pods; capture attaches here.
+    /// cgroup v2 directory holding the node's pods; capture attaches here
+    /// (the node role needs it).
     #[arg(long, env = "STRAIT_CAPTURE_CGROUP")]
-    capture_cgroup: PathBuf,
+    capture_cgroup: Option<PathBuf>,
     /// This agent's directory on bpffs; pinned maps and links live here.
     #[arg(long, env = "STRAIT_PIN_DIR", default_value = "/sys/fs/bpf/strait")]
     pin_dir: PathBuf,
@@ -128,6 +139,12 @@ struct Args {
     /// to this long before exiting.
     #[arg(long, default_value = "0s", value_parser = strait_config::duration::parse)]
     drain_timeout: Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Role {
+    Node,
+    EastWestGateway,
 }
 
 /// One attempt at one CA replica.
@@ -221,33 +238,26 @@ async fn run(args: Args) -> Result<()> {
     release_freed_memory();
     let state = NodeState::new(&args.node, config);
 
+    if args.role == Role::EastWestGateway {
+        return run_gateway(&args, state, metrics, cluster).await;
+    }
+    let capture_cgroup = args
+        .capture_cgroup
+        .clone()
+        .context("--capture-cgroup is required for --role node")?;
     let capture = Capture::attach(&CaptureConfig {
-        cgroup: args.capture_cgroup.clone(),
+        cgroup: capture_cgroup.clone(),
         pin_dir: args.pin_dir.clone(),
     })
     .with_context(|| {
         format!(
             "attaching capture to {} (pins in {})",
-            args.capture_cgroup.display(),
+            capture_cgroup.display(),
             args.pin_dir.display()
         )
     })?;
 
-    let ca = RemoteCa::new(
-        &args.credential_dir,
-        ca_addr::resolver(args.ca_addr.clone(), state.clone()),
-        Some(AGENT_MARK),
-        CA_TIMEOUT,
-        args.ca_token.clone(),
-    )
-    .with_context(|| {
-        format!(
-            "reading the node credential in {}",
-            args.credential_dir.display()
-        )
-    })?;
-    let certs =
-        CertManager::new(Arc::new(ca), args.cert_lifetime).context("setting up certificates")?;
+    let certs = cert_manager(&args, &state)?;
     metrics.follow_certs(certs.clone());
 
     let board = Arc::new(strait_health::Board::new(&args.status_dir));
@@ -301,8 +311,7 @@ async fn run(args: Args) -> Result<()> {
         state: state.clone(),
         status: reload_status.clone(),
         metrics: metrics.clone(),
-        pods: pods.clone(),
-        proxy: proxy.clone(),
+        node: Some((pods.clone(), proxy.clone())),
     };
     match (args.source.config_dir.clone(), cluster) {
         (Some(dir), _) => reload::spawn(dir, follow),
@@ -335,12 +344,7 @@ async fn run(args: Args) -> Result<()> {
     admin_state.set_ready();
     info!(node = %args.node, enrolled, admin = %args.admin_addr, "agent ready");
 
-    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM: shutting down"),
-        _ = int.recv() => info!("SIGINT: shutting down"),
-    }
+    wait_for_signal().await?;
     admin_state.set_stopping();
     retries.abort();
     pods.stop_accepting().await;
@@ -368,4 +372,99 @@ async fn run(args: Args) -> Result<()> {
         info!("capture stays attached for the next agent");
     }
     Ok(())
+}
+
+/// The gateway role: no capture, no pods; the Gateway's listeners.
+async fn run_gateway(
+    args: &Args,
+    state: NodeState,
+    metrics: Arc<metrics::Metrics>,
+    cluster: Option<tokio::sync::watch::Receiver<Option<strait_kube::Snapshot>>>,
+) -> Result<()> {
+    let name = args
+        .gateway
+        .as_deref()
+        .context("--role east-west-gateway needs --gateway namespace/name")?;
+    let (namespace, name) = name
+        .split_once('/')
+        .filter(|(ns, n)| !ns.is_empty() && !n.is_empty())
+        .ok_or_else(|| anyhow::anyhow!("--gateway {name:?}: not namespace/name"))?;
+    let certs = cert_manager(args, &state)?;
+    metrics.follow_certs(certs.clone());
+    let snapshot = state.snapshot();
+    let object = snapshot
+        .config
+        .east_west_gateways
+        .iter()
+        .find(|g| g.namespace == namespace && g.name == name)
+        .with_context(|| {
+            format!(
+                "--gateway {namespace}/{name}: no Gateway of class {} by that name in the config",
+                strait_config::EAST_WEST_CLASS
+            )
+        })?;
+    let identity = strait_identity::Identity::new(
+        &snapshot.config.trust_domain,
+        namespace,
+        &object.service_account,
+    );
+    let board = Arc::new(strait_health::Board::new(&args.status_dir));
+    board.refresh();
+    let board_watch = probes::watch_board(board.clone(), reload::POLL);
+    let follow = reload::Follow {
+        state: state.clone(),
+        status: reload::initial_status(),
+        metrics: metrics.clone(),
+        node: None,
+    };
+    match (args.source.config_dir.clone(), cluster) {
+        (Some(dir), _) => reload::spawn(dir, follow),
+        (None, Some(updates)) => reload::spawn_cluster(updates, follow),
+        (None, None) => {}
+    }
+    let gateway = Arc::new(east_west::Gateway {
+        state,
+        namespace: namespace.into(),
+        name: name.into(),
+        identity,
+        certs,
+        metrics,
+        health: Default::default(),
+        board,
+        limits: strait_hbone::Limits::default(),
+        admission: Default::default(),
+        connect_timeout: args.connect_timeout,
+    });
+    let result = east_west::run(gateway, &[args.metrics_addr, args.readiness_addr]).await;
+    board_watch.abort();
+    result
+}
+
+/// Waits for SIGTERM or SIGINT.
+pub async fn wait_for_signal() -> Result<()> {
+    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM: shutting down"),
+        _ = int.recv() => info!("SIGINT: shutting down"),
+    }
+    Ok(())
+}
+
+/// Certificates from the CA for this node's identities.
+fn cert_manager(args: &Args, state: &NodeState) -> Result<Arc<CertManager>> {
+    let ca = RemoteCa::new(
+        &args.credential_dir,
+        ca_addr::resolver(args.ca_addr.clone(), state.clone()),
+        Some(AGENT_MARK),
+        CA_TIMEOUT,
+        args.ca_token.clone(),
+    )
+    .with_context(|| {
+        format!(
+            "reading the node credential in {}",
+            args.credential_dir.display()
+        )
+    })?;
+    CertManager::new(Arc::new(ca), args.cert_lifetime).context("setting up certificates")
 }

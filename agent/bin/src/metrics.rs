@@ -13,6 +13,8 @@ use prometheus_client::{
 pub enum Reporter {
     Source,
     Destination,
+    /// An east-west gateway, between the two.
+    Gateway,
 }
 
 /// The label set of Istio's `istio_tcp_*` metrics.
@@ -22,9 +24,11 @@ pub struct TcpLabels {
     pub source_workload: String,
     pub source_workload_namespace: String,
     pub source_principal: String,
+    pub source_cluster: String,
     pub destination_workload: String,
     pub destination_workload_namespace: String,
     pub destination_principal: String,
+    pub destination_cluster: String,
     /// `mutual_tls` or `none`.
     pub connection_security_policy: String,
     pub request_protocol: String,
@@ -34,6 +38,8 @@ pub struct TcpLabels {
 pub enum Direction {
     Inbound,
     Outbound,
+    /// Through the east-west gateway role.
+    Gateway,
 }
 
 /// Why a connection was refused or failed before carrying data.
@@ -60,6 +66,11 @@ pub enum Reason {
     Limit,
     /// A service's `connectionPool.tcp.maxConnections` was reached.
     Overflow,
+    /// At a gateway: the authority names a service not exported to other
+    /// networks (or none).
+    NotExported,
+    /// At a gateway: the authority is an address outside its network.
+    OutsideNetwork,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -81,8 +92,8 @@ macro_rules! label_values {
 }
 
 label_values! {
-    Reporter { Source => "source", Destination => "destination" }
-    Direction { Inbound => "inbound", Outbound => "outbound" }
+    Reporter { Source => "source", Destination => "destination", Gateway => "gateway" }
+    Direction { Inbound => "inbound", Outbound => "outbound", Gateway => "gateway" }
     Reason {
         Tls => "tls",
         StrictMtls => "strict_mtls",
@@ -94,6 +105,8 @@ label_values! {
         NoCertificate => "no_certificate",
         Limit => "limit",
         Overflow => "overflow",
+        NotExported => "not_exported",
+        OutsideNetwork => "outside_network",
     }
     ReloadResult { Success => "success", Failure => "failure" }
     ProbeResult { Passed => "passed", Failed => "failed" }

@@ -59,19 +59,22 @@ pub struct Follow {
     pub state: NodeState,
     pub status: SharedStatus,
     pub metrics: Arc<Metrics>,
-    pub pods: Arc<Pods>,
-    pub proxy: Arc<Proxy>,
+    /// The node role's pods and proxy; none for the gateway role.
+    pub node: Option<(Arc<Pods>, Arc<Proxy>)>,
 }
 
 impl Follow {
     /// After a config was applied: re-judges open connections and enrolls
     /// and releases this node's pods to match.
     async fn applied(&self, source: &str) {
-        let closed = self.proxy.enforce_policies();
-        if closed > 0 {
-            info!(closed, "open connections the new policies deny were closed");
+        let mut enrolled = 0;
+        if let Some((pods, proxy)) = &self.node {
+            let closed = proxy.enforce_policies();
+            if closed > 0 {
+                info!(closed, "open connections the new policies deny were closed");
+            }
+            enrolled = pods.sync(&self.state.snapshot(), proxy).await;
         }
-        let enrolled = self.pods.sync(&self.state.snapshot(), &self.proxy).await;
         let generation = self
             .status
             .lock()

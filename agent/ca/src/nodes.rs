@@ -42,15 +42,15 @@ impl Registry {
             ));
         }
         let runs_here = config.workloads_on(node).any(|w| {
-            config.enrolled(w)
-                && w.namespace == identity.namespace
+            w.namespace == identity.namespace
                 && w.service_account == identity.service_account
+                && (config.enrolled(w) || gateway_instance(&config, w))
         });
         if runs_here {
             Ok(())
         } else {
             Err(format!(
-                "no workload in the mesh on node {node} runs as service account {}/{}",
+                "no workload in the mesh (nor east-west gateway instance) on node {node} runs as service account {}/{}",
                 identity.namespace, identity.service_account
             ))
         }
@@ -147,6 +147,18 @@ spec:
   address: 10.1.0.11
   serviceAccount: legacy
 ";
+
+/// Whether `w` is an instance of an east-west gateway (labelled with the
+/// Gateway's name, in its namespace, as its service account): the gateway
+/// role on that node holds the gateway's identity.
+fn gateway_instance(config: &Config, w: &strait_config::Workload) -> bool {
+    let Some(name) = w.labels.get(strait_config::GATEWAY_NAME_LABEL) else {
+        return false;
+    };
+    config.east_west_gateways.iter().any(|g| {
+        &g.name == name && g.namespace == w.namespace && g.service_account == w.service_account
+    })
+}
 
 #[cfg(test)]
 mod tests {

@@ -54,6 +54,22 @@ pub fn exported_to(export_to: &[String], owner: &str, client: &str) -> bool {
         })
 }
 
+/// Label naming a workload's, namespace's or node's network (Istio's).
+pub const NETWORK_LABEL: &str = "topology.istio.io/network";
+/// Label (`"true"`/`"false"`) on a Service, ServiceEntry or namespace that
+/// makes services reachable from other networks, through their network's
+/// east-west gateways; on the root namespace it is the mesh-wide default.
+/// Unset everywhere: a service is reached only from its own network.
+pub const GLOBAL_LABEL: &str = "istio.io/global";
+/// The Gateway API class of east-west gateways (Istio's).
+pub const EAST_WEST_CLASS: &str = "istio-east-west";
+/// Label of a gateway's own pods (or WorkloadEntries) and of the Service in
+/// front of it, naming the Gateway (set by Istio's gateway controller).
+pub const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
+/// Annotation of a Gateway naming the service account its instances run
+/// as; without it, `<gateway name>-<class>` as Istio's controller names it.
+pub const GATEWAY_SERVICE_ACCOUNT_ANNOTATION: &str = "gateway.istio.io/service-account";
+
 /// Annotation naming the WorkloadGroup a WorkloadEntry was made from.
 pub const GROUP_ANNOTATION: &str = "istio.io/autoRegistrationGroup";
 
@@ -79,6 +95,9 @@ pub struct Config {
     pub virtual_services: Vec<Named<networking::VirtualServiceSpec>>,
     /// Stored for the gateways.
     pub gateways: Vec<Named<networking::GatewaySpec>>,
+    /// Gateway API Gateways of class `istio-east-west`: how other networks
+    /// are reached.
+    pub east_west_gateways: Vec<EastWestGateway>,
     /// Objects of kinds the model does not use, as `kind namespace/name`.
     pub ignored: Vec<String>,
     /// What the checks warned about, one line each as `straitctl validate`
@@ -110,6 +129,7 @@ impl Default for Config {
             destination_rules: Vec::new(),
             virtual_services: Vec::new(),
             gateways: Vec::new(),
+            east_west_gateways: Vec::new(),
             ignored: Vec::new(),
             warnings: Vec::new(),
             allocated: BTreeMap::new(),
@@ -201,6 +221,26 @@ pub struct Node {
     pub network: String,
 }
 
+/// An east-west gateway: where connections from other networks to this
+/// network's services arrive, as HBONE (its instances terminate the outer
+/// tunnel and forward the inner one, still encrypted, to an endpoint).
+#[derive(Clone, Debug, Serialize)]
+pub struct EastWestGateway {
+    pub name: String,
+    pub namespace: String,
+    /// The network it leads into.
+    pub network: String,
+    /// Where other networks reach it, each an instance to balance over:
+    /// `spec.addresses`, else `status.addresses`, else the addresses of the
+    /// Service in front of it.
+    pub addresses: Vec<IpAddr>,
+    /// Its HBONE listener's port.
+    pub port: u16,
+    /// The service account its instances run as: clients check that the
+    /// gateway holds this identity.
+    pub service_account: String,
+}
+
 /// A service: names, virtual addresses, ports and how to find its
 /// endpoints. Kubernetes Services and ServiceEntries both become one.
 #[derive(Clone, Debug, Serialize)]
@@ -224,6 +264,12 @@ pub struct Service {
     /// `networking.istio.io/exportTo` annotation of a Service): empty is
     /// every namespace.
     pub export_to: Vec<String>,
+    /// The object's own labels.
+    pub labels: Labels,
+    /// Where clients outside the cluster reach it (a Kubernetes Service's
+    /// `status.loadBalancer.ingress`, `externalIPs`, `loadBalancerIP`): how
+    /// a gateway's Service gives the gateway its addresses.
+    pub ingress: Vec<IpAddr>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -294,6 +340,35 @@ impl Config {
         let opted_out =
             workload.labels.get(OPT_OUT_LABEL.0).map(String::as_str) == Some(OPT_OUT_LABEL.1);
         ns_in && !opted_out
+    }
+
+    /// Whether `service` may be reached from other networks (through its
+    /// network's east-west gateways): its own `istio.io/global` label, else
+    /// its namespace's, else the root namespace's; false when none says.
+    pub fn global(&self, service: &Service) -> bool {
+        let label = |labels: &Labels| labels.get(GLOBAL_LABEL).map(|v| v == "true");
+        label(&service.labels)
+            .or_else(|| {
+                self.namespaces
+                    .get(&service.namespace)
+                    .and_then(|ns| label(&ns.labels))
+            })
+            .or_else(|| {
+                self.namespaces
+                    .get(&self.root_namespace)
+                    .and_then(|ns| label(&ns.labels))
+            })
+            .unwrap_or(false)
+    }
+
+    /// The east-west gateways into `network`.
+    pub fn gateways_into<'a>(
+        &'a self,
+        network: &'a str,
+    ) -> impl Iterator<Item = &'a EastWestGateway> + 'a {
+        self.east_west_gateways
+            .iter()
+            .filter(move |g| g.network == network)
     }
 
     /// Rebuilds the lookups after `workloads` or `services` changed

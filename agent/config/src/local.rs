@@ -346,7 +346,13 @@ fn check_object(
                 findings.reject(path, reason);
             }
             check::envelope(&mut findings, &entry.kind, meta, &json);
-            let item = check::object(&mut findings, &entry.kind, &entry.namespace, meta, &json);
+            let item = check::object(
+                &mut findings,
+                (manifest::group_of(&entry.api_version), &entry.kind),
+                &entry.namespace,
+                meta,
+                &json,
+            );
             entry.warnings = std::mem::take(&mut findings.warnings);
             if findings.has_errors() {
                 entry.verdict = Verdict::Rejected(findings.errors);

@@ -293,13 +293,15 @@ metadata: {name: reviews, namespace: shop}
 spec: {parentRefs: [{name: reviews, kind: Service, group: ''}]}
 ",
     );
+    // The Gateway API's Gateway is read (east-west gateways); one of
+    // another class is accepted and said to have no effect.
+    let (waypoint, route) = (&report.objects[0], &report.objects[1]);
     assert!(
-        report
-            .objects
-            .iter()
-            .all(|o| matches!(o.verdict, Verdict::Ignored(_))),
+        matches!(waypoint.verdict, Verdict::Accepted)
+            && waypoint.warnings[0].reason.contains("no effect"),
         "{report}"
     );
+    assert!(matches!(route.verdict, Verdict::Ignored(_)), "{report}");
     rejected(
         "apiVersion: v1
 kind: VirtualService

@@ -23,12 +23,15 @@ use std::{
 use hyper::{Method, Request, body::Bytes};
 use rustls::{ClientConfig, pki_types::ServerName};
 use strait_identity::Identity;
-use tokio::net::TcpStream;
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpStream,
+};
 use tokio_rustls::TlsConnector;
 use tracing::debug;
 
 use crate::{
-    CONNECTION_WINDOW, Error, MAX_FRAME, STREAM_WINDOW,
+    Authority, CONNECTION_WINDOW, Error, MAX_FRAME, SOURCE_NETWORK_HEADER, STREAM_WINDOW,
     tunnel::{Active, Tunnel},
 };
 
@@ -77,7 +80,7 @@ impl Pool {
     pub async fn connect<D, F>(
         &self,
         key: &PoolKey,
-        authority: SocketAddr,
+        authority: &Authority,
         tls: Arc<ClientConfig>,
         dial: D,
     ) -> Result<Tunnel, Error>
@@ -86,7 +89,7 @@ impl Pool {
         F: Future<Output = io::Result<TcpStream>>,
     {
         if let Some((sender, active)) = self.pick(key) {
-            match open_stream(sender, key.addr, authority, active).await {
+            match open_stream(sender, key.addr, authority, None, active).await {
                 // The pooled connection died (the peer restarted, the link
                 // broke): forget it and try once on a new one.
                 Err(Error::H2 { .. }) => {
@@ -96,14 +99,19 @@ impl Pool {
                 other => return other,
             }
         }
-        let (sender, closed) = handshake(key.addr, tls, dial).await?;
+        let tcp = dial().await.map_err(|source| Error::Dial {
+            addr: key.addr,
+            source,
+        })?;
+        let _ = tcp.set_nodelay(true);
+        let (sender, closed, _) = handshake(key.addr, tls, tcp).await?;
         let active = Arc::new(AtomicUsize::new(0));
         self.lock().entry(key.clone()).or_default().push(Pooled {
             sender: sender.clone(),
             active: active.clone(),
             closed,
         });
-        open_stream(sender, key.addr, authority, active).await
+        open_stream(sender, key.addr, authority, None, active).await
     }
 
     /// Drops every pooled connection for `key` (one did not answer in
@@ -167,45 +175,89 @@ impl Pool {
     }
 }
 
+/// Opens a tunnel over `io` (itself a tunnel through an east-west
+/// gateway): a TLS session and HTTP/2 connection of its own, used for this
+/// one CONNECT and closed with it. `addr` names the far end in errors;
+/// `source_network` tells the destination where the client is. Returns
+/// the tunnel and the identity the far end proved.
+pub async fn connect_over<T>(
+    io: T,
+    addr: SocketAddr,
+    authority: &Authority,
+    source_network: Option<&str>,
+    tls: Arc<ClientConfig>,
+) -> Result<(Tunnel, Identity), Error>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, _closed, peer) = handshake(addr, tls, io).await?;
+    let tunnel = open_stream(
+        sender,
+        addr,
+        authority,
+        source_network,
+        Arc::new(AtomicUsize::new(0)),
+    )
+    .await?;
+    Ok((tunnel, peer))
+}
+
 /// Sends a CONNECT for `authority` and returns the tunnel without waiting
 /// for the answer.
 async fn open_stream(
     sender: Sender,
     addr: SocketAddr,
-    authority: SocketAddr,
+    authority: &Authority,
+    source_network: Option<&str>,
     active: Arc<AtomicUsize>,
 ) -> Result<Tunnel, Error> {
     // Counted from the start, so concurrent opens spread over connections.
     let active = Active::count(active);
     let h2_err = |source| Error::H2 { addr, source };
     let mut sender = sender.ready().await.map_err(h2_err)?;
-    let request = Request::builder()
+    let mut request = Request::builder()
         .method(Method::CONNECT)
-        .uri(authority.to_string())
-        .body(())?;
-    let (response, send) = sender.send_request(request, false).map_err(h2_err)?;
-    Ok(Tunnel::opened(send, response, authority, active))
+        .uri(authority.to_string());
+    if let Some(network) = source_network {
+        request = request.header(SOURCE_NETWORK_HEADER, network);
+    }
+    let (response, send) = sender
+        .send_request(request.body(())?, false)
+        .map_err(h2_err)?;
+    Ok(Tunnel::opened(
+        send,
+        response,
+        authority.to_string(),
+        active,
+    ))
 }
 
-async fn handshake<D, F>(
+async fn handshake<T>(
     addr: SocketAddr,
     tls: Arc<ClientConfig>,
-    dial: D,
-) -> Result<(Sender, Arc<AtomicBool>), Error>
+    io: T,
+) -> Result<(Sender, Arc<AtomicBool>, Identity), Error>
 where
-    D: Fn() -> F,
-    F: Future<Output = io::Result<TcpStream>>,
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let tcp = dial()
-        .await
-        .map_err(|source| Error::Dial { addr, source })?;
-    let _ = tcp.set_nodelay(true);
     // The verifier checks the SPIFFE identity, not this name.
     let name = ServerName::IpAddress(addr.ip().into());
     let stream = TlsConnector::from(tls)
-        .connect(name, tcp)
+        .connect(name, io)
         .await
         .map_err(|source| Error::Tls { addr, source })?;
+    // The verifier accepted it, so it is there.
+    let peer = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|certs| certs.first())
+        .map(strait_identity::tls::identity_of)
+        .transpose()?
+        .ok_or_else(|| Error::Tls {
+            addr,
+            source: io::Error::other("the peer presented no certificate"),
+        })?;
     let (sender, connection) = h2::client::Builder::new()
         .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
@@ -221,5 +273,5 @@ where
         }
         ended.store(true, Ordering::Release);
     });
-    Ok((sender, closed))
+    Ok((sender, closed, peer))
 }

@@ -2,11 +2,13 @@
 //! authority is the destination `address:port`, inside a mutual-TLS
 //! connection to the destination's port 15008. Connections are pooled by
 //! (source identity, destination identity, destination address).
+mod authority;
 pub mod client;
 pub mod server;
 mod tunnel;
 
-pub use client::{Pool, PoolKey};
+pub use authority::{Authority, BadAuthority};
+pub use client::{Pool, PoolKey, connect_over};
 pub use server::{Admission, Connect, Limits, PendingTunnel, serve};
 pub use tunnel::Tunnel;
 
@@ -15,6 +17,10 @@ pub use tunnel::Tunnel;
 pub(crate) const STREAM_WINDOW: u32 = 4 << 20;
 pub(crate) const CONNECTION_WINDOW: u32 = 16 << 20;
 pub(crate) const MAX_FRAME: u32 = 1 << 20;
+
+/// Request header of an inner CONNECT through an east-west gateway: the
+/// client's network, for the destination's telemetry.
+pub const SOURCE_NETWORK_HEADER: &str = "strait-source-network";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -139,10 +145,10 @@ mod tests {
             destination: db.clone(),
             addr,
         };
-        let authority = "10.9.9.9:8080".parse().unwrap();
+        let authority: Authority = "10.9.9.9:8080".parse().unwrap();
         for _ in 0..3 {
             let mut tunnel = pool
-                .connect(&key, authority, clients.get(&web, &db).unwrap(), || {
+                .connect(&key, &authority, clients.get(&web, &db).unwrap(), || {
                     TcpStream::connect(addr)
                 })
                 .await
@@ -157,14 +163,17 @@ mod tests {
             1,
             "three tunnels, one connection"
         );
-        assert_eq!(*seen_peer.lock().unwrap(), Some((web.clone(), authority)));
+        assert_eq!(
+            *seen_peer.lock().unwrap(),
+            Some((web.clone(), authority.clone()))
+        );
 
         // A refused CONNECT shows on the first read, after the client's
         // early bytes went out.
         let mut refused = pool
             .connect(
                 &key,
-                "10.9.9.9:9".parse().unwrap(),
+                &"10.9.9.9:9".parse().unwrap(),
                 clients.get(&web, &db).unwrap(),
                 || TcpStream::connect(addr),
             )
@@ -184,7 +193,7 @@ mod tests {
         let err = pool
             .connect(
                 &wrong,
-                authority,
+                &authority,
                 clients.get(&web, &wrong.destination).unwrap(),
                 || TcpStream::connect(addr),
             )

@@ -21,7 +21,9 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tracing::debug;
 
-use crate::{CONNECTION_WINDOW, Error, MAX_FRAME, STREAM_WINDOW, Tunnel};
+use crate::{
+    Authority, CONNECTION_WINDOW, Error, MAX_FRAME, SOURCE_NETWORK_HEADER, STREAM_WINDOW, Tunnel,
+};
 
 /// One CONNECT request from an authenticated peer.
 pub struct Connect {
@@ -29,7 +31,9 @@ pub struct Connect {
     /// The TCP peer of the HBONE connection.
     pub peer_addr: SocketAddr,
     /// Where the peer wants to go.
-    pub authority: SocketAddr,
+    pub authority: Authority,
+    /// The client's network, when it came through an east-west gateway.
+    pub source_network: Option<String>,
     /// The stream, to accept or refuse.
     pub stream: PendingTunnel,
 }
@@ -38,7 +42,8 @@ pub struct Connect {
 pub struct PendingTunnel {
     respond: SendResponse<Bytes>,
     recv: RecvStream,
-    authority: SocketAddr,
+    authority: String,
+    peer_addr: SocketAddr,
 }
 
 impl PendingTunnel {
@@ -48,7 +53,7 @@ impl PendingTunnel {
             .respond
             .send_response(status_response(StatusCode::OK), false)
             .map_err(|source| Error::H2 {
-                addr: self.authority,
+                addr: self.peer_addr,
                 source,
             })?;
         Ok(Tunnel::accepted(send, self.recv, self.authority))
@@ -247,21 +252,34 @@ where
         };
         let (request, mut respond) = next.map_err(h2_err)?;
         let Some(authority) = authority(&request) else {
-            debug!(%peer_addr, method = %request.method(), uri = %request.uri(), "not a CONNECT to ip:port");
+            debug!(%peer_addr, method = %request.method(), uri = %request.uri(), "not a CONNECT to ip:port or host:port");
             let _ = respond.send_response(status_response(StatusCode::BAD_REQUEST), true);
             continue;
+        };
+        let source_network = match request.headers().get(SOURCE_NETWORK_HEADER) {
+            None => None,
+            Some(value) => match value.to_str().ok().filter(|v| network_name(v)) {
+                Some(v) => Some(v.to_string()),
+                None => {
+                    debug!(%peer_addr, "bad source network header");
+                    let _ = respond.send_response(status_response(StatusCode::BAD_REQUEST), true);
+                    continue;
+                }
+            },
         };
         let recv = request.into_body();
         let active = StreamOpen::count(open.clone());
         let stream = handler(Connect {
             peer: peer.clone(),
             peer_addr,
-            authority,
             stream: PendingTunnel {
                 respond,
                 recv,
-                authority,
+                authority: authority.to_string(),
+                peer_addr,
             },
+            authority,
+            source_network,
         });
         tokio::spawn(async move {
             stream.await;
@@ -286,10 +304,19 @@ impl Drop for StreamOpen {
     }
 }
 
-/// The `ip:port` a CONNECT asks for; anything else is a bad request.
-fn authority<B>(req: &Request<B>) -> Option<SocketAddr> {
+/// The `ip:port` or `host:port` a CONNECT asks for; anything else is a
+/// bad request.
+fn authority<B>(req: &Request<B>) -> Option<Authority> {
     if req.method() != Method::CONNECT {
         return None;
     }
     req.uri().authority()?.as_str().parse().ok()
+}
+
+/// A network's name as a label value: what a topology label may hold.
+fn network_name(v: &str) -> bool {
+    !v.is_empty()
+        && v.len() <= 63
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }

@@ -1,7 +1,6 @@
 //! An open tunnel, from either end: a byte stream over one HTTP/2 stream.
 use std::{
     io,
-    net::SocketAddr,
     pin::Pin,
     sync::{
         Arc,
@@ -42,7 +41,8 @@ pub struct Tunnel {
     recv: Recv,
     /// Received bytes not yet read.
     buf: Bytes,
-    authority: SocketAddr,
+    /// What the CONNECT asked for, for messages.
+    authority: String,
     shut: bool,
     _active: Option<Active>,
 }
@@ -52,7 +52,7 @@ impl Tunnel {
     pub(crate) fn opened(
         send: SendStream<Bytes>,
         answer: ResponseFuture,
-        authority: SocketAddr,
+        authority: String,
         active: Active,
     ) -> Self {
         Self {
@@ -66,11 +66,7 @@ impl Tunnel {
     }
 
     /// The server end, once it answered 200.
-    pub(crate) fn accepted(
-        send: SendStream<Bytes>,
-        recv: RecvStream,
-        authority: SocketAddr,
-    ) -> Self {
+    pub(crate) fn accepted(send: SendStream<Bytes>, recv: RecvStream, authority: String) -> Self {
         Self {
             send,
             recv: Recv::Body(recv),

@@ -65,10 +65,13 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
-/// Client configurations by (source, expected destination) identity.
+/// A source identity and the destination identities it accepts (sorted).
+type Pair = (Identity, Vec<Identity>);
+
+/// Client configurations by (source, expected destination identities).
 pub struct ClientConfigs {
     certs: Arc<CertManager>,
-    cache: RwLock<HashMap<(Identity, Identity), Arc<ClientConfig>>>,
+    cache: RwLock<HashMap<Pair, Arc<ClientConfig>>>,
 }
 
 impl ClientConfigs {
@@ -86,7 +89,7 @@ impl ClientConfigs {
         self.cache
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .retain(|(source, destination), _| keep(source, destination));
+            .retain(|(source, destinations), _| destinations.iter().all(|d| keep(source, d)));
     }
 
     /// Cached configurations.
@@ -105,7 +108,21 @@ impl ClientConfigs {
         source: &Identity,
         destination: &Identity,
     ) -> Result<Arc<ClientConfig>, Error> {
-        let key = (source.clone(), destination.clone());
+        self.get_any(source, std::slice::from_ref(destination))
+    }
+
+    /// Presents `source`'s certificate and accepts a server holding any one
+    /// of `destinations` (the identities of a service's endpoints, when a
+    /// gateway picks the endpoint).
+    pub fn get_any(
+        &self,
+        source: &Identity,
+        destinations: &[Identity],
+    ) -> Result<Arc<ClientConfig>, Error> {
+        let mut expected = destinations.to_vec();
+        expected.sort();
+        expected.dedup();
+        let key = (source.clone(), expected);
         if let Some(config) = self
             .cache
             .read()
@@ -117,7 +134,7 @@ impl ClientConfigs {
         let verifier = SpiffeServerVerifier {
             roots: self.certs.roots().clone(),
             provider: self.certs.provider().clone(),
-            expected: destination.clone(),
+            expected: key.1.clone(),
         };
         let mut config = ClientConfig::builder_with_provider(self.certs.provider().clone())
             .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -167,13 +184,14 @@ impl ResolvesClientCert for CurrentCert {
     }
 }
 
-/// Chain to the mesh root, and the SPIFFE identity we dialled for: SPIFFE
+/// Chain to the mesh root, and a SPIFFE identity we dialled for: SPIFFE
 /// certificates carry no DNS names, so the usual name check does not apply.
 #[derive(Debug)]
 struct SpiffeServerVerifier {
     roots: Arc<RootCertStore>,
     provider: Arc<CryptoProvider>,
-    expected: Identity,
+    /// Sorted.
+    expected: Vec<Identity>,
 }
 
 impl ServerCertVerifier for SpiffeServerVerifier {
@@ -194,7 +212,9 @@ impl ServerCertVerifier for SpiffeServerVerifier {
             self.provider.signature_verification_algorithms.all,
         )?;
         match identity_of(end_entity) {
-            Ok(id) if id == self.expected => Ok(ServerCertVerified::assertion()),
+            Ok(id) if self.expected.binary_search(&id).is_ok() => {
+                Ok(ServerCertVerified::assertion())
+            }
             _ => Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName,
             )),

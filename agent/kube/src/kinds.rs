@@ -16,15 +16,21 @@ pub struct Kind {
 const NETWORKING: &[&str] = &["v1", "v1beta1", "v1alpha3"];
 const SECURITY: &[&str] = &["v1", "v1beta1"];
 
-/// The first kinds: what a remote cluster gives (its workloads and
-/// services; its Istio config is its own control plane's).
-pub const DISCOVERY: usize = 4;
+/// The first kinds: what a remote cluster gives (its workloads, services
+/// and east-west gateways; its Istio config is its own control plane's).
+pub const DISCOVERY: usize = 5;
 
-pub const KINDS: [Kind; 13] = [
+pub const KINDS: [Kind; 14] = [
     Kind::core("Namespace", "namespaces"),
     Kind::core("Node", "nodes"),
     Kind::core("Pod", "pods"),
     Kind::core("Service", "services"),
+    Kind::istio(
+        "gateway.networking.k8s.io",
+        &["v1", "v1beta1"],
+        "Gateway",
+        "gateways",
+    ),
     Kind::istio(
         "networking.istio.io",
         NETWORKING,

@@ -641,8 +641,8 @@ mod tests {
     }
 
     #[test]
-    fn a_remote_cluster_gives_only_its_workloads_and_services() {
+    fn a_remote_cluster_gives_only_its_workloads_services_and_gateways() {
         let kinds: Vec<&str> = KINDS[..DISCOVERY].iter().map(|k| k.kind).collect();
-        assert_eq!(kinds, ["Namespace", "Node", "Pod", "Service"]);
+        assert_eq!(kinds, ["Namespace", "Node", "Pod", "Service", "Gateway"]);
     }
 }

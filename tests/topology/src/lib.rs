@@ -33,7 +33,9 @@ pub use names::RunId;
 pub use process::{Place, Process};
 pub use spec::{Locality, NodeAddrs, NodeSpec, Spec};
 
-use netlink::{addr, bridge, down, enslave, netns_add, netns_del, route, sysctl_in, up, veth};
+use netlink::{
+    addr, bridge, down, enslave, ip_in_exec, netns_add, netns_del, route, sysctl_in, up, veth,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -453,6 +455,40 @@ impl Topology {
                 let (v4, v6) = spec::pod_subnets(peer.index);
                 route(&node.place.netns, &v4, &peer.addrs.ipv4.to_string())?;
                 route(&node.place.netns, &v6, &peer.addrs.ipv6.to_string())?;
+            }
+        }
+
+        // The internet segment is reached through a gateway node of one's
+        // network, which hides the network's addresses behind its own (the
+        // NAT of a cloud's edge): replies come back, nothing else gets in.
+        for node in &self.nodes {
+            if node.spec.gateway {
+                for tables in ["iptables", "ip6tables"] {
+                    ip_in_exec(
+                        &node.place.netns,
+                        &[
+                            tables,
+                            "-t",
+                            "nat",
+                            "-A",
+                            "POSTROUTING",
+                            "-o",
+                            NODE_INTERNET,
+                            "-j",
+                            "MASQUERADE",
+                        ],
+                    )?;
+                }
+                continue;
+            }
+            let edge = self
+                .nodes
+                .iter()
+                .find(|g| g.spec.gateway && g.spec.network == node.spec.network);
+            if let Some(edge) = edge {
+                let (v4, v6) = spec::internet_subnets();
+                route(&node.place.netns, v4, &edge.addrs.ipv4.to_string())?;
+                route(&node.place.netns, v6, &edge.addrs.ipv6.to_string())?;
             }
         }
 

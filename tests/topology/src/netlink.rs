@@ -31,6 +31,13 @@ pub fn ip_in(netns: &str, args: &[&str]) -> Result<(), Error> {
 }
 
 /// Sets sysctls inside `netns` (`/proc/sys/net` is per namespace).
+/// Runs a program inside `netns`.
+pub fn ip_in_exec(netns: &str, command: &[&str]) -> Result<(), Error> {
+    let mut args = vec!["netns", "exec", netns];
+    args.extend_from_slice(command);
+    ip(&args)
+}
+
 pub fn sysctl_in(netns: &str, settings: &[&str]) -> Result<(), Error> {
     let mut args = vec!["netns", "exec", netns, "sysctl", "-qw"];
     args.extend_from_slice(settings);

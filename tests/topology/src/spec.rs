@@ -16,6 +16,9 @@
 //! | pod i of node k | `10.k.0.(10+i)` | `fd00:10:k::(10+i)` (hex) |
 //! | node k on network n | `172.16.n.k/24` | `fd00:172:16:n::k/64` |
 //! | gateway node k on the internet | `100.64.0.k/24` | `fd00:100:64::k/64` |
+//!
+//! Other nodes reach the internet segment through the first gateway node of
+//! their network, which masquerades what it forwards there.
 use std::{
     collections::BTreeSet,
     net::{Ipv4Addr, Ipv6Addr},
@@ -250,6 +253,11 @@ pub(crate) fn pod_addrs(k: u8, slot: u8) -> (Ipv4Addr, Ipv6Addr) {
         Ipv4Addr::new(10, k, 0, host),
         Ipv6Addr::new(0xfd00, 0x10, k.into(), 0, 0, 0, 0, host.into()),
     )
+}
+
+/// The internet segment's subnets.
+pub(crate) fn internet_subnets() -> (&'static str, &'static str) {
+    ("100.64.0.0/24", "fd00:100:64::/64")
 }
 
 pub(crate) fn pod_subnets(k: u8) -> (String, String) {

@@ -10,8 +10,8 @@ use std::{
 };
 
 use hyper::StatusCode;
-use strait_config::{MtlsMode, authz};
-use strait_hbone::Connect;
+use strait_config::{MtlsMode, authz, service::Backends};
+use strait_hbone::{Authority, Connect};
 use strait_identity::Identity;
 use tokio::net::TcpStream;
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -20,6 +20,7 @@ use super::{Proxy, relay::relay, reset};
 use crate::{
     metrics::{Direction, Reason, Reporter},
     pods::Pod,
+    state::Snapshot,
 };
 
 pub async fn handle_hbone(proxy: Arc<Proxy>, pod: Arc<Pod>, stream: TcpStream, peer: SocketAddr) {
@@ -53,41 +54,45 @@ pub async fn handle_hbone(proxy: Arc<Proxy>, pod: Arc<Pod>, stream: TcpStream, p
 async fn on_connect(proxy: Arc<Proxy>, pod: Arc<Pod>, connect: Connect) {
     let span = info_span!("inbound", src = %connect.peer_addr, dst = %connect.authority, src_identity = %connect.peer, dst_identity = %pod.identity);
     async move {
-        if !pod.workload.addresses.contains(&connect.authority.ip()) {
+        let Some(to) = destination(&proxy.state.snapshot(), &pod, &connect) else {
             proxy.metrics.fail(Direction::Inbound, Reason::Misdirected);
-            warn!("CONNECT for an address that is not this pod's");
+            warn!("CONNECT for an address or service that is not this pod's");
             connect.stream.refuse(StatusCode::BAD_REQUEST);
             return;
+        };
+        if let Some(network) = &connect.source_network {
+            debug!(%network, "from another network, through its gateway");
         }
         let client_ip = connect.peer_addr.ip();
-        if !authorized(
-            &proxy,
-            &pod,
-            Some(&connect.peer),
-            client_ip,
-            connect.authority,
-        ) {
+        if !authorized(&proxy, &pod, Some(&connect.peer), client_ip, to) {
             connect.stream.refuse(StatusCode::FORBIDDEN);
             return;
         }
-        let Some((mut app, local)) = deliver(&proxy, &pod, connect.authority, client_ip).await
-        else {
+        let Some((mut app, local)) = deliver(&proxy, &pod, to, client_ip).await else {
             proxy.metrics.fail(Direction::Inbound, Reason::Upstream);
             connect.stream.refuse(StatusCode::SERVICE_UNAVAILABLE);
             return;
         };
         match connect.stream.accept() {
             Ok(mut tunnel) => {
-                let labels = proxy.labels(
+                let mut labels = proxy.labels(
                     Reporter::Destination,
                     client_ip,
                     connect.peer.to_string(),
-                    connect.authority.ip(),
+                    to.ip(),
                     true,
                 );
-                let (src, dst) = (connect.peer_addr.to_string(), connect.authority.to_string());
-                let closed =
-                    proxy.track_inbound(&pod, Some(&connect.peer), client_ip, connect.authority);
+                let mut src = connect.peer_addr.to_string();
+                if let Some(network) = &connect.source_network {
+                    // The TCP peer is the gateway; the client is known by
+                    // its identity and network.
+                    labels.source_workload = "unknown".into();
+                    labels.source_workload_namespace = connect.peer.namespace.clone();
+                    labels.source_cluster = "unknown".into();
+                    src = format!("{src} (gateway; client on network {network})");
+                }
+                let dst = to.to_string();
+                let closed = proxy.track_inbound(&pod, Some(&connect.peer), client_ip, to);
                 let copy = relay(&proxy.metrics, labels, &mut tunnel, &mut app, &src, &dst);
                 let result = tokio::select! {
                     result = copy => result,
@@ -106,6 +111,36 @@ async fn on_connect(proxy: Arc<Proxy>, pod: Arc<Pod>, connect: Connect) {
     }
     .instrument(span)
     .await
+}
+
+/// Where a CONNECT leads in this pod: its own `address:port`; or, through
+/// an east-west gateway, `service host:port` of a service this pod is an
+/// endpoint of, at the pod's address of the connection's family and the
+/// port the service port targets.
+fn destination(state: &Snapshot, pod: &Pod, connect: &Connect) -> Option<SocketAddr> {
+    let mine = |ip: &IpAddr| pod.workload.addresses.contains(ip);
+    match &connect.authority {
+        Authority::Addr(addr) => mine(&addr.ip()).then_some(*addr),
+        Authority::Host { host, port } => {
+            let v4 = connect.peer_addr.is_ipv4();
+            let ip = pod
+                .workload
+                .addresses
+                .iter()
+                .copied()
+                .find(|a| a.is_ipv4() == v4)?;
+            state.config.services_for_host(host).find_map(|service| {
+                let at = strait_config::service::ServiceAt { service, host };
+                match state.config.backends(at, *port).ok()? {
+                    Backends::Endpoints(endpoints) => endpoints
+                        .iter()
+                        .find(|e| e.workload.addresses.iter().any(mine))
+                        .map(|e| SocketAddr::new(ip, e.addr.port())),
+                    _ => None,
+                }
+            })
+        }
+    }
 }
 
 pub async fn handle_plaintext(

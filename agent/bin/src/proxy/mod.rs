@@ -8,10 +8,13 @@
 //!   address;
 //! - [`route`]: where an outbound connection goes (service addresses to
 //!   endpoints);
+//! - [`remote`]: endpoints on other networks, through their east-west
+//!   gateways (double HBONE);
 //! - [`relay`]: the bytes, metrics and access log.
 pub mod inbound;
 pub mod outbound;
 pub mod relay;
+pub mod remote;
 pub mod route;
 
 use std::{
@@ -218,6 +221,13 @@ impl Proxy {
         };
         let (source_workload, source_workload_namespace) = describe(src);
         let (destination_workload, destination_workload_namespace) = describe(dst);
+        let cluster_of = |ip: IpAddr| {
+            state
+                .workload(ip)
+                .map(|w| route::cluster(&state, w))
+                .filter(|c| !c.is_empty())
+                .unwrap_or_else(|| "unknown".into())
+        };
         let destination_principal = if mtls {
             state
                 .mesh_workload(dst)
@@ -231,9 +241,11 @@ impl Proxy {
             source_workload,
             source_workload_namespace,
             source_principal,
+            source_cluster: cluster_of(src),
             destination_workload,
             destination_workload_namespace,
             destination_principal,
+            destination_cluster: cluster_of(dst),
             connection_security_policy: if mtls { "mutual_tls" } else { "none" }.into(),
             request_protocol: "tcp".into(),
         }

@@ -16,8 +16,9 @@ use strait_config::MtlsMode;
 use super::{
     Proxy,
     relay::relay,
+    remote::{self, Via},
     reset,
-    route::{Pool, Route, route},
+    route::{Pool, Route, Target, direct, route},
 };
 use crate::{
     metrics::{Direction, Reason, Reporter},
@@ -62,7 +63,9 @@ pub async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, client: TcpStream, peer: S
             src,
             original,
         ) {
-            Ok(Route::Direct(dst)) => vec![dst],
+            Ok(Route::Direct(dst)) => {
+                direct(&state, &proxy.health, &proxy.board, client_workload, dst)
+            }
             Ok(Route::Endpoints {
                 service,
                 targets,
@@ -82,7 +85,7 @@ pub async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, client: TcpStream, peer: S
             }) => match resolve(&hosts, port).await {
                 Some(targets) => {
                     debug!(%service, ?targets, "resolved by DNS");
-                    targets
+                    targets.into_iter().map(Target::Direct).collect()
                 }
                 None => {
                     proxy.metrics.fail(Direction::Outbound, Reason::NoEndpoints);
@@ -98,6 +101,12 @@ pub async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, client: TcpStream, peer: S
                 return;
             }
         };
+        if targets.is_empty() {
+            proxy.metrics.fail(Direction::Outbound, Reason::NoEndpoints);
+            warn!("another network's workload, and no gateway leads there");
+            reset(client);
+            return;
+        }
         // connectionPool.tcp.maxConnections: past it, refused (Envoy's
         // overflow) rather than queued.
         let _slot = match (&outlier, pool.max_connections) {
@@ -117,31 +126,79 @@ pub async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, client: TcpStream, peer: S
         // Silent endpoints each cost a connect timeout: stop starting new
         // attempts after three.
         let give_up = std::time::Instant::now() + timeout * 3;
+        // Networks whose endpoints failed behind a gateway: their other
+        // gateways would reach the same endpoints.
+        let mut failed_behind: Vec<String> = Vec::new();
         for target in targets {
             if std::time::Instant::now() >= give_up {
                 break;
             }
-            match open(&proxy, &pod, &state, target, timeout).await {
-                Ok(upstream) => {
-                    proxy.health.success(target);
-                    let _active = proxy.load.open(target);
-                    carry(&proxy, &pod, client, upstream, src, target).await;
+            let via = match target {
+                Target::Direct(target) => {
+                    match open(&proxy, &pod, &state, target, timeout).await {
+                        Ok(upstream) => {
+                            proxy.health.success(target);
+                            let _active = proxy.load.open(target);
+                            carry(&proxy, &pod, client, upstream, src, target).await;
+                            return;
+                        }
+                        Err(Reason::NoCertificate) => {
+                            // Ours, not the endpoint's fault: no other
+                            // endpoint helps.
+                            failure = Reason::NoCertificate;
+                            warn!("no certificate for this pod yet: refused rather than sent in the clear");
+                            break;
+                        }
+                        Err(reason) => {
+                            failure = reason;
+                            if let Some((service, all, settings)) = &outlier {
+                                let now = std::time::Instant::now();
+                                if proxy.health.failure(target, all, *settings, now) {
+                                    proxy.metrics.ejected(service);
+                                    warn!(%service, endpoint = %target, "endpoint ejected");
+                                }
+                            }
+                            continue;
+                        }
+                    }
+                }
+                Target::Remote(via) => via,
+            };
+            if failed_behind.contains(&via.network) {
+                continue;
+            }
+            match remote::open(&proxy, &pod, &via, timeout).await {
+                Ok((tunnel, destination)) => {
+                    proxy.health.success(via.gateway);
+                    let _active = proxy.load.open(via.gateway);
+                    let upstream = Upstream::Remote {
+                        tunnel,
+                        destination,
+                        via: via.clone(),
+                    };
+                    carry(&proxy, &pod, client, upstream, src, via.gateway).await;
                     return;
                 }
-                Err(Reason::NoCertificate) => {
-                    // Ours, not the endpoint's fault: no other endpoint helps.
+                Err(remote::Failure::Behind(Reason::NoCertificate)) => {
                     failure = Reason::NoCertificate;
                     warn!("no certificate for this pod yet: refused rather than sent in the clear");
                     break;
                 }
-                Err(reason) => {
+                Err(remote::Failure::Behind(reason)) => {
                     failure = reason;
-                    if let Some((service, all, settings)) = &outlier {
-                        let now = std::time::Instant::now();
-                        if proxy.health.failure(target, all, *settings, now) {
-                            proxy.metrics.ejected(service);
-                            warn!(%service, endpoint = %target, "endpoint ejected");
-                        }
+                    failed_behind.push(via.network.clone());
+                }
+                Err(remote::Failure::Gateway(reason)) => {
+                    failure = reason;
+                    let now = std::time::Instant::now();
+                    let gateways = [via.gateway];
+                    if proxy.health.failure(
+                        via.gateway,
+                        &gateways,
+                        strait_balance::outlier::Settings::from_rule(None),
+                        now,
+                    ) {
+                        warn!(gateway = %via.gateway, network = %via.network, "gateway set aside");
                     }
                 }
             }
@@ -157,6 +214,12 @@ enum Upstream {
     Hbone {
         tunnel: Tunnel,
         destination: Identity,
+    },
+    /// Through another network's gateway: `destination` answered inside.
+    Remote {
+        tunnel: Tunnel,
+        destination: Identity,
+        via: Via,
     },
     Plain(TcpStream),
 }
@@ -210,7 +273,9 @@ async fn open(
     let connect = tokio::time::timeout(timeout, async {
         let mut tunnel = proxy
             .pool
-            .connect(&key, target, tls, || pod.connect(hbone, None, |_| ()))
+            .connect(&key, &target.into(), tls, || {
+                pod.connect(hbone, None, |_| ())
+            })
             .await?;
         tunnel
             .established()
@@ -249,16 +314,35 @@ async fn carry(
     src: std::net::IpAddr,
     target: SocketAddr,
 ) {
-    let mtls = matches!(upstream, Upstream::Hbone { .. });
-    let labels = proxy.labels(
+    let mtls = matches!(upstream, Upstream::Hbone { .. } | Upstream::Remote { .. });
+    let mut labels = proxy.labels(
         Reporter::Source,
         src,
         pod.identity.to_string(),
         target.ip(),
         mtls,
     );
-    let (src, dst) = (src.to_string(), target.to_string());
+    let (src, mut dst) = (src.to_string(), target.to_string());
     let result = match upstream {
+        Upstream::Remote {
+            mut tunnel,
+            destination,
+            via,
+        } => {
+            // The gateway picked the endpoint; the identity that answered
+            // inside is the destination's.
+            labels.destination_principal = destination.to_string();
+            labels.destination_cluster = "unknown".into();
+            dst = format!(
+                "{} via {} ({})",
+                via.authority, via.gateway, via.gateway_identity
+            );
+            let result = relay(&proxy.metrics, labels, &mut client, &mut tunnel, &src, &dst).await;
+            if result.is_err() {
+                tunnel.reset();
+            }
+            result
+        }
         Upstream::Hbone {
             mut tunnel,
             destination,

@@ -20,11 +20,22 @@ use strait_config::{
 };
 use strait_health::{Board, Readiness, readiness};
 
+use super::remote::{self, Via};
 use crate::state::Snapshot;
 
 /// Endpoints tried for one connection before giving up (refusals cost a
 /// round trip each; the outbound also bounds the time spent).
 const ATTEMPTS: usize = 8;
+
+/// One attempt's destination.
+#[derive(Clone, Debug)]
+pub enum Target {
+    /// An address this node reaches: an endpoint on the client's network,
+    /// or somewhere outside the mesh.
+    Direct(SocketAddr),
+    /// Another network's endpoints, through one of its gateways.
+    Remote(Via),
+}
 
 #[derive(Debug)]
 pub enum Route {
@@ -33,7 +44,7 @@ pub enum Route {
     /// A service's endpoints, in the order to try them.
     Endpoints {
         service: String,
-        targets: Vec<SocketAddr>,
+        targets: Vec<Target>,
         /// Every endpoint of the service, for `maxEjectionPercent`.
         all: Vec<SocketAddr>,
         outlier: Settings,
@@ -158,14 +169,52 @@ pub fn route(
         Simple::RoundRobin => load.turn(&service),
         _ => 0,
     };
+    // Who may answer behind each other network's gateways: its endpoints
+    // that take connections.
+    let mut behind: HashMap<&str, Vec<strait_identity::Identity>> = HashMap::new();
+    for r in &ranked {
+        let w = r.endpoint.workload;
+        if w.network != client.network {
+            behind
+                .entry(&w.network)
+                .or_default()
+                .push(state.identity(w));
+        }
+    }
     // fastrand's f64 is in [0, 1); the weighting wants (0, 1].
-    let mut targets: Vec<SocketAddr> =
-        strait_balance::order(ranked, simple, turn, &|a| load.active(a), || {
-            1.0 - fastrand::f64()
-        })
-        .iter()
-        .map(|e| e.addr)
-        .collect();
+    let ordered = strait_balance::order(ranked, simple, turn, &|a| load.active(a), || {
+        1.0 - fastrand::f64()
+    });
+    // An endpoint on another network stands for its network: the first one
+    // in the order brings in that network's gateways, and the gateway
+    // picks the endpoint.
+    let authority = strait_hbone::Authority::Host {
+        host: at.host.to_string(),
+        port: dst.port(),
+    };
+    let mut targets = Vec::new();
+    let mut networks = HashSet::new();
+    for e in ordered {
+        let network = e.workload.network.as_str();
+        if network == client.network {
+            targets.push(Target::Direct(e.addr));
+        } else if networks.insert(network) {
+            let identities: std::sync::Arc<[_]> = behind.remove(network).unwrap_or_default().into();
+            targets.extend(
+                remote::vias(
+                    state,
+                    health,
+                    board,
+                    network,
+                    &authority,
+                    identities,
+                    dst.is_ipv4(),
+                )
+                .into_iter()
+                .map(Target::Remote),
+            );
+        }
+    }
     targets.truncate(ATTEMPTS);
     if targets.is_empty() {
         return Err(NoBackends::NoEndpoints {
@@ -199,10 +248,17 @@ pub fn plan<'a>(
         Backends::Dns { hosts, port } => return Ok(Plan::Dns { hosts, port }),
         Backends::Endpoints(endpoints) => endpoints,
     };
-    // internalTrafficPolicy: Local keeps to this node.
+    // internalTrafficPolicy: Local keeps to this node. Another network's
+    // endpoints count only when the service is exported to other networks
+    // and a gateway leads there.
+    let global = state.config.global(at.service);
     let endpoints: Vec<_> = endpoints
         .into_iter()
         .filter(|e| !at.service.node_local || e.workload.node.as_deref() == Some(&*state.node))
+        .filter(|e| {
+            e.workload.network == who.network
+                || (global && remote::reachable(&state.config, &e.workload.network))
+        })
         .collect();
     let rule = state
         .config
@@ -267,6 +323,33 @@ pub fn plan<'a>(
         simple,
         pool,
     })
+}
+
+/// The targets for a connection that goes where the client dialled: that
+/// address, or, for a mesh workload on another network, through that
+/// network's gateways.
+pub fn direct(
+    state: &Snapshot,
+    health: &Health,
+    board: &Board,
+    client: &Workload,
+    dst: SocketAddr,
+) -> Vec<Target> {
+    match state.mesh_workload(dst.ip()) {
+        Some(w) if w.network != client.network => remote::vias(
+            state,
+            health,
+            board,
+            &w.network,
+            &strait_hbone::Authority::Addr(dst),
+            vec![state.identity(w)].into(),
+            dst.is_ipv4(),
+        )
+        .into_iter()
+        .map(Target::Remote)
+        .collect(),
+        _ => vec![Target::Direct(dst)],
+    }
 }
 
 /// A workload's cluster: its own `topology.istio.io/cluster` label, else
@@ -402,7 +485,10 @@ spec: {address: 10.1.0.6, labels: {app: stranger}}
 
     fn first(route: &Route) -> SocketAddr {
         match route {
-            Route::Endpoints { targets, .. } => targets[0],
+            Route::Endpoints { targets, .. } => match &targets[0] {
+                Target::Direct(addr) => *addr,
+                other => panic!("not direct: {other:?}"),
+            },
             other => panic!("not endpoints: {other:?}"),
         }
     }

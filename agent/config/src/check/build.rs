@@ -28,12 +28,22 @@ pub(crate) fn build(parsed: Vec<Parsed>, report: &Report) -> Config {
             Item::DestinationRule(dr) => config.destination_rules.push(*dr),
             Item::VirtualService(vs) => config.virtual_services.push(*vs),
             Item::Gateway(gw) => config.gateways.push(*gw),
+            Item::EastWestGateway(gw) => config.east_west_gateways.push(gw),
         }
     }
     link_groups(&mut config);
-    // A workload without its own locality or network has its node's, as a
-    // Kubernetes pod has.
+    // A workload without its own locality has its node's, as a Kubernetes
+    // pod has; without its own network, its namespace's, else its node's
+    // (Istio's order).
     for w in &mut config.workloads {
+        if w.network.is_empty()
+            && let Some(network) = config
+                .namespaces
+                .get(&w.namespace)
+                .and_then(|ns| ns.labels.get(crate::NETWORK_LABEL))
+        {
+            w.network = network.clone();
+        }
         let Some(node) = w.node.as_ref().and_then(|n| config.nodes.get(n)) else {
             continue;
         };
@@ -42,6 +52,22 @@ pub(crate) fn build(parsed: Vec<Parsed>, report: &Report) -> Config {
         }
         if w.network.is_empty() {
             w.network = node.network.clone();
+        }
+    }
+    let mut unreachable = Vec::new();
+    for gw in &mut config.east_west_gateways {
+        if gw.addresses.is_empty() {
+            gw.addresses = front_addresses(&config.services, gw);
+        }
+        if gw.addresses.is_empty() {
+            unreachable.push(format!(
+                "Gateway {}/{}: no address (spec.addresses, status.addresses, or a Service labelled {}={} with external addresses): other networks cannot reach network {:?} through it",
+                gw.namespace,
+                gw.name,
+                crate::GATEWAY_NAME_LABEL,
+                gw.name,
+                gw.network
+            ));
         }
     }
     config.ignored = report
@@ -66,8 +92,23 @@ pub(crate) fn build(parsed: Vec<Parsed>, report: &Report) -> Config {
             })
         })
         .collect();
+    config.warnings.extend(unreachable);
     config.reindex();
     config
+}
+
+/// The external addresses of the Service in front of a gateway: in its
+/// namespace, labelled with its name (as Istio's controller makes it).
+fn front_addresses(services: &[Service], gw: &crate::EastWestGateway) -> Vec<std::net::IpAddr> {
+    services
+        .iter()
+        .filter(|s| {
+            s.origin == ServiceOrigin::Kubernetes
+                && s.namespace == gw.namespace
+                && s.labels.get(crate::GATEWAY_NAME_LABEL) == Some(&gw.name)
+        })
+        .flat_map(|s| s.ingress.iter().copied())
+        .collect()
 }
 
 /// Gives each WorkloadEntry its WorkloadGroup's probe: the group its

@@ -46,6 +46,7 @@ pub(super) fn service(
     namespace: &str,
     meta: &ObjectMeta,
     spec: core::ServiceSpec,
+    status: Option<&Json>,
 ) -> Service {
     f.one_of(
         "spec.type",
@@ -156,6 +157,40 @@ pub(super) fn service(
     if let Some(selector) = &spec.selector {
         f.labels("spec.selector", selector);
     }
+    global_label(f, &meta.labels);
+    // Addresses outside the cluster use; the status is the cloud's, read
+    // as far as it is an address.
+    let mut ingress = Vec::new();
+    let outside = spec
+        .external_ips
+        .iter()
+        .enumerate()
+        .map(|(i, ip)| (format!("spec.externalIPs[{i}]"), ip.as_str()))
+        .chain(
+            spec.load_balancer_ip
+                .as_deref()
+                .map(|ip| ("spec.loadBalancerIP".to_string(), ip)),
+        );
+    for (path, ip) in outside {
+        match ip.parse::<IpAddr>() {
+            Ok(ip) if !ingress.contains(&ip) => ingress.push(ip),
+            Ok(_) => {}
+            Err(_) => f.reject(&path, &format!("{ip:?} is not an IP address")),
+        }
+    }
+    let balancer = status
+        .and_then(|s| s.pointer("/loadBalancer/ingress"))
+        .and_then(Json::as_array);
+    for entry in balancer.into_iter().flatten() {
+        if let Some(ip) = entry
+            .get("ip")
+            .and_then(Json::as_str)
+            .and_then(|ip| ip.parse::<IpAddr>().ok())
+            .filter(|ip| !ingress.contains(ip))
+        {
+            ingress.push(ip);
+        }
+    }
     Service {
         name: name.into(),
         namespace: namespace.into(),
@@ -170,6 +205,22 @@ pub(super) fn service(
         traffic_distribution: spec.traffic_distribution,
         node_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
         export_to: export,
+        labels: meta.labels.clone(),
+        ingress,
+    }
+}
+
+/// `istio.io/global` is `"true"` or `"false"`: anything else would leave
+/// a service's reach to a guess.
+pub(super) fn global_label(f: &mut Findings, labels: &Labels) {
+    if let Some(value) = labels.get(crate::GLOBAL_LABEL)
+        && value != "true"
+        && value != "false"
+    {
+        f.reject(
+            &format!("metadata.labels.{}", crate::GLOBAL_LABEL),
+            &format!("{value:?} is not \"true\" or \"false\""),
+        );
     }
 }
 

@@ -5,6 +5,7 @@ mod across;
 mod build;
 mod core;
 mod effect;
+mod gateways;
 mod networking;
 mod routes;
 mod security;
@@ -19,8 +20,10 @@ pub(crate) use across::{across, checked_across};
 pub(crate) use build::build;
 
 use crate::{
-    Labels, Named, Namespace, Node, PeerAuthentication, Service, Workload,
-    manifest::{ObjectMeta, USED, decode, networking as net, security as sec},
+    EastWestGateway, Labels, Named, Namespace, Node, PeerAuthentication, Service, Workload,
+    manifest::{
+        GATEWAY_API, ObjectMeta, USED, decode, gateway_api, networking as net, security as sec,
+    },
     names,
     report::Finding,
     suggest, yaml,
@@ -221,6 +224,7 @@ pub(crate) enum Item {
     DestinationRule(Box<Named<net::DestinationRuleSpec>>),
     VirtualService(Box<Named<net::VirtualServiceSpec>>),
     Gateway(Box<Named<net::GatewaySpec>>),
+    EastWestGateway(EastWestGateway),
 }
 
 /// Checks what every object of a used kind shares: its top-level fields,
@@ -288,7 +292,7 @@ const DRY_RUN: &str = "istio.io/dry-run";
 /// no errors: accepted, with nothing for the model (warnings say why).
 pub(crate) fn object(
     f: &mut Findings,
-    kind: &str,
+    (group, kind): (&str, &str),
     namespace: &str,
     meta: &ObjectMeta,
     json: &Json,
@@ -296,22 +300,34 @@ pub(crate) fn object(
     let name = meta.name.clone().unwrap_or_default();
     let spec_json = json.get("spec").cloned().unwrap_or(Json::Null);
     let item = match kind {
-        "Namespace" => Some(Item::Namespace(Namespace {
-            name: name.clone(),
-            labels: meta.labels.clone(),
-        })),
+        "Namespace" => {
+            core::global_label(f, &meta.labels);
+            Some(Item::Namespace(Namespace {
+                name: name.clone(),
+                labels: meta.labels.clone(),
+            }))
+        }
         "Node" => Some(Item::Node(core::node(&name, &meta.labels))),
         "Pod" => core::pod(f, &name, namespace, meta, json).map(Item::Workload),
         "Service" => {
             let spec = f.spec(json)?;
             Some(Item::Service(core::service(
-                f, &name, namespace, meta, spec,
+                f,
+                &name,
+                namespace,
+                meta,
+                spec,
+                json.get("status"),
             )))
         }
         "ServiceEntry" => {
             let spec = f.spec(json)?;
             Some(Item::Service(networking::service_entry(
-                f, &name, namespace, spec,
+                f,
+                &name,
+                namespace,
+                &meta.labels,
+                spec,
             )))
         }
         "WorkloadEntry" => {
@@ -338,6 +354,11 @@ pub(crate) fn object(
             Some(Item::VirtualService(Box::new(Named::new(
                 &name, namespace, spec,
             ))))
+        }
+        "Gateway" if group == GATEWAY_API => {
+            let spec: gateway_api::GatewaySpec = f.spec(json)?;
+            gateways::east_west(f, &name, namespace, meta, &spec, json.get("status"))
+                .map(Item::EastWestGateway)
         }
         "Gateway" => {
             let spec: net::GatewaySpec = f.spec(json)?;

@@ -23,8 +23,10 @@ pub(super) fn service_entry(
     f: &mut Findings,
     name: &str,
     namespace: &str,
+    labels: &crate::Labels,
     spec: net::ServiceEntrySpec,
 ) -> Service {
+    super::core::global_label(f, labels);
     if spec.hosts.is_empty() {
         f.reject("spec.hosts", "needs at least one host");
     }
@@ -213,6 +215,8 @@ pub(super) fn service_entry(
         traffic_distribution: None,
         node_local: false,
         export_to: spec.export_to,
+        labels: labels.clone(),
+        ingress: Vec::new(),
     }
 }
 

@@ -3,6 +3,7 @@
 //! belongs to and whether strait uses it. Specs reject unknown fields: a
 //! typo must not pass silently as a default.
 pub mod core;
+pub mod gateway_api;
 pub mod networking;
 pub mod security;
 
@@ -109,7 +110,7 @@ pub fn strip_nulls(json: &mut Json) {
 
 /// The kinds strait reads, with the group and versions they must come
 /// with.
-pub const USED: [(&str, &[&str], &str); 13] = [
+pub const USED: [(&str, &[&str], &str); 14] = [
     ("", &["v1"], "Namespace"),
     ("", &["v1"], "Service"),
     ("", &["v1"], "Node"),
@@ -120,11 +121,14 @@ pub const USED: [(&str, &[&str], &str); 13] = [
     ("networking.istio.io", NETWORKING, "DestinationRule"),
     ("networking.istio.io", NETWORKING, "VirtualService"),
     ("networking.istio.io", NETWORKING, "Gateway"),
+    (GATEWAY_API, &["v1", "v1beta1"], "Gateway"),
     ("security.istio.io", SECURITY, "PeerAuthentication"),
     ("security.istio.io", SECURITY, "AuthorizationPolicy"),
     ("security.istio.io", SECURITY, "RequestAuthentication"),
 ];
 const NETWORKING: &[&str] = &["v1alpha3", "v1beta1", "v1"];
+/// The Kubernetes Gateway API's group.
+pub const GATEWAY_API: &str = "gateway.networking.k8s.io";
 const SECURITY: &[&str] = &["v1beta1", "v1"];
 
 /// Istio kinds strait does not implement: listed as ignored, not errors.
@@ -138,6 +142,11 @@ const ISTIO_OTHER: [(&str, &str); 7] = [
     ("security.istio.io", "CertificateRequest"),
 ];
 
+/// The group of an `apiVersion` (empty for the core API).
+pub fn group_of(api_version: &str) -> &str {
+    api_version.rsplit_once('/').map_or("", |(g, _)| g)
+}
+
 /// What to do with an object of `api_version` and `kind`.
 #[derive(Debug, PartialEq, Eq)]
 pub enum KindCheck {
@@ -149,9 +158,15 @@ pub enum KindCheck {
 pub fn classify(api_version: &str, kind: &str) -> KindCheck {
     let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
     let istio = group.ends_with(".istio.io");
-    if let Some((want_group, versions, _)) = USED.iter().find(|(_, _, k)| *k == kind) {
-        // The same kind name in another API group (Gateway API's Gateway,
-        // Knative's Service) is that API's own kind.
+    // A kind of the object's own group first (Gateway is Istio's and the
+    // Gateway API's), else the first of that name, for the error.
+    let used = USED
+        .iter()
+        .find(|(g, _, k)| *k == kind && *g == group)
+        .or_else(|| USED.iter().find(|(_, _, k)| *k == kind));
+    if let Some((want_group, versions, _)) = used {
+        // The same kind name in another API group (Knative's Service) is
+        // that API's own kind.
         if group != *want_group && !istio && !group.is_empty() {
             return KindCheck::Ignored(format!("{api_version} {kind} is not used by strait"));
         }
@@ -276,8 +291,16 @@ mod tests {
             classify("apps/v1", "Deployment"),
             KindCheck::Ignored(_)
         ));
+        assert_eq!(
+            classify("gateway.networking.k8s.io/v1", "Gateway"),
+            KindCheck::Used,
+            "the Gateway API's own Gateway"
+        );
+        assert!(matches!(
+            classify("gateway.networking.k8s.io/v1alpha2", "Gateway"),
+            KindCheck::Wrong(_)
+        ));
         for (api, kind) in [
-            ("gateway.networking.k8s.io/v1", "Gateway"),
             ("gateway.networking.k8s.io/v1", "HTTPRoute"),
             ("serving.knative.dev/v1", "Service"),
         ] {

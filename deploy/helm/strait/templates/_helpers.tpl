@@ -27,6 +27,9 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 - apiGroups: [networking.istio.io, security.istio.io]
   resources: [destinationrules, serviceentries, workloadentries, workloadgroups, virtualservices, gateways, authorizationpolicies, peerauthentications, requestauthentications]
   verbs: [get, list, watch]
+- apiGroups: [gateway.networking.k8s.io]
+  resources: [gateways]
+  verbs: [get, list, watch]
 {{- end -}}
 
 {{/*

@@ -1,0 +1,414 @@
+//! The east-west gateway role (`--role east-west-gateway`): one per gateway
+//! node of a network, HBONE on the Gateway's addresses. It terminates the
+//! outer tunnel of a client on another network (mutual TLS: the client
+//! must hold a mesh identity), checks what the CONNECT asks for (a service
+//! exported to other networks, or a workload of this network), picks an
+//! endpoint in this network by the same locality rules as the node proxy,
+//! and splices the tunnel to that endpoint's HBONE port: the inner session
+//! passes through still encrypted, from the client to the destination.
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+use http_body_util::Full;
+use hyper::{Response, StatusCode, body::Bytes, service::service_fn};
+use strait_balance::{Client, Simple, outlier::Health};
+use strait_config::{EastWestGateway, Workload, service::ServiceAt};
+use strait_ebpf_common::port;
+use strait_hbone::{Admission, Authority, Connect};
+use strait_health::Board;
+use strait_identity::{CertManager, Identity};
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::{
+    metrics::{Direction, Metrics, Reason, Reporter, TcpLabels},
+    proxy::{
+        relay::relay,
+        reset,
+        route::{Plan, cluster, plan},
+    },
+    state::{NodeState, Snapshot},
+};
+
+/// Endpoints tried for one CONNECT.
+const ATTEMPTS: usize = 4;
+
+pub struct Gateway {
+    pub state: NodeState,
+    pub namespace: String,
+    pub name: String,
+    pub identity: Identity,
+    pub certs: Arc<CertManager>,
+    pub metrics: Arc<Metrics>,
+    pub health: Health,
+    pub board: Arc<Board>,
+    pub limits: strait_hbone::Limits,
+    pub admission: Admission,
+    pub connect_timeout: Duration,
+}
+
+impl Gateway {
+    /// This gateway as the config has it now.
+    fn object<'a>(&self, state: &'a Snapshot) -> Option<&'a EastWestGateway> {
+        state
+            .config
+            .east_west_gateways
+            .iter()
+            .find(|g| g.namespace == self.namespace && g.name == self.name)
+    }
+}
+
+/// Binds the gateway's addresses that are on this host, at its HBONE port;
+/// at least one must be.
+pub async fn bind(gateway: &EastWestGateway) -> Result<Vec<TcpListener>> {
+    let mut listeners = Vec::new();
+    for ip in &gateway.addresses {
+        let addr = SocketAddr::new(*ip, gateway.port);
+        match TcpListener::bind(addr).await {
+            Ok(l) => listeners.push(l),
+            Err(err) if err.kind() == std::io::ErrorKind::AddrNotAvailable => {
+                debug!(%addr, "not an address of this host")
+            }
+            Err(err) => return Err(err).with_context(|| format!("binding {addr}")),
+        }
+    }
+    anyhow::ensure!(
+        !listeners.is_empty(),
+        "Gateway {}/{}: none of its addresses ({:?}) is on this host",
+        gateway.namespace,
+        gateway.name,
+        gateway.addresses
+    );
+    Ok(listeners)
+}
+
+/// Accepts on `listener` until aborted.
+pub fn serve(gateway: Arc<Gateway>, listener: TcpListener) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            match listener.accept().await {
+                Ok((tcp, peer)) => {
+                    tokio::spawn(handle(gateway.clone(), tcp, peer));
+                }
+                Err(err) => {
+                    warn!(%err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    })
+}
+
+async fn handle(gateway: Arc<Gateway>, tcp: TcpStream, peer: SocketAddr) {
+    let span = info_span!("gateway", src = %peer, gateway = %gateway.identity);
+    async move {
+        let tls = match strait_identity::tls::server_config(&gateway.certs, &gateway.identity) {
+            Ok(tls) => tls,
+            Err(err) => {
+                warn!(%err, "no TLS configuration");
+                return;
+            }
+        };
+        let handler = {
+            let gateway = gateway.clone();
+            move |connect: Connect| on_connect(gateway.clone(), connect)
+        };
+        match strait_hbone::serve(tcp, peer, tls, gateway.limits, &gateway.admission, handler).await
+        {
+            Ok(()) => {}
+            Err(err) if err.is_tls() => {
+                gateway.metrics.fail(Direction::Gateway, Reason::Tls);
+                warn!(%err, "refused: no mesh certificate");
+            }
+            Err(err @ strait_hbone::Error::Limit { .. }) => {
+                gateway.metrics.fail(Direction::Gateway, Reason::Limit);
+                warn!(%err, "refused");
+            }
+            Err(err) => debug!(%err, "HBONE connection ended"),
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// One outer CONNECT: where it may go, then the splice.
+async fn on_connect(gateway: Arc<Gateway>, connect: Connect) {
+    let span = info_span!("gateway_connect", src = %connect.peer_addr, src_identity = %connect.peer, authority = %connect.authority);
+    async move {
+        let state = gateway.state.snapshot();
+        let Some(me) = gateway.object(&state) else {
+            warn!("this gateway is no longer in the config");
+            connect.stream.refuse(StatusCode::SERVICE_UNAVAILABLE);
+            return;
+        };
+        let targets = match targets(&gateway, &state, me, &connect.authority) {
+            Ok(targets) => targets,
+            Err((reason, why)) => {
+                gateway.metrics.fail(Direction::Gateway, reason);
+                warn!(why, "refused");
+                connect.stream.refuse(StatusCode::FORBIDDEN);
+                return;
+            }
+        };
+        let mut upstream = None;
+        for (addr, workload) in targets {
+            let hbone = SocketAddr::new(addr.ip(), port::HBONE);
+            let dial = tokio::time::timeout(gateway.connect_timeout, TcpStream::connect(hbone));
+            match dial.await {
+                Ok(Ok(tcp)) => {
+                    gateway.health.success(addr);
+                    upstream = Some((tcp, hbone, workload));
+                    break;
+                }
+                Ok(Err(err)) => debug!(%err, endpoint = %hbone, "endpoint refused"),
+                Err(_) => debug!(endpoint = %hbone, "endpoint did not answer"),
+            }
+            let settings = strait_balance::outlier::Settings::from_rule(None);
+            if gateway
+                .health
+                .failure(addr, &[addr], settings, Instant::now())
+            {
+                warn!(endpoint = %addr, "endpoint set aside");
+            }
+        }
+        let Some((mut tcp, hbone, workload)) = upstream else {
+            gateway.metrics.fail(Direction::Gateway, Reason::Upstream);
+            warn!("no endpoint answered");
+            connect.stream.refuse(StatusCode::SERVICE_UNAVAILABLE);
+            return;
+        };
+        let _ = tcp.set_nodelay(true);
+        let destination_principal = state.identity(&workload).to_string();
+        let mut tunnel = match connect.stream.accept() {
+            Ok(t) => t,
+            Err(err) => {
+                debug!(%err, "the tunnel did not open");
+                return;
+            }
+        };
+        let labels = TcpLabels {
+            reporter: Reporter::Gateway,
+            source_workload: "unknown".into(),
+            source_workload_namespace: connect.peer.namespace.clone(),
+            source_principal: connect.peer.to_string(),
+            source_cluster: "unknown".into(),
+            destination_workload: workload.name.clone(),
+            destination_workload_namespace: workload.namespace.clone(),
+            destination_principal,
+            destination_cluster: {
+                let c = cluster(&state, &workload);
+                if c.is_empty() { "unknown".into() } else { c }
+            },
+            connection_security_policy: "mutual_tls".into(),
+            request_protocol: "tcp".into(),
+        };
+        let src = connect.peer_addr.to_string();
+        let dst = format!("{} -> {hbone}", connect.authority);
+        if relay(&gateway.metrics, labels, &mut tunnel, &mut tcp, &src, &dst)
+            .await
+            .is_err()
+        {
+            tunnel.reset();
+            reset(tcp);
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+type Refusal = (Reason, String);
+
+/// The endpoints of this network a CONNECT may go to, in the order to try
+/// them, or why it may go nowhere.
+fn targets(
+    gateway: &Gateway,
+    state: &Snapshot,
+    me: &EastWestGateway,
+    authority: &Authority,
+) -> Result<Vec<(SocketAddr, Workload)>, Refusal> {
+    let config = &state.config;
+    match authority {
+        Authority::Addr(addr) => {
+            let Some(w) = state
+                .mesh_workload(addr.ip())
+                .filter(|w| w.network == me.network)
+            else {
+                return Err((
+                    Reason::OutsideNetwork,
+                    format!("{} is not a workload of network {}", addr.ip(), me.network),
+                ));
+            };
+            Ok(vec![(*addr, w.clone())])
+        }
+        Authority::Host { host, port } => {
+            let service = config
+                .services_for_host(host)
+                .find(|s| config.global(s))
+                .ok_or_else(|| {
+                    (
+                        Reason::NotExported,
+                        format!("{host}: no service of that name is exported to other networks"),
+                    )
+                })?;
+            let at = ServiceAt { service, host };
+            // The gateway as the client: its node's topology.
+            let node = config.nodes.get(&*state.node);
+            let locality = node.map(|n| n.locality.clone()).unwrap_or_default();
+            let labels = node.map(|n| n.labels.clone()).unwrap_or_default();
+            let cluster_name = labels
+                .get(strait_balance::CLUSTER)
+                .cloned()
+                .unwrap_or_default();
+            let who = Client {
+                locality: &locality,
+                network: &me.network,
+                cluster: &cluster_name,
+                node: &state.node,
+                labels: &labels,
+            };
+            let none = || {
+                (
+                    Reason::NoEndpoints,
+                    format!("{host}:{port}: no endpoint in network {}", me.network),
+                )
+            };
+            let planned = plan(
+                state,
+                &gateway.health,
+                &gateway.board,
+                &who,
+                &me.namespace,
+                at,
+                *port,
+            )
+            .map_err(|err| (Reason::NoEndpoints, err.to_string()))?;
+            let Plan::Endpoints {
+                ranked,
+                ejected,
+                not_ready,
+                simple,
+                ..
+            } = planned
+            else {
+                return Err(none());
+            };
+            let ranked: Vec<_> = ranked
+                .into_iter()
+                .filter(|r| r.endpoint.workload.network == me.network)
+                .filter(|r| !not_ready.contains_key(&r.endpoint.addr))
+                .collect();
+            let healthy: Vec<_> = ranked
+                .iter()
+                .filter(|r| !ejected.contains(&r.endpoint.addr))
+                .copied()
+                .collect();
+            let ranked = if healthy.is_empty() { ranked } else { healthy };
+            let simple = match simple {
+                Simple::RoundRobin | Simple::LeastRequest => Simple::Random,
+                other => other,
+            };
+            let mut out: Vec<(SocketAddr, Workload)> =
+                strait_balance::order(ranked, simple, 0, &|_| 0, || 1.0 - fastrand::f64())
+                    .into_iter()
+                    .map(|e| (e.addr, e.workload.clone()))
+                    .collect();
+            out.truncate(ATTEMPTS);
+            if out.is_empty() {
+                return Err(none());
+            }
+            Ok(out)
+        }
+    }
+}
+
+/// Metrics and readiness of the gateway role, both on each listener.
+pub async fn serve_admin(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+) -> Result<tokio::task::JoinHandle<()>> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the gateway's metrics and readiness on {addr}"))?;
+    Ok(strait_http::serve(
+        listener,
+        strait_http::Limits::default(),
+        "gateway admin",
+        move |tcp, _peer| {
+            let (metrics, ready) = (metrics.clone(), ready.clone());
+            async move {
+                let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let (metrics, ready) = (metrics.clone(), ready.clone());
+                    async move {
+                        let (status, body) = match req.uri().path() {
+                            "/metrics" | "/stats/prometheus" => (StatusCode::OK, metrics.encode()),
+                            "/healthz/ready" if ready.load(Ordering::Acquire) => {
+                                (StatusCode::OK, "ready\n".into())
+                            }
+                            "/healthz/ready" => {
+                                (StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into())
+                            }
+                            _ => (StatusCode::NOT_FOUND, "not found\n".into()),
+                        };
+                        let mut response = Response::new(Full::new(Bytes::from(body)));
+                        *response.status_mut() = status;
+                        Ok::<_, Infallible>(response)
+                    }
+                });
+                Some((tcp, service))
+            }
+        },
+    ))
+}
+
+/// Runs the role until SIGTERM or SIGINT.
+pub async fn run(gateway: Arc<Gateway>, admin_addrs: &[SocketAddr]) -> Result<()> {
+    let state = gateway.state.snapshot();
+    let me = gateway.object(&state).cloned().with_context(|| {
+        format!(
+            "Gateway {}/{} of class {} is not in the config",
+            gateway.namespace,
+            gateway.name,
+            strait_config::EAST_WEST_CLASS
+        )
+    })?;
+    gateway
+        .certs
+        .ensure(&gateway.identity, Duration::from_secs(30))
+        .await
+        .with_context(|| format!("getting a certificate for {}", gateway.identity))?;
+    let listeners = bind(&me).await?;
+    let ready = Arc::new(AtomicBool::new(false));
+    let mut admin = Vec::new();
+    for addr in admin_addrs {
+        admin.push(serve_admin(*addr, gateway.metrics.clone(), ready.clone()).await?);
+    }
+    let bound: Vec<String> = listeners
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .map(|a| a.to_string())
+        .collect();
+    let tasks: Vec<_> = listeners
+        .into_iter()
+        .map(|l| serve(gateway.clone(), l))
+        .collect();
+    ready.store(true, Ordering::Release);
+    info!(gateway = %format!("{}/{}", me.namespace, me.name), network = %me.network, identity = %gateway.identity, ?bound, "east-west gateway ready");
+    crate::wait_for_signal().await?;
+    ready.store(false, Ordering::Release);
+    for task in tasks {
+        task.abort();
+    }
+    for task in admin {
+        task.abort();
+    }
+    Ok(())
+}

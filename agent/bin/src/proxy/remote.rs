@@ -1,0 +1,195 @@
+//! Endpoints on another network, reached through that network's east-west
+//! gateways as double HBONE: an outer tunnel to a gateway (as the client's
+//! identity, checking the gateway's), asking for the service's
+//! `host:port`; inside it a TLS session of its own with the endpoint the
+//! gateway picks (verified against the service's identities), and a
+//! CONNECT with the same authority. The gateway forwards the inner session
+//! without decrypting it, so the destination sees the client's identity.
+use std::{net::SocketAddr, sync::Arc, time::Instant};
+
+use strait_balance::outlier::Health;
+use strait_config::{Config, EastWestGateway};
+use strait_hbone::{Authority, PoolKey, Tunnel};
+use strait_health::{Board, Readiness, readiness};
+use strait_identity::Identity;
+use tracing::{debug, warn};
+
+use super::Proxy;
+use crate::{metrics::Reason, pods::Pod, state::Snapshot};
+
+/// One way to another network: a gateway instance, and what to ask it for.
+#[derive(Clone, Debug)]
+pub struct Via {
+    pub network: String,
+    /// The gateway instance's HBONE address.
+    pub gateway: SocketAddr,
+    pub gateway_identity: Identity,
+    /// `service host:port`, or a workload's `address:port`.
+    pub authority: Authority,
+    /// Who may answer inside: the identities of the endpoints behind it.
+    pub identities: Arc<[Identity]>,
+}
+
+/// Whether `network` can be reached at all: some gateway into it has an
+/// address.
+pub fn reachable(config: &Config, network: &str) -> bool {
+    config
+        .gateways_into(network)
+        .any(|g| !g.addresses.is_empty())
+}
+
+/// The gateway instances into `network`, in the order to try them: those
+/// ready and not set aside first, in a random order (each takes an equal
+/// share), those of `family` (IPv4 or IPv6, the client's) before the
+/// others; when every one is set aside, all of them.
+pub fn gateways<'a>(
+    state: &'a Snapshot,
+    health: &Health,
+    board: &Board,
+    network: &'a str,
+    v4: bool,
+) -> Vec<(SocketAddr, &'a EastWestGateway)> {
+    let now = Instant::now();
+    let config = &state.config;
+    let mut all: Vec<(SocketAddr, &EastWestGateway)> = config
+        .gateways_into(network)
+        .flat_map(|g| {
+            g.addresses
+                .iter()
+                .map(move |a| (SocketAddr::new(*a, g.port), g))
+        })
+        .filter(|(addr, _)| {
+            // An instance the config knows (its pod, its WorkloadEntry)
+            // must be ready.
+            config
+                .workload_by_address(addr.ip())
+                .is_none_or(|w| matches!(readiness(board, w), Readiness::Ready))
+        })
+        .collect();
+    fastrand::shuffle(&mut all);
+    all.sort_by_key(|(addr, _)| addr.is_ipv4() != v4);
+    let live: Vec<_> = all
+        .iter()
+        .filter(|(addr, _)| !health.is_ejected(*addr, now))
+        .copied()
+        .collect();
+    if live.is_empty() { all } else { live }
+}
+
+/// The ways to `network` for one connection.
+pub fn vias(
+    state: &Snapshot,
+    health: &Health,
+    board: &Board,
+    network: &str,
+    authority: &Authority,
+    identities: Arc<[Identity]>,
+    v4: bool,
+) -> Vec<Via> {
+    gateways(state, health, board, network, v4)
+        .into_iter()
+        .map(|(gateway, g)| Via {
+            network: network.to_string(),
+            gateway,
+            gateway_identity: Identity::new(
+                &state.config.trust_domain,
+                &g.namespace,
+                &g.service_account,
+            ),
+            authority: authority.clone(),
+            identities: identities.clone(),
+        })
+        .collect()
+}
+
+/// Where a connection through a gateway failed: the gateway itself (set it
+/// aside, try another), or what is behind it (another gateway of the same
+/// network would find the same).
+pub enum Failure {
+    Gateway(Reason),
+    Behind(Reason),
+}
+
+/// Opens the double tunnel within `timeout`; the inner tunnel and the
+/// identity that answered inside it.
+pub async fn open(
+    proxy: &Proxy,
+    pod: &Pod,
+    via: &Via,
+    timeout: std::time::Duration,
+) -> Result<(Tunnel, Identity), Failure> {
+    if proxy.certs.current(&pod.identity).is_none() {
+        return Err(Failure::Behind(Reason::NoCertificate));
+    }
+    let key = PoolKey {
+        source: pod.identity.clone(),
+        destination: via.gateway_identity.clone(),
+        addr: via.gateway,
+    };
+    let outer_tls = proxy
+        .clients
+        .get(&pod.identity, &via.gateway_identity)
+        .map_err(|err| {
+            warn!(%err, "no TLS configuration");
+            Failure::Gateway(Reason::Tls)
+        })?;
+    let inner_tls = proxy
+        .clients
+        .get_any(&pod.identity, &via.identities)
+        .map_err(|err| {
+            warn!(%err, "no TLS configuration");
+            Failure::Behind(Reason::Tls)
+        })?;
+    let network = pod.workload.network.clone();
+    let work = async {
+        let mut outer = proxy
+            .pool
+            .connect(&key, &via.authority, outer_tls, || {
+                pod.connect(via.gateway, None, |_| ())
+            })
+            .await
+            .map_err(|err| {
+                warn!(%err, gateway = %via.gateway, "gateway connect failed");
+                Failure::Gateway(if err.is_tls() {
+                    Reason::Tls
+                } else {
+                    Reason::Upstream
+                })
+            })?;
+        // The gateway answers once it reached an endpoint: a refusal here
+        // is about what is behind it.
+        outer.established().await.map_err(|err| {
+            warn!(%err, gateway = %via.gateway, authority = %via.authority, "gateway refused");
+            Failure::Behind(Reason::Upstream)
+        })?;
+        let (mut inner, answered) = strait_hbone::connect_over(
+            outer,
+            via.gateway,
+            &via.authority,
+            (!network.is_empty()).then_some(network.as_str()),
+            inner_tls,
+        )
+        .await
+        .map_err(|err| {
+            warn!(%err, gateway = %via.gateway, authority = %via.authority, "inner HBONE failed");
+            Failure::Behind(if err.is_tls() {
+                Reason::Tls
+            } else {
+                Reason::Upstream
+            })
+        })?;
+        inner.established().await.map_err(|err| {
+            debug!(%err, authority = %via.authority, "inner CONNECT refused");
+            Failure::Behind(Reason::Upstream)
+        })?;
+        Ok((inner, answered))
+    };
+    match tokio::time::timeout(timeout, work).await {
+        Ok(result) => result,
+        Err(_) => {
+            warn!(gateway = %via.gateway, ?timeout, "through the gateway: timed out");
+            proxy.pool.forget(&key);
+            Err(Failure::Gateway(Reason::Upstream))
+        }
+    }
+}

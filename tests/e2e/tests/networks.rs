@@ -186,5 +186,33 @@ fn a_service_on_another_network_is_reached_through_its_gateway_as_the_client() -
     );
     assert!(through >= 2, "gateway metrics:\n{gateway_metrics}");
     println!("destination saw {seen} connections from {client_id}; the gateway carried {through}");
+
+    // The destination's policy judges the client's own identity, across
+    // the gateway: the client is let in, another pod of net1 is not.
+    let other = topo.pod("other")?;
+    assert_eq!(body(other, &format!("http://{VIP}/marker"))?, FROM_NET2);
+    mesh.write(
+        "authz.yaml",
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: only-client\n  namespace: shop\nspec:\n  selector:\n    matchLabels:\n      service: web\n  action: ALLOW\n  rules:\n  - from:\n    - source:\n        principals: [\"cluster.local/ns/shop/sa/client\"]\n",
+    )?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while curl(other, &format!("http://{VIP}/marker"))?
+        .status
+        .success()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the policy never applied"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(body(client, &format!("http://{VIP}/marker"))?, FROM_NET2);
+    let denied = metric_sum(
+        &mesh.metrics("n2a")?,
+        "strait_connection_failures_total",
+        &["direction=\"inbound\"", "reason=\"denied\""],
+    );
+    assert!(denied >= 1, "no denial counted at the destination");
+    println!("policy at the destination: client allowed, other denied ({denied} denials counted)");
     Ok(())
 }

@@ -165,6 +165,16 @@ pub fn curl(place: &Place, url: &str) -> Result<Output> {
     )?)
 }
 
+/// The body [`curl`] fetched; a failed fetch is an error with curl's own
+/// words.
+pub fn curl_body(place: &Place, url: &str) -> Result<String> {
+    let out = curl(place, url)?;
+    if !out.status.success() {
+        return Err(format!("curl {url}: {}", String::from_utf8_lossy(&out.stderr)).into());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// A TCP echo server (`socat`, one `cat` per connection) on `port`.
 pub fn echo_server(place: &Place, port: u16) -> Result<Process> {
     let listen = format!("TCP-LISTEN:{port},fork,reuseaddr");

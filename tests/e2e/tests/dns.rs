@@ -5,7 +5,7 @@
 use std::{net::IpAddr, path::PathBuf, time::Duration};
 
 use strait_e2e::{
-    Mesh, Result, curl, http_server, metric_sum, namespace_yaml, require_root, two_nodes,
+    Mesh, Result, curl_body, http_server, metric_sum, namespace_yaml, require_root, two_nodes,
     workload_yaml,
 };
 use strait_topology::{Locality, Place, Process, Spec, Topology};
@@ -120,14 +120,6 @@ fn resolv_conf(place: &Place, name: &str, text: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
-fn body(place: &Place, url: &str) -> Result<String> {
-    let out = curl(place, url)?;
-    if !out.status.success() {
-        return Err(format!("curl {url}: {}", String::from_utf8_lossy(&out.stderr)).into());
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 fn getent(place: &Place, name: &str) -> Result<String> {
     let out = place.run(&["getent", "hosts", name], Duration::from_secs(15))?;
     if !out.status.success() {
@@ -174,15 +166,18 @@ fn mesh_names_resolve_and_lead_to_backends_over_mtls() -> Result<()> {
 
     let capture = topo.node("n1")?.capture("eth0", &["tcp"])?;
     assert_eq!(
-        body(&udp, "http://user-service.production.global/marker")?,
+        curl_body(&udp, "http://user-service.production.global/marker")?,
         USERS
     );
     assert_eq!(
-        body(&udp, "http://reviews.default.svc.cluster.local:9080/marker")?,
+        curl_body(&udp, "http://reviews.default.svc.cluster.local:9080/marker")?,
         REVIEWS
     );
     // The short form the pod's search path implies.
-    assert_eq!(body(&udp, "http://reviews.default:9080/marker")?, REVIEWS);
+    assert_eq!(
+        curl_body(&udp, "http://reviews.default:9080/marker")?,
+        REVIEWS
+    );
     let pcap = capture.finish()?;
     assert!(pcap.tls_handshakes() >= 1, "no TLS on the wire");
     for marker in [USERS, REVIEWS] {
@@ -202,7 +197,7 @@ fn mesh_names_resolve_and_lead_to_backends_over_mtls() -> Result<()> {
 
     // A MESH_EXTERNAL entry resolved by DNS: the agent looks the host up and
     // passes the connection through to the entry's target port.
-    assert_eq!(body(&udp, "http://outside-svc.test/marker")?, OUTSIDE);
+    assert_eq!(curl_body(&udp, "http://outside-svc.test/marker")?, OUTSIDE);
 
     // Names the mesh does not know come from the pod's nameserver, through
     // the proxy; over TCP as well.

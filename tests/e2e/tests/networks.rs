@@ -8,10 +8,10 @@
 use std::{net::IpAddr, time::Duration};
 
 use strait_e2e::{
-    Mesh, Result, curl, http_server, marker_url, metric_sum, namespace_yaml, require_root,
-    workload_yaml,
+    Mesh, Result, curl, curl_body, http_server, marker_url, metric_sum, namespace_yaml,
+    require_root, workload_yaml,
 };
-use strait_topology::{Locality, Place, Process, Spec, Topology};
+use strait_topology::{Locality, Process, Spec, Topology};
 
 const FROM_NET2: &str = "served in net2";
 const VIP: &str = "10.96.0.10";
@@ -92,14 +92,6 @@ fn start_gateway(mesh: &Mesh<'_>, node: &str, network: &str) -> Result<Process> 
     )
 }
 
-fn body(place: &Place, url: &str) -> Result<String> {
-    let out = curl(place, url)?;
-    if !out.status.success() {
-        return Err(format!("curl {url}: {}", String::from_utf8_lossy(&out.stderr)).into());
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 #[test]
 fn a_service_on_another_network_is_reached_through_its_gateway_as_the_client() -> Result<()> {
     require_root();
@@ -131,13 +123,16 @@ fn a_service_on_another_network_is_reached_through_its_gateway_as_the_client() -
     let segment = topo.node("g2a")?.capture("eth1", &["tcp"])?;
     let inside = topo.node("g2a")?.capture("eth0", &["tcp"])?;
     let started = std::time::Instant::now();
-    assert_eq!(body(client, &format!("http://{VIP}/marker"))?, FROM_NET2);
+    assert_eq!(
+        curl_body(client, &format!("http://{VIP}/marker"))?,
+        FROM_NET2
+    );
     println!(
         "first cross-network request served in {:.0} ms",
         started.elapsed().as_secs_f64() * 1e3
     );
     assert_eq!(
-        body(client, "http://[fd00:96::10]/marker")?,
+        curl_body(client, "http://[fd00:96::10]/marker")?,
         FROM_NET2,
         "IPv6"
     );
@@ -190,7 +185,10 @@ fn a_service_on_another_network_is_reached_through_its_gateway_as_the_client() -
     // The destination's policy judges the client's own identity, across
     // the gateway: the client is let in, another pod of net1 is not.
     let other = topo.pod("other")?;
-    assert_eq!(body(other, &format!("http://{VIP}/marker"))?, FROM_NET2);
+    assert_eq!(
+        curl_body(other, &format!("http://{VIP}/marker"))?,
+        FROM_NET2
+    );
     mesh.write(
         "authz.yaml",
         "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: only-client\n  namespace: shop\nspec:\n  selector:\n    matchLabels:\n      service: web\n  action: ALLOW\n  rules:\n  - from:\n    - source:\n        principals: [\"cluster.local/ns/shop/sa/client\"]\n",
@@ -206,7 +204,10 @@ fn a_service_on_another_network_is_reached_through_its_gateway_as_the_client() -
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(body(client, &format!("http://{VIP}/marker"))?, FROM_NET2);
+    assert_eq!(
+        curl_body(client, &format!("http://{VIP}/marker"))?,
+        FROM_NET2
+    );
     let denied = metric_sum(
         &mesh.metrics("n2a")?,
         "strait_connection_failures_total",

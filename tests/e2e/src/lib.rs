@@ -228,6 +228,8 @@ pub struct Load {
     pub failures: u64,
     /// The first few failures' errors.
     pub errors: Vec<String>,
+    /// When each failed connection was started, in ms after `since`.
+    pub failed_at_ms: Vec<f64>,
     /// Per answer: milliseconds from `since` to the first connection it
     /// served.
     pub first_ms: std::collections::BTreeMap<String, f64>,
@@ -248,6 +250,11 @@ impl Load {
             .iter()
             .map(|n| self.answers.get(*n).copied().unwrap_or(0))
             .sum()
+    }
+
+    /// Failed connections started after `ms` (after `since`).
+    pub fn failures_after(&self, ms: f64) -> usize {
+        self.failed_at_ms.iter().filter(|t| **t >= ms).count()
     }
 
     /// The earliest first answer among `names`, in ms after `since`.
@@ -290,7 +297,7 @@ ip, port, n, conc, since = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(
 start = time.monotonic()
 if since == 0:
     since = start
-answers, first, errors = {}, {}, []
+answers, first, errors, failed_at = {}, {}, [], []
 state = {"next": 0, "failures": 0}
 lock = threading.Lock()
 request = b"GET /marker HTTP/1.0\r\nHost: load\r\n\r\n"
@@ -317,6 +324,7 @@ def worker():
             if state["next"] >= n:
                 return
             state["next"] += 1
+        t0 = time.monotonic()
         try:
             name = one()
             t = time.monotonic()
@@ -326,6 +334,7 @@ def worker():
         except Exception as e:
             with lock:
                 state["failures"] += 1
+                failed_at.append((t0 - since) * 1000)
                 if len(errors) < 5:
                     errors.append(repr(e))
 threads = [threading.Thread(target=worker) for _ in range(conc)]
@@ -334,6 +343,7 @@ for t in threads:
 for t in threads:
     t.join()
 print(json.dumps({"answers": answers, "failures": state["failures"], "errors": errors,
+                  "failed_at_ms": failed_at,
                   "first_ms": first, "started_ms": (start - since) * 1000,
                   "seconds": time.monotonic() - start}))
 "#;
@@ -367,6 +377,10 @@ print(json.dumps({"answers": answers, "failures": state["failures"], "errors": e
         errors: v["errors"]
             .as_array()
             .map(|a| a.iter().map(|e| e.to_string()).collect())
+            .unwrap_or_default(),
+        failed_at_ms: v["failed_at_ms"]
+            .as_array()
+            .map(|a| a.iter().filter_map(serde_json::Value::as_f64).collect())
             .unwrap_or_default(),
         first_ms: v["first_ms"]
             .as_object()

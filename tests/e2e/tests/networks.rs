@@ -2,20 +2,29 @@
 //! other's, and reach its services through its east-west gateways as double
 //! HBONE; the destination sees the client's own identity.
 //!
-//! Network net1: nodes `n1a` (pods `client`, `other`) and the gateway node
-//! `g1`; net2: `n2a` (pod `s1`) and the gateway node `g2a`. Only gateway
-//! nodes sit on the shared segment, behind their network's NAT.
-use std::{net::IpAddr, time::Duration};
+//! Only gateway nodes sit on the shared segment, behind their network's
+//! NAT. The tests share two cores with up to six agents and the load, so
+//! they take turns.
+use std::{
+    net::IpAddr,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
 
 use strait_e2e::{
-    Mesh, Result, curl, curl_body, http_server, marker_url, metric_sum, namespace_yaml,
-    require_root, workload_yaml,
+    Load, Mesh, Result, connections, curl, curl_body, http_server, marker_url, metric_sum,
+    monotonic_now, namespace_yaml, require_root, workload_yaml,
 };
-use strait_topology::{Locality, Process, Spec, Topology};
+use strait_topology::{Locality, Place, Process, Spec, Topology};
+
+static TURN: Mutex<()> = Mutex::new(());
 
 const FROM_NET2: &str = "served in net2";
 const VIP: &str = "10.96.0.10";
+const CLIENT_ID: &str = "spiffe://cluster.local/ns/shop/sa/client";
 
+/// net1: `n1a` (pods `client`, `other`) and the gateway node `g1`; net2:
+/// `n2a` (pod `s1`) and the gateway node `g2a`.
 fn spec() -> Spec {
     Spec::new()
         .node("n1a", "c1", "net1", Locality::new("r1", "z1", ""))
@@ -75,6 +84,10 @@ fn config(topo: &Topology) -> Result<String> {
     yaml.push_str(&format!(
         "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: shop\n  labels:\n    istio.io/global: \"true\"\nspec:\n  clusterIP: {VIP}\n  clusterIPs: [\"{VIP}\", \"fd00:96::10\"]\n  selector:\n    service: web\n  ports:\n  - name: http\n    port: 80\n    targetPort: 8080\n---\n"
     ));
+    // The same endpoint under a name net2 keeps to itself.
+    yaml.push_str(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: db\n  namespace: shop\nspec:\n  clusterIP: 10.96.0.12\n  selector:\n    service: web\n  ports:\n  - name: tcp\n    port: 5432\n    targetPort: 8080\n---\n",
+    );
     yaml.push_str(&gateway_yaml(topo, "net1", &["g1"])?);
     yaml.push_str(&gateway_yaml(topo, "net2", &["g2a"])?);
     Ok(yaml)
@@ -95,6 +108,7 @@ fn start_gateway(mesh: &Mesh<'_>, node: &str, network: &str) -> Result<Process> 
 #[test]
 fn a_service_on_another_network_is_reached_through_its_gateway_as_the_client() -> Result<()> {
     require_root();
+    let _turn = TURN.lock().unwrap_or_else(|p| p.into_inner());
     let topo = Topology::create(spec())?;
     let mesh = Mesh::new(&topo)?;
     mesh.write("mesh.yaml", &config(&topo)?)?;
@@ -159,7 +173,7 @@ fn a_service_on_another_network_is_reached_through_its_gateway_as_the_client() -
     }
 
     // The destination saw the client, not the gateway.
-    let client_id = "spiffe://cluster.local/ns/shop/sa/client";
+    let client_id = CLIENT_ID;
     let metrics = mesh.metrics("n2a")?;
     let seen = metric_sum(
         &metrics,
@@ -215,5 +229,316 @@ fn a_service_on_another_network_is_reached_through_its_gateway_as_the_client() -
     );
     assert!(denied >= 1, "no denial counted at the destination");
     println!("policy at the destination: client allowed, other denied ({denied} denials counted)");
+
+    refusals(&mesh, &topo)
+}
+
+/// What net2's gateway refuses, asked from net1's edge (outside any pod,
+/// so nothing captures it): a client without a mesh certificate, a service
+/// net2 does not export, an address outside net2. Each refusal counted.
+fn refusals(mesh: &Mesh<'_>, topo: &Topology) -> Result<()> {
+    let edge = &topo.node("g1")?.place;
+    let (gateway_v4, _) = topo.node("g2a")?.addrs.internet.ok_or("no address")?;
+    let gateway = format!("{gateway_v4}:15008");
+    let gateway_id = "spiffe://cluster.local/ns/istio-system/sa/eastwest-net2-istio-east-west";
+    let ca_dir = mesh.ca_dir.display().to_string();
+    let probe = |authority: &str| -> Result<String> {
+        let out = edge.run_ok(
+            &[
+                env!("CARGO_BIN_EXE_hbone-probe"),
+                &ca_dir,
+                CLIENT_ID,
+                gateway_id,
+                &gateway,
+                authority,
+            ],
+            Duration::from_secs(30),
+        )?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    let refused = |reason: &str| -> Result<u64> {
+        Ok(metric_sum(
+            &mesh.metrics("g2a")?,
+            "strait_connection_failures_total",
+            &["direction=\"gateway\"", &format!("reason=\"{reason}\"")],
+        ))
+    };
+
+    // The probe itself gets through when it asks for what is exported.
+    assert_eq!(probe("web.shop.svc.cluster.local:80")?, "200");
+
+    let dir = edge.scratch_dir()?;
+    let (cert, key) = (dir.join("rogue.pem"), dir.join("rogue.key"));
+    edge.run_ok(
+        &[
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=rogue",
+            "-addext",
+            &format!("subjectAltName=URI:{CLIENT_ID}"),
+            "-keyout",
+            &key.display().to_string(),
+            "-out",
+            &cert.display().to_string(),
+        ],
+        Duration::from_secs(10),
+    )?;
+    let url = format!("https://{gateway}/");
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
+    for (what, extra) in [
+        ("no certificate", vec![]),
+        (
+            "a self-signed one claiming the client's identity",
+            vec!["--cert", cert.as_str(), "--key", key.as_str()],
+        ),
+    ] {
+        let mut argv = vec![
+            "curl",
+            "-sk",
+            "--http2",
+            "--max-time",
+            "5",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+        ];
+        argv.extend(extra);
+        argv.push(&url);
+        let out = edge.run(&argv, Duration::from_secs(10))?;
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "000",
+            "{what}: the gateway let TLS through"
+        );
+    }
+    assert_eq!(refused("tls")?, 2, "TLS refusals at the gateway");
+
+    let not_exported = probe("db.shop.svc.cluster.local:5432")?;
+    assert!(
+        not_exported.starts_with("refused"),
+        "a service net2 keeps: {not_exported}"
+    );
+    assert_eq!(refused("not_exported")?, 1);
+
+    let client = topo.pod("client")?;
+    let outside = probe(&format!("{}:8080", client.ipv4))?;
+    assert!(
+        outside.starts_with("refused"),
+        "an address in net1: {outside}"
+    );
+    assert_eq!(refused("outside_network")?, 1);
+    println!(
+        "gateway refusals: 2 TLS (none, self-signed), not exported ({not_exported}), \
+         outside its network ({outside}); each counted"
+    );
+    Ok(())
+}
+
+const CONNECTIONS: u32 = 10_000;
+const CONCURRENCY: u32 = 8;
+const SHARED_VIP: &str = "10.96.0.11";
+
+/// Two nodes and the edge per network, and two gateway nodes into net2:
+/// the client on `n1a`, endpoints `a1` (net1), `s1` and `s2` (net2).
+fn failover_spec() -> Spec {
+    let (r1, r2) = (Locality::new("r1", "z1", ""), Locality::new("r2", "z1", ""));
+    Spec::new()
+        .node("n1a", "c1", "net1", r1.clone())
+        .node("n1b", "c1", "net1", r1.clone())
+        .gateway_node("g1", "c1", "net1", r1)
+        .node("n2a", "c2", "net2", r2.clone())
+        .node("n2b", "c2", "net2", r2.clone())
+        .gateway_node("g2a", "c2", "net2", r2.clone())
+        .gateway_node("g2b", "c2", "net2", r2)
+        .pod("client", "n1a")
+        .pod("a1", "n1b")
+        .pod("s1", "n2a")
+        .pod("s2", "n2b")
+}
+
+fn failover_config(topo: &Topology) -> Result<String> {
+    let mut yaml = namespace_yaml("shop", true);
+    yaml.push_str(&namespace_yaml("istio-system", false));
+    for (node, network, region) in [
+        ("n1a", "net1", "r1"),
+        ("n1b", "net1", "r1"),
+        ("g1", "net1", "r1"),
+        ("n2a", "net2", "r2"),
+        ("n2b", "net2", "r2"),
+        ("g2a", "net2", "r2"),
+        ("g2b", "net2", "r2"),
+    ] {
+        yaml.push_str(&node_yaml(node, network, region));
+    }
+    yaml.push_str(&workload_yaml(topo.pod("client")?, "shop", "client", &[]));
+    for pod in ["a1", "s1", "s2"] {
+        yaml.push_str(&workload_yaml(
+            topo.pod(pod)?,
+            "shop",
+            "web",
+            &[("service", "web")],
+        ));
+    }
+    yaml.push_str(&format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: shop\n  labels:\n    istio.io/global: \"true\"\nspec:\n  clusterIP: {SHARED_VIP}\n  selector:\n    service: web\n  ports:\n  - name: http\n    port: 80\n    targetPort: 8080\n---\n"
+    ));
+    yaml.push_str(&gateway_yaml(topo, "net2", &["g2a", "g2b"])?);
+    Ok(yaml)
+}
+
+/// Connections each gateway carried so far.
+fn carried(mesh: &Mesh<'_>, gateway: &str) -> Result<u64> {
+    Ok(metric_sum(
+        &mesh.metrics(gateway)?,
+        "istio_tcp_connections_opened_total",
+        &["reporter=\"gateway\""],
+    ))
+}
+
+fn run(client: &Place, n: u32, since: f64) -> Result<Load> {
+    connections(client, SHARED_VIP.parse()?, 80, n, CONCURRENCY, since)
+}
+
+fn report(step: &str, load: &Load) {
+    println!(
+        "{step}: {} connections in {:.1}s, answers {:?}, failed {}",
+        load.total(),
+        load.seconds,
+        load.answers,
+        load.failures
+    );
+}
+
+#[test]
+fn failover_crosses_to_the_other_network_and_survives_a_gateway() -> Result<()> {
+    require_root();
+    let _turn = TURN.lock().unwrap_or_else(|p| p.into_inner());
+    let topo = Topology::create(failover_spec())?;
+    let mesh = Mesh::new(&topo)?;
+    mesh.write("mesh.yaml", &failover_config(&topo)?)?;
+    let _agents = ["n1a", "n1b", "n2a", "n2b"]
+        .iter()
+        .map(|n| mesh.start_agent(n, &[]))
+        .collect::<Result<Vec<_>>>()?;
+    let _g2a = start_gateway(&mesh, "g2a", "net2")?;
+    let mut g2b = start_gateway(&mesh, "g2b", "net2")?;
+    let mut a1 = http_server(topo.pod("a1")?, 8080, "a1")?;
+    let _net2 = [
+        http_server(topo.pod("s1")?, 8080, "s1")?,
+        http_server(topo.pod("s2")?, 8080, "s2")?,
+    ];
+    let client = &topo.pod("client")?.place;
+    let net2 = ["s1", "s2"];
+
+    // All up: the client's own network serves every connection.
+    let got = run(client, CONNECTIONS, 0.0)?;
+    report("all up", &got);
+    assert_eq!(got.failures, 0, "{:?}", got.errors);
+    assert_eq!(
+        got.count(&["a1"]),
+        u64::from(CONNECTIONS),
+        "{:?}",
+        got.answers
+    );
+
+    // net1's endpoint dies: everything crosses, through both gateways.
+    a1.kill()?;
+    let killed = monotonic_now();
+    let before = (carried(&mesh, "g2a")?, carried(&mesh, "g2b")?);
+    let got = run(client, CONNECTIONS, killed)?;
+    report("net1's endpoint killed", &got);
+    assert_eq!(got.failures, 0, "{:?}", got.errors);
+    assert_eq!(
+        got.count(&net2),
+        u64::from(CONNECTIONS),
+        "{:?}",
+        got.answers
+    );
+    println!(
+        "net1's endpoint killed: first connection served in net2 {:.0} ms after the kill \
+         (the client process started {:.0} ms after it)",
+        got.first_of(&net2).unwrap_or(f64::NAN),
+        got.started_ms
+    );
+    let both = (
+        carried(&mesh, "g2a")? - before.0,
+        carried(&mesh, "g2b")? - before.1,
+    );
+    println!("both gateways up: g2a carried {}, g2b {}", both.0, both.1);
+    assert!(both.0 > 0 && both.1 > 0, "a gateway idles: {both:?}");
+    assert!(
+        both.0 + both.1 >= u64::from(CONNECTIONS),
+        "connections not through a gateway: {both:?}"
+    );
+
+    // One gateway dies in the middle of a run: connections started after
+    // it go through the other.
+    let since = monotonic_now();
+    let mark = carried(&mesh, "g2b")?;
+    let (got, killed_ms, g2b_carried) = std::thread::scope(|scope| -> Result<_> {
+        let load = scope.spawn(|| run(client, CONNECTIONS, since).map_err(|e| e.to_string()));
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while carried(&mesh, "g2b")? < mark + 1_000 && !load.is_finished() {
+            if Instant::now() > deadline {
+                return Err("g2b carried nothing".into());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let g2b_carried = carried(&mesh, "g2b")? - mark;
+        g2b.kill()?;
+        let killed_ms = (monotonic_now() - since) * 1000.0;
+        let got = load.join().map_err(|_| "the load panicked")??;
+        Ok((got, killed_ms, g2b_carried))
+    })?;
+    report("g2b killed mid-run", &got);
+    let after = got.failures_after(killed_ms);
+    println!(
+        "g2b killed {killed_ms:.0} ms into the run, having carried {g2b_carried}: \
+         {} connections in flight through it failed, {after} started after the kill failed",
+        got.failures as usize - after
+    );
+    assert_eq!(after, 0, "{:?}", got.errors);
+    assert_eq!(
+        got.count(&net2) + got.failures,
+        u64::from(CONNECTIONS),
+        "{:?}",
+        got.answers
+    );
+
+    // net1's endpoint comes back: connections return to net1 once the
+    // proxy tries it again.
+    let _a1 = http_server(topo.pod("a1")?, 8080, "a1")?;
+    let restored = monotonic_now();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let back_ms = loop {
+        let got = run(client, 50, restored)?;
+        assert_eq!(got.failures, 0, "while a1 returns: {:?}", got.errors);
+        if let Some(first) = got.first_of(&["a1"]) {
+            break first;
+        }
+        if Instant::now() > deadline {
+            return Err("connections never returned to net1".into());
+        }
+    };
+    println!("net1's endpoint restored: first connection served in net1 {back_ms:.0} ms after");
+    let got = run(client, CONNECTIONS, 0.0)?;
+    report("net1 restored", &got);
+    assert_eq!(got.failures, 0, "{:?}", got.errors);
+    assert_eq!(
+        got.count(&["a1"]),
+        u64::from(CONNECTIONS),
+        "{:?}",
+        got.answers
+    );
     Ok(())
 }

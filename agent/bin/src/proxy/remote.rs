@@ -156,11 +156,17 @@ pub async fn open(
                     Reason::Upstream
                 })
             })?;
-        // The gateway answers once it reached an endpoint: a refusal here
-        // is about what is behind it.
+        // The gateway answers once it reached an endpoint: a refusal is
+        // about what is behind it; no answer at all (the gateway died with
+        // the pooled connection) is about the gateway.
         outer.established().await.map_err(|err| {
             warn!(%err, gateway = %via.gateway, authority = %via.authority, "gateway refused");
-            Failure::Behind(Reason::Upstream)
+            if err.kind() == std::io::ErrorKind::ConnectionRefused {
+                Failure::Behind(Reason::Upstream)
+            } else {
+                proxy.pool.forget(&key);
+                Failure::Gateway(Reason::Upstream)
+            }
         })?;
         let (mut inner, answered) = strait_hbone::connect_over(
             outer,

@@ -1,0 +1,94 @@
+//! A raw HBONE client for the tests that play a hostile or curious mesh
+//! member: one CONNECT, as `source`, to the HBONE peer at `addr` that must
+//! hold `peer`, asking for `authority`. Prints the peer's answer: `200`,
+//! `refused <status>`, or `failed <why>` (TLS, connection).
+//!
+//! `hbone-probe CA_DIR SOURCE PEER ADDR AUTHORITY`: CA_DIR holds the mesh
+//! root's certificate and key (the tests play the operator there, and sign
+//! the probe's certificate themselves).
+use std::{net::SocketAddr, path::Path, process::ExitCode, sync::Arc, time::Duration};
+
+use strait_hbone::{Authority, Pool, PoolKey};
+use strait_identity::{CertManager, Identity, Signer, tls::ClientConfigs};
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [ca_dir, source, peer, addr, authority] = args.as_slice() else {
+        eprintln!("usage: hbone-probe CA_DIR SOURCE PEER ADDR AUTHORITY");
+        return ExitCode::from(2);
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("hbone-probe: runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(probe(Path::new(ca_dir), source, peer, addr, authority)) {
+        Ok(answer) => {
+            println!("{answer}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("hbone-probe: {err}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// The peer's answer, or an error in the probe's own arguments or setup.
+async fn probe(
+    ca_dir: &Path,
+    source: &str,
+    peer: &str,
+    addr: &str,
+    authority: &str,
+) -> Result<String, String> {
+    let source: Identity = source.parse().map_err(|e| format!("SOURCE: {e}"))?;
+    let peer: Identity = peer.parse().map_err(|e| format!("PEER: {e}"))?;
+    let addr: SocketAddr = addr.parse().map_err(|e| format!("ADDR: {e}"))?;
+    let authority: Authority = authority.parse().map_err(|e| format!("AUTHORITY: {e}"))?;
+    let signer = Signer::open_or_create(ca_dir, &source.trust_domain)
+        .map_err(|e| format!("CA_DIR {}: {e}", ca_dir.display()))?;
+    let certs = CertManager::new(Arc::new(signer), Duration::from_secs(3600))
+        .map_err(|e| format!("certificates: {e}"))?;
+    certs.want(&source);
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while certs.current(&source).is_none() {
+        if tokio::time::Instant::now() > deadline {
+            return Err(format!("no certificate for {source}"));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let tls = ClientConfigs::new(certs)
+        .get(&source, &peer)
+        .map_err(|e| format!("TLS configuration: {e}"))?;
+    let key = PoolKey {
+        source,
+        destination: peer,
+        addr,
+    };
+    let pool = Pool::new();
+    let attempt = async {
+        let mut tunnel = pool
+            .connect(&key, &authority, tls, || {
+                tokio::net::TcpStream::connect(addr)
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        tunnel.established().await.map_err(|e| e.to_string())
+    };
+    Ok(match tokio::time::timeout(TIMEOUT, attempt).await {
+        Ok(Ok(())) => "200".to_string(),
+        Ok(Err(err)) if err.contains("refused by the peer") => {
+            format!("refused {}", err.rsplit(": ").next().unwrap_or(&err))
+        }
+        Ok(Err(err)) => format!("failed {err}"),
+        Err(_) => "failed timed out".to_string(),
+    })
+}

@@ -31,6 +31,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::{
     metrics::{Direction, Metrics, Reason, Reporter, TcpLabels},
     proxy::{
+        claimed_client,
         relay::relay,
         reset,
         route::{Plan, cluster, plan},
@@ -194,12 +195,19 @@ async fn on_connect(gateway: Arc<Gateway>, connect: Connect) {
                 return;
             }
         };
+        let client = connect
+            .source
+            .as_ref()
+            .and_then(|source| claimed_client(&state, source, &connect.peer));
         let labels = TcpLabels {
             reporter: Reporter::Gateway,
-            source_workload: "unknown".into(),
+            source_workload: client.map_or("unknown".into(), |w| w.name.clone()),
             source_workload_namespace: connect.peer.namespace.clone(),
             source_principal: connect.peer.to_string(),
-            source_cluster: "unknown".into(),
+            source_cluster: client
+                .map(|w| cluster(&state, w))
+                .filter(|c| !c.is_empty())
+                .unwrap_or_else(|| "unknown".into()),
             destination_workload: workload.name.clone(),
             destination_workload_namespace: workload.namespace.clone(),
             destination_principal,

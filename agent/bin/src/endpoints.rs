@@ -1,6 +1,7 @@
 //! `/endpoints?service=NAME[&port=N]` (what `straitctl endpoints` shows):
 //! a service's endpoints as this node sees them, with locality, priority
-//! level, weight and health.
+//! level, weight and health; for those on another network, the gateways
+//! it would go through.
 use std::time::Instant;
 
 use serde::Serialize;
@@ -8,7 +9,10 @@ use strait_balance::{Client, outlier::Health};
 use strait_health::Board;
 
 use crate::{
-    proxy::route::{Plan, cluster, plan},
+    proxy::{
+        remote,
+        route::{Plan, cluster, plan},
+    },
     state::Snapshot,
 };
 
@@ -41,6 +45,26 @@ pub struct EndpointReport {
     pub health: String,
     pub consecutive_errors: u32,
     pub times_ejected: u32,
+    /// On another network: its gateways' instances, in the order a
+    /// connection would try them now.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub via: Vec<ViaReport>,
+}
+
+#[derive(Serialize)]
+pub struct ViaReport {
+    /// `namespace/name` of the Gateway.
+    pub gateway: String,
+    pub address: String,
+    /// `healthy`, or `ejected` with the seconds left.
+    pub health: String,
+}
+
+fn health_text(health: &Health, addr: std::net::SocketAddr, now: Instant) -> String {
+    match health.report(addr, now).and_then(|h| h.ejected_for_seconds) {
+        Some(left) => format!("ejected ({left:.0}s left)"),
+        None => "healthy".into(),
+    }
 }
 
 pub fn report(
@@ -133,6 +157,24 @@ pub fn report(
                             },
                             consecutive_errors: h.as_ref().map_or(0, |h| h.consecutive_errors),
                             times_ejected: h.as_ref().map_or(0, |h| h.times_ejected),
+                            via: if w.network.is_empty() || w.network == network {
+                                Vec::new()
+                            } else {
+                                remote::gateways(
+                                    state,
+                                    health,
+                                    board,
+                                    &w.network,
+                                    r.endpoint.addr.is_ipv4(),
+                                )
+                                .into_iter()
+                                .map(|(addr, g)| ViaReport {
+                                    gateway: format!("{}/{}", g.namespace, g.name),
+                                    address: addr.to_string(),
+                                    health: health_text(health, addr, now),
+                                })
+                                .collect()
+                            },
                         }
                     })
                     .collect();

@@ -91,6 +91,16 @@ struct EndpointReport {
     priority: u32,
     weight: f64,
     health: String,
+    #[serde(default)]
+    via: Vec<ViaReport>,
+}
+
+/// A gateway instance an endpoint on another network is reached through.
+#[derive(Deserialize)]
+struct ViaReport {
+    gateway: String,
+    address: String,
+    health: String,
 }
 
 #[derive(Deserialize)]
@@ -225,6 +235,12 @@ fn render_endpoints(report: &EndpointsReport) -> String {
             e.weight,
             e.health
         ));
+        for via in &e.via {
+            out.push_str(&format!(
+                "  via gateway {} at {}  {}\n",
+                via.gateway, via.address, via.health
+            ));
+        }
     }
     out
 }
@@ -297,14 +313,20 @@ mod tests {
     #[test]
     fn renders_endpoints() {
         let report: EndpointsReport = serde_json::from_str(
-            r#"{"service":"shop/web","host":"web.shop.svc.cluster.local","port":80,"from":"r1/z1","kind":"endpoints","endpoints":[{"address":"10.2.0.10:8080","workload":"shop/near","locality":"r1/z1","network":"","node":"n2","priority":0,"weight":1.0,"health":"ejected (4s left)","consecutive_errors":0,"times_ejected":1},{"address":"10.3.0.10:8080","workload":"shop/far","locality":"r2/z1","network":"","cluster":"c2","stale":true,"node":"n3.c2","priority":1,"weight":1.0,"health":"healthy","consecutive_errors":0,"times_ejected":0}]}"#,
+            r#"{"service":"shop/web","host":"web.shop.svc.cluster.local","port":80,"from":"r1/z1","kind":"endpoints","endpoints":[{"address":"10.2.0.10:8080","workload":"shop/near","locality":"r1/z1","network":"","node":"n2","priority":0,"weight":1.0,"health":"ejected (4s left)","consecutive_errors":0,"times_ejected":1},{"address":"10.3.0.10:8080","workload":"shop/far","locality":"r2/z1","network":"","cluster":"c2","stale":true,"node":"n3.c2","priority":1,"weight":1.0,"health":"healthy","consecutive_errors":0,"times_ejected":0},{"address":"10.9.0.10:8080","workload":"shop/remote","locality":"r3/z1","network":"net2","priority":11,"weight":1.0,"health":"healthy","consecutive_errors":0,"times_ejected":0,"via":[{"gateway":"istio-system/eastwest-net2","address":"100.64.0.3:15008","health":"ejected (2s left)"}]}]}"#,
         )
         .unwrap();
         let text = render_endpoints(&report);
+        assert!(
+            text.trim_end().ends_with(
+                "  via gateway istio-system/eastwest-net2 at 100.64.0.3:15008  ejected (2s left)"
+            ),
+            "{text}"
+        );
         assert!(text.starts_with("service shop/web"), "{text}");
         assert!(text.contains("10.2.0.10:8080"), "{text}");
         assert!(text.contains("ejected (4s left)\n"), "{text}");
-        assert!(text.trim_end().ends_with("healthy (stale)"), "{text}");
+        assert!(text.contains("healthy (stale)\n"), "{text}");
         assert!(text.contains(" c2 "), "{text}");
     }
 

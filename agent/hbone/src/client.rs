@@ -31,7 +31,7 @@ use tokio_rustls::TlsConnector;
 use tracing::debug;
 
 use crate::{
-    Authority, CONNECTION_WINDOW, Error, MAX_FRAME, SOURCE_NETWORK_HEADER, STREAM_WINDOW,
+    Authority, CONNECTION_WINDOW, Error, MAX_FRAME, STREAM_WINDOW, Source,
     tunnel::{Active, Tunnel},
 };
 
@@ -77,10 +77,12 @@ impl Pool {
     /// Opens a tunnel to `authority` through the HBONE peer of `key`,
     /// reusing a pooled connection or making one with `dial` (which opens the
     /// TCP connection, from whichever namespace and address it must leave).
+    /// `source` tells an east-west gateway where the client is.
     pub async fn connect<D, F>(
         &self,
         key: &PoolKey,
         authority: &Authority,
+        source: Option<&Source>,
         tls: Arc<ClientConfig>,
         dial: D,
     ) -> Result<Tunnel, Error>
@@ -89,7 +91,7 @@ impl Pool {
         F: Future<Output = io::Result<TcpStream>>,
     {
         if let Some((sender, active)) = self.pick(key) {
-            match open_stream(sender, key.addr, authority, None, active).await {
+            match open_stream(sender, key.addr, authority, source, active).await {
                 // The pooled connection died (the peer restarted, the link
                 // broke): forget it and try once on a new one.
                 Err(Error::H2 { .. }) => {
@@ -111,7 +113,7 @@ impl Pool {
             active: active.clone(),
             closed,
         });
-        open_stream(sender, key.addr, authority, None, active).await
+        open_stream(sender, key.addr, authority, source, active).await
     }
 
     /// Drops every pooled connection for `key` (one did not answer in
@@ -178,13 +180,13 @@ impl Pool {
 /// Opens a tunnel over `io` (itself a tunnel through an east-west
 /// gateway): a TLS session and HTTP/2 connection of its own, used for this
 /// one CONNECT and closed with it. `addr` names the far end in errors;
-/// `source_network` tells the destination where the client is. Returns
+/// `source` tells the destination where the client is. Returns
 /// the tunnel and the identity the far end proved.
 pub async fn connect_over<T>(
     io: T,
     addr: SocketAddr,
     authority: &Authority,
-    source_network: Option<&str>,
+    source: Option<&Source>,
     tls: Arc<ClientConfig>,
 ) -> Result<(Tunnel, Identity), Error>
 where
@@ -195,7 +197,7 @@ where
         sender,
         addr,
         authority,
-        source_network,
+        source,
         Arc::new(AtomicUsize::new(0)),
     )
     .await?;
@@ -208,7 +210,7 @@ async fn open_stream(
     sender: Sender,
     addr: SocketAddr,
     authority: &Authority,
-    source_network: Option<&str>,
+    source: Option<&Source>,
     active: Arc<AtomicUsize>,
 ) -> Result<Tunnel, Error> {
     // Counted from the start, so concurrent opens spread over connections.
@@ -218,8 +220,8 @@ async fn open_stream(
     let mut request = Request::builder()
         .method(Method::CONNECT)
         .uri(authority.to_string());
-    if let Some(network) = source_network {
-        request = request.header(SOURCE_NETWORK_HEADER, network);
+    for (name, value) in source.map(Source::to_headers).unwrap_or_default() {
+        request = request.header(name, value);
     }
     let (response, send) = sender
         .send_request(request.body(())?, false)

@@ -5,11 +5,13 @@
 mod authority;
 pub mod client;
 pub mod server;
+mod source;
 mod tunnel;
 
 pub use authority::{Authority, BadAuthority};
 pub use client::{Pool, PoolKey, connect_over};
 pub use server::{Admission, Connect, Limits, PendingTunnel, serve};
+pub use source::{BAGGAGE_HEADER, SOURCE_NETWORK_HEADER, Source};
 pub use tunnel::Tunnel;
 
 /// HTTP/2 windows large enough that flow control does not cap throughput on
@@ -17,10 +19,6 @@ pub use tunnel::Tunnel;
 pub(crate) const STREAM_WINDOW: u32 = 4 << 20;
 pub(crate) const CONNECTION_WINDOW: u32 = 16 << 20;
 pub(crate) const MAX_FRAME: u32 = 1 << 20;
-
-/// Request header of an inner CONNECT through an east-west gateway: the
-/// client's network, for the destination's telemetry.
-pub const SOURCE_NETWORK_HEADER: &str = "strait-source-network";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -148,9 +146,13 @@ mod tests {
         let authority: Authority = "10.9.9.9:8080".parse().unwrap();
         for _ in 0..3 {
             let mut tunnel = pool
-                .connect(&key, &authority, clients.get(&web, &db).unwrap(), || {
-                    TcpStream::connect(addr)
-                })
+                .connect(
+                    &key,
+                    &authority,
+                    None,
+                    clients.get(&web, &db).unwrap(),
+                    || TcpStream::connect(addr),
+                )
                 .await
                 .unwrap();
             tunnel.write_all(b"hello").await.unwrap();
@@ -174,6 +176,7 @@ mod tests {
             .connect(
                 &key,
                 &"10.9.9.9:9".parse().unwrap(),
+                None,
                 clients.get(&web, &db).unwrap(),
                 || TcpStream::connect(addr),
             )
@@ -194,6 +197,7 @@ mod tests {
             .connect(
                 &wrong,
                 &authority,
+                None,
                 clients.get(&web, &wrong.destination).unwrap(),
                 || TcpStream::connect(addr),
             )

@@ -21,9 +21,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tracing::debug;
 
-use crate::{
-    Authority, CONNECTION_WINDOW, Error, MAX_FRAME, SOURCE_NETWORK_HEADER, STREAM_WINDOW, Tunnel,
-};
+use crate::{Authority, CONNECTION_WINDOW, Error, MAX_FRAME, STREAM_WINDOW, Source, Tunnel};
 
 /// One CONNECT request from an authenticated peer.
 pub struct Connect {
@@ -32,8 +30,8 @@ pub struct Connect {
     pub peer_addr: SocketAddr,
     /// Where the peer wants to go.
     pub authority: Authority,
-    /// The client's network, when it came through an east-west gateway.
-    pub source_network: Option<String>,
+    /// Where the client is, when it came through an east-west gateway.
+    pub source: Option<Source>,
     /// The stream, to accept or refuse.
     pub stream: PendingTunnel,
 }
@@ -256,16 +254,13 @@ where
             let _ = respond.send_response(status_response(StatusCode::BAD_REQUEST), true);
             continue;
         };
-        let source_network = match request.headers().get(SOURCE_NETWORK_HEADER) {
-            None => None,
-            Some(value) => match value.to_str().ok().filter(|v| network_name(v)) {
-                Some(v) => Some(v.to_string()),
-                None => {
-                    debug!(%peer_addr, "bad source network header");
-                    let _ = respond.send_response(status_response(StatusCode::BAD_REQUEST), true);
-                    continue;
-                }
-            },
+        let source = match Source::from_headers(request.headers()) {
+            Ok(source) => source,
+            Err(err) => {
+                debug!(%peer_addr, %err, "refused");
+                let _ = respond.send_response(status_response(StatusCode::BAD_REQUEST), true);
+                continue;
+            }
         };
         let recv = request.into_body();
         let active = StreamOpen::count(open.clone());
@@ -279,7 +274,7 @@ where
                 peer_addr,
             },
             authority,
-            source_network,
+            source,
         });
         tokio::spawn(async move {
             stream.await;
@@ -311,12 +306,4 @@ fn authority<B>(req: &Request<B>) -> Option<Authority> {
         return None;
     }
     req.uri().authority()?.as_str().parse().ok()
-}
-
-/// A network's name as a label value: what a topology label may hold.
-fn network_name(v: &str) -> bool {
-    !v.is_empty()
-        && v.len() <= 63
-        && v.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }

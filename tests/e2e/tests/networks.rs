@@ -36,9 +36,11 @@ fn spec() -> Spec {
         .pod("s1", "n2a")
 }
 
+/// A node of `network` (one cluster per network here: c1, c2).
 fn node_yaml(name: &str, network: &str, region: &str) -> String {
+    let cluster = network.replace("net", "c");
     format!(
-        "apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  labels:\n    topology.kubernetes.io/region: {region}\n    topology.kubernetes.io/zone: z1\n    topology.istio.io/network: {network}\n---\n"
+        "apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  labels:\n    topology.kubernetes.io/region: {region}\n    topology.kubernetes.io/zone: z1\n    topology.istio.io/network: {network}\n    topology.istio.io/cluster: {cluster}\n---\n"
     )
 }
 
@@ -128,8 +130,8 @@ fn a_service_on_another_network_is_reached_through_its_gateway_as_the_client() -
     }
     println!("net1 -> net2 pod addresses without the mesh: no route (asserted, v4 and v6)");
 
-    let _agents = [mesh.start_agent("n1a", &[])?, mesh.start_agent("n2a", &[])?];
-    let _gateways = [
+    let agents = [mesh.start_agent("n1a", &[])?, mesh.start_agent("n2a", &[])?];
+    let gateways = [
         start_gateway(&mesh, "g1", "net1")?,
         start_gateway(&mesh, "g2a", "net2")?,
     ];
@@ -181,6 +183,9 @@ fn a_service_on_another_network_is_reached_through_its_gateway_as_the_client() -
         &[
             "reporter=\"destination\"",
             &format!("source_principal=\"{client_id}\""),
+            "source_workload=\"client\"",
+            "source_cluster=\"c1\"",
+            "destination_cluster=\"c2\"",
         ],
     );
     assert!(seen >= 2, "destination metrics:\n{metrics}");
@@ -191,10 +196,28 @@ fn a_service_on_another_network_is_reached_through_its_gateway_as_the_client() -
         &[
             "reporter=\"gateway\"",
             &format!("source_principal=\"{client_id}\""),
+            "source_workload=\"client\"",
+            "source_cluster=\"c1\"",
+            "destination_cluster=\"c2\"",
         ],
     );
     assert!(through >= 2, "gateway metrics:\n{gateway_metrics}");
     println!("destination saw {seen} connections from {client_id}; the gateway carried {through}");
+    // Each hop's access log names the client and the destination.
+    let web_id = "spiffe://cluster.local/ns/shop/sa/web";
+    for (hop, process) in [
+        ("source", &agents[0]),
+        ("gateway", &gateways[1]),
+        ("destination", &agents[1]),
+    ] {
+        let line: serde_json::Value =
+            serde_json::from_str(&access_line(process, client_id, web_id)?)?;
+        let f = &line["fields"];
+        println!(
+            "{hop} access log: src {} ({}) -> dst {} ({})",
+            f["src"], f["src_identity"], f["dst"], f["dst_identity"]
+        );
+    }
 
     // The destination's policy judges the client's own identity, across
     // the gateway: the client is let in, another pod of net1 is not.
@@ -231,6 +254,26 @@ fn a_service_on_another_network_is_reached_through_its_gateway_as_the_client() -
     println!("policy at the destination: client allowed, other denied ({denied} denials counted)");
 
     refusals(&mesh, &topo)
+}
+
+/// The first access-log line of `process` naming both identities (a line
+/// is written when its connection closes).
+fn access_line(process: &Process, source: &str, destination: &str) -> Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let log = process.log();
+        if let Some(line) = log.lines().find(|l| {
+            l.contains("connection closed")
+                && l.contains(&format!("\"src_identity\":\"{source}\""))
+                && l.contains(&format!("\"dst_identity\":\"{destination}\""))
+        }) {
+            return Ok(line.trim().to_string());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("no access line from {source} to {destination}:\n{log}").into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// What net2's gateway refuses, asked from net1's edge (outside any pod,
@@ -439,6 +482,16 @@ fn failover_crosses_to_the_other_network_and_survives_a_gateway() -> Result<()> 
     ];
     let client = &topo.pod("client")?.place;
     let net2 = ["s1", "s2"];
+
+    // What the client's node shows: net2's endpoints after net1's, each
+    // through both gateways.
+    let shown = mesh.straitctl("n1a", &["endpoints", "web.shop"])?;
+    println!("straitctl endpoints web.shop on n1a:\n{shown}");
+    for gateway in ["g2a", "g2b"] {
+        let (v4, _) = topo.node(gateway)?.addrs.internet.ok_or("no address")?;
+        let via = format!("via gateway istio-system/eastwest-net2 at {v4}:15008  healthy");
+        assert_eq!(shown.matches(&via).count(), 2, "{via:?} under s1 and s2");
+    }
 
     // All up: the client's own network serves every connection.
     let got = run(client, CONNECTIONS, 0.0)?;

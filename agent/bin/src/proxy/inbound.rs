@@ -60,8 +60,8 @@ async fn on_connect(proxy: Arc<Proxy>, pod: Arc<Pod>, connect: Connect) {
             connect.stream.refuse(StatusCode::BAD_REQUEST);
             return;
         };
-        if let Some(network) = &connect.source_network {
-            debug!(%network, "from another network, through its gateway");
+        if let Some(source) = &connect.source {
+            debug!(network = %source.network, "from another network, through its gateway");
         }
         let client_ip = connect.peer_addr.ip();
         if !authorized(&proxy, &pod, Some(&connect.peer), client_ip, to) {
@@ -83,13 +83,22 @@ async fn on_connect(proxy: Arc<Proxy>, pod: Arc<Pod>, connect: Connect) {
                     true,
                 );
                 let mut src = connect.peer_addr.to_string();
-                if let Some(network) = &connect.source_network {
+                if let Some(source) = &connect.source {
                     // The TCP peer is the gateway; the client is known by
-                    // its identity and network.
-                    labels.source_workload = "unknown".into();
+                    // its identity, and by what its agent says of it when
+                    // the config agrees.
+                    let state = proxy.state.snapshot();
+                    let client = super::claimed_client(&state, source, &connect.peer);
+                    labels.source_workload = client.map_or("unknown".into(), |w| w.name.clone());
                     labels.source_workload_namespace = connect.peer.namespace.clone();
-                    labels.source_cluster = "unknown".into();
-                    src = format!("{src} (gateway; client on network {network})");
+                    labels.source_cluster = client
+                        .map(|w| super::route::cluster(&state, w))
+                        .filter(|c| !c.is_empty())
+                        .unwrap_or_else(|| "unknown".into());
+                    src = format!(
+                        "{src} (gateway; client {} on network {})",
+                        labels.source_workload, source.network
+                    );
                 }
                 let dst = to.to_string();
                 let closed = proxy.track_inbound(&pod, Some(&connect.peer), client_ip, to);

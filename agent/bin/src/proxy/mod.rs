@@ -252,6 +252,22 @@ impl Proxy {
     }
 }
 
+/// The workload a client that came through an east-west gateway says it
+/// is (its agent's word, in the CONNECT), believed only when the config
+/// has a workload of that name under the identity its TLS session proved.
+pub fn claimed_client<'a>(
+    state: &'a Snapshot,
+    source: &strait_hbone::Source,
+    peer: &Identity,
+) -> Option<&'a strait_config::Workload> {
+    let name = source.workload.as_deref()?;
+    state
+        .config
+        .workloads
+        .iter()
+        .find(|w| w.name == name && w.namespace == peer.namespace && state.identity(w) == *peer)
+}
+
 /// Closes `stream` with a reset, so the client sees a failure rather than an
 /// orderly (and misleading) end of stream.
 pub fn reset(stream: tokio::net::TcpStream) {

@@ -273,7 +273,7 @@ async fn open(
     let connect = tokio::time::timeout(timeout, async {
         let mut tunnel = proxy
             .pool
-            .connect(&key, &target.into(), tls, || {
+            .connect(&key, &target.into(), None, tls, || {
                 pod.connect(hbone, None, |_| ())
             })
             .await?;

@@ -140,11 +140,20 @@ pub async fn open(
             warn!(%err, "no TLS configuration");
             Failure::Behind(Reason::Tls)
         })?;
-    let network = pod.workload.network.clone();
+    // Through the gateway the destination sees the gateway's address: the
+    // client tells where it is.
+    let source = (!pod.workload.network.is_empty()).then(|| {
+        let cluster = super::route::cluster(&proxy.state.snapshot(), &pod.workload);
+        strait_hbone::Source {
+            network: pod.workload.network.clone(),
+            cluster: (!cluster.is_empty()).then_some(cluster),
+            workload: Some(pod.workload.name.clone()),
+        }
+    });
     let work = async {
         let mut outer = proxy
             .pool
-            .connect(&key, &via.authority, outer_tls, || {
+            .connect(&key, &via.authority, source.as_ref(), outer_tls, || {
                 pod.connect(via.gateway, None, |_| ())
             })
             .await
@@ -172,7 +181,7 @@ pub async fn open(
             outer,
             via.gateway,
             &via.authority,
-            (!network.is_empty()).then_some(network.as_str()),
+            source.as_ref(),
             inner_tls,
         )
         .await

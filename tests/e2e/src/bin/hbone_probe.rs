@@ -76,7 +76,7 @@ async fn probe(
     let pool = Pool::new();
     let attempt = async {
         let mut tunnel = pool
-            .connect(&key, &authority, tls, || {
+            .connect(&key, &authority, None, tls, || {
                 tokio::net::TcpStream::connect(addr)
             })
             .await

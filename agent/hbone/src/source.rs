@@ -1,0 +1,151 @@
+//! Who the client is beyond its identity, when its connection came through
+//! an east-west gateway (so its TCP address is the gateway's): its network
+//! in `strait-source-network`, and its cluster and workload in a W3C
+//! `baggage` header with the keys Istio's ztunnel uses. What the client's
+//! agent claims here is telemetry only; the destination believes a
+//! workload name only when the mesh config has it under the identity the
+//! TLS session proved.
+use hyper::HeaderMap;
+
+/// Request header of an inner CONNECT through an east-west gateway: the
+/// client's network.
+pub const SOURCE_NETWORK_HEADER: &str = "strait-source-network";
+/// W3C baggage (`key=value,key=value`).
+pub const BAGGAGE_HEADER: &str = "baggage";
+const CLUSTER_KEY: &str = "k8s.cluster.name";
+const WORKLOAD_KEY: &str = "k8s.pod.name";
+/// Longer baggage is not read: a peer does not make us parse much.
+const MAX_BAGGAGE: usize = 1024;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Source {
+    pub network: String,
+    pub cluster: Option<String>,
+    pub workload: Option<String>,
+}
+
+/// The source network header held something that is no network name.
+#[derive(Debug, thiserror::Error)]
+#[error("bad {SOURCE_NETWORK_HEADER} header")]
+pub struct BadSource;
+
+impl Source {
+    pub(crate) fn to_headers(&self) -> Vec<(&'static str, String)> {
+        let mut headers = vec![(SOURCE_NETWORK_HEADER, self.network.clone())];
+        let baggage: Vec<String> = [(CLUSTER_KEY, &self.cluster), (WORKLOAD_KEY, &self.workload)]
+            .into_iter()
+            .filter_map(|(k, v)| Some(format!("{k}={}", v.as_deref().filter(|v| name(v))?)))
+            .collect();
+        if !baggage.is_empty() {
+            headers.push((BAGGAGE_HEADER, baggage.join(",")));
+        }
+        headers
+    }
+
+    /// From a CONNECT's headers: `None` without a source network; an error
+    /// when that header is malformed. Baggage entries that are not names
+    /// are left out, not refused: they are only telemetry.
+    pub(crate) fn from_headers(headers: &HeaderMap) -> Result<Option<Self>, BadSource> {
+        let Some(network) = headers.get(SOURCE_NETWORK_HEADER) else {
+            return Ok(None);
+        };
+        let network = network.to_str().ok().filter(|v| name(v)).ok_or(BadSource)?;
+        let mut source = Source {
+            network: network.to_string(),
+            ..Source::default()
+        };
+        for value in headers.get_all(BAGGAGE_HEADER) {
+            let Some(text) = value.to_str().ok().filter(|t| t.len() <= MAX_BAGGAGE) else {
+                continue;
+            };
+            for member in text.split(',') {
+                // A member's properties (after ';') say nothing we use.
+                let member = member.split(';').next().unwrap_or_default();
+                let Some((key, value)) = member.split_once('=') else {
+                    continue;
+                };
+                let value = value.trim();
+                if !name(value) {
+                    continue;
+                }
+                match key.trim() {
+                    CLUSTER_KEY => source.cluster = Some(value.to_string()),
+                    WORKLOAD_KEY => source.workload = Some(value.to_string()),
+                    _ => {}
+                }
+            }
+        }
+        Ok(Some(source))
+    }
+}
+
+/// A network, cluster or workload name: what a Kubernetes name or label
+/// value may hold.
+fn name(v: &str) -> bool {
+    !v.is_empty()
+        && v.len() <= 253
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.append(*k, v.parse().unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn round_trip() {
+        let source = Source {
+            network: "net1".into(),
+            cluster: Some("c1".into()),
+            workload: Some("client-7d9f".into()),
+        };
+        let pairs = source.to_headers();
+        let map = headers(
+            &pairs
+                .iter()
+                .map(|(k, v)| (*k, v.as_str()))
+                .collect::<Vec<_>>(),
+        );
+        assert_eq!(Source::from_headers(&map).unwrap(), Some(source));
+    }
+
+    #[test]
+    fn no_network_no_source() {
+        let map = headers(&[(BAGGAGE_HEADER, "k8s.cluster.name=c1")]);
+        assert_eq!(Source::from_headers(&map).unwrap(), None);
+    }
+
+    #[test]
+    fn a_bad_network_is_refused() {
+        for bad in ["", "net 1", "net/1", &"n".repeat(254)] {
+            let map = headers(&[(SOURCE_NETWORK_HEADER, bad)]);
+            assert!(Source::from_headers(&map).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn odd_baggage_is_left_out() {
+        let map = headers(&[
+            (SOURCE_NETWORK_HEADER, "net1"),
+            (
+                BAGGAGE_HEADER,
+                "other=1, k8s.cluster.name = c2 ;prop=x,k8s.pod.name=a b,junk",
+            ),
+            (
+                BAGGAGE_HEADER,
+                &format!("k8s.pod.name={}", "x".repeat(2000)),
+            ),
+        ]);
+        let source = Source::from_headers(&map).unwrap().unwrap();
+        assert_eq!(source.cluster.as_deref(), Some("c2"));
+        assert_eq!(source.workload, None);
+    }
+}

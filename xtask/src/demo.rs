@@ -1,7 +1,8 @@
 //! `cargo xtask demo`: two clusters on two networks, an agent on every node,
 //! and unmodified programs in pods talking over mutual TLS, by address and
-//! by names only the mesh knows, under an AuthorizationPolicy applied live,
-//! staying in their zone and failing over to the next when it dies.
+//! by names only the mesh knows, across networks through east-west
+//! gateways, under an AuthorizationPolicy applied live, staying in their
+//! zone and failing over to the next when it dies.
 use std::{
     net::IpAddr,
     time::{Duration, Instant},
@@ -9,7 +10,8 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use strait_e2e::{
-    Mesh, curl, http_server, marker_url, metric_sum, namespace_yaml, node_yaml, workload_yaml,
+    Mesh, curl, east_west_gateway_yaml, http_server, marker_url, metric_sum, namespace_yaml,
+    topology_node_yaml, workload_yaml,
 };
 use strait_topology::{Locality, Place, Process, Spec, Topology};
 
@@ -22,8 +24,9 @@ fn spec() -> Spec {
     for (name, cluster, region, zone) in NODES {
         let network = format!("{cluster}-net");
         let locality = Locality::new(region, zone, "");
-        // The first node of each cluster is its gateway.
-        spec = if name.ends_with("-1") {
+        // Each network's edge, on the segment between networks, runs its
+        // east-west gateway.
+        spec = if name.ends_with("-gw") {
             spec.gateway_node(name, cluster, &network, locality)
         } else {
             spec.node(name, cluster, &network, locality)
@@ -59,6 +62,7 @@ pub fn run() -> Result<()> {
         ("backend-west", "backend"),
     ];
     let mut yaml = namespace_yaml("shop", true);
+    yaml.push_str(&namespace_yaml("istio-system", false));
     for (pod, sa) in accounts {
         let labels: &[(&str, &str)] = if pod.starts_with("backend-") && pod != "backend-west" {
             &[("service", "backend")]
@@ -70,18 +74,38 @@ pub fn run() -> Result<()> {
             "  WorkloadEntry shop/{pod:<13} serviceAccount {sa:<9} -> spiffe://cluster.local/ns/shop/sa/{sa}"
         );
     }
-    for (node, _, region, zone) in NODES {
-        yaml.push_str(&node_yaml(node, region, zone));
+    for node in topo.nodes() {
+        yaml.push_str(&topology_node_yaml(node));
+    }
+    for (network, gateway) in [("east-net", "east-gw"), ("west-net", "west-gw")] {
+        yaml.push_str(&east_west_gateway_yaml(&topo, network, &[gateway]).map_err(boxed)?);
     }
     yaml.push_str(SERVICES);
-    println!("  Node objects with topology labels: workloads take their node's locality");
+    println!(
+        "  Node objects with topology labels: workloads take their node's locality and network"
+    );
     println!("  Service      shop/backend       10.96.0.80:8080 -> pods labelled service=backend");
+    println!(
+        "                                  istio.io/global=true: reachable from other networks"
+    );
+    println!(
+        "  Gateway      istio-system/eastwest-east-net, eastwest-west-net (istio-east-west, HBONE 15008)"
+    );
     println!("  ServiceEntry shop/api           api.shop.global:80 -> the same pods, port 8080");
     mesh.write("demo.yaml", &yaml).map_err(boxed)?;
 
     section("agents: one per node; each captures only its own node's pods (real eBPF)");
     let mut agents = Vec::new();
     for node in topo.nodes() {
+        if let Some((v4, v6)) = node.addrs.internet {
+            let network = &node.spec.network;
+            agents.push(mesh.start_gateway(node.name(), network).map_err(boxed)?);
+            println!(
+                "  {:<8} east-west gateway into {network}: HBONE on {v4}:15008 and [{v6}]:15008",
+                node.name()
+            );
+            continue;
+        }
         agents.push(mesh.start_agent(node.name(), &[]).map_err(boxed)?);
         let workloads = mesh.straitctl(node.name(), &["workloads"]).map_err(boxed)?;
         for line in workloads.lines().skip(1) {
@@ -151,11 +175,8 @@ pub fn run() -> Result<()> {
         answer(topo.pod("client-west")?, west)?
     );
     println!(
-        "  frontend    -> backend-west  {west:<15} {}",
+        "  frontend    -> backend-west  {west:<15} {} (another network: through west's gateway)",
         answer(frontend, west)?
-    );
-    println!(
-        "  (east and west are separate networks: crossing them needs east-west gateways, not built yet)"
     );
 
     section("names only the mesh knows: DNS captured by eBPF, answered by the agent");
@@ -207,6 +228,8 @@ pub fn run() -> Result<()> {
     if leaked || pcap.tls_handshakes() == 0 {
         bail!("the traffic between the nodes was not mutual TLS");
     }
+
+    across_networks(&mesh, &topo)?;
 
     section("AuthorizationPolicy, applied and removed live (no restart)");
     let batch = topo.pod("batch")?;
@@ -302,6 +325,79 @@ pub fn run() -> Result<()> {
     teardown(agents, topo, "")
 }
 
+/// client-west (west-net) calls the backend service, whose endpoints are
+/// all in east-net: double HBONE through east's gateway, the identity kept.
+fn across_networks(mesh: &Mesh<'_>, topo: &Topology) -> Result<()> {
+    section("across networks: west-net -> east-net through east's east-west gateway");
+    println!(
+        "  west's pods have no route to east's pod addresses; east-gw and west-gw share a segment"
+    );
+    let table = mesh
+        .straitctl("west-1", &["endpoints", "backend.shop"])
+        .map_err(boxed)?;
+    for line in table.lines() {
+        println!("  {line}");
+    }
+    let gateway = topo.node("east-gw")?;
+    let segment = gateway.capture("eth1", &["tcp"])?;
+    let inside = gateway.capture("eth0", &["tcp"])?;
+    let client = topo.pod("client-west")?;
+    for url in [
+        "http://10.96.0.80:8080/marker",
+        "http://[fd00:96::80]:8080/marker",
+    ] {
+        println!("  client-west -> {url:<33} {}", answer_url(client, url)?);
+    }
+    let (segment, inside) = (segment.finish()?, inside.finish()?);
+    for (what, pcap) in [
+        ("between the networks (east-gw eth1)", &segment),
+        ("inside east-net (east-gw eth0)", &inside),
+    ] {
+        let ports: Vec<String> = pcap
+            .tcp_ports()
+            .iter()
+            .filter(|p| **p < 32768)
+            .map(u16::to_string)
+            .collect();
+        let leaked = pcap.contains(b"GET /") || pcap.contains(b"hello from");
+        println!(
+            "  {what}: {} TCP packets, server ports {}, TLS ClientHellos {}, HTTP in the clear: {}",
+            pcap.len(),
+            ports.join(", "),
+            pcap.tls_handshakes(),
+            if leaked { "YES" } else { "none" }
+        );
+        if leaked || pcap.tls_handshakes() == 0 || ports != ["15008"] {
+            bail!("{what}: not only mutual TLS to 15008");
+        }
+    }
+    println!("  two TLS sessions per connection: client-west's agent to the gateway (outer),");
+    println!("  and to the endpoint's agent inside it (inner), which the gateway never decrypts");
+    let metrics = mesh.metrics("east-1").map_err(boxed)?;
+    let seen = metric_sum(
+        &metrics,
+        "istio_tcp_connections_opened_total",
+        &[
+            "reporter=\"destination\"",
+            "source_principal=\"spiffe://cluster.local/ns/shop/sa/client\"",
+            "source_cluster=\"west\"",
+        ],
+    );
+    let carried = metric_sum(
+        &mesh.metrics("east-gw").map_err(boxed)?,
+        "istio_tcp_connections_opened_total",
+        &["reporter=\"gateway\""],
+    );
+    println!(
+        "  east-1 (backend-near's node) saw {seen} connection(s) from spiffe://cluster.local/ns/shop/sa/client, cluster west;"
+    );
+    println!("  east-gw carried {carried}");
+    if seen == 0 {
+        bail!("the destination did not see the client's own identity");
+    }
+    Ok(())
+}
+
 /// Stops the agents, removes the topology and checks nothing is left;
 /// `also` names what else went with it.
 pub(crate) fn teardown(agents: Vec<Process>, topo: Topology, also: &str) -> Result<()> {
@@ -358,11 +454,13 @@ pub(crate) fn print_topology(topo: &Topology) {
 
 /// The nodes: name, cluster (whose network is `<cluster>-net`), region and
 /// zone, as the topology builds them and their Node objects label them.
-const NODES: [(&str, &str, &str, &str); 4] = [
+const NODES: [(&str, &str, &str, &str); 6] = [
     ("east-1", "east", "us-east", "us-east-1a"),
     ("east-2", "east", "us-east", "us-east-1b"),
+    ("east-gw", "east", "us-east", "us-east-1a"),
     ("west-1", "west", "us-west", "us-west-1a"),
     ("west-2", "west", "us-west", "us-west-1b"),
+    ("west-gw", "west", "us-west", "us-west-1a"),
 ];
 
 const SERVICES: &str = "apiVersion: v1
@@ -370,8 +468,11 @@ kind: Service
 metadata:
   name: backend
   namespace: shop
+  labels:
+    istio.io/global: \"true\"
 spec:
   clusterIP: 10.96.0.80
+  clusterIPs: [10.96.0.80, \"fd00:96::80\"]
   selector:
     service: backend
   ports:

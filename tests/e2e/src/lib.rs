@@ -403,6 +403,42 @@ pub fn node_yaml(name: &str, region: &str, zone: &str) -> String {
     )
 }
 
+/// The Node object of a topology node with all it says of where the node
+/// is: region, zone, network and cluster labels.
+pub fn topology_node_yaml(node: &Node) -> String {
+    let s = &node.spec;
+    format!(
+        "apiVersion: v1\nkind: Node\nmetadata:\n  name: {}\n  labels:\n    topology.kubernetes.io/region: {}\n    topology.kubernetes.io/zone: {}\n    topology.istio.io/network: {}\n    topology.istio.io/cluster: {}\n---\n",
+        s.name, s.locality.region, s.locality.zone, s.network, s.cluster
+    )
+}
+
+/// An east-west Gateway into `network` (`istio-system/eastwest-<network>`,
+/// as Istio's docs name it) at the shared-segment addresses of the gateway
+/// nodes `nodes`, with a WorkloadEntry per instance: the CA signs the
+/// gateway's identity for the node that runs an instance.
+pub fn east_west_gateway_yaml(topo: &Topology, network: &str, nodes: &[&str]) -> Result<String> {
+    let name = format!("eastwest-{network}");
+    let mut addresses = String::new();
+    let mut instances = String::new();
+    for node in nodes {
+        let (v4, v6) = topo
+            .node(node)?
+            .addrs
+            .internet
+            .ok_or_else(|| format!("{node} is not a gateway node"))?;
+        addresses.push_str(&format!(
+            "  - {{type: IPAddress, value: \"{v4}\"}}\n  - {{type: IPAddress, value: \"{v6}\"}}\n"
+        ));
+        instances.push_str(&format!(
+            "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata:\n  name: {name}-{node}\n  namespace: istio-system\n  annotations:\n    strait.dev/node: {node}\n    strait.dev/addresses: \"{v6}\"\nspec:\n  address: {v4}\n  serviceAccount: {name}-istio-east-west\n  labels:\n    gateway.networking.k8s.io/gateway-name: {name}\n---\n"
+        ));
+    }
+    Ok(format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata:\n  name: {name}\n  namespace: istio-system\n  labels:\n    topology.istio.io/network: {network}\nspec:\n  gatewayClassName: istio-east-west\n  listeners:\n  - name: mesh\n    port: 15008\n    protocol: HBONE\n  addresses:\n{addresses}---\n{instances}"
+    ))
+}
+
 /// `http://<ip>:<port>/marker`, bracketing IPv6.
 pub fn marker_url(ip: std::net::IpAddr, port: u16) -> String {
     match ip {
@@ -661,6 +697,19 @@ impl<'t> Mesh<'t> {
     pub fn write(&self, file: &str, yaml: &str) -> Result<()> {
         std::fs::write(self.config_dir.join(file), yaml)?;
         Ok(())
+    }
+
+    /// Starts the east-west gateway role on gateway node `node`, for the
+    /// Gateway [`east_west_gateway_yaml`] writes for `network`.
+    pub fn start_gateway(&self, node: &str, network: &str) -> Result<Process> {
+        let gateway = format!("istio-system/eastwest-{network}");
+        self.start_agent(
+            node,
+            &[
+                ("--role", "east-west-gateway"),
+                ("--gateway", gateway.as_str()),
+            ],
+        )
     }
 
     /// Starts the agent of `node` and waits for readiness. `overrides`

@@ -12,8 +12,9 @@ use std::{
 };
 
 use strait_e2e::{
-    Load, Mesh, Result, connections, curl, curl_body, http_server, marker_url, metric_sum,
-    monotonic_now, namespace_yaml, require_root, workload_yaml,
+    Load, Mesh, Result, connections, curl, curl_body, east_west_gateway_yaml, http_server,
+    marker_url, metric_sum, monotonic_now, namespace_yaml, require_root, topology_node_yaml,
+    workload_yaml,
 };
 use strait_topology::{Locality, Place, Process, Spec, Topology};
 
@@ -36,45 +37,12 @@ fn spec() -> Spec {
         .pod("s1", "n2a")
 }
 
-/// A node of `network` (one cluster per network here: c1, c2).
-fn node_yaml(name: &str, network: &str, region: &str) -> String {
-    let cluster = network.replace("net", "c");
-    format!(
-        "apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  labels:\n    topology.kubernetes.io/region: {region}\n    topology.kubernetes.io/zone: z1\n    topology.istio.io/network: {network}\n    topology.istio.io/cluster: {cluster}\n---\n"
-    )
-}
-
-/// An east-west gateway into `network` at `addresses`, with its instances
-/// (on the gateway nodes, at their addresses on the shared segment).
-fn gateway_yaml(topo: &Topology, network: &str, nodes: &[&str]) -> Result<String> {
-    let name = format!("eastwest-{network}");
-    let mut addresses = String::new();
-    let mut instances = String::new();
-    for node in nodes {
-        let (v4, v6) = topo
-            .node(node)?
-            .addrs
-            .internet
-            .ok_or("not a gateway node")?;
-        addresses.push_str(&format!(
-            "  - {{type: IPAddress, value: \"{v4}\"}}\n  - {{type: IPAddress, value: \"{v6}\"}}\n"
-        ));
-        instances.push_str(&format!(
-            "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata:\n  name: {name}-{node}\n  namespace: istio-system\n  annotations:\n    strait.dev/node: {node}\n    strait.dev/addresses: \"{v6}\"\nspec:\n  address: {v4}\n  serviceAccount: {name}-istio-east-west\n  labels:\n    gateway.networking.k8s.io/gateway-name: {name}\n---\n"
-        ));
-    }
-    Ok(format!(
-        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata:\n  name: {name}\n  namespace: istio-system\n  labels:\n    topology.istio.io/network: {network}\nspec:\n  gatewayClassName: istio-east-west\n  listeners:\n  - name: mesh\n    port: 15008\n    protocol: HBONE\n  addresses:\n{addresses}---\n{instances}"
-    ))
-}
-
 fn config(topo: &Topology) -> Result<String> {
     let mut yaml = namespace_yaml("shop", true);
     yaml.push_str(&namespace_yaml("istio-system", false));
-    yaml.push_str(&node_yaml("n1a", "net1", "r1"));
-    yaml.push_str(&node_yaml("g1", "net1", "r1"));
-    yaml.push_str(&node_yaml("n2a", "net2", "r2"));
-    yaml.push_str(&node_yaml("g2a", "net2", "r2"));
+    for node in topo.nodes() {
+        yaml.push_str(&topology_node_yaml(node));
+    }
     yaml.push_str(&workload_yaml(topo.pod("client")?, "shop", "client", &[]));
     yaml.push_str(&workload_yaml(topo.pod("other")?, "shop", "other", &[]));
     yaml.push_str(&workload_yaml(
@@ -90,21 +58,9 @@ fn config(topo: &Topology) -> Result<String> {
     yaml.push_str(
         "apiVersion: v1\nkind: Service\nmetadata:\n  name: db\n  namespace: shop\nspec:\n  clusterIP: 10.96.0.12\n  selector:\n    service: web\n  ports:\n  - name: tcp\n    port: 5432\n    targetPort: 8080\n---\n",
     );
-    yaml.push_str(&gateway_yaml(topo, "net1", &["g1"])?);
-    yaml.push_str(&gateway_yaml(topo, "net2", &["g2a"])?);
+    yaml.push_str(&east_west_gateway_yaml(topo, "net1", &["g1"])?);
+    yaml.push_str(&east_west_gateway_yaml(topo, "net2", &["g2a"])?);
     Ok(yaml)
-}
-
-/// The gateway role on `node`.
-fn start_gateway(mesh: &Mesh<'_>, node: &str, network: &str) -> Result<Process> {
-    let gateway = format!("istio-system/eastwest-{network}");
-    mesh.start_agent(
-        node,
-        &[
-            ("--role", "east-west-gateway"),
-            ("--gateway", gateway.as_str()),
-        ],
-    )
 }
 
 #[test]
@@ -132,8 +88,8 @@ fn a_service_on_another_network_is_reached_through_its_gateway_as_the_client() -
 
     let agents = [mesh.start_agent("n1a", &[])?, mesh.start_agent("n2a", &[])?];
     let gateways = [
-        start_gateway(&mesh, "g1", "net1")?,
-        start_gateway(&mesh, "g2a", "net2")?,
+        mesh.start_gateway("g1", "net1")?,
+        mesh.start_gateway("g2a", "net2")?,
     ];
 
     let segment = topo.node("g2a")?.capture("eth1", &["tcp"])?;
@@ -412,16 +368,8 @@ fn failover_spec() -> Spec {
 fn failover_config(topo: &Topology) -> Result<String> {
     let mut yaml = namespace_yaml("shop", true);
     yaml.push_str(&namespace_yaml("istio-system", false));
-    for (node, network, region) in [
-        ("n1a", "net1", "r1"),
-        ("n1b", "net1", "r1"),
-        ("g1", "net1", "r1"),
-        ("n2a", "net2", "r2"),
-        ("n2b", "net2", "r2"),
-        ("g2a", "net2", "r2"),
-        ("g2b", "net2", "r2"),
-    ] {
-        yaml.push_str(&node_yaml(node, network, region));
+    for node in topo.nodes() {
+        yaml.push_str(&topology_node_yaml(node));
     }
     yaml.push_str(&workload_yaml(topo.pod("client")?, "shop", "client", &[]));
     for pod in ["a1", "s1", "s2"] {
@@ -435,7 +383,7 @@ fn failover_config(topo: &Topology) -> Result<String> {
     yaml.push_str(&format!(
         "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: shop\n  labels:\n    istio.io/global: \"true\"\nspec:\n  clusterIP: {SHARED_VIP}\n  selector:\n    service: web\n  ports:\n  - name: http\n    port: 80\n    targetPort: 8080\n---\n"
     ));
-    yaml.push_str(&gateway_yaml(topo, "net2", &["g2a", "g2b"])?);
+    yaml.push_str(&east_west_gateway_yaml(topo, "net2", &["g2a", "g2b"])?);
     Ok(yaml)
 }
 
@@ -473,8 +421,8 @@ fn failover_crosses_to_the_other_network_and_survives_a_gateway() -> Result<()> 
         .iter()
         .map(|n| mesh.start_agent(n, &[]))
         .collect::<Result<Vec<_>>>()?;
-    let _g2a = start_gateway(&mesh, "g2a", "net2")?;
-    let mut g2b = start_gateway(&mesh, "g2b", "net2")?;
+    let _g2a = mesh.start_gateway("g2a", "net2")?;
+    let mut g2b = mesh.start_gateway("g2b", "net2")?;
     let mut a1 = http_server(topo.pod("a1")?, 8080, "a1")?;
     let _net2 = [
         http_server(topo.pod("s1")?, 8080, "s1")?,

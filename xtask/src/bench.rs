@@ -3,7 +3,9 @@
 //! the mesh's config, but no agent runs yet); then through a pair of plain
 //! user-space relays, one in each pod, which is what any design that puts
 //! a proxy process at each end pays before doing anything; then the same
-//! measurements with an agent on each node.
+//! measurements with an agent on each node; then from the same client to a
+//! server on another network, through that network's east-west gateway
+//! (double HBONE), beside the same-network figures of the same run.
 use std::{
     net::{IpAddr, Ipv4Addr},
     path::Path,
@@ -11,7 +13,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, anyhow, bail};
-use strait_e2e::{Mesh, namespace_yaml, workload_yaml};
+use strait_e2e::{Mesh, east_west_gateway_yaml, namespace_yaml, topology_node_yaml, workload_yaml};
 use strait_topology::{Locality, Place, Process, Spec, Topology};
 
 use crate::{
@@ -40,6 +42,8 @@ const CONN_PORT: u16 = 7000;
 /// client pod (on loopback) and in the server pod.
 const RELAY_CLIENT_OFFSET: u16 = 10000;
 const RELAY_SERVER_OFFSET: u16 = 20000;
+/// The service whose only endpoint is on the other network.
+const FAR_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 30);
 
 /// Where the client sends each measurement's traffic.
 #[derive(Clone, Copy)]
@@ -132,27 +136,39 @@ pub fn run(only: Option<Part>) -> Result<()> {
 fn path_and_scale(bin: &Path, path: bool, scale_rows: bool) -> Result<()> {
     let bin = bin.to_path_buf();
 
-    section("topology: client pod on n1, server pod on n2, one veth hop each way");
+    section(
+        "topology: client pod on n1, server pod on n2, one veth hop each way; \
+         far pod on n3 in net2, behind the gateway nodes g1 (net1) and g2 (net2)",
+    );
     let topo = Topology::create(
         Spec::new()
             .node("n1", "c1", "net1", Locality::new("r1", "z1", ""))
             .node("n2", "c1", "net1", Locality::new("r1", "z2", ""))
+            .gateway_node("g1", "c1", "net1", Locality::new("r1", "z1", ""))
+            .node("n3", "c2", "net2", Locality::new("r2", "z1", ""))
+            .gateway_node("g2", "c2", "net2", Locality::new("r2", "z1", ""))
             .pod("client", "n1")
-            .pod("server", "n2"),
+            .pod("server", "n2")
+            .pod("far", "n3"),
     )
     .context("creating the bench topology")?;
     let mesh = Mesh::with_bin_dir(&topo, bin.clone()).map_err(anyhow::Error::from_boxed)?;
-    let (client, server) = (topo.pod("client")?, topo.pod("server")?);
-    mesh.write(
-        "bench.yaml",
-        &[
-            namespace_yaml("bench", true),
-            workload_yaml(client, "bench", "client", &[]),
-            workload_yaml(server, "bench", "server", &[]),
-        ]
-        .concat(),
-    )
-    .map_err(anyhow::Error::from_boxed)?;
+    let (client, server, far) = (topo.pod("client")?, topo.pod("server")?, topo.pod("far")?);
+    let mut yaml = [
+        namespace_yaml("bench", true),
+        namespace_yaml("istio-system", false),
+        workload_yaml(client, "bench", "client", &[]),
+        workload_yaml(server, "bench", "server", &[]),
+        workload_yaml(far, "bench", "far", &[("service", "far")]),
+        east_west_gateway_yaml(&topo, "net2", &["g2"]).map_err(anyhow::Error::from_boxed)?,
+        far_service(),
+    ]
+    .concat();
+    for node in topo.nodes() {
+        yaml.push_str(&topology_node_yaml(node));
+    }
+    mesh.write("bench.yaml", &yaml)
+        .map_err(anyhow::Error::from_boxed)?;
     if path {
         let _servers = start_servers(server, &bin)?;
 
@@ -192,6 +208,26 @@ fn path_and_scale(bin: &Path, path: bool, scale_rows: bool) -> Result<()> {
             .map(|a| rss_mib(a).0)
             .max_by(f64::total_cmp)
             .unwrap_or(0.0);
+
+        section("strait across networks: n1 -> g2 (east-west gateway) -> n3, double HBONE");
+        let _far_servers = start_servers(far, &bin)?;
+        let mut far_agents = vec![
+            mesh.start_agent("n3", &[])
+                .map_err(anyhow::Error::from_boxed)?,
+        ];
+        far_agents.push(
+            mesh.start_gateway("g2", "net2")
+                .map_err(anyhow::Error::from_boxed)?,
+        );
+        let across = measure(
+            client,
+            Target {
+                ip: FAR_VIP.into(),
+                port_offset: 0,
+            },
+            &bin,
+        )?;
+        drop(far_agents);
         drop(agents);
 
         section("results");
@@ -199,6 +235,8 @@ fn path_and_scale(bin: &Path, path: bool, scale_rows: bool) -> Result<()> {
         println!(
             "| agents' CPU per new connection (µs, both ends) | - | - | {cpu_per_connection_us:.0} | - | - | |"
         );
+        println!();
+        print_across(&mesh_figures, &across);
     }
     if scale_rows {
         section(&format!(
@@ -235,6 +273,54 @@ fn path_and_scale(bin: &Path, path: bool, scale_rows: bool) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `far` (the pod on net2) as a service exported to other networks, with
+/// the bench's ports.
+fn far_service() -> String {
+    let ports: String = [
+        ("iperf", IPERF_PORT),
+        ("sockperf", SOCKPERF_PORT),
+        ("conn", CONN_PORT),
+    ]
+    .iter()
+    .map(|(name, port)| format!("  - name: tcp-{name}\n    port: {port}\n"))
+    .collect();
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: far\n  namespace: bench\n  labels:\n    istio.io/global: \"true\"\nspec:\n  clusterIP: {FAR_VIP}\n  selector:\n    service: far\n  ports:\n{ports}---\n"
+    )
+}
+
+/// The same client, the same measurements: to a server on its own network
+/// and to one on the other, through the gateway.
+fn print_across(same: &Figures, across: &Figures) {
+    type Row = (&'static str, fn(&Figures) -> f64, Compare);
+    let rows: [Row; 4] = [
+        (
+            "throughput, 1 stream (Gbit/s)",
+            |f| f.gbps_1,
+            Compare::Ratio,
+        ),
+        (
+            "latency 64 B RTT p50 (µs)",
+            |f| f.rtt_p50_us,
+            Compare::Added,
+        ),
+        ("new connections (/s)", |f| f.conn_per_s, Compare::Ratio),
+        (
+            "connect+first byte p50 (µs)",
+            |f| f.conn_p50_us,
+            Compare::Added,
+        ),
+    ];
+    println!(
+        "| measurement | strait, same network | strait, across networks (via the gateway) | across vs same |"
+    );
+    println!("|---|---:|---:|---:|");
+    for (name, figure, compare) in rows {
+        let (s, a) = (figure(same), figure(across));
+        println!("| {name} | {s:.2} | {a:.2} | {} |", compare.show(a, s));
+    }
 }
 
 fn start_servers(server: &Place, bin: &Path) -> Result<Vec<Process>> {

@@ -998,6 +998,83 @@ pub fn wait_for_line(process: &mut Process, line: &str, timeout: Duration) -> Re
     }
 }
 
+/// Waits until `process` printed a line starting with `prefix`.
+pub fn wait_for_line_prefix(process: &mut Process, prefix: &str, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    while !process.log().lines().any(|l| l.starts_with(prefix)) {
+        if Instant::now() >= deadline {
+            return Err(format!("no {prefix:?} within {timeout:?}:\n{}", process.log()).into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// Opens `n` TCP connections to `host:port` and keeps them open and silent
+/// (a TLS server waits for a ClientHello) until its stdin closes or 60 s
+/// pass; prints how many it opened, and how many the server closed by the
+/// end.
+const SLOW_HANDSHAKES: &str = r#"
+import resource, select, socket, sys, time
+host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+socks = []
+for _ in range(n):
+    s = socket.socket()
+    s.settimeout(5)
+    try:
+        s.connect((host, port))
+        socks.append(s)
+    except OSError:
+        s.close()
+print("opened", len(socks), flush=True)
+deadline = time.time() + float(sys.argv[4])
+closed = set()
+while time.time() < deadline and len(closed) < len(socks):
+    r, _, _ = select.select([s for s in socks if s not in closed], [], [], 0.5)
+    for s in r:
+        try:
+            if not s.recv(1):
+                closed.add(s)
+        except OSError:
+            closed.add(s)
+print("closed by the server", len(closed), flush=True)
+"#;
+
+/// `n` TCP connections from `place` to `host:port`, open and silent for up
+/// to `seconds` (handshakes that never start); returns once they are open.
+/// The process prints, at the end, how many the server closed.
+pub fn slow_handshakes(
+    place: &Place,
+    host: std::net::IpAddr,
+    port: u16,
+    n: u32,
+    seconds: u32,
+) -> Result<Process> {
+    let mut slow = place.spawn(&[
+        "python3",
+        "-c",
+        SLOW_HANDSHAKES,
+        &host.to_string(),
+        &port.to_string(),
+        &n.to_string(),
+        &seconds.to_string(),
+    ])?;
+    wait_for_line_prefix(&mut slow, "opened", Duration::from_secs(30))?;
+    Ok(slow)
+}
+
+/// How many of [`slow_handshakes`]' connections the server closed (once it
+/// printed so).
+pub fn closed_by_the_server(slow: &Process) -> usize {
+    slow.log()
+        .lines()
+        .find_map(|l| l.strip_prefix("closed by the server "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// A client key and certificate for `identity`, signed by the CA whose
 /// certificate and key are `ca_cert`/`ca_key`, made with openssl (an
 /// independent TLS implementation, not ours) in `dir`: (cert, key) paths.

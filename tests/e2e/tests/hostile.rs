@@ -7,42 +7,11 @@ use std::{
 };
 
 use strait_e2e::{
-    Mesh, Result, client_cert, connections, footprint, http_server, metric_sum, monotonic_now,
-    namespace_yaml, require_root, two_nodes, workload_yaml,
+    Mesh, Result, client_cert, closed_by_the_server, connections, footprint, http_server,
+    metric_sum, monotonic_now, namespace_yaml, require_root, slow_handshakes, two_nodes,
+    wait_for_line_prefix, workload_yaml,
 };
 use strait_topology::Topology;
-
-/// Opens `n` TCP connections to `host:port` and keeps them open and silent
-/// (a TLS server waits for a ClientHello) until its stdin closes or 60 s
-/// pass; prints how many it opened, and how many the server closed by the
-/// end.
-const SLOW_HANDSHAKES: &str = r#"
-import resource, select, socket, sys, time
-host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-socks = []
-for _ in range(n):
-    s = socket.socket()
-    s.settimeout(5)
-    try:
-        s.connect((host, port))
-        socks.append(s)
-    except OSError:
-        s.close()
-print("opened", len(socks), flush=True)
-deadline = time.time() + float(sys.argv[4])
-closed = set()
-while time.time() < deadline and len(closed) < len(socks):
-    r, _, _ = select.select([s for s in socks if s not in closed], [], [], 0.5)
-    for s in r:
-        try:
-            if not s.recv(1):
-                closed.add(s)
-        except OSError:
-            closed.add(s)
-print("closed by the server", len(closed), flush=True)
-"#;
 
 #[test]
 fn slow_handshakes_and_a_stream_flood_do_not_starve_other_clients() -> Result<()> {
@@ -74,16 +43,7 @@ fn slow_handshakes_and_a_stream_flood_do_not_starve_other_clients() -> Result<()
     let before = footprint(agent2.pid())?;
 
     // A thousand handshakes that never start.
-    let mut slow = attacker.spawn(&[
-        "python3",
-        "-c",
-        SLOW_HANDSHAKES,
-        &api.ipv4.to_string(),
-        "15008",
-        "1000",
-        "30",
-    ])?;
-    wait_for_line_prefix(&mut slow, "opened", Duration::from_secs(30))?;
+    let mut slow = slow_handshakes(attacker, api.ipv4.into(), 15008, 1000, 30)?;
 
     // A flood of streams from one identity, which holds a certificate the
     // mesh trusts (minted here as an operator would), on 30 connections.
@@ -150,30 +110,10 @@ fn slow_handshakes_and_a_stream_flood_do_not_starve_other_clients() -> Result<()
         during.1,
         before.1
     );
-    let closed: usize = slow
-        .log()
-        .lines()
-        .find_map(|l| l.strip_prefix("closed by the server "))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or(0);
+    let closed = closed_by_the_server(&slow);
     assert!(
         closed >= 900,
         "only {closed} silent connections were closed"
     );
-    Ok(())
-}
-
-fn wait_for_line_prefix(
-    process: &mut strait_topology::Process,
-    prefix: &str,
-    timeout: Duration,
-) -> Result<()> {
-    let deadline = Instant::now() + timeout;
-    while !process.log().lines().any(|l| l.starts_with(prefix)) {
-        if Instant::now() >= deadline {
-            return Err(format!("no {prefix:?} within {timeout:?}:\n{}", process.log()).into());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
     Ok(())
 }

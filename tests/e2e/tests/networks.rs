@@ -12,8 +12,9 @@ use std::{
 };
 
 use strait_e2e::{
-    Load, Mesh, Result, connections, curl, curl_body, east_west_gateway_yaml, http_server,
-    marker_url, metric_sum, monotonic_now, namespace_yaml, require_root, topology_node_yaml,
+    Load, Mesh, Result, client_cert, closed_by_the_server, connections, curl, curl_body,
+    east_west_gateway_yaml, footprint, http_server, marker_url, metric_sum, monotonic_now,
+    namespace_yaml, require_root, slow_handshakes, topology_node_yaml, wait_for_line_prefix,
     workload_yaml,
 };
 use strait_topology::{Locality, Place, Process, Spec, Topology};
@@ -540,6 +541,96 @@ fn failover_crosses_to_the_other_network_and_survives_a_gateway() -> Result<()> 
         u64::from(CONNECTIONS),
         "{:?}",
         got.answers
+    );
+    Ok(())
+}
+
+/// The gateway faces every network: a thousand TLS handshakes that never
+/// start and a flood of HTTP/2 streams from a mesh identity, both from
+/// net1's edge (the address net1's clients share behind its NAT), while
+/// the client's connections across keep being served.
+#[test]
+fn the_gateway_holds_floods_to_its_limits() -> Result<()> {
+    require_root();
+    let _turn = TURN.lock().unwrap_or_else(|p| p.into_inner());
+    let topo = Topology::create(spec())?;
+    let mesh = Mesh::new(&topo)?;
+    mesh.write("mesh.yaml", &config(&topo)?)?;
+    let _server = http_server(topo.pod("s1")?, 8080, FROM_NET2)?;
+    let _agents = [mesh.start_agent("n1a", &[])?, mesh.start_agent("n2a", &[])?];
+    let gateway = mesh.start_gateway("g2a", "net2")?;
+    let client = topo.pod("client")?;
+    assert_eq!(
+        curl_body(client, &format!("http://{VIP}/marker"))?,
+        FROM_NET2
+    );
+    let before = footprint(gateway.pid())?;
+
+    let edge = &topo.node("g1")?.place;
+    let (gateway_v4, _) = topo.node("g2a")?.addrs.internet.ok_or("no address")?;
+    let mut slow = slow_handshakes(edge, gateway_v4.into(), 15008, 1000, 30)?;
+    let dir = edge.scratch_dir()?;
+    let (cert, key) = client_cert(
+        edge,
+        &dir,
+        "flooder",
+        "spiffe://cluster.local/ns/shop/sa/flooder",
+        &mesh.ca_dir.join("root-cert.pem"),
+        &mesh.ca_dir.join("root-key.pem"),
+    )?;
+    let url = format!("https://{gateway_v4}:15008/");
+    let mut floods = Vec::new();
+    for _ in 0..30 {
+        floods.push(edge.spawn(&[
+            "nghttp", "-n", "-y", "--cert", &cert, "--key", &key, "-m", "2000", "-t", "60", &url,
+        ])?);
+    }
+
+    let load = connections(client, VIP.parse()?, 80, 300, 4, monotonic_now())?;
+    let during = footprint(gateway.pid())?;
+    println!(
+        "client across the gateway during the floods: {} answered, {} failed in {:.1}s ({:?})",
+        load.total(),
+        load.failures,
+        load.seconds,
+        load.errors
+    );
+    assert_eq!(
+        load.failures, 0,
+        "the client was starved: {:?}",
+        load.errors
+    );
+    assert_eq!(load.count(&[FROM_NET2]), 300);
+
+    for mut flood in floods {
+        let _ = flood.wait_timeout(Duration::from_secs(60))?;
+    }
+    let metrics = mesh.metrics("g2a")?;
+    let refused = |reason: &str| {
+        metric_sum(
+            &metrics,
+            "strait_connection_failures_total",
+            &["direction=\"gateway\"", &format!("reason=\"{reason}\"")],
+        )
+    };
+    let (limited, tls) = (refused("limit"), refused("tls"));
+    wait_for_line_prefix(&mut slow, "closed by the server", Duration::from_secs(60))?;
+    let closed = closed_by_the_server(&slow);
+    println!(
+        "gateway: RSS {} -> {} KiB, fds {} -> {}; refused over a limit {limited}, handshakes failed {tls}; \
+         silent connections closed by it {closed} of 1000",
+        before.0, during.0, before.1, during.1
+    );
+    assert!(limited > 0, "no peer was held to a limit:\n{metrics}");
+    assert!(
+        during.1 < before.1 + 400,
+        "the gateway holds {} descriptors (from {})",
+        during.1,
+        before.1
+    );
+    assert!(
+        closed >= 900,
+        "only {closed} silent connections were closed"
     );
     Ok(())
 }

@@ -42,6 +42,19 @@ use crate::{
 /// Endpoints tried for one CONNECT.
 const ATTEMPTS: usize = 4;
 
+/// A pod's HBONE limits, widened for a gateway's peers: whole networks,
+/// behind their NAT, so every client of a network may share one source
+/// address, and every replica of a workload (on every node, each with its
+/// own pooled connections) its identity. Still bounded: what one address
+/// or one identity may hold.
+pub fn limits() -> strait_hbone::Limits {
+    strait_hbone::Limits {
+        handshakes_per_ip: 512,
+        connections_per_identity: 1024,
+        ..strait_hbone::Limits::default()
+    }
+}
+
 pub struct Gateway {
     pub state: NodeState,
     pub namespace: String,

@@ -431,7 +431,7 @@ async fn run_gateway(
         metrics,
         health: Default::default(),
         board,
-        limits: strait_hbone::Limits::default(),
+        limits: east_west::limits(),
         admission: Default::default(),
         connect_timeout: args.connect_timeout,
     });

@@ -3,9 +3,12 @@
 //! hold `peer`, asking for `authority`. Prints the peer's answer: `200`,
 //! `refused <status>`, or `failed <why>` (TLS, connection).
 //!
-//! `hbone-probe CA_DIR SOURCE PEER ADDR AUTHORITY`: CA_DIR holds the mesh
-//! root's certificate and key (the tests play the operator there, and sign
-//! the probe's certificate themselves).
+//! `hbone-probe CA_DIR SOURCE PEER ADDR AUTHORITY [CONNECTIONS]`: CA_DIR
+//! holds the mesh root's certificate and key (the tests play the operator
+//! there, and sign the probe's certificate themselves). With CONNECTIONS,
+//! that many HBONE connections at once, each with one CONNECT held open
+//! until all have answered; prints each distinct answer with its count
+//! (`200 x40`).
 use std::{net::SocketAddr, path::Path, process::ExitCode, sync::Arc, time::Duration};
 
 use strait_hbone::{Authority, Pool, PoolKey};
@@ -15,9 +18,19 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [ca_dir, source, peer, addr, authority] = args.as_slice() else {
-        eprintln!("usage: hbone-probe CA_DIR SOURCE PEER ADDR AUTHORITY");
-        return ExitCode::from(2);
+    let (ca_dir, source, peer, addr, authority, count) = match args.as_slice() {
+        [ca_dir, source, peer, addr, authority] => (ca_dir, source, peer, addr, authority, None),
+        [ca_dir, source, peer, addr, authority, count] => match count.parse::<usize>() {
+            Ok(n) if (1..=10_000).contains(&n) => (ca_dir, source, peer, addr, authority, Some(n)),
+            _ => {
+                eprintln!("hbone-probe: CONNECTIONS {count:?}: a number from 1 to 10000");
+                return ExitCode::from(2);
+            }
+        },
+        _ => {
+            eprintln!("usage: hbone-probe CA_DIR SOURCE PEER ADDR AUTHORITY [CONNECTIONS]");
+            return ExitCode::from(2);
+        }
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -29,7 +42,16 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(probe(Path::new(ca_dir), source, peer, addr, authority)) {
+    let probe = probe(
+        Path::new(ca_dir),
+        source,
+        peer,
+        addr,
+        authority,
+        count.unwrap_or(1),
+        count.is_some(),
+    );
+    match runtime.block_on(probe) {
         Ok(answer) => {
             println!("{answer}");
             ExitCode::SUCCESS
@@ -41,13 +63,15 @@ fn main() -> ExitCode {
     }
 }
 
-/// The peer's answer, or an error in the probe's own arguments or setup.
+/// The peers' answers, or an error in the probe's own arguments or setup.
 async fn probe(
     ca_dir: &Path,
     source: &str,
     peer: &str,
     addr: &str,
     authority: &str,
+    count: usize,
+    counted: bool,
 ) -> Result<String, String> {
     let source: Identity = source.parse().map_err(|e| format!("SOURCE: {e}"))?;
     let peer: Identity = peer.parse().map_err(|e| format!("PEER: {e}"))?;
@@ -73,22 +97,49 @@ async fn probe(
         destination: peer,
         addr,
     };
-    let pool = Pool::new();
-    let attempt = async {
-        let mut tunnel = pool
-            .connect(&key, &authority, None, tls, || {
-                tokio::net::TcpStream::connect(addr)
-            })
-            .await
-            .map_err(|e| e.to_string())?;
-        tunnel.established().await.map_err(|e| e.to_string())
-    };
-    Ok(match tokio::time::timeout(TIMEOUT, attempt).await {
-        Ok(Ok(())) => "200".to_string(),
-        Ok(Err(err)) if err.contains("refused by the peer") => {
-            format!("refused {}", err.rsplit(": ").next().unwrap_or(&err))
-        }
-        Ok(Err(err)) => format!("failed {err}"),
-        Err(_) => "failed timed out".to_string(),
+    // A pool of its own per connection: each is a new HBONE connection.
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..count {
+        let (key, authority, tls) = (key.clone(), authority.clone(), tls.clone());
+        set.spawn(async move {
+            let pool = Pool::new();
+            let attempt = async {
+                let mut tunnel = pool
+                    .connect(&key, &authority, None, tls, || {
+                        tokio::net::TcpStream::connect(addr)
+                    })
+                    .await
+                    .map_err(|e| e.to_string())?;
+                tunnel.established().await.map_err(|e| e.to_string())?;
+                Ok::<_, String>(tunnel)
+            };
+            match tokio::time::timeout(TIMEOUT, attempt).await {
+                Ok(Ok(tunnel)) => ("200".to_string(), Some((pool, tunnel))),
+                Ok(Err(err)) if err.contains("refused by the peer") => (
+                    format!("refused {}", err.rsplit(": ").next().unwrap_or(&err)),
+                    None,
+                ),
+                Ok(Err(err)) => (format!("failed {err}"), None),
+                Err(_) => ("failed timed out".to_string(), None),
+            }
+        });
+    }
+    // Every connection is held (in `answers`) until all have answered.
+    let mut answers = Vec::with_capacity(count);
+    while let Some(joined) = set.join_next().await {
+        answers.push(joined.map_err(|e| format!("a probe task: {e}"))?);
+    }
+    let mut counts = std::collections::BTreeMap::<String, usize>::new();
+    for (answer, _) in &answers {
+        *counts.entry(answer.clone()).or_default() += 1;
+    }
+    Ok(if counted {
+        counts
+            .iter()
+            .map(|(answer, n)| format!("{answer} x{n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    } else {
+        counts.into_keys().next().unwrap_or_default()
     })
 }

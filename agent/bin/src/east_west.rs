@@ -61,6 +61,8 @@ pub struct Gateway {
     pub name: String,
     pub identity: Identity,
     pub certs: Arc<CertManager>,
+    /// Presents the gateway's current certificate, whichever it is now.
+    pub tls: Arc<rustls::ServerConfig>,
     pub metrics: Arc<Metrics>,
     pub health: Health,
     pub board: Arc<Board>,
@@ -124,13 +126,7 @@ pub fn serve(gateway: Arc<Gateway>, listener: TcpListener) -> tokio::task::JoinH
 async fn handle(gateway: Arc<Gateway>, tcp: TcpStream, peer: SocketAddr) {
     let span = info_span!("gateway", src = %peer, gateway = %gateway.identity);
     async move {
-        let tls = match strait_identity::tls::server_config(&gateway.certs, &gateway.identity) {
-            Ok(tls) => tls,
-            Err(err) => {
-                warn!(%err, "no TLS configuration");
-                return;
-            }
-        };
+        let tls = gateway.tls.clone();
         let handler = {
             let gateway = gateway.clone();
             move |connect: Connect| on_connect(gateway.clone(), connect)

@@ -422,11 +422,14 @@ async fn run_gateway(
         (None, Some(updates)) => reload::spawn_cluster(updates, follow),
         (None, None) => {}
     }
+    let tls = strait_identity::tls::server_config(&certs, &identity)
+        .with_context(|| format!("the TLS configuration of {identity}"))?;
     let gateway = Arc::new(east_west::Gateway {
         state,
         namespace: namespace.into(),
         name: name.into(),
         identity,
+        tls,
         certs,
         metrics,
         health: Default::default(),

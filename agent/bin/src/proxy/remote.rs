@@ -110,6 +110,23 @@ pub enum Failure {
     Behind(Reason),
 }
 
+/// Whose failure an inner handshake's error is. The gateway refused (it
+/// answered the CONNECT with an error: no endpoint, not exported), or the
+/// endpoint's TLS did not pass: what is behind the gateway. The tunnel
+/// broke before any answer (the gateway died, with the pooled connection
+/// the pool had not yet seen close): the gateway.
+fn inner_failure(err: &strait_hbone::Error) -> Failure {
+    use std::io::ErrorKind;
+    match err {
+        strait_hbone::Error::Tls { source, .. } => match source.kind() {
+            ErrorKind::ConnectionRefused => Failure::Behind(Reason::Upstream),
+            ErrorKind::InvalidData => Failure::Behind(Reason::Tls),
+            _ => Failure::Gateway(Reason::Upstream),
+        },
+        _ => Failure::Behind(Reason::Upstream),
+    }
+}
+
 /// Opens the double tunnel within `timeout`; the inner tunnel and the
 /// identity that answered inside it.
 pub async fn open(
@@ -151,7 +168,7 @@ pub async fn open(
         }
     });
     let work = async {
-        let mut outer = proxy
+        let outer = proxy
             .pool
             .connect(&key, &via.authority, source.as_ref(), outer_tls, || {
                 pod.connect(via.gateway, None, |_| ())
@@ -165,18 +182,10 @@ pub async fn open(
                     Reason::Upstream
                 })
             })?;
-        // The gateway answers once it reached an endpoint: a refusal is
-        // about what is behind it; no answer at all (the gateway died with
-        // the pooled connection) is about the gateway.
-        outer.established().await.map_err(|err| {
-            warn!(%err, gateway = %via.gateway, authority = %via.authority, "gateway refused");
-            if err.kind() == std::io::ErrorKind::ConnectionRefused {
-                Failure::Behind(Reason::Upstream)
-            } else {
-                proxy.pool.forget(&key);
-                Failure::Gateway(Reason::Upstream)
-            }
-        })?;
+        // The inner handshake goes out right behind the outer CONNECT, not
+        // after its answer: one round trip through the gateway less. The
+        // answer comes first on the way back, so a refusal by the gateway
+        // shows as the handshake's first read.
         let (mut inner, answered) = strait_hbone::connect_over(
             outer,
             via.gateway,
@@ -186,12 +195,8 @@ pub async fn open(
         )
         .await
         .map_err(|err| {
-            warn!(%err, gateway = %via.gateway, authority = %via.authority, "inner HBONE failed");
-            Failure::Behind(if err.is_tls() {
-                Reason::Tls
-            } else {
-                Reason::Upstream
-            })
+            warn!(%err, gateway = %via.gateway, authority = %via.authority, "through the gateway: failed");
+            inner_failure(&err)
         })?;
         inner.established().await.map_err(|err| {
             debug!(%err, authority = %via.authority, "inner CONNECT refused");

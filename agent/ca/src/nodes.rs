@@ -35,12 +35,7 @@ impl Registry {
     /// why not.
     pub fn may_hold(&self, node: &str, identity: &Identity) -> Result<(), String> {
         let config = self.config.load();
-        if identity.trust_domain != config.trust_domain {
-            return Err(format!(
-                "trust domain {} is not this mesh's ({})",
-                identity.trust_domain, config.trust_domain
-            ));
-        }
+        ours(&config, identity)?;
         let runs_here = config.workloads_on(node).any(|w| {
             w.namespace == identity.namespace
                 && w.service_account == identity.service_account
@@ -52,6 +47,38 @@ impl Registry {
             Err(format!(
                 "no workload in the mesh (nor east-west gateway instance) on node {node} runs as service account {}/{}",
                 identity.namespace, identity.service_account
+            ))
+        }
+    }
+
+    /// Whether pod `namespace/name`, on `node` as `service_account`, asking
+    /// with its own token, may hold `identity`: only its own, and only when
+    /// it is an instance of an east-west gateway (whose role runs in a pod
+    /// of its own, not in a node's agent).
+    pub fn pod_may_hold(
+        &self,
+        node: &str,
+        (namespace, name, service_account): (&str, &str, &str),
+        identity: &Identity,
+    ) -> Result<(), String> {
+        let config = self.config.load();
+        ours(&config, identity)?;
+        if identity.namespace != namespace || identity.service_account != service_account {
+            return Err(format!(
+                "pod {namespace}/{name} runs as {namespace}/{service_account}: its token is good for no other identity"
+            ));
+        }
+        let instance = config.workloads_on(node).any(|w| {
+            w.namespace == namespace
+                && w.name == name
+                && w.service_account == service_account
+                && gateway_instance(&config, w)
+        });
+        if instance {
+            Ok(())
+        } else {
+            Err(format!(
+                "pod {namespace}/{name} on node {node} is not an instance of an east-west gateway: only agents and gateway instances may ask"
             ))
         }
     }
@@ -148,6 +175,17 @@ spec:
   serviceAccount: legacy
 ";
 
+fn ours(config: &Config, identity: &Identity) -> Result<(), String> {
+    if identity.trust_domain == config.trust_domain {
+        Ok(())
+    } else {
+        Err(format!(
+            "trust domain {} is not this mesh's ({})",
+            identity.trust_domain, config.trust_domain
+        ))
+    }
+}
+
 /// Whether `w` is an instance of an east-west gateway (labelled with the
 /// Gateway's name, in its namespace, as its service account): the gateway
 /// role on that node holds the gateway's identity.
@@ -165,6 +203,77 @@ mod tests {
     use std::path::Path;
 
     use super::*;
+
+    /// An east-west gateway of net2 with one instance, a pod on n3.
+    const GATEWAY: &str = "
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata:
+  name: eastwest
+  namespace: istio-system
+  labels:
+    topology.istio.io/network: net2
+spec:
+  gatewayClassName: istio-east-west
+  listeners:
+  - name: mesh
+    port: 15008
+    protocol: HBONE
+  addresses:
+  - {type: IPAddress, value: 100.64.0.9}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: eastwest-1
+  namespace: istio-system
+  labels:
+    gateway.networking.k8s.io/gateway-name: eastwest
+spec:
+  nodeName: n3
+  serviceAccountName: eastwest-istio-east-west
+status:
+  phase: Running
+  podIP: 10.3.0.20
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: plain
+  namespace: istio-system
+spec:
+  nodeName: n3
+  serviceAccountName: eastwest-istio-east-west
+status:
+  phase: Running
+  podIP: 10.3.0.21
+";
+
+    #[test]
+    fn a_gateway_pod_may_hold_its_own_identity_only() {
+        let (_, config) =
+            strait_config::check_text(Path::new("mesh.yaml"), &format!("{TEST_MESH}---{GATEWAY}"));
+        let registry = Registry::new(config.unwrap());
+        let own = Identity::new("cluster.local", "istio-system", "eastwest-istio-east-west");
+        let pod = ("istio-system", "eastwest-1", "eastwest-istio-east-west");
+        assert_eq!(registry.pod_may_hold("n3", pod, &own), Ok(()));
+        // Not another identity, even one that runs on its node.
+        let err = registry
+            .pod_may_hold("n3", pod, &Identity::new("cluster.local", "shop", "db"))
+            .unwrap_err();
+        assert!(err.contains("good for no other identity"), "{err}");
+        // Not a pod that is no instance (no gateway-name label), nor the
+        // instance as seen from another node.
+        let plain = ("istio-system", "plain", "eastwest-istio-east-west");
+        let err = registry.pod_may_hold("n3", plain, &own).unwrap_err();
+        assert!(
+            err.contains("not an instance of an east-west gateway"),
+            "{err}"
+        );
+        assert!(registry.pod_may_hold("n2", pod, &own).is_err());
+        let foreign = Identity::new("evil.example", "istio-system", "eastwest-istio-east-west");
+        assert!(registry.pod_may_hold("n3", pod, &foreign).is_err());
+    }
 
     #[test]
     fn a_node_may_hold_only_its_own_workloads_identities() {

@@ -25,6 +25,7 @@ use strait_identity::{
     ca::csr_identity,
     remote::{Refusal, SignAnswer, SignBody, credential},
 };
+use strait_kube::Asker;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn};
@@ -140,17 +141,17 @@ fn bearer(req: &Request<Incoming>) -> Result<Option<String>, String> {
 }
 
 impl Service {
-    /// The asking node: from its ServiceAccount token when it sent one,
-    /// else from its certificate.
+    /// Who asks: from its ServiceAccount token when it sent one, else the
+    /// node its certificate names.
     async fn asker(
         &self,
         cert_node: Option<String>,
         req: &Request<Incoming>,
-    ) -> Result<String, (Outcome, StatusCode, String)> {
+    ) -> Result<Asker, (Outcome, StatusCode, String)> {
         let unauthenticated =
             |why: String| (Outcome::unauthenticated, StatusCode::UNAUTHORIZED, why);
         match (bearer(req).map_err(unauthenticated)?, &self.tokens) {
-            (Some(token), Some(tokens)) => tokens.node_of(&token).await.map_err(|e| match e {
+            (Some(token), Some(tokens)) => tokens.asker(&token).await.map_err(|e| match e {
                 strait_kube::TokenError::Refused(why) => unauthenticated(why),
                 strait_kube::TokenError::Unavailable(why) => {
                     (Outcome::unavailable, StatusCode::SERVICE_UNAVAILABLE, why)
@@ -159,7 +160,7 @@ impl Service {
             (Some(_), None) => Err(unauthenticated(
                 "this CA does not take tokens (it reads no API server)".into(),
             )),
-            (None, _) => cert_node.ok_or_else(|| {
+            (None, _) => cert_node.map(|node| Asker::Agent { node }).ok_or_else(|| {
                 unauthenticated("neither a node certificate nor a ServiceAccount token".into())
             }),
         }
@@ -173,15 +174,14 @@ impl Service {
         if req.uri().path() != "/v1/sign" {
             return refusal(StatusCode::NOT_FOUND, "no such endpoint");
         }
-        let node = match self.asker(cert_node, &req).await {
-            Ok(node) => node,
+        let asker = match self.asker(cert_node, &req).await {
+            Ok(asker) => asker,
             Err((outcome, status, reason)) => {
                 self.metrics.request(outcome);
                 warn!(%reason, "signing request from an unknown asker");
                 return refusal(status, &reason);
             }
         };
-        let node = node.as_str();
         if req.method() != Method::POST {
             return refusal(StatusCode::METHOD_NOT_ALLOWED, "POST a signing request");
         }
@@ -195,7 +195,8 @@ impl Service {
                 );
             }
         };
-        match self.sign(node, &body) {
+        let node = asker.node();
+        match self.sign(&asker, &body) {
             Ok(chain) => {
                 self.metrics.request(Outcome::signed);
                 let answer = SignAnswer {
@@ -213,7 +214,7 @@ impl Service {
 
     fn sign(
         &self,
-        node: &str,
+        asker: &Asker,
         body: &[u8],
     ) -> Result<Vec<CertificateDer<'static>>, (Outcome, StatusCode, String)> {
         let invalid = |reason: String| (Outcome::invalid, StatusCode::BAD_REQUEST, reason);
@@ -223,9 +224,19 @@ impl Service {
             rustls::pki_types::CertificateSigningRequestDer::from_pem_slice(request.csr.as_bytes())
                 .map_err(|e| invalid(format!("the CSR's PEM: {e}")))?;
         let identity: Identity = csr_identity(csr.as_ref()).map_err(|e| invalid(e.to_string()))?;
-        self.registry
-            .may_hold(node, &identity)
-            .map_err(|reason| (Outcome::refused, StatusCode::FORBIDDEN, reason))?;
+        match asker {
+            Asker::Agent { node } => self.registry.may_hold(node, &identity),
+            Asker::Pod {
+                node,
+                namespace,
+                name,
+                service_account,
+            } => self
+                .registry
+                .pod_may_hold(node, (namespace, name, service_account), &identity),
+        }
+        .map_err(|reason| (Outcome::refused, StatusCode::FORBIDDEN, reason))?;
+        let node = asker.node();
         let lifetime = Duration::from_secs(request.lifetime_seconds);
         let chain = self
             .signer
@@ -396,7 +407,8 @@ mod tests {
                 "unknown field",
             ),
         ] {
-            let (outcome, status, reason) = service.sign("n2", body).unwrap_err();
+            let asker = Asker::Agent { node: "n2".into() };
+            let (outcome, status, reason) = service.sign(&asker, body).unwrap_err();
             assert_eq!(
                 (outcome, status),
                 (Outcome::invalid, StatusCode::BAD_REQUEST)

@@ -38,7 +38,7 @@ use tracing::{info, warn};
 pub use kinds::{DISCOVERY, KINDS, Kind};
 pub use remotes::{REMOTE_SECRET_LABEL, check_cluster_name};
 pub use shared::{Origin, SharedError, files_in_secret, follow_daemonset, publish_config_map};
-pub use tokens::{TokenError, TokenReviewer};
+pub use tokens::{Asker, TokenError, TokenReviewer};
 use watch::ClusterWatch;
 
 /// The label that says which cluster a node (and so its pods) is in.

@@ -1,8 +1,9 @@
 //! Who is asking, from a ServiceAccount token: the API server's
 //! TokenReview says whether the token is valid, for which audience, and
-//! which pod it is bound to; that pod's node is the asker's node. Only
-//! the agents' own ServiceAccount counts: any pod may request a token for
-//! any audience.
+//! which pod it is bound to; that pod's node is the asker's node. A token
+//! of the agents' own ServiceAccount makes the asker that node's agent;
+//! any other is only the pod it is bound to (any pod may request a token
+//! for any audience), and the CA decides what such a pod may hold.
 use k8s_openapi::api::{
     authentication::v1::{TokenReview, TokenReviewSpec},
     core::v1::Pod,
@@ -23,6 +24,28 @@ pub enum TokenError {
     /// The API server could not be asked.
     #[error("the API server: {0}")]
     Unavailable(String),
+}
+
+/// Who a valid token belongs to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Asker {
+    /// The agent of `node`.
+    Agent { node: String },
+    /// Another pod, on `node`, running as `service_account`.
+    Pod {
+        node: String,
+        namespace: String,
+        name: String,
+        service_account: String,
+    },
+}
+
+impl Asker {
+    pub fn node(&self) -> &str {
+        match self {
+            Asker::Agent { node } | Asker::Pod { node, .. } => node,
+        }
+    }
 }
 
 pub struct TokenReviewer {
@@ -46,8 +69,8 @@ impl TokenReviewer {
         })
     }
 
-    /// The node whose agent `token` belongs to.
-    pub async fn node_of(&self, token: &str) -> Result<String, TokenError> {
+    /// The agent, or the pod, `token` belongs to.
+    pub async fn asker(&self, token: &str) -> Result<Asker, TokenError> {
         let refused = |why: &str| Err(TokenError::Refused(why.to_string()));
         let review = TokenReview {
             spec: TokenReviewSpec {
@@ -75,18 +98,18 @@ impl TokenReviewer {
         }
         let user = status.user.unwrap_or_default();
         let username = user.username.unwrap_or_default();
-        if username != self.agent {
-            return refused(&format!(
-                "{username} is not the agents' ServiceAccount ({})",
-                self.agent
-            ));
-        }
+        let Some((namespace, service_account)) = username
+            .strip_prefix("system:serviceaccount:")
+            .and_then(|rest| rest.split_once(':'))
+            .map(|(ns, sa)| (ns.to_string(), sa.to_string()))
+        else {
+            return refused(&format!("{username} is not a ServiceAccount"));
+        };
         let extra = user.extra.unwrap_or_default();
         let first = |key: &str| extra.get(key).and_then(|v| v.first()).cloned();
         let (Some(pod_name), Some(pod_uid)) = (first(POD_NAME), first(POD_UID)) else {
             return refused("the token is not bound to a pod");
         };
-        let namespace = self.agent.split(':').nth(2).unwrap_or_default().to_string();
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
         let pod = match pods.get_opt(&pod_name).await {
             Ok(Some(pod)) => pod,
@@ -102,11 +125,23 @@ impl TokenReviewer {
         if phase == "Succeeded" || phase == "Failed" {
             return refused(&format!("pod {namespace}/{pod_name} has finished"));
         }
-        match pod.spec.and_then(|s| s.node_name) {
-            Some(node) if !node.is_empty() => Ok(node),
-            _ => refused(&format!(
-                "pod {namespace}/{pod_name} is not scheduled on a node"
-            )),
-        }
+        let node = match pod.spec.and_then(|s| s.node_name) {
+            Some(node) if !node.is_empty() => node,
+            _ => {
+                return refused(&format!(
+                    "pod {namespace}/{pod_name} is not scheduled on a node"
+                ));
+            }
+        };
+        Ok(if username == self.agent {
+            Asker::Agent { node }
+        } else {
+            Asker::Pod {
+                node,
+                namespace,
+                name: pod_name,
+                service_account,
+            }
+        })
     }
 }

@@ -40,6 +40,28 @@ pub const CA_AUDIENCE: &str = "strait-ca";
 
 /// A ServiceAccount and a Pod object for a topology pod, scheduled on its
 /// node, running as `service_account`, with `labels`.
+/// The Gateway API's `Gateway` kind as a CRD that keeps whatever it is
+/// given: the tests check strait's reading of Gateways, not the upstream
+/// CRD's schema.
+pub const GATEWAY_CRD: &str = "apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: gateways.gateway.networking.k8s.io
+  # *.k8s.io groups need it, as the upstream CRD carries it.
+  annotations: {api-approved.kubernetes.io: \"https://github.com/kubernetes-sigs/gateway-api/pull/891\"}
+spec:
+  group: gateway.networking.k8s.io
+  names: {kind: Gateway, listKind: GatewayList, plural: gateways, singular: gateway}
+  scope: Namespaced
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
+    subresources: {status: {}}
+";
+
 pub fn pod_yaml(
     pod: &Pod,
     namespace: &str,
@@ -254,6 +276,9 @@ rules:
   verbs: [get, list, watch]
 - apiGroups: [networking.istio.io, security.istio.io]
   resources: ['*']
+  verbs: [get, list, watch]
+- apiGroups: [gateway.networking.k8s.io]
+  resources: [gateways]
   verbs: [get, list, watch]
 ---
 apiVersion: rbac.authorization.k8s.io/v1

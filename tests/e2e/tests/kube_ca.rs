@@ -2,7 +2,9 @@
 //! ServiceAccount tokens, which the CA checks by TokenReview; it signs an
 //! identity only for a pod with that service account on the asking
 //! agent's node. Tokens of another audience, of another service account,
-//! or expired are refused, and every refusal is counted. Two replicas
+//! or expired are refused, and every refusal is counted. An east-west
+//! gateway's instance, a pod of its own, gets its own identity with its own
+//! token and nothing else; another pod's token gets nothing. Two replicas
 //! behind one address list: one is killed before the 60 s certificates'
 //! rotation, and every agent still rotates and new pods still get theirs.
 //! With both away, agents keep their certificates and say so.
@@ -15,7 +17,7 @@ use strait_e2e::{
     CA_PORT, Mesh, Result,
     ca::{Auth, ask_ca, sign_body},
     curl, http_server,
-    kube::{AGENT_SERVICE_ACCOUNT, ApiServer, CA_AUDIENCE as AUDIENCE, pod_yaml},
+    kube::{AGENT_SERVICE_ACCOUNT, ApiServer, CA_AUDIENCE as AUDIENCE, GATEWAY_CRD, pod_yaml},
     marker_url, metric_sum, namespace_yaml, require_root, two_nodes,
 };
 use strait_topology::Topology;
@@ -55,6 +57,7 @@ fn the_ca_signs_by_token_for_pods_on_the_askers_node_and_survives_a_replica() ->
         ("b", "n2"),
         ("c", "n2"),
         ("d", "n1"),
+        ("gw", "n1"),
     ]))?;
     let n1 = topo.node("n1")?;
     let (a, b, c, d) = (
@@ -64,6 +67,7 @@ fn the_ca_signs_by_token_for_pods_on_the_askers_node_and_survives_a_replica() ->
         topo.pod("d")?,
     );
     let api = ApiServer::start(&n1.place, n1.addrs.ipv4.into(), "c1")?;
+    api.apply(GATEWAY_CRD)?;
     api.apply(&format!(
         "{}{}{}",
         namespace_yaml("shop", true),
@@ -167,9 +171,9 @@ fn the_ca_signs_by_token_for_pods_on_the_askers_node_and_survives_a_replica() ->
     for (what, token, reason) in [
         ("another audience", other_audience.as_str(), "audience"),
         (
-            "not the agents' ServiceAccount",
+            "a token bound to no pod",
             not_agent.as_str(),
-            "is not the agents' serviceaccount",
+            "not bound to a pod",
         ),
         ("expired", expired.as_str(), "expired"),
         ("garbage", "not-a-token", "the token"),
@@ -180,6 +184,73 @@ fn the_ca_signs_by_token_for_pods_on_the_askers_node_and_survives_a_replica() ->
         assert!(answer.to_lowercase().contains(reason), "{what}: {answer}");
     }
     assert_eq!(count("unauthenticated")?, unauthenticated + 4);
+
+    // An east-west gateway's instance: its own identity with its own token
+    // (once the CA's view of the cluster has it), nothing else.
+    let gw = topo.pod("gw")?;
+    let gateway_sa = "eastwest-istio-east-west";
+    api.apply(&format!(
+        "{}apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata:
+  name: eastwest
+  namespace: istio-system
+  labels: {{topology.istio.io/network: net1}}
+spec:
+  gatewayClassName: istio-east-west
+  listeners: [{{name: mesh, port: 15008, protocol: HBONE}}]
+  addresses: [{{type: IPAddress, value: 100.64.0.1}}]
+---
+{}",
+        namespace_yaml("istio-system", false),
+        pod_yaml(
+            gw,
+            "istio-system",
+            gateway_sa,
+            &[("gateway.networking.k8s.io/gateway-name", "eastwest")]
+        ),
+    ))?;
+    api.make_ready("istio-system", gw)?;
+    let gateway_token = api.token("istio-system", gateway_sa, Some("gw"), AUDIENCE, 3600)?;
+    let id_gw = format!("spiffe://cluster.local/ns/istio-system/sa/{gateway_sa}");
+    let for_gw = sign_body(&n1.place, &dir, "gw", &id_gw, 60)?;
+    let applied = Instant::now();
+    loop {
+        let (_, status, answer) = ask(&gateway_token, &for_gw)?;
+        if status == "200" {
+            break;
+        }
+        if applied.elapsed() > WAIT {
+            return Err(format!("the gateway's instance never got its identity: {answer}").into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!(
+        "the gateway's instance, with its own token: its identity signed {:.1} s after the Gateway was applied",
+        applied.elapsed().as_secs_f64()
+    );
+    let refused = count("refused")?;
+    let a_token = api.token("shop", "a", Some("a"), AUDIENCE, 3600)?;
+    for (what, token, body, reason) in [
+        (
+            "the gateway's token for a",
+            gateway_token.as_str(),
+            for_a.as_str(),
+            "good for no other identity",
+        ),
+        (
+            "a's own token",
+            a_token.as_str(),
+            for_a.as_str(),
+            "not an instance of an east-west gateway",
+        ),
+    ] {
+        let (_, status, answer) = ask(token, body)?;
+        println!("{what}: {status} {answer}");
+        assert_eq!(status, "403", "{what}: {answer}");
+        assert!(answer.contains(reason), "{what}: {answer}");
+    }
+    assert_eq!(count("refused")?, refused + 2);
 
     // One replica dies before the rotation (at half of 60 s): every agent
     // still rotates, and a new pod gets its first certificate.

@@ -387,7 +387,13 @@ pub async fn serve_admin(
 }
 
 /// Runs the role until SIGTERM or SIGINT.
-pub async fn run(gateway: Arc<Gateway>, admin_addrs: &[SocketAddr]) -> Result<()> {
+/// Serves until a signal: on `listen` when given, else on the Gateway's
+/// addresses that are on this host.
+pub async fn run(
+    gateway: Arc<Gateway>,
+    listen: &[SocketAddr],
+    admin_addrs: &[SocketAddr],
+) -> Result<()> {
     let state = gateway.state.snapshot();
     let me = gateway.object(&state).cloned().with_context(|| {
         format!(
@@ -402,7 +408,19 @@ pub async fn run(gateway: Arc<Gateway>, admin_addrs: &[SocketAddr]) -> Result<()
         .ensure(&gateway.identity, Duration::from_secs(30))
         .await
         .with_context(|| format!("getting a certificate for {}", gateway.identity))?;
-    let listeners = bind(&me).await?;
+    let listeners = if listen.is_empty() {
+        bind(&me).await?
+    } else {
+        let mut listeners = Vec::new();
+        for addr in listen {
+            listeners.push(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("--listen {addr}"))?,
+            );
+        }
+        listeners
+    };
     let ready = Arc::new(AtomicBool::new(false));
     let mut admin = Vec::new();
     for addr in admin_addrs {

@@ -45,6 +45,11 @@ struct Args {
     /// istio-east-west), `namespace/name`.
     #[arg(long, env = "STRAIT_GATEWAY")]
     gateway: Option<String>,
+    /// With `--role east-west-gateway`: listen here instead of on the
+    /// Gateway's addresses (a pod behind the LoadBalancer Service whose
+    /// external addresses are the Gateway's: `0.0.0.0:15008`). Repeatable.
+    #[arg(long = "listen", env = "STRAIT_LISTEN", value_delimiter = ',')]
+    listen: Vec<SocketAddr>,
     #[command(flatten)]
     source: strait_kube::SourceArgs,
     /// This cluster's name: where its endpoints are (`topology.istio.io/cluster`).
@@ -438,7 +443,12 @@ async fn run_gateway(
         admission: Default::default(),
         connect_timeout: args.connect_timeout,
     });
-    let result = east_west::run(gateway, &[args.metrics_addr, args.readiness_addr]).await;
+    let result = east_west::run(
+        gateway,
+        &args.listen,
+        &[args.metrics_addr, args.readiness_addr],
+    )
+    .await;
     board_watch.abort();
     result
 }

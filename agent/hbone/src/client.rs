@@ -101,6 +101,32 @@ impl Pool {
                 other => return other,
             }
         }
+        let (sender, active) = match self.open(key, tls, dial).await {
+            Ok(opened) => opened,
+            // No new connection (the peer is over a handshake limit, say),
+            // but a live one: it carries this stream too, busy or not.
+            Err(err) => match self.least_busy(key) {
+                Some(live) => {
+                    debug!(addr = %key.addr, %err, "no new HBONE connection; sharing a pooled one");
+                    live
+                }
+                None => return Err(err),
+            },
+        };
+        open_stream(sender, key.addr, authority, source, active).await
+    }
+
+    /// Dials, handshakes and pools a new connection for `key`.
+    async fn open<D, F>(
+        &self,
+        key: &PoolKey,
+        tls: Arc<ClientConfig>,
+        dial: D,
+    ) -> Result<(Sender, Arc<AtomicUsize>), Error>
+    where
+        D: Fn() -> F,
+        F: Future<Output = io::Result<TcpStream>>,
+    {
         let tcp = dial().await.map_err(|source| Error::Dial {
             addr: key.addr,
             source,
@@ -113,7 +139,7 @@ impl Pool {
             active: active.clone(),
             closed,
         });
-        open_stream(sender, key.addr, authority, source, active).await
+        Ok((sender, active))
     }
 
     /// Drops every pooled connection for `key` (one did not answer in
@@ -150,16 +176,27 @@ impl Pool {
     /// The least busy live connection, unless every one is busy and another
     /// may be opened.
     fn pick(&self, key: &PoolKey) -> Option<(Sender, Arc<AtomicUsize>)> {
+        let (sender, active, live) = self.least(key)?;
+        if active.load(Ordering::Relaxed) > 0 && live < self.max_per_key {
+            return None;
+        }
+        Some((sender, active))
+    }
+
+    /// The least busy live connection, however busy.
+    fn least_busy(&self, key: &PoolKey) -> Option<(Sender, Arc<AtomicUsize>)> {
+        self.least(key).map(|(sender, active, _)| (sender, active))
+    }
+
+    /// The least busy live connection of `key`, and how many are live.
+    fn least(&self, key: &PoolKey) -> Option<(Sender, Arc<AtomicUsize>, usize)> {
         let mut pool = self.lock();
         let conns = pool.get_mut(key)?;
         conns.retain(|c| !c.closed.load(Ordering::Acquire));
         let least = conns
             .iter()
             .min_by_key(|c| c.active.load(Ordering::Relaxed))?;
-        if least.active.load(Ordering::Relaxed) > 0 && conns.len() < self.max_per_key {
-            return None;
-        }
-        Some((least.sender.clone(), least.active.clone()))
+        Some((least.sender.clone(), least.active.clone(), conns.len()))
     }
 
     fn forget_closed(&self, key: &PoolKey) {

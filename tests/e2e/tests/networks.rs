@@ -558,7 +558,15 @@ fn the_gateway_holds_floods_to_its_limits() -> Result<()> {
     mesh.write("mesh.yaml", &config(&topo)?)?;
     let _server = http_server(topo.pod("s1")?, 8080, FROM_NET2)?;
     let _agents = [mesh.start_agent("n1a", &[])?, mesh.start_agent("n2a", &[])?];
-    let gateway = mesh.start_gateway("g2a", "net2")?;
+    // Listening on every address, as in a pod behind a load balancer.
+    let gateway = mesh.start_agent(
+        "g2a",
+        &[
+            ("--role", "east-west-gateway"),
+            ("--gateway", "istio-system/eastwest-net2"),
+            ("--listen", "0.0.0.0:15008"),
+        ],
+    )?;
     let client = topo.pod("client")?;
     assert_eq!(
         curl_body(client, &format!("http://{VIP}/marker"))?,

@@ -469,7 +469,9 @@ fn cert_manager(args: &Args, state: &NodeState) -> Result<Arc<CertManager>> {
     let ca = RemoteCa::new(
         &args.credential_dir,
         ca_addr::resolver(args.ca_addr.clone(), state.clone()),
-        Some(AGENT_MARK),
+        // Only a node's agent shares its namespaces with capture (and holds
+        // CAP_NET_ADMIN); a gateway needs no mark, and may not set one.
+        (args.role == Role::Node).then_some(AGENT_MARK),
         CA_TIMEOUT,
         args.ca_token.clone(),
     )

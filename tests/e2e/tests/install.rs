@@ -18,11 +18,12 @@ use strait_e2e::{
         IMAGE_NAME, VALIDATE_NEWEST, VALIDATE_OLDEST, chart_dir, find, helm, helm_at,
         image_archive, render, validate_command,
     },
-    kube::{ApiServer, pod_yaml},
+    kube::{ApiServer, GATEWAY_CRD, pod_yaml},
     kubelet::{Kubelet, Network, RunningPod, load_image},
-    marker_url, namespace_yaml, require_root, two_nodes, wait_state_at,
+    marker_url, metric_sum, namespace_yaml, require_root, topology_node_yaml, two_nodes,
+    wait_state_at,
 };
-use strait_topology::Topology;
+use strait_topology::{Locality, Spec, Topology};
 
 const NAMESPACE: &str = "strait-system";
 const WAIT: Duration = Duration::from_secs(60);
@@ -530,5 +531,217 @@ fn the_install_scripts_are_shellcheck_clean() -> Result<()> {
         .output()?;
     assert!(out.status.success(), "{}", stdout(&out));
     println!("shellcheck: {} scripts clean", scripts.len());
+    Ok(())
+}
+
+/// The chart's east-west gateway across two networks of one cluster: the
+/// gateway pod runs from the image as the chart says (unprivileged, its
+/// own CA token), behind a load balancer (DNAT on net2's edge node, as a
+/// cloud's would be), and a client pod of net1 reaches a global service
+/// whose only endpoint is on net2 through it, as itself.
+#[test]
+fn the_charts_east_west_gateway_carries_a_call_across_networks() -> Result<()> {
+    require_root();
+    load_image(&image_archive())?;
+    let edge = Locality::new("r1", "z1", "");
+    let topo = Topology::create(
+        Spec::new()
+            .node("n1", "c1", "net1", edge.clone())
+            .gateway_node("g1", "c1", "net1", edge.clone())
+            .node("n2", "c1", "net2", edge.clone())
+            .gateway_node("g2", "c1", "net2", edge)
+            .pod("client", "n1")
+            .pod("ca1", "n1")
+            .pod("agent1", "n1")
+            .pod("server", "n2")
+            .pod("agent2", "n2")
+            .pod("gw", "n2"),
+    )?;
+    let (n1, n2, g1, g2) = (
+        topo.node("n1")?,
+        topo.node("n2")?,
+        topo.node("g1")?,
+        topo.node("g2")?,
+    );
+    let internet = |node: &strait_topology::Node| {
+        node.addrs
+            .internet
+            .map(|(v4, _)| v4)
+            .ok_or("not a gateway node")
+    };
+    let (g1_v4, g2_v4) = (internet(g1)?, internet(g2)?);
+    // The control plane where both networks reach it: on the segment
+    // between them.
+    let api = ApiServer::start(&g1.place, g1_v4.into(), "c1")?;
+    let admin = api.kubeconfig("admin", &api.admin_token)?;
+    let admin = admin.display().to_string();
+    api.apply(GATEWAY_CRD)?;
+    api.apply(
+        &topo
+            .nodes()
+            .iter()
+            .map(topology_node_yaml)
+            .collect::<String>(),
+    )?;
+
+    // Loads balanced the way a cloud's would be, on each network's edge:
+    // the CA (for net2's agents and the gateway) and the gateway.
+    let (ca1, gw) = (topo.pod("ca1")?, topo.pod("gw")?);
+    for (node, from, to) in [
+        (g1, format!("{g1_v4}"), format!("{}:15012", ca1.ipv4)),
+        (g2, format!("{g2_v4}"), format!("{}:15008", gw.ipv4)),
+    ] {
+        let port = to.rsplit(':').next().unwrap_or_default().to_string();
+        node.place.run_ok(
+            &[
+                "iptables",
+                "-t",
+                "nat",
+                "-A",
+                "PREROUTING",
+                "-d",
+                &from,
+                "-p",
+                "tcp",
+                "--dport",
+                &port,
+                "-j",
+                "DNAT",
+                "--to-destination",
+                &to,
+            ],
+            Duration::from_secs(10),
+        )?;
+    }
+
+    let cgroup = format!("hostPaths.cgroup={}", topo.host().cgroup_root.display());
+    // net1's pods reach the CA pod directly, net2's through net1's edge.
+    let ca_address = format!("caAddress={}:15012\\,{g1_v4}:15012", ca1.ipv4);
+    let gateway_address = format!("eastWestGateway.addresses[0]={g2_v4}");
+    let out = install(
+        &api,
+        &admin,
+        &[
+            "--set",
+            &cgroup,
+            "--set",
+            &ca_address,
+            "--set",
+            "multiCluster.clusterName=c1",
+            "--set",
+            "eastWestGateway.enabled=true",
+            "--set",
+            "eastWestGateway.network=net2",
+            "--set",
+            &gateway_address,
+        ],
+    )?;
+    assert!(out.status.success(), "{}", stdout(&out));
+
+    let kubelet = |node| Kubelet {
+        api: &api,
+        topo: &topo,
+        node,
+    };
+    let ca = template(&api, "deployment", "strait-ca")?;
+    let _ca = kubelet(n1).run(NAMESPACE, "strait-ca-1", &ca, Network::Pod(ca1))?;
+
+    let (client, server) = (topo.pod("client")?, topo.pod("server")?);
+    api.apply(&format!(
+        "{}{}{}apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: shop
+  labels: {{istio.io/global: \"true\"}}
+spec:
+  selector: {{app: web}}
+  ports: [{{name: http, port: 80, targetPort: 8080}}]
+",
+        namespace_yaml("shop", true),
+        pod_yaml(client, "shop", "client", &[("app", "client")]),
+        pod_yaml(server, "shop", "web", &[("app", "web")]),
+    ))?;
+    api.make_ready("shop", client)?;
+    api.make_ready("shop", server)?;
+    let agent = template(&api, "daemonset", "strait-agent")?;
+    let agents = [
+        kubelet(n1).run(
+            NAMESPACE,
+            "strait-agent-n1",
+            &agent,
+            Network::Pod(topo.pod("agent1")?),
+        )?,
+        kubelet(n2).run(
+            NAMESPACE,
+            "strait-agent-n2",
+            &agent,
+            Network::Pod(topo.pod("agent2")?),
+        )?,
+    ];
+    let log = |pod: &RunningPod| pod.containers[0].log();
+    wait_state_at(topo.pod("agent1")?, "client", WAIT, |s| s == "captured")
+        .map_err(|e| format!("{e}\n{}", log(&agents[0])))?;
+    wait_state_at(topo.pod("agent2")?, "server", WAIT, |s| s == "captured")
+        .map_err(|e| format!("{e}\n{}", log(&agents[1])))?;
+
+    let gateway = template(&api, "deployment", "eastwest")?;
+    let started = Instant::now();
+    let gateway_pod = kubelet(n2).run(NAMESPACE, "eastwest-1", &gateway, Network::Pod(gw))?;
+    println!(
+        "the gateway pod (as {}, user {}) ready {:.1} s after start",
+        gateway["spec"]["serviceAccountName"],
+        gateway["spec"]["securityContext"]["runAsUser"],
+        started.elapsed().as_secs_f64()
+    );
+
+    let _server = http_server(server, 8080, "from net2")?;
+    let vip = api.cluster_ip("shop", "web")?;
+    let segment = g2.capture("eth1", &["tcp"])?;
+    let out = curl(client, &format!("http://{vip}/marker"))?;
+    assert!(
+        out.status.success(),
+        "{}\nagent n1:\n{}\ngateway:\n{}",
+        stdout(&out),
+        log(&agents[0]),
+        gateway_pod.containers[0].log()
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "from net2");
+    let pcap = segment.finish()?;
+    println!(
+        "client (net1) -> web.shop (endpoint on net2) through the chart's gateway: \"from net2\"; \
+         between the networks: ports {:?}, {} TLS handshakes",
+        pcap.tcp_ports(),
+        pcap.tls_handshakes()
+    );
+    assert!(pcap.tcp_ports().contains(&15008) && !pcap.tcp_ports().contains(&8080));
+    assert!(
+        !pcap.contains(b"from net2"),
+        "plaintext between the networks"
+    );
+
+    let metrics = |pod: &strait_topology::Pod| -> Result<String> {
+        let out = pod.run_ok(
+            &["curl", "-s", "http://127.0.0.1:15020/metrics"],
+            Duration::from_secs(10),
+        )?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let client_id = "source_principal=\"spiffe://cluster.local/ns/shop/sa/client\"";
+    let carried = metric_sum(
+        &metrics(gw)?,
+        "istio_tcp_connections_opened_total",
+        &["reporter=\"gateway\"", client_id],
+    );
+    let seen = metric_sum(
+        &metrics(topo.pod("agent2")?)?,
+        "istio_tcp_connections_opened_total",
+        &["reporter=\"destination\"", client_id],
+    );
+    println!("the gateway carried {carried}; the destination saw {seen} from the client");
+    assert!(
+        carried >= 1 && seen >= 1,
+        "gateway {carried}, destination {seen}"
+    );
     Ok(())
 }

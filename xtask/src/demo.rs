@@ -208,12 +208,7 @@ pub fn run() -> Result<()> {
     }
 
     section("on the wire between east-1 and east-2 (tcpdump on east-1 eth0)");
-    let ports: Vec<String> = pcap
-        .tcp_ports()
-        .iter()
-        .filter(|p| **p < 32768)
-        .map(u16::to_string)
-        .collect();
+    let ports = server_ports(&pcap);
     println!(
         "  {} TCP packets, server ports seen: {}",
         pcap.len(),
@@ -353,12 +348,7 @@ fn across_networks(mesh: &Mesh<'_>, topo: &Topology) -> Result<()> {
         ("between the networks (east-gw eth1)", &segment),
         ("inside east-net (east-gw eth0)", &inside),
     ] {
-        let ports: Vec<String> = pcap
-            .tcp_ports()
-            .iter()
-            .filter(|p| **p < 32768)
-            .map(u16::to_string)
-            .collect();
+        let ports = server_ports(pcap);
         let leaked = pcap.contains(b"GET /") || pcap.contains(b"hello from");
         println!(
             "  {what}: {} TCP packets, server ports {}, TLS ClientHellos {}, HTTP in the clear: {}",
@@ -396,6 +386,15 @@ fn across_networks(mesh: &Mesh<'_>, topo: &Topology) -> Result<()> {
         bail!("the destination did not see the client's own identity");
     }
     Ok(())
+}
+
+/// The TCP ports below the ephemeral range in a capture: the servers'.
+fn server_ports(pcap: &strait_topology::Pcap) -> Vec<String> {
+    pcap.tcp_ports()
+        .iter()
+        .filter(|p| **p < 32768)
+        .map(u16::to_string)
+        .collect()
 }
 
 /// Stops the agents, removes the topology and checks nothing is left;

@@ -252,6 +252,30 @@ impl Load {
             .sum()
     }
 
+    /// How many, how long, who answered, how many failed: one line.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} connections in {:.1}s, answers {:?}, failed {}",
+            self.total(),
+            self.seconds,
+            self.answers,
+            self.failures
+        )
+    }
+
+    /// Prints the summary of `step`; asserts that nothing failed and that
+    /// the answers in `to` served every connection.
+    pub fn check_all(&self, to: &[&str], step: &str) {
+        println!("{step}: {}", self.summary());
+        assert_eq!(self.failures, 0, "{step}: failures {:?}", self.errors);
+        assert_eq!(
+            self.count(to),
+            self.total(),
+            "{step}: not all answered by {to:?}: {:?}",
+            self.answers
+        );
+    }
+
     /// Failed connections started after `ms` (after `since`).
     pub fn failures_after(&self, ms: f64) -> usize {
         self.failed_at_ms.iter().filter(|t| **t >= ms).count()
@@ -1073,6 +1097,70 @@ pub fn closed_by_the_server(slow: &Process) -> usize {
         .find_map(|l| l.strip_prefix("closed by the server "))
         .and_then(|n| n.trim().parse().ok())
         .unwrap_or(0)
+}
+
+/// curl's HTTP status for an HTTP/2 request over TLS to an HBONE port
+/// (`addr` is `ip:port`), with a client certificate (`cert`, `key`) or
+/// none: `400` once TLS passed (a GET is no CONNECT), `000` when the
+/// handshake was refused.
+pub fn hbone_tls_status(place: &Place, addr: &str, client: Option<(&str, &str)>) -> Result<String> {
+    let url = format!("https://{addr}/");
+    let mut argv = vec![
+        "curl",
+        "-sk",
+        "--http2",
+        "--max-time",
+        "5",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+    ];
+    if let Some((cert, key)) = client {
+        argv.extend(["--cert", cert, "--key", key]);
+    }
+    argv.push(&url);
+    let out = place.run(&argv, Duration::from_secs(10))?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A self-signed certificate and its key, made with openssl in `dir` as
+/// `<name>.pem` and `<name>.key`; with `uri`, that URI subject alternative
+/// name (a certificate claiming an identity no mesh CA signed).
+pub fn self_signed(
+    place: &Place,
+    dir: &Path,
+    name: &str,
+    uri: Option<&str>,
+) -> Result<(String, String)> {
+    let (cert, key) = (
+        dir.join(format!("{name}.pem")).display().to_string(),
+        dir.join(format!("{name}.key")).display().to_string(),
+    );
+    let san = uri.map(|uri| format!("subjectAltName=URI:{uri}"));
+    let mut argv = vec![
+        "openssl",
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=rogue",
+        "-keyout",
+        &key,
+        "-out",
+        &cert,
+    ];
+    if let Some(san) = &san {
+        argv.extend(["-addext", san.as_str()]);
+    }
+    place.run_ok(&argv, Duration::from_secs(10))?;
+    Ok((cert, key))
 }
 
 /// A client key and certificate for `identity`, signed by the CA whose

@@ -102,23 +102,6 @@ fn load(topo: &Topology, ip: IpAddr, port: u16, n: u32, since: f64) -> Result<Lo
     connections(&topo.pod("client")?.place, ip, port, n, CONCURRENCY, since)
 }
 
-fn check_all(load: &Load, to: &[&str], step: &str) {
-    println!(
-        "{step}: {} connections in {:.1}s, answers {:?}, failed {}",
-        load.total(),
-        load.seconds,
-        load.answers,
-        load.failures
-    );
-    assert_eq!(load.failures, 0, "{step}: failures {:?}", load.errors);
-    assert_eq!(
-        load.count(to),
-        load.total(),
-        "{step}: not all answered by {to:?}: {:?}",
-        load.answers
-    );
-}
-
 #[test]
 fn no_rule_zone_then_other_zone_then_other_region() -> Result<()> {
     require_root();
@@ -141,7 +124,7 @@ fn no_rule_zone_then_other_zone_then_other_region() -> Result<()> {
     let vip: IpAddr = "10.96.0.40".parse()?;
 
     let got = load(&topo, vip, 80, CONNECTIONS, 0.0)?;
-    check_all(&got, &["r1z1"], "all up");
+    got.check_all(&["r1z1"], "all up");
     assert_eq!(got.total(), u64::from(CONNECTIONS));
 
     for (dead, next, step) in [
@@ -151,7 +134,7 @@ fn no_rule_zone_then_other_zone_then_other_region() -> Result<()> {
         kill(&mut servers, dead)?;
         let killed = monotonic_now();
         let got = load(&topo, vip, 80, CONNECTIONS, killed)?;
-        check_all(&got, next, step);
+        got.check_all(next, step);
         assert_eq!(got.total(), u64::from(CONNECTIONS));
         let first = got.first_of(next).unwrap_or(f64::NAN);
         println!(
@@ -189,7 +172,7 @@ fn distribute_rule_from_the_istio_examples_splits_80_20() -> Result<()> {
     let _servers = serve(&topo, &endpoints)?;
 
     let got = load(&topo, "10.96.0.41".parse()?, 9080, CONNECTIONS, 0.0)?;
-    check_all(&got, &["east", "west"], "distribute");
+    got.check_all(&["east", "west"], "distribute");
     let east = got.count(&["east"]) as f64 * 100.0 / got.total() as f64;
     println!(
         "distribute east-cluster/* 80, west-cluster/* 20: observed {east:.1}% / {:.1}%",
@@ -217,7 +200,7 @@ fn failover_rule_picks_the_named_region_over_a_third() -> Result<()> {
     kill(&mut servers, &["r1"])?;
     // Without a rule both other regions are one level: both take traffic.
     let got = load(&topo, vip, 80, 400, 0.0)?;
-    check_all(&got, &["r2", "r3"], "no rule, r1 down");
+    got.check_all(&["r2", "r3"], "no rule, r1 down");
     assert!(
         got.count(&["r2"]) > 0 && got.count(&["r3"]) > 0,
         "without a failover rule r2 and r3 share: {:?}",
@@ -253,11 +236,11 @@ spec:
         std::thread::sleep(Duration::from_millis(100));
     }
     let got = load(&topo, vip, 80, CONNECTIONS, 0.0)?;
-    check_all(&got, &["r2"], "failover r1 -> r2, r3 present");
+    got.check_all(&["r2"], "failover r1 -> r2, r3 present");
 
     // Past the named region, the rest.
     kill(&mut servers, &["r2"])?;
     let got = load(&topo, vip, 80, 400, 0.0)?;
-    check_all(&got, &["r3"], "r1 and r2 down");
+    got.check_all(&["r3"], "r1 and r2 down");
     Ok(())
 }

@@ -11,8 +11,8 @@ use std::{
 use strait_e2e::{
     Mesh, Result,
     ca::{Auth, ask_ca, sign_body},
-    client_cert, curl, http_server, iperf_reverse, marker_url, metric_sum, namespace_yaml,
-    require_root, workload_yaml,
+    client_cert, curl, hbone_tls_status, http_server, iperf_reverse, marker_url, metric_sum,
+    namespace_yaml, require_root, self_signed, workload_yaml,
 };
 
 const WEB: &str = "spiffe://cluster.local/ns/frontend/sa/web";
@@ -36,32 +36,6 @@ fn config(topo: &Topology, b_sa: &str) -> Result<String> {
         workload_yaml(topo.pod("b")?, "backend", b_sa, &[]),
     ]
     .concat())
-}
-
-/// curl's HTTP status for a TLS request to `b`'s HBONE port with a client
-/// certificate: `400` once TLS succeeded (a GET is no CONNECT), `000` when
-/// the handshake was refused.
-fn hbone_status(place: &Place, b: IpAddr, cert: &str, key: &str) -> Result<String> {
-    let out = place.run(
-        &[
-            "curl",
-            "-sk",
-            "--http2",
-            "--max-time",
-            "5",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "--cert",
-            cert,
-            "--key",
-            key,
-            &format!("https://{b}:15008/"),
-        ],
-        Duration::from_secs(10),
-    )?;
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 #[test]
@@ -92,41 +66,29 @@ fn foreign_ca_and_wrong_identity_are_refused_both_ways() -> Result<()> {
         &mesh.ca_dir.join("root-key.pem"),
     )?;
     assert_eq!(
-        hbone_status(outsider, b.ipv4.into(), &mesh_cert, &mesh_key)?,
+        hbone_tls_status(
+            outsider,
+            &format!("{}:15008", b.ipv4),
+            Some((&mesh_cert, &mesh_key))
+        )?,
         "400",
         "a mesh client certificate should pass TLS"
     );
-    outsider.run_ok(
-        &[
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=rogue",
-            "-keyout",
-            &dir.join("rogue-ca.key").display().to_string(),
-            "-out",
-            &dir.join("rogue-ca.pem").display().to_string(),
-        ],
-        Duration::from_secs(10),
-    )?;
+    let (rogue_ca, rogue_ca_key) = self_signed(outsider, &dir, "rogue-ca", None)?;
     let (rogue_cert, rogue_key) = client_cert(
         outsider,
         &dir,
         "rogue-client",
         WEB,
-        &dir.join("rogue-ca.pem"),
-        &dir.join("rogue-ca.key"),
+        std::path::Path::new(&rogue_ca),
+        std::path::Path::new(&rogue_ca_key),
     )?;
     assert_eq!(
-        hbone_status(outsider, b.ipv4.into(), &rogue_cert, &rogue_key)?,
+        hbone_tls_status(
+            outsider,
+            &format!("{}:15008", b.ipv4),
+            Some((&rogue_cert, &rogue_key))
+        )?,
         "000",
         "a foreign client certificate passed TLS"
     );

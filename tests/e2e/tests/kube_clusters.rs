@@ -66,13 +66,7 @@ fn remote_dir(dir: &Path, cluster: &str, kubeconfig: &Path) -> Result<String> {
 }
 
 fn check(load: &Load, to: &str, step: &str) {
-    println!(
-        "{step}: {} connections in {:.1}s, answers {:?}, failed {}",
-        load.total(),
-        load.seconds,
-        load.answers,
-        load.failures
-    );
+    println!("{step}: {}", load.summary());
     assert_eq!(load.failures, 0, "{step}: failures {:?}", load.errors);
     assert_eq!(
         load.count(&[to]),

@@ -13,9 +13,9 @@ use std::{
 
 use strait_e2e::{
     Load, Mesh, Result, client_cert, closed_by_the_server, connections, curl, curl_body,
-    east_west_gateway_yaml, footprint, http_server, marker_url, metric_sum, monotonic_now,
-    namespace_yaml, require_root, slow_handshakes, topology_node_yaml, wait_for_line_prefix,
-    workload_yaml,
+    east_west_gateway_yaml, footprint, hbone_tls_status, http_server, marker_url, metric_sum,
+    monotonic_now, namespace_yaml, require_root, self_signed, slow_handshakes, topology_node_yaml,
+    wait_for_line_prefix, workload_yaml,
 };
 use strait_topology::{Locality, Place, Process, Spec, Topology};
 
@@ -38,13 +38,30 @@ fn spec() -> Spec {
         .pod("s1", "n2a")
 }
 
-fn config(topo: &Topology) -> Result<String> {
+/// Namespaces, Node objects and the client, as every test here has them.
+fn base_yaml(topo: &Topology) -> Result<String> {
     let mut yaml = namespace_yaml("shop", true);
     yaml.push_str(&namespace_yaml("istio-system", false));
     for node in topo.nodes() {
         yaml.push_str(&topology_node_yaml(node));
     }
     yaml.push_str(&workload_yaml(topo.pod("client")?, "shop", "client", &[]));
+    Ok(yaml)
+}
+
+/// Service `web` (port 80 to 8080, pods labelled `service: web`),
+/// exported to other networks, at `cluster_ips`.
+fn web_service(cluster_ips: &[&str]) -> String {
+    let ips: Vec<String> = cluster_ips.iter().map(|ip| format!("\"{ip}\"")).collect();
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: shop\n  labels:\n    istio.io/global: \"true\"\nspec:\n  clusterIP: {}\n  clusterIPs: [{}]\n  selector:\n    service: web\n  ports:\n  - name: http\n    port: 80\n    targetPort: 8080\n---\n",
+        cluster_ips[0],
+        ips.join(", ")
+    )
+}
+
+fn config(topo: &Topology) -> Result<String> {
+    let mut yaml = base_yaml(topo)?;
     yaml.push_str(&workload_yaml(topo.pod("other")?, "shop", "other", &[]));
     yaml.push_str(&workload_yaml(
         topo.pod("s1")?,
@@ -52,9 +69,7 @@ fn config(topo: &Topology) -> Result<String> {
         "web",
         &[("service", "web")],
     ));
-    yaml.push_str(&format!(
-        "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: shop\n  labels:\n    istio.io/global: \"true\"\nspec:\n  clusterIP: {VIP}\n  clusterIPs: [\"{VIP}\", \"fd00:96::10\"]\n  selector:\n    service: web\n  ports:\n  - name: http\n    port: 80\n    targetPort: 8080\n---\n"
-    ));
+    yaml.push_str(&web_service(&[VIP, "fd00:96::10"]));
     // The same endpoint under a name net2 keeps to itself.
     yaml.push_str(
         "apiVersion: v1\nkind: Service\nmetadata:\n  name: db\n  namespace: shop\nspec:\n  clusterIP: 10.96.0.12\n  selector:\n    service: web\n  ports:\n  - name: tcp\n    port: 5432\n    targetPort: 8080\n---\n",
@@ -268,55 +283,16 @@ fn refusals(mesh: &Mesh<'_>, topo: &Topology) -> Result<()> {
     assert_eq!(probe("web.shop.svc.cluster.local:80")?, "200");
 
     let dir = edge.scratch_dir()?;
-    let (cert, key) = (dir.join("rogue.pem"), dir.join("rogue.key"));
-    edge.run_ok(
-        &[
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=rogue",
-            "-addext",
-            &format!("subjectAltName=URI:{CLIENT_ID}"),
-            "-keyout",
-            &key.display().to_string(),
-            "-out",
-            &cert.display().to_string(),
-        ],
-        Duration::from_secs(10),
-    )?;
-    let url = format!("https://{gateway}/");
-    let (cert, key) = (cert.display().to_string(), key.display().to_string());
-    for (what, extra) in [
-        ("no certificate", vec![]),
+    let (cert, key) = self_signed(edge, &dir, "rogue", Some(CLIENT_ID))?;
+    for (what, client) in [
+        ("no certificate", None),
         (
             "a self-signed one claiming the client's identity",
-            vec!["--cert", cert.as_str(), "--key", key.as_str()],
+            Some((cert.as_str(), key.as_str())),
         ),
     ] {
-        let mut argv = vec![
-            "curl",
-            "-sk",
-            "--http2",
-            "--max-time",
-            "5",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-        ];
-        argv.extend(extra);
-        argv.push(&url);
-        let out = edge.run(&argv, Duration::from_secs(10))?;
         assert_eq!(
-            String::from_utf8_lossy(&out.stdout),
+            hbone_tls_status(edge, &gateway, client)?,
             "000",
             "{what}: the gateway let TLS through"
         );
@@ -367,12 +343,7 @@ fn failover_spec() -> Spec {
 }
 
 fn failover_config(topo: &Topology) -> Result<String> {
-    let mut yaml = namespace_yaml("shop", true);
-    yaml.push_str(&namespace_yaml("istio-system", false));
-    for node in topo.nodes() {
-        yaml.push_str(&topology_node_yaml(node));
-    }
-    yaml.push_str(&workload_yaml(topo.pod("client")?, "shop", "client", &[]));
+    let mut yaml = base_yaml(topo)?;
     for pod in ["a1", "s1", "s2"] {
         yaml.push_str(&workload_yaml(
             topo.pod(pod)?,
@@ -381,9 +352,7 @@ fn failover_config(topo: &Topology) -> Result<String> {
             &[("service", "web")],
         ));
     }
-    yaml.push_str(&format!(
-        "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: shop\n  labels:\n    istio.io/global: \"true\"\nspec:\n  clusterIP: {SHARED_VIP}\n  selector:\n    service: web\n  ports:\n  - name: http\n    port: 80\n    targetPort: 8080\n---\n"
-    ));
+    yaml.push_str(&web_service(&[SHARED_VIP]));
     yaml.push_str(&east_west_gateway_yaml(topo, "net2", &["g2a", "g2b"])?);
     Ok(yaml)
 }
@@ -399,16 +368,6 @@ fn carried(mesh: &Mesh<'_>, gateway: &str) -> Result<u64> {
 
 fn run(client: &Place, n: u32, since: f64) -> Result<Load> {
     connections(client, SHARED_VIP.parse()?, 80, n, CONCURRENCY, since)
-}
-
-fn report(step: &str, load: &Load) {
-    println!(
-        "{step}: {} connections in {:.1}s, answers {:?}, failed {}",
-        load.total(),
-        load.seconds,
-        load.answers,
-        load.failures
-    );
 }
 
 #[test]
@@ -444,28 +403,14 @@ fn failover_crosses_to_the_other_network_and_survives_a_gateway() -> Result<()> 
 
     // All up: the client's own network serves every connection.
     let got = run(client, CONNECTIONS, 0.0)?;
-    report("all up", &got);
-    assert_eq!(got.failures, 0, "{:?}", got.errors);
-    assert_eq!(
-        got.count(&["a1"]),
-        u64::from(CONNECTIONS),
-        "{:?}",
-        got.answers
-    );
+    got.check_all(&["a1"], "all up");
 
     // net1's endpoint dies: everything crosses, through both gateways.
     a1.kill()?;
     let killed = monotonic_now();
     let before = (carried(&mesh, "g2a")?, carried(&mesh, "g2b")?);
     let got = run(client, CONNECTIONS, killed)?;
-    report("net1's endpoint killed", &got);
-    assert_eq!(got.failures, 0, "{:?}", got.errors);
-    assert_eq!(
-        got.count(&net2),
-        u64::from(CONNECTIONS),
-        "{:?}",
-        got.answers
-    );
+    got.check_all(&net2, "net1's endpoint killed");
     println!(
         "net1's endpoint killed: first connection served in net2 {:.0} ms after the kill \
          (the client process started {:.0} ms after it)",
@@ -502,7 +447,7 @@ fn failover_crosses_to_the_other_network_and_survives_a_gateway() -> Result<()> 
         let got = load.join().map_err(|_| "the load panicked")??;
         Ok((got, killed_ms, g2b_carried))
     })?;
-    report("g2b killed mid-run", &got);
+    println!("g2b killed mid-run: {}", got.summary());
     let after = got.failures_after(killed_ms);
     println!(
         "g2b killed {killed_ms:.0} ms into the run, having carried {g2b_carried}: \
@@ -534,14 +479,7 @@ fn failover_crosses_to_the_other_network_and_survives_a_gateway() -> Result<()> 
     };
     println!("net1's endpoint restored: first connection served in net1 {back_ms:.0} ms after");
     let got = run(client, CONNECTIONS, 0.0)?;
-    report("net1 restored", &got);
-    assert_eq!(got.failures, 0, "{:?}", got.errors);
-    assert_eq!(
-        got.count(&["a1"]),
-        u64::from(CONNECTIONS),
-        "{:?}",
-        got.answers
-    );
+    got.check_all(&["a1"], "net1 restored");
     Ok(())
 }
 

@@ -26,6 +26,39 @@ pub fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// Runs `cmd` with its output kept in a log file (`NAME.log` under the
+/// target directory's `setup-logs/`), shown only when it fails: a step
+/// that worked has nothing to tell, and apt's, make's and cargo install's
+/// progress would bury what does.
+pub fn run_logged(cmd: &mut Command, name: &str) -> Result<()> {
+    const SHOWN: usize = 40;
+    let dir = target_dir().join("setup-logs");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let log = dir.join(format!("{name}.log"));
+    let file =
+        std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+    let status = cmd
+        .stdout(file.try_clone()?)
+        .stderr(file)
+        .status()
+        .with_context(|| format!("starting {}", display(cmd)))?;
+    if status.success() {
+        return Ok(());
+    }
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    eprintln!(
+        "$ {}\n{}",
+        display(cmd),
+        lines[lines.len().saturating_sub(SHOWN)..].join("\n")
+    );
+    bail!(
+        "{} failed ({status}); its whole output is in {}",
+        display(cmd),
+        log.display()
+    )
+}
+
 /// Whether `cmd` succeeds, quietly.
 pub fn succeeds(cmd: &mut Command) -> bool {
     cmd.stdout(Stdio::null())

@@ -8,16 +8,19 @@ use std::process::Command;
 use anyhow::{Result, bail};
 use strait_e2e::install::TOOLS_DIR;
 
-use crate::{cmd, image, setup, tools};
+use crate::{cmd, image};
 
-pub fn run() -> Result<()> {
+/// kind is the user's to install: checked before setup installs anything.
+pub fn check() -> Result<()> {
     if !cmd::succeeds(Command::new("kind").arg("version")) {
         bail!(
             "kind is not installed: install it (https://kind.sigs.k8s.io) with docker or podman, then run `cargo xtask kind` again"
         );
     }
-    setup::image()?;
-    tools::ensure()?;
+    Ok(())
+}
+
+pub fn run() -> Result<()> {
     let archive = image::build()?;
     // `helm` from setup, first on PATH.
     let path = format!("{TOOLS_DIR}:{}", std::env::var("PATH").unwrap_or_default());

@@ -11,21 +11,38 @@ use std::{
 use anyhow::{Context, Result, bail};
 use strait_e2e::kube::{BIN_DIR, VERSION};
 
-use crate::cmd::{self, stdout};
+use crate::{
+    apt::{
+        Package,
+        Provides::{File, Program},
+        package,
+    },
+    cmd::{self, stdout},
+};
 
 /// Debian's source package, and what its build needs.
 const SOURCE: &str = "kubernetes";
-pub const BUILD_PACKAGES: &[&str] = &[
-    "golang-go",
-    "golang-github-modern-go-reflect2-dev",
-    "dpkg-dev",
-    "rsync",
-    "jq",
-    "etcd-server",
+pub const BUILD_PACKAGES: &[Package] = &[
+    package("golang-go", &[Program("go")]),
+    package(
+        "golang-github-modern-go-reflect2-dev",
+        &[File(concat!(reflect2!(), "/reflect2.go"))],
+    ),
+    package("dpkg-dev", &[Program("dpkg-source")]),
+    // Kubernetes' build scripts.
+    package("rsync", &[Program("rsync")]),
+    package("jq", &[Program("jq")]),
+    package("etcd-server", &[Program("etcd")]),
 ];
 /// The vendored reflect2 1.0.1 predates Go 1.18 and panics on every map
 /// (labels, annotations) the server decodes; Debian ships 1.0.2.
-const REFLECT2: &str = "/usr/share/gocode/src/github.com/modern-go/reflect2";
+macro_rules! reflect2 {
+    () => {
+        "/usr/share/gocode/src/github.com/modern-go/reflect2"
+    };
+}
+use reflect2;
+const REFLECT2: &str = reflect2!();
 /// A `deb-src` entry for the archive apt already uses, when none exists.
 const DEB_SRC: &str = "/etc/apt/sources.list.d/strait-deb-src.sources";
 const DEB_SRC_ENTRY: &str = "Types: deb-src
@@ -60,12 +77,13 @@ pub fn ensure() -> Result<()> {
         .map(|e| e.path())
         .find(|p| p.extension().is_some_and(|x| x == "dsc"))
         .context("apt-get source left no .dsc")?;
-    cmd::run(
+    cmd::run_logged(
         Command::new("dpkg-source")
             .arg("-x")
             .arg(&dsc)
             .arg(&src)
             .current_dir(&build),
+        "kube-source",
     )?;
     replace_reflect2(&src)?;
     // The GOPATH layout Debian's rules make: the tree as k8s.io/kubernetes.
@@ -74,7 +92,7 @@ pub fn ensure() -> Result<()> {
     std::fs::create_dir_all(&link)?;
     std::os::unix::fs::symlink("../../..", link.join("kubernetes"))
         .context("linking the source into GOPATH")?;
-    cmd::run(
+    cmd::run_logged(
         Command::new("make")
             .arg("WHAT=cmd/kube-apiserver cmd/kubectl")
             .current_dir(&src)
@@ -83,6 +101,7 @@ pub fn ensure() -> Result<()> {
             .env("HOME", &build)
             .env("CGO_ENABLED", "0")
             .env("GOFLAGS", "-mod=vendor"),
+        "kube-build",
     )?;
     for bin in ["kube-apiserver", "kubectl"] {
         let built = src.join("_output/bin").join(bin);
@@ -106,12 +125,16 @@ fn fetch_source(build: &Path) -> Result<()> {
     if !sources.lines().any(|l| l.starts_with("Sources")) {
         eprintln!("apt: adding a deb-src entry ({DEB_SRC})");
         std::fs::write(DEB_SRC, DEB_SRC_ENTRY).with_context(|| format!("writing {DEB_SRC}"))?;
-        cmd::run(Command::new("apt-get").args(["update", "-qq"]))?;
+        cmd::run_logged(
+            Command::new("apt-get").args(["update", "-qq"]),
+            "apt-update",
+        )?;
     }
-    cmd::run(
+    cmd::run_logged(
         Command::new("apt-get")
             .args(["source", "--download-only", SOURCE])
             .current_dir(build),
+        "kube-source",
     )
 }
 

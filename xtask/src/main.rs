@@ -1,5 +1,6 @@
 //! `cargo xtask`: everything beyond `cargo build`, so that one command sets
 //! up and runs each job on a fresh Debian machine.
+mod apt;
 mod bench;
 #[cfg(test)]
 mod build_graph;
@@ -65,36 +66,37 @@ enum Task {
 }
 
 fn main() -> Result<()> {
+    use setup::Job;
     match Cli::parse().task {
-        Task::Setup => setup::run(setup::Kube::Build),
+        Task::Setup => setup::run(Job::Kube),
         Task::Test { filter } => {
-            setup::run(setup::Kube::Build)?;
+            setup::run(Job::Kube)?;
             test::run(filter.as_deref())
         }
+        // The embedded default runs without an API server.
         Task::Demo { kube: false } => {
-            // The embedded default runs without an API server.
-            setup::run(setup::Kube::Skip)?;
+            setup::run(Job::Demo)?;
             demo::run()
         }
         Task::Demo { kube: true } => {
-            setup::run(setup::Kube::Build)?;
+            setup::run(Job::Kube)?;
             demo_kube::run()
         }
         Task::Image => {
-            setup::run(setup::Kube::Skip)?;
-            setup::image()?;
+            setup::run(Job::Image)?;
             image::build().map(drop)
         }
         Task::Kind => {
-            setup::run(setup::Kube::Skip)?;
+            kind::check()?;
+            setup::run(Job::Kind)?;
             kind::run()
         }
         Task::Vagrant => {
-            setup::run(setup::Kube::Skip)?;
+            setup::run(Job::Vagrant)?;
             vagrant::run()
         }
         Task::Bench { only } => {
-            setup::run(setup::Kube::Build)?;
+            setup::run(Job::Kube)?;
             bench::run(only)
         }
     }

@@ -2,7 +2,7 @@
 //! has nothing to do takes about a second. What cannot be installed (the
 //! kernel, root) is checked first, before anything is installed or built.
 use std::{
-    path::Path,
+    path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
 };
@@ -11,37 +11,45 @@ use anyhow::{Context, Result, bail};
 use strait_ebpf_common::BPF_TOOLCHAIN;
 
 use crate::{
+    apt::{self, Package, Provides::Program, package},
     cmd::{self, cargo, section, stdout, succeeds},
-    host, kube, tools,
+    host, kube, tools, vagrant,
 };
 
-/// Debian packages the tests, demo and benchmarks use.
-const APT_PACKAGES: &[&str] = &[
+/// Debian packages every job uses (topologies, tests, demo, benchmarks),
+/// each with what is run from it.
+const BASE_PACKAGES: &[Package] = &[
     // Topologies and tests.
-    "iproute2",
-    "curl",
-    "python3",
-    "tcpdump",
-    "tshark",
-    "socat",
+    package("iproute2", &[Program("ip")]),
+    package("curl", &[Program("curl")]),
+    package("python3", &[Program("python3")]),
+    package("tcpdump", &[Program("tcpdump")]),
+    package("tshark", &[Program("tshark")]),
+    package("socat", &[Program("socat")]),
     // The NAT at a network's edge in multi-network topologies.
-    "iptables",
+    package("iptables", &[Program("iptables"), Program("ip6tables")]),
     // The upstream nameserver of the DNS tests.
-    "dnsmasq-base",
-    "openssl",
+    package("dnsmasq-base", &[Program("dnsmasq")]),
+    package("openssl", &[Program("openssl")]),
     // What the install test checks is gone after uninstalling.
-    "bpftool",
+    package("bpftool", &[Program("bpftool")]),
     // The shell scripts of deploy/ and vagrant/ are checked.
-    "shellcheck",
+    package("shellcheck", &[Program("shellcheck")]),
     // Benchmarks.
-    "iperf3",
-    "sockperf",
-    "wrk",
-    "nghttp2-client",
+    package("iperf3", &[Program("iperf3")]),
+    package("sockperf", &[Program("sockperf")]),
+    package("wrk", &[Program("wrk")]),
+    package("nghttp2-client", &[Program("h2load")]),
 ];
 
 /// Building the image (`cargo xtask image`) and running it (the tests).
-const IMAGE_PACKAGES: &[&str] = &["musl-tools", "binutils", "buildah", "podman", "runc"];
+const IMAGE_PACKAGES: &[Package] = &[
+    package("musl-tools", &[Program("musl-gcc")]),
+    package("binutils", &[Program("strip")]),
+    package("buildah", &[Program("buildah")]),
+    package("podman", &[Program("podman")]),
+    package("runc", &[Program("runc")]),
+];
 /// The static binaries' target.
 const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
 
@@ -50,163 +58,255 @@ const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
 const BPF_LINKER_VERSION: &str = "0.10.4";
 const BPFFS: &str = "/sys/fs/bpf";
 
-/// Whether this job needs the Kubernetes control plane (tests and bench
-/// do; the demo's embedded default does not).
+/// What a command needs installed.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Kube {
-    Build,
-    Skip,
+pub enum Job {
+    /// The embedded demo: topologies and the eBPF toolchain.
+    Demo,
+    /// The tests, the benchmarks and `demo --kube`: also a Kubernetes
+    /// control plane, the image's tools and the chart's.
+    Kube,
+    /// The container image.
+    Image,
+    /// kind: the image and the chart's tools.
+    Kind,
+    /// Two VMs: the image and QEMU's tools.
+    Vagrant,
 }
 
-pub fn run(kube: Kube) -> Result<()> {
+impl Job {
+    fn packages(self) -> Vec<&'static Package> {
+        let mut lists = vec![BASE_PACKAGES];
+        match self {
+            Job::Demo => {}
+            Job::Kube => lists.extend([kube::BUILD_PACKAGES, IMAGE_PACKAGES, tools::PACKAGES]),
+            Job::Image => lists.push(IMAGE_PACKAGES),
+            Job::Kind => lists.extend([IMAGE_PACKAGES, tools::PACKAGES]),
+            Job::Vagrant => lists.extend([IMAGE_PACKAGES, vagrant::PACKAGES]),
+        }
+        lists.into_iter().flatten().collect()
+    }
+
+    fn builds_image(self) -> bool {
+        self != Job::Demo
+    }
+}
+
+pub fn run(job: Job) -> Result<()> {
     let started = Instant::now();
     section("setup");
     host::check()?;
-    apt(kube)?;
+    // Everything from apt in one transaction: apt decides a set of
+    // packages together, and one it would remove for another is refused.
+    apt::ensure(&job.packages())?;
     stable_components()?;
+    if job.builds_image() {
+        musl_target()?;
+    }
     bpf_toolchain()?;
     bpf_linker()?;
     bpffs()?;
-    if kube == Kube::Build {
+    if job == Job::Kube {
         kube::ensure()?;
-        image()?;
+    }
+    if matches!(job, Job::Kube | Job::Kind) {
         tools::ensure()?;
     }
     eprintln!("setup: done in {:.1}s", started.elapsed().as_secs_f64());
     Ok(())
 }
 
-fn apt(kube: Kube) -> Result<()> {
-    let wanted: Vec<&str> = match kube {
-        Kube::Build => APT_PACKAGES
-            .iter()
-            .chain(kube::BUILD_PACKAGES)
-            .chain(IMAGE_PACKAGES)
-            .chain(tools::PACKAGES)
-            .copied()
-            .collect(),
-        Kube::Skip => APT_PACKAGES.to_vec(),
+/// The stable toolchain's musl target, for the image's static binaries.
+fn musl_target() -> Result<()> {
+    let toolchain = stable_toolchain();
+    let has = || {
+        sysroot(&toolchain).is_some_and(|root| {
+            root.join("lib/rustlib")
+                .join(MUSL_TARGET)
+                .join("lib/self-contained/crt1.o")
+                .is_file()
+        })
     };
-    apt_install(&wanted)
-}
-
-/// What building and running the image needs: its packages and the musl
-/// target of the stable toolchain.
-pub fn image() -> Result<()> {
-    apt_install(IMAGE_PACKAGES)?;
-    let toolchain = std::env::var("RUSTUP_TOOLCHAIN").unwrap_or_else(|_| "stable".into());
-    let installed = stdout(Command::new("rustup").args([
+    if has() {
+        eprintln!("rustup: {toolchain} has the {MUSL_TARGET} target");
+        return Ok(());
+    }
+    eprintln!("rustup: adding the {MUSL_TARGET} target to {toolchain} (a download of about 40 MB)");
+    let recorded = stdout(Command::new("rustup").args([
         "target",
         "list",
         "--installed",
         "--toolchain",
         &toolchain,
     ]));
-    if installed.lines().any(|l| l.trim() == MUSL_TARGET) {
-        eprintln!("rustup: {toolchain} has the {MUSL_TARGET} target");
-        return Ok(());
+    if recorded.lines().any(|l| l.trim() == MUSL_TARGET) {
+        // Recorded but broken: rustup would call it up to date.
+        cmd::run_logged(
+            Command::new("rustup").args([
+                "target",
+                "remove",
+                "--toolchain",
+                &toolchain,
+                MUSL_TARGET,
+            ]),
+            "rustup",
+        )?;
     }
-    eprintln!("rustup: adding the {MUSL_TARGET} target to {toolchain} (a download of about 40 MB)");
-    cmd::run(Command::new("rustup").args(["target", "add", "--toolchain", &toolchain, MUSL_TARGET]))
-}
-
-pub fn apt_install(wanted: &[&str]) -> Result<()> {
-    let missing: Vec<&str> = wanted
-        .iter()
-        .copied()
-        .filter(|p| {
-            !stdout(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
-                .contains("install ok installed")
-        })
-        .collect();
-    if missing.is_empty() {
-        eprintln!("apt: all {} packages present", wanted.len());
-        return Ok(());
-    }
-    eprintln!(
-        "apt: installing {} package(s) and their dependencies (about a minute): {}",
-        missing.len(),
-        missing.join(" ")
-    );
-    let started = Instant::now();
-    cmd::run(Command::new("apt-get").args(["update", "-qq"]))?;
-    cmd::run(
-        Command::new("apt-get")
-            .args(["install", "-y", "-qq", "--no-install-recommends"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"),
+    cmd::run_logged(
+        Command::new("rustup").args(["target", "add", "--toolchain", &toolchain, MUSL_TARGET]),
+        "rustup",
     )?;
-    took("apt", started.elapsed());
+    if !has() {
+        bail!(
+            "rustup added the {MUSL_TARGET} target to {toolchain}, but its libraries are still missing"
+        );
+    }
     Ok(())
 }
 
-/// `cargo xtask test` runs rustfmt and clippy with the toolchain running
-/// xtask; a minimal rustup profile has neither.
-fn stable_components() -> Result<()> {
-    let toolchain = std::env::var("RUSTUP_TOOLCHAIN").unwrap_or_else(|_| "stable".into());
-    let installed = installed_components(&toolchain)?;
-    let missing: Vec<&str> = ["rustfmt", "clippy"]
-        .into_iter()
-        .filter(|c| !installed.iter().any(|i| i.starts_with(c)))
-        .collect();
-    if missing.is_empty() {
-        eprintln!("rustup: {toolchain} has rustfmt and clippy");
-        return Ok(());
+/// A rustup component, judged by what is run from it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Component {
+    Rustfmt,
+    Clippy,
+    /// The standard library's source (`-Z build-std=core`).
+    RustSrc,
+}
+
+impl Component {
+    fn name(self) -> &'static str {
+        match self {
+            Component::Rustfmt => "rustfmt",
+            Component::Clippy => "clippy",
+            Component::RustSrc => "rust-src",
+        }
     }
-    eprintln!("rustup: adding {} to {toolchain}", missing.join(" and "));
-    cmd::run(
-        Command::new("rustup")
-            .args(["component", "add", "--toolchain", &toolchain])
-            .args(&missing),
+
+    fn works(self, toolchain: &str) -> bool {
+        let runs = |program: &str| {
+            succeeds(Command::new("rustup").args(["run", toolchain, program, "--version"]))
+        };
+        match self {
+            Component::Rustfmt => runs("rustfmt"),
+            Component::Clippy => runs("cargo-clippy"),
+            Component::RustSrc => sysroot(toolchain).is_some_and(|root| {
+                root.join("lib/rustlib/src/rust/library/core/src/lib.rs")
+                    .is_file()
+            }),
+        }
+    }
+}
+
+/// The toolchain running xtask: `cargo xtask test` runs its rustfmt and
+/// clippy, which a minimal rustup profile lacks.
+fn stable_toolchain() -> String {
+    std::env::var("RUSTUP_TOOLCHAIN").unwrap_or_else(|_| "stable".into())
+}
+
+fn stable_components() -> Result<()> {
+    ensure_toolchain(
+        &stable_toolchain(),
+        &[Component::Rustfmt, Component::Clippy],
+        "",
     )
 }
 
 /// The dated nightly that compiles the eBPF programs, with the standard
-/// library's source (`-Z build-std=core`) and clippy (the BPF lint run).
+/// library's source and clippy (the BPF lint run).
 fn bpf_toolchain() -> Result<()> {
-    let installed = installed_components(BPF_TOOLCHAIN)?;
-    let has = |c: &str| installed.iter().any(|i| i.starts_with(c));
-    if has("rust-src") && has("clippy") {
-        eprintln!("rustup: {BPF_TOOLCHAIN} with rust-src and clippy present");
-        return Ok(());
-    }
-    eprintln!(
-        "rustup: installing {BPF_TOOLCHAIN} (minimal profile, rust-src, clippy; a download of about 100 MB, usually under a minute)"
-    );
-    let started = Instant::now();
-    cmd::run(Command::new("rustup").args([
-        "toolchain",
-        "install",
+    ensure_toolchain(
         BPF_TOOLCHAIN,
-        "--profile",
-        "minimal",
-        "--component",
-        "rust-src",
-        "--component",
-        "clippy",
-    ]))?;
-    took("rustup", started.elapsed());
-    Ok(())
+        &[Component::RustSrc, Component::Clippy],
+        " (a download of about 100 MB, usually under a minute)",
+    )
 }
 
-/// Components installed in `toolchain`; empty when it is not installed.
-/// Fails only when rustup itself is missing.
-fn installed_components(toolchain: &str) -> Result<Vec<String>> {
+/// Makes `toolchain` run with each of `wanted`, installing the toolchain
+/// (minimal profile) when it is missing.
+fn ensure_toolchain(toolchain: &str, wanted: &[Component], size: &str) -> Result<()> {
     if !succeeds(Command::new("rustup").arg("--version")) {
         bail!(
             "rustup is not installed: strait's eBPF programs need a nightly toolchain that setup installs with rustup (https://rustup.rs)"
         );
     }
-    Ok(stdout(Command::new("rustup").args([
-        "component",
-        "list",
-        "--installed",
-        "--toolchain",
-        toolchain,
-    ]))
-    .lines()
-    .map(str::to_owned)
-    .collect())
+    let names = |list: &[Component]| {
+        list.iter()
+            .map(|c| c.name())
+            .collect::<Vec<_>>()
+            .join(" and ")
+    };
+    let missing: Vec<Component> = wanted
+        .iter()
+        .copied()
+        .filter(|c| !c.works(toolchain))
+        .collect();
+    if missing.is_empty() {
+        eprintln!("rustup: {toolchain} with {} present", names(wanted));
+        return Ok(());
+    }
+    let started = Instant::now();
+    if sysroot(toolchain).is_none() {
+        eprintln!(
+            "rustup: installing {toolchain} (minimal profile, {}){size}",
+            names(wanted)
+        );
+        let mut install = Command::new("rustup");
+        install.args(["toolchain", "install", toolchain, "--profile", "minimal"]);
+        for c in wanted {
+            install.args(["--component", c.name()]);
+        }
+        cmd::run_logged(&mut install, "rustup")?;
+    } else {
+        eprintln!("rustup: adding {} to {toolchain}", names(&missing));
+        let recorded = stdout(Command::new("rustup").args([
+            "component",
+            "list",
+            "--installed",
+            "--toolchain",
+            toolchain,
+        ]));
+        let broken: Vec<&str> = missing
+            .iter()
+            .map(|c| c.name())
+            .filter(|name| recorded.lines().any(|l| l.starts_with(name)))
+            .collect();
+        if !broken.is_empty() {
+            // Recorded but not working: rustup would call it up to date.
+            cmd::run_logged(
+                Command::new("rustup")
+                    .args(["component", "remove", "--toolchain", toolchain])
+                    .args(&broken),
+                "rustup",
+            )?;
+        }
+        cmd::run_logged(
+            Command::new("rustup")
+                .args(["component", "add", "--toolchain", toolchain])
+                .args(missing.iter().map(|c| c.name())),
+            "rustup",
+        )?;
+    }
+    let still: Vec<Component> = wanted
+        .iter()
+        .copied()
+        .filter(|c| !c.works(toolchain))
+        .collect();
+    if !still.is_empty() {
+        bail!(
+            "rustup finished, but {toolchain} still lacks a working {}",
+            names(&still)
+        );
+    }
+    took("rustup", started.elapsed());
+    Ok(())
+}
+
+/// The toolchain's sysroot; `None` when it is not installed.
+fn sysroot(toolchain: &str) -> Option<PathBuf> {
+    let out =
+        stdout(Command::new("rustup").args(["run", toolchain, "rustc", "--print", "sysroot"]));
+    let path = out.trim();
+    (!path.is_empty()).then(|| PathBuf::from(path))
 }
 
 fn bpf_linker() -> Result<()> {
@@ -223,14 +323,17 @@ fn bpf_linker() -> Result<()> {
         "bpf-linker: building {BPF_LINKER_VERSION} with cargo install (about 2 minutes on 2 cores, once)"
     );
     let started = Instant::now();
-    cmd::run(cargo().args([
-        "install",
+    cmd::run_logged(
+        cargo().args([
+            "install",
+            "bpf-linker",
+            "--version",
+            BPF_LINKER_VERSION,
+            "--locked",
+            "--force",
+        ]),
         "bpf-linker",
-        "--version",
-        BPF_LINKER_VERSION,
-        "--locked",
-        "--force",
-    ]))?;
+    )?;
     took("bpf-linker", started.elapsed());
     let now = stdout(Command::new("bpf-linker").arg("--version"));
     if now.trim() != wanted {

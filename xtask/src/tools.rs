@@ -9,9 +9,15 @@ use strait_e2e::install::{
     HELM_PACKAGE, TOOLS_DIR, VALIDATE_NEWEST, VALIDATE_OLDEST, helm_bin, validate_command,
 };
 
-use crate::{cmd, setup::took};
+use crate::{
+    apt::{Package, Provides::PythonModule, package},
+    cmd,
+    setup::took,
+};
 
-pub const PACKAGES: &[&str] = &["python3-venv"];
+/// `python3 -m venv` needs ensurepip, which Debian's python3 has only
+/// with this package.
+pub const PACKAGES: &[Package] = &[package("python3-venv", &[PythonModule("ensurepip")])];
 
 pub fn ensure() -> Result<()> {
     let dir = Path::new(TOOLS_DIR);

@@ -20,17 +20,19 @@ use anyhow::{Context, Result, bail};
 use strait_topology::Pcap;
 
 use crate::{
+    apt::{Package, Provides::Program, package},
     cmd::{self, root, section, target_dir},
     image, setup,
 };
 
 const CACHE: &str = "/var/cache/strait/vagrant";
-const PACKAGES: &[&str] = &[
-    "debootstrap",
-    "qemu-system-x86",
-    "qemu-utils",
-    "e2fsprogs",
-    "openssh-client",
+/// What the box build and the VMs run.
+pub const PACKAGES: &[Package] = &[
+    package("debootstrap", &[Program("debootstrap")]),
+    package("qemu-system-x86", &[Program("qemu-system-x86_64")]),
+    package("qemu-utils", &[Program("qemu-img")]),
+    package("e2fsprogs", &[Program("mkfs.ext4")]),
+    package("openssh-client", &[Program("ssh-keygen")]),
 ];
 /// The whole run: two emulated boots and the scenario.
 const LIMIT: Duration = Duration::from_secs(900);
@@ -75,17 +77,17 @@ impl Drop for Qemu {
 
 pub fn run() -> Result<()> {
     let started = Instant::now();
-    setup::apt_install(PACKAGES)?;
-    setup::image()?;
     let cache = Path::new(CACHE);
     if !cache.join("box.img").exists() || !cache.join("vmlinuz").exists() {
         section("box (debootstrap, once)");
         let built = Instant::now();
         std::fs::create_dir_all(cache)?;
-        cmd::run(
+        eprintln!("box: debootstrap of Debian 12 into {CACHE} (a few minutes, once)");
+        cmd::run_logged(
             Command::new("bash")
                 .arg(root().join("vagrant/build-box.sh"))
                 .arg(cache),
+            "box",
         )?;
         setup::took("box", built.elapsed());
     }

@@ -91,6 +91,9 @@ pub fn run() -> Result<()> {
     println!(
         "  Gateway      istio-system/eastwest-east-net, eastwest-west-net (istio-east-west, HBONE 15008)"
     );
+    println!(
+        "  Service      shop/backend-west  10.96.0.81:8080 -> backend-west, istio.io/global=true"
+    );
     println!("  ServiceEntry shop/api           api.shop.global:80 -> the same pods, port 8080");
     mesh.write("demo.yaml", &yaml).map_err(boxed)?;
 
@@ -474,6 +477,21 @@ spec:
   clusterIPs: [10.96.0.80, \"fd00:96::80\"]
   selector:
     service: backend
+  ports:
+  - name: http
+    port: 8080
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: backend-west
+  namespace: shop
+  labels:
+    istio.io/global: \"true\"
+spec:
+  clusterIP: 10.96.0.81
+  selector:
+    app: backend-west
   ports:
   - name: http
     port: 8080

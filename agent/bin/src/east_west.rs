@@ -253,6 +253,10 @@ fn targets(
 ) -> Result<Vec<(SocketAddr, Workload)>, Refusal> {
     let config = &state.config;
     match authority {
+        Authority::Addr(addr) if port::is_pod_listener(addr.port()) => Err((
+            Reason::Loop,
+            format!("{addr}: one of the agents' own ports"),
+        )),
         Authority::Addr(addr) => {
             let Some(w) = state
                 .mesh_workload(addr.ip())
@@ -263,6 +267,14 @@ fn targets(
                     format!("{} is not a workload of network {}", addr.ip(), me.network),
                 ));
             };
+            // A workload is reached from other networks at the ports of
+            // the services it exports, nothing else.
+            if !config.exported_port(w, addr.port()) {
+                return Err((
+                    Reason::NotExported,
+                    format!("{addr}: no service exported to other networks has this port of it"),
+                ));
+            }
             Ok(vec![(*addr, w.clone())])
         }
         Authority::Host { host, port } => {

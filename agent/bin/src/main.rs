@@ -26,7 +26,7 @@ use strait_capture::{Capture, CaptureConfig};
 use strait_ebpf_common::AGENT_MARK;
 use strait_identity::{CertManager, RemoteCa, tls::ClientConfigs};
 use tokio::signal::unix::{SignalKind, signal};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::{proxy::Proxy, state::NodeState};
 
@@ -144,6 +144,16 @@ struct Args {
     /// to this long before exiting.
     #[arg(long, default_value = "0s", value_parser = strait_config::duration::parse)]
     drain_timeout: Duration,
+    /// Connections one pod may have open through the agent, each way
+    /// (from it, to it); past it, more are refused (and counted), so one
+    /// pod cannot take the agent from the node's others.
+    #[arg(long, default_value_t = 2048, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    max_connections_per_pod: u32,
+    /// Connections all pods together may have open through the agent. The
+    /// agent raises its descriptor limit to fit them (as far as the hard
+    /// limit allows; fewer otherwise).
+    #[arg(long, default_value_t = 16384, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    max_connections: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -268,6 +278,24 @@ async fn run(args: Args) -> Result<()> {
     let board = Arc::new(strait_health::Board::new(&args.status_dir));
     board.refresh();
     let pins = capture.layout().clone();
+    let node_connections = proxy::share::fit_descriptor_limit(args.max_connections as usize)
+        .context("raising the descriptor limit")?;
+    if node_connections < args.max_connections as usize {
+        warn!(
+            wanted = args.max_connections,
+            room = node_connections,
+            "the descriptor limit's hard value leaves room for fewer connections than --max-connections"
+        );
+    }
+    let caps = Arc::new(proxy::share::Caps::new(
+        args.max_connections_per_pod as usize,
+        node_connections,
+    ));
+    info!(
+        per_pod = caps.per_pod(),
+        node = caps.node_total(),
+        "connection caps"
+    );
     let proxy = Arc::new(Proxy {
         state: state.clone(),
         maps: capture.maps(),
@@ -296,6 +324,7 @@ async fn run(args: Args) -> Result<()> {
         )),
         metrics.clone(),
         args.exec_probes_on_host,
+        caps,
     )?);
     let board_watch = probes::watch_board(board.clone(), reload::POLL);
     let enrolled = pods.sync(&state.snapshot(), &proxy).await;

@@ -71,6 +71,13 @@ pub enum Reason {
     NotExported,
     /// At a gateway: the authority is an address outside its network.
     OutsideNetwork,
+    /// Delivery would come back into the agent (loopback, another
+    /// address, one of its own listener ports).
+    Loop,
+    /// The pod is at its cap of open connections that way.
+    PodLimit,
+    /// The node is at its budget of open connections.
+    NodeLimit,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -104,6 +111,9 @@ label_values! {
         NoEndpoints => "no_endpoints",
         NoCertificate => "no_certificate",
         Limit => "limit",
+        Loop => "loop",
+        PodLimit => "pod_limit",
+        NodeLimit => "node_limit",
         Overflow => "overflow",
         NotExported => "not_exported",
         OutsideNetwork => "outside_network",
@@ -293,7 +303,7 @@ impl Metrics {
         let workloads = Family::<WorkloadLabels, Gauge>::default();
         registry.register(
             "strait_workloads",
-            "This node's workloads in the mesh: enrolled, or pending (and retried)",
+            "This node's workloads in the mesh: enrolled, pending (and retried), or refused (another workload has their address or network namespace)",
             workloads.clone(),
         );
         let enrollment_failures = Counter::default();
@@ -357,8 +367,12 @@ impl Metrics {
         self.probes.get_or_create(&ProbeLabels { result }).inc();
     }
 
-    pub fn workloads(&self, enrolled: usize, pending: usize) {
-        for (state, n) in [("enrolled", enrolled), ("pending", pending)] {
+    pub fn workloads(&self, enrolled: usize, pending: usize, refused: usize) {
+        for (state, n) in [
+            ("enrolled", enrolled),
+            ("pending", pending),
+            ("refused", refused),
+        ] {
             self.workloads
                 .get_or_create(&WorkloadLabels { state })
                 .set(i64::try_from(n).unwrap_or(i64::MAX));

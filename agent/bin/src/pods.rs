@@ -27,7 +27,10 @@ use tracing::{info, warn};
 use crate::{
     metrics::Metrics,
     probes::Probes,
-    proxy::Proxy,
+    proxy::{
+        Proxy,
+        share::{Caps, Share},
+    },
     state::{NodeState, Snapshot},
 };
 
@@ -40,6 +43,8 @@ pub struct Pod {
     pub server_tls: Arc<rustls::ServerConfig>,
     /// What HBONE peers hold of this pod's listener.
     pub admission: strait_hbone::Admission,
+    /// What the pod may hold of the agent's connections.
+    pub share: Share,
     /// The pod's share of the DNS proxy.
     pub dns_forwards: Arc<tokio::sync::Semaphore>,
     pub dns_tcp: Arc<tokio::sync::Semaphore>,
@@ -172,6 +177,7 @@ pub struct Pods {
     probes: Arc<Probes>,
     metrics: Arc<Metrics>,
     exec_probes_on_host: bool,
+    caps: Arc<Caps>,
     /// The agent's own namespace and the host's: never a pod's.
     home: Netns,
     host_cookie: Option<u64>,
@@ -194,6 +200,8 @@ struct Member {
     stage: Stage,
     /// Why it is not enrolled yet.
     problem: Option<String>,
+    /// Its claim to a network namespace or address was refused.
+    refused: bool,
     failures: u32,
     next_try: Instant,
 }
@@ -267,6 +275,7 @@ impl Pods {
         probes: Arc<Probes>,
         metrics: Arc<Metrics>,
         exec_probes_on_host: bool,
+        caps: Arc<Caps>,
     ) -> Result<Self> {
         let home = Netns::open("/proc/self/ns/net")
             .context("opening the agent's own network namespace")?;
@@ -278,6 +287,7 @@ impl Pods {
             probes,
             metrics,
             exec_probes_on_host,
+            caps,
             home,
             host_cookie,
             members: tokio::sync::Mutex::new(BTreeMap::new()),
@@ -394,6 +404,7 @@ impl Pods {
                 identity,
                 stage: Stage::Unplaced,
                 problem: None,
+                refused: false,
                 failures: 0,
                 next_try: Instant::now(),
             });
@@ -426,8 +437,20 @@ impl Pods {
             Vec::new()
         };
         for key in due {
+            // What the other placed members hold: first come keeps it.
+            let taken: Vec<Taken> = members
+                .iter()
+                .filter(|(k, _)| **k != key)
+                .filter_map(|(_, m)| {
+                    Some(Taken {
+                        cookie: m.netns()?.cookie(),
+                        addresses: m.workload.addresses.clone(),
+                        owner: format!("{}/{}", m.workload.namespace, m.workload.name),
+                    })
+                })
+                .collect();
             if let Some(member) = members.get_mut(&key) {
-                self.advance(member, &scan, proxy).await;
+                self.advance(member, &scan, &taken, proxy).await;
             }
         }
 
@@ -457,6 +480,24 @@ impl Pods {
                 })
                 .collect(),
         );
+        // Left out of the model: another workload has its address.
+        let mut refused = 0;
+        for r in state
+            .config
+            .refused_workloads
+            .iter()
+            .filter(|r| r.workload.node.as_deref() == Some(&*state.node))
+        {
+            refused += 1;
+            statuses.push(WorkloadStatus {
+                name: r.workload.name.clone(),
+                namespace: r.workload.namespace.clone(),
+                addresses: r.workload.addresses.clone(),
+                identity: state.identity(&r.workload).to_string(),
+                state: format!("refused: {}", r.reason),
+                netns: None,
+            });
+        }
         let mut enrolled = 0;
         for m in members.values() {
             let w = &m.workload;
@@ -470,6 +511,13 @@ impl Pods {
             status.state = if m.enrolled(&self.certs) {
                 enrolled += 1;
                 "captured".into()
+            } else if m.refused {
+                refused += 1;
+                format!(
+                    "refused: {} (attempt {}, retried)",
+                    m.problem.as_deref().unwrap_or("its claim"),
+                    m.failures
+                )
             } else {
                 // Never "captured": that is an enrolled pod's state alone.
                 let step = match m.stage {
@@ -484,7 +532,12 @@ impl Pods {
                 )
             };
         }
-        self.metrics.workloads(enrolled, members.len() - enrolled);
+        let members_refused = members.values().filter(|m| m.refused).count();
+        self.metrics.workloads(
+            enrolled,
+            members.len() - enrolled - members_refused,
+            refused,
+        );
         *lock(&self.statuses) = statuses;
         enrolled
     }
@@ -494,6 +547,7 @@ impl Pods {
         &self,
         member: &mut Member,
         scan: &[(PathBuf, Vec<IpAddr>)],
+        taken: &[Taken],
         proxy: &Arc<Proxy>,
     ) {
         // The certificate is asked for first: the CA's round trip overlaps
@@ -502,9 +556,16 @@ impl Pods {
         if matches!(member.stage, Stage::Unplaced) {
             // Namespaces and netlink: blocking work, kept off the runtime's
             // other tasks.
-            match tokio::task::block_in_place(|| self.place(&member.workload, scan)) {
-                Ok(netns) => member.stage = Stage::Captured(netns),
-                Err(err) => return member.failed(format!("{err:#}"), &self.metrics),
+            match tokio::task::block_in_place(|| self.place(&member.workload, scan, taken)) {
+                Ok(netns) => {
+                    member.refused = false;
+                    member.stage = Stage::Captured(netns);
+                }
+                Err(Place::Refused(why)) => {
+                    member.refused = true;
+                    return member.failed(why, &self.metrics);
+                }
+                Err(Place::Failed(err)) => return member.failed(format!("{err:#}"), &self.metrics),
             }
         }
         if let Stage::Captured(netns) = &member.stage {
@@ -550,8 +611,18 @@ impl Pods {
         );
     }
 
-    /// Finds the pod's network namespace and switches capture on for it.
-    fn place(&self, workload: &Workload, scan: &[(PathBuf, Vec<IpAddr>)]) -> Result<Netns> {
+    /// Finds the pod's network namespace and switches capture on for it,
+    /// once it is sure the namespace is the workload's: it holds every one
+    /// of the workload's addresses, and no other workload of this node has
+    /// it or one of those addresses (first come keeps it). Otherwise a
+    /// workload (a pod's annotation, a WorkloadEntry) could name another
+    /// pod's namespace or address and be handed its traffic.
+    fn place(
+        &self,
+        workload: &Workload,
+        scan: &[(PathBuf, Vec<IpAddr>)],
+        taken: &[Taken],
+    ) -> std::result::Result<Netns, Place> {
         let netns = match &workload.netns {
             Some(named) => Netns::open(netns_path(&self.netns_dir, named)?)?,
             None => {
@@ -560,19 +631,43 @@ impl Pods {
                     .first()
                     .context("the workload has no address")?;
                 let Some((path, _)) = scan.iter().find(|(_, addrs)| addrs.contains(&first)) else {
-                    bail!(
+                    return Err(Place::Failed(anyhow::anyhow!(
                         "no network namespace under {} has address {first}",
                         self.netns_dir.display()
-                    );
+                    )));
                 };
                 Netns::open(path)?
             }
         };
         if netns.cookie() == self.home.cookie() || Some(netns.cookie()) == self.host_cookie {
-            bail!(
+            return Err(Place::Refused(format!(
                 "{} is the node's own network namespace, not a pod's",
                 netns.path().display()
-            );
+            )));
+        }
+        if let Some(other) = taken.iter().find(|t| t.cookie == netns.cookie()) {
+            return Err(Place::Refused(format!(
+                "network namespace {} is {}'s (first come keeps it)",
+                netns.path().display(),
+                other.owner
+            )));
+        }
+        if let Some((ip, other)) = workload
+            .addresses
+            .iter()
+            .find_map(|ip| Some((ip, taken.iter().find(|t| t.addresses.contains(ip))?)))
+        {
+            return Err(Place::Refused(format!(
+                "address {ip} is {}'s (first come keeps it)",
+                other.owner
+            )));
+        }
+        let held = netns.addresses().map_err(anyhow::Error::from)?;
+        if let Some(ip) = workload.addresses.iter().find(|ip| !held.contains(ip)) {
+            return Err(Place::Refused(format!(
+                "network namespace {} does not have address {ip}",
+                netns.path().display()
+            )));
         }
         let mut capture = lock(&self.capture);
         capture.attach_netns(&netns, netns.cookie())?;
@@ -619,11 +714,34 @@ impl Pods {
             netns,
             server_tls,
             admission: Default::default(),
+            share: self.caps.share(),
             dns_forwards: Arc::new(tokio::sync::Semaphore::new(crate::dns::MAX_FORWARDS)),
             dns_tcp: Arc::new(tokio::sync::Semaphore::new(crate::dns::MAX_TCP)),
             exec_probes_on_host: self.exec_probes_on_host,
             sockets,
         }))
+    }
+}
+
+/// What another placed workload of this node holds.
+struct Taken {
+    cookie: u64,
+    addresses: Vec<IpAddr>,
+    owner: String,
+}
+
+/// Why a workload was not placed in a network namespace.
+enum Place {
+    /// It claims what is not its own: not retried soon, and shown as
+    /// refused.
+    Refused(String),
+    /// Not found yet, or the kernel said no: retried.
+    Failed(anyhow::Error),
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Place {
+    fn from(err: E) -> Self {
+        Place::Failed(err.into())
     }
 }
 

@@ -275,6 +275,56 @@ status:
         assert!(registry.pod_may_hold("n3", pod, &foreign).is_err());
     }
 
+    /// A tenant's own "east-west gateway", outside the root namespace,
+    /// with an instance in its namespace, which is not in the mesh.
+    const SQUATTER: &str = "
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata:
+  name: squat
+  namespace: outside
+  labels:
+    topology.istio.io/network: net2
+spec:
+  gatewayClassName: istio-east-west
+  listeners:
+  - name: mesh
+    port: 15008
+    protocol: HBONE
+  addresses:
+  - {type: IPAddress, value: 10.1.0.30}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: squat-1
+  namespace: outside
+  labels:
+    gateway.networking.k8s.io/gateway-name: squat
+spec:
+  nodeName: n1
+  serviceAccountName: squat-istio-east-west
+status:
+  phase: Running
+  podIP: 10.1.0.30
+";
+
+    #[test]
+    fn only_the_root_namespace_makes_gateway_instances() {
+        let (_, config) =
+            strait_config::check_text(Path::new("mesh.yaml"), &format!("{TEST_MESH}---{SQUATTER}"));
+        let registry = Registry::new(config.unwrap());
+        let squat = Identity::new("cluster.local", "outside", "squat-istio-east-west");
+        let pod = ("outside", "squat-1", "squat-istio-east-west");
+        let err = registry.pod_may_hold("n1", pod, &squat).unwrap_err();
+        assert!(
+            err.contains("not an instance of an east-west gateway"),
+            "{err}"
+        );
+        let err = registry.may_hold("n1", &squat).unwrap_err();
+        assert!(err.contains("no workload in the mesh"), "{err}");
+    }
+
     #[test]
     fn a_node_may_hold_only_its_own_workloads_identities() {
         let (_, config) = strait_config::check_text(Path::new("mesh.yaml"), TEST_MESH);

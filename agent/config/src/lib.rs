@@ -63,6 +63,10 @@ pub const NETWORK_LABEL: &str = "topology.istio.io/network";
 pub const GLOBAL_LABEL: &str = "istio.io/global";
 /// The Gateway API class of east-west gateways (Istio's).
 pub const EAST_WEST_CLASS: &str = "istio-east-west";
+/// The mesh's root namespace (Istio's default): its policies apply
+/// mesh-wide, and only it may declare east-west gateways, which carry
+/// every other network's traffic into theirs.
+pub const ROOT_NAMESPACE: &str = "istio-system";
 /// Label of a gateway's own pods (or WorkloadEntries) and of the Service in
 /// front of it, naming the Gateway (set by Istio's gateway controller).
 pub const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
@@ -98,6 +102,10 @@ pub struct Config {
     /// Gateway API Gateways of class `istio-east-west`: how other networks
     /// are reached.
     pub east_west_gateways: Vec<EastWestGateway>,
+    /// Workloads left out because another already has one of their
+    /// addresses in their network (first come keeps it): a Pod before a
+    /// WorkloadEntry, then the older object. Their nodes' agents name them.
+    pub refused_workloads: Vec<RefusedWorkload>,
     /// Objects of kinds the model does not use, as `kind namespace/name`.
     pub ignored: Vec<String>,
     /// What the checks warned about, one line each as `straitctl validate`
@@ -117,7 +125,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             trust_domain: "cluster.local".into(),
-            root_namespace: "istio-system".into(),
+            root_namespace: ROOT_NAMESPACE.into(),
             namespaces: BTreeMap::new(),
             workloads: Vec::new(),
             services: Vec::new(),
@@ -130,6 +138,7 @@ impl Default for Config {
             virtual_services: Vec::new(),
             gateways: Vec::new(),
             east_west_gateways: Vec::new(),
+            refused_workloads: Vec::new(),
             ignored: Vec::new(),
             warnings: Vec::new(),
             allocated: BTreeMap::new(),
@@ -192,6 +201,15 @@ pub struct Workload {
     pub group: Option<String>,
     /// The group's readiness probe, run by the agent of the workload's node.
     pub probe: Option<Box<networking::Probe>>,
+}
+
+/// A workload left out of the model, and why.
+#[derive(Clone, Debug, Serialize)]
+pub struct RefusedWorkload {
+    pub workload: Workload,
+    /// `Kind namespace/name`.
+    pub object: String,
+    pub reason: String,
 }
 
 /// An object the model keeps as written (its meaning is applied elsewhere).

@@ -204,6 +204,8 @@ pub(crate) struct Parsed {
     pub tree: Option<yaml::Node>,
     pub first_line: u64,
     pub item: Item,
+    /// `metadata.creationTimestamp`, when the object has one.
+    pub created: Option<String>,
 }
 
 fn check_sources(mut report: Report, sources: Vec<(PathBuf, String)>) -> (Report, Option<Config>) {
@@ -363,6 +365,7 @@ fn check_object(
                 tree: check::checked_across(&item).then_some(tree),
                 first_line,
                 item,
+                created: meta.created.clone(),
             })
         }
     }

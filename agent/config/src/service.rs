@@ -7,7 +7,7 @@ use std::{
 };
 
 use crate::{
-    Config, Endpoints, Labels, Service, TargetPort, Workload,
+    Config, Endpoints, Labels, Service, ServicePort, TargetPort, Workload,
     check::{CLUSTER_DOMAIN, qualify},
     manifest::networking::DestinationRuleSpec,
 };
@@ -154,20 +154,7 @@ impl Config {
                 port,
             });
         };
-        // A ServiceEntry endpoint's `ports` (by port name) override the
-        // target; a Service's named targetPort must be a port of the pod.
-        let target = |w: &Workload| -> Option<u16> {
-            match &sp.target {
-                TargetPort::Number(n) => Some(
-                    w.ports
-                        .get(&sp.name)
-                        .copied()
-                        .filter(|_| service.origin != crate::ServiceOrigin::Kubernetes)
-                        .unwrap_or(*n),
-                ),
-                TargetPort::Name(name) => w.ports.get(name).copied(),
-            }
-        };
+        let target = |w: &Workload| target_port(service, sp, w);
         let endpoints: Vec<Endpoint<'a>> = match &service.endpoints {
             Endpoints::Selector(labels) => self
                 .selected(&service.namespace, labels)
@@ -243,6 +230,27 @@ impl Config {
             .map(|(_, spec)| spec)
     }
 
+    /// Whether `port` of `w` is a port of a service exported to other
+    /// networks (`istio.io/global`) that `w` is an endpoint of: what other
+    /// networks may reach of a workload, and nothing else.
+    pub fn exported_port(&self, w: &Workload, port: u16) -> bool {
+        self.services.iter().any(|s| {
+            // The workload as this service has it: itself, or the
+            // ServiceEntry's entry at its address (with its own ports).
+            let endpoint = match &s.endpoints {
+                Endpoints::Selector(labels) => (w.namespace == s.namespace
+                    && labels.iter().all(|(k, v)| w.labels.get(k) == Some(v)))
+                .then_some(w),
+                Endpoints::Static(entries) => entries
+                    .iter()
+                    .find(|e| e.addresses.iter().any(|a| w.addresses.contains(a))),
+                Endpoints::Dns(_) | Endpoints::Unset => None,
+            };
+            endpoint.is_some_and(|e| s.ports.iter().any(|sp| target_port(s, sp, e) == Some(port)))
+                && self.global(s)
+        })
+    }
+
     /// Workloads of `namespace` whose labels include `labels`.
     fn selected<'a>(
         &'a self,
@@ -299,6 +307,22 @@ impl Config {
         }
         self.allocated = allocated;
         self.services_index = index;
+    }
+}
+
+/// Where `sp` of `service` leads on `w`. A ServiceEntry endpoint's `ports`
+/// (by port name) override the target; a Service's named targetPort must
+/// be a port of the pod.
+fn target_port(service: &Service, sp: &ServicePort, w: &Workload) -> Option<u16> {
+    match &sp.target {
+        TargetPort::Number(n) => Some(
+            w.ports
+                .get(&sp.name)
+                .copied()
+                .filter(|_| service.origin != crate::ServiceOrigin::Kubernetes)
+                .unwrap_or(*n),
+        ),
+        TargetPort::Name(name) => w.ports.get(name).copied(),
     }
 }
 

@@ -101,6 +101,14 @@ status:
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
+metadata: {name: squatter, namespace: shop, labels: {topology.istio.io/network: net2}}
+spec:
+  gatewayClassName: istio-east-west
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+  addresses: [{type: IPAddress, value: 10.9.9.9}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
 metadata: {name: waypoint, namespace: shop}
 spec:
   gatewayClassName: istio-waypoint
@@ -157,7 +165,22 @@ fn networks_exports_and_gateways_come_from_the_manifests() {
         ips(&["203.0.113.7"]),
         "from the Service in front"
     );
-    assert_eq!(config.gateways_into("net2").count(), 1);
+    // A tenant's namespace declares no gateway: it would receive a share
+    // of every other network's traffic into net2.
+    assert_eq!(config.gateways_into("net2").count(), 1, "only east");
+    let squatter = report
+        .objects
+        .iter()
+        .find(|o| o.name == "squatter")
+        .unwrap();
+    assert!(
+        squatter.warnings[0].field == "metadata.namespace"
+            && squatter.warnings[0]
+                .reason
+                .contains("only from the mesh's root namespace (istio-system)"),
+        "{:?}",
+        squatter.warnings
+    );
     assert_eq!(
         config.east_west_gateways.len(),
         3,

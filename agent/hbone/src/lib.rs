@@ -12,7 +12,7 @@ pub use authority::{Authority, BadAuthority};
 pub use client::{Pool, PoolKey, connect_over};
 pub use server::{Admission, Connect, Limits, PendingTunnel, serve};
 pub use source::{BAGGAGE_HEADER, SOURCE_NETWORK_HEADER, Source};
-pub use tunnel::Tunnel;
+pub use tunnel::{Refused, Tunnel};
 
 /// HTTP/2 windows large enough that flow control does not cap throughput on
 /// fast links (hyper's defaults are 64 KiB).

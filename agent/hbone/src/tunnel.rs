@@ -93,19 +93,37 @@ impl Tunnel {
         if let Recv::Answer(response) = &mut self.recv {
             let response = response.await.map_err(h2_io)?;
             if response.status() != StatusCode::OK {
-                return Err(io::Error::new(
-                    io::ErrorKind::ConnectionRefused,
-                    format!(
-                        "CONNECT {} refused by the peer: {}",
-                        self.authority,
-                        response.status()
-                    ),
-                ));
+                return Err(refused(&self.authority, response.status()));
             }
             self.recv = Recv::Body(response.into_body());
         }
         Ok(())
     }
+}
+
+/// The far end answered a CONNECT with something other than 200.
+#[derive(Debug, thiserror::Error)]
+#[error("CONNECT {authority} refused by the peer: {status}")]
+pub struct Refused {
+    pub authority: String,
+    pub status: StatusCode,
+}
+
+impl Refused {
+    /// The refusal inside an I/O error from a tunnel, if that is what it is.
+    pub fn of(err: &io::Error) -> Option<&Refused> {
+        err.get_ref()?.downcast_ref()
+    }
+}
+
+fn refused(authority: &str, status: StatusCode) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::ConnectionRefused,
+        Refused {
+            authority: authority.to_owned(),
+            status,
+        },
+    )
 }
 
 fn h2_io(err: h2::Error) -> io::Error {
@@ -134,14 +152,7 @@ impl AsyncRead for Tunnel {
                 Recv::Answer(response) => {
                     let response = ready!(Pin::new(response).poll(cx)).map_err(h2_io)?;
                     if response.status() != StatusCode::OK {
-                        return Poll::Ready(Err(io::Error::new(
-                            io::ErrorKind::ConnectionRefused,
-                            format!(
-                                "CONNECT {} refused by the peer: {}",
-                                this.authority,
-                                response.status()
-                            ),
-                        )));
+                        return Poll::Ready(Err(refused(&this.authority, response.status())));
                     }
                     this.recv = Recv::Body(response.into_body());
                 }

@@ -52,6 +52,12 @@ pub mod port {
     pub const DNS: u16 = 15053;
     /// What the DNS proxy answers in place of.
     pub const NAMESERVER: u16 = 53;
+
+    /// Whether the agent listens on `port` inside an enrolled pod: a
+    /// connection delivered there would come back into the agent.
+    pub const fn is_pod_listener(port: u16) -> bool {
+        matches!(port, OUTBOUND | INBOUND_PLAINTEXT | HBONE | DNS)
+    }
 }
 
 /// `SO_MARK` on the agent's own sockets: capture leaves them alone even when

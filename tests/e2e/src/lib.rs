@@ -175,9 +175,11 @@ pub fn curl_body(place: &Place, url: &str) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// A TCP echo server (`socat`, one `cat` per connection) on `port`.
+/// A TCP echo server (`socat`, one `cat` per connection) on `port`, with
+/// a listen backlog of 1024 rather than 5, so bursts of connections are
+/// not met with dropped SYNs.
 pub fn echo_server(place: &Place, port: u16) -> Result<Process> {
-    let listen = format!("TCP-LISTEN:{port},fork,reuseaddr");
+    let listen = format!("TCP-LISTEN:{port},fork,reuseaddr,backlog=1024");
     let mut server = place.spawn(&["socat", &listen, "EXEC:cat"])?;
     server.wait_listening(port, Duration::from_secs(10))?;
     Ok(server)

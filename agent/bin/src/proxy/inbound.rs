@@ -16,7 +16,7 @@ use strait_identity::Identity;
 use tokio::net::TcpStream;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::{Proxy, relay::relay, reset};
+use super::{Proxy, relay::relay, reset, share::Way};
 use crate::{
     metrics::{Direction, Reason, Reporter},
     pods::Pod,
@@ -54,11 +54,26 @@ pub async fn handle_hbone(proxy: Arc<Proxy>, pod: Arc<Pod>, stream: TcpStream, p
 async fn on_connect(proxy: Arc<Proxy>, pod: Arc<Pod>, connect: Connect) {
     let span = info_span!("inbound", src = %connect.peer_addr, dst = %connect.authority, src_identity = %connect.peer, dst_identity = %pod.identity);
     async move {
-        let Some(to) = destination(&proxy.state.snapshot(), &pod, &connect) else {
-            proxy.metrics.fail(Direction::Inbound, Reason::Misdirected);
-            warn!("CONNECT for an address or service that is not this pod's");
-            connect.stream.refuse(StatusCode::BAD_REQUEST);
-            return;
+        let to = match destination(&proxy.state.snapshot(), &pod, &connect) {
+            Ok(to) => to,
+            Err(Reason::Loop) => {
+                proxy.metrics.fail(Direction::Inbound, Reason::Loop);
+                warn!("CONNECT for one of the agent's own ports: refused");
+                connect.stream.refuse(StatusCode::FORBIDDEN);
+                return;
+            }
+            Err(Reason::NotExported) => {
+                proxy.metrics.fail(Direction::Inbound, Reason::NotExported);
+                warn!("from another network, for what this pod does not export to other networks: refused");
+                connect.stream.refuse(StatusCode::FORBIDDEN);
+                return;
+            }
+            Err(reason) => {
+                proxy.metrics.fail(Direction::Inbound, reason);
+                warn!("CONNECT for an address or service that is not this pod's");
+                connect.stream.refuse(StatusCode::BAD_REQUEST);
+                return;
+            }
         };
         if let Some(source) = &connect.source {
             debug!(network = %source.network, "from another network, through its gateway");
@@ -68,6 +83,10 @@ async fn on_connect(proxy: Arc<Proxy>, pod: Arc<Pod>, connect: Connect) {
             connect.stream.refuse(StatusCode::FORBIDDEN);
             return;
         }
+        let Some(_held) = proxy.admit(&pod, Way::Inbound) else {
+            connect.stream.refuse(StatusCode::SERVICE_UNAVAILABLE);
+            return;
+        };
         let Some((mut app, local)) = deliver(&proxy, &pod, to, client_ip).await else {
             proxy.metrics.fail(Direction::Inbound, Reason::Upstream);
             connect.stream.refuse(StatusCode::SERVICE_UNAVAILABLE);
@@ -125,8 +144,40 @@ async fn on_connect(proxy: Arc<Proxy>, pod: Arc<Pod>, connect: Connect) {
 /// Where a CONNECT leads in this pod: its own `address:port`; or, through
 /// an east-west gateway, `service host:port` of a service this pod is an
 /// endpoint of, at the pod's address of the connection's family and the
-/// port the service port targets.
-fn destination(state: &Snapshot, pod: &Pod, connect: &Connect) -> Option<SocketAddr> {
+/// port the service port targets. Never one of the agent's own ports
+/// ([`Reason::Loop`]); from another network, only a port of a service
+/// exported to other networks ([`Reason::NotExported`]).
+fn destination(state: &Snapshot, pod: &Pod, connect: &Connect) -> Result<SocketAddr, Reason> {
+    // Agents name the client's network only when they come through a
+    // gateway.
+    let across = connect.source.is_some();
+    let Some(to) = leads_to(state, pod, connect, across) else {
+        // A service of this pod's that is not exported: refused, not
+        // misdirected.
+        return Err(
+            if across && leads_to(state, pod, connect, false).is_some() {
+                Reason::NotExported
+            } else {
+                Reason::Misdirected
+            },
+        );
+    };
+    if super::loops_back(pod, to) {
+        return Err(Reason::Loop);
+    }
+    if across && matches!(connect.authority, Authority::Addr(_)) {
+        let workload = state
+            .config
+            .workload_by_address(to.ip())
+            .unwrap_or(&pod.workload);
+        if !state.config.exported_port(workload, to.port()) {
+            return Err(Reason::NotExported);
+        }
+    }
+    Ok(to)
+}
+
+fn leads_to(state: &Snapshot, pod: &Pod, connect: &Connect, across: bool) -> Option<SocketAddr> {
     let mine = |ip: &IpAddr| pod.workload.addresses.contains(ip);
     match &connect.authority {
         Authority::Addr(addr) => mine(&addr.ip()).then_some(*addr),
@@ -138,16 +189,20 @@ fn destination(state: &Snapshot, pod: &Pod, connect: &Connect) -> Option<SocketA
                 .iter()
                 .copied()
                 .find(|a| a.is_ipv4() == v4)?;
-            state.config.services_for_host(host).find_map(|service| {
-                let at = strait_config::service::ServiceAt { service, host };
-                match state.config.backends(at, *port).ok()? {
-                    Backends::Endpoints(endpoints) => endpoints
-                        .iter()
-                        .find(|e| e.workload.addresses.iter().any(mine))
-                        .map(|e| SocketAddr::new(ip, e.addr.port())),
-                    _ => None,
-                }
-            })
+            state
+                .config
+                .services_for_host(host)
+                .filter(|service| !across || state.config.global(service))
+                .find_map(|service| {
+                    let at = strait_config::service::ServiceAt { service, host };
+                    match state.config.backends(at, *port).ok()? {
+                        Backends::Endpoints(endpoints) => endpoints
+                            .iter()
+                            .find(|e| e.workload.addresses.iter().any(mine))
+                            .map(|e| SocketAddr::new(ip, e.addr.port())),
+                        _ => None,
+                    }
+                })
         }
     }
 }
@@ -165,13 +220,20 @@ pub async fn handle_plaintext(
     let span =
         info_span!("inbound_plaintext", src = %peer, dst = %original, dst_identity = %pod.identity);
     async move {
-        if pod.workload.addresses.contains(&peer.ip()) {
-            // Our own delivery steered back to us: capture must never do
-            // this; refuse rather than loop.
-            warn!("refusing a connection from the pod's own address");
+        // sk_lookup steers only connections for the pod's addresses here;
+        // one for loopback (the pod's own app dialling 127.0.0.1:15006) or
+        // for an agent port, or our own delivery coming back, would be
+        // delivered into the agent again, and again.
+        if super::loops_back(&pod, original) || pod.workload.addresses.contains(&peer.ip()) {
+            proxy.metrics.fail(Direction::Inbound, Reason::Loop);
+            warn!("refusing a connection that would loop into the agent");
             reset(client);
             return;
         }
+        let Some(_held) = proxy.admit(&pod, Way::Inbound) else {
+            reset(client);
+            return;
+        };
         let state = proxy.state.snapshot();
         let workload = state
             .config

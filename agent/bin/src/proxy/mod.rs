@@ -10,16 +10,18 @@
 //!   endpoints);
 //! - [`remote`]: endpoints on other networks, through their east-west
 //!   gateways (double HBONE);
-//! - [`relay`]: the bytes, metrics and access log.
+//! - [`relay`]: the bytes, metrics and access log;
+//! - [`share`]: what one pod may hold of the agent.
 pub mod inbound;
 pub mod outbound;
 pub mod relay;
 pub mod remote;
 pub mod route;
+pub mod share;
 
 use std::{
     collections::{BTreeSet, HashSet},
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
@@ -28,14 +30,16 @@ use std::{
 
 use strait_capture::Maps;
 use strait_config::Endpoints;
+use strait_ebpf_common::port;
 use strait_hbone::Pool;
 use strait_identity::Identity;
 use strait_identity::tls::ClientConfigs;
 use tokio::{net::TcpListener, sync::Notify, task::JoinHandle};
-use tracing::warn;
+use tracing::{debug, warn};
 
+use self::share::{Held, Over, Way};
 use crate::{
-    metrics::{Metrics, Reporter, TcpLabels},
+    metrics::{Direction, Metrics, Reason, Reporter, TcpLabels},
     pods::{Listeners, Pod},
     state::{NodeState, Snapshot},
 };
@@ -64,6 +68,15 @@ pub struct Proxy {
     /// Accepted connections not finished yet: what a draining agent waits
     /// for.
     pub in_flight: Arc<InFlight>,
+}
+
+/// Whether delivering to `to` for `pod` would come back into the agent:
+/// anything but one of the pod's own addresses, or a port the agent
+/// listens on in the pod. Such a connection is refused, never delivered:
+/// a loop is a chain of connections that ends only when the agent has no
+/// descriptor left.
+pub fn loops_back(pod: &Pod, to: SocketAddr) -> bool {
+    !pod.workload.addresses.contains(&to.ip()) || port::is_pod_listener(to.port())
 }
 
 /// A count of connections being handled, and a way to wait until none is.
@@ -109,6 +122,27 @@ impl Drop for InFlightGuard {
 }
 
 impl Proxy {
+    /// A place for one more connection of `pod` going `way`: refused, and
+    /// counted, past the pod's cap or the node's.
+    pub fn admit(&self, pod: &Pod, way: Way) -> Option<Held> {
+        let over = match pod.share.take(way) {
+            Ok(held) => return Some(held),
+            Err(over) => over,
+        };
+        let direction = match way {
+            Way::Outbound => Direction::Outbound,
+            Way::Inbound => Direction::Inbound,
+        };
+        let reason = match over {
+            Over::Pod => Reason::PodLimit,
+            Over::Node => Reason::NodeLimit,
+        };
+        self.metrics.fail(direction, reason);
+        // Counted rather than logged each time: a flood would fill the log.
+        debug!(?way, ?over, "connection refused: over its cap");
+        None
+    }
+
     /// Starts serving a pod's listeners; aborting the tasks closes them
     /// (connections already accepted go on).
     pub fn serve(self: &Arc<Self>, pod: Arc<Pod>, listeners: Listeners) -> Vec<JoinHandle<()>> {

@@ -19,6 +19,7 @@ use super::{
     remote::{self, Via},
     reset,
     route::{Pool, Route, Target, direct, route},
+    share::Way,
 };
 use crate::{
     metrics::{Direction, Reason, Reporter},
@@ -44,6 +45,22 @@ pub async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, client: TcpStream, peer: S
         .unwrap_or(peer.ip());
     let span = info_span!("outbound", %src, dst = %original, src_identity = %pod.identity);
     async move {
+        // 0.0.0.0 is this host, and the pod's own address at an agent
+        // port is the agent: either would come straight back.
+        let ip = original.ip();
+        if ip.is_unspecified()
+            || ip.is_loopback()
+            || (pod.workload.addresses.contains(&ip) && port::is_pod_listener(original.port()))
+        {
+            proxy.metrics.fail(Direction::Outbound, Reason::Loop);
+            warn!("refusing a connection to the agent itself");
+            reset(client);
+            return;
+        }
+        let Some(_held) = proxy.admit(&pod, Way::Outbound) else {
+            reset(client);
+            return;
+        };
         let _ = client.set_nodelay(true);
         let state = proxy.state.snapshot();
         // The client as the current config describes it (its locality may
@@ -64,7 +81,15 @@ pub async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, client: TcpStream, peer: S
             original,
         ) {
             Ok(Route::Direct(dst)) => {
-                direct(&state, &proxy.health, &proxy.board, client_workload, dst)
+                match direct(&state, &proxy.health, &proxy.board, client_workload, dst) {
+                    Some(targets) => targets,
+                    None => {
+                        proxy.metrics.fail(Direction::Outbound, Reason::NotExported);
+                        warn!("another network's workload, at a port no service exports to other networks (istio.io/global): refused");
+                        reset(client);
+                        return;
+                    }
+                }
             }
             Ok(Route::Endpoints {
                 service,

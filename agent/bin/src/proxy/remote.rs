@@ -110,16 +110,23 @@ pub enum Failure {
     Behind(Reason),
 }
 
-/// Whose failure an inner handshake's error is. The gateway refused (it
-/// answered the CONNECT with an error: no endpoint, not exported), or the
-/// endpoint's TLS did not pass: what is behind the gateway. The tunnel
-/// broke before any answer (the gateway died, with the pooled connection
-/// the pool had not yet seen close): the gateway.
+/// Whose failure an inner handshake's error is. The gateway found no
+/// endpoint that answered (503), or the endpoint's TLS did not pass: what
+/// is behind the gateway. The gateway refused what this config says it
+/// serves (403: a gateway that disagrees with the mesh, or one that is not
+/// what it claims), or the tunnel broke before any answer (the gateway
+/// died, with the pooled connection the pool had not yet seen close): the
+/// gateway, set aside like one that fails.
 fn inner_failure(err: &strait_hbone::Error) -> Failure {
     use std::io::ErrorKind;
     match err {
         strait_hbone::Error::Tls { source, .. } => match source.kind() {
-            ErrorKind::ConnectionRefused => Failure::Behind(Reason::Upstream),
+            ErrorKind::ConnectionRefused => match strait_hbone::Refused::of(source) {
+                Some(r) if r.status == hyper::StatusCode::FORBIDDEN => {
+                    Failure::Gateway(Reason::Denied)
+                }
+                _ => Failure::Behind(Reason::Upstream),
+            },
             ErrorKind::InvalidData => Failure::Behind(Reason::Tls),
             _ => Failure::Gateway(Reason::Upstream),
         },

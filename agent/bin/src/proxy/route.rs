@@ -327,28 +327,34 @@ pub fn plan<'a>(
 
 /// The targets for a connection that goes where the client dialled: that
 /// address, or, for a mesh workload on another network, through that
-/// network's gateways.
+/// network's gateways, when the port is one of a service exported to other
+/// networks; `None` when it is not (nothing else crosses networks).
 pub fn direct(
     state: &Snapshot,
     health: &Health,
     board: &Board,
     client: &Workload,
     dst: SocketAddr,
-) -> Vec<Target> {
+) -> Option<Vec<Target>> {
     match state.mesh_workload(dst.ip()) {
-        Some(w) if w.network != client.network => remote::vias(
-            state,
-            health,
-            board,
-            &w.network,
-            &strait_hbone::Authority::Addr(dst),
-            vec![state.identity(w)].into(),
-            dst.is_ipv4(),
-        )
-        .into_iter()
-        .map(Target::Remote)
-        .collect(),
-        _ => vec![Target::Direct(dst)],
+        Some(w) if w.network != client.network && !state.config.exported_port(w, dst.port()) => {
+            None
+        }
+        Some(w) if w.network != client.network => Some(
+            remote::vias(
+                state,
+                health,
+                board,
+                &w.network,
+                &strait_hbone::Authority::Addr(dst),
+                vec![state.identity(w)].into(),
+                dst.is_ipv4(),
+            )
+            .into_iter()
+            .map(Target::Remote)
+            .collect(),
+        ),
+        _ => Some(vec![Target::Direct(dst)]),
     }
 }
 

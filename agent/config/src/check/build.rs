@@ -11,7 +11,15 @@ use crate::{
 pub(crate) fn build(parsed: Vec<Parsed>, report: &Report) -> Config {
     let mut config = Config::default();
     let mut kubernetes_services = HashMap::new();
+    // Where each workload came from, by its index in `config.workloads`.
+    let mut claims = Vec::new();
     for p in parsed {
+        if matches!(p.item, Item::Workload(_)) {
+            claims.push(Claim {
+                report: p.report,
+                created: p.created,
+            });
+        }
         match p.item {
             Item::Namespace(ns) => {
                 config.namespaces.insert(ns.name.clone(), ns);
@@ -54,6 +62,7 @@ pub(crate) fn build(parsed: Vec<Parsed>, report: &Report) -> Config {
             w.network = node.network.clone();
         }
     }
+    let mut conflicts = one_claim_per_address(&mut config, &claims, report);
     let mut unreachable = Vec::new();
     for gw in &mut config.east_west_gateways {
         if gw.addresses.is_empty() {
@@ -93,8 +102,99 @@ pub(crate) fn build(parsed: Vec<Parsed>, report: &Report) -> Config {
         })
         .collect();
     config.warnings.extend(unreachable);
+    config.warnings.append(&mut conflicts);
     config.reindex();
     config
+}
+
+/// Where a workload came from.
+struct Claim {
+    report: usize,
+    created: Option<String>,
+}
+
+/// One workload per address in a network. Another workload with one of
+/// its addresses would be enrolled in its pod's network namespace and be
+/// handed its traffic, or, on other nodes, make connections to the address
+/// expect the wrong identity. First come keeps it: a Pod's address is its
+/// own (its kubelet gave it), so a WorkloadEntry never takes a Pod's; then
+/// the older object (`creationTimestamp`), then the one read first. The
+/// others are left out, each named in the warnings and in
+/// `refused_workloads`.
+fn one_claim_per_address(config: &mut Config, claims: &[Claim], report: &Report) -> Vec<String> {
+    let object = |i: usize| &report.objects[claims[i].report];
+    let mut order: Vec<usize> = (0..config.workloads.len()).collect();
+    order.sort_by_cached_key(|&i| {
+        (
+            object(i).kind != "Pod",
+            claims[i].created.is_none(),
+            claims[i].created.clone(),
+            i,
+        )
+    });
+    let mut owner: HashMap<(&str, std::net::IpAddr), usize> = HashMap::new();
+    let mut refused: Vec<(usize, String)> = Vec::new();
+    for i in order {
+        let w = &config.workloads[i];
+        let taken = w
+            .addresses
+            .iter()
+            .find_map(|ip| owner.get(&(w.network.as_str(), *ip)).map(|o| (*ip, *o)));
+        match taken {
+            Some((ip, keeper)) => {
+                let k = object(keeper);
+                let network = if w.network.is_empty() {
+                    String::new()
+                } else {
+                    format!(" in network {}", w.network)
+                };
+                refused.push((
+                    i,
+                    format!(
+                        "{ip} is already the address of {} {}/{}{network} (first come keeps it): left out",
+                        k.kind, k.namespace, k.name
+                    ),
+                ));
+            }
+            None => {
+                for ip in &w.addresses {
+                    owner.insert((w.network.as_str(), *ip), i);
+                }
+            }
+        }
+    }
+    if refused.is_empty() {
+        return Vec::new();
+    }
+    refused.sort_by_key(|(i, _)| *i);
+    let mut warnings = Vec::new();
+    let mut gone = vec![false; config.workloads.len()];
+    for (i, reason) in refused {
+        let o = object(i);
+        let field = if o.kind == "Pod" {
+            "status.podIP"
+        } else {
+            "spec.address"
+        };
+        warnings.push(format!(
+            "{}:{} {}: field {field}: {reason}",
+            o.file.display(),
+            o.line,
+            o.object()
+        ));
+        gone[i] = true;
+        config.refused_workloads.push(crate::RefusedWorkload {
+            workload: config.workloads[i].clone(),
+            object: o.object(),
+            reason,
+        });
+    }
+    let mut i = 0;
+    config.workloads.retain(|_| {
+        i += 1;
+        !gone[i - 1]
+    });
+    warnings
 }
 
 /// The external addresses of the Service in front of a gateway: in its

@@ -263,17 +263,15 @@ pub(super) fn pod(
         .chain(listed)
         .enumerate()
     {
-        match ip.parse::<IpAddr>() {
-            Ok(ip) if !addresses.contains(&ip) => addresses.push(ip),
-            Ok(_) => {}
-            Err(_) => f.reject(
-                if i == 0 && status.pod_ip.is_some() {
-                    "status.podIP"
-                } else {
-                    "status.podIPs"
-                },
-                &format!("{ip:?} is not an IP address"),
-            ),
+        let path = if i == 0 && status.pod_ip.is_some() {
+            "status.podIP"
+        } else {
+            "status.podIPs"
+        };
+        if let Some(ip) = f.workload_ip(path, ip)
+            && !addresses.contains(&ip)
+        {
+            addresses.push(ip);
         }
     }
     let mut ports = std::collections::BTreeMap::new();

@@ -8,6 +8,7 @@ use serde_json::Value as Json;
 use super::Findings;
 use crate::{
     EAST_WEST_CLASS, EastWestGateway, GATEWAY_SERVICE_ACCOUNT_ANNOTATION, NETWORK_LABEL,
+    ROOT_NAMESPACE,
     manifest::{ObjectMeta, gateway_api::GatewaySpec},
     names,
 };
@@ -33,6 +34,17 @@ pub(super) fn east_west(
             &format!(
                 "{:?}: strait acts on Gateways of class {EAST_WEST_CLASS} only; this one has no effect",
                 spec.gateway_class_name
+            ),
+        );
+        return None;
+    }
+    if namespace != ROOT_NAMESPACE {
+        // A tenant's own "gateway" would be handed a share of every other
+        // network's traffic into this one, identities and all.
+        f.warn(
+            "metadata.namespace",
+            &format!(
+                "east-west gateways are accepted only from the mesh's root namespace ({ROOT_NAMESPACE}); this one has no effect"
             ),
         );
         return None;

@@ -76,6 +76,30 @@ impl<'a> Findings<'a> {
         !self.errors.is_empty()
     }
 
+    /// A workload's address: one other hosts reach it at. Loopback, the
+    /// unspecified address and multicast would make the agents, or a
+    /// gateway, connect to themselves.
+    fn workload_ip(&mut self, path: &str, text: &str) -> Option<IpAddr> {
+        let Ok(ip) = text.parse::<IpAddr>() else {
+            self.reject(path, &format!("{text:?} is not an IP address"));
+            return None;
+        };
+        let why = if ip.is_loopback() {
+            "a loopback address"
+        } else if ip.is_unspecified() {
+            "the unspecified address"
+        } else if ip.is_multicast() {
+            "a multicast address"
+        } else {
+            return Some(ip);
+        };
+        self.reject(
+            path,
+            &format!("{ip} is {why}: a workload's address must be one other hosts reach it at"),
+        );
+        None
+    }
+
     /// Decodes `spec` (absent: empty) into its shape.
     fn spec<S: DeserializeOwned>(&mut self, json: &Json) -> Option<S> {
         let empty = Json::Object(Default::default());

@@ -304,7 +304,7 @@ fn workload(
         }
     } else {
         match address.parse::<IpAddr>() {
-            Ok(ip) => addresses.push(ip),
+            Ok(_) => addresses.extend(f.workload_ip(&at, address)),
             Err(_) if kind == Address::Static => f.reject(
                 &at,
                 &format!("{address:?} is not an IP address (resolution STATIC; a host name needs resolution DNS)"),
@@ -320,13 +320,8 @@ fn workload(
     }
     if let Some(more) = meta.annotations.get(ADDRESSES_ANNOTATION) {
         for a in more.split(',').map(str::trim).filter(|a| !a.is_empty()) {
-            match a.parse::<IpAddr>() {
-                Ok(ip) => addresses.push(ip),
-                Err(_) => f.reject(
-                    &format!("metadata.annotations.{ADDRESSES_ANNOTATION}"),
-                    &format!("{a:?} is not an IP address"),
-                ),
-            }
+            let path = format!("metadata.annotations.{ADDRESSES_ANNOTATION}");
+            addresses.extend(f.workload_ip(&path, a));
         }
     }
     if f.has_errors() || addresses.is_empty() {

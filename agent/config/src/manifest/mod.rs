@@ -28,6 +28,9 @@ pub struct ObjectMeta {
     pub namespace: Option<String>,
     pub labels: Labels,
     pub annotations: Labels,
+    /// `metadata.creationTimestamp` (RFC 3339, as the API server writes
+    /// it): which of two claims to one address came first.
+    pub created: Option<String>,
 }
 
 impl Header {
@@ -49,6 +52,10 @@ impl Header {
         let meta = json.get("metadata");
         let name = text("metadata.name", meta.and_then(|m| m.get("name")));
         let namespace = text("metadata.namespace", meta.and_then(|m| m.get("namespace")));
+        let created = text(
+            "metadata.creationTimestamp",
+            meta.and_then(|m| m.get("creationTimestamp")),
+        );
         if meta.is_some_and(|m| !m.is_object()) {
             problems.push(("metadata".into(), "must be a mapping".into()));
         }
@@ -89,6 +96,7 @@ impl Header {
                 namespace,
                 labels,
                 annotations,
+                created,
             },
         };
         (header, problems)

@@ -1,0 +1,330 @@
+//! Tenant isolation: one agent serves every pod of its node, so nothing one
+//! pod does, and nothing one tenant writes, may take it from the others.
+use std::{net::IpAddr, time::Duration};
+
+use strait_e2e::{
+    Mesh, Result, connections, curl_body, echo_server, footprint, http_server, metric_sum,
+    monotonic_now, namespace_yaml, require_root, two_nodes, wait_for_line_prefix, workload_yaml,
+};
+use strait_topology::Topology;
+
+const PROBER: &str = "spiffe://cluster.local/ns/shop/sa/prober";
+
+/// The agent's refusals for one reason, by direction.
+fn refused(metrics: &str, direction: &str, reason: &str) -> u64 {
+    metric_sum(
+        metrics,
+        "strait_connection_failures_total",
+        &[
+            &format!("direction=\"{direction}\""),
+            &format!("reason=\"{reason}\""),
+        ],
+    )
+}
+
+/// Waits until `pod` is enrolled on `node`.
+fn captured(mesh: &Mesh<'_>, node: &str, pod: &str) -> Result<()> {
+    mesh.wait_state(node, pod, Duration::from_secs(30), |s| s == "captured")?;
+    Ok(())
+}
+
+/// A mesh of three pods: `a` and `b` on n1, `c` on n2.
+fn three_pods(topo: &Topology) -> Result<Mesh<'_>> {
+    let mesh = Mesh::new(topo)?;
+    mesh.write(
+        "mesh.yaml",
+        &[
+            namespace_yaml("shop", true),
+            workload_yaml(topo.pod("a")?, "shop", "a", &[]),
+            workload_yaml(topo.pod("b")?, "shop", "b", &[]),
+            workload_yaml(topo.pod("c")?, "shop", "c", &[]),
+        ]
+        .concat(),
+    )?;
+    Ok(mesh)
+}
+
+/// A captured pod dialling the agent's own listeners, plaintext or as an
+/// HBONE authority, is refused and counted; nothing piles up in the agent,
+/// and the node's other pods keep reaching each other.
+#[test]
+fn a_pod_cannot_loop_connections_into_its_agent() -> Result<()> {
+    require_root();
+    let topo = Topology::create(two_nodes(&[("a", "n1"), ("b", "n1"), ("c", "n2")]))?;
+    let mesh = three_pods(&topo)?;
+    let agent1 = mesh.start_agent("n1", &[])?;
+    let agent2 = mesh.start_agent("n2", &[])?;
+    let (a, b, c) = (topo.pod("a")?, topo.pod("b")?, topo.pod("c")?);
+    let _server = http_server(c, 8080, "from-c")?;
+    captured(&mesh, "n1", "a")?;
+    let before = footprint(agent1.pid())?;
+
+    // Plaintext: the agent's inbound listener on the pod's loopback (never
+    // captured), its own address and 0.0.0.0 (captured, then refused).
+    let urls = [
+        "http://127.0.0.1:15006/".to_string(),
+        "http://[::1]:15006/".to_string(),
+        format!("http://{}:15006/", a.ipv4),
+        "http://0.0.0.0:15006/".to_string(),
+    ];
+    for url in &urls {
+        let out = a.run(
+            &["curl", "-sS", "-o", "/dev/null", "--max-time", "5", url],
+            Duration::from_secs(10),
+        )?;
+        println!(
+            "a: curl {url}: exit {:?} {}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        assert!(!out.status.success(), "{url} was answered");
+    }
+    let after = footprint(agent1.pid())?;
+    let metrics1 = mesh.metrics("n1")?;
+    let loops1 = refused(&metrics1, "inbound", "loop") + refused(&metrics1, "outbound", "loop");
+    println!(
+        "n1's agent: RSS {} -> {} KiB, descriptors {} -> {}; loops refused {loops1}",
+        before.0, after.0, before.1, after.1
+    );
+    assert!(
+        after.1 < before.1 + 64,
+        "the agent's descriptors grew from {} to {}",
+        before.1,
+        after.1
+    );
+    assert_eq!(loops1, urls.len() as u64, "loops refused at n1");
+
+    // HBONE: a mesh identity (minted as an operator would) asks c's agent
+    // for c's address at the agent's own ports.
+    let host = &topo.node("n1")?.place;
+    let c_id = "spiffe://cluster.local/ns/shop/sa/c";
+    let ca_dir = mesh.ca_dir.display().to_string();
+    let hbone = format!("{}:15008", c.ipv4);
+    for port in [15008, 15006, 15001, 15053] {
+        let authority = format!("{}:{port}", c.ipv4);
+        let out = host.run_ok(
+            &[
+                env!("CARGO_BIN_EXE_hbone-probe"),
+                &ca_dir,
+                PROBER,
+                c_id,
+                &hbone,
+                &authority,
+            ],
+            Duration::from_secs(30),
+        )?;
+        let answer = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        println!("CONNECT {authority} at c's agent: {answer}");
+        assert_eq!(answer, "refused 403 Forbidden", "CONNECT {authority}");
+    }
+    let loops2 = refused(&mesh.metrics("n2")?, "inbound", "loop");
+    assert_eq!(loops2, 4, "loops refused at n2");
+
+    // The node's other pods still reach each other.
+    let url = format!("http://{}:8080/marker", c.ipv4);
+    assert_eq!(curl_body(b, &url)?, "from-c");
+    drop((agent1, agent2));
+    Ok(())
+}
+
+/// Holds `n` connections to `ip:port` (an echo server): each sends a byte
+/// and waits for it back. Prints `held OK FAILED` once all were tried,
+/// then keeps the connections open for `seconds`.
+const HOLD: &str = r#"
+import socket, sys, time
+ip, port, n, seconds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+socks = []
+for _ in range(n):
+    try:
+        s = socket.create_connection((ip, port), timeout=5)
+        s.sendall(b"x")
+        socks.append(s)
+    except OSError:
+        pass
+ok = 0
+for s in socks:
+    try:
+        s.settimeout(5)
+        if s.recv(1) == b"x":
+            ok += 1
+    except OSError:
+        pass
+print("held", ok, n - ok, flush=True)
+time.sleep(seconds)
+"#;
+
+/// A pod that opens connections as fast as it can is refused past its cap
+/// (counted), the agent's descriptors stay bounded, and the node's other
+/// pods keep being served meanwhile.
+#[test]
+fn one_pod_cannot_take_the_agent_from_the_others() -> Result<()> {
+    require_root();
+    const CAP: u64 = 100;
+    const TRIED: u64 = 400;
+    let topo = Topology::create(two_nodes(&[("a", "n1"), ("b", "n1"), ("c", "n2")]))?;
+    let mesh = three_pods(&topo)?;
+    let cap = CAP.to_string();
+    let agent1 = mesh.start_agent("n1", &[("--max-connections-per-pod", &cap)])?;
+    let agent2 = mesh.start_agent("n2", &[])?;
+    let (a, b, c) = (topo.pod("a")?, topo.pod("b")?, topo.pod("c")?);
+    let _echo = echo_server(c, 9000)?;
+    let _web = http_server(c, 8080, "from-c")?;
+    captured(&mesh, "n1", "a")?;
+    captured(&mesh, "n1", "b")?;
+    let before = footprint(agent1.pid())?;
+
+    let mut hold = a.spawn(&[
+        "python3",
+        "-c",
+        HOLD,
+        &c.ipv4.to_string(),
+        "9000",
+        &TRIED.to_string(),
+        "120",
+    ])?;
+    wait_for_line_prefix(&mut hold, "held", Duration::from_secs(120))?;
+    let held: Vec<u64> = hold
+        .log()
+        .lines()
+        .find_map(|l| l.strip_prefix("held "))
+        .map(|l| {
+            l.split_whitespace()
+                .filter_map(|n| n.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    let during = footprint(agent1.pid())?;
+    // b's connections while a holds all it may.
+    let load = connections(b, IpAddr::V4(c.ipv4), 8080, 200, 8, monotonic_now())?;
+    let metrics = mesh.metrics("n1")?;
+    let over = refused(&metrics, "outbound", "pod_limit");
+    println!(
+        "a held {:?} (served, refused) of {TRIED} with a cap of {CAP}; {over} counted over the pod's cap",
+        held
+    );
+    println!(
+        "n1's agent: RSS {} -> {} KiB, descriptors {} -> {}",
+        before.0, during.0, before.1, during.1
+    );
+    println!(
+        "b meanwhile: {} answered, {} failed ({:?})",
+        load.total(),
+        load.failures,
+        load.errors
+    );
+    assert_eq!(
+        held,
+        [CAP, TRIED - CAP],
+        "a's connections (served, refused)"
+    );
+    assert_eq!(over, TRIED - CAP, "refusals counted");
+    assert!(
+        (during.1 as u64) < before.1 as u64 + 2 * CAP + 64,
+        "the agent's descriptors grew from {} to {}",
+        before.1,
+        during.1
+    );
+    assert_eq!(load.failures, 0, "b was starved: {:?}", load.errors);
+    assert_eq!(load.total(), 200);
+    drop(hold);
+    drop((agent1, agent2));
+    Ok(())
+}
+
+/// Connections opened at `node`'s agent as the destination, from `who`.
+fn arrived_from(mesh: &Mesh<'_>, node: &str, who: &str) -> Result<u64> {
+    Ok(metric_sum(
+        &mesh.metrics(node)?,
+        "istio_tcp_connections_opened_total",
+        &[
+            "reporter=\"destination\"",
+            &format!("source_principal=\"spiffe://cluster.local/{who}\""),
+        ],
+    ))
+}
+
+/// A tenant's WorkloadEntry with another pod's address, and one naming
+/// another pod's network namespace (by the annotation), get neither: both
+/// are refused and shown so, the pod's connections keep leaving as itself
+/// and arriving to it, also once the tenant's objects are gone.
+#[test]
+fn a_tenant_cannot_claim_another_pods_address_or_namespace() -> Result<()> {
+    require_root();
+    let topo = Topology::create(two_nodes(&[("a", "n1"), ("b", "n2")]))?;
+    let (a, b) = (topo.pod("a")?, topo.pod("b")?);
+    let mesh = Mesh::new(&topo)?;
+    mesh.write(
+        "mesh.yaml",
+        &[
+            namespace_yaml("shop", true),
+            workload_yaml(a, "shop", "a", &[]),
+            workload_yaml(b, "shop", "b", &[]),
+        ]
+        .concat(),
+    )?;
+    let agent1 = mesh.start_agent("n1", &[])?;
+    let agent2 = mesh.start_agent("n2", &[])?;
+    let _a_web = http_server(a, 8080, "from-a")?;
+    let _b_web = http_server(b, 8080, "from-b")?;
+    captured(&mesh, "n1", "a")?;
+
+    // The tenant's claims, written while a is enrolled.
+    let squat = workload_yaml(a, "tenant", "squat", &[]).replace("name: a\n", "name: squat\n");
+    let named = format!(
+        "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata:\n  name: borrow\n  namespace: tenant\n  annotations:\n    strait.dev/node: n1\n    strait.dev/netns: {netns}\nspec:\n  address: 10.1.0.99\n  serviceAccount: borrow\n---\n",
+        netns = a.name
+    );
+    mesh.write(
+        "tenant.yaml",
+        &[namespace_yaml("tenant", true), squat, named].concat(),
+    )?;
+    let refused = |s: &str| s.starts_with("refused: ");
+    let (squat_state, _) = mesh.wait_state("n1", "squat", Duration::from_secs(30), refused)?;
+    let (borrow_state, _) = mesh.wait_state("n1", "borrow", Duration::from_secs(30), refused)?;
+    println!("squat: {squat_state}");
+    println!("borrow: {borrow_state}");
+    assert!(
+        squat_state.contains(&format!(
+            "{} is already the address of WorkloadEntry shop/a",
+            a.ipv4
+        )),
+        "{squat_state}"
+    );
+    assert!(borrow_state.contains("is shop/a's"), "{borrow_state}");
+    let gauge = metric_sum(
+        &mesh.metrics("n1")?,
+        "strait_workloads",
+        &["state=\"refused\""],
+    );
+    assert_eq!(gauge, 2, "strait_workloads{{state=\"refused\"}}");
+
+    // a's connections leave as a, and connections into a arrive.
+    let out = connections(a, IpAddr::V4(b.ipv4), 8080, 40, 4, monotonic_now())?;
+    let (as_a, as_squat) = (
+        arrived_from(&mesh, "n2", "ns/shop/sa/a")?,
+        arrived_from(&mesh, "n2", "ns/tenant/sa/squat")?,
+    );
+    let into_a = connections(b, IpAddr::V4(a.ipv4), 8080, 10, 2, monotonic_now())?;
+    println!(
+        "while the claims stand: a -> b {} answered ({as_a} arrived as a, {as_squat} as the tenant), b -> a {} answered, {} failed",
+        out.total(),
+        into_a.total(),
+        into_a.failures
+    );
+    assert_eq!((out.total(), out.failures), (40, 0));
+    assert_eq!((as_a, as_squat), (40, 0));
+    assert_eq!((into_a.total(), into_a.failures), (10, 0));
+
+    // The tenant's objects go; a keeps its traffic.
+    std::fs::remove_file(mesh.config_dir.join("tenant.yaml"))?;
+    mesh.wait_state("n1", "squat", Duration::from_secs(30), str::is_empty)?;
+    let after = connections(b, IpAddr::V4(a.ipv4), 8080, 10, 2, monotonic_now())?;
+    println!(
+        "after the tenant's objects are gone: b -> a {} answered, {} failed",
+        after.total(),
+        after.failures
+    );
+    assert_eq!((after.total(), after.failures), (10, 0));
+    drop((agent1, agent2));
+    Ok(())
+}

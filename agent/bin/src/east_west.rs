@@ -50,7 +50,6 @@ const ATTEMPTS: usize = 4;
 pub fn limits() -> strait_hbone::Limits {
     strait_hbone::Limits {
         handshakes_per_ip: 512,
-        connections_per_identity: 1024,
         ..strait_hbone::Limits::default()
     }
 }
@@ -131,8 +130,8 @@ async fn handle(gateway: Arc<Gateway>, tcp: TcpStream, peer: SocketAddr) {
             let gateway = gateway.clone();
             move |connect: Connect| on_connect(gateway.clone(), connect)
         };
-        match strait_hbone::serve(tcp, peer, tls, gateway.limits, &gateway.admission, handler).await
-        {
+        let admission = (&gateway.admission, false);
+        match strait_hbone::serve(tcp, peer, tls, gateway.limits, admission, handler).await {
             Ok(()) => {}
             Err(err) if err.is_tls() => {
                 gateway.metrics.fail(Direction::Gateway, Reason::Tls);
@@ -153,6 +152,15 @@ async fn handle(gateway: Arc<Gateway>, tcp: TcpStream, peer: SocketAddr) {
 async fn on_connect(gateway: Arc<Gateway>, connect: Connect) {
     let span = info_span!("gateway_connect", src = %connect.peer_addr, src_identity = %connect.peer, authority = %connect.authority);
     async move {
+        // One identity's splices are bounded: each pins a connection to
+        // an endpoint and, until the inner handshake ends, one of its
+        // agent's handshake places for this gateway.
+        let Ok(_stream) = &connect.admitted else {
+            gateway.metrics.fail(Direction::Gateway, Reason::Limit);
+            debug!("over the identity's splices: refused");
+            connect.stream.refuse(StatusCode::SERVICE_UNAVAILABLE);
+            return;
+        };
         let state = gateway.state.snapshot();
         let Some(me) = gateway.object(&state) else {
             warn!("this gateway is no longer in the config");

@@ -186,16 +186,10 @@ fn ours(config: &Config, identity: &Identity) -> Result<(), String> {
     }
 }
 
-/// Whether `w` is an instance of an east-west gateway (labelled with the
-/// Gateway's name, in its namespace, as its service account): the gateway
-/// role on that node holds the gateway's identity.
+/// Whether `w` is an instance of an east-west gateway: the gateway role on
+/// that node holds the gateway's identity.
 fn gateway_instance(config: &Config, w: &strait_config::Workload) -> bool {
-    let Some(name) = w.labels.get(strait_config::GATEWAY_NAME_LABEL) else {
-        return false;
-    };
-    config.east_west_gateways.iter().any(|g| {
-        &g.name == name && g.namespace == w.namespace && g.service_account == w.service_account
-    })
+    config.gateway_of(w).is_some()
 }
 
 #[cfg(test)]

@@ -379,6 +379,15 @@ impl Config {
             .unwrap_or(false)
     }
 
+    /// The east-west gateway `w` is an instance of: labelled with the
+    /// Gateway's name, in its namespace, running as its service account.
+    pub fn gateway_of(&self, w: &Workload) -> Option<&EastWestGateway> {
+        let name = w.labels.get(GATEWAY_NAME_LABEL)?;
+        self.east_west_gateways.iter().find(|g| {
+            &g.name == name && g.namespace == w.namespace && g.service_account == w.service_account
+        })
+    }
+
     /// The east-west gateways into `network`.
     pub fn gateways_into<'a>(
         &'a self,

@@ -10,7 +10,7 @@ mod tunnel;
 
 pub use authority::{Authority, BadAuthority};
 pub use client::{Pool, PoolKey, connect_over};
-pub use server::{Admission, Connect, Limits, PendingTunnel, serve};
+pub use server::{Admission, Connect, Limits, OverLimit, PendingTunnel, StreamSlot, serve};
 pub use source::{BAGGAGE_HEADER, SOURCE_NETWORK_HEADER, Source};
 pub use tunnel::{Refused, Tunnel};
 
@@ -112,7 +112,7 @@ mod tests {
                         peer_addr,
                         tls,
                         Limits::default(),
-                        &admission,
+                        (&admission, false),
                         move |connect: Connect| {
                             let seen = seen.clone();
                             async move {
@@ -205,5 +205,92 @@ mod tests {
             .err()
             .unwrap();
         assert!(err.is_tls(), "{err}");
+    }
+
+    /// One identity's open streams to a listener are bounded on all its
+    /// connections together; once one ends, there is room again. Another
+    /// identity has room of its own.
+    #[tokio::test]
+    async fn one_identitys_streams_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Signer::open_or_create(dir.path(), "cluster.local").unwrap();
+        let certs = CertManager::new(Arc::new(ca), Duration::from_secs(3600)).unwrap();
+        let ids = ["web", "api", "db"].map(|sa| Identity::new("cluster.local", "shop", sa));
+        for id in &ids {
+            certs.ensure(id, Duration::from_secs(5)).await.unwrap();
+        }
+        let [web, api, db] = ids;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server_tls = tls::server_config(&certs, &db).unwrap();
+        let limits = Limits {
+            streams_per_identity: 2,
+            ..Limits::default()
+        };
+        let admission = Arc::new(Admission::default());
+        tokio::spawn(async move {
+            loop {
+                let (tcp, peer_addr) = listener.accept().await.unwrap();
+                let (tls, admission) = (server_tls.clone(), admission.clone());
+                tokio::spawn(async move {
+                    serve(
+                        tcp,
+                        peer_addr,
+                        tls,
+                        limits,
+                        (&admission, false),
+                        |connect: Connect| async move {
+                            if connect.admitted.is_err() {
+                                connect.stream.refuse(StatusCode::SERVICE_UNAVAILABLE);
+                                return;
+                            }
+                            // Holds the stream (and its slot) until the client
+                            // ends it.
+                            let mut tunnel = connect.stream.accept().unwrap();
+                            let mut rest = Vec::new();
+                            let _ = tunnel.read_to_end(&mut rest).await;
+                        },
+                    )
+                    .await
+                });
+            }
+        });
+        let clients = tls::ClientConfigs::new(certs.clone());
+        let authority: Authority = "10.9.9.9:8080".parse().unwrap();
+        let open = |source: &Identity, pool: &Arc<Pool>| {
+            let key = PoolKey {
+                source: source.clone(),
+                destination: db.clone(),
+                addr,
+            };
+            let tls = clients.get(source, &db).unwrap();
+            let (pool, authority) = (pool.clone(), authority.clone());
+            async move {
+                let mut tunnel = pool
+                    .connect(&key, &authority, None, tls, || TcpStream::connect(addr))
+                    .await
+                    .unwrap();
+                tunnel.established().await.map(|()| tunnel)
+            }
+        };
+        // Two pools: two connections of one identity share its bound.
+        let (pool_a, pool_b) = (Pool::new(), Pool::new());
+        let first = open(&web, &pool_a).await.unwrap();
+        let _second = open(&web, &pool_b).await.unwrap();
+        let err = open(&web, &pool_a).await.err().unwrap();
+        assert!(err.to_string().contains("503"), "{err}");
+        assert!(open(&api, &pool_b).await.is_ok(), "another identity");
+        drop(first);
+        // The server sees the stream end, then frees its slot.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            match open(&web, &pool_a).await {
+                Ok(_) => break,
+                Err(_) if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await
+                }
+                Err(err) => panic!("no room after a stream ended: {err}"),
+            }
+        }
     }
 }

@@ -34,7 +34,21 @@ pub struct Connect {
     pub source: Option<Source>,
     /// The stream, to accept or refuse.
     pub stream: PendingTunnel,
+    /// The stream's place among its identity's (held while it lives), or
+    /// [`OverLimit`] when the identity has as many as it may: the caller
+    /// refuses it, and counts that.
+    pub admitted: Result<StreamSlot, OverLimit>,
 }
+
+/// A stream's place among those of its peer identity.
+pub struct StreamSlot {
+    _slot: Slot<Identity>,
+}
+
+/// The peer identity already has `Limits::streams_per_identity` streams
+/// open to this listener.
+#[derive(Debug, Clone, Copy)]
+pub struct OverLimit;
 
 /// A CONNECT not answered yet. Dropping it refuses the stream.
 pub struct PendingTunnel {
@@ -81,8 +95,16 @@ pub struct Limits {
     /// Concurrent CONNECT streams on one connection (HTTP/2 SETTINGS); a
     /// peer that wants more opens another connection or waits.
     pub streams_per_connection: u32,
-    /// HBONE connections one peer identity may hold to one pod.
+    /// TLS handshakes in progress from an address that is one of the
+    /// network's east-west gateways: every client of other networks comes
+    /// from there, so the gateway bounds each identity's share.
+    pub gateway_handshakes: usize,
+    /// HBONE connections one peer identity may hold to one pod. Across
+    /// networks every tunnel is a connection of its own.
     pub connections_per_identity: usize,
+    /// CONNECT streams one peer identity may have open to one pod, on all
+    /// its connections: what a client's tunnels cost the pod's agent.
+    pub streams_per_identity: usize,
     /// A request's headers, decoded (a CONNECT's are a few dozen bytes).
     pub max_header_list_size: u32,
     /// A connection with no open stream this long is closed.
@@ -94,41 +116,52 @@ impl Default for Limits {
         Self {
             handshake_timeout: Duration::from_secs(10),
             handshakes_per_ip: 64,
+            gateway_handshakes: 4096,
             streams_per_connection: 100,
-            connections_per_identity: 16,
+            // Sized from what legitimate clients open: a database pool of a
+            // few hundred connections from another network is that many
+            // HBONE connections of one identity.
+            connections_per_identity: 1024,
+            streams_per_identity: 1024,
             max_header_list_size: 16 << 10,
             idle_timeout: Duration::from_secs(300),
         }
     }
 }
 
+type Counts<K> = Arc<Mutex<HashMap<K, usize>>>;
+
 /// Counts what peers hold, to enforce [`Limits`]: handshakes by IP,
-/// connections by identity. One per pod.
+/// connections and streams by identity. One per pod.
 #[derive(Default)]
 pub struct Admission {
-    handshakes: Mutex<HashMap<IpAddr, usize>>,
-    connections: Mutex<HashMap<Identity, usize>>,
+    handshakes: Counts<IpAddr>,
+    connections: Counts<Identity>,
+    streams: Counts<Identity>,
 }
 
 /// A slot in one of [`Admission`]'s counts, given back on drop.
-struct Slot<'a, K: Eq + Hash + Clone> {
-    map: &'a Mutex<HashMap<K, usize>>,
+pub(crate) struct Slot<K: Eq + Hash + Clone> {
+    map: Counts<K>,
     key: K,
 }
 
-impl<K: Eq + Hash + Clone> Slot<'_, K> {
-    fn take(map: &Mutex<HashMap<K, usize>>, key: K, max: usize) -> Option<Slot<'_, K>> {
+impl<K: Eq + Hash + Clone> Slot<K> {
+    fn take(map: &Counts<K>, key: K, max: usize) -> Option<Slot<K>> {
         let mut counts = map.lock().unwrap_or_else(|p| p.into_inner());
         let n = counts.entry(key.clone()).or_default();
         if *n >= max {
             return None;
         }
         *n += 1;
-        Some(Slot { map, key })
+        Some(Slot {
+            map: map.clone(),
+            key,
+        })
     }
 }
 
-impl<K: Eq + Hash + Clone> Drop for Slot<'_, K> {
+impl<K: Eq + Hash + Clone> Drop for Slot<K> {
     fn drop(&mut self) {
         let mut counts = self.map.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(n) = counts.get_mut(&self.key) {
@@ -161,13 +194,15 @@ impl Admission {
 /// Serves one accepted HBONE connection within `limits`, calling `handler`
 /// for each CONNECT on a task of its own. A failed handshake (no
 /// certificate, another CA, too slow) is `Error::Tls`; a peer over one of
-/// its limits is `Error::Limit`.
+/// its limits is `Error::Limit`. `from_gateway`: the TCP peer is one of
+/// the network's east-west gateways (its handshakes are counted against
+/// `gateway_handshakes`, not the per-address limit).
 pub async fn serve<H, F>(
     tcp: TcpStream,
     peer_addr: SocketAddr,
     tls: Arc<ServerConfig>,
     limits: Limits,
-    admission: &Admission,
+    (admission, from_gateway): (&Admission, bool),
     handler: H,
 ) -> Result<(), Error>
 where
@@ -182,7 +217,11 @@ where
     let handshaking = Slot::take(
         &admission.handshakes,
         peer_addr.ip(),
-        limits.handshakes_per_ip,
+        if from_gateway {
+            limits.gateway_handshakes
+        } else {
+            limits.handshakes_per_ip
+        },
     )
     .ok_or(Error::Limit {
         addr: peer_addr,
@@ -264,6 +303,13 @@ where
         };
         let recv = request.into_body();
         let active = StreamOpen::count(open.clone());
+        let admitted = Slot::take(
+            &admission.streams,
+            peer.clone(),
+            limits.streams_per_identity,
+        )
+        .map(|slot| StreamSlot { _slot: slot })
+        .ok_or(OverLimit);
         let stream = handler(Connect {
             peer: peer.clone(),
             peer_addr,
@@ -275,6 +321,7 @@ where
             },
             authority,
             source,
+            admitted,
         });
         tokio::spawn(async move {
             stream.await;

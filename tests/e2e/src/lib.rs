@@ -185,6 +185,65 @@ pub fn echo_server(place: &Place, port: u16) -> Result<Process> {
     Ok(server)
 }
 
+/// Holds `n` connections to `ip:port` (an echo server) from `place`: each
+/// sends a byte and waits for it back, all kept open for `seconds` (or
+/// until the process is dropped). Returns once all were tried, with how
+/// many were (served, refused).
+pub fn hold_connections(
+    place: &Place,
+    ip: std::net::IpAddr,
+    port: u16,
+    n: u32,
+    seconds: u32,
+) -> Result<(Process, (u64, u64))> {
+    const HOLD: &str = r#"
+import socket, sys, time
+ip, port, n, seconds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+socks = []
+for _ in range(n):
+    try:
+        s = socket.create_connection((ip, port), timeout=5)
+        s.sendall(b"x")
+        socks.append(s)
+    except OSError:
+        pass
+ok = 0
+for s in socks:
+    try:
+        s.settimeout(5)
+        if s.recv(1) == b"x":
+            ok += 1
+    except OSError:
+        pass
+print("held", ok, n - ok, flush=True)
+time.sleep(seconds)
+"#;
+    let mut hold = place.spawn(&[
+        "python3",
+        "-c",
+        HOLD,
+        &ip.to_string(),
+        &port.to_string(),
+        &n.to_string(),
+        &seconds.to_string(),
+    ])?;
+    wait_for_line_prefix(&mut hold, "held", Duration::from_secs(120))?;
+    let counts: Vec<u64> = hold
+        .log()
+        .lines()
+        .find_map(|l| l.strip_prefix("held "))
+        .map(|l| {
+            l.split_whitespace()
+                .filter_map(|n| n.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    match counts.as_slice() {
+        [ok, refused] => Ok((hold, (*ok, *refused))),
+        _ => Err(format!("no counts from the holding client: {}", hold.log()).into()),
+    }
+}
+
 /// One long-lived connection to an echo server: a line every 50 ms for
 /// `seconds`, each checked as it comes back. Prints `connected` once the
 /// first line came back, `echoed N` and exits 0 when every line came back,
@@ -442,22 +501,24 @@ pub fn topology_node_yaml(node: &Node) -> String {
 /// An east-west Gateway into `network` (`istio-system/eastwest-<network>`,
 /// as Istio's docs name it) at the shared-segment addresses of the gateway
 /// nodes `nodes`, with a WorkloadEntry per instance: the CA signs the
-/// gateway's identity for the node that runs an instance.
+/// gateway's identity for the node that runs an instance, and the
+/// network's agents know its inside addresses (where it connects to their
+/// pods from) as a gateway's, as they know a gateway pod's address.
 pub fn east_west_gateway_yaml(topo: &Topology, network: &str, nodes: &[&str]) -> Result<String> {
     let name = format!("eastwest-{network}");
     let mut addresses = String::new();
     let mut instances = String::new();
     for node in nodes {
-        let (v4, v6) = topo
-            .node(node)?
-            .addrs
+        let addrs = &topo.node(node)?.addrs;
+        let (v4, v6) = addrs
             .internet
             .ok_or_else(|| format!("{node} is not a gateway node"))?;
+        let inside = format!("{},{}", addrs.ipv4, addrs.ipv6);
         addresses.push_str(&format!(
             "  - {{type: IPAddress, value: \"{v4}\"}}\n  - {{type: IPAddress, value: \"{v6}\"}}\n"
         ));
         instances.push_str(&format!(
-            "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata:\n  name: {name}-{node}\n  namespace: istio-system\n  annotations:\n    strait.dev/node: {node}\n    strait.dev/addresses: \"{v6}\"\nspec:\n  address: {v4}\n  serviceAccount: {name}-istio-east-west\n  labels:\n    gateway.networking.k8s.io/gateway-name: {name}\n---\n"
+            "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata:\n  name: {name}-{node}\n  namespace: istio-system\n  annotations:\n    strait.dev/node: {node}\n    strait.dev/addresses: \"{v6},{inside}\"\nspec:\n  address: {v4}\n  serviceAccount: {name}-istio-east-west\n  labels:\n    gateway.networking.k8s.io/gateway-name: {name}\n---\n"
         ));
     }
     Ok(format!(

@@ -3,8 +3,8 @@
 use std::{net::IpAddr, time::Duration};
 
 use strait_e2e::{
-    Mesh, Result, connections, curl_body, echo_server, footprint, http_server, metric_sum,
-    monotonic_now, namespace_yaml, require_root, two_nodes, wait_for_line_prefix, workload_yaml,
+    Mesh, Result, connections, curl_body, echo_server, footprint, hold_connections, http_server,
+    metric_sum, monotonic_now, namespace_yaml, require_root, two_nodes, workload_yaml,
 };
 use strait_topology::Topology;
 
@@ -127,32 +127,6 @@ fn a_pod_cannot_loop_connections_into_its_agent() -> Result<()> {
     Ok(())
 }
 
-/// Holds `n` connections to `ip:port` (an echo server): each sends a byte
-/// and waits for it back. Prints `held OK FAILED` once all were tried,
-/// then keeps the connections open for `seconds`.
-const HOLD: &str = r#"
-import socket, sys, time
-ip, port, n, seconds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
-socks = []
-for _ in range(n):
-    try:
-        s = socket.create_connection((ip, port), timeout=5)
-        s.sendall(b"x")
-        socks.append(s)
-    except OSError:
-        pass
-ok = 0
-for s in socks:
-    try:
-        s.settimeout(5)
-        if s.recv(1) == b"x":
-            ok += 1
-    except OSError:
-        pass
-print("held", ok, n - ok, flush=True)
-time.sleep(seconds)
-"#;
-
 /// A pod that opens connections as fast as it can is refused past its cap
 /// (counted), the agent's descriptors stay bounded, and the node's other
 /// pods keep being served meanwhile.
@@ -173,26 +147,7 @@ fn one_pod_cannot_take_the_agent_from_the_others() -> Result<()> {
     captured(&mesh, "n1", "b")?;
     let before = footprint(agent1.pid())?;
 
-    let mut hold = a.spawn(&[
-        "python3",
-        "-c",
-        HOLD,
-        &c.ipv4.to_string(),
-        "9000",
-        &TRIED.to_string(),
-        "120",
-    ])?;
-    wait_for_line_prefix(&mut hold, "held", Duration::from_secs(120))?;
-    let held: Vec<u64> = hold
-        .log()
-        .lines()
-        .find_map(|l| l.strip_prefix("held "))
-        .map(|l| {
-            l.split_whitespace()
-                .filter_map(|n| n.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default();
+    let (hold, held) = hold_connections(a, IpAddr::V4(c.ipv4), 9000, TRIED as u32, 120)?;
     let during = footprint(agent1.pid())?;
     // b's connections while a holds all it may.
     let load = connections(b, IpAddr::V4(c.ipv4), 8080, 200, 8, monotonic_now())?;
@@ -214,7 +169,7 @@ fn one_pod_cannot_take_the_agent_from_the_others() -> Result<()> {
     );
     assert_eq!(
         held,
-        [CAP, TRIED - CAP],
+        (CAP, TRIED - CAP),
         "a's connections (served, refused)"
     );
     assert_eq!(over, TRIED - CAP, "refusals counted");

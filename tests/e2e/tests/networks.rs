@@ -13,9 +13,9 @@ use std::{
 
 use strait_e2e::{
     Load, Mesh, Result, client_cert, closed_by_the_server, connections, curl, curl_body,
-    east_west_gateway_yaml, footprint, hbone_tls_status, http_server, marker_url, metric_sum,
-    monotonic_now, namespace_yaml, require_root, self_signed, slow_handshakes, topology_node_yaml,
-    wait_for_line_prefix, workload_yaml,
+    east_west_gateway_yaml, echo_server, footprint, hbone_tls_status, hold_connections,
+    http_server, marker_url, metric_sum, monotonic_now, namespace_yaml, require_root, self_signed,
+    slow_handshakes, topology_node_yaml, wait_for_line_prefix, workload_yaml,
 };
 use strait_topology::{Locality, Place, Process, Spec, Topology};
 
@@ -225,7 +225,120 @@ fn a_service_on_another_network_is_reached_through_its_gateway_as_the_client() -
     assert!(denied >= 1, "no denial counted at the destination");
     println!("policy at the destination: client allowed, other denied ({denied} denials counted)");
 
-    refusals(&mesh, &topo)
+    refusals(&mesh, &topo)?;
+    boundary(&mesh, &topo)
+}
+
+/// An HBONE probe's answer (`hbone-probe` as `source`, to `peer` at
+/// `addr`), run in `place` with `env` (`NAME=value`) set.
+fn probe_at(
+    mesh: &Mesh<'_>,
+    place: &Place,
+    env: &[&str],
+    (source, peer, addr): (&str, &str, &str),
+    authority: &str,
+) -> Result<String> {
+    let ca_dir = mesh.ca_dir.display().to_string();
+    let mut argv = vec!["env"];
+    argv.extend_from_slice(env);
+    argv.extend([
+        env!("CARGO_BIN_EXE_hbone-probe"),
+        &ca_dir,
+        source,
+        peer,
+        addr,
+        authority,
+    ]);
+    let out = place.run_ok(&argv, Duration::from_secs(30))?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// What crosses networks is the ports of exported services and nothing
+/// else: the client's agent does not take another port of net2's pod
+/// there, the gateway gives one answer to a port not exported and to an
+/// address that is nobody's, and the destination refuses what arrives
+/// through a gateway for a port or service it does not export.
+fn boundary(mesh: &Mesh<'_>, topo: &Topology) -> Result<()> {
+    let (client, s1) = (topo.pod("client")?, topo.pod("s1")?);
+    let _other = http_server(s1, 9090, "not exported")?;
+    let url = format!("http://{}:9090/marker", s1.ipv4);
+    let out = client.run(
+        &["curl", "-sS", "--max-time", "5", &url],
+        Duration::from_secs(10),
+    )?;
+    println!(
+        "client -> {url} (a port of s1 no global service has): exit {:?} {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    assert!(!out.status.success(), "{url} crossed networks");
+    let counted = metric_sum(
+        &mesh.metrics("n1a")?,
+        "strait_connection_failures_total",
+        &["direction=\"outbound\"", "reason=\"not_exported\""],
+    );
+    assert_eq!(counted, 1, "refusals counted at the client's agent");
+    // Its exported port, by address, still crosses.
+    let exported = format!("http://{}:8080/marker", s1.ipv4);
+    assert_eq!(curl_body(client, &exported)?, FROM_NET2);
+
+    let edge = &topo.node("g1")?.place;
+    let (gateway_v4, _) = topo.node("g2a")?.addrs.internet.ok_or("no address")?;
+    let gateway = format!("{gateway_v4}:15008");
+    let gateway_id = "spiffe://cluster.local/ns/istio-system/sa/eastwest-net2-istio-east-west";
+    let octets = s1.ipv4.octets();
+    let nobody = std::net::Ipv4Addr::new(octets[0], octets[1], octets[2], 99);
+    let at_gateway = |authority: &str| {
+        probe_at(
+            mesh,
+            edge,
+            &[],
+            (CLIENT_ID, gateway_id, &gateway),
+            authority,
+        )
+    };
+    let not_exported = at_gateway(&format!("{}:9090", s1.ipv4))?;
+    let nobodys = at_gateway(&format!("{nobody}:8080"))?;
+    println!(
+        "gateway: {}:9090 (not exported) -> {not_exported}; {nobody}:8080 (nobody's) -> {nobodys}",
+        s1.ipv4
+    );
+    assert_eq!(not_exported, "refused 403 Forbidden");
+    assert_eq!(nobodys, not_exported, "the answers tell a workload apart");
+
+    // As another network's agent asks the destination, through a gateway.
+    let inside = &topo.node("n2a")?.place;
+    let web_id = "spiffe://cluster.local/ns/shop/sa/web";
+    let s1_hbone = format!("{}:15008", s1.ipv4);
+    let across = ["HBONE_PROBE_SOURCE_NETWORK=net1"];
+    let at_destination = |authority: &str| {
+        probe_at(
+            mesh,
+            inside,
+            &across,
+            (CLIENT_ID, web_id, &s1_hbone),
+            authority,
+        )
+    };
+    for (authority, want) in [
+        (format!("{}:9090", s1.ipv4), "refused 403 Forbidden"),
+        (
+            "db.shop.svc.cluster.local:5432".to_string(),
+            "refused 403 Forbidden",
+        ),
+        ("web.shop.svc.cluster.local:80".to_string(), "200"),
+    ] {
+        let answer = at_destination(&authority)?;
+        println!("destination, as from net1: CONNECT {authority} -> {answer}");
+        assert_eq!(answer, want, "CONNECT {authority} from another network");
+    }
+    let refused_inbound = metric_sum(
+        &mesh.metrics("n2a")?,
+        "strait_connection_failures_total",
+        &["direction=\"inbound\"", "reason=\"not_exported\""],
+    );
+    assert_eq!(refused_inbound, 2, "refusals counted at the destination");
+    Ok(())
 }
 
 /// The first access-log line of `process` naming both identities (a line
@@ -600,5 +713,138 @@ fn the_gateway_holds_floods_to_its_limits() -> Result<()> {
         closed >= 900,
         "only {closed} silent connections were closed"
     );
+    Ok(())
+}
+
+const ECHO_VIP: &str = "10.96.0.13";
+
+/// net1: the client on `n1a`, the edge `g1`; net2: `s1` and `c2a` on
+/// `n2a`, `c2b` on `n2b`, the gateway node `g2a`.
+fn fan_in_spec() -> Spec {
+    Spec::new()
+        .node("n1a", "c1", "net1", Locality::new("r1", "z1", ""))
+        .gateway_node("g1", "c1", "net1", Locality::new("r1", "z1", ""))
+        .node("n2a", "c2", "net2", Locality::new("r2", "z1", ""))
+        .node("n2b", "c2", "net2", Locality::new("r2", "z2", ""))
+        .gateway_node("g2a", "c2", "net2", Locality::new("r2", "z1", ""))
+        .pod("client", "n1a")
+        .pod("s1", "n2a")
+        .pod("c2a", "n2a")
+        .pod("c2b", "n2b")
+}
+
+/// Legitimate fan-in: one identity's 256 connections at once to one pod,
+/// from two nodes of its network and from another network (through the
+/// gateway, each a tunnel of its own), are all served. And one identity's
+/// silent sessions through the gateway (tunnels whose inner handshake
+/// never starts, each waiting at the destination's agent) do not keep
+/// other identities' connections across from being served: the
+/// destination gives its network's gateways room for a whole network,
+/// and the gateway bounds each identity's share.
+#[test]
+fn one_identitys_fan_in_is_served_and_its_silent_sessions_starve_no_one() -> Result<()> {
+    require_root();
+    let _turn = TURN.lock().unwrap_or_else(|p| p.into_inner());
+    let topo = Topology::create(fan_in_spec())?;
+    let mesh = Mesh::new(&topo)?;
+    let mut yaml = base_yaml(&topo)?;
+    yaml.push_str(&workload_yaml(
+        topo.pod("s1")?,
+        "shop",
+        "web",
+        &[("service", "web")],
+    ));
+    for pod in ["c2a", "c2b"] {
+        yaml.push_str(&workload_yaml(topo.pod(pod)?, "shop", "client", &[]));
+    }
+    yaml.push_str(&web_service(&[VIP]));
+    yaml.push_str(&format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: echo\n  namespace: shop\n  labels:\n    istio.io/global: \"true\"\nspec:\n  clusterIP: {ECHO_VIP}\n  selector:\n    service: web\n  ports:\n  - name: tcp-echo\n    port: 9000\n---\n"
+    ));
+    yaml.push_str(&east_west_gateway_yaml(&topo, "net2", &["g2a"])?);
+    mesh.write("mesh.yaml", &yaml)?;
+    let _agents = ["n1a", "n2a", "n2b"]
+        .iter()
+        .map(|n| mesh.start_agent(n, &[]))
+        .collect::<Result<Vec<_>>>()?;
+    let gateway = mesh.start_gateway("g2a", "net2")?;
+    let s1 = topo.pod("s1")?;
+    let _echo = echo_server(s1, 9000)?;
+    let _web = http_server(s1, 8080, FROM_NET2)?;
+
+    // 256 at once, all as shop/client.
+    let s1_ip = IpAddr::V4(s1.ipv4);
+    let (across, across_held) =
+        hold_connections(topo.pod("client")?, ECHO_VIP.parse()?, 9000, 128, 120)?;
+    let (near_a, near_a_held) = hold_connections(topo.pod("c2a")?, s1_ip, 9000, 64, 120)?;
+    let (near_b, near_b_held) = hold_connections(topo.pod("c2b")?, s1_ip, 9000, 64, 120)?;
+    let open = metric_sum(
+        &mesh.metrics("n2a")?,
+        "istio_tcp_connections_opened_total",
+        &[
+            "reporter=\"destination\"",
+            &format!("source_principal=\"{CLIENT_ID}\""),
+        ],
+    );
+    println!(
+        "256 at once as {CLIENT_ID}: from net1 through the gateway {across_held:?}, \
+         from n2a {near_a_held:?}, from n2b {near_b_held:?} (served, refused); \
+         s1's agent opened {open}"
+    );
+    assert_eq!(across_held, (128, 0), "from another network");
+    assert_eq!(
+        (near_a_held, near_b_held),
+        ((64, 0), (64, 0)),
+        "from two nodes"
+    );
+    drop((across, near_a, near_b));
+
+    // Silent sessions: 300 tunnels through the gateway as one identity
+    // (minted here as an operator would, from net1's edge), each waiting
+    // at s1's agent for a handshake that never comes.
+    let edge = &topo.node("g1")?.place;
+    let (gateway_v4, _) = topo.node("g2a")?.addrs.internet.ok_or("no address")?;
+    let ca_dir = mesh.ca_dir.display().to_string();
+    let gateway_addr = format!("{gateway_v4}:15008");
+    let mut silent = edge.spawn(&[
+        "env",
+        "HBONE_PROBE_HOLD=60",
+        env!("CARGO_BIN_EXE_hbone-probe"),
+        &ca_dir,
+        "spiffe://cluster.local/ns/shop/sa/flooder",
+        "spiffe://cluster.local/ns/istio-system/sa/eastwest-net2-istio-east-west",
+        &gateway_addr,
+        "echo.shop.svc.cluster.local:9000",
+        "300",
+    ])?;
+    wait_for_line_prefix(&mut silent, "", Duration::from_secs(60))?;
+    let answers = silent.log().lines().next().unwrap_or_default().to_string();
+    // Another identity's connections across, meanwhile.
+    let load = connections(
+        topo.pod("client")?,
+        VIP.parse()?,
+        80,
+        100,
+        4,
+        monotonic_now(),
+    )?;
+    let gateway_fp = footprint(gateway.pid())?;
+    println!(
+        "300 silent sessions as shop/flooder through the gateway: {answers}; \
+         the client across meanwhile: {} answered, {} failed ({:?}); gateway RSS {} KiB, {} descriptors",
+        load.total(),
+        load.failures,
+        load.errors,
+        gateway_fp.0,
+        gateway_fp.1
+    );
+    assert_eq!(answers, "200 x300", "the silent sessions");
+    assert_eq!(
+        load.failures, 0,
+        "the client was starved: {:?}",
+        load.errors
+    );
+    assert_eq!(load.total(), 100);
+    drop(silent);
     Ok(())
 }

@@ -32,7 +32,17 @@ pub async fn handle_hbone(proxy: Arc<Proxy>, pod: Arc<Pod>, stream: TcpStream, p
             move |connect: Connect| on_connect(proxy.clone(), pod.clone(), connect)
         };
         let limits = proxy.hbone_limits;
-        match strait_hbone::serve(stream, peer, tls, limits, &pod.admission, handler).await {
+        // Every client of other networks arrives from its gateway's
+        // address: the gateway bounds each identity's share of it.
+        let state = proxy.state.snapshot();
+        let from_gateway = state
+            .config
+            .workload_by_address(peer.ip())
+            .and_then(|w| state.config.gateway_of(w))
+            .is_some_and(|g| g.network == pod.workload.network);
+        drop(state);
+        let admission = (&pod.admission, from_gateway);
+        match strait_hbone::serve(stream, peer, tls, limits, admission, handler).await {
             Ok(()) => {}
             Err(err) if err.is_tls() => {
                 proxy.metrics.fail(Direction::Inbound, Reason::Tls);
@@ -54,6 +64,12 @@ pub async fn handle_hbone(proxy: Arc<Proxy>, pod: Arc<Pod>, stream: TcpStream, p
 async fn on_connect(proxy: Arc<Proxy>, pod: Arc<Pod>, connect: Connect) {
     let span = info_span!("inbound", src = %connect.peer_addr, dst = %connect.authority, src_identity = %connect.peer, dst_identity = %pod.identity);
     async move {
+        let Ok(_stream) = &connect.admitted else {
+            proxy.metrics.fail(Direction::Inbound, Reason::Limit);
+            debug!("over the identity's streams to this pod: refused");
+            connect.stream.refuse(StatusCode::SERVICE_UNAVAILABLE);
+            return;
+        };
         let to = match destination(&proxy.state.snapshot(), &pod, &connect) {
             Ok(to) => to,
             Err(Reason::Loop) => {

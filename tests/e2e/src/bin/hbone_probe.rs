@@ -9,6 +9,11 @@
 //! that many HBONE connections at once, each with one CONNECT held open
 //! until all have answered; prints each distinct answer with its count
 //! (`200 x40`).
+//!
+//! `HBONE_PROBE_SOURCE_NETWORK=NET` sends the CONNECTs as an agent sends
+//! those through an east-west gateway (naming the client's network);
+//! `HBONE_PROBE_HOLD=SECONDS` keeps the tunnels open (silent) that long
+//! after printing the answers.
 use std::{net::SocketAddr, path::Path, process::ExitCode, sync::Arc, time::Duration};
 
 use strait_hbone::{Authority, Pool, PoolKey};
@@ -52,10 +57,7 @@ fn main() -> ExitCode {
         count.is_some(),
     );
     match runtime.block_on(probe) {
-        Ok(answer) => {
-            println!("{answer}");
-            ExitCode::SUCCESS
-        }
+        Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("hbone-probe: {err}");
             ExitCode::from(2)
@@ -63,7 +65,8 @@ fn main() -> ExitCode {
     }
 }
 
-/// The peers' answers, or an error in the probe's own arguments or setup.
+/// Prints the peers' answers (then holds the tunnels if asked to), or
+/// fails on an error in the probe's own arguments or setup.
 async fn probe(
     ca_dir: &Path,
     source: &str,
@@ -72,7 +75,21 @@ async fn probe(
     authority: &str,
     count: usize,
     counted: bool,
-) -> Result<String, String> {
+) -> Result<(), String> {
+    let network = std::env::var("HBONE_PROBE_SOURCE_NETWORK").ok();
+    let hold = match std::env::var("HBONE_PROBE_HOLD") {
+        Ok(s) => Duration::from_secs(
+            s.parse::<u64>()
+                .ok()
+                .filter(|s| *s <= 600)
+                .ok_or("HBONE_PROBE_HOLD: seconds, at most 600")?,
+        ),
+        Err(_) => Duration::ZERO,
+    };
+    let from = network.map(|network| strait_hbone::Source {
+        network,
+        ..Default::default()
+    });
     let source: Identity = source.parse().map_err(|e| format!("SOURCE: {e}"))?;
     let peer: Identity = peer.parse().map_err(|e| format!("PEER: {e}"))?;
     let addr: SocketAddr = addr.parse().map_err(|e| format!("ADDR: {e}"))?;
@@ -101,11 +118,12 @@ async fn probe(
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..count {
         let (key, authority, tls) = (key.clone(), authority.clone(), tls.clone());
+        let from = from.clone();
         set.spawn(async move {
             let pool = Pool::new();
             let attempt = async {
                 let mut tunnel = pool
-                    .connect(&key, &authority, None, tls, || {
+                    .connect(&key, &authority, from.as_ref(), tls, || {
                         tokio::net::TcpStream::connect(addr)
                     })
                     .await
@@ -133,7 +151,7 @@ async fn probe(
     for (answer, _) in &answers {
         *counts.entry(answer.clone()).or_default() += 1;
     }
-    Ok(if counted {
+    let line = if counted {
         counts
             .iter()
             .map(|(answer, n)| format!("{answer} x{n}"))
@@ -141,5 +159,10 @@ async fn probe(
             .join(", ")
     } else {
         counts.into_keys().next().unwrap_or_default()
-    })
+    };
+    println!("{line}");
+    // Silent while held: what a flood of idle tunnels looks like.
+    tokio::time::sleep(hold).await;
+    drop(answers);
+    Ok(())
 }

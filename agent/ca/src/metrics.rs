@@ -32,10 +32,17 @@ struct ReloadLabels {
     result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TokenLabels {
+    how: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     reloads: Family<ReloadLabels, Counter>,
+    tokens: Family<TokenLabels, Counter>,
+    over_source_limit: Counter,
 }
 
 impl Metrics {
@@ -53,11 +60,33 @@ impl Metrics {
             "Config directory reloads, by result",
             reloads.clone(),
         );
+        let tokens = Family::<TokenLabels, Counter>::default();
+        registry.register(
+            "strait_ca_token_checks",
+            "ServiceAccount tokens checked: by a TokenReview, by a recent one's answer (cached), or refused before asking (refused_early: not a token of this audience, or expired)",
+            tokens.clone(),
+        );
+        let over_source_limit = Counter::default();
+        registry.register(
+            "strait_ca_connections_refused",
+            "Connections closed at once for being over the connections one address may have",
+            over_source_limit.clone(),
+        );
         Self {
             registry,
             requests,
             reloads,
+            tokens,
+            over_source_limit,
         }
+    }
+
+    pub fn token_checked(&self, how: &'static str) {
+        self.tokens.get_or_create(&TokenLabels { how }).inc();
+    }
+
+    pub fn connection_refused(&self) {
+        self.over_source_limit.inc();
     }
 
     pub fn request(&self, result: Outcome) {

@@ -81,11 +81,16 @@ pub fn serve(
 ) -> tokio::task::JoinHandle<()> {
     let limits = strait_http::Limits {
         max_connections: 256,
+        // An agent asks for a few identities at a time; one address past
+        // this is someone taking every place from the nodes.
+        max_connections_per_ip: 16,
         header_read_timeout: Duration::from_secs(10),
         connection_lifetime: Duration::from_secs(30),
     };
     let acceptor = TlsAcceptor::from(tls);
-    strait_http::serve(listener, limits, "CA", move |tcp, peer| {
+    let metrics = service.metrics.clone();
+    let refused: strait_http::OnRefused = Arc::new(move |_| metrics.connection_refused());
+    strait_http::serve_counted(listener, limits, "CA", refused, move |tcp, peer| {
         let (acceptor, service) = (acceptor.clone(), service.clone());
         async move {
             let stream = match acceptor.accept(tcp).await {
@@ -151,12 +156,16 @@ impl Service {
         let unauthenticated =
             |why: String| (Outcome::unauthenticated, StatusCode::UNAUTHORIZED, why);
         match (bearer(req).map_err(unauthenticated)?, &self.tokens) {
-            (Some(token), Some(tokens)) => tokens.asker(&token).await.map_err(|e| match e {
-                strait_kube::TokenError::Refused(why) => unauthenticated(why),
-                strait_kube::TokenError::Unavailable(why) => {
-                    (Outcome::unavailable, StatusCode::SERVICE_UNAVAILABLE, why)
-                }
-            }),
+            (Some(token), Some(tokens)) => {
+                let (answer, how) = tokens.asker(&token).await;
+                self.metrics.token_checked(how.as_str());
+                answer.map_err(|e| match e {
+                    strait_kube::TokenError::Refused(why) => unauthenticated(why),
+                    strait_kube::TokenError::Unavailable(why) => {
+                        (Outcome::unavailable, StatusCode::SERVICE_UNAVAILABLE, why)
+                    }
+                })
+            }
             (Some(_), None) => Err(unauthenticated(
                 "this CA does not take tokens (it reads no API server)".into(),
             )),

@@ -4,7 +4,12 @@
 //! hold a connection forever: one agent serves the whole node, so none of
 //! them may be able to starve it.
 use std::{
-    convert::Infallible, error::Error as StdError, future::Future, net::SocketAddr, sync::Arc,
+    collections::HashMap,
+    convert::Infallible,
+    error::Error as StdError,
+    future::Future,
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -28,6 +33,9 @@ pub struct Limits {
     /// Connections served at once; beyond it the server stops accepting
     /// (clients wait in the listen backlog).
     pub max_connections: usize,
+    /// Connections one client address may have open; more are closed at
+    /// once, so one client cannot take every place.
+    pub max_connections_per_ip: usize,
     /// For the connection's own handshake (TLS), if any, and then for each
     /// request's headers.
     pub header_read_timeout: Duration,
@@ -39,11 +47,16 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_connections: 64,
+            max_connections_per_ip: 16,
             header_read_timeout: Duration::from_secs(5),
             connection_lifetime: Duration::from_secs(60),
         }
     }
 }
+
+/// Called with the address of each connection closed for being over
+/// [`Limits::max_connections_per_ip`].
+pub type OnRefused = Arc<dyn Fn(SocketAddr) + Send + Sync>;
 
 /// Serves `listener` until the returned task is aborted. `accept` turns
 /// each TCP connection into the stream to speak HTTP on (TLS, say) and the
@@ -65,7 +78,30 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn StdError + Send + Sync>>,
 {
+    serve_counted(listener, limits, what, Arc::new(|_| {}), accept)
+}
+
+/// [`serve`], telling `refused` of each connection over the per-address
+/// limit.
+pub fn serve_counted<A, AF, IO, S, B>(
+    listener: TcpListener,
+    limits: Limits,
+    what: &'static str,
+    refused: OnRefused,
+    accept: A,
+) -> JoinHandle<()>
+where
+    A: Fn(TcpStream, SocketAddr) -> AF + Send + Sync + 'static,
+    AF: Future<Output = Option<(IO, S)>> + Send + 'static,
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Send + 'static,
+    S::Future: Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let per_ip: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
     let accept = Arc::new(accept);
     tokio::spawn(async move {
         loop {
@@ -81,9 +117,16 @@ where
                     continue;
                 }
             };
+            let Some(from_ip) = PerIp::take(&per_ip, peer.ip(), limits.max_connections_per_ip)
+            else {
+                debug!(%peer, "{what}: over the connections one address may have; closed");
+                refused(peer);
+                drop(tcp);
+                continue;
+            };
             let accept = accept.clone();
             tokio::spawn(async move {
-                let _slot = slot;
+                let _slot = (slot, from_ip);
                 let ready = tokio::time::timeout(limits.header_read_timeout, accept(tcp, peer));
                 let Ok(Some((io, service))) = ready.await else {
                     debug!(%peer, "{what}: connection dropped before HTTP");
@@ -101,6 +144,39 @@ where
             });
         }
     })
+}
+
+/// One connection's place in its address's count; given back on drop.
+struct PerIp {
+    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    ip: IpAddr,
+}
+
+impl PerIp {
+    fn take(counts: &Arc<Mutex<HashMap<IpAddr, usize>>>, ip: IpAddr, max: usize) -> Option<Self> {
+        let mut all = counts.lock().unwrap_or_else(|p| p.into_inner());
+        let n = all.entry(ip).or_default();
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(Self {
+            counts: counts.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for PerIp {
+    fn drop(&mut self) {
+        let mut all = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = all.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                all.remove(&self.ip);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -146,6 +222,7 @@ mod tests {
     async fn silent_clients_are_dropped_and_others_served() {
         let limits = Limits {
             max_connections: 4,
+            max_connections_per_ip: 16,
             header_read_timeout: Duration::from_millis(300),
             connection_lifetime: Duration::from_secs(10),
         };
@@ -175,6 +252,7 @@ mod tests {
     async fn a_stalled_header_is_cut_off() {
         let limits = Limits {
             max_connections: 1,
+            max_connections_per_ip: 16,
             header_read_timeout: Duration::from_millis(300),
             connection_lifetime: Duration::from_secs(10),
         };
@@ -187,6 +265,64 @@ mod tests {
         let text = String::from_utf8_lossy(&buf);
         assert!(!text.contains("hello"), "{text}");
         assert!(get(addr).await.contains("hello"));
+        task.abort();
+    }
+
+    /// One address's connections past its cap are closed at once; its
+    /// earlier ones and another address's are served.
+    #[tokio::test]
+    async fn one_address_cannot_take_every_place() {
+        let limits = Limits {
+            max_connections: 8,
+            max_connections_per_ip: 2,
+            header_read_timeout: Duration::from_secs(5),
+            connection_lifetime: Duration::from_secs(10),
+        };
+        let listener = TcpListener::bind("0.0.0.0:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = refused.clone();
+        let task = serve_counted(
+            listener,
+            limits,
+            "test",
+            Arc::new(move |_| {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }),
+            |tcp, _peer| async move {
+                let service = service_fn(|_req| async {
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"hello\n"))))
+                });
+                Some((tcp, service))
+            },
+        );
+        let mut held = Vec::new();
+        for _ in 0..5 {
+            held.push(TcpStream::connect(("127.0.0.1", port)).await.unwrap());
+        }
+        // The three past the cap are closed without a word.
+        let mut closed = 0;
+        for tcp in &mut held[2..] {
+            let mut buf = [0u8; 1];
+            if let Ok(Ok(0)) =
+                tokio::time::timeout(Duration::from_secs(2), tcp.read(&mut buf)).await
+            {
+                closed += 1;
+            }
+        }
+        assert_eq!(closed, 3);
+        assert_eq!(refused.load(std::sync::atomic::Ordering::SeqCst), 3);
+        // Another address (loopback's 127.0.0.2) gets in meanwhile.
+        let other: SocketAddr = format!("127.0.0.2:{port}").parse().unwrap();
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        let mut tcp = socket.connect(other).await.unwrap();
+        tcp.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        tcp.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.contains("hello"), "{answer}");
         task.abort();
     }
 }

@@ -215,9 +215,13 @@ impl CertManager {
                 }
                 Err(err) => {
                     // The old certificate, if any, stays in use meanwhile.
+                    // Drawn between half and all of the backoff: every
+                    // identity of every node failed at the same moment
+                    // (the CA went away), and must not come back in step.
                     let retry = RETRY_FIRST
                         .saturating_mul(1 << failures.min(10))
-                        .min(RETRY_MAX);
+                        .min(RETRY_MAX)
+                        .mul_f64(0.5 + fastrand::f64() / 2.0);
                     failures += 1;
                     warn!(%identity, %err, ?retry, "certificate request failed");
                     if let Some(w) = self.lock_wanted().get_mut(&identity) {

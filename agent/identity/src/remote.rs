@@ -106,7 +106,13 @@ pub struct RemoteCa {
     /// again for every request (the kubelet rotates it); sent instead of a
     /// node certificate.
     token: Option<PathBuf>,
+    /// Requests in flight at once: well within the connections the CA
+    /// takes from one address, however many pods start together.
+    in_flight: tokio::sync::Semaphore,
 }
+
+/// [`RemoteCa`]'s requests at once.
+const IN_FLIGHT: usize = 4;
 
 /// A projected token is about a kilobyte.
 const MAX_TOKEN: u64 = 64 << 10;
@@ -162,6 +168,7 @@ impl RemoteCa {
             timeout,
             next: AtomicUsize::new(0),
             token,
+            in_flight: tokio::sync::Semaphore::new(IN_FLIGHT),
         })
     }
 
@@ -257,6 +264,11 @@ impl RemoteCa {
     }
 
     async fn sign_request(&self, request: SignRequest) -> Result<SignedChain, Error> {
+        let _turn = self
+            .in_flight
+            .acquire()
+            .await
+            .map_err(|_| Error::NoReplica)?;
         let csr = pem::encode(&pem::Pem::new("CERTIFICATE REQUEST", request.csr.clone()));
         let body = serde_json::to_vec(&SignBody {
             csr,

@@ -27,6 +27,8 @@ const RETRY: Duration = Duration::from_secs(2);
 /// Retries while the API server is away: from 100 ms, doubling, at most
 /// 1 s apart, so that a server back from a restart is seen within a second
 /// (client-go's backoff reaches 30 s, and changes would wait that long).
+/// Each wait is drawn between half and all of that, so the watches of
+/// every agent do not come back to a restarted server in one instant.
 struct Retry {
     next: Duration,
 }
@@ -40,7 +42,7 @@ impl Iterator for Retry {
     fn next(&mut self) -> Option<Duration> {
         let now = self.next;
         self.next = (self.next * 2).min(RETRY_MOST);
-        Some(now)
+        Some(now.mul_f64(0.5 + fastrand::f64() / 2.0))
     }
 }
 

@@ -18,9 +18,9 @@ use strait_e2e::{
     ca::{Auth, ask_ca, sign_body},
     curl, http_server,
     kube::{AGENT_SERVICE_ACCOUNT, ApiServer, CA_AUDIENCE as AUDIENCE, GATEWAY_CRD, pod_yaml},
-    marker_url, metric_sum, namespace_yaml, require_root, two_nodes,
+    marker_url, metric_sum, namespace_yaml, require_root, two_nodes, wait_for_line_prefix,
 };
-use strait_topology::Topology;
+use strait_topology::{Place, Topology};
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -333,5 +333,143 @@ spec:
         ),
         0
     );
+    Ok(())
+}
+
+/// Opens `n` TLS connections to the CA at `addr` (no certificate, no
+/// request: each waits for the CA to close it, then is opened again, 50 ms
+/// later) and, on another connection each, sends `tokens` signing requests
+/// with one forged token (of the CA's audience, not signed by the cluster),
+/// for `seconds`. Prints `hammering` once all are open, `asked` once the
+/// requests are done.
+const HAMMER: &str = r#"
+import base64, json, socket, ssl, sys, threading, time
+host, port, n, tokens, seconds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
+end = time.monotonic() + seconds
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+opened = threading.Semaphore(0)
+def hold():
+    first = True
+    while time.monotonic() < end:
+        try:
+            s = ctx.wrap_socket(socket.create_connection((host, port), timeout=5))
+            s.settimeout(max(0.1, end - time.monotonic()))
+            if first:
+                opened.release(); first = False
+            s.recv(1)
+        except OSError:
+            if first:
+                opened.release(); first = False
+        time.sleep(0.05)
+b64 = lambda d: base64.urlsafe_b64encode(json.dumps(d).encode()).rstrip(b"=").decode()
+forged = b64({"alg": "RS256"}) + "." + b64({"aud": ["strait-ca"], "exp": int(time.time()) + 3600, "sub": "system:serviceaccount:kube-system:strait-agent"}) + ".Zm9yZ2Vk"
+def ask():
+    for _ in range(tokens):
+        try:
+            s = ctx.wrap_socket(socket.create_connection((host, port), timeout=5))
+            s.sendall(("POST /v1/sign HTTP/1.1\r\nhost: strait-ca\r\nauthorization: Bearer " + forged + "\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}").encode())
+            s.settimeout(5)
+            while s.recv(4096):
+                pass
+        except OSError:
+            time.sleep(0.05)
+def asking():
+    ask()
+    print("asked", flush=True)
+threads = [threading.Thread(target=hold, daemon=True) for _ in range(n)] + [threading.Thread(target=asking, daemon=True)]
+for t in threads:
+    t.start()
+for _ in range(n):
+    opened.acquire()
+print("hammering", flush=True)
+while time.monotonic() < end:
+    time.sleep(0.5)
+"#;
+
+/// One pod hammers the CA (600 silent TLS connections, each opened again as
+/// soon as the CA closes it) and another sends it a stream of requests with
+/// a forged token, while a new pod on another node gets its certificate:
+/// the CA keeps one address to a few connections and answers a token it
+/// was just asked about from memory.
+#[test]
+fn one_pod_hammering_the_ca_keeps_no_node_from_its_certificates() -> Result<()> {
+    require_root();
+    let topo = Topology::create(two_nodes(&[
+        ("hammer", "n1"),
+        ("forger", "n1"),
+        ("b", "n2"),
+    ]))?;
+    let n1 = topo.node("n1")?;
+    let (hammer, forger, b) = (topo.pod("hammer")?, topo.pod("forger")?, topo.pod("b")?);
+    let api = ApiServer::start(&n1.place, n1.addrs.ipv4.into(), "c1")?;
+    api.apply(&format!(
+        "{}{}",
+        namespace_yaml("shop", true),
+        namespace_yaml("outside", false),
+    ))?;
+    let mesh = Mesh::with_cluster(&topo, api.strait_kubeconfig()?)?.with_ca(
+        api.ca_kubeconfig()?,
+        &["--agent-service-account", AGENT_SERVICE_ACCOUNT],
+    );
+    let scratch = topo.scratch_dir();
+    let roots = mesh.roots_dir()?.display().to_string();
+    let (_, t2_file) = api.agent_token("n2", &scratch)?;
+    let token = t2_file.display().to_string();
+    let ca = mesh.ca_addr("net1")?;
+    let _agent = mesh.start_agent(
+        "n2",
+        &[
+            ("--ca-token", token.as_str()),
+            ("--credential-dir", roots.as_str()),
+        ],
+    )?;
+
+    let (ca_ip, ca_port) = (ca.ip().to_string(), ca.port().to_string());
+    let attack = |place: &Place, holders: &str, tokens: &str| {
+        place.spawn(&[
+            "python3", "-c", HAMMER, &ca_ip, &ca_port, holders, tokens, "120",
+        ])
+    };
+    let mut hammering = attack(hammer, "600", "0")?;
+    let mut forging = attack(forger, "0", "400")?;
+    wait_for_line_prefix(&mut hammering, "hammering", WAIT)?;
+    wait_for_line_prefix(&mut forging, "hammering", WAIT)?;
+    let started = Instant::now();
+    api.apply(&pod_yaml(b, "shop", &b.name, &[("app", &b.name)]))?;
+    api.make_ready("shop", b)?;
+    let took = wait_generation(&mesh, "n2", "spiffe://cluster.local/ns/shop/sa/b", 1)?;
+    let still = hammering.wait_timeout(Duration::ZERO)?.is_none();
+    println!(
+        "b (on n2) got its certificate {:.1} s after it was created, {:.1} s after the pods on n1 \
+         started hammering",
+        took.as_secs_f64(),
+        started.elapsed().as_secs_f64(),
+    );
+    wait_for_line_prefix(&mut forging, "asked", WAIT)?;
+    let metrics = mesh.ca_metrics("net1")?;
+    let checks = |how: &str| {
+        metric_sum(
+            &metrics,
+            "strait_ca_token_checks_total",
+            &[&format!("how=\"{how}\"")],
+        )
+    };
+    let refused = metric_sum(&metrics, "strait_ca_connections_refused_total", &[]);
+    println!(
+        "the CA closed {refused} of the hammer's connections at once; tokens checked: \
+         {} by TokenReview, {} from memory, {} refused before asking",
+        checks("reviewed"),
+        checks("cached"),
+        checks("refused_early"),
+    );
+    assert!(still, "the hammer stopped before b got its certificate");
+    assert!(refused > 0, "the CA let one address take every place");
+    assert!(
+        checks("cached") > checks("reviewed"),
+        "the forged token was reviewed again and again"
+    );
+    drop((hammering, forging));
     Ok(())
 }

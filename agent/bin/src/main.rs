@@ -234,6 +234,12 @@ async fn run(args: Args) -> Result<()> {
                 cluster: args.cluster.clone(),
                 remote_dir: args.remote_kubeconfigs.clone(),
                 remote_secrets: args.remote_secrets_namespace.clone(),
+                // A gateway reads no routes or policies: its ServiceAccount
+                // may read no more than it needs.
+                kinds: match args.role {
+                    Role::Node => strait_kube::KINDS.len(),
+                    Role::EastWestGateway => strait_kube::GATEWAY_READS,
+                },
             };
             let (first, updates) = strait_kube::follow(&sources)
                 .await

@@ -20,6 +20,12 @@ const SECURITY: &[&str] = &["v1", "v1beta1"];
 /// and east-west gateways; its Istio config is its own control plane's).
 pub const DISCOVERY: usize = 5;
 
+/// The first kinds: what an east-west gateway reads (where endpoints are,
+/// what is exported, localities and DestinationRules), and so all its
+/// ServiceAccount may read. The routes and policies after them are for the
+/// node agents.
+pub const GATEWAY_READS: usize = 9;
+
 pub const KINDS: [Kind; 14] = [
     Kind::core("Namespace", "namespaces"),
     Kind::core("Node", "nodes"),

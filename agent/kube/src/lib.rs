@@ -35,7 +35,7 @@ use strait_config::{Config, Report};
 use tokio::sync::{Notify, watch as channel};
 use tracing::{info, warn};
 
-pub use kinds::{DISCOVERY, KINDS, Kind};
+pub use kinds::{DISCOVERY, GATEWAY_READS, KINDS, Kind};
 pub use remotes::{REMOTE_SECRET_LABEL, check_cluster_name};
 pub use shared::{Origin, SharedError, files_in_secret, follow_daemonset, publish_config_map};
 pub use tokens::{Asker, TokenError, TokenReviewer};
@@ -123,6 +123,9 @@ pub struct Sources {
     pub remote_dir: Option<PathBuf>,
     /// The local cluster's namespace holding remote secrets.
     pub remote_secrets: Option<String>,
+    /// How many of [`KINDS`] (the first ones) the local cluster is watched
+    /// for: all of them, or an east-west gateway's [`GATEWAY_READS`].
+    pub kinds: usize,
 }
 
 impl Sources {
@@ -132,6 +135,7 @@ impl Sources {
             cluster: cluster.to_string(),
             remote_dir: None,
             remote_secrets: None,
+            kinds: KINDS.len(),
         }
     }
 }
@@ -254,7 +258,7 @@ pub async fn follow(
             client.clone(),
             &sources.cluster,
             true,
-            &KINDS,
+            &KINDS[..sources.kinds.min(KINDS.len())],
             changed.clone(),
         ),
         remotes: Mutex::default(),
@@ -644,5 +648,28 @@ mod tests {
     fn a_remote_cluster_gives_only_its_workloads_services_and_gateways() {
         let kinds: Vec<&str> = KINDS[..DISCOVERY].iter().map(|k| k.kind).collect();
         assert_eq!(kinds, ["Namespace", "Node", "Pod", "Service", "Gateway"]);
+    }
+
+    /// What the chart's ClusterRole for east-west gateways grants.
+    #[test]
+    fn a_gateway_reads_no_routes_or_policies() {
+        let kinds: Vec<(&str, &str)> = KINDS[..GATEWAY_READS]
+            .iter()
+            .map(|k| (k.group, k.plural))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ("", "namespaces"),
+                ("", "nodes"),
+                ("", "pods"),
+                ("", "services"),
+                ("gateway.networking.k8s.io", "gateways"),
+                ("networking.istio.io", "serviceentries"),
+                ("networking.istio.io", "workloadentries"),
+                ("networking.istio.io", "workloadgroups"),
+                ("networking.istio.io", "destinationrules"),
+            ]
+        );
     }
 }

@@ -244,6 +244,25 @@ time.sleep(seconds)
     }
 }
 
+/// `hbone-probe`'s answer (one CONNECT as `source`, to `peer` at `addr`,
+/// asking for `authority`; see its doc), run in `place` with `env`
+/// (`NAME=value`) set; `ca_dir` holds the mesh root it signs with.
+pub fn hbone_probe(
+    place: &Place,
+    ca_dir: &std::path::Path,
+    env: &[&str],
+    (source, peer, addr): (&str, &str, &str),
+    authority: &str,
+) -> Result<String> {
+    let probe = strait_bin("hbone-probe").display().to_string();
+    let ca_dir = ca_dir.display().to_string();
+    let mut argv = vec!["env"];
+    argv.extend_from_slice(env);
+    argv.extend([probe.as_str(), &ca_dir, source, peer, addr, authority]);
+    let out = place.run_ok(&argv, Duration::from_secs(30))?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
 /// One long-lived connection to an echo server: a line every 50 ms for
 /// `seconds`, each checked as it comes back. Prints `connected` once the
 /// first line came back, `echoed N` and exits 0 when every line came back,

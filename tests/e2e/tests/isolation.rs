@@ -3,8 +3,8 @@
 use std::{net::IpAddr, time::Duration};
 
 use strait_e2e::{
-    Mesh, Result, connections, curl_body, echo_server, footprint, hold_connections, http_server,
-    metric_sum, monotonic_now, namespace_yaml, require_root, two_nodes, workload_yaml,
+    Mesh, Result, connections, curl_body, echo_server, footprint, hbone_probe, hold_connections,
+    http_server, metric_sum, monotonic_now, namespace_yaml, require_root, two_nodes, workload_yaml,
 };
 use strait_topology::Topology;
 
@@ -98,22 +98,10 @@ fn a_pod_cannot_loop_connections_into_its_agent() -> Result<()> {
     // for c's address at the agent's own ports.
     let host = &topo.node("n1")?.place;
     let c_id = "spiffe://cluster.local/ns/shop/sa/c";
-    let ca_dir = mesh.ca_dir.display().to_string();
     let hbone = format!("{}:15008", c.ipv4);
     for port in [15008, 15006, 15001, 15053] {
         let authority = format!("{}:{port}", c.ipv4);
-        let out = host.run_ok(
-            &[
-                env!("CARGO_BIN_EXE_hbone-probe"),
-                &ca_dir,
-                PROBER,
-                c_id,
-                &hbone,
-                &authority,
-            ],
-            Duration::from_secs(30),
-        )?;
-        let answer = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let answer = hbone_probe(host, &mesh.ca_dir, &[], (PROBER, c_id, &hbone), &authority)?;
         println!("CONNECT {authority} at c's agent: {answer}");
         assert_eq!(answer, "refused 403 Forbidden", "CONNECT {authority}");
     }

@@ -13,9 +13,10 @@ use std::{
 
 use strait_e2e::{
     Load, Mesh, Result, client_cert, closed_by_the_server, connections, curl, curl_body,
-    east_west_gateway_yaml, echo_server, footprint, hbone_tls_status, hold_connections,
-    http_server, marker_url, metric_sum, monotonic_now, namespace_yaml, require_root, self_signed,
-    slow_handshakes, topology_node_yaml, wait_for_line_prefix, workload_yaml,
+    east_west_gateway_yaml, echo_server, footprint, hbone_probe, hbone_tls_status,
+    hold_connections, http_server, marker_url, metric_sum, monotonic_now, namespace_yaml,
+    require_root, self_signed, slow_handshakes, topology_node_yaml, wait_for_line_prefix,
+    workload_yaml,
 };
 use strait_topology::{Locality, Place, Process, Spec, Topology};
 
@@ -229,30 +230,6 @@ fn a_service_on_another_network_is_reached_through_its_gateway_as_the_client() -
     boundary(&mesh, &topo)
 }
 
-/// An HBONE probe's answer (`hbone-probe` as `source`, to `peer` at
-/// `addr`), run in `place` with `env` (`NAME=value`) set.
-fn probe_at(
-    mesh: &Mesh<'_>,
-    place: &Place,
-    env: &[&str],
-    (source, peer, addr): (&str, &str, &str),
-    authority: &str,
-) -> Result<String> {
-    let ca_dir = mesh.ca_dir.display().to_string();
-    let mut argv = vec!["env"];
-    argv.extend_from_slice(env);
-    argv.extend([
-        env!("CARGO_BIN_EXE_hbone-probe"),
-        &ca_dir,
-        source,
-        peer,
-        addr,
-        authority,
-    ]);
-    let out = place.run_ok(&argv, Duration::from_secs(30))?;
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
 /// What crosses networks is the ports of exported services and nothing
 /// else: the client's agent does not take another port of net2's pod
 /// there, the gateway gives one answer to a port not exported and to an
@@ -289,9 +266,9 @@ fn boundary(mesh: &Mesh<'_>, topo: &Topology) -> Result<()> {
     let octets = s1.ipv4.octets();
     let nobody = std::net::Ipv4Addr::new(octets[0], octets[1], octets[2], 99);
     let at_gateway = |authority: &str| {
-        probe_at(
-            mesh,
+        hbone_probe(
             edge,
+            &mesh.ca_dir,
             &[],
             (CLIENT_ID, gateway_id, &gateway),
             authority,
@@ -312,9 +289,9 @@ fn boundary(mesh: &Mesh<'_>, topo: &Topology) -> Result<()> {
     let s1_hbone = format!("{}:15008", s1.ipv4);
     let across = ["HBONE_PROBE_SOURCE_NETWORK=net1"];
     let at_destination = |authority: &str| {
-        probe_at(
-            mesh,
+        hbone_probe(
             inside,
+            &mesh.ca_dir,
             &across,
             (CLIENT_ID, web_id, &s1_hbone),
             authority,
@@ -369,20 +346,14 @@ fn refusals(mesh: &Mesh<'_>, topo: &Topology) -> Result<()> {
     let (gateway_v4, _) = topo.node("g2a")?.addrs.internet.ok_or("no address")?;
     let gateway = format!("{gateway_v4}:15008");
     let gateway_id = "spiffe://cluster.local/ns/istio-system/sa/eastwest-net2-istio-east-west";
-    let ca_dir = mesh.ca_dir.display().to_string();
-    let probe = |authority: &str| -> Result<String> {
-        let out = edge.run_ok(
-            &[
-                env!("CARGO_BIN_EXE_hbone-probe"),
-                &ca_dir,
-                CLIENT_ID,
-                gateway_id,
-                &gateway,
-                authority,
-            ],
-            Duration::from_secs(30),
-        )?;
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    let probe = |authority: &str| {
+        hbone_probe(
+            edge,
+            &mesh.ca_dir,
+            &[],
+            (CLIENT_ID, gateway_id, &gateway),
+            authority,
+        )
     };
     let refused = |reason: &str| -> Result<u64> {
         Ok(metric_sum(

@@ -52,6 +52,8 @@ struct Args {
     listen: Vec<SocketAddr>,
     #[command(flatten)]
     source: strait_kube::SourceArgs,
+    #[command(flatten)]
+    mesh: strait_kube::MeshArgs,
     /// This cluster's name: where its endpoints are (`topology.istio.io/cluster`).
     #[arg(long, env = "STRAIT_CLUSTER", default_value = "Kubernetes")]
     cluster: String,
@@ -171,6 +173,7 @@ fn main() -> Result<()> {
     // decisions: hold it to Kubernetes' rule for node names.
     strait_config::names::check_subdomain(&args.node)
         .map_err(|reason| anyhow::anyhow!("--node {reason}"))?;
+    args.mesh.apply().map_err(anyhow::Error::msg)?;
     tracing_subscriber::fmt()
         .json()
         .with_current_span(true)

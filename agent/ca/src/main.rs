@@ -124,6 +124,8 @@ struct Serve {
     ca_dir: PathBuf,
     #[command(flatten)]
     source: strait_kube::SourceArgs,
+    #[command(flatten)]
+    mesh: strait_kube::MeshArgs,
     /// With a cluster: the Secret of the CA's namespace that holds its
     /// keys. The first replica to start makes them and creates it; every
     /// replica copies them into --ca-dir (an in-memory volume).
@@ -155,6 +157,7 @@ async fn serve(args: Serve) -> Result<()> {
     let Serve {
         ca_dir,
         source,
+        mesh,
         ca_secret,
         roots_config_map,
         listen,
@@ -163,6 +166,7 @@ async fn serve(args: Serve) -> Result<()> {
         agent_service_account,
         token_audience,
     } = args;
+    mesh.apply().map_err(anyhow::Error::msg)?;
     let access = source.access();
     let client = match &access {
         Some(access) => Some(strait_kube::client(access).await?),

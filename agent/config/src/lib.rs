@@ -64,9 +64,35 @@ pub const GLOBAL_LABEL: &str = "istio.io/global";
 /// The Gateway API class of east-west gateways (Istio's).
 pub const EAST_WEST_CLASS: &str = "istio-east-west";
 /// The mesh's root namespace (Istio's default): its policies apply
-/// mesh-wide, and only it may declare east-west gateways, which carry
-/// every other network's traffic into theirs.
+/// mesh-wide, and it may declare east-west gateways, which carry every
+/// other network's traffic into theirs.
 pub const ROOT_NAMESPACE: &str = "istio-system";
+
+/// Namespaces besides the root one whose east-west gateways count (the
+/// operator's `--east-west-gateway-namespaces`: where the chart deploys
+/// its gateway). Set once, at start, by the binaries that build the model
+/// (every agent, gateway and CA of a mesh is given the same list).
+static EAST_WEST_NAMESPACES: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+
+/// Lets the Gateways of class `istio-east-west` in `namespaces` (besides
+/// the root namespace) be east-west gateways. Once per process: a second
+/// call is refused, with the list in force.
+pub fn allow_east_west_gateways_in(namespaces: Vec<String>) -> Result<(), String> {
+    for ns in &namespaces {
+        names::check_label(ns).map_err(|why| format!("namespace {ns:?}: {why}"))?;
+    }
+    EAST_WEST_NAMESPACES
+        .set(namespaces)
+        .map_err(|_| "the east-west gateway namespaces are set already".to_string())
+}
+
+/// Whether a Gateway of class `istio-east-west` in `namespace` counts.
+pub fn east_west_gateways_allowed_in(namespace: &str) -> bool {
+    namespace == ROOT_NAMESPACE
+        || EAST_WEST_NAMESPACES
+            .get()
+            .is_some_and(|allowed| allowed.iter().any(|ns| ns == namespace))
+}
 /// Label of a gateway's own pods (or WorkloadEntries) and of the Service in
 /// front of it, naming the Gateway (set by Istio's gateway controller).
 pub const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";

@@ -100,6 +100,32 @@ pub struct SourceArgs {
     pub in_cluster: bool,
 }
 
+/// Who may declare east-west gateways, on the command lines of every
+/// agent, gateway and CA of a mesh alike.
+#[cfg(feature = "cli")]
+#[derive(clap::Args, Debug)]
+pub struct MeshArgs {
+    /// Namespaces besides the mesh's root one (istio-system) whose Gateways
+    /// of class istio-east-west are east-west gateways (comma-separated):
+    /// where the operator deploys them. Anywhere else one would be a
+    /// tenant's, handed other networks' traffic.
+    #[arg(
+        long,
+        env = "STRAIT_EAST_WEST_GATEWAY_NAMESPACES",
+        value_delimiter = ','
+    )]
+    pub east_west_gateway_namespaces: Vec<String>,
+}
+
+#[cfg(feature = "cli")]
+impl MeshArgs {
+    /// Puts the list in force for the model this process builds.
+    pub fn apply(&self) -> Result<(), String> {
+        strait_config::allow_east_west_gateways_in(self.east_west_gateway_namespaces.clone())
+            .map_err(|why| format!("--east-west-gateway-namespaces: {why}"))
+    }
+}
+
 #[cfg(feature = "cli")]
 impl SourceArgs {
     /// The cluster to follow, unless the config is a directory.

@@ -38,13 +38,13 @@ pub(super) fn east_west(
         );
         return None;
     }
-    if namespace != ROOT_NAMESPACE {
+    if !crate::east_west_gateways_allowed_in(namespace) {
         // A tenant's own "gateway" would be handed a share of every other
         // network's traffic into this one, identities and all.
         f.warn(
             "metadata.namespace",
             &format!(
-                "east-west gateways are accepted only from the mesh's root namespace ({ROOT_NAMESPACE}); this one has no effect"
+                "east-west gateways are accepted only from the mesh's root namespace ({ROOT_NAMESPACE}) and those the operator names (--east-west-gateway-namespaces); this one has no effect"
             ),
         );
         return None;

@@ -139,8 +139,22 @@ fn one_pod_cannot_take_the_agent_from_the_others() -> Result<()> {
     let during = footprint(agent1.pid())?;
     // b's connections while a holds all it may.
     let load = connections(b, IpAddr::V4(c.ipv4), 8080, 200, 8, monotonic_now())?;
+    // The client gives up on a connection after 5 s; on two busy cores the
+    // agent may refuse (and count) it after that.
+    let counting = mesh.wait_metric(
+        "n1",
+        "strait_connection_failures_total",
+        &["direction=\"outbound\"", "reason=\"pod_limit\""],
+        TRIED - CAP,
+        Duration::from_secs(30),
+    );
     let metrics = mesh.metrics("n1")?;
     let over = refused(&metrics, "outbound", "pod_limit");
+    let failures: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("strait_connection_failures_total{"))
+        .collect();
+    println!("n1's failures: {failures:?}");
     println!(
         "a held {:?} (served, refused) of {TRIED} with a cap of {CAP}; {over} counted over the pod's cap",
         held
@@ -160,6 +174,7 @@ fn one_pod_cannot_take_the_agent_from_the_others() -> Result<()> {
         (CAP, TRIED - CAP),
         "a's connections (served, refused)"
     );
+    counting?;
     assert_eq!(over, TRIED - CAP, "refusals counted");
     assert!(
         (during.1 as u64) < before.1 as u64 + 2 * CAP + 64,

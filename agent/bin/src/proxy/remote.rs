@@ -220,3 +220,48 @@ pub async fn open(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+
+    use hyper::StatusCode;
+
+    use super::*;
+
+    /// What the inner handshake's first read says when the gateway
+    /// answered the outer CONNECT with `status`.
+    fn answered(status: StatusCode) -> strait_hbone::Error {
+        strait_hbone::Error::Tls {
+            addr: "100.64.0.3:15008".parse().unwrap(),
+            source: io::Error::new(
+                io::ErrorKind::ConnectionRefused,
+                strait_hbone::Refused {
+                    authority: "web.shop.svc.cluster.local:80".into(),
+                    status,
+                },
+            ),
+        }
+    }
+
+    #[test]
+    fn a_gateway_that_refuses_is_set_aside_and_one_that_finds_nothing_is_not() {
+        assert!(matches!(
+            inner_failure(&answered(StatusCode::FORBIDDEN)),
+            Failure::Gateway(Reason::Denied)
+        ));
+        assert!(matches!(
+            inner_failure(&answered(StatusCode::SERVICE_UNAVAILABLE)),
+            Failure::Behind(Reason::Upstream)
+        ));
+        // The tunnel broke before any answer: the gateway.
+        let broke = strait_hbone::Error::Tls {
+            addr: "100.64.0.3:15008".parse().unwrap(),
+            source: io::Error::from(io::ErrorKind::UnexpectedEof),
+        };
+        assert!(matches!(
+            inner_failure(&broke),
+            Failure::Gateway(Reason::Upstream)
+        ));
+    }
+}

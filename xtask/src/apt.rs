@@ -142,7 +142,7 @@ pub fn ensure(wanted: &[&Package]) -> Result<()> {
     )?;
     let transaction = transaction(wanted, &todo)?;
     cmd::run_logged(&mut transaction.command(false), "apt-install")?;
-    crate::setup::took("apt", started.elapsed());
+    crate::cmd::took("apt", started.elapsed());
 
     let after = plan(wanted, is_installed, Provides::is_there);
     if !after.is_empty() {

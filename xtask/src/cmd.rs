@@ -114,3 +114,8 @@ pub fn build_release(packages: &[&str]) -> Result<PathBuf> {
     run(&mut build)?;
     Ok(target_dir().join("release"))
 }
+
+/// One line saying how long a setup step took.
+pub fn took(what: &str, elapsed: std::time::Duration) {
+    eprintln!("{what}: done in {:.1}s", elapsed.as_secs_f64());
+}

@@ -113,7 +113,7 @@ pub fn ensure() -> Result<()> {
     if !version.contains(&format!("v{VERSION}")) {
         bail!("the built kube-apiserver says {version:?}, not v{VERSION}");
     }
-    crate::setup::took("kube-apiserver and kubectl", started.elapsed());
+    crate::cmd::took("kube-apiserver and kubectl", started.elapsed());
     Ok(())
 }
 

@@ -14,7 +14,7 @@ use serde_json::{Value as Json, json};
 use strait_e2e::{Mesh, kube::ApiServer};
 use strait_topology::{Locality, Spec, Topology};
 
-use crate::{bench, cmd::section};
+use crate::{cmd::section, measure};
 
 /// Pods with a network namespace, enrolled.
 pub const PODS: usize = 1_000;
@@ -211,13 +211,13 @@ metadata: {name: app, namespace: bench}
         std::thread::sleep(Duration::from_millis(500));
     }
     let listed_seconds = started.elapsed().as_secs_f64();
-    let (peak_rss_mib, rss_mib) = bench::rss_mib(&agents[0]);
+    let (peak_rss_mib, rss_mib) = measure::rss_mib(&agents[0]);
     let mut agents = agents;
     agents[0].kill()?;
     let started = Instant::now();
     agents[0] = mesh.start_agent("n1", &[]).map_err(boxed)?;
     let restart_seconds = started.elapsed().as_secs_f64();
-    let (restart_peak_rss_mib, restart_rss_mib) = bench::rss_mib(&agents[0]);
+    let (restart_peak_rss_mib, restart_rss_mib) = measure::rss_mib(&agents[0]);
     Ok(Figures {
         restart_seconds,
         restart_rss_mib,

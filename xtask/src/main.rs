@@ -12,6 +12,9 @@ mod image;
 mod kind;
 mod kube;
 mod kube_scale;
+mod measure;
+#[cfg(test)]
+mod module_graph;
 mod scale;
 mod setup;
 mod test;

@@ -86,7 +86,7 @@ pub fn measure(mesh: &Mesh<'_>, node: &str, dir: &Path) -> Result<Figures> {
             .with_context(|| format!("no {name} in the agent's metrics"))
     };
     let load_seconds = metric("strait_config_load_seconds")?;
-    let rss = || super::bench::rss_mib(&agent);
+    let rss = || super::measure::rss_mib(&agent);
     let (start_peak_rss_mib, rss_after_load) = rss();
 
     // A change (a new file) makes the agent load the whole directory again.

@@ -4,7 +4,7 @@
 use std::{
     path::{Path, PathBuf},
     process::Command,
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use anyhow::{Context, Result, bail};
@@ -297,7 +297,7 @@ fn ensure_toolchain(toolchain: &str, wanted: &[Component], size: &str) -> Result
             names(&still)
         );
     }
-    took("rustup", started.elapsed());
+    crate::cmd::took("rustup", started.elapsed());
     Ok(())
 }
 
@@ -334,7 +334,7 @@ fn bpf_linker() -> Result<()> {
         ]),
         "bpf-linker",
     )?;
-    took("bpf-linker", started.elapsed());
+    crate::cmd::took("bpf-linker", started.elapsed());
     let now = stdout(Command::new("bpf-linker").arg("--version"));
     if now.trim() != wanted {
         bail!(
@@ -365,8 +365,4 @@ fn is_mounted(path: &str, fstype: &str) -> Result<bool> {
         let mut f = l.split_whitespace().skip(1);
         f.next().is_some_and(|p| Path::new(p) == Path::new(path)) && f.next() == Some(fstype)
     }))
-}
-
-pub fn took(what: &str, elapsed: Duration) {
-    eprintln!("{what}: done in {:.1}s", elapsed.as_secs_f64());
 }

@@ -12,7 +12,6 @@ use strait_e2e::install::{
 use crate::{
     apt::{Package, Provides::PythonModule, package},
     cmd,
-    setup::took,
 };
 
 /// `python3 -m venv` needs ensurepip, which Debian's python3 has only
@@ -68,7 +67,7 @@ fn validate(dir: &Path) -> Result<()> {
     )?;
     unzip(&python, &wheel, &oldest_dir)?;
     std::fs::remove_dir_all(&work).with_context(|| format!("removing {}", work.display()))?;
-    took("kubernetes-validate", started.elapsed());
+    crate::cmd::took("kubernetes-validate", started.elapsed());
     Ok(())
 }
 
@@ -109,7 +108,7 @@ fn helm(dir: &Path) -> Result<()> {
     if now.trim().is_empty() {
         bail!("{} does not run", helm_bin().display());
     }
-    took(&format!("helm {}", now.trim()), started.elapsed());
+    crate::cmd::took(&format!("helm {}", now.trim()), started.elapsed());
     Ok(())
 }
 

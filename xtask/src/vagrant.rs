@@ -22,7 +22,7 @@ use strait_topology::Pcap;
 use crate::{
     apt::{Package, Provides::Program, package},
     cmd::{self, root, section, target_dir},
-    image, setup,
+    image,
 };
 
 const CACHE: &str = "/var/cache/strait/vagrant";
@@ -89,7 +89,7 @@ pub fn run() -> Result<()> {
                 .arg(cache),
             "box",
         )?;
-        setup::took("box", built.elapsed());
+        crate::cmd::took("box", built.elapsed());
     }
     image::build()?;
     section("two VMs under QEMU (TCG)");

@@ -22,7 +22,9 @@ use strait_capture::{Attachment, Capture};
 use strait_identity::CertManager;
 use tokio::{net::TcpListener, task::JoinHandle};
 
-use crate::{pods::Pods, proxy::Proxy, reload};
+use strait_state::reload;
+
+use crate::{pods::Pods, proxy::Proxy};
 
 pub struct State {
     /// The proxy's view: config, endpoint health, readiness, metrics.
@@ -202,7 +204,7 @@ async fn route(
         (Routes::Admin, "/workloads") => json(&state.pods.statuses()),
         (Routes::Admin, "/endpoints") => {
             let query = req.uri().query().unwrap_or_default();
-            match crate::endpoints::report(
+            match strait_route::report::report(
                 &state.proxy.state.snapshot(),
                 &state.proxy.health,
                 &state.proxy.board,

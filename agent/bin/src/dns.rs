@@ -14,7 +14,17 @@ use tokio::{
 };
 use tracing::{Instrument, debug, info_span, warn};
 
-use crate::{pods::Pod, proxy::Proxy};
+use strait_capture::Maps;
+use strait_state::NodeState;
+
+use crate::{metrics::Metrics, pod::Pod};
+
+/// What the DNS proxy answers from and counts in, shared by every pod's.
+pub struct Dns {
+    pub state: NodeState,
+    pub maps: Arc<Maps>,
+    pub metrics: Arc<Metrics>,
+}
 
 /// How long an upstream nameserver gets to answer; the client retries
 /// on its own schedule anyway.
@@ -33,7 +43,7 @@ pub const MAX_TCP: usize = 16;
 /// Serves a pod's UDP DNS socket. Mesh names are answered at once; the rest
 /// are forwarded on tasks of their own (at most [`MAX_FORWARDS`]), so a
 /// slow upstream does not hold up mesh answers.
-pub fn serve_udp(proxy: Arc<Proxy>, pod: Arc<Pod>, socket: UdpSocket) -> JoinHandle<()> {
+pub fn serve_udp(dns: Arc<Dns>, pod: Arc<Pod>, socket: UdpSocket) -> JoinHandle<()> {
     let socket = Arc::new(socket);
     tokio::spawn(async move {
         let Ok(local) = socket.local_addr() else {
@@ -52,7 +62,7 @@ pub fn serve_udp(proxy: Arc<Proxy>, pod: Arc<Pod>, socket: UdpSocket) -> JoinHan
             let query = &buf[..len];
             let span = info_span!("dns", src = %peer, src_identity = %pod.identity, proto = "udp");
             let _entered = span.enter();
-            match decide(&proxy, &pod, query) {
+            match decide(&dns, &pod, query) {
                 Outcome::Answer(answer) => {
                     if let Err(err) = socket.try_send_to(&answer, peer) {
                         debug!(%err, "sending the DNS answer");
@@ -60,17 +70,16 @@ pub fn serve_udp(proxy: Arc<Proxy>, pod: Arc<Pod>, socket: UdpSocket) -> JoinHan
                 }
                 Outcome::Forward => {
                     let Ok(slot) = pod.dns_forwards.clone().try_acquire_owned() else {
-                        proxy.metrics.dns_dropped.inc();
+                        dns.metrics.dns_dropped.inc();
                         debug!("too many queries being forwarded for this pod; dropped");
                         continue;
                     };
                     let query = query.to_vec();
-                    let (proxy, pod, socket) = (proxy.clone(), pod.clone(), socket.clone());
+                    let (dns, pod, socket) = (dns.clone(), pod.clone(), socket.clone());
                     tokio::spawn(
                         async move {
                             let _slot = slot;
-                            if let Some(reply) =
-                                forward_udp(&proxy, &pod, local, peer, &query).await
+                            if let Some(reply) = forward_udp(&dns, &pod, local, peer, &query).await
                                 && let Err(err) = socket.send_to(&reply, peer).await
                             {
                                 debug!(%err, "sending the DNS answer");
@@ -86,27 +95,27 @@ pub fn serve_udp(proxy: Arc<Proxy>, pod: Arc<Pod>, socket: UdpSocket) -> JoinHan
 
 /// One TCP connection to the DNS proxy (capture sent a TCP connect to port
 /// 53 here): length-prefixed queries, answered in order.
-pub async fn handle_tcp(proxy: Arc<Proxy>, pod: Arc<Pod>, mut client: TcpStream, peer: SocketAddr) {
-    let nameserver = proxy.maps.take_original_dst(pod.netns_cookie(), peer);
+pub async fn handle_tcp(dns: Arc<Dns>, pod: Arc<Pod>, mut client: TcpStream, peer: SocketAddr) {
+    let nameserver = dns.maps.take_original_dst(pod.netns_cookie(), peer);
     let span =
         info_span!("dns", src = %peer, src_identity = %pod.identity, proto = "tcp", ?nameserver);
     async move {
         let Ok(_slot) = pod.dns_tcp.clone().try_acquire_owned() else {
-            proxy.metrics.dns_dropped.inc();
+            dns.metrics.dns_dropped.inc();
             debug!("too many DNS connections for this pod; closed");
             return;
         };
         let mut upstream: Option<TcpStream> = None;
         while let Ok(Some(query)) = tokio::time::timeout(TCP_IDLE, read_message(&mut client)).await
         {
-            let reply = match decide(&proxy, &pod, &query) {
+            let reply = match decide(&dns, &pod, &query) {
                 Outcome::Answer(answer) => answer,
                 Outcome::Forward => {
                     let Some(nameserver) = nameserver else {
                         warn!("no nameserver recorded for this connection");
                         return;
                     };
-                    proxy.metrics.dns_forwarded.inc();
+                    dns.metrics.dns_forwarded.inc();
                     if upstream.is_none() {
                         let connect = pod.connect(nameserver, None, |_| ());
                         match tokio::time::timeout(UPSTREAM_TIMEOUT, connect).await {
@@ -154,9 +163,9 @@ pub async fn handle_tcp(proxy: Arc<Proxy>, pod: Arc<Pod>, mut client: TcpStream,
 
 /// Mesh answer or forward; a query strait cannot read is forwarded for the
 /// nameserver to judge.
-fn decide(proxy: &Proxy, pod: &Pod, query: &[u8]) -> Outcome {
-    proxy.metrics.dns_requests.inc();
-    let state = proxy.state.snapshot();
+fn decide(dns: &Dns, pod: &Pod, query: &[u8]) -> Outcome {
+    dns.metrics.dns_requests.inc();
+    let state = dns.state.snapshot();
     match strait_dns::answer(&state.config, &pod.workload.namespace, query) {
         Ok(outcome) => outcome,
         Err(err) => {
@@ -170,15 +179,15 @@ fn decide(proxy: &Proxy, pod: &Pod, query: &[u8]) -> Outcome {
 /// client socket is found by its address (`local` is where the query
 /// arrived), and capture recorded which nameserver that socket asked.
 async fn forward_udp(
-    proxy: &Proxy,
+    dns: &Dns,
     pod: &Pod,
     local: SocketAddr,
     peer: SocketAddr,
     query: &[u8],
 ) -> Option<Vec<u8>> {
-    proxy.metrics.dns_forwarded.inc();
+    dns.metrics.dns_forwarded.inc();
     let nameserver = match pod.udp_socket_cookie(local, peer) {
-        Ok(Some(cookie)) => proxy.maps.dns_nameserver(cookie),
+        Ok(Some(cookie)) => dns.maps.dns_nameserver(cookie),
         Ok(None) => None,
         Err(err) => {
             debug!(%err, "looking up the client socket");

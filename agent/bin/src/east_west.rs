@@ -28,16 +28,12 @@ use strait_identity::{CertManager, Identity};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::{
-    metrics::{Direction, Metrics, Reason, Reporter, TcpLabels},
-    proxy::{
-        claimed_client,
-        relay::relay,
-        reset,
-        route::{Plan, cluster, plan},
-    },
-    state::{NodeState, Snapshot},
-};
+use strait_route::{Plan, plan};
+use strait_state::{NodeState, Snapshot};
+use strait_telemetry::{Direction, Reason, Reporter, TcpLabels, relay};
+use strait_upstream::reset;
+
+use crate::metrics::Metrics;
 
 /// Endpoints tried for one CONNECT.
 const ATTEMPTS: usize = 4;
@@ -215,21 +211,21 @@ async fn on_connect(gateway: Arc<Gateway>, connect: Connect) {
         let client = connect
             .source
             .as_ref()
-            .and_then(|source| claimed_client(&state, source, &connect.peer));
+            .and_then(|source| state.claimed_client(source, &connect.peer));
         let labels = TcpLabels {
             reporter: Reporter::Gateway,
             source_workload: client.map_or("unknown".into(), |w| w.name.clone()),
             source_workload_namespace: connect.peer.namespace.clone(),
             source_principal: connect.peer.to_string(),
             source_cluster: client
-                .map(|w| cluster(&state, w))
+                .map(|w| state.cluster(w))
                 .filter(|c| !c.is_empty())
                 .unwrap_or_else(|| "unknown".into()),
             destination_workload: workload.name.clone(),
             destination_workload_namespace: workload.namespace.clone(),
             destination_principal,
             destination_cluster: {
-                let c = cluster(&state, &workload);
+                let c = state.cluster(&workload);
                 if c.is_empty() { "unknown".into() } else { c }
             },
             connection_security_policy: "mutual_tls".into(),
@@ -237,9 +233,16 @@ async fn on_connect(gateway: Arc<Gateway>, connect: Connect) {
         };
         let src = connect.peer_addr.to_string();
         let dst = format!("{} -> {hbone}", connect.authority);
-        if relay(&gateway.metrics, labels, &mut tunnel, &mut tcp, &src, &dst)
-            .await
-            .is_err()
+        if relay(
+            &gateway.metrics.tcp,
+            labels,
+            &mut tunnel,
+            &mut tcp,
+            &src,
+            &dst,
+        )
+        .await
+        .is_err()
         {
             tunnel.reset();
             reset(tcp);
@@ -457,7 +460,9 @@ pub async fn run(
         .collect();
     ready.store(true, Ordering::Release);
     info!(gateway = %format!("{}/{}", me.namespace, me.name), network = %me.network, identity = %gateway.identity, ?bound, "east-west gateway ready");
-    crate::wait_for_signal().await?;
+    strait_drain::signalled()
+        .await
+        .context("installing the signal handlers")?;
     ready.store(false, Ordering::Release);
     for task in tasks {
         task.abort();

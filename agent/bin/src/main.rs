@@ -5,13 +5,13 @@ mod admin;
 mod ca_addr;
 mod dns;
 mod east_west;
-mod endpoints;
 mod metrics;
+mod pod;
 mod pods;
 mod probes;
 mod proxy;
-mod reload;
-mod state;
+mod serve;
+mod share;
 
 use std::{
     net::SocketAddr,
@@ -25,10 +25,10 @@ use clap::Parser;
 use strait_capture::{Capture, CaptureConfig};
 use strait_ebpf_common::AGENT_MARK;
 use strait_identity::{CertManager, RemoteCa, tls::ClientConfigs};
-use tokio::signal::unix::{SignalKind, signal};
+use strait_state::{NodeState, release_freed_memory, reload};
 use tracing::{info, warn};
 
-use crate::{proxy::Proxy, state::NodeState};
+use crate::proxy::Proxy;
 
 #[derive(Parser, Debug)]
 #[command(version, about)]
@@ -190,16 +190,6 @@ fn main() -> Result<()> {
         .block_on(run(args))
 }
 
-/// Loading a large config frees much more than it keeps; hand the freed
-/// pages back so the agent's resident size is what it holds.
-pub fn release_freed_memory() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim has no preconditions.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
 async fn run(args: Args) -> Result<()> {
     let metrics = Arc::new(metrics::Metrics::new());
     let started = std::time::Instant::now();
@@ -252,7 +242,7 @@ async fn run(args: Args) -> Result<()> {
         }
         (None, None) => anyhow::bail!("--config-dir, --kubeconfig or --in-cluster is required"),
     };
-    metrics.config_loaded_in(started.elapsed());
+    metrics.config.loaded_in(started.elapsed());
     info!(
         services = config.services.len(),
         workloads = config.workloads.len(),
@@ -287,7 +277,7 @@ async fn run(args: Args) -> Result<()> {
     let board = Arc::new(strait_health::Board::new(&args.status_dir));
     board.refresh();
     let pins = capture.layout().clone();
-    let node_connections = proxy::share::fit_descriptor_limit(args.max_connections as usize)
+    let node_connections = share::fit_descriptor_limit(args.max_connections as usize)
         .context("raising the descriptor limit")?;
     if node_connections < args.max_connections as usize {
         warn!(
@@ -296,7 +286,7 @@ async fn run(args: Args) -> Result<()> {
             "the descriptor limit's hard value leaves room for fewer connections than --max-connections"
         );
     }
-    let caps = Arc::new(proxy::share::Caps::new(
+    let caps = Arc::new(share::Caps::new(
         args.max_connections_per_pod as usize,
         node_connections,
     ));
@@ -308,23 +298,32 @@ async fn run(args: Args) -> Result<()> {
     let proxy = Arc::new(Proxy {
         state: state.clone(),
         maps: capture.maps(),
-        clients: ClientConfigs::new(certs.clone()),
-        pool: strait_hbone::Pool::new(),
+        dialer: strait_upstream::Dialer {
+            pool: strait_hbone::Pool::new(),
+            clients: ClientConfigs::new(certs.clone()),
+            certs: certs.clone(),
+        },
         metrics: metrics.clone(),
         connect_timeout: args.connect_timeout,
         health: Arc::new(strait_balance::outlier::Health::default()),
         load: Arc::new(strait_balance::load::Load::default()),
         board: board.clone(),
-        certs: certs.clone(),
         open_inbound: Default::default(),
         hbone_limits: strait_hbone::Limits::default(),
         in_flight: Arc::default(),
+    });
+    let handlers = Arc::new(serve::Handlers {
+        proxy: proxy.clone(),
+        dns: Arc::new(dns::Dns {
+            state: state.clone(),
+            maps: proxy.maps.clone(),
+            metrics: metrics.clone(),
+        }),
     });
     let capture = Arc::new(Mutex::new(capture));
     let pods = Arc::new(pods::Pods::new(
         capture.clone(),
         certs.clone(),
-        args.netns_dir.clone(),
         Arc::new(probes::Probes::new(
             &args.node,
             args.status_dir.clone(),
@@ -332,11 +331,15 @@ async fn run(args: Args) -> Result<()> {
             board.clone(),
         )),
         metrics.clone(),
-        args.exec_probes_on_host,
-        caps,
+        handlers,
+        pods::Settings {
+            netns_dir: args.netns_dir.clone(),
+            exec_probes_on_host: args.exec_probes_on_host,
+            caps,
+        },
     )?);
     let board_watch = probes::watch_board(board.clone(), reload::POLL);
-    let enrolled = pods.sync(&state.snapshot(), &proxy).await;
+    let enrolled = pods.sync(&state.snapshot()).await;
     // From another version whose maps this one could not take over: the
     // pods are in this version's maps now, so its programs may take over.
     let switched = capture
@@ -347,14 +350,18 @@ async fn run(args: Args) -> Result<()> {
     if switched > 0 {
         info!(switched, "capture switched over from the previous version");
     }
-    let retries = pods.spawn_retries(state.clone(), proxy.clone());
+    let retries = pods.spawn_retries(state.clone());
 
     let reload_status = reload::initial_status();
     let follow = reload::Follow {
         state: state.clone(),
         status: reload_status.clone(),
-        metrics: metrics.clone(),
-        node: Some((pods.clone(), proxy.clone())),
+        metrics: metrics.config.clone(),
+        then: Enrollment {
+            pods: pods.clone(),
+            proxy: proxy.clone(),
+            state: state.clone(),
+        },
     };
     match (args.source.config_dir.clone(), cluster) {
         (Some(dir), _) => reload::spawn(dir, follow),
@@ -387,21 +394,13 @@ async fn run(args: Args) -> Result<()> {
     admin_state.set_ready();
     info!(node = %args.node, enrolled, admin = %args.admin_addr, "agent ready");
 
-    wait_for_signal().await?;
+    strait_drain::signalled()
+        .await
+        .context("installing the signal handlers")?;
     admin_state.set_stopping();
     retries.abort();
     pods.stop_accepting().await;
-    let open = proxy.in_flight.count();
-    if open > 0 && !args.drain_timeout.is_zero() {
-        info!(open, timeout = ?args.drain_timeout, "draining");
-        match tokio::time::timeout(args.drain_timeout, proxy.in_flight.idle()).await {
-            Ok(()) => info!("drained"),
-            Err(_) => info!(
-                open = proxy.in_flight.count(),
-                "drain timeout: closing what is left"
-            ),
-        }
-    }
+    strait_drain::drain(&proxy.in_flight, args.drain_timeout).await;
     for server in servers {
         server.abort();
     }
@@ -457,8 +456,8 @@ async fn run_gateway(
     let follow = reload::Follow {
         state: state.clone(),
         status: reload::initial_status(),
-        metrics: metrics.clone(),
-        node: None,
+        metrics: metrics.config.clone(),
+        then: (),
     };
     match (args.source.config_dir.clone(), cluster) {
         (Some(dir), _) => reload::spawn(dir, follow),
@@ -491,15 +490,22 @@ async fn run_gateway(
     result
 }
 
-/// Waits for SIGTERM or SIGINT.
-pub async fn wait_for_signal() -> Result<()> {
-    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM: shutting down"),
-        _ = int.recv() => info!("SIGINT: shutting down"),
+/// After a reload in the node role: open connections re-judged by the new
+/// policies, pods enrolled and released to match.
+struct Enrollment {
+    pods: Arc<pods::Pods>,
+    proxy: Arc<Proxy>,
+    state: NodeState,
+}
+
+impl reload::Applied for Enrollment {
+    async fn applied(&self) -> usize {
+        let closed = self.proxy.enforce_policies();
+        if closed > 0 {
+            info!(closed, "open connections the new policies deny were closed");
+        }
+        self.pods.sync(&self.state.snapshot()).await
     }
-    Ok(())
 }
 
 /// Certificates from the CA for this node's identities.

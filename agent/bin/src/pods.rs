@@ -15,75 +15,28 @@ use serde::Serialize;
 use socket2::{Domain, Socket, Type};
 use strait_capture::{Capture, ListenerKind};
 use strait_config::Workload;
-use strait_ebpf_common::{AGENT_MARK, port};
+use strait_ebpf_common::port;
 use strait_identity::{CertManager, Identity};
 use strait_netns::{Netns, SocketMaker};
-use tokio::{
-    net::{TcpListener, TcpStream, UdpSocket},
-    task::JoinHandle,
-};
+use tokio::{net::TcpListener, task::JoinHandle};
 use tracing::{info, warn};
+
+use strait_state::{NodeState, Snapshot};
 
 use crate::{
     metrics::Metrics,
+    pod::{Listeners, Pod},
     probes::Probes,
-    proxy::{
-        Proxy,
-        share::{Caps, Share},
-    },
-    state::{NodeState, Snapshot},
+    share::Caps,
 };
 
-/// An enrolled pod and what the agent holds for it.
-pub struct Pod {
-    pub workload: Workload,
-    pub identity: Identity,
-    pub netns: Netns,
-    /// Presents the pod's current certificate, requires a mesh client.
-    pub server_tls: Arc<rustls::ServerConfig>,
-    /// What HBONE peers hold of this pod's listener.
-    pub admission: strait_hbone::Admission,
-    /// What the pod may hold of the agent's connections.
-    pub share: Share,
-    /// The pod's share of the DNS proxy.
-    pub dns_forwards: Arc<tokio::sync::Semaphore>,
-    pub dns_tcp: Arc<tokio::sync::Semaphore>,
-    /// Whether exec probes may run on the node when the workload has no
-    /// mount and PID namespaces of its own (`--exec-probes-on-host`).
-    pub exec_probes_on_host: bool,
-    sockets: SocketMaker,
-}
-
-/// The listeners opened in one pod, handed to the proxy.
-pub struct Listeners<L = TcpListener, U = UdpSocket> {
-    pub outbound: Vec<L>,
-    pub hbone: Vec<L>,
-    pub plaintext: Vec<L>,
-    pub dns_tcp: Vec<L>,
-    pub dns_udp: Vec<U>,
-}
-
-impl Listeners<std::net::TcpListener, std::net::UdpSocket> {
-    /// Registers the sockets with tokio (needs the runtime, not the
-    /// namespace: a socket keeps the namespace it was made in).
-    fn into_tokio(self) -> std::io::Result<Listeners> {
-        let convert = |all: Vec<std::net::TcpListener>| {
-            all.into_iter()
-                .map(TcpListener::from_std)
-                .collect::<std::io::Result<Vec<_>>>()
-        };
-        Ok(Listeners {
-            outbound: convert(self.outbound)?,
-            hbone: convert(self.hbone)?,
-            plaintext: convert(self.plaintext)?,
-            dns_tcp: convert(self.dns_tcp)?,
-            dns_udp: self
-                .dns_udp
-                .into_iter()
-                .map(UdpSocket::from_std)
-                .collect::<std::io::Result<Vec<_>>>()?,
-        })
-    }
+/// What serves an enrolled pod's listeners (the proxy, the DNS proxy), and
+/// forgets what belonged to pods and services that are gone.
+pub trait Serve: Send + Sync {
+    /// Starts serving; aborting the tasks closes the listeners
+    /// (connections already accepted go on).
+    fn serve(&self, pod: Arc<Pod>, listeners: Listeners) -> Vec<JoinHandle<()>>;
+    fn prune(&self, state: &Snapshot, local: &BTreeSet<Identity>);
 }
 
 /// What `/workloads` shows of a local workload.
@@ -95,68 +48,6 @@ pub struct WorkloadStatus {
     pub identity: String,
     pub state: String,
     pub netns: Option<String>,
-}
-
-impl Pod {
-    pub fn netns_cookie(&self) -> u64 {
-        self.netns.cookie()
-    }
-
-    /// A TCP connection from inside the pod (so it leaves with the pod's own
-    /// address), marked so capture leaves it alone. With `bind_ip`, bound to
-    /// that address first; `before_connect` sees the local address before
-    /// the connection is attempted.
-    pub async fn connect(
-        &self,
-        to: SocketAddr,
-        bind_ip: Option<IpAddr>,
-        before_connect: impl FnOnce(SocketAddr),
-    ) -> std::io::Result<TcpStream> {
-        let domain = if to.is_ipv4() {
-            libc::AF_INET
-        } else {
-            libc::AF_INET6
-        };
-        let socket = Socket::from(self.sockets.tcp_socket(domain)?);
-        socket.set_mark(AGENT_MARK)?;
-        socket.set_tcp_nodelay(true)?;
-        if let Some(ip) = bind_ip {
-            socket.bind(&SocketAddr::new(ip, 0).into())?;
-        }
-        let local = socket
-            .local_addr()?
-            .as_socket()
-            .unwrap_or_else(|| SocketAddr::new(unspecified(to.ip()), 0));
-        before_connect(local);
-        let std_stream: std::net::TcpStream = socket.into();
-        tokio::net::TcpSocket::from_std_stream(std_stream)
-            .connect(to)
-            .await
-    }
-
-    /// The cookie of the pod's UDP socket that a datagram from `from` to
-    /// `to` would reach: the client of a DNS query the proxy received.
-    pub fn udp_socket_cookie(
-        &self,
-        from: SocketAddr,
-        to: SocketAddr,
-    ) -> std::io::Result<Option<u64>> {
-        self.sockets.udp_socket_cookie(from, to)
-    }
-
-    /// A UDP socket inside the pod, marked so capture leaves it alone.
-    pub fn udp_socket(&self, v4: bool) -> std::io::Result<UdpSocket> {
-        let domain = if v4 { libc::AF_INET } else { libc::AF_INET6 };
-        let socket = Socket::from(self.sockets.udp_socket(domain)?);
-        socket.set_mark(AGENT_MARK)?;
-        let any = if v4 {
-            IpAddr::from(Ipv4Addr::UNSPECIFIED)
-        } else {
-            IpAddr::from(Ipv6Addr::UNSPECIFIED)
-        };
-        socket.bind(&SocketAddr::new(any, 0).into())?;
-        UdpSocket::from_std(socket.into())
-    }
 }
 
 /// This node's pods in the mesh, kept in step with the config and with
@@ -176,6 +67,7 @@ pub struct Pods {
     netns_dir: PathBuf,
     probes: Arc<Probes>,
     metrics: Arc<Metrics>,
+    serve: Arc<dyn Serve>,
     exec_probes_on_host: bool,
     caps: Arc<Caps>,
     /// The agent's own namespace and the host's: never a pod's.
@@ -267,16 +159,28 @@ impl Member {
     }
 }
 
+/// How pods are enrolled: where their namespaces are named, what exec
+/// probes may do, and each pod's share of the agent.
+pub struct Settings {
+    pub netns_dir: PathBuf,
+    pub exec_probes_on_host: bool,
+    pub caps: Arc<Caps>,
+}
+
 impl Pods {
     pub fn new(
         capture: Arc<Mutex<Capture>>,
         certs: Arc<CertManager>,
-        netns_dir: PathBuf,
         probes: Arc<Probes>,
         metrics: Arc<Metrics>,
-        exec_probes_on_host: bool,
-        caps: Arc<Caps>,
+        serve: Arc<dyn Serve>,
+        settings: Settings,
     ) -> Result<Self> {
+        let Settings {
+            netns_dir,
+            exec_probes_on_host,
+            caps,
+        } = settings;
         let home = Netns::open("/proc/self/ns/net")
             .context("opening the agent's own network namespace")?;
         let host_cookie = Netns::open("/proc/1/ns/net").ok().map(|n| n.cookie());
@@ -286,6 +190,7 @@ impl Pods {
             netns_dir,
             probes,
             metrics,
+            serve,
             exec_probes_on_host,
             caps,
             home,
@@ -304,13 +209,13 @@ impl Pods {
 
     /// Syncs again whenever an enrollment step is due to be retried, and
     /// every second to notice pods whose namespace went away.
-    pub fn spawn_retries(self: &Arc<Self>, state: NodeState, proxy: Arc<Proxy>) -> JoinHandle<()> {
+    pub fn spawn_retries(self: &Arc<Self>, state: NodeState) -> JoinHandle<()> {
         let pods = self.clone();
         tokio::spawn(async move {
             loop {
                 let wait = pods.next_due().await;
                 tokio::time::sleep(wait).await;
-                pods.sync(&state.snapshot(), &proxy).await;
+                pods.sync(&state.snapshot()).await;
             }
         })
     }
@@ -341,7 +246,7 @@ impl Pods {
 
     /// Brings this node's pods in line with `state`; returns how many are
     /// enrolled.
-    pub async fn sync(&self, state: &Snapshot, proxy: &Arc<Proxy>) -> usize {
+    pub async fn sync(&self, state: &Snapshot) -> usize {
         let mut members = self.members.lock().await;
         if self.stopping.load(std::sync::atomic::Ordering::Acquire) {
             return 0;
@@ -450,7 +355,7 @@ impl Pods {
                 })
                 .collect();
             if let Some(member) = members.get_mut(&key) {
-                self.advance(member, &scan, &taken, proxy).await;
+                self.advance(member, &scan, &taken).await;
             }
         }
 
@@ -464,7 +369,7 @@ impl Pods {
         let pruned_for = (state.generation, local.clone());
         if *lock(&self.pruned_for) != pruned_for {
             self.certs.retain(&local);
-            proxy.prune(state, &local);
+            self.serve.prune(state, &local);
             *lock(&self.pruned_for) = pruned_for;
         }
         self.probes.sync(
@@ -543,13 +448,7 @@ impl Pods {
     }
 
     /// Takes `member` as far as it goes now; a failed step is retried later.
-    async fn advance(
-        &self,
-        member: &mut Member,
-        scan: &[(PathBuf, Vec<IpAddr>)],
-        taken: &[Taken],
-        proxy: &Arc<Proxy>,
-    ) {
+    async fn advance(&self, member: &mut Member, scan: &[(PathBuf, Vec<IpAddr>)], taken: &[Taken]) {
         // The certificate is asked for first: the CA's round trip overlaps
         // the rest.
         self.certs.want(&member.identity);
@@ -578,7 +477,7 @@ impl Pods {
                     };
                     match self.pod(member, netns) {
                         Ok(pod) => {
-                            let tasks = proxy.serve(pod.clone(), listeners);
+                            let tasks = self.serve.serve(pod.clone(), listeners);
                             member.stage = Stage::Serving { pod, tasks };
                         }
                         Err((netns, err)) => {
@@ -860,13 +759,6 @@ fn same_family(listeners: &[TcpListener], ip: IpAddr) -> Option<&TcpListener> {
     listeners
         .iter()
         .find(|l| l.local_addr().is_ok_and(|a| a.is_ipv4() == ip.is_ipv4()))
-}
-
-fn unspecified(like: IpAddr) -> IpAddr {
-    match like {
-        IpAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
-        IpAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
-    }
 }
 
 #[cfg(test)]

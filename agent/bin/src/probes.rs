@@ -22,7 +22,7 @@ use strait_health::{
 use tokio::{net::TcpStream, task::JoinHandle};
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::{metrics::Metrics, pods::Pod};
+use crate::{metrics::Metrics, pod::Pod};
 
 impl Target for Pod {
     fn address(&self) -> IpAddr {

@@ -9,7 +9,7 @@ use std::{
 
 use crate::{
     Config,
-    check::{self, Findings, Item},
+    check::{self, Findings, Parsed},
     manifest::{self, Header, KindCheck},
     report::{FileProblem, ObjectReport, Report, Verdict},
     yaml,
@@ -193,19 +193,6 @@ pub fn check_objects<J: std::borrow::Borrow<serde_json::Value>>(
     check::across(&mut report, &parsed);
     let config = check::build(parsed, &report);
     (report, config)
-}
-
-/// An object that passed its own checks, kept for the checks across
-/// objects and then for the model.
-pub(crate) struct Parsed {
-    pub report: usize,
-    /// Kept only for the kinds the checks across objects look at (their
-    /// findings need lines): a large config is mostly workloads.
-    pub tree: Option<yaml::Node>,
-    pub first_line: u64,
-    pub item: Item,
-    /// `metadata.creationTimestamp`, when the object has one.
-    pub created: Option<String>,
 }
 
 fn check_sources(mut report: Report, sources: Vec<(PathBuf, String)>) -> (Report, Option<Config>) {

@@ -132,6 +132,10 @@ fn a_crashed_run_is_removed_by_the_next() -> Result<()> {
         mine.remaining().iter().any(|r| r.starts_with("netns")),
         "the sweep removed a live run"
     );
-    assert!(Path::new(netlink::NETNS_DIR).join(&mine.netns[0]).exists());
+    assert!(
+        Path::new(strait_topology::NETNS_DIR)
+            .join(&mine.netns[0])
+            .exists()
+    );
     Ok(())
 }

@@ -74,6 +74,8 @@ impl Error {
     }
 }
 
+/// Where named network namespaces live (`ip netns`).
+pub const NETNS_DIR: &str = "/run/netns";
 const NODE_UPLINK: &str = "eth0";
 const NODE_INTERNET: &str = "eth1";
 const POD_BRIDGE: &str = "cbr0";
@@ -165,7 +167,7 @@ impl Resources {
         let mut left: Vec<String> = self
             .netns
             .iter()
-            .filter(|ns| Path::new(netlink::NETNS_DIR).join(ns).exists())
+            .filter(|ns| Path::new(NETNS_DIR).join(ns).exists())
             .map(|ns| format!("netns {ns}"))
             .collect();
         for (what, dir) in [
@@ -280,10 +282,7 @@ impl Topology {
             }
             fs::File::create(&target)
                 .map_err(|e| Error::io(format!("creating {}", target.display()), e))?;
-            bind_mount(
-                &Path::new(netlink::NETNS_DIR).join(&pod.place.netns),
-                &target,
-            )?;
+            bind_mount(&Path::new(NETNS_DIR).join(&pod.place.netns), &target)?;
         }
         Ok(dir)
     }
@@ -512,11 +511,8 @@ impl Topology {
             let links = self.netns_dir();
             fs::create_dir_all(&links)
                 .map_err(|e| Error::io(format!("creating {}", links.display()), e))?;
-            std::os::unix::fs::symlink(
-                Path::new(netlink::NETNS_DIR).join(&ns),
-                links.join(&pod_spec.name),
-            )
-            .map_err(|e| Error::io("linking a pod's netns", e))?;
+            std::os::unix::fs::symlink(Path::new(NETNS_DIR).join(&ns), links.join(&pod_spec.name))
+                .map_err(|e| Error::io("linking a pod's netns", e))?;
             self.pods.push(Pod {
                 place: Place {
                     label: format!("pod {}", pod_spec.name),

@@ -4,7 +4,6 @@ use std::{process::Command, time::Duration};
 
 use crate::{Error, process};
 
-pub const NETNS_DIR: &str = "/run/netns";
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `ip <args>`; a failure carries the command line and `ip`'s message.
@@ -72,7 +71,7 @@ pub fn netns_del(name: &str) -> Result<(), Error> {
 
 /// Names in `/run/netns`.
 pub fn netns_list() -> Vec<String> {
-    std::fs::read_dir(NETNS_DIR)
+    std::fs::read_dir(crate::NETNS_DIR)
         .map(|dir| {
             dir.filter_map(|e| e.ok())
                 .map(|e| e.file_name().to_string_lossy().into_owned())

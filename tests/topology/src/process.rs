@@ -52,7 +52,7 @@ impl Place {
 
     /// `/run/netns/<name>`: what `setns` and `ip netns exec` use.
     pub fn netns_path(&self) -> PathBuf {
-        Path::new(crate::netlink::NETNS_DIR).join(&self.netns)
+        Path::new(crate::NETNS_DIR).join(&self.netns)
     }
 
     pub fn netns(&self) -> &str {

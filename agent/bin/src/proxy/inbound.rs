@@ -16,12 +16,13 @@ use strait_identity::Identity;
 use tokio::net::TcpStream;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::{Proxy, relay::relay, reset, share::Way};
-use crate::{
-    metrics::{Direction, Reason, Reporter},
-    pods::Pod,
-    state::Snapshot,
-};
+use strait_state::Snapshot;
+use strait_telemetry::{Direction, Reason, Reporter, relay};
+
+use strait_upstream::reset;
+
+use super::Proxy;
+use crate::{pod::Pod, share::Way};
 
 pub async fn handle_hbone(proxy: Arc<Proxy>, pod: Arc<Pod>, stream: TcpStream, peer: SocketAddr) {
     let span = info_span!("inbound_hbone", src = %peer, dst_identity = %pod.identity);
@@ -123,11 +124,11 @@ async fn on_connect(proxy: Arc<Proxy>, pod: Arc<Pod>, connect: Connect) {
                     // its identity, and by what its agent says of it when
                     // the config agrees.
                     let state = proxy.state.snapshot();
-                    let client = super::claimed_client(&state, source, &connect.peer);
+                    let client = state.claimed_client(source, &connect.peer);
                     labels.source_workload = client.map_or("unknown".into(), |w| w.name.clone());
                     labels.source_workload_namespace = connect.peer.namespace.clone();
                     labels.source_cluster = client
-                        .map(|w| super::route::cluster(&state, w))
+                        .map(|w| state.cluster(w))
                         .filter(|c| !c.is_empty())
                         .unwrap_or_else(|| "unknown".into());
                     src = format!(
@@ -137,7 +138,7 @@ async fn on_connect(proxy: Arc<Proxy>, pod: Arc<Pod>, connect: Connect) {
                 }
                 let dst = to.to_string();
                 let closed = proxy.track_inbound(&pod, Some(&connect.peer), client_ip, to);
-                let copy = relay(&proxy.metrics, labels, &mut tunnel, &mut app, &src, &dst);
+                let copy = relay(&proxy.metrics.tcp, labels, &mut tunnel, &mut app, &src, &dst);
                 let result = tokio::select! {
                     result = copy => result,
                     () = closed.denied() => Err(std::io::Error::other("denied by a policy change")),
@@ -281,7 +282,14 @@ pub async fn handle_plaintext(
         let (src, dst) = (peer.to_string(), original.to_string());
         let (mut client, mut app) = (client, app);
         let closed = proxy.track_inbound(&pod, None, peer.ip(), original);
-        let copy = relay(&proxy.metrics, labels, &mut client, &mut app, &src, &dst);
+        let copy = relay(
+            &proxy.metrics.tcp,
+            labels,
+            &mut client,
+            &mut app,
+            &src,
+            &dst,
+        );
         let result = tokio::select! {
             result = copy => result,
             () = closed.denied() => Err(std::io::Error::other("denied by a policy change")),

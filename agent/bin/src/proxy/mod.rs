@@ -6,50 +6,41 @@
 //! - [`inbound`]: to a pod of this node, over HBONE (15008) or plaintext
 //!   (15006, subject to PeerAuthentication), delivered with the client's
 //!   address;
-//! - [`route`]: where an outbound connection goes (service addresses to
-//!   endpoints);
-//! - [`remote`]: endpoints on other networks, through their east-west
-//!   gateways (double HBONE);
-//! - [`relay`]: the bytes, metrics and access log;
-//! - [`share`]: what one pod may hold of the agent.
+//!
+//! Where a connection goes is [`strait_route`]'s choice, opening the way
+//! there [`strait_upstream`]'s, and carrying and counting its bytes
+//! [`strait_telemetry`]'s.
 pub mod inbound;
 pub mod outbound;
-pub mod relay;
-pub mod remote;
-pub mod route;
-pub mod share;
 
 use std::{
     collections::{BTreeSet, HashSet},
     net::{IpAddr, SocketAddr},
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
+    sync::Arc,
 };
 
 use strait_capture::Maps;
 use strait_config::Endpoints;
+use strait_drain::InFlight;
 use strait_ebpf_common::port;
-use strait_hbone::Pool;
 use strait_identity::Identity;
-use strait_identity::tls::ClientConfigs;
-use tokio::{net::TcpListener, sync::Notify, task::JoinHandle};
-use tracing::{debug, warn};
+use strait_state::{NodeState, Snapshot};
+use strait_telemetry::{Direction, Reason, Reporter, TcpLabels};
+use strait_upstream::Dialer;
+use tracing::debug;
 
-use self::share::{Held, Over, Way};
 use crate::{
-    metrics::{Direction, Metrics, Reason, Reporter, TcpLabels},
-    pods::{Listeners, Pod},
-    state::{NodeState, Snapshot},
+    metrics::Metrics,
+    pod::Pod,
+    share::{Held, Over, Way},
 };
 
 /// Everything a proxied connection needs, shared by all of them.
 pub struct Proxy {
     pub state: NodeState,
     pub maps: Arc<Maps>,
-    pub clients: ClientConfigs,
-    pub pool: Arc<Pool>,
+    /// Pooled HBONE connections, TLS configurations and certificates.
+    pub dialer: Dialer,
     pub metrics: Arc<Metrics>,
     /// Per endpoint attempt, outbound.
     pub connect_timeout: std::time::Duration,
@@ -59,8 +50,6 @@ pub struct Proxy {
     pub load: Arc<strait_balance::load::Load>,
     /// Readiness of probed workloads, as their agents published it.
     pub board: Arc<strait_health::Board>,
-    /// Certificates of this node's workloads.
-    pub certs: Arc<strait_identity::CertManager>,
     /// Inbound connections while open, re-judged on policy changes.
     pub open_inbound: inbound::OpenConnections,
     /// What one peer may hold of a pod's HBONE listener.
@@ -77,48 +66,6 @@ pub struct Proxy {
 /// descriptor left.
 pub fn loops_back(pod: &Pod, to: SocketAddr) -> bool {
     !pod.workload.addresses.contains(&to.ip()) || port::is_pod_listener(to.port())
-}
-
-/// A count of connections being handled, and a way to wait until none is.
-#[derive(Default)]
-pub struct InFlight {
-    count: AtomicUsize,
-    idle: Notify,
-}
-
-/// Counts one connection while it lives.
-pub struct InFlightGuard(Arc<InFlight>);
-
-impl InFlight {
-    pub fn enter(self: &Arc<Self>) -> InFlightGuard {
-        self.count.fetch_add(1, Ordering::AcqRel);
-        InFlightGuard(self.clone())
-    }
-
-    pub fn count(&self) -> usize {
-        self.count.load(Ordering::Acquire)
-    }
-
-    /// Returns once no connection is in flight.
-    pub async fn idle(&self) {
-        loop {
-            let notified = self.idle.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.count() == 0 {
-                return;
-            }
-            notified.await;
-        }
-    }
-}
-
-impl Drop for InFlightGuard {
-    fn drop(&mut self) {
-        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.idle.notify_waiters();
-        }
-    }
 }
 
 impl Proxy {
@@ -143,62 +90,6 @@ impl Proxy {
         None
     }
 
-    /// Starts serving a pod's listeners; aborting the tasks closes them
-    /// (connections already accepted go on).
-    pub fn serve(self: &Arc<Self>, pod: Arc<Pod>, listeners: Listeners) -> Vec<JoinHandle<()>> {
-        let mut tasks = Vec::new();
-        for listener in listeners.outbound {
-            tasks.push(self.accept_loop(listener, pod.clone(), outbound::handle));
-        }
-        for listener in listeners.hbone {
-            tasks.push(self.accept_loop(listener, pod.clone(), inbound::handle_hbone));
-        }
-        for listener in listeners.plaintext {
-            tasks.push(self.accept_loop(listener, pod.clone(), inbound::handle_plaintext));
-        }
-        for listener in listeners.dns_tcp {
-            tasks.push(self.accept_loop(listener, pod.clone(), crate::dns::handle_tcp));
-        }
-        for socket in listeners.dns_udp {
-            tasks.push(crate::dns::serve_udp(self.clone(), pod.clone(), socket));
-        }
-        tasks
-    }
-
-    fn accept_loop<F, Fut>(
-        self: &Arc<Self>,
-        listener: TcpListener,
-        pod: Arc<Pod>,
-        handle: F,
-    ) -> JoinHandle<()>
-    where
-        F: Fn(Arc<Proxy>, Arc<Pod>, tokio::net::TcpStream, std::net::SocketAddr) -> Fut
-            + Send
-            + 'static,
-        Fut: std::future::Future<Output = ()> + Send + 'static,
-    {
-        let proxy = self.clone();
-        tokio::spawn(async move {
-            loop {
-                match listener.accept().await {
-                    Ok((stream, peer)) => {
-                        let guard = proxy.in_flight.enter();
-                        let work = handle(proxy.clone(), pod.clone(), stream, peer);
-                        tokio::spawn(async move {
-                            work.await;
-                            drop(guard);
-                        });
-                    }
-                    Err(err) => {
-                        warn!(%err, pod = %pod.workload.name, "accept failed");
-                        // EMFILE and friends: back off instead of spinning.
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    }
-                }
-            }
-        })
-    }
-
     /// Forgets what belonged to pods, workloads and services that are gone:
     /// pooled connections and TLS configurations of identities no longer on
     /// this node or in the mesh, endpoint health of addresses no longer in
@@ -212,9 +103,11 @@ impl Proxy {
             .filter(|w| config.enrolled(w))
             .map(|w| state.identity(w))
             .collect();
-        self.pool
+        self.dialer
+            .pool
             .retain(|k| local.contains(&k.source) && remote.contains(&k.destination));
-        self.clients
+        self.dialer
+            .clients
             .retain(|source, destination| local.contains(source) && remote.contains(destination));
         let listed: HashSet<IpAddr> = config
             .services
@@ -237,7 +130,8 @@ impl Proxy {
         self.load.retain_services(|s| services.contains(s));
     }
 
-    /// Istio's labels for a connection between two addresses.
+    /// Istio's labels for a connection between two addresses, as the
+    /// current config describes them.
     fn labels(
         &self,
         reporter: Reporter,
@@ -247,64 +141,6 @@ impl Proxy {
         mtls: bool,
     ) -> TcpLabels {
         let state = self.state.snapshot();
-        let describe = |ip: IpAddr| {
-            state
-                .workload(ip)
-                .map(|w| (w.name.clone(), w.namespace.clone()))
-                .unwrap_or_else(|| ("unknown".into(), "unknown".into()))
-        };
-        let (source_workload, source_workload_namespace) = describe(src);
-        let (destination_workload, destination_workload_namespace) = describe(dst);
-        let cluster_of = |ip: IpAddr| {
-            state
-                .workload(ip)
-                .map(|w| route::cluster(&state, w))
-                .filter(|c| !c.is_empty())
-                .unwrap_or_else(|| "unknown".into())
-        };
-        let destination_principal = if mtls {
-            state
-                .mesh_workload(dst)
-                .map(|w| state.identity(w).to_string())
-                .unwrap_or_else(|| "unknown".into())
-        } else {
-            "unknown".into()
-        };
-        TcpLabels {
-            reporter,
-            source_workload,
-            source_workload_namespace,
-            source_principal,
-            source_cluster: cluster_of(src),
-            destination_workload,
-            destination_workload_namespace,
-            destination_principal,
-            destination_cluster: cluster_of(dst),
-            connection_security_policy: if mtls { "mutual_tls" } else { "none" }.into(),
-            request_protocol: "tcp".into(),
-        }
+        strait_telemetry::labels(&state, reporter, src, source_principal, dst, mtls)
     }
-}
-
-/// The workload a client that came through an east-west gateway says it
-/// is (its agent's word, in the CONNECT), believed only when the config
-/// has a workload of that name under the identity its TLS session proved.
-pub fn claimed_client<'a>(
-    state: &'a Snapshot,
-    source: &strait_hbone::Source,
-    peer: &Identity,
-) -> Option<&'a strait_config::Workload> {
-    let name = source.workload.as_deref()?;
-    state
-        .config
-        .workloads
-        .iter()
-        .find(|w| w.name == name && w.namespace == peer.namespace && state.identity(w) == *peer)
-}
-
-/// Closes `stream` with a reset, so the client sees a failure rather than an
-/// orderly (and misleading) end of stream.
-pub fn reset(stream: tokio::net::TcpStream) {
-    let _ = socket2::SockRef::from(&stream).set_linger(Some(std::time::Duration::ZERO));
-    drop(stream);
 }

@@ -6,26 +6,14 @@
 use std::{net::SocketAddr, sync::Arc};
 
 use strait_ebpf_common::port;
-use strait_hbone::{PoolKey, Tunnel};
-use strait_identity::Identity;
+use strait_route::{Pool, Route, Target, direct, route};
+use strait_telemetry::{Direction, Reason, Reporter, relay};
+use strait_upstream::{Upstream, remote, reset};
 use tokio::net::TcpStream;
 use tracing::{Instrument, debug, info_span, warn};
 
-use strait_config::MtlsMode;
-
-use super::{
-    Proxy,
-    relay::relay,
-    remote::{self, Via},
-    reset,
-    route::{Pool, Route, Target, direct, route},
-    share::Way,
-};
-use crate::{
-    metrics::{Direction, Reason, Reporter},
-    pods::Pod,
-    state::Snapshot,
-};
+use super::Proxy;
+use crate::{pod::Pod, share::Way};
 
 pub async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, client: TcpStream, peer: SocketAddr) {
     let Some(original) = proxy.maps.take_original_dst(pod.netns_cookie(), peer) else {
@@ -160,7 +148,7 @@ pub async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, client: TcpStream, peer: S
             }
             let via = match target {
                 Target::Direct(target) => {
-                    match open(&proxy, &pod, &state, target, timeout).await {
+                    match proxy.dialer.open(&*pod, &state, target, timeout).await {
                         Ok(upstream) => {
                             proxy.health.success(target);
                             let _active = proxy.load.open(target);
@@ -192,7 +180,7 @@ pub async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, client: TcpStream, peer: S
             if failed_behind.contains(&via.network) {
                 continue;
             }
-            match remote::open(&proxy, &pod, &via, timeout).await {
+            match proxy.dialer.open_remote(&*pod, &state, &via, timeout).await {
                 Ok((tunnel, destination)) => {
                     proxy.health.success(via.gateway);
                     let _active = proxy.load.open(via.gateway);
@@ -235,100 +223,6 @@ pub async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, client: TcpStream, peer: S
     .await
 }
 
-enum Upstream {
-    Hbone {
-        tunnel: Tunnel,
-        destination: Identity,
-    },
-    /// Through another network's gateway: `destination` answered inside.
-    Remote {
-        tunnel: Tunnel,
-        destination: Identity,
-        via: Via,
-    },
-    Plain(TcpStream),
-}
-
-/// Opens the way to `target` within `timeout`: an HBONE tunnel when a mesh
-/// workload is there (unless its PeerAuthentication says DISABLE for the
-/// port), a plain connection from the pod otherwise.
-async fn open(
-    proxy: &Proxy,
-    pod: &Pod,
-    state: &Snapshot,
-    target: SocketAddr,
-    timeout: std::time::Duration,
-) -> Result<Upstream, Reason> {
-    let destination = state
-        .mesh_workload(target.ip())
-        .filter(|w| state.config.mtls_mode(w, target.port()) != MtlsMode::Disable)
-        .map(|w| state.identity(w));
-    let Some(destination) = destination else {
-        let connect = tokio::time::timeout(timeout, pod.connect(target, None, |_| ()));
-        return match connect.await {
-            Ok(Ok(stream)) => Ok(Upstream::Plain(stream)),
-            Ok(Err(err)) => {
-                debug!(%err, %target, "passthrough connect failed");
-                Err(Reason::Upstream)
-            }
-            Err(_) => {
-                debug!(%target, "passthrough connect timed out");
-                Err(Reason::Upstream)
-            }
-        };
-    };
-    if proxy.certs.current(&pod.identity).is_none() {
-        return Err(Reason::NoCertificate);
-    }
-    let hbone = SocketAddr::new(target.ip(), port::HBONE);
-    let key = PoolKey {
-        source: pod.identity.clone(),
-        destination: destination.clone(),
-        addr: hbone,
-    };
-    let tls = proxy
-        .clients
-        .get(&pod.identity, &destination)
-        .map_err(|err| {
-            warn!(%err, "no TLS configuration");
-            Reason::Tls
-        })?;
-    // Wait for the far end to accept: a refusal or a silent endpoint is
-    // found before the client's first byte, while another can be tried.
-    let connect = tokio::time::timeout(timeout, async {
-        let mut tunnel = proxy
-            .pool
-            .connect(&key, &target.into(), None, tls, || {
-                pod.connect(hbone, None, |_| ())
-            })
-            .await?;
-        tunnel
-            .established()
-            .await
-            .map_err(|source| strait_hbone::Error::Connect { source })?;
-        Ok::<_, strait_hbone::Error>(tunnel)
-    });
-    match connect.await {
-        Ok(Ok(tunnel)) => Ok(Upstream::Hbone {
-            tunnel,
-            destination,
-        }),
-        Err(_) => {
-            warn!(%destination, %target, ?timeout, "HBONE connect timed out");
-            proxy.pool.forget(&key);
-            Err(Reason::Upstream)
-        }
-        Ok(Err(err)) => {
-            warn!(%err, %destination, %target, "HBONE connect failed");
-            Err(if err.is_tls() {
-                Reason::Tls
-            } else {
-                Reason::Upstream
-            })
-        }
-    }
-}
-
 /// Carries the client's bytes to `target` and back; the client sees a
 /// reset when the far end fails it.
 async fn carry(
@@ -362,7 +256,15 @@ async fn carry(
                 "{} via {} ({})",
                 via.authority, via.gateway, via.gateway_identity
             );
-            let result = relay(&proxy.metrics, labels, &mut client, &mut tunnel, &src, &dst).await;
+            let result = relay(
+                &proxy.metrics.tcp,
+                labels,
+                &mut client,
+                &mut tunnel,
+                &src,
+                &dst,
+            )
+            .await;
             if result.is_err() {
                 tunnel.reset();
             }
@@ -372,7 +274,15 @@ async fn carry(
             mut tunnel,
             destination,
         } => {
-            let result = relay(&proxy.metrics, labels, &mut client, &mut tunnel, &src, &dst).await;
+            let result = relay(
+                &proxy.metrics.tcp,
+                labels,
+                &mut client,
+                &mut tunnel,
+                &src,
+                &dst,
+            )
+            .await;
             // The far end refused the CONNECT (its app is not listening, or
             // a policy): the client sees a reset, as it would without the
             // mesh.
@@ -387,7 +297,15 @@ async fn carry(
             result
         }
         Upstream::Plain(mut stream) => {
-            let result = relay(&proxy.metrics, labels, &mut client, &mut stream, &src, &dst).await;
+            let result = relay(
+                &proxy.metrics.tcp,
+                labels,
+                &mut client,
+                &mut stream,
+                &src,
+                &dst,
+            )
+            .await;
             if result.is_err() {
                 reset(stream);
             }

@@ -5,9 +5,9 @@
 //! to something missing never refuses the config.
 use std::collections::{BTreeSet, HashMap};
 
-use super::{Findings, Item, qualify};
+use super::{Findings, Item, Parsed, qualify};
 use crate::{
-    Endpoints, GROUP_ANNOTATION, Service, TargetPort, Workload, host_matches, local::Parsed,
+    Endpoints, GROUP_ANNOTATION, Service, TargetPort, Workload, host_matches,
     manifest::networking as net, report::Report, suggest,
 };
 

@@ -1,10 +1,9 @@
 //! The model of a config whose every object passed.
 use std::collections::HashMap;
 
-use super::Item;
+use super::{Item, Parsed};
 use crate::{
     Config, Service, ServiceOrigin,
-    local::Parsed,
     report::{Report, Verdict},
 };
 

@@ -500,3 +500,16 @@ pub fn qualify(name: &str, namespace: &str) -> String {
         )
     }
 }
+
+/// An object that passed its own checks, kept for the checks across
+/// objects and then for the model.
+pub(crate) struct Parsed {
+    pub report: usize,
+    /// Kept only for the kinds the checks across objects look at (their
+    /// findings need lines): a large config is mostly workloads.
+    pub tree: Option<yaml::Node>,
+    pub first_line: u64,
+    pub item: Item,
+    /// `metadata.creationTimestamp`, when the object has one.
+    pub created: Option<String>,
+}

@@ -9,7 +9,7 @@ use std::{
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf, copy_bidirectional_with_sizes};
 use tracing::info;
 
-use crate::metrics::{Metrics, TcpLabels};
+use crate::{Tcp, TcpLabels};
 
 /// Larger than tokio's 8 KiB default: fewer syscalls per byte at speed.
 const BUFFER: usize = 64 * 1024;
@@ -18,7 +18,7 @@ const BUFFER: usize = 64 * 1024;
 /// connection came from, `server` where it goes. Returns how the copy ended,
 /// for the caller to reset the client on an error.
 pub async fn relay<C, S>(
-    metrics: &Metrics,
+    metrics: &Tcp,
     labels: TcpLabels,
     client: &mut C,
     server: &mut S,

@@ -3,6 +3,11 @@
 //! goes to one of the service's endpoints, chosen by locality and the
 //! service's DestinationRule ([`strait_balance`]), skipping endpoints
 //! outlier detection set aside; any other goes where the client asked.
+//! Another network's endpoints are reached through its gateways
+//! ([`via`]); [`report`] is what `straitctl endpoints` shows of a plan.
+pub mod report;
+pub mod via;
+
 use std::{
     collections::{HashMap, HashSet},
     net::{IpAddr, SocketAddr},
@@ -20,8 +25,9 @@ use strait_config::{
 };
 use strait_health::{Board, Readiness, readiness};
 
-use super::remote::{self, Via};
-use crate::state::Snapshot;
+use strait_state::Snapshot;
+
+pub use via::Via;
 
 /// Endpoints tried for one connection before giving up (refusals cost a
 /// round trip each; the outbound also bounds the time spent).
@@ -110,7 +116,7 @@ pub fn route(
         return Ok(Route::Direct(dst));
     }
     let service = format!("{}/{}", at.service.namespace, at.service.name);
-    let cluster = cluster(state, client);
+    let cluster = state.cluster(client);
     let who = Client {
         locality: &client.locality,
         network: &client.network,
@@ -201,7 +207,7 @@ pub fn route(
         } else if networks.insert(network) {
             let identities: std::sync::Arc<[_]> = behind.remove(network).unwrap_or_default().into();
             targets.extend(
-                remote::vias(
+                via::vias(
                     state,
                     health,
                     board,
@@ -257,7 +263,7 @@ pub fn plan<'a>(
         .filter(|e| !at.service.node_local || e.workload.node.as_deref() == Some(&*state.node))
         .filter(|e| {
             e.workload.network == who.network
-                || (global && remote::reachable(&state.config, &e.workload.network))
+                || (global && via::reachable(&state.config, &e.workload.network))
         })
         .collect();
     let rule = state
@@ -300,7 +306,7 @@ pub fn plan<'a>(
         locality: balancer.and_then(|lb| lb.locality_lb_setting.as_ref()),
         traffic_distribution: at.service.traffic_distribution.as_deref(),
     };
-    let cluster_of = |w: &Workload| cluster(state, w);
+    let cluster_of = |w: &Workload| state.cluster(w);
     let ranked = strait_balance::rank(who, &endpoints, policy, &cluster_of);
     let now = Instant::now();
     let ejected = ranked
@@ -341,7 +347,7 @@ pub fn direct(
             None
         }
         Some(w) if w.network != client.network => Some(
-            remote::vias(
+            via::vias(
                 state,
                 health,
                 board,
@@ -356,21 +362,6 @@ pub fn direct(
         ),
         _ => Some(vec![Target::Direct(dst)]),
     }
-}
-
-/// A workload's cluster: its own `topology.istio.io/cluster` label, else
-/// its node's.
-pub fn cluster(state: &Snapshot, w: &Workload) -> String {
-    w.labels
-        .get(strait_balance::CLUSTER)
-        .or_else(|| {
-            w.node
-                .as_ref()
-                .and_then(|n| state.config.nodes.get(n))
-                .and_then(|n| n.labels.get(strait_balance::CLUSTER))
-        })
-        .cloned()
-        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -8,13 +8,9 @@ use serde::Serialize;
 use strait_balance::{Client, outlier::Health};
 use strait_health::Board;
 
-use crate::{
-    proxy::{
-        remote,
-        route::{Plan, cluster, plan},
-    },
-    state::Snapshot,
-};
+use strait_state::Snapshot;
+
+use crate::{Plan, plan, via};
 
 #[derive(Serialize)]
 pub struct Report {
@@ -109,7 +105,7 @@ pub fn report(
         .or_else(|| local.map(|w| w.network.clone()))
         .unwrap_or_default();
     let labels = node.map(|n| n.labels.clone()).unwrap_or_default();
-    let cluster_name = local.map(|w| cluster(state, w)).unwrap_or_else(|| {
+    let cluster_name = local.map(|w| state.cluster(w)).unwrap_or_else(|| {
         labels
             .get(strait_balance::CLUSTER)
             .cloned()
@@ -136,7 +132,7 @@ pub fn report(
                     .map(|r| {
                         let w = r.endpoint.workload;
                         let h = health.report(r.endpoint.addr, now);
-                        let in_cluster = cluster(state, w);
+                        let in_cluster = state.cluster(w);
                         EndpointReport {
                             stale: clusters.is_some_and(|c| c.stale(&in_cluster)),
                             cluster: in_cluster,
@@ -160,7 +156,7 @@ pub fn report(
                             via: if w.network.is_empty() || w.network == network {
                                 Vec::new()
                             } else {
-                                remote::gateways(
+                                via::gateways(
                                     state,
                                     health,
                                     board,

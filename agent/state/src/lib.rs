@@ -1,7 +1,10 @@
 //! The model as this node's agent sees it: this node's name and the current
 //! config, which a reload may replace at any time. A connection takes a
 //! [`Snapshot`] when it starts and keeps it, so a reload never changes the
-//! rules under a connection in flight.
+//! rules under a connection in flight. [`reload`] replaces it from a
+//! directory or from clusters.
+pub mod reload;
+
 use std::{net::IpAddr, sync::Arc};
 
 use arc_swap::ArcSwap;
@@ -81,5 +84,46 @@ impl Snapshot {
     /// Any known workload at `ip`, for telemetry labels.
     pub fn workload(&self, ip: IpAddr) -> Option<&Workload> {
         self.config.workload_by_address(ip)
+    }
+
+    /// A workload's cluster: its own `topology.istio.io/cluster` label,
+    /// else its node's; empty when neither says.
+    pub fn cluster(&self, w: &Workload) -> String {
+        w.labels
+            .get(strait_balance::CLUSTER)
+            .or_else(|| {
+                w.node
+                    .as_ref()
+                    .and_then(|n| self.config.nodes.get(n))
+                    .and_then(|n| n.labels.get(strait_balance::CLUSTER))
+            })
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The workload a client that came through an east-west gateway says
+    /// it is (its agent's word, in the CONNECT), believed only when the
+    /// config has a workload of that name under the identity its TLS
+    /// session proved.
+    pub fn claimed_client(
+        &self,
+        source: &strait_hbone::Source,
+        peer: &Identity,
+    ) -> Option<&Workload> {
+        let name = source.workload.as_deref()?;
+        self.config
+            .workloads
+            .iter()
+            .find(|w| w.name == name && w.namespace == peer.namespace && self.identity(w) == *peer)
+    }
+}
+
+/// Loading a large config frees much more than it keeps; hand the freed
+/// pages back so the process's resident size is what it holds.
+pub fn release_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }

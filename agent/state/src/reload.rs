@@ -5,11 +5,17 @@
 //! one stays in force. From a cluster: each snapshot of its objects
 //! applies, the objects that fail the checks left out and listed.
 use std::{
+    future::Future,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, atomic::AtomicU64},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
+use prometheus_client::{
+    encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
 use serde::Serialize;
 use strait_config::{
     LoadError,
@@ -17,7 +23,7 @@ use strait_config::{
 };
 use tracing::{info, warn};
 
-use crate::{metrics::Metrics, pods::Pods, proxy::Proxy, state::NodeState};
+use crate::{NodeState, release_freed_memory};
 
 /// How often the directory is looked at: a change applies within two polls
 /// plus the time to load it.
@@ -54,27 +60,113 @@ pub fn initial_status() -> SharedStatus {
     }))
 }
 
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+enum ReloadResult {
+    Success,
+    Failure,
+}
+
+impl EncodeLabelValue for ReloadResult {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write;
+        encoder.write_str(match self {
+            Self::Success => "success",
+            Self::Failure => "failure",
+        })
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabels {
+    result: ReloadResult,
+}
+
+/// How reloads went, as metrics.
+#[derive(Default)]
+pub struct Metrics {
+    reloads: Family<ReloadLabels, Counter>,
+    /// 1 while the directory's current contents are in force, 0 after a
+    /// refused change.
+    last_reload_ok: Gauge,
+    /// How long the latest load of the config directory took.
+    load_seconds: Gauge<f64, AtomicU64>,
+    /// From a cluster: objects left out of the config in force.
+    left_out: Gauge,
+}
+
+impl Metrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self::default();
+        metrics.last_reload_ok.set(1);
+        // prometheus-client appends `_total` to counters.
+        registry.register(
+            "strait_config_reloads",
+            "Config directory changes applied (success) or refused (failure)",
+            metrics.reloads.clone(),
+        );
+        registry.register(
+            "strait_config_load_seconds",
+            "How long the latest load of the config directory took",
+            metrics.load_seconds.clone(),
+        );
+        registry.register(
+            "strait_config_objects_left_out",
+            "Objects of the cluster left out of the config in force for failing the checks",
+            metrics.left_out.clone(),
+        );
+        registry.register(
+            "strait_config_last_reload_success",
+            "Whether the latest config change was applied (1) or refused (0)",
+            metrics.last_reload_ok.clone(),
+        );
+        metrics
+    }
+
+    pub fn loaded_in(&self, took: Duration) {
+        self.load_seconds.set(took.as_secs_f64());
+    }
+
+    fn reloaded(&self, ok: bool) {
+        let result = if ok {
+            ReloadResult::Success
+        } else {
+            ReloadResult::Failure
+        };
+        self.reloads.get_or_create(&ReloadLabels { result }).inc();
+        self.last_reload_ok.set(i64::from(ok));
+    }
+
+    fn left_out(&self, objects: usize) {
+        self.left_out
+            .set(i64::try_from(objects).unwrap_or(i64::MAX));
+    }
+}
+
+/// What follows the config once a new one is in force: re-judging open
+/// connections, enrolling and releasing pods. Returns how many workloads
+/// it now serves, for the log.
+pub trait Applied: Send + Sync + 'static {
+    fn applied(&self) -> impl Future<Output = usize> + Send;
+}
+
+/// Nothing follows the config but the snapshots connections take.
+impl Applied for () {
+    async fn applied(&self) -> usize {
+        0
+    }
+}
+
 /// What a reload updates.
-pub struct Follow {
+pub struct Follow<A> {
     pub state: NodeState,
     pub status: SharedStatus,
     pub metrics: Arc<Metrics>,
-    /// The node role's pods and proxy; none for the gateway role.
-    pub node: Option<(Arc<Pods>, Arc<Proxy>)>,
+    pub then: A,
 }
 
-impl Follow {
-    /// After a config was applied: re-judges open connections and enrolls
-    /// and releases this node's pods to match.
+impl<A: Applied> Follow<A> {
     async fn applied(&self, source: &str) {
-        let mut enrolled = 0;
-        if let Some((pods, proxy)) = &self.node {
-            let closed = proxy.enforce_policies();
-            if closed > 0 {
-                info!(closed, "open connections the new policies deny were closed");
-            }
-            enrolled = pods.sync(&self.state.snapshot(), proxy).await;
-        }
+        let enrolled = self.then.applied().await;
         let generation = self
             .status
             .lock()
@@ -84,8 +176,8 @@ impl Follow {
     }
 }
 
-/// Watches `dir` for as long as the agent runs.
-pub fn spawn(dir: PathBuf, follow: Follow) {
+/// Watches `dir` for as long as the process runs.
+pub fn spawn<A: Applied>(dir: PathBuf, follow: Follow<A>) {
     tokio::spawn(async move {
         let mut watch = DirWatch::new(&dir);
         loop {
@@ -100,10 +192,10 @@ pub fn spawn(dir: PathBuf, follow: Follow) {
     });
 }
 
-/// Follows a cluster's snapshots for as long as the agent runs.
-pub fn spawn_cluster(
+/// Follows a cluster's snapshots for as long as the process runs.
+pub fn spawn_cluster<A: Applied>(
     mut updates: tokio::sync::watch::Receiver<Option<strait_kube::Snapshot>>,
-    follow: Follow,
+    follow: Follow<A>,
 ) {
     tokio::spawn(async move {
         while updates.changed().await.is_ok() {
@@ -115,7 +207,7 @@ pub fn spawn_cluster(
                 warn!(object = %line, "left out of the config");
             }
             follow.state.replace(snapshot.config);
-            crate::release_freed_memory();
+            release_freed_memory();
             {
                 let mut status = follow.status.lock().unwrap_or_else(|p| p.into_inner());
                 status.generation += 1;
@@ -123,8 +215,8 @@ pub fn spawn_cluster(
                 status.left_out = left_out;
                 status.kept_previous = snapshot.kept.to_vec();
             }
-            follow.metrics.config_reloaded(true);
-            follow.metrics.config_left_out(snapshot.report.rejected());
+            follow.metrics.reloaded(true);
+            follow.metrics.left_out(snapshot.report.rejected());
             follow.applied("cluster").await;
         }
     });
@@ -151,18 +243,18 @@ async fn reload(dir: &Path, state: &NodeState, status: &SharedStatus, metrics: &
     let mut status = status.lock().unwrap_or_else(|p| p.into_inner());
     match result {
         Ok(config) => {
-            metrics.config_loaded_in(started.elapsed());
+            metrics.loaded_in(started.elapsed());
             state.replace(config);
-            crate::release_freed_memory();
+            release_freed_memory();
             status.generation += 1;
             status.applied_at = self::now();
             status.last_error = None;
-            metrics.config_reloaded(true);
+            metrics.reloaded(true);
             true
         }
         Err(err) => {
             status.failures += 1;
-            metrics.config_reloaded(false);
+            metrics.reloaded(false);
             warn!(
                 file = %err.file.display(),
                 line = err.line,
@@ -206,7 +298,13 @@ spec:
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("a.yaml"), GOOD).unwrap();
         let state = NodeState::new("n1", strait_config::load_dir(dir.path()).unwrap());
-        let (status, metrics) = (initial_status(), Metrics::new());
+        let mut registry = Registry::default();
+        let (status, metrics) = (initial_status(), Metrics::register(&mut registry));
+        let encode = || {
+            let mut out = String::new();
+            prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
+            out
+        };
 
         std::fs::write(dir.path().join("b.yaml"), GOOD.replace("shop", "more")).unwrap();
         assert!(reload(dir.path(), &state, &status, &metrics).await);
@@ -225,11 +323,7 @@ spec:
             Some("spec.rules[0].from[0].source.principal")
         );
         assert_eq!(state.snapshot().generation, 2);
-        assert!(
-            metrics
-                .encode()
-                .contains("strait_config_last_reload_success 0")
-        );
+        assert!(encode().contains("strait_config_last_reload_success 0"));
 
         // Emptied: refused too, rather than releasing every pod.
         for f in ["a.yaml", "b.yaml", "c.yaml"] {

@@ -7,7 +7,6 @@
 //! and splices the tunnel to that endpoint's HBONE port: the inner session
 //! passes through still encrypted, from the client to the destination.
 use std::{
-    convert::Infallible,
     net::SocketAddr,
     sync::{
         Arc,
@@ -17,8 +16,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use http_body_util::Full;
-use hyper::{Response, StatusCode, body::Bytes, service::service_fn};
+use hyper::StatusCode;
 use strait_balance::{Client, Simple, outlier::Health};
 use strait_config::{EastWestGateway, Workload, service::ServiceAt};
 use strait_ebpf_common::port;
@@ -369,46 +367,6 @@ fn targets(
     }
 }
 
-/// Metrics and readiness of the gateway role, both on each listener.
-pub async fn serve_admin(
-    addr: SocketAddr,
-    metrics: Arc<Metrics>,
-    ready: Arc<AtomicBool>,
-) -> Result<tokio::task::JoinHandle<()>> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding the gateway's metrics and readiness on {addr}"))?;
-    Ok(strait_http::serve(
-        listener,
-        strait_http::Limits::default(),
-        "gateway admin",
-        move |tcp, _peer| {
-            let (metrics, ready) = (metrics.clone(), ready.clone());
-            async move {
-                let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let (metrics, ready) = (metrics.clone(), ready.clone());
-                    async move {
-                        let (status, body) = match req.uri().path() {
-                            "/metrics" | "/stats/prometheus" => (StatusCode::OK, metrics.encode()),
-                            "/healthz/ready" if ready.load(Ordering::Acquire) => {
-                                (StatusCode::OK, "ready\n".into())
-                            }
-                            "/healthz/ready" => {
-                                (StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into())
-                            }
-                            _ => (StatusCode::NOT_FOUND, "not found\n".into()),
-                        };
-                        let mut response = Response::new(Full::new(Bytes::from(body)));
-                        *response.status_mut() = status;
-                        Ok::<_, Infallible>(response)
-                    }
-                });
-                Some((tcp, service))
-            }
-        },
-    ))
-}
-
 /// Runs the role until SIGTERM or SIGINT.
 /// Serves until a signal: on `listen` when given, else on the Gateway's
 /// addresses that are on this host.
@@ -447,7 +405,17 @@ pub async fn run(
     let ready = Arc::new(AtomicBool::new(false));
     let mut admin = Vec::new();
     for addr in admin_addrs {
-        admin.push(serve_admin(*addr, gateway.metrics.clone(), ready.clone()).await?);
+        let metrics = gateway.metrics.clone();
+        let encode = Arc::new(move || metrics.encode());
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the gateway's metrics and readiness on {addr}"))?;
+        admin.push(strait_http::serve_stats(
+            listener,
+            "gateway admin",
+            encode,
+            ready.clone(),
+        ));
     }
     let bound: Vec<String> = listeners
         .iter()

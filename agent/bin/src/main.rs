@@ -2,7 +2,6 @@
 //! attaches them to the cgroup subtree of the node's pods, enrolls the pods
 //! that are in the mesh, and proxies their traffic over mutual-TLS HBONE.
 mod admin;
-mod ca_addr;
 mod dns;
 mod east_west;
 mod metrics;
@@ -25,7 +24,7 @@ use clap::Parser;
 use strait_capture::{Capture, CaptureConfig};
 use strait_ebpf_common::AGENT_MARK;
 use strait_identity::{CertManager, RemoteCa, tls::ClientConfigs};
-use strait_state::{NodeState, release_freed_memory, reload};
+use strait_state::{NodeState, reload};
 use tracing::{info, warn};
 
 use crate::proxy::Proxy;
@@ -79,7 +78,7 @@ struct Args {
     /// needed. Several (comma separated, or the flag repeated) are tried
     /// in turn.
     #[arg(long, env = "STRAIT_CA_ADDR", value_delimiter = ',', required = true)]
-    ca_addr: Vec<ca_addr::CaAddr>,
+    ca_addr: Vec<strait_state::ca_addr::CaAddr>,
     /// This node's credential for the CA service and the mesh's roots
     /// (`strait-ca node-credential` makes it).
     #[arg(
@@ -192,7 +191,6 @@ fn main() -> Result<()> {
 
 async fn run(args: Args) -> Result<()> {
     let metrics = Arc::new(metrics::Metrics::new());
-    let started = std::time::Instant::now();
     let access = args.source.access();
     if access.is_none()
         && (args.remote_kubeconfigs.is_some() || args.remote_secrets_namespace.is_some())
@@ -216,40 +214,24 @@ async fn run(args: Args) -> Result<()> {
             ))
         }
     };
-    let (config, cluster) = match (&args.source.config_dir, access) {
-        (Some(dir), _) => (
-            Arc::new(strait_config::load_dir(dir).context("loading the config directory")?),
-            None,
-        ),
-        (None, Some(access)) => {
-            let sources = strait_kube::Sources {
-                access,
-                cluster: args.cluster.clone(),
-                remote_dir: args.remote_kubeconfigs.clone(),
-                remote_secrets: args.remote_secrets_namespace.clone(),
-                // A gateway reads no routes or policies: its ServiceAccount
-                // may read no more than it needs.
-                kinds: match args.role {
-                    Role::Node => strait_kube::KINDS.len(),
-                    Role::EastWestGateway => strait_kube::GATEWAY_READS,
-                },
-            };
-            let (first, updates) = strait_kube::follow(&sources)
-                .await
-                .context("reading the cluster")?;
-            metrics.follow_clusters(first.clusters.clone());
-            (first.config, Some(updates))
-        }
-        (None, None) => anyhow::bail!("--config-dir, --kubeconfig or --in-cluster is required"),
-    };
-    metrics.config.loaded_in(started.elapsed());
-    info!(
-        services = config.services.len(),
-        workloads = config.workloads.len(),
-        seconds = started.elapsed().as_secs_f64(),
-        "config loaded"
-    );
-    release_freed_memory();
+    let sources = access.map(|access| strait_kube::Sources {
+        access,
+        cluster: args.cluster.clone(),
+        remote_dir: args.remote_kubeconfigs.clone(),
+        remote_secrets: args.remote_secrets_namespace.clone(),
+        // A gateway reads no routes or policies: its ServiceAccount may
+        // read no more than it needs.
+        kinds: match args.role {
+            Role::Node => strait_kube::KINDS.len(),
+            Role::EastWestGateway => strait_kube::GATEWAY_READS,
+        },
+    });
+    let opened = strait_state::source::open(args.source.config_dir.as_deref(), sources).await?;
+    if let Some(clusters) = opened.clusters {
+        metrics.follow_clusters(clusters);
+    }
+    metrics.config.loaded_in(opened.took);
+    let (config, cluster) = (opened.config, opened.updates);
     let state = NodeState::new(&args.node, config);
 
     if args.role == Role::EastWestGateway {
@@ -338,7 +320,7 @@ async fn run(args: Args) -> Result<()> {
             caps,
         },
     )?);
-    let board_watch = probes::watch_board(board.clone(), reload::POLL);
+    let board_watch = strait_health::board::watch(board.clone(), reload::POLL);
     let enrolled = pods.sync(&state.snapshot()).await;
     // From another version whose maps this one could not take over: the
     // pods are in this version's maps now, so its programs may take over.
@@ -452,7 +434,7 @@ async fn run_gateway(
     );
     let board = Arc::new(strait_health::Board::new(&args.status_dir));
     board.refresh();
-    let board_watch = probes::watch_board(board.clone(), reload::POLL);
+    let board_watch = strait_health::board::watch(board.clone(), reload::POLL);
     let follow = reload::Follow {
         state: state.clone(),
         status: reload::initial_status(),
@@ -512,7 +494,7 @@ impl reload::Applied for Enrollment {
 fn cert_manager(args: &Args, state: &NodeState) -> Result<Arc<CertManager>> {
     let ca = RemoteCa::new(
         &args.credential_dir,
-        ca_addr::resolver(args.ca_addr.clone(), state.clone()),
+        strait_state::ca_addr::resolver(args.ca_addr.clone(), state.clone()),
         // Only a node's agent shares its namespaces with capture (and holds
         // CAP_NET_ADMIN); a gateway needs no mark, and may not set one.
         (args.role == Role::Node).then_some(AGENT_MARK),

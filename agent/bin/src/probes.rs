@@ -10,7 +10,6 @@ use std::{
     os::fd::{AsFd, AsRawFd},
     path::PathBuf,
     sync::{Arc, Mutex},
-    time::Duration,
 };
 
 use strait_config::manifest::networking::Probe;
@@ -285,25 +284,4 @@ impl Probes {
             warn!(%err, node = %self.node, "publishing readiness");
         }
     }
-}
-
-/// Reads the board every `every`, logging each file's error once.
-pub fn watch_board(board: Arc<strait_health::Board>, every: Duration) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut last_errors = Vec::new();
-        loop {
-            let (changed, errors) = board.refresh();
-            let texts: Vec<String> = errors.iter().map(ToString::to_string).collect();
-            for text in &texts {
-                if !last_errors.contains(text) {
-                    warn!(error = %text, "readiness board");
-                }
-            }
-            last_errors = texts;
-            if changed {
-                info!(dir = %board.dir().display(), "readiness board changed");
-            }
-            tokio::time::sleep(every).await;
-        }
-    })
 }

@@ -45,7 +45,7 @@ impl Registry {
             Ok(())
         } else {
             Err(format!(
-                "no workload in the mesh (nor east-west gateway instance) on node {node} runs as service account {}/{}",
+                "no workload in the mesh (nor gateway or waypoint instance) on node {node} runs as service account {}/{}",
                 identity.namespace, identity.service_account
             ))
         }
@@ -53,8 +53,8 @@ impl Registry {
 
     /// Whether pod `namespace/name`, on `node` as `service_account`, asking
     /// with its own token, may hold `identity`: only its own, and only when
-    /// it is an instance of an east-west gateway (whose role runs in a pod
-    /// of its own, not in a node's agent).
+    /// it is an instance of an east-west gateway or a waypoint (which run in
+    /// pods of their own, not in a node's agent).
     pub fn pod_may_hold(
         &self,
         node: &str,
@@ -78,7 +78,7 @@ impl Registry {
             Ok(())
         } else {
             Err(format!(
-                "pod {namespace}/{name} on node {node} is not an instance of an east-west gateway: only agents and gateway instances may ask"
+                "pod {namespace}/{name} on node {node} is not an instance of an east-west gateway or waypoint: only agents and gateway and waypoint instances may ask"
             ))
         }
     }
@@ -186,10 +186,11 @@ fn ours(config: &Config, identity: &Identity) -> Result<(), String> {
     }
 }
 
-/// Whether `w` is an instance of an east-west gateway: the gateway role on
-/// that node holds the gateway's identity.
+/// Whether `w` is an instance of an east-west gateway or a waypoint: what
+/// runs it on that node holds the gateway's (or waypoint's) identity, and
+/// no other pod of that service account does.
 fn gateway_instance(config: &Config, w: &strait_config::Workload) -> bool {
-    config.gateway_of(w).is_some()
+    config.gateway_of(w).is_some() || config.waypoint_of(w).is_some()
 }
 
 #[cfg(test)]

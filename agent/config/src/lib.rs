@@ -10,6 +10,7 @@ pub mod names;
 pub mod report;
 pub mod service;
 pub mod watch;
+pub mod waypoint;
 mod yaml;
 
 use std::{collections::BTreeMap, net::IpAddr, path::PathBuf};
@@ -128,6 +129,9 @@ pub struct Config {
     /// Gateway API Gateways of class `istio-east-west`: how other networks
     /// are reached.
     pub east_west_gateways: Vec<EastWestGateway>,
+    /// Gateway API Gateways of class `istio-waypoint`: L7 proxies that
+    /// services and workloads opt into ([`waypoint`]).
+    pub waypoints: Vec<waypoint::Waypoint>,
     /// Workloads left out because another already has one of their
     /// addresses in their network (first come keeps it): a Pod before a
     /// WorkloadEntry, then the older object. Their nodes' agents name them.
@@ -164,6 +168,7 @@ impl Default for Config {
             virtual_services: Vec::new(),
             gateways: Vec::new(),
             east_west_gateways: Vec::new(),
+            waypoints: Vec::new(),
             refused_workloads: Vec::new(),
             ignored: Vec::new(),
             warnings: Vec::new(),
@@ -383,7 +388,9 @@ impl Config {
         });
         let opted_out =
             workload.labels.get(OPT_OUT_LABEL.0).map(String::as_str) == Some(OPT_OUT_LABEL.1);
-        ns_in && !opted_out
+        // A waypoint speaks HBONE itself, on its own address: capturing it
+        // would hand its listener to the node's agent.
+        ns_in && !opted_out && self.waypoint_of(workload).is_none()
     }
 
     /// Whether `service` may be reached from other networks (through its

@@ -50,6 +50,11 @@ pub enum NoBackends {
     NoPort { service: String, port: u16 },
     #[error("service {service} has no endpoints for port {port}")]
     NoEndpoints { service: String, port: u16 },
+    #[error("{dst} is bound to waypoint {waypoint}, which has no instance on this network")]
+    NoWaypoint {
+        waypoint: String,
+        dst: std::net::SocketAddr,
+    },
 }
 
 /// Built by [`Config::reindex`].

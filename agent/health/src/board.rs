@@ -194,6 +194,27 @@ impl Board {
     }
 }
 
+/// Reads the board every `every`, logging each file's error once.
+pub fn watch(board: Arc<Board>, every: std::time::Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut last_errors = Vec::new();
+        loop {
+            let (changed, errors) = board.refresh();
+            let texts: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            for text in &texts {
+                if !last_errors.contains(text) {
+                    tracing::warn!(error = %text, "readiness board");
+                }
+            }
+            last_errors = texts;
+            if changed {
+                tracing::info!(dir = %board.dir().display(), "readiness board changed");
+            }
+            tokio::time::sleep(every).await;
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

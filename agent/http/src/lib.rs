@@ -179,6 +179,44 @@ impl Drop for PerIp {
     }
 }
 
+/// Prometheus metrics (`/metrics`, `/stats/prometheus`: what `encode`
+/// gives when scraped) and readiness (`/healthz/ready`: 200 while `ready`
+/// is set, else 503), as a gateway or waypoint serves them on each of its
+/// admin listeners.
+pub fn serve_stats(
+    listener: TcpListener,
+    name: &'static str,
+    encode: Arc<dyn Fn() -> String + Send + Sync>,
+    ready: Arc<std::sync::atomic::AtomicBool>,
+) -> JoinHandle<()> {
+    use std::sync::atomic::Ordering;
+
+    use http_body_util::Full;
+    use hyper::{StatusCode, body::Bytes, service::service_fn};
+    serve(listener, Limits::default(), name, move |tcp, _peer| {
+        let (encode, ready) = (encode.clone(), ready.clone());
+        async move {
+            let service = service_fn(move |req: Request<Incoming>| {
+                let (encode, ready) = (encode.clone(), ready.clone());
+                async move {
+                    let (status, body) = match req.uri().path() {
+                        "/metrics" | "/stats/prometheus" => (StatusCode::OK, encode()),
+                        "/healthz/ready" if ready.load(Ordering::Acquire) => {
+                            (StatusCode::OK, "ready\n".into())
+                        }
+                        "/healthz/ready" => (StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into()),
+                        _ => (StatusCode::NOT_FOUND, "not found\n".into()),
+                    };
+                    let mut response = Response::new(Full::new(Bytes::from(body)));
+                    *response.status_mut() = status;
+                    Ok::<_, Infallible>(response)
+                }
+            });
+            Some((tcp, service))
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Instant;

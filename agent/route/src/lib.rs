@@ -7,6 +7,7 @@
 //! ([`via`]); [`report`] is what `straitctl endpoints` shows of a plan.
 pub mod report;
 pub mod via;
+pub mod waypoint;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -41,6 +42,8 @@ pub enum Target {
     Direct(SocketAddr),
     /// Another network's endpoints, through one of its gateways.
     Remote(Via),
+    /// A waypoint instance, which routes on.
+    Waypoint(waypoint::Hop),
 }
 
 #[derive(Debug)]
@@ -55,6 +58,12 @@ pub enum Route {
         all: Vec<SocketAddr>,
         outlier: Settings,
         pool: Pool,
+    },
+    /// Through a waypoint bound to the destination: its instances, in
+    /// the order to try them.
+    Waypoint {
+        waypoint: String,
+        targets: Vec<Target>,
     },
     /// A service resolved by DNS when used: look these names up (through
     /// the node's resolver), then connect straight to what they give.
@@ -107,13 +116,17 @@ pub fn route(
     dst: SocketAddr,
 ) -> Result<Route, NoBackends> {
     let Some(at) = state.config.service_at(dst.ip()) else {
-        return Ok(Route::Direct(dst));
+        return through_waypoint(state, health, board, client, dst)
+            .unwrap_or(Ok(Route::Direct(dst)));
     };
     // A service not exported to the client's namespace is not there for
     // it: the address stands for itself.
     let service = at.service;
     if !strait_config::exported_to(&service.export_to, &service.namespace, &client.namespace) {
         return Ok(Route::Direct(dst));
+    }
+    if let Some(route) = through_waypoint(state, health, board, client, dst) {
+        return route;
     }
     let service = format!("{}/{}", at.service.namespace, at.service.name);
     let cluster = state.cluster(client);
@@ -235,6 +248,32 @@ pub fn route(
         outlier,
         pool,
     })
+}
+
+/// The route through the waypoint bound to `dst`, when one is: refused
+/// when it has no instance to send to (the waypoint's policies would be
+/// skipped otherwise).
+fn through_waypoint(
+    state: &Snapshot,
+    health: &Health,
+    board: &Board,
+    client: &Workload,
+    dst: SocketAddr,
+) -> Option<Result<Route, NoBackends>> {
+    let bound = waypoint::bound(state, client, dst)?;
+    let name = format!("{}/{}", bound.namespace, bound.name);
+    let mut hops = waypoint::hops(state, health, board, bound, &client.network, dst);
+    hops.truncate(ATTEMPTS);
+    if hops.is_empty() {
+        return Some(Err(NoBackends::NoWaypoint {
+            waypoint: name,
+            dst,
+        }));
+    }
+    Some(Ok(Route::Waypoint {
+        waypoint: name,
+        targets: hops.into_iter().map(Target::Waypoint).collect(),
+    }))
 }
 
 /// Ranks the endpoints of `port` of the service `at` for `who` (a client

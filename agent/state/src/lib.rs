@@ -1,9 +1,12 @@
 //! The model as this node's agent sees it: this node's name and the current
 //! config, which a reload may replace at any time. A connection takes a
 //! [`Snapshot`] when it starts and keeps it, so a reload never changes the
-//! rules under a connection in flight. [`reload`] replaces it from a
-//! directory or from clusters.
+//! rules under a connection in flight. [`source`] opens where it comes
+//! from, [`reload`] replaces it from a directory or from clusters, and
+//! [`ca_addr`] finds the CA service in it.
+pub mod ca_addr;
 pub mod reload;
+pub mod source;
 
 use std::{net::IpAddr, sync::Arc};
 

@@ -12,7 +12,7 @@ use strait_config::{MtlsMode, Workload};
 use strait_ebpf_common::port;
 use strait_hbone::{Pool, PoolKey, Tunnel};
 use strait_identity::{CertManager, Identity, tls::ClientConfigs};
-use strait_route::Via;
+use strait_route::{Via, waypoint::Hop};
 use strait_state::Snapshot;
 use strait_telemetry::Reason;
 use tokio::net::TcpStream;
@@ -81,26 +81,58 @@ impl Dialer {
                 }
             };
         };
+        let hbone = SocketAddr::new(target.ip(), port::HBONE);
+        self.hbone(origin, hbone, destination, target, timeout)
+            .await
+    }
+
+    /// Opens a tunnel through the waypoint instance `hop`, asking it for
+    /// what the client dialled.
+    pub async fn open_waypoint(
+        &self,
+        origin: &impl Origin,
+        hop: &Hop,
+        timeout: Duration,
+    ) -> Result<Upstream, Reason> {
+        self.hbone(
+            origin,
+            hop.addr,
+            hop.identity.clone(),
+            hop.authority,
+            timeout,
+        )
+        .await
+    }
+
+    /// An HBONE tunnel to `addr`, where `destination` must answer, for
+    /// `authority`. Waits for the far end to accept: a refusal or a silent
+    /// endpoint is found before the client's first byte, while another can
+    /// be tried.
+    async fn hbone(
+        &self,
+        origin: &impl Origin,
+        addr: SocketAddr,
+        destination: Identity,
+        authority: SocketAddr,
+        timeout: Duration,
+    ) -> Result<Upstream, Reason> {
         let source = origin.identity();
         if self.certs.current(source).is_none() {
             return Err(Reason::NoCertificate);
         }
-        let hbone = SocketAddr::new(target.ip(), port::HBONE);
         let key = PoolKey {
             source: source.clone(),
             destination: destination.clone(),
-            addr: hbone,
+            addr,
         };
         let tls = self.clients.get(source, &destination).map_err(|err| {
             warn!(%err, "no TLS configuration");
             Reason::Tls
         })?;
-        // Wait for the far end to accept: a refusal or a silent endpoint is
-        // found before the client's first byte, while another can be tried.
         let connect = tokio::time::timeout(timeout, async {
             let mut tunnel = self
                 .pool
-                .connect(&key, &target.into(), None, tls, || origin.dial(hbone))
+                .connect(&key, &authority.into(), None, tls, || origin.dial(addr))
                 .await?;
             tunnel
                 .established()
@@ -114,12 +146,12 @@ impl Dialer {
                 destination,
             }),
             Err(_) => {
-                warn!(%destination, %target, ?timeout, "HBONE connect timed out");
+                warn!(%destination, %addr, ?timeout, "HBONE connect timed out");
                 self.pool.forget(&key);
                 Err(Reason::Upstream)
             }
             Ok(Err(err)) => {
-                warn!(%err, %destination, %target, "HBONE connect failed");
+                warn!(%err, %destination, %addr, "HBONE connect failed");
                 Err(if err.is_tls() {
                     Reason::Tls
                 } else {

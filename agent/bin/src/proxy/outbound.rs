@@ -91,6 +91,10 @@ pub async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, client: TcpStream, peer: S
                 pool = limits;
                 targets
             }
+            Ok(Route::Waypoint { waypoint, targets }) => {
+                debug!(%waypoint, ?targets, "through its waypoint");
+                targets
+            }
             Ok(Route::Dns {
                 service,
                 hosts,
@@ -176,6 +180,36 @@ pub async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, client: TcpStream, peer: S
                     }
                 }
                 Target::Remote(via) => via,
+                Target::Waypoint(hop) => {
+                    match proxy.dialer.open_waypoint(&*pod, &hop, timeout).await {
+                        Ok(upstream) => {
+                            proxy.health.success(hop.addr);
+                            let _active = proxy.load.open(hop.addr);
+                            carry(&proxy, &pod, client, upstream, src, hop.authority).await;
+                            return;
+                        }
+                        Err(Reason::NoCertificate) => {
+                            failure = Reason::NoCertificate;
+                            warn!("no certificate for this pod yet: refused rather than sent in the clear");
+                            break;
+                        }
+                        Err(reason) => {
+                            // Set aside like a failing gateway: the next
+                            // instance is tried.
+                            failure = reason;
+                            let instances = [hop.addr];
+                            if proxy.health.failure(
+                                hop.addr,
+                                &instances,
+                                strait_balance::outlier::Settings::from_rule(None),
+                                std::time::Instant::now(),
+                            ) {
+                                warn!(waypoint = %hop.waypoint, instance = %hop.addr, "waypoint instance set aside");
+                            }
+                            continue;
+                        }
+                    }
+                }
             };
             if failed_behind.contains(&via.network) {
                 continue;

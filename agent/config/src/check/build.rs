@@ -36,6 +36,7 @@ pub(crate) fn build(parsed: Vec<Parsed>, report: &Report) -> Config {
             Item::VirtualService(vs) => config.virtual_services.push(*vs),
             Item::Gateway(gw) => config.gateways.push(*gw),
             Item::EastWestGateway(gw) => config.east_west_gateways.push(gw),
+            Item::Waypoint(wp) => config.waypoints.push(wp),
         }
     }
     link_groups(&mut config);

@@ -249,6 +249,7 @@ pub(crate) enum Item {
     VirtualService(Box<Named<net::VirtualServiceSpec>>),
     Gateway(Box<Named<net::GatewaySpec>>),
     EastWestGateway(EastWestGateway),
+    Waypoint(crate::waypoint::Waypoint),
 }
 
 /// Checks what every object of a used kind shares: its top-level fields,
@@ -381,8 +382,7 @@ pub(crate) fn object(
         }
         "Gateway" if group == GATEWAY_API => {
             let spec: gateway_api::GatewaySpec = f.spec(json)?;
-            gateways::east_west(f, &name, namespace, meta, &spec, json.get("status"))
-                .map(Item::EastWestGateway)
+            gateways::gateway(f, &name, namespace, meta, &spec, json.get("status"))
         }
         "Gateway" => {
             let spec: net::GatewaySpec = f.spec(json)?;

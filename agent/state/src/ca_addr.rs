@@ -11,7 +11,7 @@ use std::{
 
 use strait_identity::remote::CaAddrs;
 
-use strait_state::NodeState;
+use crate::NodeState;
 
 /// One `--ca-addr` entry.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -284,8 +284,8 @@ fn other_api_groups_have_their_own_kinds() {
     let report = accepted(
         "apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
-metadata: {name: waypoint, namespace: shop}
-spec: {gatewayClassName: istio-waypoint, listeners: [{name: mesh, port: 15008, protocol: HBONE}]}
+metadata: {name: ingress, namespace: shop}
+spec: {gatewayClassName: istio, listeners: [{name: http, port: 80, protocol: HTTP}]}
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
@@ -293,12 +293,12 @@ metadata: {name: reviews, namespace: shop}
 spec: {parentRefs: [{name: reviews, kind: Service, group: ''}]}
 ",
     );
-    // The Gateway API's Gateway is read (east-west gateways); one of
-    // another class is accepted and said to have no effect.
-    let (waypoint, route) = (&report.objects[0], &report.objects[1]);
+    // The Gateway API's Gateway is read (east-west gateways, waypoints);
+    // one of another class is accepted and said to have no effect.
+    let (ingress, route) = (&report.objects[0], &report.objects[1]);
     assert!(
-        matches!(waypoint.verdict, Verdict::Accepted)
-            && waypoint.warnings[0].reason.contains("no effect"),
+        matches!(ingress.verdict, Verdict::Accepted)
+            && ingress.warnings[0].reason.contains("no effect"),
         "{report}"
     );
     assert!(matches!(route.verdict, Verdict::Ignored(_)), "{report}");

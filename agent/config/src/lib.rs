@@ -17,7 +17,7 @@ use std::{collections::BTreeMap, net::IpAddr, path::PathBuf};
 
 use serde::Serialize;
 
-pub use check::MAX_LABELS;
+pub use check::{MAX_LABELS, qualify};
 pub use local::{LoadError, check_objects, check_path, check_text, load_dir};
 pub use report::{Finding, ObjectReport, Report, Verdict};
 

@@ -128,6 +128,23 @@ pub fn route(
     if let Some(route) = through_waypoint(state, health, board, client, dst) {
         return route;
     }
+    service_route(state, health, board, load, (client, src), at, dst, None)
+}
+
+/// The route to the service `at`, dialled at `dst` (one of its addresses,
+/// or where a waypoint was asked for it), for `client` at `src`: its
+/// endpoints, only those with `subset`'s labels when given.
+#[allow(clippy::too_many_arguments)]
+pub fn service_route(
+    state: &Snapshot,
+    health: &Health,
+    board: &Board,
+    load: &Load,
+    (client, src): (&Workload, IpAddr),
+    at: ServiceAt<'_>,
+    dst: SocketAddr,
+    subset: Option<&strait_config::Labels>,
+) -> Result<Route, NoBackends> {
     let service = format!("{}/{}", at.service.namespace, at.service.name);
     let cluster = state.cluster(client);
     let who = Client {
@@ -173,6 +190,13 @@ pub fn route(
     let ranked: Vec<Ranked<'_>> = ranked
         .into_iter()
         .filter(|r| !not_ready.contains_key(&r.endpoint.addr))
+        .filter(|r| {
+            subset.is_none_or(|labels| {
+                labels
+                    .iter()
+                    .all(|(k, v)| r.endpoint.workload.labels.get(k) == Some(v))
+            })
+        })
         .collect();
     let all: Vec<SocketAddr> = ranked.iter().map(|r| r.endpoint.addr).collect();
     // Ejected endpoints sit out, unless none would be left or fewer than

@@ -23,6 +23,8 @@ pub enum Reporter {
     Destination,
     /// An east-west gateway, between the two.
     Gateway,
+    /// A waypoint, between the two (Istio's value).
+    Waypoint,
 }
 
 /// The label set of Istio's `istio_tcp_*` metrics.
@@ -107,7 +109,7 @@ macro_rules! label_values {
 }
 
 label_values! {
-    Reporter { Source => "source", Destination => "destination", Gateway => "gateway" }
+    Reporter { Source => "source", Destination => "destination", Gateway => "gateway", Waypoint => "waypoint" }
     Direction { Inbound => "inbound", Outbound => "outbound", Gateway => "gateway" }
     Reason {
         Tls => "tls",

@@ -818,6 +818,43 @@ impl<'t> Mesh<'t> {
         )
     }
 
+    /// Starts `strait-waypoint` in pod `pod` (an instance of the Gateway
+    /// `namespace/name` that [`waypoint_yaml`] writes), with the node
+    /// credential of the pod's node, and waits for its HBONE listener.
+    pub fn start_waypoint(&self, pod: &str, gateway: &str) -> Result<Process> {
+        let pod = self.topo.pod(pod)?;
+        let node = self.topo.node(&pod.node)?;
+        let ca_addr = self.ca_addr(&node.spec.network)?.to_string();
+        let credential = self
+            .node_credential(node.name(), &self.ca_dir)?
+            .display()
+            .to_string();
+        let config = self.config_dir.display().to_string();
+        let status = self.topo.scratch_dir().join("status").display().to_string();
+        let stats = format!("{}:15020", pod.ipv4);
+        let bin = self.bin("strait-waypoint");
+        let argv = [
+            bin.as_str(),
+            "--node",
+            node.name(),
+            "--gateway",
+            gateway,
+            "--config-dir",
+            &config,
+            "--ca-addr",
+            &ca_addr,
+            "--credential-dir",
+            &credential,
+            "--status-dir",
+            &status,
+            "--stats-addr",
+            &stats,
+        ];
+        let mut process = pod.place.spawn(&argv)?;
+        process.wait_listening(15008, Duration::from_secs(30))?;
+        Ok(process)
+    }
+
     /// Starts the agent of `node` and waits for readiness. `overrides`
     /// replace the value of a flag (`("--config-dir", "/elsewhere")`) or add
     /// it (`("--exec-probes-on-host", "")` for one without a value).
@@ -1027,6 +1064,25 @@ pub fn metric_sum(metrics: &str, name: &str, labels: &[&str]) -> u64 {
         .filter(|l| l.starts_with(name) && labels.iter().all(|want| l.contains(want)))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum()
+}
+
+/// A waypoint (Gateway of class `istio-waypoint`) `name` in `namespace`,
+/// with `pod` as its instance (a WorkloadEntry running as the waypoint's
+/// service account, labelled with its name).
+pub fn waypoint_yaml(name: &str, namespace: &str, pod: &Pod, labels: &[(&str, &str)]) -> String {
+    let mut labels_yaml = String::new();
+    for (k, v) in labels {
+        labels_yaml.push_str(&format!("\n    {k}: \"{v}\""));
+    }
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata:\n  name: {name}\n  namespace: {namespace}\n  labels:\n    app: {name}{labels_yaml}\nspec:\n  gatewayClassName: istio-waypoint\n  listeners:\n  - name: mesh\n    port: 15008\n    protocol: HBONE\n---\n{}",
+        workload_yaml(
+            pod,
+            namespace,
+            name,
+            &[("gateway.networking.k8s.io/gateway-name", name)]
+        )
+    )
 }
 
 /// A namespace, in the mesh or not.

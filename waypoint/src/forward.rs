@@ -1,0 +1,708 @@
+//! One request through the waypoint: its route ([`crate::routes`]), a
+//! destination by weight, an endpoint of that destination (by locality,
+//! readiness and health, [`strait_route`]), and the attempts: a retry goes
+//! to another endpoint when there is one, within the route's retry policy
+//! and timeout. Request bodies are kept for replay up to
+//! [`REPLAY_LIMIT`]; a longer one is sent once, never retried.
+use std::{
+    collections::VecDeque,
+    convert::Infallible,
+    net::SocketAddr,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use bytes::{Bytes, BytesMut};
+use http_body_util::{BodyExt, Empty, Full, combinators::BoxBody};
+use hyper::{
+    Request, Response, StatusCode, Uri,
+    body::{Frame, Incoming},
+    header::{self, HeaderMap, HeaderName, HeaderValue},
+};
+use strait_balance::outlier::Settings;
+use strait_config::service::ServiceAt;
+use strait_identity::Identity;
+use strait_route::{Route as L4Route, Target, service_route};
+use strait_state::Snapshot;
+use strait_telemetry::Reason;
+use tracing::{debug, info, warn};
+
+use crate::{
+    matching,
+    metrics::RequestLabels,
+    pool::{Body, BoxError, Version},
+    proxy::Waypoint,
+    routes::{Retries, Route, Table},
+};
+
+/// Request bodies up to this size are kept so an attempt can be repeated.
+pub const REPLAY_LIMIT: usize = 64 * 1024;
+
+/// Who sent the requests of one connection, and what it dialled.
+pub struct Client {
+    pub identity: Identity,
+    /// The client workload's address (its agent dials from the pod).
+    pub addr: SocketAddr,
+    /// What the client dialled: a service address, or a workload's.
+    pub authority: SocketAddr,
+    pub version: Version,
+}
+
+/// Headers that belong to one hop, never passed on.
+const HOP_BY_HOP: [HeaderName; 6] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::TE,
+];
+
+/// How a request ended, for its metrics and log line.
+struct Outcome {
+    response: Response<Body>,
+    /// `virtual service/route` that decided, when one did.
+    route: Option<String>,
+    flags: &'static str,
+    destination: Option<(String, Identity)>,
+    attempts: u32,
+}
+
+pub async fn handle(
+    waypoint: Arc<Waypoint>,
+    client: Arc<Client>,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let started = Instant::now();
+    let state = waypoint.state.snapshot();
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let grpc = is_grpc(request.headers());
+    let service = state.config.service_at(client.authority.ip());
+    let outcome = forward(&waypoint, &client, &state, service, request).await;
+    let (service_host, service_name, service_namespace) = match service {
+        Some(at) => (
+            at.host.to_string(),
+            at.service.name.clone(),
+            at.service.namespace.clone(),
+        ),
+        None => ("unknown".into(), "unknown".into(), "unknown".into()),
+    };
+    let source = state.config.workload_by_address(client.addr.ip());
+    let (dest_workload, dest_namespace, dest_principal) = match &outcome.destination {
+        Some((workload, identity)) => (
+            workload.clone(),
+            identity.namespace.clone(),
+            identity.to_string(),
+        ),
+        None => ("unknown".into(), "unknown".into(), "unknown".into()),
+    };
+    let status = outcome.response.status().as_u16();
+    let labels = RequestLabels {
+        reporter: "waypoint",
+        source_workload: source.map_or("unknown".into(), |w| w.name.clone()),
+        source_workload_namespace: client.identity.namespace.clone(),
+        source_principal: client.identity.to_string(),
+        destination_workload: dest_workload,
+        destination_workload_namespace: dest_namespace,
+        destination_principal: dest_principal,
+        destination_service: service_host,
+        destination_service_name: service_name,
+        destination_service_namespace: service_namespace,
+        request_protocol: if grpc { "grpc" } else { "http" },
+        response_code: status,
+        response_flags: outcome.flags,
+        connection_security_policy: "mutual_tls",
+    };
+    let millis = started.elapsed().as_secs_f64() * 1000.0;
+    waypoint.metrics.request(&labels, millis);
+    info!(
+        target: "access",
+        reporter = "waypoint",
+        src = %client.addr,
+        src_identity = %client.identity,
+        method = %method,
+        path,
+        authority = %client.authority,
+        dst = %labels.destination_workload,
+        dst_identity = %labels.destination_principal,
+        status,
+        flags = outcome.flags,
+        route = outcome.route.as_deref().unwrap_or("-"),
+        attempts = outcome.attempts,
+        duration_ms = millis as u64,
+        "request"
+    );
+    Ok(outcome.response)
+}
+
+async fn forward(
+    waypoint: &Waypoint,
+    client: &Client,
+    state: &Snapshot,
+    service: Option<ServiceAt<'_>>,
+    request: Request<Incoming>,
+) -> Outcome {
+    let (mut parts, body) = request.into_parts();
+    // Where the request goes: the service's routes, or the workload the
+    // client dialled.
+    let plan = match service {
+        Some(at) => {
+            let table = waypoint
+                .tables
+                .get(state.generation, &state.config, at.service);
+            match choose(waypoint, client, state, at, &parts, &table) {
+                Ok(plan) => plan,
+                Err(outcome) => return *outcome,
+            }
+        }
+        None => Plan {
+            route: None,
+            at: None,
+            port: client.authority.port(),
+            subset: None,
+            timeout: None,
+            retries: Retries::istio_default(),
+        },
+    };
+    strip_hop_by_hop(&mut parts.headers);
+    if !parts.headers.contains_key("x-request-id") {
+        let id = format!("{:032x}", fastrand::u128(..));
+        if let Ok(v) = HeaderValue::from_str(&id) {
+            parts.headers.insert("x-request-id", v);
+        }
+    }
+    let body = match Replay::read(body).await {
+        Ok(body) => body,
+        Err(err) => {
+            debug!(%err, "the client's body broke");
+            return reply(StatusCode::BAD_REQUEST, "DC", None, 0);
+        }
+    };
+    let work = attempts(waypoint, client, state, &plan, parts, body);
+    let mut outcome = match plan.timeout {
+        Some(limit) => match tokio::time::timeout(limit, work).await {
+            Ok(outcome) => outcome,
+            Err(_) => reply(StatusCode::GATEWAY_TIMEOUT, "UT", None, 0),
+        },
+        None => work.await,
+    };
+    outcome.route = plan.route;
+    outcome
+}
+
+/// Where a request goes, once routed.
+struct Plan<'a> {
+    /// `virtual service/route`, when a route decided.
+    route: Option<String>,
+    /// The destination service; none for a workload dialled directly.
+    at: Option<ServiceAt<'a>>,
+    port: u16,
+    subset: Option<strait_config::Labels>,
+    timeout: Option<Duration>,
+    retries: Retries,
+}
+
+/// Matches the request to a route and picks its destination.
+fn choose<'a>(
+    waypoint: &Waypoint,
+    client: &Client,
+    state: &'a Snapshot,
+    at: ServiceAt<'a>,
+    parts: &hyper::http::request::Parts,
+    table: &Table,
+) -> Result<Plan<'a>, Box<Outcome>> {
+    let config = &state.config;
+    let route: Option<(&str, &Route)> = match table {
+        Table::Default => None,
+        Table::Broken {
+            virtual_service,
+            why,
+        } => {
+            warn!(%virtual_service, why, "VirtualService cannot be applied: refused");
+            return Err(Box::new(reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "NR",
+                None,
+                0,
+            )));
+        }
+        Table::Routes {
+            virtual_service,
+            routes,
+        } => {
+            let source = config.workload_by_address(client.addr.ip());
+            let authority = parts
+                .uri
+                .authority()
+                .map(|a| a.as_str())
+                .or_else(|| {
+                    parts
+                        .headers
+                        .get(header::HOST)
+                        .and_then(|h| h.to_str().ok())
+                })
+                .unwrap_or_default();
+            let req = matching::Request {
+                method: &parts.method,
+                path: parts.uri.path(),
+                query: parts.uri.query(),
+                authority,
+                headers: &parts.headers,
+                port: client.authority.port(),
+                source_labels: source.map(|w| &w.labels),
+                source_namespace: &client.identity.namespace,
+            };
+            match routes.iter().find(|r| r.matches(&req)) {
+                Some(route) => Some((virtual_service.as_str(), route)),
+                None => return Err(Box::new(reply(StatusCode::NOT_FOUND, "NR", None, 0))),
+            }
+        }
+    };
+    let Some((virtual_service, route)) = route else {
+        return Ok(Plan {
+            route: None,
+            at: Some(at),
+            port: client.authority.port(),
+            subset: None,
+            timeout: None,
+            retries: Retries::istio_default(),
+        });
+    };
+    let Some(dest) = route.pick(fastrand::f64()) else {
+        // A route without destinations (redirect, direct response) is not
+        // served yet: say so rather than guess.
+        return Err(Box::new(reply(StatusCode::NOT_FOUND, "NR", None, 0)));
+    };
+    let Some(dest_at) = config.find_service(&dest.host) else {
+        debug!(host = %dest.host, "route destination is no service");
+        return Err(Box::new(reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "UH",
+            None,
+            0,
+        )));
+    };
+    let port = dest.port.unwrap_or_else(|| {
+        // Another service with one port: that one.
+        match dest_at.service.ports.as_slice() {
+            [only] if !std::ptr::eq(dest_at.service, at.service) => only.port,
+            _ => client.authority.port(),
+        }
+    });
+    let subset = match &dest.subset {
+        None => None,
+        Some(name) => {
+            let rule =
+                config.destination_rule(dest_at, &waypoint.namespace, &waypoint.instance.labels);
+            match rule.and_then(|r| r.subsets.iter().find(|s| &s.name == name)) {
+                Some(s) => Some(s.labels.clone()),
+                None => {
+                    debug!(host = %dest.host, subset = %name, "no such subset");
+                    return Err(Box::new(reply(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "NC",
+                        None,
+                        0,
+                    )));
+                }
+            }
+        }
+    };
+    Ok(Plan {
+        route: Some(format!(
+            "{virtual_service}/{}",
+            route.name.as_deref().unwrap_or("-")
+        )),
+        at: Some(dest_at),
+        port,
+        subset,
+        timeout: route.timeout,
+        retries: route.retries.clone(),
+    })
+}
+
+/// Tries the request up to `1 + retries.attempts` times.
+async fn attempts(
+    waypoint: &Waypoint,
+    client: &Client,
+    state: &Snapshot,
+    plan: &Plan<'_>,
+    parts: hyper::http::request::Parts,
+    mut body: Replay,
+) -> Outcome {
+    let tries = 1 + plan.retries.attempts;
+    let mut tried: Vec<SocketAddr> = Vec::new();
+    let mut last = reply(StatusCode::SERVICE_UNAVAILABLE, "UH", None, 0);
+    for attempt in 1..=tries {
+        let endpoints = match targets(waypoint, client, state, plan).await {
+            Ok(endpoints) => endpoints,
+            Err(reason) => {
+                debug!(?reason, "no endpoint");
+                return reply(StatusCode::SERVICE_UNAVAILABLE, "UH", None, attempt);
+            }
+        };
+        let failed = |addr: SocketAddr| {
+            if waypoint
+                .health
+                .failure(addr, &endpoints.all, endpoints.outlier, Instant::now())
+            {
+                warn!(endpoint = %addr, "endpoint set aside");
+            }
+        };
+        // Another endpoint than those tried, when there is one.
+        let Some(target) = endpoints
+            .targets
+            .iter()
+            .find(|t| !tried.contains(&endpoint_of(t)))
+            .or(endpoints.targets.first())
+            .cloned()
+        else {
+            return reply(StatusCode::SERVICE_UNAVAILABLE, "UH", None, attempt);
+        };
+        let addr = endpoint_of(&target);
+        tried.push(addr);
+        let destination = destination_of(state, &target);
+        let mut sender = match waypoint
+            .upstreams
+            .take(waypoint, state, &target, client.version)
+            .await
+        {
+            Ok(sender) => sender,
+            Err(reason) => {
+                failed(addr);
+                last = reply(StatusCode::SERVICE_UNAVAILABLE, "UF", destination, attempt);
+                if plan.retries.on.connect_failure && attempt < tries {
+                    debug!(?reason, %addr, "connect failed; retrying");
+                    continue;
+                }
+                return last;
+            }
+        };
+        let Some(send_body) = body.take() else {
+            return last;
+        };
+        let request = upstream_request(&parts, send_body, addr, client.version);
+        let exchange = sender.send(request);
+        let result = match plan.retries.per_try_timeout {
+            Some(limit) => tokio::time::timeout(limit, exchange).await.ok(),
+            None => Some(exchange.await),
+        };
+        waypoint.upstreams.give_back(&target, sender);
+        match result {
+            None => {
+                failed(addr);
+                last = reply(StatusCode::GATEWAY_TIMEOUT, "UT", destination, attempt);
+                if attempt < tries && body.replayable() {
+                    continue;
+                }
+                return last;
+            }
+            Some(Err(err)) => {
+                failed(addr);
+                let refused = err.is_canceled();
+                last = reply(StatusCode::SERVICE_UNAVAILABLE, "UC", destination, attempt);
+                let retry = (plan.retries.on.reset
+                    || (refused && plan.retries.on.refused_stream)
+                    || plan.retries.on.connect_failure && refused)
+                    && attempt < tries
+                    && body.replayable();
+                if retry {
+                    debug!(%err, %addr, "exchange failed; retrying");
+                    continue;
+                }
+                return last;
+            }
+            Some(Ok(response)) => {
+                let status = response.status().as_u16();
+                if status >= 500 {
+                    failed(addr);
+                } else {
+                    waypoint.health.success(addr);
+                }
+                if plan.retries.on.status(status) && attempt < tries && body.replayable() {
+                    debug!(status, %addr, attempt, "retrying");
+                    last = reply(
+                        StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+                        "URX",
+                        destination,
+                        attempt,
+                    );
+                    continue;
+                }
+                let (mut head, incoming) = response.into_parts();
+                strip_hop_by_hop(&mut head.headers);
+                let body: Body = incoming.map_err(|e| Box::new(e) as BoxError).boxed();
+                return Outcome {
+                    response: Response::from_parts(head, body),
+                    route: None,
+                    flags: "-",
+                    destination,
+                    attempts: attempt,
+                };
+            }
+        }
+    }
+    last
+}
+
+/// The endpoints to try for a plan, in order, and what outlier detection
+/// needs of them.
+struct Endpoints {
+    targets: Vec<Target>,
+    all: Vec<SocketAddr>,
+    outlier: Settings,
+}
+
+async fn targets(
+    waypoint: &Waypoint,
+    client: &Client,
+    state: &Snapshot,
+    plan: &Plan<'_>,
+) -> Result<Endpoints, Reason> {
+    let direct = |targets: Vec<Target>| Endpoints {
+        all: targets.iter().map(endpoint_of).collect(),
+        targets,
+        outlier: Settings::from_rule(None),
+    };
+    let Some(at) = plan.at else {
+        return Ok(direct(vec![Target::Direct(client.authority)]));
+    };
+    let instance = &waypoint.instance;
+    let src = instance
+        .addresses
+        .first()
+        .copied()
+        .unwrap_or(client.addr.ip());
+    let dst = SocketAddr::new(client.authority.ip(), plan.port);
+    let route = service_route(
+        state,
+        &waypoint.health,
+        &waypoint.board,
+        &waypoint.load,
+        (instance, src),
+        at,
+        dst,
+        plan.subset.as_ref(),
+    );
+    match route {
+        Ok(L4Route::Endpoints {
+            targets,
+            all,
+            outlier,
+            ..
+        }) => Ok(Endpoints {
+            targets,
+            all,
+            outlier,
+        }),
+        Ok(L4Route::Direct(addr)) => Ok(direct(vec![Target::Direct(addr)])),
+        Ok(L4Route::Waypoint { .. }) => Err(Reason::Loop),
+        Ok(L4Route::Dns { hosts, port, .. }) => {
+            let mut found = Vec::new();
+            for host in hosts {
+                match tokio::net::lookup_host((host.as_str(), port)).await {
+                    Ok(addrs) => found.extend(addrs),
+                    Err(err) => debug!(%err, %host, "lookup failed"),
+                }
+            }
+            Ok(direct(found.into_iter().map(Target::Direct).collect()))
+        }
+        Err(_) => Err(Reason::NoEndpoints),
+    }
+}
+
+fn endpoint_of(target: &Target) -> SocketAddr {
+    match target {
+        Target::Direct(addr) => *addr,
+        Target::Remote(via) => via.gateway,
+        Target::Waypoint(hop) => hop.addr,
+    }
+}
+
+/// The workload and identity at `target`, for metrics.
+fn destination_of(state: &Snapshot, target: &Target) -> Option<(String, Identity)> {
+    match target {
+        Target::Direct(addr) => state
+            .mesh_workload(addr.ip())
+            .map(|w| (w.name.clone(), state.identity(w))),
+        _ => None,
+    }
+}
+
+/// The request as the endpoint gets it: origin-form for HTTP/1.1 (the
+/// Host header stays), absolute for HTTP/2 (`:authority`).
+fn upstream_request(
+    parts: &hyper::http::request::Parts,
+    body: Body,
+    addr: SocketAddr,
+    version: Version,
+) -> Request<Body> {
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    let uri = match version {
+        Version::Http1 => path.parse::<Uri>(),
+        Version::Http2 => {
+            let authority = parts
+                .uri
+                .authority()
+                .map(|a| a.to_string())
+                .or_else(|| {
+                    parts
+                        .headers
+                        .get(header::HOST)
+                        .and_then(|h| h.to_str().ok())
+                        .map(str::to_string)
+                })
+                .unwrap_or_else(|| addr.to_string());
+            format!("http://{authority}{path}").parse::<Uri>()
+        }
+    }
+    .unwrap_or_else(|_| Uri::from_static("/"));
+    let mut request = Request::new(body);
+    *request.method_mut() = parts.method.clone();
+    *request.uri_mut() = uri;
+    *request.headers_mut() = parts.headers.clone();
+    if version == Version::Http2 {
+        request.headers_mut().remove(header::HOST);
+    }
+    request
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Headers the Connection header names are hop-by-hop too.
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::try_from(n.trim()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        // gRPC needs `te: trailers`.
+        if name == header::TE
+            && headers
+                .get(header::TE)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"))
+        {
+            continue;
+        }
+        headers.remove(name);
+    }
+}
+
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
+}
+
+/// A response the waypoint makes itself.
+fn reply(
+    status: StatusCode,
+    flags: &'static str,
+    destination: Option<(String, Identity)>,
+    attempts: u32,
+) -> Outcome {
+    let body: Body = Full::new(Bytes::from(format!(
+        "{} {}\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    )))
+    .map_err(|never| match never {})
+    .boxed();
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    Outcome {
+        response,
+        route: None,
+        flags,
+        destination,
+        attempts,
+    }
+}
+
+/// A request body: whole, when it fits the replay limit (every attempt
+/// sends a copy), else what was read and the rest still to come (sent
+/// once).
+enum Replay {
+    Whole(Bytes),
+    Streaming(Option<Body>),
+}
+
+impl Replay {
+    async fn read(mut body: Incoming) -> Result<Self, hyper::Error> {
+        let mut buf = BytesMut::new();
+        loop {
+            match body.frame().await {
+                None => return Ok(Self::Whole(buf.freeze())),
+                Some(Err(err)) => return Err(err),
+                Some(Ok(frame)) => {
+                    let frame = match frame.into_data() {
+                        Ok(data) => {
+                            buf.extend_from_slice(&data);
+                            if buf.len() <= REPLAY_LIMIT {
+                                continue;
+                            }
+                            None
+                        }
+                        // Trailers are passed on, once.
+                        Err(trailers) => Some(trailers),
+                    };
+                    let mut head = VecDeque::from([Frame::data(buf.freeze())]);
+                    head.extend(frame);
+                    let resumed = Resumed { head, rest: body };
+                    return Ok(Self::Streaming(Some(BoxBody::new(resumed))));
+                }
+            }
+        }
+    }
+
+    fn replayable(&self) -> bool {
+        matches!(self, Self::Whole(_))
+    }
+
+    /// The body for the next attempt; none once a streaming body was sent.
+    fn take(&mut self) -> Option<Body> {
+        match self {
+            Self::Whole(bytes) if bytes.is_empty() => {
+                Some(Empty::new().map_err(|never| match never {}).boxed())
+            }
+            Self::Whole(bytes) => Some(
+                Full::new(bytes.clone())
+                    .map_err(|never| match never {})
+                    .boxed(),
+            ),
+            Self::Streaming(body) => body.take(),
+        }
+    }
+}
+
+/// A body whose first frames were read already.
+struct Resumed {
+    head: VecDeque<Frame<Bytes>>,
+    rest: Incoming,
+}
+
+impl hyper::body::Body for Resumed {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(frame) = self.head.pop_front() {
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        Pin::new(&mut self.rest)
+            .poll_frame(cx)
+            .map(|frame| frame.map(|r| r.map_err(|e| Box::new(e) as BoxError)))
+    }
+}

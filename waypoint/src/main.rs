@@ -1,0 +1,314 @@
+//! `strait-waypoint`: the L7 proxy of a Gateway of class `istio-waypoint`.
+//! Node agents send it what is bound to it (HBONE, asking for the address
+//! the client dialled); it reads each request, matches it against the
+//! destination's routes, and sends it on to an endpoint over HBONE, with
+//! retries, timeouts and request metrics.
+//!
+//! Where a request goes, by file: [`inbound`] terminates HBONE and decides
+//! what a CONNECT may reach, [`detect`] tells HTTP from anything else,
+//! [`routes`] matches a request to a VirtualService route
+//! ([`matching`] holds the match rules), [`forward`] picks the endpoint,
+//! retries and times out, [`pool`] keeps the connections to endpoints,
+//! [`tcp`] carries what is not HTTP, [`metrics`] counts requests.
+mod detect;
+mod forward;
+mod inbound;
+mod matching;
+mod metrics;
+mod pool;
+mod proxy;
+mod routes;
+mod tcp;
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use strait_identity::{CertManager, Identity, RemoteCa, tls::ClientConfigs};
+use strait_state::{NodeState, reload};
+use tokio::net::TcpListener;
+use tracing::info;
+
+use crate::proxy::Waypoint;
+
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// The node this instance runs on.
+    #[arg(long, env = "STRAIT_NODE")]
+    node: String,
+    /// The Gateway (class istio-waypoint) this is an instance of,
+    /// `namespace/name`.
+    #[arg(long, env = "STRAIT_GATEWAY")]
+    gateway: String,
+    /// Listen here instead of on this instance's own addresses at the
+    /// Gateway's HBONE port (`0.0.0.0:15008`). Repeatable.
+    #[arg(long = "listen", env = "STRAIT_LISTEN", value_delimiter = ',')]
+    listen: Vec<SocketAddr>,
+    #[command(flatten)]
+    source: strait_kube::SourceArgs,
+    #[command(flatten)]
+    mesh: strait_kube::MeshArgs,
+    /// This cluster's name.
+    #[arg(long, env = "STRAIT_CLUSTER", default_value = "Kubernetes")]
+    cluster: String,
+    /// The CA service, as the agent takes it (`ip:port` or a Service's
+    /// `host:port`); several are tried in turn.
+    #[arg(long, env = "STRAIT_CA_ADDR", value_delimiter = ',', required = true)]
+    ca_addr: Vec<strait_state::ca_addr::CaAddr>,
+    /// A credential for the CA service and the mesh's roots.
+    #[arg(
+        long,
+        env = "STRAIT_CREDENTIAL_DIR",
+        default_value = "/var/lib/strait/node"
+    )]
+    credential_dir: PathBuf,
+    /// The pod's projected ServiceAccount token (Kubernetes), sent to the
+    /// CA instead of a certificate.
+    #[arg(long, env = "STRAIT_CA_TOKEN")]
+    ca_token: Option<PathBuf>,
+    /// Lifetime of the waypoint's certificate (rotated at half life).
+    #[arg(long, default_value = "24h", value_parser = strait_config::duration::parse)]
+    cert_lifetime: Duration,
+    /// How long opening a connection to one endpoint may take before the
+    /// next one is tried.
+    #[arg(long, default_value = "1s", value_parser = strait_config::duration::parse)]
+    connect_timeout: Duration,
+    /// The readiness board the agents publish their workloads' probes to.
+    #[arg(
+        long,
+        env = "STRAIT_STATUS_DIR",
+        default_value = "/var/lib/strait/status"
+    )]
+    status_dir: PathBuf,
+    /// Prometheus metrics (`/metrics`) and readiness (`/healthz/ready`),
+    /// on each of these.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "0.0.0.0:15020,0.0.0.0:15021"
+    )]
+    stats_addr: Vec<SocketAddr>,
+    /// On SIGTERM: how long requests in flight may take to finish.
+    #[arg(long, default_value = "5s", value_parser = strait_config::duration::parse)]
+    drain_timeout: Duration,
+}
+
+/// How long the first certificate may take.
+const FIRST_CERT: Duration = Duration::from_secs(30);
+const CA_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    strait_config::names::check_subdomain(&args.node)
+        .map_err(|reason| anyhow::anyhow!("--node {reason}"))?;
+    args.mesh.apply().map_err(anyhow::Error::msg)?;
+    tracing_subscriber::fmt()
+        .json()
+        .with_current_span(true)
+        .with_span_list(false)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("STRAIT_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?
+        .block_on(run(args))
+}
+
+async fn run(args: Args) -> Result<()> {
+    let (namespace, name) = args
+        .gateway
+        .split_once('/')
+        .filter(|(ns, n)| !ns.is_empty() && !n.is_empty())
+        .ok_or_else(|| anyhow::anyhow!("--gateway {:?}: not namespace/name", args.gateway))?;
+    let metrics = Arc::new(metrics::Metrics::new());
+    let sources = args
+        .source
+        .access()
+        .map(|access| strait_kube::Sources::local(access, &args.cluster));
+    let opened = strait_state::source::open(args.source.config_dir.as_deref(), sources).await?;
+    metrics.config.loaded_in(opened.took);
+    let state = NodeState::new(&args.node, opened.config);
+    let snapshot = state.snapshot();
+    let config = &snapshot.config;
+    let waypoint = config.waypoint(namespace, name).with_context(|| {
+        format!(
+            "--gateway {namespace}/{name}: no Gateway of class {} by that name in the config",
+            strait_config::waypoint::WAYPOINT_CLASS
+        )
+    })?;
+    let instance = config
+        .waypoint_instances(waypoint)
+        .find(|w| w.node.as_deref() == Some(args.node.as_str()))
+        .cloned()
+        .with_context(|| {
+            format!(
+                "no instance of waypoint {namespace}/{name} on node {} in the config (a pod labelled {}={name} running as {})",
+                args.node,
+                strait_config::GATEWAY_NAME_LABEL,
+                waypoint.service_account
+            )
+        })?;
+    let identity = Identity::new(
+        &config.trust_domain,
+        &waypoint.namespace,
+        &waypoint.service_account,
+    );
+    let port = waypoint.port;
+    drop(snapshot);
+
+    let ca = RemoteCa::new(
+        &args.credential_dir,
+        strait_state::ca_addr::resolver(args.ca_addr.clone(), state.clone()),
+        None,
+        CA_TIMEOUT,
+        args.ca_token.clone(),
+    )
+    .with_context(|| {
+        format!(
+            "reading the credential in {}",
+            args.credential_dir.display()
+        )
+    })?;
+    let certs =
+        CertManager::new(Arc::new(ca), args.cert_lifetime).context("setting up certificates")?;
+    certs
+        .ensure(&identity, FIRST_CERT)
+        .await
+        .with_context(|| format!("getting a certificate for {identity}"))?;
+    let tls = strait_identity::tls::server_config(&certs, &identity)
+        .with_context(|| format!("the TLS configuration of {identity}"))?;
+
+    let board = Arc::new(strait_health::Board::new(&args.status_dir));
+    board.refresh();
+    let board_watch = strait_health::board::watch(board.clone(), reload::POLL);
+    let listeners = if args.listen.is_empty() {
+        let mut listeners = Vec::new();
+        for ip in &instance.addresses {
+            let addr = SocketAddr::new(*ip, port);
+            listeners.push(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding this instance's address {addr}"))?,
+            );
+        }
+        listeners
+    } else {
+        let mut listeners = Vec::new();
+        for addr in &args.listen {
+            listeners.push(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("--listen {addr}"))?,
+            );
+        }
+        listeners
+    };
+    let waypoint = Arc::new(Waypoint {
+        state: state.clone(),
+        namespace: namespace.into(),
+        name: name.into(),
+        identity: identity.clone(),
+        instance,
+        tls,
+        dialer: strait_upstream::Dialer {
+            pool: strait_hbone::Pool::new(),
+            clients: ClientConfigs::new(certs.clone()),
+            certs,
+        },
+        metrics: metrics.clone(),
+        health: Default::default(),
+        load: Default::default(),
+        board,
+        admission: Default::default(),
+        connect_timeout: args.connect_timeout,
+        upstreams: Default::default(),
+        tables: Default::default(),
+        in_flight: Default::default(),
+    });
+
+    let follow = reload::Follow {
+        state: state.clone(),
+        status: reload::initial_status(),
+        metrics: metrics.config.clone(),
+        then: Prune(waypoint.clone()),
+    };
+    match (args.source.config_dir.clone(), opened.updates) {
+        (Some(dir), _) => reload::spawn(dir, follow),
+        (None, Some(updates)) => reload::spawn_cluster(updates, follow),
+        (None, None) => {}
+    }
+
+    let ready = Arc::new(AtomicBool::new(false));
+    let mut stats = Vec::new();
+    for addr in &args.stats_addr {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding metrics and readiness on {addr}"))?;
+        let metrics = metrics.clone();
+        stats.push(strait_http::serve_stats(
+            listener,
+            "waypoint stats",
+            Arc::new(move || metrics.encode()),
+            ready.clone(),
+        ));
+    }
+    let bound: Vec<String> = listeners
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .map(|a| a.to_string())
+        .collect();
+    let tasks: Vec<_> = listeners
+        .into_iter()
+        .map(|l| inbound::serve(waypoint.clone(), l))
+        .collect();
+    ready.store(true, Ordering::Release);
+    info!(waypoint = %format!("{namespace}/{name}"), %identity, ?bound, "waypoint ready");
+
+    strait_drain::signalled()
+        .await
+        .context("installing the signal handlers")?;
+    ready.store(false, Ordering::Release);
+    for task in tasks {
+        task.abort();
+    }
+    strait_drain::drain(&waypoint.in_flight, args.drain_timeout).await;
+    for task in stats {
+        task.abort();
+    }
+    board_watch.abort();
+    Ok(())
+}
+
+/// After a reload: connections to endpoints that left the mesh are closed,
+/// their health forgotten.
+struct Prune(Arc<Waypoint>);
+
+impl reload::Applied for Prune {
+    async fn applied(&self) -> usize {
+        let state = self.0.state.snapshot();
+        let known = |addr: SocketAddr| {
+            state.config.workload_by_address(addr.ip()).is_some()
+                || state
+                    .config
+                    .east_west_gateways
+                    .iter()
+                    .any(|g| g.addresses.contains(&addr.ip()))
+        };
+        self.0.upstreams.retain(known);
+        self.0.health.retain(known);
+        0
+    }
+}

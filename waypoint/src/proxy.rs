@@ -1,0 +1,81 @@
+//! What every request and connection through the waypoint shares.
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use strait_balance::{load::Load, outlier::Health};
+use strait_config::Workload;
+use strait_drain::InFlight;
+use strait_hbone::Admission;
+use strait_health::Board;
+use strait_identity::Identity;
+use strait_state::{NodeState, Snapshot};
+use strait_upstream::{Dialer, Origin};
+use tokio::net::TcpStream;
+
+use crate::{metrics::Metrics, pool::Upstreams, routes::Tables};
+
+pub struct Waypoint {
+    pub state: NodeState,
+    pub namespace: String,
+    pub name: String,
+    /// The identity it proves to clients and to endpoints.
+    pub identity: Identity,
+    /// This instance, as the config has it: where its connections leave
+    /// from.
+    pub instance: Workload,
+    /// Presents the current certificate, requires a mesh client.
+    pub tls: Arc<rustls::ServerConfig>,
+    pub dialer: Dialer,
+    pub metrics: Arc<Metrics>,
+    /// Endpoints outlier detection set aside.
+    pub health: Health,
+    /// Open connections per endpoint and round-robin turns.
+    pub load: Load,
+    pub board: Arc<Board>,
+    /// What one client holds of the HBONE listener.
+    pub admission: Admission,
+    pub connect_timeout: Duration,
+    /// Open HTTP connections to endpoints.
+    pub upstreams: Upstreams,
+    /// Services' routes, compiled once per config.
+    pub tables: Tables,
+    /// Connections being served: what a draining waypoint waits for.
+    pub in_flight: Arc<InFlight>,
+}
+
+impl Waypoint {
+    /// Whether the config still has this waypoint, and binds `authority`
+    /// (what the client dialled) to it: a service address whose service
+    /// uses it, or a workload address whose workload does.
+    pub fn serves(&self, state: &Snapshot, authority: SocketAddr) -> bool {
+        let config = &state.config;
+        let ours = |w: &strait_config::waypoint::Waypoint| {
+            w.name == self.name && w.namespace == self.namespace
+        };
+        match config.service_at(authority.ip()) {
+            Some(at) => config.service_waypoint(at.service).is_some_and(ours),
+            None => config
+                .workload_by_address(authority.ip())
+                .filter(|w| config.enrolled(w))
+                .and_then(|w| config.workload_waypoint(w))
+                .is_some_and(ours),
+        }
+    }
+}
+
+impl Origin for Waypoint {
+    fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    fn workload(&self) -> &Workload {
+        &self.instance
+    }
+
+    /// The waypoint runs in its own pod, which no agent captures: a plain
+    /// connection leaves from the pod's address.
+    async fn dial(&self, to: SocketAddr) -> std::io::Result<TcpStream> {
+        let stream = TcpStream::connect(to).await?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    }
+}

@@ -1,0 +1,336 @@
+//! Which route a request to a service takes: the service's VirtualService
+//! (`http` routes in order, the first whose matches hold), compiled once
+//! per config and service; without one, the service itself. What a route
+//! does with the request (the destinations by weight, timeout, retries) is
+//! [`crate::forward`]'s.
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use strait_config::{
+    Config, Named, Service,
+    manifest::networking::{HttpRoute, RouteDestination, VirtualServiceSpec},
+};
+
+use crate::matching::{Match, Request};
+
+/// A service's routes as the config has them now.
+#[derive(Debug)]
+pub enum Table {
+    /// No VirtualService: every request goes to the service.
+    Default,
+    /// The routes of `namespace/name`, in order.
+    Routes {
+        virtual_service: String,
+        routes: Vec<Route>,
+    },
+    /// The VirtualService cannot be applied (a regex that does not
+    /// compile): requests are refused, not sent around its rules.
+    Broken {
+        virtual_service: String,
+        why: String,
+    },
+}
+
+#[derive(Debug)]
+pub struct Route {
+    pub name: Option<String>,
+    matches: Vec<Match>,
+    /// Where it goes, with weights (a single one weighs 100).
+    pub destinations: Vec<Weighted>,
+    pub timeout: Option<Duration>,
+    pub retries: Retries,
+}
+
+#[derive(Debug)]
+pub struct Weighted {
+    /// The destination host, qualified in the VirtualService's namespace.
+    pub host: String,
+    pub subset: Option<String>,
+    pub port: Option<u16>,
+    pub weight: u32,
+}
+
+/// A route's retry policy; Istio's default when the route sets none.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Retries {
+    pub attempts: u32,
+    pub per_try_timeout: Option<Duration>,
+    pub on: RetryOn,
+}
+
+/// What is retried (`retryOn`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RetryOn {
+    /// Any 5xx answer, or none at all.
+    pub five_xx: bool,
+    /// 502, 503, 504.
+    pub gateway_error: bool,
+    pub connect_failure: bool,
+    /// The connection broke before an answer.
+    pub reset: bool,
+    pub refused_stream: bool,
+    /// 409.
+    pub retriable_4xx: bool,
+    pub statuses: Vec<u16>,
+}
+
+impl Retries {
+    /// Istio's default: 2 attempts on connect failures, refused streams,
+    /// and 503.
+    pub fn istio_default() -> Self {
+        Self {
+            attempts: 2,
+            per_try_timeout: None,
+            on: RetryOn {
+                connect_failure: true,
+                refused_stream: true,
+                statuses: vec![503],
+                ..RetryOn::default()
+            },
+        }
+    }
+
+    fn from_spec(retries: Option<&strait_config::manifest::networking::Retries>) -> Self {
+        let Some(r) = retries else {
+            return Self::istio_default();
+        };
+        let mut on = RetryOn::default();
+        for cond in r
+            .retry_on
+            .as_deref()
+            .unwrap_or(
+                "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes",
+            )
+            .split(',')
+            .map(str::trim)
+        {
+            match cond {
+                "5xx" => on.five_xx = true,
+                "gateway-error" => on.gateway_error = true,
+                "connect-failure" => on.connect_failure = true,
+                "reset" => on.reset = true,
+                "refused-stream" => on.refused_stream = true,
+                "retriable-4xx" => on.retriable_4xx = true,
+                // gRPC's `unavailable` arrives as a 503 from HTTP/1 peers
+                // and as grpc-status 14 from gRPC ones; both are 503 here.
+                "unavailable" | "retriable-status-codes" => on.statuses.push(503),
+                code => {
+                    if let Ok(code) = code.parse::<u16>() {
+                        on.statuses.push(code);
+                    }
+                }
+            }
+        }
+        Self {
+            attempts: r
+                .attempts
+                .map_or(2, |a| u32::try_from(a.max(0)).unwrap_or(0)),
+            per_try_timeout: r
+                .per_try_timeout
+                .as_deref()
+                .and_then(|t| strait_config::duration::parse(t).ok()),
+            on,
+        }
+    }
+}
+
+impl RetryOn {
+    /// Whether an answer with `status` is tried again.
+    pub fn status(&self, status: u16) -> bool {
+        (self.five_xx && status >= 500)
+            || (self.gateway_error && matches!(status, 502..=504))
+            || (self.retriable_4xx && status == 409)
+            || self.statuses.contains(&status)
+    }
+}
+
+impl Route {
+    fn compile(route: &HttpRoute, namespace: &str) -> Result<Self, String> {
+        let matches = route
+            .matches
+            .iter()
+            .enumerate()
+            .map(|(i, m)| Match::compile(m).map_err(|why| format!("match[{i}].{why}")))
+            .collect::<Result<_, _>>()?;
+        let weight = |d: &RouteDestination| {
+            d.weight
+                .map_or(if route.route.len() == 1 { 100 } else { 0 }, |w| {
+                    u32::try_from(w.max(0)).unwrap_or(0)
+                })
+        };
+        Ok(Self {
+            name: route.name.clone(),
+            matches,
+            destinations: route
+                .route
+                .iter()
+                .map(|d| Weighted {
+                    host: strait_config::qualify(&d.destination.host, namespace),
+                    subset: d.destination.subset.clone(),
+                    port: d
+                        .destination
+                        .port
+                        .as_ref()
+                        .and_then(|p| u16::try_from(p.number).ok()),
+                    weight: weight(d),
+                })
+                .collect(),
+            timeout: route
+                .timeout
+                .as_deref()
+                .and_then(|t| strait_config::duration::parse(t).ok())
+                .filter(|t| !t.is_zero()),
+            retries: Retries::from_spec(route.retries.as_ref()),
+        })
+    }
+
+    /// Whether `req` takes this route: no matches is every request.
+    pub fn matches(&self, req: &Request<'_>) -> bool {
+        self.matches.is_empty() || self.matches.iter().any(|m| m.matches(req))
+    }
+
+    /// One destination, by weight (`roll` in [0, 1)).
+    pub fn pick(&self, roll: f64) -> Option<&Weighted> {
+        let total: u32 = self.destinations.iter().map(|d| d.weight).sum();
+        if total == 0 {
+            return self.destinations.first();
+        }
+        let mut at = roll * f64::from(total);
+        for d in &self.destinations {
+            at -= f64::from(d.weight);
+            if at < 0.0 {
+                return Some(d);
+            }
+        }
+        self.destinations.last()
+    }
+}
+
+impl Table {
+    /// The table for `service`.
+    fn build(config: &Config, service: &Service) -> Self {
+        let Some(vs) = virtual_service(config, service) else {
+            return Self::Default;
+        };
+        let compiled: Result<Vec<Route>, String> = vs
+            .spec
+            .http
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                Route::compile(r, &vs.namespace).map_err(|why| format!("http[{i}].{why}"))
+            })
+            .collect();
+        let name = format!("{}/{}", vs.namespace, vs.name);
+        match compiled {
+            Ok(routes) => Self::Routes {
+                virtual_service: name,
+                routes,
+            },
+            Err(why) => Self::Broken {
+                virtual_service: name,
+                why,
+            },
+        }
+    }
+}
+
+/// The VirtualService for `service`'s hosts that applies inside the mesh
+/// (no `gateways`, or `mesh` among them) and is visible from its
+/// namespace; the first in the config's order (Istio: the oldest).
+fn virtual_service<'a>(
+    config: &'a Config,
+    service: &Service,
+) -> Option<&'a Named<VirtualServiceSpec>> {
+    config.virtual_services.iter().find(|vs| {
+        let spec = &vs.spec;
+        let in_mesh = spec.gateways.is_empty() || spec.gateways.iter().any(|g| g == "mesh");
+        let visible =
+            strait_config::exported_to(&spec.export_to, &vs.namespace, &service.namespace);
+        let host = spec.hosts.iter().any(|h| {
+            let h = strait_config::qualify(h, &vs.namespace);
+            service
+                .hosts
+                .iter()
+                .any(|s| strait_config::host_matches(&h, s))
+        });
+        in_mesh && visible && host
+    })
+}
+
+/// Route tables by service, for one config generation at a time.
+#[derive(Default)]
+pub struct Tables {
+    inner: Mutex<(u64, HashMap<String, Arc<Table>>)>,
+}
+
+impl Tables {
+    pub fn get(&self, generation: u64, config: &Config, service: &Service) -> Arc<Table> {
+        let key = format!("{}/{}", service.namespace, service.name);
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if inner.0 != generation {
+            *inner = (generation, HashMap::new());
+        }
+        inner
+            .1
+            .entry(key)
+            .or_insert_with(|| Arc::new(Table::build(config, service)))
+            .clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_weighted_split_picks_by_weight() {
+        let route = Route {
+            name: None,
+            matches: Vec::new(),
+            destinations: vec![
+                Weighted {
+                    host: "a".into(),
+                    subset: None,
+                    port: None,
+                    weight: 80,
+                },
+                Weighted {
+                    host: "b".into(),
+                    subset: None,
+                    port: None,
+                    weight: 20,
+                },
+            ],
+            timeout: None,
+            retries: Retries::istio_default(),
+        };
+        assert_eq!(route.pick(0.0).unwrap().host, "a");
+        assert_eq!(route.pick(0.79).unwrap().host, "a");
+        assert_eq!(route.pick(0.8).unwrap().host, "b");
+        assert_eq!(route.pick(0.999).unwrap().host, "b");
+    }
+
+    #[test]
+    fn retry_on_reads_istios_conditions() {
+        let spec = strait_config::manifest::networking::Retries {
+            attempts: Some(3),
+            retry_on: Some("5xx,reset,retriable-4xx,418".into()),
+            per_try_timeout: Some("2s".into()),
+            ..Default::default()
+        };
+        let r = Retries::from_spec(Some(&spec));
+        assert_eq!(r.attempts, 3);
+        assert_eq!(r.per_try_timeout, Some(Duration::from_secs(2)));
+        assert!(r.on.five_xx && r.on.reset && r.on.retriable_4xx);
+        assert!(r.on.status(500) && r.on.status(409) && r.on.status(418));
+        assert!(!r.on.status(404));
+        // Without a policy: Istio's default.
+        let d = Retries::from_spec(None);
+        assert_eq!(d, Retries::istio_default());
+        assert!(d.on.status(503) && !d.on.status(500));
+    }
+}

@@ -48,6 +48,9 @@ pub struct Client {
     /// What the client dialled: a service address, or a workload's.
     pub authority: SocketAddr,
     pub version: Version,
+    /// Told once a request finds `authority` no longer bound to this
+    /// waypoint: the connection closes after what is in flight.
+    pub unbound: tokio::sync::Notify,
 }
 
 /// Headers that belong to one hop, never passed on.
@@ -77,6 +80,11 @@ pub async fn handle(
 ) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
     let state = waypoint.state.snapshot();
+    if !waypoint.serves(&state.config, client.authority) {
+        // Served still (its client's agent chose the waypoint while it was
+        // bound), and the connection closes after it.
+        client.unbound.notify_one();
+    }
     let method = request.method().clone();
     let path = request.uri().path().to_string();
     let grpc = is_grpc(request.headers());
@@ -367,7 +375,7 @@ async fn attempts(
         let destination = destination_of(state, &target);
         let mut sender = match waypoint
             .upstreams
-            .take(waypoint, state, &target, client.version)
+            .take(waypoint, state, &target, (client.version, &client.identity))
             .await
         {
             Ok(sender) => sender,
@@ -390,7 +398,9 @@ async fn attempts(
             Some(limit) => tokio::time::timeout(limit, exchange).await.ok(),
             None => Some(exchange.await),
         };
-        waypoint.upstreams.give_back(&target, sender);
+        waypoint
+            .upstreams
+            .give_back(&target, &client.identity, sender);
         match result {
             None => {
                 failed(addr);

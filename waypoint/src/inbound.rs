@@ -30,6 +30,9 @@ const MAX_HEADER_BYTES: usize = 64 * 1024;
 const MAX_STREAMS: u32 = 256;
 /// Time for a request's headers to arrive.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a CONNECT for an address this waypoint's config does not bind
+/// yet waits for the config to catch up before it is refused.
+const CATCH_UP: Duration = Duration::from_secs(3);
 
 /// Accepts on `listener` until aborted.
 pub fn serve(waypoint: Arc<Waypoint>, listener: TcpListener) -> tokio::task::JoinHandle<()> {
@@ -100,7 +103,12 @@ async fn on_connect(waypoint: Arc<Waypoint>, connect: Connect) {
                 return;
             }
         };
-        if !waypoint.serves(&waypoint.state.snapshot(), authority) {
+        // A client whose agent read a binding first is not refused while
+        // this waypoint's config catches up.
+        let bound = |config: &strait_config::Config| waypoint.serves(config, authority);
+        let serves = waypoint.state.held_recently(bound)
+            || waypoint.state.holds_within(CATCH_UP, bound).await;
+        if !serves {
             // Nothing bound here: a client may not use the waypoint as a
             // way to anything else.
             waypoint
@@ -134,6 +142,7 @@ async fn on_connect(waypoint: Arc<Waypoint>, connect: Connect) {
                     addr: connect.peer_addr,
                     authority,
                     version: Version::Http1,
+                    unbound: Default::default(),
                 });
                 tcp::carry(waypoint, client, stream).await;
                 return;
@@ -144,9 +153,12 @@ async fn on_connect(waypoint: Arc<Waypoint>, connect: Connect) {
             addr: connect.peer_addr,
             authority,
             version,
+            unbound: Default::default(),
         });
-        let service =
-            service_fn(move |request| forward::handle(waypoint.clone(), client.clone(), request));
+        let service = {
+            let client = client.clone();
+            service_fn(move |request| forward::handle(waypoint.clone(), client.clone(), request))
+        };
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
@@ -158,12 +170,23 @@ async fn on_connect(waypoint: Arc<Waypoint>, connect: Connect) {
             .timer(TokioTimer::new())
             .max_concurrent_streams(MAX_STREAMS)
             .max_header_list_size(MAX_HEADER_BYTES as u32);
-        let served = match version {
+        let builder = match version {
             Version::Http1 => builder.http1_only(),
             Version::Http2 => builder.http2_only(),
-        }
-        .serve_connection(TokioIo::new(stream), service)
-        .await;
+        };
+        let connection = builder.serve_connection(TokioIo::new(stream), service);
+        tokio::pin!(connection);
+        let served = tokio::select! {
+            served = connection.as_mut() => served,
+            () = client.unbound.notified() => {
+                // No longer this waypoint's to serve: what is in flight
+                // finishes, then the client reconnects (and its agent
+                // sends it straight on).
+                debug!("the address left this waypoint: closing the connection");
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
+        };
         if let Err(err) = served {
             debug!(%err, "HTTP connection ended");
         }

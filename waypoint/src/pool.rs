@@ -1,8 +1,10 @@
 //! Connections from the waypoint to endpoints, kept open between requests:
-//! one HTTP/2 connection per endpoint, multiplexed; for HTTP/1.1, idle
-//! connections reused one request at a time. Each is an HBONE tunnel to
-//! the endpoint (or through its network's gateway), or a plain connection
-//! to a destination outside the mesh.
+//! one HTTP/2 connection per endpoint and client identity, multiplexed;
+//! for HTTP/1.1, idle connections reused one request at a time. Each is an
+//! HBONE tunnel to the endpoint (its CONNECT names the client the waypoint
+//! sends for, so a connection never carries two clients' requests), or
+//! through its network's gateway, or a plain connection to a destination
+//! outside the mesh.
 use std::{
     collections::HashMap,
     io,
@@ -17,6 +19,7 @@ use http_body_util::combinators::BoxBody;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use strait_hbone::Tunnel;
+use strait_identity::Identity;
 use strait_route::Target;
 use strait_state::Snapshot;
 use strait_telemetry::Reason;
@@ -72,7 +75,7 @@ impl Sender {
     }
 }
 
-type Key = (SocketAddr, Version);
+type Key = (SocketAddr, Version, Identity);
 
 #[derive(Default)]
 pub struct Upstreams {
@@ -91,9 +94,9 @@ impl Upstreams {
         waypoint: &Waypoint,
         state: &Snapshot,
         target: &Target,
-        version: Version,
+        (version, client): (Version, &Identity),
     ) -> Result<Sender, Reason> {
-        let key = (address(target), version);
+        let key = (address(target), version, client.clone());
         {
             let mut idle = self.lock();
             if let Some(list) = idle.get_mut(&key) {
@@ -115,7 +118,7 @@ impl Upstreams {
                 }
             }
         }
-        let io = open(waypoint, state, target).await?;
+        let io = open(waypoint, state, target, client).await?;
         let io = TokioIo::new(io);
         let sender = match version {
             Version::Http1 => {
@@ -155,12 +158,13 @@ impl Upstreams {
 
     /// Gives back an HTTP/1.1 connection once its exchange is under way:
     /// it is taken again only once ready for the next request.
-    pub fn give_back(&self, target: &Target, sender: Sender) {
+    pub fn give_back(&self, target: &Target, client: &Identity, sender: Sender) {
         if let Sender::Http1(s) = &sender
             && !s.is_closed()
         {
             let mut idle = self.lock();
-            let list = idle.entry((address(target), Version::Http1)).or_default();
+            let key = (address(target), Version::Http1, client.clone());
+            let list = idle.entry(key).or_default();
             if list.len() < IDLE_PER_ENDPOINT {
                 list.push(sender);
             }
@@ -169,7 +173,7 @@ impl Upstreams {
 
     /// Closes every connection to addresses `keep` refuses.
     pub fn retain(&self, keep: impl Fn(SocketAddr) -> bool) {
-        self.lock().retain(|(addr, _), _| keep(*addr));
+        self.lock().retain(|(addr, _, _), _| keep(*addr));
     }
 }
 
@@ -181,13 +185,18 @@ fn address(target: &Target) -> SocketAddr {
     }
 }
 
-/// The bytes' way to `target`.
-async fn open(waypoint: &Waypoint, state: &Snapshot, target: &Target) -> Result<Io, Reason> {
+/// The bytes' way to `target`, for `client`.
+async fn open(
+    waypoint: &Waypoint,
+    state: &Snapshot,
+    target: &Target,
+    client: &Identity,
+) -> Result<Io, Reason> {
     let timeout = waypoint.connect_timeout;
     match target {
         Target::Direct(addr) => match waypoint
             .dialer
-            .open(waypoint, state, *addr, timeout)
+            .open(waypoint, state, *addr, timeout, Some(client))
             .await?
         {
             Upstream::Hbone { tunnel, .. } | Upstream::Remote { tunnel, .. } => {
@@ -197,7 +206,7 @@ async fn open(waypoint: &Waypoint, state: &Snapshot, target: &Target) -> Result<
         },
         Target::Remote(via) => waypoint
             .dialer
-            .open_remote(waypoint, state, via, timeout)
+            .open_remote(waypoint, state, via, timeout, Some(client))
             .await
             .map(|(tunnel, _)| Io::Tunnel(Box::new(tunnel)))
             .map_err(|failure| match failure {

@@ -2,12 +2,12 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use strait_balance::{load::Load, outlier::Health};
-use strait_config::Workload;
+use strait_config::{Config, Workload};
 use strait_drain::InFlight;
 use strait_hbone::Admission;
 use strait_health::Board;
 use strait_identity::Identity;
-use strait_state::{NodeState, Snapshot};
+use strait_state::NodeState;
 use strait_upstream::{Dialer, Origin};
 use tokio::net::TcpStream;
 
@@ -43,11 +43,10 @@ pub struct Waypoint {
 }
 
 impl Waypoint {
-    /// Whether the config still has this waypoint, and binds `authority`
-    /// (what the client dialled) to it: a service address whose service
-    /// uses it, or a workload address whose workload does.
-    pub fn serves(&self, state: &Snapshot, authority: SocketAddr) -> bool {
-        let config = &state.config;
+    /// Whether `config` binds `authority` (what the client dialled) to
+    /// this waypoint: a service address whose service uses it, or a
+    /// workload address whose workload does.
+    pub fn serves(&self, config: &Config, authority: SocketAddr) -> bool {
         let ours = |w: &strait_config::waypoint::Waypoint| {
             w.name == self.name && w.namespace == self.namespace
         };

@@ -47,7 +47,13 @@ where
         };
         match waypoint
             .dialer
-            .open(&*waypoint, &state, addr, waypoint.connect_timeout)
+            .open(
+                &*waypoint,
+                &state,
+                addr,
+                waypoint.connect_timeout,
+                Some(&client.identity),
+            )
             .await
         {
             Ok(upstream) => {

@@ -240,20 +240,17 @@ impl Config {
     /// networks may reach of a workload, and nothing else.
     pub fn exported_port(&self, w: &Workload, port: u16) -> bool {
         self.services.iter().any(|s| {
-            // The workload as this service has it: itself, or the
-            // ServiceEntry's entry at its address (with its own ports).
-            let endpoint = match &s.endpoints {
-                Endpoints::Selector(labels) => (w.namespace == s.namespace
-                    && labels.iter().all(|(k, v)| w.labels.get(k) == Some(v)))
-                .then_some(w),
-                Endpoints::Static(entries) => entries
-                    .iter()
-                    .find(|e| e.addresses.iter().any(|a| w.addresses.contains(a))),
-                Endpoints::Dns(_) | Endpoints::Unset => None,
-            };
-            endpoint.is_some_and(|e| s.ports.iter().any(|sp| target_port(s, sp, e) == Some(port)))
+            endpoint_of(s, w)
+                .is_some_and(|e| s.ports.iter().any(|sp| target_port(s, sp, e) == Some(port)))
                 && self.global(s)
         })
+    }
+
+    /// The services `w` is an endpoint of.
+    pub fn services_of<'a>(&'a self, w: &'a Workload) -> impl Iterator<Item = &'a Service> + 'a {
+        self.services
+            .iter()
+            .filter(move |s| endpoint_of(s, w).is_some())
     }
 
     /// Workloads of `namespace` whose labels include `labels`.
@@ -347,6 +344,21 @@ fn fnv1a(text: &str) -> u32 {
     text.bytes().fold(0x811c_9dc5, |h, b| {
         (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
     })
+}
+
+/// `w` as `service` has it among its endpoints: itself (selected by
+/// labels), or the ServiceEntry's entry at its address (with its own
+/// ports); `None` when it is not one.
+fn endpoint_of<'a>(service: &'a Service, w: &'a Workload) -> Option<&'a Workload> {
+    match &service.endpoints {
+        Endpoints::Selector(labels) => (w.namespace == service.namespace
+            && labels.iter().all(|(k, v)| w.labels.get(k) == Some(v)))
+        .then_some(w),
+        Endpoints::Static(entries) => entries
+            .iter()
+            .find(|e| e.addresses.iter().any(|a| w.addresses.contains(a))),
+        Endpoints::Dns(_) | Endpoints::Unset => None,
+    }
 }
 
 #[cfg(test)]

@@ -259,6 +259,18 @@ impl Config {
         Ok(Some(waypoint))
     }
 
+    /// Whether the waypoint running as `namespace/service_account` is bound
+    /// to `w`: for `w`'s own addresses, or for a service `w` is an endpoint
+    /// of. Only such a waypoint is believed when it names the client it
+    /// sends a connection for.
+    pub fn waypoint_serves(&self, w: &Workload, namespace: &str, service_account: &str) -> bool {
+        let is = |wp: &Waypoint| wp.namespace == namespace && wp.service_account == service_account;
+        self.workload_waypoint(w).is_some_and(is)
+            || self
+                .services_of(w)
+                .any(|s| self.service_waypoint(s).is_some_and(is))
+    }
+
     /// The waypoint `w` is an instance of: labelled with its name, in its
     /// namespace, running as its service account.
     pub fn waypoint_of(&self, w: &Workload) -> Option<&Waypoint> {

@@ -258,3 +258,17 @@ fn bad_waypoint_fields_are_named() {
         "{text}"
     );
 }
+
+#[test]
+fn only_a_waypoint_bound_to_a_workload_may_send_for_its_clients() {
+    let config = config(MESH);
+    let web = workload(&config, "web-1");
+    // web-1 is an endpoint of web, which uses shop/waypoint.
+    assert!(config.waypoint_serves(web, "shop", "waypoint"));
+    assert!(!config.waypoint_serves(web, "shop", "shared"));
+    assert!(!config.waypoint_serves(web, "shop", "web"));
+    // blue-1 uses shop/shared for its own address.
+    let blue = workload(&config, "blue-1");
+    assert!(config.waypoint_serves(blue, "shop", "shared"));
+    assert!(!config.waypoint_serves(blue, "shop", "waypoint"));
+}

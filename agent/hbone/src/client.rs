@@ -31,7 +31,7 @@ use tokio_rustls::TlsConnector;
 use tracing::debug;
 
 use crate::{
-    Authority, CONNECTION_WINDOW, Error, MAX_FRAME, STREAM_WINDOW, Source,
+    Authority, CONNECTION_WINDOW, Claims, Error, MAX_FRAME, STREAM_WINDOW,
     tunnel::{Active, Tunnel},
 };
 
@@ -77,12 +77,13 @@ impl Pool {
     /// Opens a tunnel to `authority` through the HBONE peer of `key`,
     /// reusing a pooled connection or making one with `dial` (which opens the
     /// TCP connection, from whichever namespace and address it must leave).
-    /// `source` tells an east-west gateway where the client is.
+    /// `claims` say where the client is (to an east-west gateway) or whom
+    /// a waypoint sends for.
     pub async fn connect<D, F>(
         &self,
         key: &PoolKey,
         authority: &Authority,
-        source: Option<&Source>,
+        claims: Claims<'_>,
         tls: Arc<ClientConfig>,
         dial: D,
     ) -> Result<Tunnel, Error>
@@ -91,7 +92,7 @@ impl Pool {
         F: Future<Output = io::Result<TcpStream>>,
     {
         if let Some((sender, active)) = self.pick(key) {
-            match open_stream(sender, key.addr, authority, source, active).await {
+            match open_stream(sender, key.addr, authority, claims, active).await {
                 // The pooled connection died (the peer restarted, the link
                 // broke): forget it and try once on a new one.
                 Err(Error::H2 { .. }) => {
@@ -113,7 +114,7 @@ impl Pool {
                 None => return Err(err),
             },
         };
-        open_stream(sender, key.addr, authority, source, active).await
+        open_stream(sender, key.addr, authority, claims, active).await
     }
 
     /// Dials, handshakes and pools a new connection for `key`.
@@ -217,13 +218,13 @@ impl Pool {
 /// Opens a tunnel over `io` (itself a tunnel through an east-west
 /// gateway): a TLS session and HTTP/2 connection of its own, used for this
 /// one CONNECT and closed with it. `addr` names the far end in errors;
-/// `source` tells the destination where the client is. Returns
+/// `claims` tell the destination where the client is. Returns
 /// the tunnel and the identity the far end proved.
 pub async fn connect_over<T>(
     io: T,
     addr: SocketAddr,
     authority: &Authority,
-    source: Option<&Source>,
+    claims: Claims<'_>,
     tls: Arc<ClientConfig>,
 ) -> Result<(Tunnel, Identity), Error>
 where
@@ -234,7 +235,7 @@ where
         sender,
         addr,
         authority,
-        source,
+        claims,
         Arc::new(AtomicUsize::new(0)),
     )
     .await?;
@@ -247,7 +248,7 @@ async fn open_stream(
     sender: Sender,
     addr: SocketAddr,
     authority: &Authority,
-    source: Option<&Source>,
+    claims: Claims<'_>,
     active: Arc<AtomicUsize>,
 ) -> Result<Tunnel, Error> {
     // Counted from the start, so concurrent opens spread over connections.
@@ -257,7 +258,7 @@ async fn open_stream(
     let mut request = Request::builder()
         .method(Method::CONNECT)
         .uri(authority.to_string());
-    for (name, value) in source.map(Source::to_headers).unwrap_or_default() {
+    for (name, value) in claims.to_headers() {
         request = request.header(name, value);
     }
     let (response, send) = sender

@@ -11,7 +11,7 @@ mod tunnel;
 pub use authority::{Authority, BadAuthority};
 pub use client::{Pool, PoolKey, connect_over};
 pub use server::{Admission, Connect, Limits, OverLimit, PendingTunnel, StreamSlot, serve};
-pub use source::{BAGGAGE_HEADER, SOURCE_NETWORK_HEADER, Source};
+pub use source::{BAGGAGE_HEADER, Claims, ON_BEHALF_OF_HEADER, SOURCE_NETWORK_HEADER, Source};
 pub use tunnel::{Refused, Tunnel};
 
 /// HTTP/2 windows large enough that flow control does not cap throughput on
@@ -149,7 +149,7 @@ mod tests {
                 .connect(
                     &key,
                     &authority,
-                    None,
+                    Claims::default(),
                     clients.get(&web, &db).unwrap(),
                     || TcpStream::connect(addr),
                 )
@@ -176,7 +176,7 @@ mod tests {
             .connect(
                 &key,
                 &"10.9.9.9:9".parse().unwrap(),
-                None,
+                Claims::default(),
                 clients.get(&web, &db).unwrap(),
                 || TcpStream::connect(addr),
             )
@@ -197,7 +197,7 @@ mod tests {
             .connect(
                 &wrong,
                 &authority,
-                None,
+                Claims::default(),
                 clients.get(&web, &wrong.destination).unwrap(),
                 || TcpStream::connect(addr),
             )
@@ -267,7 +267,9 @@ mod tests {
             let (pool, authority) = (pool.clone(), authority.clone());
             async move {
                 let mut tunnel = pool
-                    .connect(&key, &authority, None, tls, || TcpStream::connect(addr))
+                    .connect(&key, &authority, Claims::default(), tls, || {
+                        TcpStream::connect(addr)
+                    })
                     .await
                     .unwrap();
                 tunnel.established().await.map(|()| tunnel)

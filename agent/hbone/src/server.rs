@@ -32,6 +32,9 @@ pub struct Connect {
     pub authority: Authority,
     /// Where the client is, when it came through an east-west gateway.
     pub source: Option<Source>,
+    /// Whom the peer says it sends this for (a waypoint, for its client):
+    /// a claim, for the handler to believe or not.
+    pub on_behalf_of: Option<Identity>,
     /// The stream, to accept or refuse.
     pub stream: PendingTunnel,
     /// The stream's place among its identity's (held while it lives), or
@@ -301,6 +304,14 @@ where
                 continue;
             }
         };
+        let on_behalf_of = match crate::source::on_behalf_of(request.headers()) {
+            Ok(claim) => claim,
+            Err(err) => {
+                debug!(%peer_addr, %err, "refused");
+                let _ = respond.send_response(status_response(StatusCode::BAD_REQUEST), true);
+                continue;
+            }
+        };
         let recv = request.into_body();
         let active = StreamOpen::count(open.clone());
         let admitted = Slot::take(
@@ -321,6 +332,7 @@ where
             },
             authority,
             source,
+            on_behalf_of,
             admitted,
         });
         tokio::spawn(async move {

@@ -24,9 +24,10 @@ pub struct Source {
     pub workload: Option<String>,
 }
 
-/// The source network header held something that is no network name.
+/// The source network or on-behalf-of header held something that is no
+/// network name or identity.
 #[derive(Debug, thiserror::Error)]
-#[error("bad {SOURCE_NETWORK_HEADER} header")]
+#[error("bad {SOURCE_NETWORK_HEADER} or {ON_BEHALF_OF_HEADER} header")]
 pub struct BadSource;
 
 impl Source {
@@ -147,5 +148,77 @@ mod tests {
         let source = Source::from_headers(&map).unwrap().unwrap();
         assert_eq!(source.cluster.as_deref(), Some("c2"));
         assert_eq!(source.workload, None);
+    }
+}
+
+/// Request header of a CONNECT a waypoint sends for a client: the
+/// client's identity, as the waypoint's own TLS session proved it.
+pub const ON_BEHALF_OF_HEADER: &str = "strait-on-behalf-of";
+/// A SPIFFE id longer than this is no mesh identity.
+const MAX_IDENTITY: usize = 512;
+
+/// What a CONNECT says of its client beyond the identity its TLS session
+/// proves: where it is (through an east-west gateway), and whom a
+/// waypoint sends it for. Claims only: the destination decides whether
+/// to believe them.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Claims<'a> {
+    pub source: Option<&'a Source>,
+    pub on_behalf_of: Option<&'a strait_identity::Identity>,
+}
+
+impl Claims<'_> {
+    pub(crate) fn to_headers(self) -> Vec<(&'static str, String)> {
+        let mut headers = self.source.map(Source::to_headers).unwrap_or_default();
+        if let Some(client) = self.on_behalf_of {
+            headers.push((ON_BEHALF_OF_HEADER, client.to_string()));
+        }
+        headers
+    }
+}
+
+/// The identity a CONNECT claims to be sent for: `None` without the
+/// header; an error when it is no identity.
+pub(crate) fn on_behalf_of(
+    headers: &HeaderMap,
+) -> Result<Option<strait_identity::Identity>, BadSource> {
+    let Some(value) = headers.get(ON_BEHALF_OF_HEADER) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .filter(|v| v.len() <= MAX_IDENTITY)
+        .and_then(|v| v.parse().ok())
+        .map(Some)
+        .ok_or(BadSource)
+}
+
+#[cfg(test)]
+mod claims_tests {
+    use hyper::header::HeaderValue;
+
+    use super::*;
+
+    #[test]
+    fn the_client_a_waypoint_sends_for_goes_in_one_header() {
+        let client: strait_identity::Identity =
+            "spiffe://cluster.local/ns/shop/sa/client".parse().unwrap();
+        let claims = Claims {
+            source: None,
+            on_behalf_of: Some(&client),
+        };
+        let mut headers = HeaderMap::new();
+        for (name, value) in claims.to_headers() {
+            headers.insert(name, HeaderValue::from_str(&value).unwrap());
+        }
+        assert_eq!(on_behalf_of(&headers).unwrap(), Some(client));
+        assert_eq!(on_behalf_of(&HeaderMap::new()).unwrap(), None);
+        // Anything but an identity is refused, not ignored.
+        headers.insert(ON_BEHALF_OF_HEADER, HeaderValue::from_static("admin"));
+        assert!(on_behalf_of(&headers).is_err());
+        let long = format!("spiffe://cluster.local/ns/shop/sa/{}", "a".repeat(600));
+        headers.insert(ON_BEHALF_OF_HEADER, HeaderValue::from_str(&long).unwrap());
+        assert!(on_behalf_of(&headers).is_err());
     }
 }

@@ -8,16 +8,34 @@ pub mod ca_addr;
 pub mod reload;
 pub mod source;
 
-use std::{net::IpAddr, sync::Arc};
+use std::{
+    collections::VecDeque,
+    net::IpAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use arc_swap::ArcSwap;
 use strait_config::{Config, Workload};
 use strait_identity::Identity;
 
+/// How long a replaced config still counts for decisions that must not
+/// fail while a change spreads (see [`NodeState::held_recently`]).
+pub const GRACE: Duration = Duration::from_secs(30);
+/// Replaced configs kept for that, at most.
+const RECENT: usize = 4;
+
+/// Replaced configs and when they were replaced, newest first.
+type Recent = VecDeque<(Instant, Arc<Config>)>;
+
 #[derive(Clone)]
 pub struct NodeState {
     pub node: Arc<str>,
     current: Arc<ArcSwap<Versioned>>,
+    /// Configs replaced less than [`GRACE`] ago, newest first.
+    recent: Arc<Mutex<Recent>>,
+    /// The generation in force, for those waiting for a newer one.
+    changed: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 /// A config and its place in the sequence of configs applied.
@@ -36,6 +54,8 @@ impl NodeState {
                 generation: 1,
                 config: config.into(),
             })),
+            recent: Arc::default(),
+            changed: Arc::new(tokio::sync::watch::Sender::new(1)),
         }
     }
 
@@ -51,11 +71,51 @@ impl NodeState {
 
     /// Makes `config` the current one; connections already open keep theirs.
     pub fn replace(&self, config: impl Into<Arc<Config>>) {
-        let generation = self.current.load().generation + 1;
+        let old = self.current.load_full();
+        let generation = old.generation + 1;
         self.current.store(Arc::new(Versioned {
             generation,
             config: config.into(),
         }));
+        {
+            let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+            recent.push_front((Instant::now(), old.config.clone()));
+            recent.truncate(RECENT);
+        }
+        self.changed.send_replace(generation);
+    }
+
+    /// Whether `holds` is true of the config in force, or of one replaced
+    /// less than [`GRACE`] ago: for decisions that must not fail while a
+    /// change spreads (a request a waypoint took while it was bound, and
+    /// sends on just after it was unbound).
+    pub fn held_recently(&self, holds: impl Fn(&Config) -> bool) -> bool {
+        if holds(&self.current.load().config) {
+            return true;
+        }
+        let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        recent
+            .iter()
+            .take_while(|(at, _)| at.elapsed() < GRACE)
+            .any(|(_, config)| holds(config))
+    }
+
+    /// Waits up to `limit` for `holds` to be true of a config in force: a
+    /// peer that read a change before this process did is not refused
+    /// while this one catches up. Returns whether it came to hold.
+    pub async fn holds_within(&self, limit: Duration, holds: impl Fn(&Config) -> bool) -> bool {
+        let mut changed = self.changed.subscribe();
+        let wait = async {
+            loop {
+                if holds(&self.current.load().config) {
+                    return;
+                }
+                if changed.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        tokio::time::timeout(limit, wait).await.is_ok()
     }
 }
 
@@ -128,5 +188,50 @@ pub fn release_freed_memory() {
     // SAFETY: malloc_trim has no preconditions.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(namespace: &str) -> Config {
+        let yaml = format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {namespace}\n");
+        strait_config::check_text(std::path::Path::new("c.yaml"), &yaml)
+            .1
+            .unwrap()
+    }
+
+    #[test]
+    fn a_replaced_config_counts_for_a_grace_period() {
+        let state = NodeState::new("n1", config("a"));
+        let has = |ns: &'static str| move |c: &Config| c.namespaces.contains_key(ns);
+        state.replace(config("b"));
+        assert!(state.held_recently(has("b")));
+        // Replaced just now: still counts.
+        assert!(state.held_recently(has("a")));
+        assert!(!state.held_recently(has("c")));
+        // Only the last few are kept.
+        for ns in ["c", "d", "e", "f", "g"] {
+            state.replace(config(ns));
+        }
+        assert!(!state.held_recently(has("a")));
+        assert!(state.held_recently(has("c")));
+    }
+
+    #[tokio::test]
+    async fn a_decision_waits_for_the_config_to_catch_up() {
+        let state = NodeState::new("n1", config("a"));
+        let has_b = |c: &Config| c.namespaces.contains_key("b");
+        let later = state.clone();
+        let replaced = tokio::spawn(async move {
+            tokio::task::yield_now().await;
+            later.replace(config("b"));
+        });
+        assert!(state.holds_within(Duration::from_secs(30), has_b).await);
+        replaced.await.unwrap();
+        // What never comes to hold is refused once the limit passes.
+        let has_z = |c: &Config| c.namespaces.contains_key("z");
+        assert!(!state.holds_within(Duration::from_millis(50), has_z).await);
     }
 }

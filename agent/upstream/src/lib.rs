@@ -10,7 +10,7 @@ use std::{future::Future, io, net::SocketAddr, sync::Arc, time::Duration};
 
 use strait_config::{MtlsMode, Workload};
 use strait_ebpf_common::port;
-use strait_hbone::{Pool, PoolKey, Tunnel};
+use strait_hbone::{Claims, Pool, PoolKey, Tunnel};
 use strait_identity::{CertManager, Identity, tls::ClientConfigs};
 use strait_route::{Via, waypoint::Hop};
 use strait_state::Snapshot;
@@ -56,13 +56,15 @@ pub enum Upstream {
 impl Dialer {
     /// Opens the way to `target` within `timeout`: an HBONE tunnel when a
     /// mesh workload is there (unless its PeerAuthentication says DISABLE
-    /// for the port), a plain connection otherwise.
+    /// for the port), a plain connection otherwise. A waypoint names the
+    /// client it sends for (`on_behalf_of`).
     pub async fn open(
         &self,
         origin: &impl Origin,
         state: &Snapshot,
         target: SocketAddr,
         timeout: Duration,
+        on_behalf_of: Option<&Identity>,
     ) -> Result<Upstream, Reason> {
         let destination = state
             .mesh_workload(target.ip())
@@ -82,7 +84,7 @@ impl Dialer {
             };
         };
         let hbone = SocketAddr::new(target.ip(), port::HBONE);
-        self.hbone(origin, hbone, destination, target, timeout)
+        self.hbone(origin, (hbone, destination), target, timeout, on_behalf_of)
             .await
     }
 
@@ -94,14 +96,8 @@ impl Dialer {
         hop: &Hop,
         timeout: Duration,
     ) -> Result<Upstream, Reason> {
-        self.hbone(
-            origin,
-            hop.addr,
-            hop.identity.clone(),
-            hop.authority,
-            timeout,
-        )
-        .await
+        let peer = (hop.addr, hop.identity.clone());
+        self.hbone(origin, peer, hop.authority, timeout, None).await
     }
 
     /// An HBONE tunnel to `addr`, where `destination` must answer, for
@@ -111,10 +107,10 @@ impl Dialer {
     async fn hbone(
         &self,
         origin: &impl Origin,
-        addr: SocketAddr,
-        destination: Identity,
+        (addr, destination): (SocketAddr, Identity),
         authority: SocketAddr,
         timeout: Duration,
+        on_behalf_of: Option<&Identity>,
     ) -> Result<Upstream, Reason> {
         let source = origin.identity();
         if self.certs.current(source).is_none() {
@@ -132,7 +128,16 @@ impl Dialer {
         let connect = tokio::time::timeout(timeout, async {
             let mut tunnel = self
                 .pool
-                .connect(&key, &authority.into(), None, tls, || origin.dial(addr))
+                .connect(
+                    &key,
+                    &authority.into(),
+                    Claims {
+                        source: None,
+                        on_behalf_of,
+                    },
+                    tls,
+                    || origin.dial(addr),
+                )
                 .await?;
             tunnel
                 .established()

@@ -48,13 +48,15 @@ fn inner_failure(err: &strait_hbone::Error) -> Failure {
 
 impl Dialer {
     /// Opens the double tunnel within `timeout`; the inner tunnel and the
-    /// identity that answered inside it.
+    /// identity that answered inside it. A waypoint names the client it
+    /// sends for in the inner CONNECT, which only the destination reads.
     pub async fn open_remote(
         &self,
         origin: &impl Origin,
         state: &Snapshot,
         via: &Via,
         timeout: std::time::Duration,
+        on_behalf_of: Option<&Identity>,
     ) -> Result<(Tunnel, Identity), Failure> {
         let identity = origin.identity();
         let workload = origin.workload();
@@ -90,10 +92,14 @@ impl Dialer {
                 workload: Some(workload.name.clone()),
             }
         });
+        let claims = strait_hbone::Claims {
+            source: source.as_ref(),
+            on_behalf_of: None,
+        };
         let work = async {
             let outer = self
                 .pool
-                .connect(&key, &via.authority, source.as_ref(), outer_tls, || {
+                .connect(&key, &via.authority, claims, outer_tls, || {
                     origin.dial(via.gateway)
                 })
                 .await
@@ -113,7 +119,10 @@ impl Dialer {
             outer,
             via.gateway,
             &via.authority,
-            source.as_ref(),
+            strait_hbone::Claims {
+                on_behalf_of,
+                ..claims
+            },
             inner_tls,
         )
         .await

@@ -2,7 +2,9 @@
 //! `sk_lookup`. HBONE (15008): check the peer, then deliver each CONNECT to
 //! the app. Plaintext (15006): refuse it if the workload's PeerAuthentication
 //! is STRICT, else deliver it. Either way the workload's
-//! AuthorizationPolicies decide first. Delivery connects from the pod's own
+//! AuthorizationPolicies decide first, about the client: the peer, or the
+//! client a waypoint bound to the workload says it sends for (its own
+//! mTLS session with the waypoint proved that identity). Delivery connects from the pod's own
 //! address, and the peer-name program makes the app see the real client.
 use std::{
     net::{IpAddr, SocketAddr},
@@ -23,6 +25,10 @@ use strait_upstream::reset;
 
 use super::Proxy;
 use crate::{pod::Pod, share::Way};
+
+/// How long a claim from a waypoint this agent's config does not bind yet
+/// waits for the config to catch up before it is refused.
+const CATCH_UP: std::time::Duration = std::time::Duration::from_secs(3);
 
 pub async fn handle_hbone(proxy: Arc<Proxy>, pod: Arc<Pod>, stream: TcpStream, peer: SocketAddr) {
     let span = info_span!("inbound_hbone", src = %peer, dst_identity = %pod.identity);
@@ -95,8 +101,34 @@ async fn on_connect(proxy: Arc<Proxy>, pod: Arc<Pod>, connect: Connect) {
         if let Some(source) = &connect.source {
             debug!(network = %source.network, "from another network, through its gateway");
         }
+        // Through a waypoint: the client it sends for, when it is a
+        // waypoint this workload is bound to; anyone else naming a client
+        // is refused.
+        let client = match &connect.on_behalf_of {
+            None => connect.peer.clone(),
+            Some(claimed) => {
+                let peer = &connect.peer;
+                let bound = |config: &strait_config::Config| {
+                    let workload = config.workload_by_address(to.ip()).unwrap_or(&pod.workload);
+                    peer.trust_domain == config.trust_domain
+                        && config.waypoint_serves(workload, &peer.namespace, &peer.service_account)
+                };
+                // A waypoint just unbound may still send what it took while
+                // bound; one just bound may be ahead of this agent's config.
+                let believed = proxy.state.held_recently(bound)
+                    || proxy.state.holds_within(CATCH_UP, bound).await;
+                if !believed {
+                    proxy.metrics.fail(Direction::Inbound, Reason::Denied);
+                    warn!(%claimed, "a peer that is no waypoint of this workload named a client: refused");
+                    connect.stream.refuse(StatusCode::FORBIDDEN);
+                    return;
+                }
+                debug!(%claimed, "through its waypoint");
+                claimed.clone()
+            }
+        };
         let client_ip = connect.peer_addr.ip();
-        if !authorized(&proxy, &pod, Some(&connect.peer), client_ip, to) {
+        if !authorized(&proxy, &pod, Some(&client), client_ip, to) {
             connect.stream.refuse(StatusCode::FORBIDDEN);
             return;
         }
@@ -114,11 +146,19 @@ async fn on_connect(proxy: Arc<Proxy>, pod: Arc<Pod>, connect: Connect) {
                 let mut labels = proxy.labels(
                     Reporter::Destination,
                     client_ip,
-                    connect.peer.to_string(),
+                    client.to_string(),
                     to.ip(),
                     true,
                 );
                 let mut src = connect.peer_addr.to_string();
+                if client != connect.peer {
+                    // The TCP peer is the waypoint; the client is known by
+                    // the identity the waypoint proved it has.
+                    labels.source_workload = "unknown".into();
+                    labels.source_workload_namespace = client.namespace.clone();
+                    labels.source_cluster = "unknown".into();
+                    src = format!("{src} (waypoint {}; client {client})", connect.peer);
+                }
                 if let Some(source) = &connect.source {
                     // The TCP peer is the gateway; the client is known by
                     // its identity, and by what its agent says of it when
@@ -137,7 +177,7 @@ async fn on_connect(proxy: Arc<Proxy>, pod: Arc<Pod>, connect: Connect) {
                     );
                 }
                 let dst = to.to_string();
-                let closed = proxy.track_inbound(&pod, Some(&connect.peer), client_ip, to);
+                let closed = proxy.track_inbound(&pod, Some(&client), client_ip, to);
                 let copy = relay(&proxy.metrics.tcp, labels, &mut tunnel, &mut app, &src, &dst);
                 let result = tokio::select! {
                     result = copy => result,

@@ -152,7 +152,7 @@ pub async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, client: TcpStream, peer: S
             }
             let via = match target {
                 Target::Direct(target) => {
-                    match proxy.dialer.open(&*pod, &state, target, timeout).await {
+                    match proxy.dialer.open(&*pod, &state, target, timeout, None).await {
                         Ok(upstream) => {
                             proxy.health.success(target);
                             let _active = proxy.load.open(target);
@@ -214,7 +214,7 @@ pub async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, client: TcpStream, peer: S
             if failed_behind.contains(&via.network) {
                 continue;
             }
-            match proxy.dialer.open_remote(&*pod, &state, &via, timeout).await {
+            match proxy.dialer.open_remote(&*pod, &state, &via, timeout, None).await {
                 Ok((tunnel, destination)) => {
                     proxy.health.success(via.gateway);
                     let _active = proxy.load.open(via.gateway);

@@ -12,7 +12,8 @@
 //!
 //! `HBONE_PROBE_SOURCE_NETWORK=NET` sends the CONNECTs as an agent sends
 //! those through an east-west gateway (naming the client's network);
-//! `HBONE_PROBE_HOLD=SECONDS` keeps the tunnels open (silent) that long
+//! `HBONE_PROBE_ON_BEHALF_OF=ID` claims to send for another identity, as
+//! a waypoint does for its clients; `HBONE_PROBE_HOLD=SECONDS` keeps the tunnels open (silent) that long
 //! after printing the answers.
 use std::{net::SocketAddr, path::Path, process::ExitCode, sync::Arc, time::Duration};
 
@@ -90,6 +91,13 @@ async fn probe(
         network,
         ..Default::default()
     });
+    let on_behalf_of: Option<Identity> = match std::env::var("HBONE_PROBE_ON_BEHALF_OF") {
+        Ok(id) => Some(
+            id.parse()
+                .map_err(|e| format!("HBONE_PROBE_ON_BEHALF_OF: {e}"))?,
+        ),
+        Err(_) => None,
+    };
     let source: Identity = source.parse().map_err(|e| format!("SOURCE: {e}"))?;
     let peer: Identity = peer.parse().map_err(|e| format!("PEER: {e}"))?;
     let addr: SocketAddr = addr.parse().map_err(|e| format!("ADDR: {e}"))?;
@@ -118,12 +126,16 @@ async fn probe(
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..count {
         let (key, authority, tls) = (key.clone(), authority.clone(), tls.clone());
-        let from = from.clone();
+        let (from, on_behalf_of) = (from.clone(), on_behalf_of.clone());
         set.spawn(async move {
+            let claims = strait_hbone::Claims {
+                source: from.as_ref(),
+                on_behalf_of: on_behalf_of.as_ref(),
+            };
             let pool = Pool::new();
             let attempt = async {
                 let mut tunnel = pool
-                    .connect(&key, &authority, from.as_ref(), tls, || {
+                    .connect(&key, &authority, claims, tls, || {
                         tokio::net::TcpStream::connect(addr)
                     })
                     .await

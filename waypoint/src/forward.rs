@@ -34,7 +34,7 @@ use crate::{
     metrics::RequestLabels,
     pool::{Body, BoxError, Version},
     proxy::Waypoint,
-    routes::{Retries, Route, Table},
+    routes::{Abort, Fault, Retries, Route, Table},
 };
 
 /// Request bodies up to this size are kept so an attempt can be repeated.
@@ -173,8 +173,27 @@ async fn forward(
             subset: None,
             timeout: None,
             retries: Retries::istio_default(),
+            fault: Fault::default(),
         },
     };
+    // Fault injection: a delay first, then perhaps an answer of its own.
+    let mut delayed = false;
+    if let Some((delay, share)) = plan.fault.delay
+        && fastrand::f64() < share
+    {
+        tokio::time::sleep(delay).await;
+        delayed = true;
+    }
+    if let Some((abort, share)) = plan.fault.abort
+        && fastrand::f64() < share
+    {
+        let mut outcome = aborted(abort);
+        outcome.route = plan.route;
+        if delayed {
+            outcome.flags = "DI,FI";
+        }
+        return outcome;
+    }
     strip_hop_by_hop(&mut parts.headers);
     if !parts.headers.contains_key("x-request-id") {
         let id = format!("{:032x}", fastrand::u128(..));
@@ -198,6 +217,9 @@ async fn forward(
         None => work.await,
     };
     outcome.route = plan.route;
+    if delayed && outcome.flags == "-" {
+        outcome.flags = "DI";
+    }
     outcome
 }
 
@@ -211,6 +233,7 @@ struct Plan<'a> {
     subset: Option<strait_config::Labels>,
     timeout: Option<Duration>,
     retries: Retries,
+    fault: Fault,
 }
 
 /// Matches the request to a route and picks its destination.
@@ -277,6 +300,7 @@ fn choose<'a>(
             subset: None,
             timeout: None,
             retries: Retries::istio_default(),
+            fault: Fault::default(),
         });
     };
     let Some(dest) = route.pick(fastrand::f64()) else {
@@ -329,6 +353,7 @@ fn choose<'a>(
         subset,
         timeout: route.timeout,
         retries: route.retries.clone(),
+        fault: route.fault.clone(),
     })
 }
 
@@ -427,10 +452,10 @@ async fn attempts(
             }
             Some(Ok(response)) => {
                 let status = response.status().as_u16();
-                if status >= 500 {
-                    failed(addr);
-                } else {
+                if status < 500 {
                     waypoint.health.success(addr);
+                } else if endpoints.five_xx_counts {
+                    failed(addr);
                 }
                 if plan.retries.on.status(status) && attempt < tries && body.replayable() {
                     debug!(status, %addr, attempt, "retrying");
@@ -464,6 +489,10 @@ struct Endpoints {
     targets: Vec<Target>,
     all: Vec<SocketAddr>,
     outlier: Settings,
+    /// Whether a 5xx answer counts against its endpoint: only when the
+    /// destination's DestinationRule has `outlierDetection` (Envoy's
+    /// consecutive 5xx); connection failures always count, as at L4.
+    five_xx_counts: bool,
 }
 
 async fn targets(
@@ -476,6 +505,7 @@ async fn targets(
         all: targets.iter().map(endpoint_of).collect(),
         targets,
         outlier: Settings::from_rule(None),
+        five_xx_counts: false,
     };
     let Some(at) = plan.at else {
         return Ok(direct(vec![Target::Direct(client.authority)]));
@@ -503,11 +533,24 @@ async fn targets(
             all,
             outlier,
             ..
-        }) => Ok(Endpoints {
-            targets,
-            all,
-            outlier,
-        }),
+        }) => {
+            let traffic = state
+                .config
+                .destination_rule(at, &waypoint.namespace, &instance.labels)
+                .and_then(|r| r.traffic_policy.as_ref());
+            let five_xx_counts = traffic.is_some_and(|t| {
+                t.outlier_detection.is_some()
+                    || t.port_level_settings
+                        .iter()
+                        .any(|p| p.outlier_detection.is_some())
+            });
+            Ok(Endpoints {
+                targets,
+                all,
+                outlier,
+                five_xx_counts,
+            })
+        }
         Ok(L4Route::Direct(addr)) => Ok(direct(vec![Target::Direct(addr)])),
         Ok(L4Route::Waypoint { .. }) => Err(Reason::Loop),
         Ok(L4Route::Dns { hosts, port, .. }) => {
@@ -635,6 +678,35 @@ fn reply(
         flags,
         destination,
         attempts,
+    }
+}
+
+/// The answer an injected abort gives instead of the destination's.
+fn aborted(abort: Abort) -> Outcome {
+    match abort {
+        Abort::Http(code) => reply(
+            StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+            "FI",
+            None,
+            0,
+        ),
+        Abort::Grpc(code) => {
+            // A trailers-only gRPC answer: HTTP 200 with the status.
+            let mut outcome = reply(StatusCode::OK, "FI", None, 0);
+            let response = &mut outcome.response;
+            *response.body_mut() = Empty::new().map_err(|never| match never {}).boxed();
+            let headers = response.headers_mut();
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/grpc"),
+            );
+            headers.insert("grpc-status", HeaderValue::from(u16::from(code)));
+            headers.insert(
+                "grpc-message",
+                HeaderValue::from_static("fault filter abort"),
+            );
+            outcome
+        }
     }
 }
 

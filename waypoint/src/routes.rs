@@ -42,6 +42,78 @@ pub struct Route {
     pub destinations: Vec<Weighted>,
     pub timeout: Option<Duration>,
     pub retries: Retries,
+    pub fault: Fault,
+}
+
+/// A route's fault injection: each part applies to its share of requests.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Fault {
+    /// A fixed delay, and the share (0 to 1) of requests it delays.
+    pub delay: Option<(Duration, f64)>,
+    /// An answer instead of the destination's, and the share it takes.
+    pub abort: Option<(Abort, f64)>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Abort {
+    Http(u16),
+    /// A gRPC status code, answered as gRPC does (HTTP 200, `grpc-status`).
+    Grpc(u8),
+}
+
+/// gRPC's status names, by code.
+const GRPC_CODES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
+impl Fault {
+    fn from_spec(fault: Option<&strait_config::manifest::networking::Fault>) -> Self {
+        let Some(fault) = fault else {
+            return Self::default();
+        };
+        // Istio: a fault without a percentage applies to no request.
+        let share = |percentage: Option<&strait_config::manifest::networking::Percent>,
+                     percent: Option<u32>| {
+            percentage
+                .map(|p| p.value)
+                .or(percent.map(f64::from))
+                .unwrap_or(0.0)
+                .clamp(0.0, 100.0)
+                / 100.0
+        };
+        Self {
+            delay: fault.delay.as_ref().and_then(|d| {
+                let delay = strait_config::duration::parse(d.fixed_delay.as_deref()?).ok()?;
+                Some((delay, share(d.percentage.as_ref(), d.percent)))
+            }),
+            abort: fault.abort.as_ref().and_then(|a| {
+                let abort = match (a.http_status, a.grpc_status.as_deref()) {
+                    (Some(status), _) => Abort::Http(u16::try_from(status).ok()?),
+                    (None, Some(name)) => {
+                        Abort::Grpc(u8::try_from(GRPC_CODES.iter().position(|c| *c == name)?).ok()?)
+                    }
+                    (None, None) => return None,
+                };
+                Some((abort, share(a.percentage.as_ref(), None)))
+            }),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -184,6 +256,7 @@ impl Route {
                 .and_then(|t| strait_config::duration::parse(t).ok())
                 .filter(|t| !t.is_zero()),
             retries: Retries::from_spec(route.retries.as_ref()),
+            fault: Fault::from_spec(route.fault.as_ref()),
         })
     }
 
@@ -307,11 +380,30 @@ mod tests {
             ],
             timeout: None,
             retries: Retries::istio_default(),
+            fault: Fault::default(),
         };
         assert_eq!(route.pick(0.0).unwrap().host, "a");
         assert_eq!(route.pick(0.79).unwrap().host, "a");
         assert_eq!(route.pick(0.8).unwrap().host, "b");
         assert_eq!(route.pick(0.999).unwrap().host, "b");
+    }
+
+    #[test]
+    fn faults_take_their_share_and_none_without_one() {
+        let spec: strait_config::manifest::networking::Fault = serde_json::from_str(
+            r#"{"delay": {"fixedDelay": "200ms", "percentage": {"value": 10}},
+                "abort": {"grpcStatus": "UNAVAILABLE", "percentage": {"value": 50}}}"#,
+        )
+        .unwrap();
+        let fault = Fault::from_spec(Some(&spec));
+        assert_eq!(fault.delay, Some((Duration::from_millis(200), 0.1)));
+        assert_eq!(fault.abort, Some((Abort::Grpc(14), 0.5)));
+        let spec: strait_config::manifest::networking::Fault =
+            serde_json::from_str(r#"{"abort": {"httpStatus": 418}}"#).unwrap();
+        assert_eq!(
+            Fault::from_spec(Some(&spec)).abort,
+            Some((Abort::Http(418), 0.0))
+        );
     }
 
     #[test]

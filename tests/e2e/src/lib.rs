@@ -117,6 +117,54 @@ Server(("::", int(sys.argv[1])), handler).serve_forever()
     Ok(server)
 }
 
+/// An HTTP/1.1 app for the L7 tests, on `port` (IPv4 and IPv6), that
+/// answers every GET and POST (reading the body) as `behaviour` says:
+/// `ok` (200, body `marker`), `fail` (503), `slow` (200 after 2 s).
+pub fn http_app(place: &Place, port: u16, behaviour: &str, marker: &str) -> Result<Process> {
+    const SCRIPT: &str = r#"
+import http.server, socket, sys, time
+port, behaviour, marker = int(sys.argv[1]), sys.argv[2], sys.argv[3].encode()
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    # Headers and body are written apart: without this, Nagle holds the
+    # body for the peer's delayed ACK (40 ms a request).
+    disable_nagle_algorithm = True
+    def log_message(self, *args):
+        pass
+    def answer(self):
+        length = int(self.headers.get("content-length") or 0)
+        while length > 0:
+            length -= len(self.rfile.read(min(length, 65536)))
+        if behaviour == "slow":
+            time.sleep(2)
+        code = 503 if behaviour == "fail" else 200
+        body = b"failing" if code == 503 else marker
+        self.send_response(code)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    do_GET = answer
+    do_POST = answer
+class Server(http.server.ThreadingHTTPServer):
+    request_queue_size = 1024
+    address_family = socket.AF_INET6
+    def server_bind(self):
+        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+Server(("::", port), Handler).serve_forever()
+"#;
+    let mut server = place.spawn(&[
+        "python3",
+        "-c",
+        SCRIPT,
+        &port.to_string(),
+        behaviour,
+        marker,
+    ])?;
+    server.wait_listening(port, Duration::from_secs(10))?;
+    Ok(server)
+}
+
 /// Runs iperf3 with the server in `server` and the client in `client`, in
 /// reverse mode (the server sends, the client receives) with the client's
 /// extra `args`; returns (bytes the server sent, bytes the client received).

@@ -160,7 +160,7 @@ spec:
     warned(
         rule,
         "spec.trafficPolicy.connectionPool.http",
-        "needs an L7 proxy",
+        "does not apply it yet",
     );
     warned(
         rule,

@@ -272,3 +272,56 @@ fn only_a_waypoint_bound_to_a_workload_may_send_for_its_clients() {
     assert!(config.waypoint_serves(blue, "shop", "shared"));
     assert!(!config.waypoint_serves(blue, "shop", "waypoint"));
 }
+
+#[test]
+fn validate_says_where_routes_and_labels_take_no_effect() {
+    let text = format!(
+        "{MESH}---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: web, namespace: shop}}
+spec:
+  hosts: [web]
+  http:
+  - route:
+    - destination: {{host: web}}
+    corsPolicy: {{allowOrigins: [{{exact: https://shop.example}}]}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: direct, namespace: shop}}
+spec:
+  hosts: [direct]
+  http:
+  - route:
+    - destination: {{host: direct}}
+"
+    )
+    .replace(
+        "labels: {istio.io/use-waypoint: shared, istio.io/use-waypoint-namespace: shop}\nspec:\n  clusterIP: 10.96.0.20",
+        "labels: {istio.io/use-waypoint: gone}\nspec:\n  clusterIP: 10.96.0.20",
+    );
+    let (report, config) = check_text(Path::new("mesh.yaml"), &text);
+    let config = config.unwrap_or_else(|| panic!("{report}"));
+    let warnings = config.warnings.join("\n");
+    // A field the waypoint does not apply yet is named.
+    assert!(
+        warnings
+            .contains("VirtualService shop/web: field spec.http[0].corsPolicy: has no effect yet"),
+        "{warnings}"
+    );
+    // Routes for a service that uses no waypoint act nowhere.
+    assert!(
+        warnings.contains("VirtualService shop/direct: field spec.hosts[0]: direct.shop.svc.cluster.local: no service of it uses a waypoint"),
+        "{warnings}"
+    );
+    assert!(
+        !warnings.contains("VirtualService shop/web: field spec.hosts[0]"),
+        "{warnings}"
+    );
+    // A label naming a waypoint that does not exist.
+    assert!(
+        warnings.contains("Service tenant/blue: label istio.io/use-waypoint (its own or its namespace's): names waypoint tenant/gone, and there is no Gateway of class istio-waypoint by that name"),
+        "{warnings}"
+    );
+}

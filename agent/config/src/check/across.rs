@@ -53,6 +53,25 @@ pub(crate) fn across(report: &mut Report, parsed: &[Parsed]) {
             _ => None,
         })
         .collect();
+    let namespaces: HashMap<&str, &crate::Labels> = parsed
+        .iter()
+        .filter_map(|p| match &p.item {
+            Item::Namespace(ns) => Some((ns.name.as_str(), &ns.labels)),
+            _ => None,
+        })
+        .collect();
+    // Whether a service says it uses a waypoint: its own label, else its
+    // namespace's (whether that waypoint exists is the model's warning).
+    let uses_waypoint = |s: &Service| {
+        let label = |labels: &crate::Labels| {
+            labels
+                .get(crate::waypoint::USE_WAYPOINT_LABEL)
+                .map(|v| v != "none")
+        };
+        label(&s.labels)
+            .or_else(|| namespaces.get(s.namespace.as_str()).and_then(|l| label(l)))
+            .unwrap_or(false)
+    };
     let mut workloads: HashMap<&str, Vec<&Workload>> = HashMap::new();
     for p in parsed {
         if let Item::Workload(w) = &p.item {
@@ -88,12 +107,24 @@ pub(crate) fn across(report: &mut Report, parsed: &[Parsed]) {
                 }
             }
             Item::VirtualService(vs) => {
+                let in_mesh =
+                    vs.spec.gateways.is_empty() || vs.spec.gateways.iter().any(|g| g == "mesh");
                 for (i, h) in vs.spec.hosts.iter().enumerate() {
                     let host = qualify(h, &vs.namespace);
                     if !host.starts_with('*') && !known_host(&host) {
                         f.warn(
                             &format!("spec.hosts[{i}]"),
                             &format!("{host} matches no Service or ServiceEntry"),
+                        );
+                    } else if in_mesh
+                        && !vs.spec.http.is_empty()
+                        && !services.iter().any(|s| {
+                            s.hosts.iter().any(|sh| host_matches(&host, sh)) && uses_waypoint(s)
+                        })
+                    {
+                        f.warn(
+                            &format!("spec.hosts[{i}]"),
+                            &format!("{host}: no service of it uses a waypoint (label it or its namespace {}), and only a waypoint applies http routes", crate::waypoint::USE_WAYPOINT_LABEL),
                         );
                     }
                 }

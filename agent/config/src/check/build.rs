@@ -104,7 +104,34 @@ pub(crate) fn build(parsed: Vec<Parsed>, report: &Report) -> Config {
     config.warnings.extend(unreachable);
     config.warnings.append(&mut conflicts);
     config.reindex();
+    let unbound = unbound_waypoints(&config);
+    config.warnings.extend(unbound);
     config
+}
+
+/// `istio.io/use-waypoint` labels that bind nothing: the waypoint does
+/// not exist, does not take that traffic, or does not admit the
+/// namespace. Their traffic goes straight to the endpoints.
+fn unbound_waypoints(config: &Config) -> Vec<String> {
+    let label = crate::waypoint::USE_WAYPOINT_LABEL;
+    let services = config.services.iter().filter_map(|s| {
+        let why = config.service_binding(s).err()?;
+        Some(format!(
+            "Service {}/{}: label {label} (its own or its namespace's): {why}; its traffic does not go through a waypoint",
+            s.namespace, s.name
+        ))
+    });
+    let workloads = config.workloads.iter().filter_map(|w| {
+        // Only workloads that name one themselves: a namespace's label
+        // for services only is not theirs to take.
+        w.labels.get(label)?;
+        let why = config.workload_binding(w).err()?;
+        Some(format!(
+            "workload {}/{}: label {label}: {why}; its traffic does not go through a waypoint",
+            w.namespace, w.name
+        ))
+    });
+    services.chain(workloads).collect()
 }
 
 /// Where a workload came from.

@@ -11,7 +11,7 @@ use super::Findings;
 const NOT_BUILT: &str = "has no effect: strait does not implement it yet";
 /// Why an L7 setting does nothing.
 const L7: &str =
-    "has no effect at L4: it needs an L7 proxy (a waypoint), which strait does not run yet";
+    "has no effect yet: the node agents act at L4, and strait's waypoint does not apply it yet";
 
 /// One kind's fields, as paths under `spec` (`a.b`, `list[].c`): what acts
 /// (a path acts with everything under it), and reasons for some of what
@@ -66,10 +66,8 @@ static DESTINATION_RULE: LazyLock<Kind> = LazyLock::new(|| {
     ]
     .map(String::from)
     .to_vec();
-    let mut reasons = vec![(
-        "subsets".to_string(),
-        "has no effect at L4: subsets are chosen by VirtualService routes, which a waypoint applies",
-    )];
+    // Subsets act where a waypoint routes to them.
+    let mut reasons = Vec::new();
     for prefix in ["trafficPolicy", "trafficPolicy.portLevelSettings[]"] {
         acts.extend(POLICY_ACTS.iter().map(|a| format!("{prefix}.{a}")));
         reasons.extend(
@@ -123,7 +121,7 @@ static AUTHORIZATION_POLICY: LazyLock<Kind> = LazyLock::new(|| {
         .map(|t| {
             (
                 t.to_string(),
-                "has no effect: a policy bound by target applies at a waypoint or gateway, which strait does not run yet",
+                "has no effect yet: a policy bound by target applies at a waypoint, and strait's waypoint does not enforce AuthorizationPolicy yet",
             )
         })
         .to_vec(),

@@ -1,6 +1,7 @@
-//! VirtualService and Gateway: L7 routes and listeners. strait's node
-//! agent does not apply them yet, but checks them as Istio's webhook does,
-//! so a config that works here works in Istio and the reverse.
+//! VirtualService and Gateway: L7 routes and listeners, checked as Istio's
+//! webhook does, so a config that works here works in Istio and the
+//! reverse. strait's waypoint applies a VirtualService's http routes to
+//! the services bound to it; the fields it does not apply yet are named.
 use std::collections::BTreeSet;
 
 use super::{Findings, PROTOCOLS, export_to, host, ip_or_cidr};
@@ -9,11 +10,54 @@ use crate::{manifest::networking as net, names};
 /// Istio's name for the mesh's sidecars and node proxies, as a gateway.
 const MESH: &str = "mesh";
 
+/// What a field the waypoint does not apply yet is told.
+const NOT_YET: &str = "has no effect yet: strait's waypoint does not apply it";
+
+/// Warns at each field of an http route that strait's waypoint does not
+/// apply yet.
+fn not_applied_yet(f: &mut Findings, path: &str, h: &net::HttpRoute) {
+    let set = [
+        ("redirect", h.redirect.is_some()),
+        ("directResponse", h.direct_response.is_some()),
+        ("delegate", h.delegate.is_some()),
+        ("rewrite", h.rewrite.is_some()),
+        ("mirror", h.mirror.is_some()),
+        ("mirrors", !h.mirrors.is_empty()),
+        ("corsPolicy", h.cors_policy.is_some()),
+        ("headers", h.headers.is_some()),
+    ];
+    for (field, _) in set.iter().filter(|(_, set)| *set) {
+        f.warn(&format!("{path}.{field}"), NOT_YET);
+    }
+    for (j, r) in h.route.iter().enumerate() {
+        if r.headers.is_some() {
+            f.warn(&format!("{path}.route[{j}].headers"), NOT_YET);
+        }
+    }
+    for (j, m) in h.matches.iter().enumerate() {
+        if m.scheme.is_some() {
+            f.warn(&format!("{path}.match[{j}].scheme"), NOT_YET);
+        }
+    }
+    if let Some(r) = &h.retries {
+        if r.retry_remote_localities.is_some() {
+            f.warn(&format!("{path}.retries.retryRemoteLocalities"), NOT_YET);
+        }
+        if r.backoff.is_some() {
+            f.warn(&format!("{path}.retries.backoff"), NOT_YET);
+        }
+    }
+}
+
 pub(super) fn virtual_service(f: &mut Findings, namespace: &str, spec: &net::VirtualServiceSpec) {
-    f.warn(
-        "spec",
-        "has no effect yet: VirtualService routes are applied by a waypoint, which strait does not run yet",
-    );
+    for (field, set) in [("tcp", !spec.tcp.is_empty()), ("tls", !spec.tls.is_empty())] {
+        if set {
+            f.warn(
+                &format!("spec.{field}"),
+                "has no effect yet: strait's waypoint carries TCP to the service's endpoints unrouted",
+            );
+        }
+    }
     if spec.hosts.is_empty() {
         // A delegate, included by another VirtualService's http route.
         for (field, set) in [
@@ -51,6 +95,7 @@ pub(super) fn virtual_service(f: &mut Findings, namespace: &str, spec: &net::Vir
     }
     for (i, h) in spec.http.iter().enumerate() {
         http_route(f, &format!("spec.http[{i}]"), h, spec.hosts.is_empty());
+        not_applied_yet(f, &format!("spec.http[{i}]"), h);
     }
     // Routes are tried in order: one without matches takes everything.
     let catch_all = |matches: &[bool]| matches.iter().position(|empty| *empty);

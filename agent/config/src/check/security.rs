@@ -399,7 +399,7 @@ fn operation(f: &mut Findings, p: &str, o: &sec::Operation, present: bool) {
 pub(super) fn request_authentication(f: &mut Findings, spec: &sec::RequestAuthenticationSpec) {
     f.warn(
         "spec",
-        "has no effect yet: JWTs are checked by a waypoint, which strait does not run yet",
+        "has no effect yet: JWTs are checked by a waypoint, and strait's waypoint does not check them yet",
     );
     targets(
         f,

@@ -125,7 +125,7 @@ pub async fn handle(
         connection_security_policy: "mutual_tls",
     };
     let millis = started.elapsed().as_secs_f64() * 1000.0;
-    waypoint.metrics.request(&labels, millis);
+    waypoint.metrics.request(&labels, millis, outcome.attempts);
     info!(
         target: "access",
         reporter = "waypoint",

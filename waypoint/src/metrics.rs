@@ -35,6 +35,8 @@ pub struct RequestLabels {
 
 pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
+    /// Attempts beyond each request's first (Envoy's upstream_rq_retry).
+    pub retries: Counter,
     pub duration: Family<RequestLabels, Histogram, fn() -> Histogram>,
     pub tcp: Tcp,
     pub config: Arc<strait_state::reload::Metrics>,
@@ -65,10 +67,17 @@ impl Metrics {
             "Request duration",
             duration.clone(),
         );
+        let retries = Counter::default();
+        registry.register(
+            "strait_waypoint_retries",
+            "Attempts made beyond each request's first",
+            retries.clone(),
+        );
         let tcp = Tcp::register(&mut registry);
         let config = Arc::new(strait_state::reload::Metrics::register(&mut registry));
         Self {
             requests,
+            retries,
             duration,
             tcp,
             config,
@@ -76,8 +85,10 @@ impl Metrics {
         }
     }
 
-    pub fn request(&self, labels: &RequestLabels, millis: f64) {
+    pub fn request(&self, labels: &RequestLabels, millis: f64, attempts: u32) {
         self.requests.get_or_create(labels).inc();
+        self.retries
+            .inc_by(u64::from(attempts.saturating_sub(1)));
         self.duration.get_or_create(labels).observe(millis);
     }
 

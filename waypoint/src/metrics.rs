@@ -87,8 +87,7 @@ impl Metrics {
 
     pub fn request(&self, labels: &RequestLabels, millis: f64, attempts: u32) {
         self.requests.get_or_create(labels).inc();
-        self.retries
-            .inc_by(u64::from(attempts.saturating_sub(1)));
+        self.retries.inc_by(u64::from(attempts.saturating_sub(1)));
         self.duration.get_or_create(labels).observe(millis);
     }
 

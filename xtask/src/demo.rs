@@ -2,7 +2,9 @@
 //! and unmodified programs in pods talking over mutual TLS, by address and
 //! by names only the mesh knows, across networks through east-west
 //! gateways, under an AuthorizationPolicy applied live, staying in their
-//! zone and failing over to the next when it dies.
+//! zone and failing over to the next when it dies; and a waypoint routing a
+//! service's requests by header and weight, retrying past a failing
+//! endpoint.
 use std::{
     net::IpAddr,
     time::{Duration, Instant},
@@ -10,8 +12,8 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use strait_e2e::{
-    Mesh, curl, east_west_gateway_yaml, http_server, marker_url, metric_sum, namespace_yaml,
-    topology_node_yaml, workload_yaml,
+    Mesh, curl, curl_body, east_west_gateway_yaml, http_app, http_server, marker_url, metric_sum,
+    namespace_yaml, topology_node_yaml, waypoint_yaml, workload_yaml,
 };
 use strait_topology::{Locality, Place, Process, Spec, Topology};
 
@@ -38,6 +40,10 @@ fn spec() -> Spec {
         .pod("backend-east", "east-2")
         .pod("client-west", "west-1")
         .pod("backend-west", "west-2")
+        .pod("waypoint", "east-1")
+        .pod("reviews-v1", "east-2")
+        .pod("reviews-v2", "east-2")
+        .pod("reviews-bad", "east-2")
 }
 
 pub(crate) fn boxed(err: Box<dyn std::error::Error + Send + Sync>) -> anyhow::Error {
@@ -45,7 +51,7 @@ pub(crate) fn boxed(err: Box<dyn std::error::Error + Send + Sync>) -> anyhow::Er
 }
 
 pub fn run() -> Result<()> {
-    let bin = cmd::build_release(&["strait-agent", "strait-ca", "straitctl"])?;
+    let bin = cmd::build_release(&["strait-agent", "strait-ca", "straitctl", "strait-waypoint"])?;
 
     section("topology: network namespaces, veth pairs and bridges");
     let topo = Topology::create(spec()).context("creating the demo topology")?;
@@ -60,14 +66,19 @@ pub fn run() -> Result<()> {
         ("backend-east", "backend"),
         ("client-west", "client"),
         ("backend-west", "backend"),
+        ("reviews-v1", "reviews"),
+        ("reviews-v2", "reviews"),
+        ("reviews-bad", "reviews"),
     ];
     let mut yaml = namespace_yaml("shop", true);
     yaml.push_str(&namespace_yaml("istio-system", false));
     for (pod, sa) in accounts {
-        let labels: &[(&str, &str)] = if pod.starts_with("backend-") && pod != "backend-west" {
-            &[("service", "backend")]
-        } else {
-            &[]
+        let labels: &[(&str, &str)] = match pod {
+            "backend-near" | "backend-east" => &[("service", "backend")],
+            "reviews-v2" => &[("service", "reviews"), ("version", "v2")],
+            // The bad one is a v1 that fails every request.
+            "reviews-v1" | "reviews-bad" => &[("service", "reviews"), ("version", "v1")],
+            _ => &[],
         };
         yaml.push_str(&workload_yaml(topo.pod(pod)?, "shop", sa, labels));
         println!(
@@ -81,6 +92,14 @@ pub fn run() -> Result<()> {
         yaml.push_str(&east_west_gateway_yaml(&topo, network, &[gateway]).map_err(boxed)?);
     }
     yaml.push_str(SERVICES);
+    yaml.push_str("---\n");
+    yaml.push_str(&waypoint_yaml(
+        "waypoint",
+        "shop",
+        topo.pod("waypoint")?,
+        &[],
+    ));
+    yaml.push_str(REVIEWS);
     println!(
         "  Node objects with topology labels: workloads take their node's locality and network"
     );
@@ -95,6 +114,15 @@ pub fn run() -> Result<()> {
         "  Service      shop/backend-west  10.96.0.81:8080 -> backend-west, istio.io/global=true"
     );
     println!("  ServiceEntry shop/api           api.shop.global:80 -> the same pods, port 8080");
+    println!(
+        "  Gateway      shop/waypoint      (istio-waypoint): instance pod `waypoint` on east-1"
+    );
+    println!(
+        "  Service      shop/reviews       10.96.0.85:9080 -> reviews-v1, -v2, -bad; istio.io/use-waypoint=waypoint"
+    );
+    println!(
+        "  VirtualService shop/reviews     end-user: jason -> v2; else v1 80 / v2 20; retries 3 on 5xx"
+    );
     mesh.write("demo.yaml", &yaml).map_err(boxed)?;
 
     section("agents: one per node; each captures only its own node's pods (real eBPF)");
@@ -293,6 +321,8 @@ pub fn run() -> Result<()> {
         println!("  {line}");
     }
 
+    waypoint(&mesh, &topo)?;
+
     section("metrics on east-2 (Istio's names; reporter=destination)");
     let metrics = mesh.metrics("east-2").map_err(boxed)?;
     for line in metrics
@@ -321,6 +351,97 @@ pub fn run() -> Result<()> {
     }
 
     teardown(agents, topo, "")
+}
+
+/// The reviews service, bound to the waypoint: a header route, an 80/20
+/// split between subsets, and a retry hiding an endpoint that fails every
+/// request.
+fn waypoint(mesh: &Mesh<'_>, topo: &Topology) -> Result<()> {
+    section("waypoint: L7 routes for shop/reviews (strait-waypoint, VirtualService as written)");
+    let _waypoint = mesh
+        .start_waypoint("waypoint", "shop/waypoint")
+        .map_err(boxed)?;
+    let wp = topo.pod("waypoint")?;
+    println!(
+        "  strait-waypoint in pod `waypoint` ({}:15008), as spiffe://cluster.local/ns/shop/sa/waypoint",
+        wp.ipv4
+    );
+    let _apps = [
+        http_app(topo.pod("reviews-v1")?, HTTP_PORT, "ok", "v1;").map_err(boxed)?,
+        http_app(topo.pod("reviews-v2")?, HTTP_PORT, "ok", "v2;").map_err(boxed)?,
+        http_app(topo.pod("reviews-bad")?, HTTP_PORT, "fail", "").map_err(boxed)?,
+    ];
+    let frontend = topo.pod("frontend")?;
+    // `count` requests on one keep-alive connection; answers by version.
+    let requests = |count: u32, header: Option<&str>| -> Result<(usize, usize, usize)> {
+        let url = format!("http://10.96.0.85:9080/reviews?[1-{count}]");
+        let mut argv = vec!["curl", "-s", "--max-time", "120"];
+        if let Some(h) = header {
+            argv.extend(["-H", h]);
+        }
+        argv.push(&url);
+        let out = frontend.place.run_ok(&argv, Duration::from_secs(150))?;
+        let body = String::from_utf8_lossy(&out.stdout);
+        let (v1, v2) = (body.matches("v1;").count(), body.matches("v2;").count());
+        Ok((v1, v2, count as usize - v1 - v2))
+    };
+    let (v1, v2, failed) = requests(20, Some("end-user: jason"))?;
+    println!("  frontend, end-user: jason, 20 requests: v1 {v1}, v2 {v2}, failed {failed}");
+    let (v1, v2, failed) = requests(1000, None)?;
+    println!(
+        "  frontend, 1000 requests: v1 {v1} ({:.1}%), v2 {v2} ({:.1}%), failed {failed}",
+        v1 as f64 / 10.0,
+        v2 as f64 / 10.0
+    );
+    if failed > 0 {
+        bail!("{failed} requests failed through the waypoint");
+    }
+    let metrics =
+        curl_body(&wp.place, &format!("http://{}:15020/metrics", wp.ipv4)).map_err(boxed)?;
+    println!(
+        "  reviews-bad answers 503 to every request it gets; the retries ({} of them) hid it",
+        metric_sum(&metrics, "strait_waypoint_retries_total", &[])
+    );
+    println!("  the waypoint's istio_requests_total (reporter=waypoint):");
+    for line in metrics
+        .lines()
+        .filter(|l| l.starts_with("istio_requests_total{"))
+    {
+        let pick = |key: &str| {
+            line.split(&format!("{key}=\""))
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+                .unwrap_or("?")
+                .to_string()
+        };
+        println!(
+            "    {:>5} x  {} -> {} ({})  {} {}",
+            line.rsplit(' ').next().unwrap_or("?"),
+            pick("source_workload"),
+            pick("destination_workload"),
+            pick("destination_service_name"),
+            pick("response_code"),
+            pick("response_flags"),
+        );
+    }
+    let east2 = mesh.metrics("east-2").map_err(boxed)?;
+    println!(
+        "  east-2's agent saw {} connections from spiffe://cluster.local/ns/shop/sa/frontend to reviews, {} from the waypoint's identity: the client's identity reaches the destination",
+        metric_sum(
+            &east2,
+            "istio_tcp_connections_opened_total",
+            &[
+                "source_principal=\"spiffe://cluster.local/ns/shop/sa/frontend\"",
+                "destination_principal=\"spiffe://cluster.local/ns/shop/sa/reviews\"",
+            ]
+        ),
+        metric_sum(
+            &east2,
+            "istio_tcp_connections_opened_total",
+            &["source_principal=\"spiffe://cluster.local/ns/shop/sa/waypoint\""]
+        ),
+    );
+    Ok(())
 }
 
 /// client-west (west-net) calls the backend service, whose endpoints are
@@ -512,6 +633,61 @@ spec:
   - number: 80
     name: http
     targetPort: 8080
+";
+
+const REVIEWS: &str = "apiVersion: v1
+kind: Service
+metadata:
+  name: reviews
+  namespace: shop
+  labels:
+    istio.io/use-waypoint: waypoint
+spec:
+  clusterIP: 10.96.0.85
+  selector:
+    service: reviews
+  ports:
+  - name: http
+    port: 9080
+    targetPort: 8080
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: reviews
+  namespace: shop
+spec:
+  host: reviews
+  subsets:
+  - name: v1
+    labels: {version: v1}
+  - name: v2
+    labels: {version: v2}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: reviews
+  namespace: shop
+spec:
+  hosts: [reviews]
+  http:
+  - name: jason
+    match:
+    - headers:
+        end-user: {exact: jason}
+    route:
+    - destination: {host: reviews, subset: v2}
+  - name: canary
+    route:
+    - destination: {host: reviews, subset: v1}
+      weight: 80
+    - destination: {host: reviews, subset: v2}
+      weight: 20
+    retries:
+      attempts: 3
+      retryOn: 5xx
+---
 ";
 
 const POLICY: &str = "apiVersion: security.istio.io/v1

@@ -30,6 +30,7 @@ use strait_telemetry::Reason;
 use tracing::{debug, info, warn};
 
 use crate::{
+    breaker::{Counters, Kind, Limits},
     matching,
     metrics::RequestLabels,
     pool::{Body, BoxError, Version},
@@ -162,7 +163,7 @@ async fn forward(
                 .tables
                 .get(state.generation, &state.config, at.service);
             match choose(waypoint, client, state, at, &parts, &table) {
-                Ok(plan) => plan,
+                Ok(plan) => plan.with_limits(waypoint, state),
                 Err(outcome) => return *outcome,
             }
         }
@@ -174,7 +175,16 @@ async fn forward(
             timeout: None,
             retries: Retries::istio_default(),
             fault: Fault::default(),
+            destination: String::new(),
+            limits: Limits::default(),
         },
+    };
+    let counters = waypoint.breakers.of(&plan.destination);
+    let Some(_request) = counters.take(Kind::Request, plan.limits.max_requests) else {
+        debug!(destination = %plan.destination, "http2MaxRequests reached");
+        let mut outcome = reply(StatusCode::SERVICE_UNAVAILABLE, "UO", None, 0);
+        outcome.route = plan.route;
+        return outcome;
     };
     // Fault injection: a delay first, then perhaps an answer of its own.
     let mut delayed = false;
@@ -208,7 +218,7 @@ async fn forward(
             return reply(StatusCode::BAD_REQUEST, "DC", None, 0);
         }
     };
-    let work = attempts(waypoint, client, state, &plan, parts, body);
+    let work = attempts(waypoint, client, state, (&plan, &counters), parts, body);
     let mut outcome = match plan.timeout {
         Some(limit) => match tokio::time::timeout(limit, work).await {
             Ok(outcome) => outcome,
@@ -234,6 +244,26 @@ struct Plan<'a> {
     timeout: Option<Duration>,
     retries: Retries,
     fault: Fault,
+    /// The destination's circuit breakers: `namespace/service:port`, and
+    /// its DestinationRule's limits.
+    destination: String,
+    limits: Limits,
+}
+
+impl Plan<'_> {
+    /// The destination's circuit-breaker key and limits, for `waypoint`.
+    fn with_limits(mut self, waypoint: &Waypoint, state: &Snapshot) -> Self {
+        if let Some(at) = self.at {
+            let traffic = state
+                .config
+                .destination_rule(at, &waypoint.namespace, &waypoint.instance.labels)
+                .and_then(|r| r.traffic_policy.as_ref());
+            self.limits = Limits::from_policy(traffic, self.port);
+            self.destination =
+                format!("{}/{}:{}", at.service.namespace, at.service.name, self.port);
+        }
+        self
+    }
 }
 
 /// Matches the request to a route and picks its destination.
@@ -301,6 +331,8 @@ fn choose<'a>(
             timeout: None,
             retries: Retries::istio_default(),
             fault: Fault::default(),
+            destination: String::new(),
+            limits: Limits::default(),
         });
     };
     let Some(dest) = route.pick(fastrand::f64()) else {
@@ -354,6 +386,8 @@ fn choose<'a>(
         timeout: route.timeout,
         retries: route.retries.clone(),
         fault: route.fault.clone(),
+        destination: String::new(),
+        limits: Limits::default(),
     })
 }
 
@@ -362,14 +396,25 @@ async fn attempts(
     waypoint: &Waypoint,
     client: &Client,
     state: &Snapshot,
-    plan: &Plan<'_>,
+    (plan, counters): (&Plan<'_>, &Arc<Counters>),
     parts: hyper::http::request::Parts,
     mut body: Replay,
 ) -> Outcome {
     let tries = 1 + plan.retries.attempts;
     let mut tried: Vec<SocketAddr> = Vec::new();
     let mut last = reply(StatusCode::SERVICE_UNAVAILABLE, "UH", None, 0);
+    let mut _retry = None;
     for attempt in 1..=tries {
+        if attempt > 1 {
+            // maxRetries: retries in flight to the destination, together.
+            match counters.take(Kind::Retry, plan.limits.max_retries) {
+                Some(slot) => _retry = Some(slot),
+                None => {
+                    debug!(destination = %plan.destination, "maxRetries reached: not retried");
+                    return last;
+                }
+            }
+        }
         let endpoints = match targets(waypoint, client, state, plan).await {
             Ok(endpoints) => endpoints,
             Err(reason) => {
@@ -400,10 +445,24 @@ async fn attempts(
         let destination = destination_of(state, &target);
         let mut sender = match waypoint
             .upstreams
-            .take(waypoint, state, &target, (client.version, &client.identity))
+            .take(
+                waypoint,
+                state,
+                &target,
+                (client.version, &client.identity),
+                (
+                    counters,
+                    plan.limits.max_connections,
+                    plan.limits.max_pending,
+                ),
+            )
             .await
         {
             Ok(sender) => sender,
+            Err(Reason::Overflow) => {
+                debug!(destination = %plan.destination, "http1MaxPendingRequests reached");
+                return reply(StatusCode::SERVICE_UNAVAILABLE, "UO", destination, attempt);
+            }
             Err(reason) => {
                 failed(addr);
                 last = reply(StatusCode::SERVICE_UNAVAILABLE, "UF", destination, attempt);

@@ -10,6 +10,7 @@
 //! ([`matching`] holds the match rules), [`forward`] picks the endpoint,
 //! retries and times out, [`pool`] keeps the connections to endpoints,
 //! [`tcp`] carries what is not HTTP, [`metrics`] counts requests.
+mod breaker;
 mod detect;
 mod forward;
 mod inbound;
@@ -236,6 +237,7 @@ async fn run(args: Args) -> Result<()> {
         connect_timeout: args.connect_timeout,
         upstreams: Default::default(),
         tables: Default::default(),
+        breakers: Default::default(),
         in_flight: Default::default(),
     });
 
@@ -293,7 +295,8 @@ async fn run(args: Args) -> Result<()> {
 }
 
 /// After a reload: connections to endpoints that left the mesh are closed,
-/// their health forgotten.
+/// their health forgotten, and the circuit breakers of services that left
+/// (holding nothing) dropped.
 struct Prune(Arc<Waypoint>);
 
 impl reload::Applied for Prune {
@@ -309,6 +312,14 @@ impl reload::Applied for Prune {
         };
         self.0.upstreams.retain(known);
         self.0.health.retain(known);
+        self.0.breakers.retain(|destination| {
+            let service = destination.rsplit_once(':').map_or(destination, |(s, _)| s);
+            state
+                .config
+                .services
+                .iter()
+                .any(|s| format!("{}/{}", s.namespace, s.name) == service)
+        });
         0
     }
 }

@@ -10,7 +10,7 @@ use std::{
     io,
     net::SocketAddr,
     pin::Pin,
-    sync::Mutex,
+    sync::{Arc, Mutex, atomic::Ordering},
     task::{Context, Poll},
 };
 
@@ -30,7 +30,10 @@ use tokio::{
 };
 use tracing::debug;
 
-use crate::proxy::Waypoint;
+use crate::{
+    breaker::{Counters, Kind},
+    proxy::Waypoint,
+};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Request and response bodies as the waypoint passes them on.
@@ -38,6 +41,8 @@ pub type Body = BoxBody<Bytes, BoxError>;
 
 /// Idle HTTP/1.1 connections kept per endpoint; more are closed.
 const IDLE_PER_ENDPOINT: usize = 32;
+/// How often a request waiting for an HTTP/1.1 connection looks again.
+const PENDING_RECHECK: std::time::Duration = std::time::Duration::from_millis(20);
 
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum Version {
@@ -95,41 +100,76 @@ impl Upstreams {
         state: &Snapshot,
         target: &Target,
         (version, client): (Version, &Identity),
+        (counters, max_connections, max_pending): (&Arc<Counters>, usize, usize),
     ) -> Result<Sender, Reason> {
         let key = (address(target), version, client.clone());
-        {
-            let mut idle = self.lock();
-            if let Some(list) = idle.get_mut(&key) {
-                list.retain(|s| match s {
-                    Sender::Http1(s) => !s.is_closed(),
-                    Sender::Http2(s) => !s.is_closed(),
-                });
-                match version {
-                    Version::Http2 => {
-                        if let Some(Sender::Http2(s)) = list.first() {
-                            return Ok(Sender::Http2(s.clone()));
-                        }
-                    }
-                    Version::Http1 => {
-                        if let Some(at) = list.iter().position(Sender::usable) {
-                            return Ok(list.swap_remove(at));
-                        }
-                    }
+        if let Some(sender) = self.idle(&key) {
+            return Ok(sender);
+        }
+        // HTTP/1.1: a new connection takes one of the destination's
+        // `max_connections` (reserved before it is opened); with all of
+        // them busy, the request waits for one, as one of at most
+        // `max_pending`.
+        let reserve = || {
+            counters
+                .connections
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    (n < max_connections).then_some(n + 1)
+                })
+                .is_ok()
+        };
+        let reserved = version == Version::Http1;
+        if reserved && !reserve() {
+            let _pending = counters
+                .take(Kind::Pending, max_pending)
+                .ok_or(Reason::Overflow)?;
+            loop {
+                let freed = counters.freed.notified();
+                if let Some(sender) = self.idle(&key) {
+                    return Ok(sender);
                 }
+                if reserve() {
+                    break;
+                }
+                // An idle connection kept for another client holds a place
+                // this request could use: close it.
+                self.evict_idle_http1(&key);
+                // A connection also frees when its answer's body ends,
+                // which nothing announces: look again now and then.
+                let _ = tokio::time::timeout(PENDING_RECHECK, freed).await;
             }
         }
-        let io = open(waypoint, state, target, client).await?;
+        // Given back if the connection does not open.
+        let release = |counters: &Counters| {
+            counters.connections.fetch_sub(1, Ordering::AcqRel);
+            counters.freed.notify_waiters();
+        };
+        let io = match open(waypoint, state, target, client).await {
+            Ok(io) => io,
+            Err(reason) => {
+                if reserved {
+                    release(counters);
+                }
+                return Err(reason);
+            }
+        };
         let io = TokioIo::new(io);
         let sender = match version {
             Version::Http1 => {
-                let (sender, conn) = http1::handshake(io).await.map_err(|err| {
-                    debug!(%err, "HTTP/1.1 handshake");
-                    Reason::Upstream
-                })?;
+                let (sender, conn) = match http1::handshake(io).await {
+                    Ok(handshake) => handshake,
+                    Err(err) => {
+                        debug!(%err, "HTTP/1.1 handshake");
+                        release(counters);
+                        return Err(Reason::Upstream);
+                    }
+                };
+                let counters = counters.clone();
                 tokio::spawn(async move {
                     if let Err(err) = conn.await {
                         debug!(%err, "upstream HTTP/1.1 connection ended");
                     }
+                    release(&counters);
                 });
                 Sender::Http1(sender)
             }
@@ -154,6 +194,41 @@ impl Upstreams {
             }
         };
         Ok(sender)
+    }
+
+    /// An open connection for `key` that can take a request now.
+    fn idle(&self, key: &Key) -> Option<Sender> {
+        let mut idle = self.lock();
+        let list = idle.get_mut(key)?;
+        list.retain(|s| match s {
+            Sender::Http1(s) => !s.is_closed(),
+            Sender::Http2(s) => !s.is_closed(),
+        });
+        match key.1 {
+            Version::Http2 => match list.first() {
+                Some(Sender::Http2(s)) => Some(Sender::Http2(s.clone())),
+                _ => None,
+            },
+            Version::Http1 => {
+                let at = list.iter().position(Sender::usable)?;
+                Some(list.swap_remove(at))
+            }
+        }
+    }
+
+    /// Closes one idle HTTP/1.1 connection to `key`'s endpoint kept for
+    /// another client; its place frees when it has closed.
+    fn evict_idle_http1(&self, key: &Key) {
+        let mut idle = self.lock();
+        let other = idle
+            .iter_mut()
+            .filter(|(k, _)| k.0 == key.0 && k.1 == Version::Http1 && k.2 != key.2)
+            .find_map(|(_, list)| {
+                let at = list.iter().position(Sender::usable)?;
+                Some(list.swap_remove(at))
+            });
+        drop(idle);
+        drop(other);
     }
 
     /// Gives back an HTTP/1.1 connection once its exchange is under way:

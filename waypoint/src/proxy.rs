@@ -11,7 +11,7 @@ use strait_state::NodeState;
 use strait_upstream::{Dialer, Origin};
 use tokio::net::TcpStream;
 
-use crate::{metrics::Metrics, pool::Upstreams, routes::Tables};
+use crate::{breaker::Breakers, metrics::Metrics, pool::Upstreams, routes::Tables};
 
 pub struct Waypoint {
     pub state: NodeState,
@@ -38,6 +38,8 @@ pub struct Waypoint {
     pub upstreams: Upstreams,
     /// Services' routes, compiled once per config.
     pub tables: Tables,
+    /// What each destination holds, for its circuit breakers.
+    pub breakers: Breakers,
     /// Connections being served: what a draining waypoint waits for.
     pub in_flight: Arc<InFlight>,
 }

@@ -240,3 +240,157 @@ fn retries_faults_and_timeouts_act_as_the_routes_say() -> Result<()> {
     }
     Ok(())
 }
+
+const LIMITED: &str = "10.96.0.94";
+const CAPPED: &str = "10.96.0.95";
+const EJECTING: &str = "10.96.0.96";
+
+/// `count` clients at once, each one request to `url`; their codes.
+fn at_once(place: &Place, url: &str, count: usize) -> Result<Vec<String>> {
+    let mut clients = Vec::new();
+    for _ in 0..count {
+        clients.push(place.spawn(&[
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "30",
+            url,
+        ])?);
+    }
+    let mut codes = Vec::new();
+    for mut c in clients {
+        c.wait_timeout(Duration::from_secs(60))?
+            .ok_or("a client hung")?;
+        codes.push(c.log().trim().to_string());
+    }
+    codes.sort();
+    Ok(codes)
+}
+
+#[test]
+fn circuit_breakers_and_outlier_detection_act_at_l7() -> Result<()> {
+    require_root();
+    let topo = Topology::create(spec())?;
+    let mesh = Mesh::new(&topo)?;
+    let yaml = [
+        config(&topo)?,
+        service("limited", LIMITED, "slow"),
+        service("capped", CAPPED, "slow"),
+        service("ejecting", EJECTING, "ratings"),
+        "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: limited, namespace: shop}
+spec:
+  host: limited
+  trafficPolicy:
+    connectionPool:
+      tcp: {maxConnections: 1}
+      http: {http1MaxPendingRequests: 1}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: capped, namespace: shop}
+spec:
+  host: capped
+  trafficPolicy:
+    connectionPool:
+      http: {http2MaxRequests: 2}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: ejecting, namespace: shop}
+spec:
+  host: ejecting
+  trafficPolicy:
+    outlierDetection:
+      consecutive5xxErrors: 2
+      interval: 1s
+      baseEjectionTime: 60s
+      maxEjectionPercent: 50
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: ejecting, namespace: shop}
+spec:
+  hosts: [ejecting]
+  http:
+  - route:
+    - destination: {host: ejecting}
+    retries:
+      attempts: 3
+      retryOn: 5xx
+---
+"
+        .to_string(),
+    ]
+    .concat();
+    mesh.write("mesh.yaml", &yaml)?;
+    let _agents = [mesh.start_agent("n1", &[])?, mesh.start_agent("n2", &[])?];
+    let _waypoint = mesh.start_waypoint("wp", "shop/waypoint")?;
+    let (client, wp) = (topo.pod("client")?, topo.pod("wp")?);
+    let _apps = [
+        http_app(topo.pod("ok")?, 8080, "ok", "from-ok")?,
+        http_app(topo.pod("bad")?, 8080, "fail", "")?,
+        http_app(topo.pod("slow")?, 8080, "slow", "from-slow")?,
+    ];
+    let metrics = || curl_body(&wp.place, &format!("http://{}:15020/metrics", wp.ipv4));
+    let overflowed = |service: &str| -> Result<u64> {
+        Ok(metric_sum(
+            &metrics()?,
+            "istio_requests_total",
+            &[
+                &format!("destination_service_name=\"{service}\""),
+                "response_flags=\"UO\"",
+            ],
+        ))
+    };
+
+    // maxConnections 1 + http1MaxPendingRequests 1: of 5 clients at
+    // once, one is served, one waits for its connection, three get 503 UO.
+    let started = Instant::now();
+    let codes = at_once(&client.place, &format!("http://{LIMITED}:9080/l"), 5)?;
+    println!(
+        "maxConnections 1, http1MaxPendingRequests 1, 5 clients at once: {codes:?} in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(codes, ["200", "200", "503", "503", "503"]);
+    assert_eq!(overflowed("limited")?, 3);
+
+    // http2MaxRequests 2: two in flight, the other three refused.
+    let codes = at_once(&client.place, &format!("http://{CAPPED}:9080/c"), 5)?;
+    println!("http2MaxRequests 2, 5 clients at once: {codes:?}");
+    assert_eq!(codes, ["200", "200", "503", "503", "503"]);
+    assert_eq!(overflowed("capped")?, 3);
+
+    // Consecutive 5xx eject the failing endpoint (maxEjectionPercent 50:
+    // one of two): after it, no retry is needed.
+    let retries = || -> Result<u64> {
+        Ok(metric_sum(
+            &metrics()?,
+            "strait_waypoint_retries_total",
+            &[],
+        ))
+    };
+    let before = retries()?;
+    let got = self::codes(
+        &client.place,
+        &format!("http://{EJECTING}:9080/e"),
+        200,
+        &[],
+    )?;
+    let spent = retries()? - before;
+    println!(
+        "outlierDetection consecutive5xxErrors 2: 200 requests, {} failed, {spent} retries",
+        got.iter().filter(|c| *c != "200").count()
+    );
+    assert!(got.iter().all(|c| c == "200"));
+    assert!(
+        spent <= 3,
+        "{spent} retries: the failing endpoint was not ejected"
+    );
+    Ok(())
+}

@@ -30,8 +30,9 @@ use strait_telemetry::Reason;
 use tracing::{debug, info, warn};
 
 use crate::{
+    actions::{Answer, Ops, location_header},
     breaker::{Counters, Kind, Limits},
-    matching,
+    matching::{self, Match},
     metrics::RequestLabels,
     pool::{Body, BoxError, Version},
     proxy::Waypoint,
@@ -169,6 +170,7 @@ async fn forward(
         }
         None => Plan {
             route: None,
+            edits: Edits::default(),
             at: None,
             port: client.authority.port(),
             subset: None,
@@ -204,6 +206,7 @@ async fn forward(
         }
         return outcome;
     }
+    plan.edits.request(&mut parts);
     strip_hop_by_hop(&mut parts.headers);
     if !parts.headers.contains_key("x-request-id") {
         let id = format!("{:032x}", fastrand::u128(..));
@@ -226,6 +229,7 @@ async fn forward(
         },
         None => work.await,
     };
+    plan.edits.response(outcome.response.headers_mut());
     outcome.route = plan.route;
     if delayed && outcome.flags == "-" {
         outcome.flags = "DI";
@@ -237,6 +241,8 @@ async fn forward(
 struct Plan<'a> {
     /// `virtual service/route`, when a route decided.
     route: Option<String>,
+    /// What the route changes in the request and its answer.
+    edits: Edits,
     /// The destination service; none for a workload dialled directly.
     at: Option<ServiceAt<'a>>,
     port: u16,
@@ -266,6 +272,111 @@ impl Plan<'_> {
     }
 }
 
+/// A route's rewrites and header operations.
+#[derive(Default)]
+struct Edits {
+    path: Option<String>,
+    authority: Option<String>,
+    /// The route's, then the destination's.
+    request: Vec<Ops>,
+    response: Vec<Ops>,
+}
+
+impl Edits {
+    fn request(&self, parts: &mut hyper::http::request::Parts) {
+        for ops in &self.request {
+            ops.apply(&mut parts.headers);
+        }
+        if self.path.is_none() && self.authority.is_none() {
+            return;
+        }
+        let query = parts.uri.query().map(str::to_string);
+        let path = self
+            .path
+            .clone()
+            .unwrap_or_else(|| parts.uri.path().to_string());
+        let path_and_query = match query {
+            Some(q) => format!("{path}?{q}"),
+            None => path,
+        };
+        let mut uri = hyper::http::uri::Builder::new();
+        if let Some(scheme) = parts.uri.scheme() {
+            uri = uri.scheme(scheme.clone());
+        }
+        let authority = self
+            .authority
+            .clone()
+            .or_else(|| parts.uri.authority().map(|a| a.to_string()));
+        if let (Some(authority), true) = (&authority, parts.uri.scheme().is_some()) {
+            uri = uri.authority(authority.as_str());
+        }
+        if let Ok(rewritten) = uri.path_and_query(path_and_query).build() {
+            parts.uri = rewritten;
+        }
+        if let Some(authority) = &self.authority
+            && let Ok(host) = HeaderValue::from_str(authority)
+        {
+            parts.headers.insert(header::HOST, host);
+        }
+    }
+
+    fn response(&self, headers: &mut HeaderMap) {
+        for ops in &self.response {
+            ops.apply(headers);
+        }
+    }
+}
+
+/// A route's own answer: a redirect or a direct response.
+fn answered(answer: &Answer, client: &Client, parts: &hyper::http::request::Parts) -> Outcome {
+    match answer {
+        Answer::Direct { code, body } => {
+            let mut outcome = reply(*code, "-", None, 0);
+            *outcome.response.body_mut() = Full::new(body.clone())
+                .map_err(|never| match never {})
+                .boxed();
+            outcome
+        }
+        Answer::Redirect {
+            code,
+            uri,
+            authority,
+            scheme,
+            port,
+        } => {
+            let host = parts
+                .uri
+                .authority()
+                .map(|a| a.to_string())
+                .or_else(|| {
+                    parts
+                        .headers
+                        .get(header::HOST)
+                        .and_then(|h| h.to_str().ok())
+                        .map(str::to_string)
+                })
+                .unwrap_or_else(|| client.authority.to_string());
+            let location = Answer::location(
+                &parts.uri,
+                &host,
+                client.authority.port(),
+                (
+                    uri.as_deref(),
+                    authority.as_deref(),
+                    scheme.as_deref(),
+                    *port,
+                ),
+            );
+            let mut outcome = reply(*code, "-", None, 0);
+            *outcome.response.body_mut() = Empty::new().map_err(|never| match never {}).boxed();
+            if let Some((name, value)) = location_header(&location) {
+                outcome.response.headers_mut().insert(name, value);
+            }
+            outcome
+        }
+    }
+}
+
 /// Matches the request to a route and picks its destination.
 fn choose<'a>(
     waypoint: &Waypoint,
@@ -276,7 +387,7 @@ fn choose<'a>(
     table: &Table,
 ) -> Result<Plan<'a>, Box<Outcome>> {
     let config = &state.config;
-    let route: Option<(&str, &Route)> = match table {
+    let route: Option<(&str, &Route, Option<String>)> = match table {
         Table::Default => None,
         Table::Broken {
             virtual_service,
@@ -316,15 +427,20 @@ fn choose<'a>(
                 source_labels: source.map(|w| &w.labels),
                 source_namespace: &client.identity.namespace,
             };
-            match routes.iter().find(|r| r.matches(&req)) {
-                Some(route) => Some((virtual_service.as_str(), route)),
+            let taken = routes.iter().find_map(|r| {
+                let entry = r.matches(&req)?;
+                Some((r, entry.and_then(Match::uri_prefix).map(str::to_string)))
+            });
+            match taken {
+                Some((route, prefix)) => Some((virtual_service.as_str(), route, prefix)),
                 None => return Err(Box::new(reply(StatusCode::NOT_FOUND, "NR", None, 0))),
             }
         }
     };
-    let Some((virtual_service, route)) = route else {
+    let Some((virtual_service, route, prefix)) = route else {
         return Ok(Plan {
             route: None,
+            edits: Edits::default(),
             at: Some(at),
             port: client.authority.port(),
             subset: None,
@@ -335,6 +451,13 @@ fn choose<'a>(
             limits: Limits::default(),
         });
     };
+    let name = format!("{virtual_service}/{}", route.name.as_deref().unwrap_or("-"));
+    if let Some(answer) = &route.answer {
+        let mut outcome = answered(answer, client, parts);
+        route.headers.response.apply(outcome.response.headers_mut());
+        outcome.route = Some(name);
+        return Err(Box::new(outcome));
+    }
     let Some(dest) = route.pick(fastrand::f64()) else {
         // A route without destinations (redirect, direct response) is not
         // served yet: say so rather than guess.
@@ -375,11 +498,18 @@ fn choose<'a>(
             }
         }
     };
+    let edits = Edits {
+        path: route.rewrite.path(parts.uri.path(), prefix.as_deref()),
+        authority: route.rewrite.authority.clone(),
+        request: vec![route.headers.request.clone(), dest.headers.request.clone()],
+        response: vec![
+            route.headers.response.clone(),
+            dest.headers.response.clone(),
+        ],
+    };
     Ok(Plan {
-        route: Some(format!(
-            "{virtual_service}/{}",
-            route.name.as_deref().unwrap_or("-")
-        )),
+        route: Some(name),
+        edits,
         at: Some(dest_at),
         port,
         subset,
@@ -443,13 +573,17 @@ async fn attempts(
         let addr = endpoint_of(&target);
         tried.push(addr);
         let destination = destination_of(state, &target);
+        // The client is named only to a destination bound to this waypoint
+        // (only there is the claim believed); anywhere else the waypoint
+        // goes as itself, as Istio's does.
+        let on_behalf = speaks_for_client(waypoint, state, &target).then_some(&client.identity);
         let mut sender = match waypoint
             .upstreams
             .take(
                 waypoint,
                 state,
                 &target,
-                (client.version, &client.identity),
+                (client.version, on_behalf),
                 (
                     counters,
                     plan.limits.max_connections,
@@ -484,7 +618,7 @@ async fn attempts(
         };
         waypoint
             .upstreams
-            .give_back(&target, &client.identity, sender);
+            .give_back(&target, on_behalf.unwrap_or(&waypoint.identity), sender);
         match result {
             None => {
                 failed(addr);
@@ -632,6 +766,33 @@ fn endpoint_of(target: &Target) -> SocketAddr {
         Target::Remote(via) => via.gateway,
         Target::Waypoint(hop) => hop.addr,
     }
+}
+
+/// Whether the destination at `target` is bound to this waypoint, so its
+/// agent believes the client the waypoint names; a binding replaced
+/// moments ago still counts, as it does there (what the waypoint took
+/// while bound is sent as it was taken).
+pub fn speaks_for_client(waypoint: &Waypoint, state: &Snapshot, target: &Target) -> bool {
+    let identity = &waypoint.identity;
+    let bound_in = |config: &strait_config::Config| {
+        let bound = |w: &strait_config::Workload| {
+            config.waypoint_serves(w, &identity.namespace, &identity.service_account)
+        };
+        match target {
+            Target::Direct(addr) => config
+                .workload_by_address(addr.ip())
+                .filter(|w| config.enrolled(w))
+                .is_some_and(bound),
+            // Another network's endpoints: those the gateway may pick.
+            Target::Remote(via) => config
+                .workloads
+                .iter()
+                .filter(|w| via.identities.contains(&state.identity(w)))
+                .any(bound),
+            Target::Waypoint(_) => false,
+        }
+    };
+    waypoint.state.held_recently(bound_in)
 }
 
 /// The workload and identity at `target`, for metrics.

@@ -7,9 +7,11 @@
 //! Where a request goes, by file: [`inbound`] terminates HBONE and decides
 //! what a CONNECT may reach, [`detect`] tells HTTP from anything else,
 //! [`routes`] matches a request to a VirtualService route
-//! ([`matching`] holds the match rules), [`forward`] picks the endpoint,
+//! ([`matching`] holds the match rules, [`actions`] the rewrites, redirects
+//! and header operations), [`forward`] picks the endpoint,
 //! retries and times out, [`pool`] keeps the connections to endpoints,
 //! [`tcp`] carries what is not HTTP, [`metrics`] counts requests.
+mod actions;
 mod breaker;
 mod detect;
 mod forward;

@@ -114,6 +114,15 @@ impl Match {
         })
     }
 
+    /// The prefix this entry matched the path on, when it matched on one:
+    /// what a `rewrite.uri` replaces.
+    pub fn uri_prefix(&self) -> Option<&str> {
+        match &self.uri {
+            Some(Str::Prefix(p)) => Some(p),
+            _ => None,
+        }
+    }
+
     pub fn matches(&self, req: &Request<'_>) -> bool {
         let header = |name: &HeaderName| req.headers.get(name).and_then(|v| v.to_str().ok());
         self.uri

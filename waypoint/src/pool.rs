@@ -99,10 +99,15 @@ impl Upstreams {
         waypoint: &Waypoint,
         state: &Snapshot,
         target: &Target,
-        (version, client): (Version, &Identity),
+        (version, client): (Version, Option<&Identity>),
         (counters, max_connections, max_pending): (&Arc<Counters>, usize, usize),
     ) -> Result<Sender, Reason> {
-        let key = (address(target), version, client.clone());
+        // Connections sent for no client are the waypoint's own.
+        let key = (
+            address(target),
+            version,
+            client.unwrap_or(&waypoint.identity).clone(),
+        );
         if let Some(sender) = self.idle(&key) {
             return Ok(sender);
         }
@@ -234,6 +239,8 @@ impl Upstreams {
     /// Gives back an HTTP/1.1 connection once its exchange is under way:
     /// it is taken again only once ready for the next request.
     pub fn give_back(&self, target: &Target, client: &Identity, sender: Sender) {
+        // `client`: whom the connection was opened for (the waypoint's own
+        // identity when it names no client).
         if let Sender::Http1(s) = &sender
             && !s.is_closed()
         {
@@ -260,18 +267,18 @@ fn address(target: &Target) -> SocketAddr {
     }
 }
 
-/// The bytes' way to `target`, for `client`.
+/// The bytes' way to `target`, naming `client` when there is one.
 async fn open(
     waypoint: &Waypoint,
     state: &Snapshot,
     target: &Target,
-    client: &Identity,
+    client: Option<&Identity>,
 ) -> Result<Io, Reason> {
     let timeout = waypoint.connect_timeout;
     match target {
         Target::Direct(addr) => match waypoint
             .dialer
-            .open(waypoint, state, *addr, timeout, Some(client))
+            .open(waypoint, state, *addr, timeout, client)
             .await?
         {
             Upstream::Hbone { tunnel, .. } | Upstream::Remote { tunnel, .. } => {
@@ -281,7 +288,7 @@ async fn open(
         },
         Target::Remote(via) => waypoint
             .dialer
-            .open_remote(waypoint, state, via, timeout, Some(client))
+            .open_remote(waypoint, state, via, timeout, client)
             .await
             .map(|(tunnel, _)| Io::Tunnel(Box::new(tunnel)))
             .map_err(|failure| match failure {

@@ -14,7 +14,10 @@ use strait_config::{
     manifest::networking::{HttpRoute, RouteDestination, VirtualServiceSpec},
 };
 
-use crate::matching::{Match, Request};
+use crate::{
+    actions::{Answer, HeaderActions, Rewriting},
+    matching::{Match, Request},
+};
 
 /// A service's routes as the config has them now.
 #[derive(Debug)]
@@ -43,6 +46,10 @@ pub struct Route {
     pub timeout: Option<Duration>,
     pub retries: Retries,
     pub fault: Fault,
+    /// A redirect or direct response instead of a destination.
+    pub answer: Option<Answer>,
+    pub rewrite: Rewriting,
+    pub headers: HeaderActions,
 }
 
 /// A route's fault injection: each part applies to its share of requests.
@@ -123,6 +130,7 @@ pub struct Weighted {
     pub subset: Option<String>,
     pub port: Option<u16>,
     pub weight: u32,
+    pub headers: HeaderActions,
 }
 
 /// A route's retry policy; Istio's default when the route sets none.
@@ -248,6 +256,7 @@ impl Route {
                         .as_ref()
                         .and_then(|p| u16::try_from(p.number).ok()),
                     weight: weight(d),
+                    headers: HeaderActions::compile(d.headers.as_ref()).unwrap_or_default(),
                 })
                 .collect(),
             timeout: route
@@ -257,12 +266,19 @@ impl Route {
                 .filter(|t| !t.is_zero()),
             retries: Retries::from_spec(route.retries.as_ref()),
             fault: Fault::from_spec(route.fault.as_ref()),
+            answer: Answer::compile(route.redirect.as_ref(), route.direct_response.as_ref())?,
+            rewrite: Rewriting::compile(route.rewrite.as_ref())?,
+            headers: HeaderActions::compile(route.headers.as_ref())?,
         })
     }
 
-    /// Whether `req` takes this route: no matches is every request.
-    pub fn matches(&self, req: &Request<'_>) -> bool {
-        self.matches.is_empty() || self.matches.iter().any(|m| m.matches(req))
+    /// Whether `req` takes this route (no matches is every request), and
+    /// the match entry that took it.
+    pub fn matches(&self, req: &Request<'_>) -> Option<Option<&Match>> {
+        if self.matches.is_empty() {
+            return Some(None);
+        }
+        self.matches.iter().find(|m| m.matches(req)).map(Some)
     }
 
     /// One destination, by weight (`roll` in [0, 1)).
@@ -370,17 +386,22 @@ mod tests {
                     subset: None,
                     port: None,
                     weight: 80,
+                    headers: HeaderActions::default(),
                 },
                 Weighted {
                     host: "b".into(),
                     subset: None,
                     port: None,
                     weight: 20,
+                    headers: HeaderActions::default(),
                 },
             ],
             timeout: None,
             retries: Retries::istio_default(),
             fault: Fault::default(),
+            answer: None,
+            rewrite: Rewriting::default(),
+            headers: HeaderActions::default(),
         };
         assert_eq!(route.pick(0.0).unwrap().host, "a");
         assert_eq!(route.pick(0.79).unwrap().host, "a");

@@ -52,7 +52,8 @@ where
                 &state,
                 addr,
                 waypoint.connect_timeout,
-                Some(&client.identity),
+                crate::forward::speaks_for_client(&waypoint, &state, &Target::Direct(addr))
+                    .then_some(&client.identity),
             )
             .await
         {

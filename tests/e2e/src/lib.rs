@@ -119,7 +119,8 @@ Server(("::", int(sys.argv[1])), handler).serve_forever()
 
 /// An HTTP/1.1 app for the L7 tests, on `port` (IPv4 and IPv6), that
 /// answers every GET and POST (reading the body) as `behaviour` says:
-/// `ok` (200, body `marker`), `fail` (503), `slow` (200 after 2 s).
+/// `ok` (200, body `marker`), `fail` (503), `slow` (200 after 2 s), `echo`
+/// (200, body `marker path host=<Host> x-route=<x-route header>`).
 pub fn http_app(place: &Place, port: u16, behaviour: &str, marker: &str) -> Result<Process> {
     const SCRIPT: &str = r#"
 import http.server, socket, sys, time
@@ -139,6 +140,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
             time.sleep(2)
         code = 503 if behaviour == "fail" else 200
         body = b"failing" if code == 503 else marker
+        if behaviour == "echo":
+            body = b"%s %s host=%s x-route=%s" % (marker, self.path.encode(),
+                (self.headers.get("host") or "").encode(), (self.headers.get("x-route") or "").encode())
         self.send_response(code)
         self.send_header("content-length", str(len(body)))
         self.end_headers()

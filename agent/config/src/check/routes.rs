@@ -17,22 +17,13 @@ const NOT_YET: &str = "has no effect yet: strait's waypoint does not apply it";
 /// apply yet.
 fn not_applied_yet(f: &mut Findings, path: &str, h: &net::HttpRoute) {
     let set = [
-        ("redirect", h.redirect.is_some()),
-        ("directResponse", h.direct_response.is_some()),
         ("delegate", h.delegate.is_some()),
-        ("rewrite", h.rewrite.is_some()),
         ("mirror", h.mirror.is_some()),
         ("mirrors", !h.mirrors.is_empty()),
         ("corsPolicy", h.cors_policy.is_some()),
-        ("headers", h.headers.is_some()),
     ];
     for (field, _) in set.iter().filter(|(_, set)| *set) {
         f.warn(&format!("{path}.{field}"), NOT_YET);
-    }
-    for (j, r) in h.route.iter().enumerate() {
-        if r.headers.is_some() {
-            f.warn(&format!("{path}.route[{j}].headers"), NOT_YET);
-        }
     }
     for (j, m) in h.matches.iter().enumerate() {
         if m.scheme.is_some() {

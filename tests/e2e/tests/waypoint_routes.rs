@@ -1,0 +1,181 @@
+//! Routes from the seeds, as written: 003-03 (header routing across
+//! clusters' namespaces) with 003-04's distribute rule beside it, applied
+//! by a waypoint unchanged; and a route's rewrite, redirect, direct
+//! response and header operations, seen by the client and the server.
+use strait_e2e::{
+    Mesh, Result, http_app, namespace_yaml, require_root, waypoint_yaml, workload_yaml,
+};
+use strait_topology::{Locality, Place, Spec, Topology};
+
+const REVIEWS: &str = "10.96.0.100";
+const EAST: &str = "10.96.0.101";
+const WEST: &str = "10.96.0.102";
+const SHOP: &str = "10.96.0.103";
+
+fn spec() -> Spec {
+    Spec::new()
+        .node("n1", "c1", "net1", Locality::new("east-cluster", "z1", ""))
+        .node("n2", "c1", "net1", Locality::new("west-cluster", "z1", ""))
+        .pod("client", "n1")
+        .pod("wp", "n1")
+        .pod("reviews-east", "n1")
+        .pod("reviews-west", "n2")
+        .pod("app", "n2")
+}
+
+fn service(name: &str, namespace: &str, vip: &str, selector: &str, waypoint: bool) -> String {
+    let label = if waypoint {
+        "\n  labels: {istio.io/use-waypoint: waypoint}"
+    } else {
+        ""
+    };
+    format!(
+        "apiVersion: v1
+kind: Service
+metadata:
+  name: {name}
+  namespace: {namespace}{label}
+spec:
+  clusterIP: {vip}
+  selector: {{app: {selector}}}
+  ports:
+  - port: 9080
+    targetPort: 8080
+---
+"
+    )
+}
+
+/// The seeds' files, unchanged (copied into `tests/e2e/seeds/`), and what
+/// they need around them.
+fn config(topo: &Topology) -> Result<String> {
+    let seed = |name: &str| -> Result<String> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("seeds")
+            .join(name);
+        Ok(format!("{}\n---\n", std::fs::read_to_string(path)?))
+    };
+    Ok([
+        namespace_yaml("default", true),
+        namespace_yaml("east-cluster", true),
+        namespace_yaml("west-cluster", true),
+        workload_yaml(topo.pod("client")?, "default", "client", &[]),
+        workload_yaml(topo.pod("reviews-east")?, "east-cluster", "reviews", &[]),
+        workload_yaml(topo.pod("reviews-west")?, "west-cluster", "reviews", &[]),
+        workload_yaml(topo.pod("app")?, "default", "app", &[]),
+        waypoint_yaml("waypoint", "default", topo.pod("wp")?, &[]),
+        service("reviews", "default", REVIEWS, "reviews-east", true),
+        service("reviews", "east-cluster", EAST, "reviews-east", false),
+        service("reviews", "west-cluster", WEST, "reviews-west", false),
+        service("shop", "default", SHOP, "app", true),
+        seed("003-03.yaml")?,
+        seed("003-04.yaml")?,
+        "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: shop, namespace: default}
+spec:
+  hosts: [shop]
+  http:
+  - name: moved
+    match:
+    - uri: {prefix: /old/}
+    redirect: {uri: /new/place, redirectCode: 308}
+  - name: gone
+    match:
+    - uri: {exact: /gone}
+    directResponse:
+      status: 410
+      body: {string: gone for good}
+  - name: api
+    match:
+    - uri: {prefix: /api/}
+    rewrite: {uri: /v2/, authority: shop.internal}
+    headers:
+      request:
+        set: {x-route: api}
+      response:
+        add: {x-served-by: strait-waypoint}
+    route:
+    - destination: {host: shop}
+---
+"
+        .to_string(),
+    ]
+    .concat())
+}
+
+/// curl's view: status, then the named response header, then the body.
+fn get(place: &Place, url: &str, headers: &[&str]) -> Result<String> {
+    let mut argv = vec![
+        "curl",
+        "-s",
+        "-w",
+        " [%{http_code} %header{location}%header{x-served-by}]",
+    ];
+    for h in headers {
+        argv.extend(["-H", h]);
+    }
+    argv.push(url);
+    let out = place.run_ok(&argv, std::time::Duration::from_secs(30))?;
+    Ok(String::from_utf8_lossy(&out.stdout).to_string())
+}
+
+#[test]
+fn the_seeds_routes_and_a_routes_actions_take_effect() -> Result<()> {
+    require_root();
+    let topo = Topology::create(spec())?;
+    let mesh = Mesh::new(&topo)?;
+    mesh.write("mesh.yaml", &config(&topo)?)?;
+    let _agents = [mesh.start_agent("n1", &[])?, mesh.start_agent("n2", &[])?];
+    let _waypoint = mesh.start_waypoint("wp", "default/waypoint")?;
+    let client = topo.pod("client")?;
+    let _apps = [
+        http_app(
+            topo.pod("reviews-east")?,
+            8080,
+            "ok",
+            "reviews in east-cluster",
+        )?,
+        http_app(
+            topo.pod("reviews-west")?,
+            8080,
+            "ok",
+            "reviews in west-cluster",
+        )?,
+        http_app(topo.pod("app")?, 8080, "echo", "app:")?,
+    ];
+    let reviews = format!("http://{REVIEWS}:9080/reviews/1");
+
+    // 003-03: the cluster header picks the namespace's service.
+    for cluster in ["east", "west"] {
+        let got = get(&client.place, &reviews, &[&format!("cluster: {cluster}")])?;
+        println!("003-03, cluster: {cluster}: {got}");
+        assert_eq!(got, format!("reviews in {cluster}-cluster [200 ]"));
+    }
+    // No route for a request without the header: 404, as in Istio.
+    let got = get(&client.place, &reviews, &[])?;
+    println!("003-03, no cluster header: {got}");
+    assert!(got.ends_with("[404 ]"), "{got}");
+
+    // Rewrite and header operations: the server sees the new path,
+    // authority and header; the client sees the added header.
+    let got = get(
+        &client.place,
+        &format!("http://{SHOP}:9080/api/items?id=7"),
+        &[],
+    )?;
+    println!("rewrite: {got}");
+    assert_eq!(
+        got,
+        "app: /v2/items?id=7 host=shop.internal x-route=api [200 strait-waypoint]"
+    );
+    // Redirect: the client is sent elsewhere, the server never asked.
+    let got = get(&client.place, &format!("http://{SHOP}:9080/old/thing"), &[])?;
+    println!("redirect: {got}");
+    assert_eq!(got, format!(" [308 http://{SHOP}:9080/new/place]"));
+    // Direct response.
+    let got = get(&client.place, &format!("http://{SHOP}:9080/gone"), &[])?;
+    println!("direct response: {got}");
+    assert_eq!(got, "gone for good [410 ]");
+    Ok(())
+}

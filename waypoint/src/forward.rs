@@ -34,7 +34,7 @@ use crate::{
     breaker::{Counters, Kind, Limits},
     matching::{self, Match},
     metrics::RequestLabels,
-    pool::{Body, BoxError, Version},
+    pool::{Body, BoxError, Dialing, Version},
     proxy::Waypoint,
     routes::{Abort, Fault, Retries, Route, Table},
 };
@@ -344,18 +344,7 @@ fn answered(answer: &Answer, client: &Client, parts: &hyper::http::request::Part
             scheme,
             port,
         } => {
-            let host = parts
-                .uri
-                .authority()
-                .map(|a| a.to_string())
-                .or_else(|| {
-                    parts
-                        .headers
-                        .get(header::HOST)
-                        .and_then(|h| h.to_str().ok())
-                        .map(str::to_string)
-                })
-                .unwrap_or_else(|| client.authority.to_string());
+            let host = request_authority(parts).unwrap_or_else(|| client.authority.to_string());
             let location = Answer::location(
                 &parts.uri,
                 &host,
@@ -580,7 +569,11 @@ async fn attempts(
         let mut sender = match waypoint
             .upstreams
             .take(
-                waypoint,
+                Dialing {
+                    dialer: &waypoint.dialer,
+                    origin: waypoint,
+                    timeout: waypoint.connect_timeout,
+                },
                 state,
                 &target,
                 (client.version, on_behalf),
@@ -821,18 +814,7 @@ fn upstream_request(
     let uri = match version {
         Version::Http1 => path.parse::<Uri>(),
         Version::Http2 => {
-            let authority = parts
-                .uri
-                .authority()
-                .map(|a| a.to_string())
-                .or_else(|| {
-                    parts
-                        .headers
-                        .get(header::HOST)
-                        .and_then(|h| h.to_str().ok())
-                        .map(str::to_string)
-                })
-                .unwrap_or_else(|| addr.to_string());
+            let authority = request_authority(parts).unwrap_or_else(|| addr.to_string());
             format!("http://{authority}{path}").parse::<Uri>()
         }
     }
@@ -845,6 +827,17 @@ fn upstream_request(
         request.headers_mut().remove(header::HOST);
     }
     request
+}
+
+/// The authority a request names: its URI's (HTTP/2), else its Host.
+fn request_authority(parts: &hyper::http::request::Parts) -> Option<String> {
+    parts.uri.authority().map(|a| a.to_string()).or_else(|| {
+        parts
+            .headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_string)
+    })
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {

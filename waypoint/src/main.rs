@@ -35,7 +35,7 @@ use std::{
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use strait_identity::{CertManager, Identity, RemoteCa, tls::ClientConfigs};
+use strait_identity::{Identity, tls::ClientConfigs};
 use strait_state::{NodeState, reload};
 use tokio::net::TcpListener;
 use tracing::info;
@@ -63,24 +63,8 @@ struct Args {
     /// This cluster's name.
     #[arg(long, env = "STRAIT_CLUSTER", default_value = "Kubernetes")]
     cluster: String,
-    /// The CA service, as the agent takes it (`ip:port` or a Service's
-    /// `host:port`); several are tried in turn.
-    #[arg(long, env = "STRAIT_CA_ADDR", value_delimiter = ',', required = true)]
-    ca_addr: Vec<strait_state::ca_addr::CaAddr>,
-    /// A credential for the CA service and the mesh's roots.
-    #[arg(
-        long,
-        env = "STRAIT_CREDENTIAL_DIR",
-        default_value = "/var/lib/strait/node"
-    )]
-    credential_dir: PathBuf,
-    /// The pod's projected ServiceAccount token (Kubernetes), sent to the
-    /// CA instead of a certificate.
-    #[arg(long, env = "STRAIT_CA_TOKEN")]
-    ca_token: Option<PathBuf>,
-    /// Lifetime of the waypoint's certificate (rotated at half life).
-    #[arg(long, default_value = "24h", value_parser = strait_config::duration::parse)]
-    cert_lifetime: Duration,
+    #[command(flatten)]
+    ca: strait_state::ca_addr::CaArgs,
     /// How long opening a connection to one endpoint may take before the
     /// next one is tried.
     #[arg(long, default_value = "1s", value_parser = strait_config::duration::parse)]
@@ -172,21 +156,15 @@ async fn run(args: Args) -> Result<()> {
     let port = waypoint.port;
     drop(snapshot);
 
-    let ca = RemoteCa::new(
-        &args.credential_dir,
-        strait_state::ca_addr::resolver(args.ca_addr.clone(), state.clone()),
-        None,
-        CA_TIMEOUT,
-        args.ca_token.clone(),
-    )
-    .with_context(|| {
-        format!(
-            "reading the credential in {}",
-            args.credential_dir.display()
-        )
-    })?;
-    let certs =
-        CertManager::new(Arc::new(ca), args.cert_lifetime).context("setting up certificates")?;
+    let certs = args
+        .ca
+        .cert_manager(&state, None, CA_TIMEOUT)
+        .with_context(|| {
+            format!(
+                "certificates from the CA, with the credential in {}",
+                args.ca.credential_dir.display()
+            )
+        })?;
     certs
         .ensure(&identity, FIRST_CERT)
         .await

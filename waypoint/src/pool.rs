@@ -23,17 +23,14 @@ use strait_identity::Identity;
 use strait_route::Target;
 use strait_state::Snapshot;
 use strait_telemetry::Reason;
-use strait_upstream::{Upstream, remote::Failure};
+use strait_upstream::{Dialer, Origin, Upstream, remote::Failure};
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::TcpStream,
 };
 use tracing::debug;
 
-use crate::{
-    breaker::{Counters, Kind},
-    proxy::Waypoint,
-};
+use crate::breaker::{Counters, Kind};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Request and response bodies as the waypoint passes them on.
@@ -96,7 +93,7 @@ impl Upstreams {
     /// one.
     pub async fn take(
         &self,
-        waypoint: &Waypoint,
+        from: Dialing<'_, impl Origin>,
         state: &Snapshot,
         target: &Target,
         (version, client): (Version, Option<&Identity>),
@@ -106,7 +103,7 @@ impl Upstreams {
         let key = (
             address(target),
             version,
-            client.unwrap_or(&waypoint.identity).clone(),
+            client.unwrap_or(from.origin.identity()).clone(),
         );
         if let Some(sender) = self.idle(&key) {
             return Ok(sender);
@@ -149,7 +146,7 @@ impl Upstreams {
             counters.connections.fetch_sub(1, Ordering::AcqRel);
             counters.freed.notify_waiters();
         };
-        let io = match open(waypoint, state, target, client).await {
+        let io = match open(&from, state, target, client).await {
             Ok(io) => io,
             Err(reason) => {
                 if reserved {
@@ -267,18 +264,26 @@ fn address(target: &Target) -> SocketAddr {
     }
 }
 
+/// Where connections to endpoints leave from: the dialer, as whom, and how
+/// long opening one may take.
+pub struct Dialing<'a, O> {
+    pub dialer: &'a Dialer,
+    pub origin: &'a O,
+    pub timeout: std::time::Duration,
+}
+
 /// The bytes' way to `target`, naming `client` when there is one.
 async fn open(
-    waypoint: &Waypoint,
+    from: &Dialing<'_, impl Origin>,
     state: &Snapshot,
     target: &Target,
     client: Option<&Identity>,
 ) -> Result<Io, Reason> {
-    let timeout = waypoint.connect_timeout;
+    let (timeout, origin) = (from.timeout, from.origin);
     match target {
-        Target::Direct(addr) => match waypoint
+        Target::Direct(addr) => match from
             .dialer
-            .open(waypoint, state, *addr, timeout, client)
+            .open(origin, state, *addr, timeout, client)
             .await?
         {
             Upstream::Hbone { tunnel, .. } | Upstream::Remote { tunnel, .. } => {
@@ -286,9 +291,9 @@ async fn open(
             }
             Upstream::Plain(tcp) => Ok(Io::Tcp(tcp)),
         },
-        Target::Remote(via) => waypoint
+        Target::Remote(via) => from
             .dialer
-            .open_remote(waypoint, state, via, timeout, client)
+            .open_remote(origin, state, via, timeout, client)
             .await
             .map(|(tunnel, _)| Io::Tunnel(Box::new(tunnel)))
             .map_err(|failure| match failure {

@@ -68,27 +68,6 @@ pub enum Abort {
     Grpc(u8),
 }
 
-/// gRPC's status names, by code.
-const GRPC_CODES: [&str; 17] = [
-    "OK",
-    "CANCELLED",
-    "UNKNOWN",
-    "INVALID_ARGUMENT",
-    "DEADLINE_EXCEEDED",
-    "NOT_FOUND",
-    "ALREADY_EXISTS",
-    "PERMISSION_DENIED",
-    "RESOURCE_EXHAUSTED",
-    "FAILED_PRECONDITION",
-    "ABORTED",
-    "OUT_OF_RANGE",
-    "UNIMPLEMENTED",
-    "INTERNAL",
-    "UNAVAILABLE",
-    "DATA_LOSS",
-    "UNAUTHENTICATED",
-];
-
 impl Fault {
     fn from_spec(fault: Option<&strait_config::manifest::networking::Fault>) -> Self {
         let Some(fault) = fault else {
@@ -112,9 +91,10 @@ impl Fault {
             abort: fault.abort.as_ref().and_then(|a| {
                 let abort = match (a.http_status, a.grpc_status.as_deref()) {
                     (Some(status), _) => Abort::Http(u16::try_from(status).ok()?),
-                    (None, Some(name)) => {
-                        Abort::Grpc(u8::try_from(GRPC_CODES.iter().position(|c| *c == name)?).ok()?)
-                    }
+                    (None, Some(name)) => Abort::Grpc(
+                        u8::try_from(strait_config::GRPC_STATUS.iter().position(|c| *c == name)?)
+                            .ok()?,
+                    ),
                     (None, None) => return None,
                 };
                 Some((abort, share(a.percentage.as_ref(), None)))

@@ -23,7 +23,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use strait_capture::{Capture, CaptureConfig};
 use strait_ebpf_common::AGENT_MARK;
-use strait_identity::{CertManager, RemoteCa, tls::ClientConfigs};
+use strait_identity::{CertManager, tls::ClientConfigs};
 use strait_state::{NodeState, reload};
 use tracing::{info, warn};
 
@@ -72,29 +72,8 @@ struct Args {
     /// This agent's directory on bpffs; pinned maps and links live here.
     #[arg(long, env = "STRAIT_PIN_DIR", default_value = "/sys/fs/bpf/strait")]
     pin_dir: PathBuf,
-    /// The CA service (`strait-ca serve`): `ip:port`, or `host:port` with
-    /// the host of a Service the config knows (`strait-ca.strait.svc`),
-    /// whose ready endpoints are asked, so no cluster DNS or kube-proxy is
-    /// needed. Several (comma separated, or the flag repeated) are tried
-    /// in turn.
-    #[arg(long, env = "STRAIT_CA_ADDR", value_delimiter = ',', required = true)]
-    ca_addr: Vec<strait_state::ca_addr::CaAddr>,
-    /// This node's credential for the CA service and the mesh's roots
-    /// (`strait-ca node-credential` makes it).
-    #[arg(
-        long,
-        env = "STRAIT_CREDENTIAL_DIR",
-        default_value = "/var/lib/strait/node"
-    )]
-    credential_dir: PathBuf,
-    /// The agent's projected ServiceAccount token (Kubernetes): sent to the
-    /// CA instead of a node certificate, read again for every request;
-    /// `--credential-dir` then needs only the roots (`strait-ca roots`).
-    #[arg(long, env = "STRAIT_CA_TOKEN")]
-    ca_token: Option<PathBuf>,
-    /// Lifetime of workload certificates (rotated at half life).
-    #[arg(long, default_value = "24h", value_parser = strait_config::duration::parse)]
-    cert_lifetime: Duration,
+    #[command(flatten)]
+    ca: strait_state::ca_addr::CaArgs,
     /// How long an outbound connection may take to reach one endpoint
     /// (TCP, TLS and CONNECT) before the next choice is tried.
     #[arg(long, default_value = "1s", value_parser = strait_config::duration::parse)]
@@ -492,20 +471,15 @@ impl reload::Applied for Enrollment {
 
 /// Certificates from the CA for this node's identities.
 fn cert_manager(args: &Args, state: &NodeState) -> Result<Arc<CertManager>> {
-    let ca = RemoteCa::new(
-        &args.credential_dir,
-        strait_state::ca_addr::resolver(args.ca_addr.clone(), state.clone()),
-        // Only a node's agent shares its namespaces with capture (and holds
-        // CAP_NET_ADMIN); a gateway needs no mark, and may not set one.
-        (args.role == Role::Node).then_some(AGENT_MARK),
-        CA_TIMEOUT,
-        args.ca_token.clone(),
-    )
-    .with_context(|| {
-        format!(
-            "reading the node credential in {}",
-            args.credential_dir.display()
-        )
-    })?;
-    CertManager::new(Arc::new(ca), args.cert_lifetime).context("setting up certificates")
+    // Only a node's agent shares its namespaces with capture (and holds
+    // CAP_NET_ADMIN); a gateway needs no mark, and may not set one.
+    let mark = (args.role == Role::Node).then_some(AGENT_MARK);
+    args.ca
+        .cert_manager(state, mark, CA_TIMEOUT)
+        .with_context(|| {
+            format!(
+                "certificates from the CA, with the credential in {}",
+                args.ca.credential_dir.display()
+            )
+        })
 }

@@ -9,20 +9,14 @@ use prometheus_client::{
 };
 use strait_telemetry::{Direction, Reason, Tcp};
 
-/// Label values as strait spells them.
-macro_rules! label_values {
-    ($($ty:ty { $($variant:ident => $text:literal),+ $(,)? })+) => {$(
-        impl EncodeLabelValue for $ty {
-            fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
-                use std::fmt::Write;
-                encoder.write_str(match self { $(Self::$variant => $text),+ })
-            }
-        }
-    )+};
-}
-
-label_values! {
-    ProbeResult { Passed => "passed", Failed => "failed" }
+impl EncodeLabelValue for ProbeResult {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write;
+        encoder.write_str(match self {
+            Self::Passed => "passed",
+            Self::Failed => "failed",
+        })
+    }
 }
 
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]

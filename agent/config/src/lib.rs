@@ -55,6 +55,27 @@ pub fn exported_to(export_to: &[String], owner: &str, client: &str) -> bool {
         })
 }
 
+/// gRPC's status names, by code (a fault's `grpcStatus`).
+pub const GRPC_STATUS: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
 /// Label naming a workload's, namespace's or node's network (Istio's).
 pub const NETWORK_LABEL: &str = "topology.istio.io/network";
 /// Label (`"true"`/`"false"`) on a Service, ServiceEntry or namespace that

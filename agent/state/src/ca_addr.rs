@@ -9,7 +9,7 @@ use std::{
     sync::Arc,
 };
 
-use strait_identity::remote::CaAddrs;
+use strait_identity::{CertManager, RemoteCa, remote::CaAddrs};
 
 use crate::NodeState;
 
@@ -51,6 +51,58 @@ impl FromStr for CaAddr {
             host: host.to_owned(),
             port,
         })
+    }
+}
+
+/// How a binary reaches the CA service and what it proves there, as the
+/// agent, the east-west gateway and the waypoint take it on their command
+/// lines.
+#[cfg(feature = "cli")]
+#[derive(clap::Args, Debug)]
+pub struct CaArgs {
+    /// The CA service (`strait-ca serve`): `ip:port`, or `host:port` with
+    /// the host of a Service the config knows (`strait-ca.strait.svc`),
+    /// whose ready endpoints are asked, so no cluster DNS or kube-proxy is
+    /// needed. Several (comma separated, or the flag repeated) are tried
+    /// in turn.
+    #[arg(long, env = "STRAIT_CA_ADDR", value_delimiter = ',', required = true)]
+    pub ca_addr: Vec<CaAddr>,
+    /// A node's credential for the CA service and the mesh's roots
+    /// (`strait-ca node-credential` makes it).
+    #[arg(
+        long,
+        env = "STRAIT_CREDENTIAL_DIR",
+        default_value = "/var/lib/strait/node"
+    )]
+    pub credential_dir: std::path::PathBuf,
+    /// The pod's projected ServiceAccount token (Kubernetes): sent to the
+    /// CA instead of a node certificate, read again for every request;
+    /// `--credential-dir` then needs only the roots (`strait-ca roots`).
+    #[arg(long, env = "STRAIT_CA_TOKEN")]
+    pub ca_token: Option<std::path::PathBuf>,
+    /// Lifetime of workload certificates (rotated at half life).
+    #[arg(long, default_value = "24h", value_parser = strait_config::duration::parse)]
+    pub cert_lifetime: std::time::Duration,
+}
+
+#[cfg(feature = "cli")]
+impl CaArgs {
+    /// Certificates from the CA, asked for over connections marked `mark`
+    /// (a node's agent: capture leaves them alone), each within `timeout`.
+    pub fn cert_manager(
+        &self,
+        state: &NodeState,
+        mark: Option<u32>,
+        timeout: std::time::Duration,
+    ) -> Result<Arc<CertManager>, strait_identity::Error> {
+        let ca = RemoteCa::new(
+            &self.credential_dir,
+            resolver(self.ca_addr.clone(), state.clone()),
+            mark,
+            timeout,
+            self.ca_token.clone(),
+        )?;
+        CertManager::new(Arc::new(ca), self.cert_lifetime)
     }
 }
 

@@ -140,16 +140,27 @@ fn one_pod_cannot_take_the_agent_from_the_others() -> Result<()> {
     // b's connections while a holds all it may.
     let load = connections(b, IpAddr::V4(c.ipv4), 8080, 200, 8, monotonic_now())?;
     // The client gives up on a connection after 5 s; on two busy cores the
-    // agent may refuse (and count) it after that.
-    let counting = mesh.wait_metric(
-        "n1",
-        "strait_connection_failures_total",
-        &["direction=\"outbound\"", "reason=\"pod_limit\""],
-        TRIED - CAP,
-        Duration::from_secs(30),
-    );
-    let metrics = mesh.metrics("n1")?;
+    // agent may refuse (and count) it after that. A connection within the
+    // cap that fails for another reason (a TLS handshake timing out on a
+    // loaded machine) frees its place for one over it: every refusal is
+    // counted, by its reason.
+    let outbound_failures = |metrics: &str| {
+        metric_sum(
+            metrics,
+            "strait_connection_failures_total",
+            &["direction=\"outbound\""],
+        )
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let metrics = loop {
+        let metrics = mesh.metrics("n1")?;
+        if outbound_failures(&metrics) >= TRIED - CAP || std::time::Instant::now() > deadline {
+            break metrics;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     let over = refused(&metrics, "outbound", "pod_limit");
+    let other = outbound_failures(&metrics) - over;
     let failures: Vec<&str> = metrics
         .lines()
         .filter(|l| l.starts_with("strait_connection_failures_total{"))
@@ -174,8 +185,11 @@ fn one_pod_cannot_take_the_agent_from_the_others() -> Result<()> {
         (CAP, TRIED - CAP),
         "a's connections (served, refused)"
     );
-    counting?;
-    assert_eq!(over, TRIED - CAP, "refusals counted");
+    assert_eq!(over + other, TRIED - CAP, "refusals counted");
+    assert!(
+        other <= 5,
+        "{other} of a's connections failed for another reason than its cap"
+    );
     assert!(
         (during.1 as u64) < before.1 as u64 + 2 * CAP + 64,
         "the agent's descriptors grew from {} to {}",

@@ -150,102 +150,74 @@ pub async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, client: TcpStream, peer: S
             if std::time::Instant::now() >= give_up {
                 break;
             }
-            let via = match target {
-                Target::Direct(target) => {
-                    match proxy.dialer.open(&*pod, &state, target, timeout, None).await {
+            // A direct endpoint, or a waypoint instance; another network's
+            // endpoints go through its gateways below.
+            let (opened, addr, to) = match target {
+                Target::Direct(target) => (
+                    proxy.dialer.open(&*pod, &state, target, timeout, None).await,
+                    target,
+                    target,
+                ),
+                Target::Waypoint(hop) => (
+                    proxy.dialer.open_waypoint(&*pod, &hop, timeout).await,
+                    hop.addr,
+                    hop.authority,
+                ),
+                Target::Remote(via) => {
+                    if failed_behind.contains(&via.network) {
+                        continue;
+                    }
+                    match remote(&proxy, &pod, &state, &via, timeout).await {
                         Ok(upstream) => {
-                            proxy.health.success(target);
-                            let _active = proxy.load.open(target);
-                            carry(&proxy, &pod, client, upstream, src, target).await;
+                            let _active = proxy.load.open(via.gateway);
+                            carry(&proxy, &pod, client, upstream, src, via.gateway).await;
                             return;
                         }
-                        Err(Reason::NoCertificate) => {
-                            // Ours, not the endpoint's fault: no other
-                            // endpoint helps.
+                        Err(remote::Failure::Behind(Reason::NoCertificate)) => {
                             failure = Reason::NoCertificate;
                             warn!("no certificate for this pod yet: refused rather than sent in the clear");
                             break;
                         }
-                        Err(reason) => {
+                        Err(remote::Failure::Behind(reason)) => {
                             failure = reason;
-                            if let Some((service, all, settings)) = &outlier {
-                                let now = std::time::Instant::now();
-                                if proxy.health.failure(target, all, *settings, now) {
-                                    proxy.metrics.ejected(service);
-                                    warn!(%service, endpoint = %target, "endpoint ejected");
-                                }
-                            }
-                            continue;
+                            failed_behind.push(via.network.clone());
                         }
+                        Err(remote::Failure::Gateway(reason)) => failure = reason,
                     }
-                }
-                Target::Remote(via) => via,
-                Target::Waypoint(hop) => {
-                    match proxy.dialer.open_waypoint(&*pod, &hop, timeout).await {
-                        Ok(upstream) => {
-                            proxy.health.success(hop.addr);
-                            let _active = proxy.load.open(hop.addr);
-                            carry(&proxy, &pod, client, upstream, src, hop.authority).await;
-                            return;
-                        }
-                        Err(Reason::NoCertificate) => {
-                            failure = Reason::NoCertificate;
-                            warn!("no certificate for this pod yet: refused rather than sent in the clear");
-                            break;
-                        }
-                        Err(reason) => {
-                            // Set aside like a failing gateway: the next
-                            // instance is tried.
-                            failure = reason;
-                            let instances = [hop.addr];
-                            if proxy.health.failure(
-                                hop.addr,
-                                &instances,
-                                strait_balance::outlier::Settings::from_rule(None),
-                                std::time::Instant::now(),
-                            ) {
-                                warn!(waypoint = %hop.waypoint, instance = %hop.addr, "waypoint instance set aside");
-                            }
-                            continue;
-                        }
-                    }
+                    continue;
                 }
             };
-            if failed_behind.contains(&via.network) {
-                continue;
-            }
-            match proxy.dialer.open_remote(&*pod, &state, &via, timeout, None).await {
-                Ok((tunnel, destination)) => {
-                    proxy.health.success(via.gateway);
-                    let _active = proxy.load.open(via.gateway);
-                    let upstream = Upstream::Remote {
-                        tunnel,
-                        destination,
-                        via: via.clone(),
-                    };
-                    carry(&proxy, &pod, client, upstream, src, via.gateway).await;
+            match opened {
+                Ok(upstream) => {
+                    proxy.health.success(addr);
+                    let _active = proxy.load.open(addr);
+                    carry(&proxy, &pod, client, upstream, src, to).await;
                     return;
                 }
-                Err(remote::Failure::Behind(Reason::NoCertificate)) => {
+                Err(Reason::NoCertificate) => {
+                    // Ours, not the endpoint's fault: no other endpoint
+                    // helps.
                     failure = Reason::NoCertificate;
                     warn!("no certificate for this pod yet: refused rather than sent in the clear");
                     break;
                 }
-                Err(remote::Failure::Behind(reason)) => {
-                    failure = reason;
-                    failed_behind.push(via.network.clone());
-                }
-                Err(remote::Failure::Gateway(reason)) => {
+                Err(reason) => {
                     failure = reason;
                     let now = std::time::Instant::now();
-                    let gateways = [via.gateway];
-                    if proxy.health.failure(
-                        via.gateway,
-                        &gateways,
-                        strait_balance::outlier::Settings::from_rule(None),
-                        now,
-                    ) {
-                        warn!(gateway = %via.gateway, network = %via.network, "gateway set aside");
+                    if addr != to {
+                        // A waypoint instance: set aside like a failing
+                        // gateway, the next one tried.
+                        let settings = strait_balance::outlier::Settings::from_rule(None);
+                        if proxy.health.failure(addr, &[addr], settings, now) {
+                            warn!(instance = %addr, "waypoint instance set aside");
+                        }
+                    } else if let Some((service, all, settings)) = &outlier
+                        && proxy.health.failure(addr, all, *settings, now)
+                    {
+                        // A service's endpoint: its outlier detection (a
+                        // workload dialled directly has nothing to rank).
+                        proxy.metrics.ejected(service);
+                        warn!(%service, endpoint = %addr, "endpoint ejected");
                     }
                 }
             }
@@ -255,6 +227,43 @@ pub async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, client: TcpStream, peer: S
     }
     .instrument(span)
     .await
+}
+
+/// Opens the double tunnel to `via`'s network; the gateway set aside when
+/// it fails.
+async fn remote(
+    proxy: &Proxy,
+    pod: &Pod,
+    state: &strait_state::Snapshot,
+    via: &strait_route::Via,
+    timeout: std::time::Duration,
+) -> Result<Upstream, remote::Failure> {
+    match proxy
+        .dialer
+        .open_remote(pod, state, via, timeout, None)
+        .await
+    {
+        Ok((tunnel, destination)) => {
+            proxy.health.success(via.gateway);
+            Ok(Upstream::Remote {
+                tunnel,
+                destination,
+                via: via.clone(),
+            })
+        }
+        Err(remote::Failure::Gateway(reason)) => {
+            let gateways = [via.gateway];
+            let settings = strait_balance::outlier::Settings::from_rule(None);
+            if proxy
+                .health
+                .failure(via.gateway, &gateways, settings, std::time::Instant::now())
+            {
+                warn!(gateway = %via.gateway, network = %via.network, "gateway set aside");
+            }
+            Err(remote::Failure::Gateway(reason))
+        }
+        Err(behind) => Err(behind),
+    }
 }
 
 /// Carries the client's bytes to `target` and back; the client sees a

@@ -235,27 +235,6 @@ const RETRY_ON: [&str; 16] = [
     "unavailable",
 ];
 
-/// gRPC status names a fault may abort with.
-const GRPC_STATUS: [&str; 17] = [
-    "OK",
-    "CANCELLED",
-    "UNKNOWN",
-    "INVALID_ARGUMENT",
-    "DEADLINE_EXCEEDED",
-    "NOT_FOUND",
-    "ALREADY_EXISTS",
-    "PERMISSION_DENIED",
-    "RESOURCE_EXHAUSTED",
-    "FAILED_PRECONDITION",
-    "ABORTED",
-    "OUT_OF_RANGE",
-    "UNIMPLEMENTED",
-    "INTERNAL",
-    "UNAVAILABLE",
-    "DATA_LOSS",
-    "UNAUTHENTICATED",
-];
-
 fn http_route(f: &mut Findings, path: &str, h: &net::HttpRoute, in_delegate: bool) {
     if h.delegate.is_some() {
         // A root route hands its requests to the delegate, and only that.
@@ -693,7 +672,7 @@ fn http_fault(f: &mut Findings, path: &str, fault: &net::Fault) {
         f.one_of(
             &format!("{p}.grpcStatus"),
             a.grpc_status.as_deref(),
-            &GRPC_STATUS,
+            &crate::GRPC_STATUS,
         );
         if a.http2_error.is_some() {
             f.reject(&format!("{p}.http2Error"), "is not supported by Istio");

@@ -614,7 +614,12 @@ async fn attempts(
             .give_back(&target, on_behalf.unwrap_or(&waypoint.identity), sender);
         match result {
             None => {
-                failed(addr);
+                // A timeout or a broken exchange may be the client's doing
+                // (a body that never ends): it counts only under the
+                // destination's own outlierDetection.
+                if endpoints.five_xx_counts {
+                    failed(addr);
+                }
                 last = reply(StatusCode::GATEWAY_TIMEOUT, "UT", destination, attempt);
                 if attempt < tries && body.replayable() {
                     continue;
@@ -622,7 +627,9 @@ async fn attempts(
                 return last;
             }
             Some(Err(err)) => {
-                failed(addr);
+                if endpoints.five_xx_counts {
+                    failed(addr);
+                }
                 let refused = err.is_canceled();
                 last = reply(StatusCode::SERVICE_UNAVAILABLE, "UC", destination, attempt);
                 let retry = (plan.retries.on.reset
@@ -675,9 +682,10 @@ struct Endpoints {
     targets: Vec<Target>,
     all: Vec<SocketAddr>,
     outlier: Settings,
-    /// Whether a 5xx answer counts against its endpoint: only when the
-    /// destination's DestinationRule has `outlierDetection` (Envoy's
-    /// consecutive 5xx); connection failures always count, as at L4.
+    /// Whether a 5xx answer, a reset or a timed-out try counts against its
+    /// endpoint: only when the destination's DestinationRule has
+    /// `outlierDetection` (Envoy's consecutive 5xx). A failure to connect
+    /// always counts, as at L4: no client can cause one.
     five_xx_counts: bool,
 }
 

@@ -168,7 +168,14 @@ impl Retries {
             .map(str::trim)
         {
             match cond {
-                "5xx" => on.five_xx = true,
+                // Envoy's 5xx: any 5xx answer, or none at all (connect
+                // failures, resets, refused streams).
+                "5xx" => {
+                    on.five_xx = true;
+                    on.connect_failure = true;
+                    on.reset = true;
+                    on.refused_stream = true;
+                }
                 "gateway-error" => on.gateway_error = true,
                 "connect-failure" => on.connect_failure = true,
                 "reset" => on.reset = true,
@@ -419,6 +426,8 @@ mod tests {
         assert_eq!(r.attempts, 3);
         assert_eq!(r.per_try_timeout, Some(Duration::from_secs(2)));
         assert!(r.on.five_xx && r.on.reset && r.on.retriable_4xx);
+        // 5xx includes not answering at all.
+        assert!(r.on.connect_failure && r.on.refused_stream);
         assert!(r.on.status(500) && r.on.status(409) && r.on.status(418));
         assert!(!r.on.status(404));
         // Without a policy: Istio's default.

@@ -394,3 +394,126 @@ spec:
     );
     Ok(())
 }
+
+/// A client in a pod of the mesh doing what a waypoint must survive: one
+/// request with 200 KiB of headers, `SLOW` connections sending their
+/// headers a byte at a time (slowloris), and one body that never ends
+/// (1 KiB every 10 ms for 10 s). Prints what it saw.
+const HOSTILE: &str = r#"
+import socket, sys, threading, time
+vip, port, slow = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+s = socket.create_connection((vip, port))
+s.sendall(b"GET /h HTTP/1.1\r\nHost: x\r\n" + b"".join(b"x-h%d: %s\r\n" % (i, b"a" * 1000) for i in range(200)) + b"\r\n")
+s.settimeout(30)
+try:
+    line = s.recv(200).split(b"\r\n")[0].decode()
+except Exception as e:
+    line = "error " + str(e)
+print("header flood:", line or "closed", flush=True)
+conns = []
+for i in range(slow):
+    c = socket.create_connection((vip, port))
+    c.sendall(b"GET /slow HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+    conns.append(c)
+print("slow opened", len(conns), flush=True)
+def body():
+    b = socket.create_connection((vip, port))
+    b.sendall(b"POST /endless HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+    sent, end = 0, time.time() + 10
+    try:
+        while time.time() < end:
+            b.sendall(b"400\r\n" + b"b" * 1024 + b"\r\n")
+            sent += 1024
+            time.sleep(0.01)
+    except OSError:
+        pass
+    print("endless body: sent", sent, "bytes", flush=True)
+t = threading.Thread(target=body)
+t.start()
+open_conns, closed, deadline = list(conns), 0, time.time() + 60
+while open_conns and time.time() < deadline:
+    still = []
+    for c in open_conns:
+        try:
+            c.sendall(b"a")
+            # An answer (408) or the end: the server is done with it.
+            c.recv(100, socket.MSG_DONTWAIT)
+            closed += 1
+        except BlockingIOError:
+            still.append(c)
+        except OSError:
+            closed += 1
+    open_conns = still
+    time.sleep(1)
+t.join()
+print("slow closed by the server", closed, "of", slow, flush=True)
+"#;
+
+#[test]
+fn hostile_clients_leave_the_others_served() -> Result<()> {
+    require_root();
+    let spec = spec().pod("hostile", "n1");
+    let topo = Topology::create(spec)?;
+    let mesh = Mesh::new(&topo)?;
+    let yaml = [
+        config(&topo)?,
+        workload_yaml(topo.pod("hostile")?, "shop", "hostile", &[]),
+    ]
+    .concat();
+    mesh.write("mesh.yaml", &yaml)?;
+    let _agents = [mesh.start_agent("n1", &[])?, mesh.start_agent("n2", &[])?];
+    let waypoint = mesh.start_waypoint("wp", "shop/waypoint")?;
+    let (client, hostile) = (topo.pod("client")?, topo.pod("hostile")?);
+    let _app = http_app(topo.pod("ok")?, 8080, "ok", "from-ok")?;
+    let before = strait_e2e::footprint(waypoint.pid())?;
+    const SLOW: u32 = 100;
+    let mut attack =
+        hostile
+            .place
+            .spawn(&["python3", "-c", HOSTILE, FAULTS, "9080", &SLOW.to_string()])?;
+    strait_e2e::wait_for_line_prefix(&mut attack, "slow opened", Duration::from_secs(60))?;
+    // Meanwhile another client of the same service is served.
+    let started = Instant::now();
+    let served = codes(
+        &client.place,
+        &format!("http://{RATINGS}:9080/ok"),
+        500,
+        &[],
+    )?;
+    let during = strait_e2e::footprint(waypoint.pid())?;
+    let failed = served.iter().filter(|c| *c != "200").count();
+    println!(
+        "the other client meanwhile: {} requests, {failed} failed ({:.1} s)",
+        served.len(),
+        started.elapsed().as_secs_f64()
+    );
+    attack
+        .wait_timeout(Duration::from_secs(120))?
+        .ok_or("the hostile client did not finish")?;
+    let log = attack.log();
+    println!("{}", log.trim());
+    println!(
+        "waypoint: RSS {} -> {} KiB, descriptors {} -> {}",
+        before.0, during.0, before.1, during.1
+    );
+    if failed > 0 {
+        for line in waypoint
+            .log()
+            .lines()
+            .filter(|l| l.contains("\"status\":5"))
+        {
+            println!("{line}");
+        }
+    }
+    assert_eq!(failed, 0);
+    assert!(log.contains("header flood: HTTP/1.1 431"), "{log}");
+    assert!(
+        log.contains(&format!("slow closed by the server {SLOW} of {SLOW}")),
+        "{log}"
+    );
+    assert!(
+        during.0 < before.0 + 64 * 1024,
+        "the waypoint grew by 64 MiB or more"
+    );
+    Ok(())
+}

@@ -24,6 +24,8 @@ pub struct Limits {
     pub max_retries: usize,
     /// HTTP/1.1 connections to the destination's endpoints, together.
     pub max_connections: usize,
+    /// How long a connection to it is reused.
+    pub reuse: Reuse,
 }
 
 impl Default for Limits {
@@ -33,9 +35,16 @@ impl Default for Limits {
             max_pending: usize::MAX,
             max_retries: usize::MAX,
             max_connections: usize::MAX,
+            reuse: Reuse {
+                max_requests: None,
+                idle_timeout: IDLE_TIMEOUT,
+            },
         }
     }
 }
+
+/// Istio's default `connectionPool.http.idleTimeout`.
+const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
 
 impl Limits {
     /// The limits `traffic` sets for `port`: its `portLevelSettings` for
@@ -60,8 +69,27 @@ impl Limits {
                 pool.and_then(|p| p.tcp.as_ref())
                     .and_then(|t| t.max_connections),
             ),
+            reuse: Reuse {
+                max_requests: http
+                    .and_then(|h| h.max_requests_per_connection)
+                    .filter(|m| *m > 0),
+                idle_timeout: http
+                    .and_then(|h| h.idle_timeout.as_deref())
+                    .and_then(|t| strait_config::duration::parse(t).ok())
+                    .filter(|t| !t.is_zero())
+                    .unwrap_or(IDLE_TIMEOUT),
+            },
         }
     }
+}
+
+/// How long a connection is kept for reuse: the DestinationRule's
+/// `connectionPool.http` `maxRequestsPerConnection` and `idleTimeout`
+/// (Istio's default: an hour).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reuse {
+    pub max_requests: Option<u32>,
+    pub idle_timeout: std::time::Duration,
 }
 
 /// What one destination holds now.
@@ -181,5 +209,17 @@ mod tests {
         assert_eq!(at_81.max_retries, 1);
         assert_eq!(at_81.max_requests, usize::MAX);
         assert_eq!(Limits::from_policy(None, 80), Limits::default());
+        // Reuse: maxRequestsPerConnection and idleTimeout.
+        let traffic: TrafficPolicy = serde_json::from_str(
+            r#"{"connectionPool": {"http": {"maxRequestsPerConnection": 1, "idleTimeout": "5s"}}}"#,
+        )
+        .unwrap();
+        let reuse = Limits::from_policy(Some(&traffic), 80).reuse;
+        assert_eq!(reuse.max_requests, Some(1));
+        assert_eq!(reuse.idle_timeout, std::time::Duration::from_secs(5));
+        assert_eq!(
+            Limits::default().reuse.idle_timeout,
+            std::time::Duration::from_secs(3600)
+        );
     }
 }

@@ -581,11 +581,12 @@ async fn attempts(
                     counters,
                     plan.limits.max_connections,
                     plan.limits.max_pending,
+                    plan.limits.reuse,
                 ),
             )
             .await
         {
-            Ok(sender) => sender,
+            Ok(lease) => lease,
             Err(Reason::Overflow) => {
                 debug!(destination = %plan.destination, "http1MaxPendingRequests reached");
                 return reply(StatusCode::SERVICE_UNAVAILABLE, "UO", destination, attempt);
@@ -604,14 +605,17 @@ async fn attempts(
             return last;
         };
         let request = upstream_request(&parts, send_body, addr, client.version);
-        let exchange = sender.send(request);
+        let exchange = sender.sender.send(request);
         let result = match plan.retries.per_try_timeout {
             Some(limit) => tokio::time::timeout(limit, exchange).await.ok(),
             None => Some(exchange.await),
         };
-        waypoint
-            .upstreams
-            .give_back(&target, on_behalf.unwrap_or(&waypoint.identity), sender);
+        waypoint.upstreams.give_back(
+            &target,
+            on_behalf.unwrap_or(&waypoint.identity),
+            sender,
+            plan.limits.reuse,
+        );
         match result {
             None => {
                 // A timeout or a broken exchange may be the client's doing

@@ -92,6 +92,8 @@ struct Args {
 /// How long the first certificate may take.
 const FIRST_CERT: Duration = Duration::from_secs(30);
 const CA_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often idle connections to endpoints are looked over.
+const SWEEP: Duration = Duration::from_secs(10);
 
 fn main() -> Result<()> {
     let args = Args::parse();
@@ -233,6 +235,16 @@ async fn run(args: Args) -> Result<()> {
         (None, None) => {}
     }
 
+    // Connections to endpoints idle past their idleTimeout are closed.
+    let sweeper = {
+        let waypoint = waypoint.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(SWEEP).await;
+                waypoint.upstreams.sweep();
+            }
+        })
+    };
     let ready = Arc::new(AtomicBool::new(false));
     let mut stats = Vec::new();
     for addr in &args.stats_addr {
@@ -271,6 +283,7 @@ async fn run(args: Args) -> Result<()> {
         task.abort();
     }
     board_watch.abort();
+    sweeper.abort();
     Ok(())
 }
 

@@ -30,7 +30,7 @@ use tokio::{
 };
 use tracing::debug;
 
-use crate::breaker::{Counters, Kind};
+use crate::breaker::{Counters, Kind, Reuse};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Request and response bodies as the waypoint passes them on.
@@ -79,14 +79,51 @@ impl Sender {
 
 type Key = (SocketAddr, Version, Identity);
 
+/// A connection kept for reuse.
+struct Pooled {
+    sender: Sender,
+    /// Requests it has carried.
+    uses: u32,
+    /// Since when it has been idle (HTTP/1.1) or last taken (HTTP/2).
+    since: std::time::Instant,
+    reuse: Reuse,
+}
+
+impl Pooled {
+    fn fresh(&self) -> bool {
+        let open = match &self.sender {
+            Sender::Http1(s) => !s.is_closed(),
+            Sender::Http2(s) => !s.is_closed(),
+        };
+        open && self.since.elapsed() < self.reuse.idle_timeout
+            && self.reuse.max_requests.is_none_or(|max| self.uses < max)
+    }
+}
+
+/// A connection taken for one request, with the requests it carried
+/// before.
+pub struct Lease {
+    pub sender: Sender,
+    uses: u32,
+}
+
 #[derive(Default)]
 pub struct Upstreams {
-    idle: Mutex<HashMap<Key, Vec<Sender>>>,
+    idle: Mutex<HashMap<Key, Vec<Pooled>>>,
 }
 
 impl Upstreams {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Vec<Sender>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Vec<Pooled>>> {
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Closes the connections idle past their timeout or used up.
+    pub fn sweep(&self) {
+        let mut idle = self.lock();
+        for list in idle.values_mut() {
+            list.retain(Pooled::fresh);
+        }
+        idle.retain(|_, list| !list.is_empty());
     }
 
     /// A connection to `target` speaking `version`: an open one, or a new
@@ -97,16 +134,16 @@ impl Upstreams {
         state: &Snapshot,
         target: &Target,
         (version, client): (Version, Option<&Identity>),
-        (counters, max_connections, max_pending): (&Arc<Counters>, usize, usize),
-    ) -> Result<Sender, Reason> {
+        (counters, max_connections, max_pending, reuse): (&Arc<Counters>, usize, usize, Reuse),
+    ) -> Result<Lease, Reason> {
         // Connections sent for no client are the waypoint's own.
         let key = (
             address(target),
             version,
             client.unwrap_or(from.origin.identity()).clone(),
         );
-        if let Some(sender) = self.idle(&key) {
-            return Ok(sender);
+        if let Some(lease) = self.idle(&key) {
+            return Ok(lease);
         }
         // HTTP/1.1: a new connection takes one of the destination's
         // `max_connections` (reserved before it is opened); with all of
@@ -127,8 +164,8 @@ impl Upstreams {
                 .ok_or(Reason::Overflow)?;
             loop {
                 let freed = counters.freed.notified();
-                if let Some(sender) = self.idle(&key) {
-                    return Ok(sender);
+                if let Some(lease) = self.idle(&key) {
+                    return Ok(lease);
                 }
                 if reserve() {
                     break;
@@ -188,32 +225,47 @@ impl Upstreams {
                         debug!(%err, "upstream HTTP/2 connection ended");
                     }
                 });
-                self.lock()
-                    .entry(key)
-                    .or_default()
-                    .insert(0, Sender::Http2(sender.clone()));
+                self.lock().entry(key).or_default().insert(
+                    0,
+                    Pooled {
+                        sender: Sender::Http2(sender.clone()),
+                        uses: 1,
+                        since: std::time::Instant::now(),
+                        reuse,
+                    },
+                );
                 Sender::Http2(sender)
             }
         };
-        Ok(sender)
+        Ok(Lease { sender, uses: 0 })
     }
 
     /// An open connection for `key` that can take a request now.
-    fn idle(&self, key: &Key) -> Option<Sender> {
+    fn idle(&self, key: &Key) -> Option<Lease> {
         let mut idle = self.lock();
         let list = idle.get_mut(key)?;
-        list.retain(|s| match s {
-            Sender::Http1(s) => !s.is_closed(),
-            Sender::Http2(s) => !s.is_closed(),
-        });
+        list.retain(Pooled::fresh);
         match key.1 {
-            Version::Http2 => match list.first() {
-                Some(Sender::Http2(s)) => Some(Sender::Http2(s.clone())),
-                _ => None,
-            },
+            Version::Http2 => {
+                let pooled = list.first_mut()?;
+                let Sender::Http2(s) = &pooled.sender else {
+                    return None;
+                };
+                let lease = Lease {
+                    sender: Sender::Http2(s.clone()),
+                    uses: pooled.uses,
+                };
+                pooled.uses += 1;
+                pooled.since = std::time::Instant::now();
+                Some(lease)
+            }
             Version::Http1 => {
-                let at = list.iter().position(Sender::usable)?;
-                Some(list.swap_remove(at))
+                let at = list.iter().position(|p| p.sender.usable())?;
+                let pooled = list.swap_remove(at);
+                Some(Lease {
+                    sender: pooled.sender,
+                    uses: pooled.uses,
+                })
             }
         }
     }
@@ -226,7 +278,7 @@ impl Upstreams {
             .iter_mut()
             .filter(|(k, _)| k.0 == key.0 && k.1 == Version::Http1 && k.2 != key.2)
             .find_map(|(_, list)| {
-                let at = list.iter().position(Sender::usable)?;
+                let at = list.iter().position(|p| p.sender.usable())?;
                 Some(list.swap_remove(at))
             });
         drop(idle);
@@ -235,17 +287,21 @@ impl Upstreams {
 
     /// Gives back an HTTP/1.1 connection once its exchange is under way:
     /// it is taken again only once ready for the next request.
-    pub fn give_back(&self, target: &Target, client: &Identity, sender: Sender) {
+    pub fn give_back(&self, target: &Target, client: &Identity, lease: Lease, reuse: Reuse) {
         // `client`: whom the connection was opened for (the waypoint's own
         // identity when it names no client).
-        if let Sender::Http1(s) = &sender
-            && !s.is_closed()
-        {
+        let pooled = Pooled {
+            sender: lease.sender,
+            uses: lease.uses + 1,
+            since: std::time::Instant::now(),
+            reuse,
+        };
+        if matches!(pooled.sender, Sender::Http1(_)) && pooled.fresh() {
             let mut idle = self.lock();
             let key = (address(target), Version::Http1, client.clone());
             let list = idle.entry(key).or_default();
             if list.len() < IDLE_PER_ENDPOINT {
-                list.push(sender);
+                list.push(pooled);
             }
         }
     }

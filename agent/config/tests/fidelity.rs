@@ -159,7 +159,7 @@ spec:
 ";
     warned(
         rule,
-        "spec.trafficPolicy.connectionPool.http",
+        "spec.trafficPolicy.connectionPool.http.http2KeepAlive",
         "does not apply it yet",
     );
     warned(

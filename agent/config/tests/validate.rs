@@ -220,11 +220,9 @@ spec:
         .flat_map(|o| o.warnings.iter().map(|w| w.field.clone()))
         .collect();
     for field in [
-        "spec.subsets",
         "spec.trafficPolicy.tls",
         "spec.trafficPolicy.loadBalancer.consistentHash.httpHeaderName",
         "spec.trafficPolicy.connectionPool.tcp.idleTimeout",
-        "spec.trafficPolicy.connectionPool.http",
         "spec.subjectAltNames",
     ] {
         assert!(
@@ -232,9 +230,11 @@ spec:
             "no warning for {field}: {report}"
         );
     }
-    // What acts at L4 is not warned about.
+    // What acts at L4, or at a waypoint, is not warned about.
     for field in [
         "spec.exportTo",
+        "spec.subsets",
+        "spec.trafficPolicy.connectionPool.http.http2MaxRequests",
         "spec.trafficPolicy.connectionPool.tcp.maxConnections",
         "spec.trafficPolicy.connectionPool.tcp.connectTimeout",
     ] {

@@ -244,6 +244,7 @@ fn retries_faults_and_timeouts_act_as_the_routes_say() -> Result<()> {
 const LIMITED: &str = "10.96.0.94";
 const CAPPED: &str = "10.96.0.95";
 const EJECTING: &str = "10.96.0.96";
+const FRESH: &str = "10.96.0.97";
 
 /// `count` clients at once, each one request to `url`; their codes.
 fn at_once(place: &Place, url: &str, count: usize) -> Result<Vec<String>> {
@@ -281,7 +282,17 @@ fn circuit_breakers_and_outlier_detection_act_at_l7() -> Result<()> {
         service("limited", LIMITED, "slow"),
         service("capped", CAPPED, "slow"),
         service("ejecting", EJECTING, "ratings"),
+        service("fresh", FRESH, "faults"),
         "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: fresh, namespace: shop}
+spec:
+  host: fresh
+  trafficPolicy:
+    connectionPool:
+      http: {maxRequestsPerConnection: 1}
+---
+apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {name: limited, namespace: shop}
 spec:
@@ -392,6 +403,31 @@ spec:
         spent <= 3,
         "{spent} retries: the failing endpoint was not ejected"
     );
+
+    // maxRequestsPerConnection 1: each of 20 requests on one client
+    // connection reaches `ok` on a connection of its own.
+    let opened = || -> Result<u64> {
+        Ok(metric_sum(
+            &mesh.metrics("n2")?,
+            "istio_tcp_connections_opened_total",
+            &["reporter=\"destination\"", "destination_workload=\"ok\""],
+        ))
+    };
+    let before = opened()?;
+    let got = self::codes(&client.place, &format!("http://{FRESH}:9080/f"), 20, &[])?;
+    let fresh = opened()? - before;
+    let before = opened()?;
+    let reused_codes = self::codes(&client.place, &format!("http://{FAULTS}:9080/f"), 20, &[])?;
+    let reused = opened()? - before;
+    println!(
+        "20 requests on one connection: {fresh} connections to the endpoint with maxRequestsPerConnection 1, {reused} without"
+    );
+    assert!(got.iter().all(|c| c == "200"), "{got:?}");
+    assert_eq!(reused_codes.len(), 20);
+    // The first may reuse a connection `ejecting`'s requests left to the
+    // same endpoint (connections are pooled per endpoint and client).
+    assert!(fresh >= 19, "{fresh}");
+    assert!(reused <= 2, "{reused}");
     Ok(())
 }
 

@@ -22,7 +22,7 @@ struct Kind {
 }
 
 /// The settings a traffic policy shares with its port-level settings.
-const POLICY_ACTS: [&str; 13] = [
+const POLICY_ACTS: [&str; 19] = [
     "loadBalancer.simple",
     "loadBalancer.consistentHash.useSourceIp",
     "loadBalancer.localityLbSetting",
@@ -36,14 +36,23 @@ const POLICY_ACTS: [&str; 13] = [
     "outlierDetection.baseEjectionTime",
     "outlierDetection.maxEjectionPercent",
     "outlierDetection.minHealthPercent",
+    // At a waypoint.
+    "connectionPool.http.http1MaxPendingRequests",
+    "connectionPool.http.http2MaxRequests",
+    "connectionPool.http.maxRequestsPerConnection",
+    "connectionPool.http.maxRetries",
+    "connectionPool.http.idleTimeout",
+    "connectionPool.http.useClientProtocol",
 ];
 
-const POLICY_REASONS: [(&str, &str); 7] = [
+const POLICY_REASONS: [(&str, &str); 9] = [
     (
         "tls",
         "has no effect: the node proxy speaks its own mutual TLS (HBONE) between workloads and originates no other TLS",
     ),
-    ("connectionPool.http", L7),
+    ("connectionPool.http.h2UpgradePolicy", L7),
+    ("connectionPool.http.maxConcurrentStreams", L7),
+    ("connectionPool.http.http2KeepAlive", L7),
     ("loadBalancer.consistentHash.httpHeaderName", L7),
     ("loadBalancer.consistentHash.httpCookie", L7),
     ("loadBalancer.consistentHash.httpQueryParameterName", L7),
@@ -63,11 +72,16 @@ static DESTINATION_RULE: LazyLock<Kind> = LazyLock::new(|| {
         "exportTo",
         "workloadSelector",
         "trafficPolicy.portLevelSettings[].port",
+        // Where a waypoint routes to them.
+        "subsets[].name",
+        "subsets[].labels",
     ]
     .map(String::from)
     .to_vec();
-    // Subsets act where a waypoint routes to them.
-    let mut reasons = Vec::new();
+    let mut reasons = vec![(
+        "subsets[].trafficPolicy".to_string(),
+        "has no effect yet: strait's waypoint routes to a subset's endpoints under the rule's own traffic policy",
+    )];
     for prefix in ["trafficPolicy", "trafficPolicy.portLevelSettings[]"] {
         acts.extend(POLICY_ACTS.iter().map(|a| format!("{prefix}.{a}")));
         reasons.extend(

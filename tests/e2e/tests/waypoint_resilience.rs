@@ -542,7 +542,17 @@ fn hostile_clients_leave_the_others_served() -> Result<()> {
         }
     }
     assert_eq!(failed, 0);
-    assert!(log.contains("header flood: HTTP/1.1 431"), "{log}");
+    // Refused: 431, or, when the waypoint closed the stream while the
+    // headers were still coming, a reset that overtook the answer (as a
+    // TCP server closing with unread data does).
+    let flood = log
+        .lines()
+        .find_map(|l| l.strip_prefix("header flood: "))
+        .unwrap_or("");
+    assert!(
+        flood.starts_with("HTTP/1.1 431") || flood.contains("reset") || flood == "closed",
+        "{log}"
+    );
     assert!(
         log.contains(&format!("slow closed by the server {SLOW} of {SLOW}")),
         "{log}"

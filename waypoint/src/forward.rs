@@ -9,7 +9,7 @@ use std::{
     convert::Infallible,
     net::SocketAddr,
     pin::Pin,
-    sync::Arc,
+    sync::{Arc, atomic::AtomicU64},
     task::{Context, Poll},
     time::{Duration, Instant},
 };
@@ -26,8 +26,9 @@ use strait_config::service::ServiceAt;
 use strait_identity::Identity;
 use strait_route::{Route as L4Route, Target, service_route};
 use strait_state::Snapshot;
-use strait_telemetry::Reason;
-use tracing::{debug, info, warn};
+use strait_telemetry::{Peer, Reason};
+use strait_trace::{Context as TraceContext, Kind as TraceKind};
+use tracing::{debug, warn};
 
 use crate::{
     actions::{Answer, Ops, location_header},
@@ -36,6 +37,7 @@ use crate::{
     metrics::RequestLabels,
     pool::{Body, BoxError, Dialing, Version},
     proxy::Waypoint,
+    record::{Counted, Log, Metered, Record},
     routes::{Abort, Fault, Retries, Route, Table},
 };
 
@@ -53,6 +55,9 @@ pub struct Client {
     /// Told once a request finds `authority` no longer bound to this
     /// waypoint: the connection closes after what is in flight.
     pub unbound: tokio::sync::Notify,
+    /// The trace the client's CONNECT named: requests that carry none of
+    /// their own join it.
+    pub trace: Option<TraceContext>,
 }
 
 /// Headers that belong to one hop, never passed on.
@@ -71,7 +76,7 @@ struct Outcome {
     /// `virtual service/route` that decided, when one did.
     route: Option<String>,
     flags: &'static str,
-    destination: Option<(String, Identity)>,
+    destination: Option<(Peer, Identity)>,
     attempts: u32,
 }
 
@@ -87,11 +92,43 @@ pub async fn handle(
         // bound), and the connection closes after it.
         client.unbound.notify_one();
     }
-    let method = request.method().clone();
-    let path = request.uri().path().to_string();
     let grpc = is_grpc(request.headers());
     let service = state.config.service_at(client.authority.ip());
-    let outcome = forward(&waypoint, &client, &state, service, request).await;
+    let (mut parts, body) = request.into_parts();
+    // The request's span: under the trace the request carries, else under
+    // its connection's (the client's agent may have started one).
+    let parent = TraceContext::from_headers(&parts.headers).or_else(|| client.trace.clone());
+    let operation = match service {
+        Some(at) => format!("{}:{}/*", at.host, client.authority.port()),
+        None => client.authority.to_string(),
+    };
+    let mut span = waypoint
+        .tracer
+        .span(&operation, TraceKind::Server, parent.as_ref());
+    if let Some(span) = &mut span {
+        span.context()
+            .inject(&mut parts.headers, parent.as_ref().map(|p| &p.span_id));
+        span.set("http.request.method", parts.method.as_str());
+        span.set("url.path", parts.uri.path());
+        span.set("source.principal", client.identity.to_string());
+    }
+    let traceparent = span.as_ref().map(|s| s.context().traceparent());
+    let log = Log {
+        src: client.addr,
+        method: parts.method.clone(),
+        path: parts.uri.path().to_string(),
+        authority: client.authority,
+        route: None,
+    };
+    let received = Arc::new(AtomicU64::new(0));
+    let body = Counted::new(body, received.clone());
+    let outcome = forward(
+        (&waypoint, &client, &state),
+        service,
+        (parts, body),
+        traceparent.as_deref(),
+    )
+    .await;
     let (service_host, service_name, service_namespace) = match service {
         Some(at) => (
             at.host.to_string(),
@@ -100,62 +137,61 @@ pub async fn handle(
         ),
         None => ("unknown".into(), "unknown".into(), "unknown".into()),
     };
-    let source = state.config.workload_by_address(client.addr.ip());
-    let (dest_workload, dest_namespace, dest_principal) = match &outcome.destination {
-        Some((workload, identity)) => (
-            workload.clone(),
-            identity.namespace.clone(),
-            identity.to_string(),
-        ),
-        None => ("unknown".into(), "unknown".into(), "unknown".into()),
+    let source = Peer::at(&state, client.addr.ip());
+    let (destination, dest_principal) = match &outcome.destination {
+        Some((peer, identity)) => (peer.clone(), identity.to_string()),
+        None => (Peer::unknown(), "unknown".into()),
     };
-    let status = outcome.response.status().as_u16();
     let labels = RequestLabels {
         reporter: "waypoint",
-        source_workload: source.map_or("unknown".into(), |w| w.name.clone()),
+        source_workload: source.workload,
         source_workload_namespace: client.identity.namespace.clone(),
         source_principal: client.identity.to_string(),
-        destination_workload: dest_workload,
-        destination_workload_namespace: dest_namespace,
+        source_app: source.app,
+        source_version: source.version,
+        source_canonical_service: source.canonical_service,
+        source_canonical_revision: source.canonical_revision,
+        source_cluster: source.cluster,
+        destination_workload: destination.workload,
+        destination_workload_namespace: destination.namespace,
         destination_principal: dest_principal,
+        destination_app: destination.app,
+        destination_version: destination.version,
+        destination_canonical_service: destination.canonical_service,
+        destination_canonical_revision: destination.canonical_revision,
+        destination_cluster: destination.cluster,
         destination_service: service_host,
         destination_service_name: service_name,
         destination_service_namespace: service_namespace,
         request_protocol: if grpc { "grpc" } else { "http" },
-        response_code: status,
+        response_code: outcome.response.status().as_u16(),
+        grpc_response_status: String::new(),
         response_flags: outcome.flags,
         connection_security_policy: "mutual_tls",
     };
-    let millis = started.elapsed().as_secs_f64() * 1000.0;
-    waypoint.metrics.request(&labels, millis, outcome.attempts);
-    info!(
-        target: "access",
-        reporter = "waypoint",
-        src = %client.addr,
-        src_identity = %client.identity,
-        method = %method,
-        path,
-        authority = %client.authority,
-        dst = %labels.destination_workload,
-        dst_identity = %labels.destination_principal,
-        status,
-        flags = outcome.flags,
-        route = outcome.route.as_deref().unwrap_or("-"),
-        attempts = outcome.attempts,
-        duration_ms = millis as u64,
-        "request"
-    );
-    Ok(outcome.response)
+    let record = Record {
+        waypoint: waypoint.clone(),
+        started,
+        labels,
+        attempts: outcome.attempts,
+        received,
+        log: Log {
+            route: outcome.route,
+            ..log
+        },
+        span,
+    };
+    let (head, body) = outcome.response.into_parts();
+    let body = Metered::new(body, &head.headers, record).boxed();
+    Ok(Response::from_parts(head, body))
 }
 
 async fn forward(
-    waypoint: &Waypoint,
-    client: &Client,
-    state: &Snapshot,
+    (waypoint, client, state): (&Waypoint, &Client, &Snapshot),
     service: Option<ServiceAt<'_>>,
-    request: Request<Incoming>,
+    (mut parts, body): (hyper::http::request::Parts, Counted),
+    traceparent: Option<&str>,
 ) -> Outcome {
-    let (mut parts, body) = request.into_parts();
     // Where the request goes: the service's routes, or the workload the
     // client dialled.
     let plan = match service {
@@ -221,7 +257,13 @@ async fn forward(
             return reply(StatusCode::BAD_REQUEST, "DC", None, 0);
         }
     };
-    let work = attempts(waypoint, client, state, (&plan, &counters), parts, body);
+    let work = attempts(
+        (waypoint, client, state),
+        (&plan, &counters),
+        parts,
+        body,
+        traceparent,
+    );
     let mut outcome = match plan.timeout {
         Some(limit) => match tokio::time::timeout(limit, work).await {
             Ok(outcome) => outcome,
@@ -512,12 +554,11 @@ fn choose<'a>(
 
 /// Tries the request up to `1 + retries.attempts` times.
 async fn attempts(
-    waypoint: &Waypoint,
-    client: &Client,
-    state: &Snapshot,
+    (waypoint, client, state): (&Waypoint, &Client, &Snapshot),
     (plan, counters): (&Plan<'_>, &Arc<Counters>),
     parts: hyper::http::request::Parts,
     mut body: Replay,
+    traceparent: Option<&str>,
 ) -> Outcome {
     let tries = 1 + plan.retries.attempts;
     let mut tried: Vec<SocketAddr> = Vec::new();
@@ -576,7 +617,7 @@ async fn attempts(
                 },
                 state,
                 &target,
-                (client.version, on_behalf),
+                (client.version, on_behalf, traceparent),
                 (
                     counters,
                     plan.limits.max_connections,
@@ -801,11 +842,11 @@ pub fn speaks_for_client(waypoint: &Waypoint, state: &Snapshot, target: &Target)
 }
 
 /// The workload and identity at `target`, for metrics.
-fn destination_of(state: &Snapshot, target: &Target) -> Option<(String, Identity)> {
+fn destination_of(state: &Snapshot, target: &Target) -> Option<(Peer, Identity)> {
     match target {
         Target::Direct(addr) => state
             .mesh_workload(addr.ip())
-            .map(|w| (w.name.clone(), state.identity(w))),
+            .map(|w| (Peer::of(state, w), state.identity(w))),
         _ => None,
     }
 }
@@ -885,7 +926,7 @@ fn is_grpc(headers: &HeaderMap) -> bool {
 fn reply(
     status: StatusCode,
     flags: &'static str,
-    destination: Option<(String, Identity)>,
+    destination: Option<(Peer, Identity)>,
     attempts: u32,
 ) -> Outcome {
     let body: Body = Full::new(Bytes::from(format!(
@@ -944,7 +985,7 @@ enum Replay {
 }
 
 impl Replay {
-    async fn read(mut body: Incoming) -> Result<Self, hyper::Error> {
+    async fn read(mut body: Counted) -> Result<Self, hyper::Error> {
         let mut buf = BytesMut::new();
         loop {
             match body.frame().await {
@@ -994,7 +1035,7 @@ impl Replay {
 /// A body whose first frames were read already.
 struct Resumed {
     head: VecDeque<Frame<Bytes>>,
-    rest: Incoming,
+    rest: Counted,
 }
 
 impl hyper::body::Body for Resumed {

@@ -143,6 +143,7 @@ async fn on_connect(waypoint: Arc<Waypoint>, connect: Connect) {
                     authority,
                     version: Version::Http1,
                     unbound: Default::default(),
+                    trace: None,
                 });
                 tcp::carry(waypoint, client, stream).await;
                 return;
@@ -154,6 +155,10 @@ async fn on_connect(waypoint: Arc<Waypoint>, connect: Connect) {
             authority,
             version,
             unbound: Default::default(),
+            trace: connect
+                .traceparent
+                .as_deref()
+                .and_then(strait_trace::Context::from_traceparent),
         });
         let service = {
             let client = client.clone();

@@ -20,6 +20,7 @@ mod matching;
 mod metrics;
 mod pool;
 mod proxy;
+mod record;
 mod routes;
 mod tcp;
 
@@ -65,6 +66,8 @@ struct Args {
     cluster: String,
     #[command(flatten)]
     ca: strait_state::ca_addr::CaArgs,
+    #[command(flatten)]
+    trace: strait_trace::TraceArgs,
     /// How long opening a connection to one endpoint may take before the
     /// next one is tried.
     #[arg(long, default_value = "1s", value_parser = strait_config::duration::parse)]
@@ -123,6 +126,14 @@ async fn run(args: Args) -> Result<()> {
         .filter(|(ns, n)| !ns.is_empty() && !n.is_empty())
         .ok_or_else(|| anyhow::anyhow!("--gateway {:?}: not namespace/name", args.gateway))?;
     let metrics = Arc::new(metrics::Metrics::new());
+    let tracer = args
+        .trace
+        .tracer(
+            "strait-waypoint",
+            &format!("{namespace}/{name}@{}", args.node),
+            metrics.trace.clone(),
+        )
+        .context("--otlp-endpoint")?;
     let sources = args
         .source
         .access()
@@ -221,6 +232,7 @@ async fn run(args: Args) -> Result<()> {
         tables: Default::default(),
         breakers: Default::default(),
         in_flight: Default::default(),
+        tracer,
     });
 
     let follow = reload::Follow {

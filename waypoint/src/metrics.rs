@@ -1,6 +1,7 @@
 //! The waypoint's metrics: Istio's request metrics with
-//! `reporter="waypoint"`, the connection metrics of what it carries as TCP,
-//! and how config reloads went.
+//! `reporter="waypoint"` (count, duration, request and response body
+//! sizes), the connection metrics of what it carries as TCP, how config
+//! reloads went, and trace export.
 use std::sync::Arc;
 
 use prometheus_client::{
@@ -17,15 +18,28 @@ pub struct RequestLabels {
     pub source_workload: String,
     pub source_workload_namespace: String,
     pub source_principal: String,
+    pub source_app: String,
+    pub source_version: String,
+    pub source_canonical_service: String,
+    pub source_canonical_revision: String,
+    pub source_cluster: String,
     pub destination_workload: String,
     pub destination_workload_namespace: String,
     pub destination_principal: String,
+    pub destination_app: String,
+    pub destination_version: String,
+    pub destination_canonical_service: String,
+    pub destination_canonical_revision: String,
+    pub destination_cluster: String,
     pub destination_service: String,
     pub destination_service_name: String,
     pub destination_service_namespace: String,
     /// `http` or `grpc`.
     pub request_protocol: &'static str,
     pub response_code: u16,
+    /// The gRPC status of a gRPC answer (from its trailers, or its
+    /// headers when it has no body); empty otherwise.
+    pub grpc_response_status: String,
     /// Envoy's flags: `-` when none; `NR` no route, `UH` no healthy
     /// endpoint, `UF` connection failure, `URX` retries exhausted, `UT`
     /// timeout, `UC` the upstream connection broke.
@@ -38,7 +52,10 @@ pub struct Metrics {
     /// Attempts beyond each request's first (Envoy's upstream_rq_retry).
     pub retries: Counter,
     pub duration: Family<RequestLabels, Histogram, fn() -> Histogram>,
+    pub request_bytes: Family<RequestLabels, Histogram, fn() -> Histogram>,
+    pub response_bytes: Family<RequestLabels, Histogram, fn() -> Histogram>,
     pub tcp: Tcp,
+    pub trace: strait_trace::otlp::Metrics,
     pub config: Arc<strait_state::reload::Metrics>,
     registry: Registry,
 }
@@ -51,6 +68,13 @@ const DURATION_BUCKETS: [f64; 14] = [
 
 fn duration_histogram() -> Histogram {
     Histogram::new(DURATION_BUCKETS)
+}
+
+/// Istio's buckets for `istio_request_bytes` and `istio_response_bytes`.
+fn size_histogram() -> Histogram {
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        1.0, 10.0, 9,
+    ))
 }
 
 impl Metrics {
@@ -67,6 +91,23 @@ impl Metrics {
             "Request duration",
             duration.clone(),
         );
+        let sizes = || {
+            Family::<RequestLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                size_histogram,
+            )
+        };
+        let request_bytes = sizes();
+        registry.register(
+            "istio_request_bytes",
+            "Request body sizes",
+            request_bytes.clone(),
+        );
+        let response_bytes = sizes();
+        registry.register(
+            "istio_response_bytes",
+            "Response body sizes",
+            response_bytes.clone(),
+        );
         let retries = Counter::default();
         registry.register(
             "strait_waypoint_retries",
@@ -75,20 +116,37 @@ impl Metrics {
         );
         let tcp = Tcp::register(&mut registry);
         let config = Arc::new(strait_state::reload::Metrics::register(&mut registry));
+        let trace = strait_trace::otlp::Metrics::register(&mut registry);
         Self {
             requests,
             retries,
             duration,
+            request_bytes,
+            response_bytes,
             tcp,
+            trace,
             config,
             registry,
         }
     }
 
-    pub fn request(&self, labels: &RequestLabels, millis: f64, attempts: u32) {
+    /// One request's answer ended.
+    pub fn request(
+        &self,
+        labels: &RequestLabels,
+        millis: f64,
+        attempts: u32,
+        (received, sent): (u64, u64),
+    ) {
         self.requests.get_or_create(labels).inc();
         self.retries.inc_by(u64::from(attempts.saturating_sub(1)));
         self.duration.get_or_create(labels).observe(millis);
+        self.request_bytes
+            .get_or_create(labels)
+            .observe(received as f64);
+        self.response_bytes
+            .get_or_create(labels)
+            .observe(sent as f64);
     }
 
     /// The text exposition format.

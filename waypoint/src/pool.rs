@@ -18,7 +18,7 @@ use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use strait_hbone::Tunnel;
+use strait_hbone::{Claims, Tunnel};
 use strait_identity::Identity;
 use strait_route::Target;
 use strait_state::Snapshot;
@@ -127,13 +127,13 @@ impl Upstreams {
     }
 
     /// A connection to `target` speaking `version`: an open one, or a new
-    /// one.
+    /// one, whose CONNECT names `client` and the request's trace.
     pub async fn take(
         &self,
         from: Dialing<'_, impl Origin>,
         state: &Snapshot,
         target: &Target,
-        (version, client): (Version, Option<&Identity>),
+        (version, client, traceparent): (Version, Option<&Identity>, Option<&str>),
         (counters, max_connections, max_pending, reuse): (&Arc<Counters>, usize, usize, Reuse),
     ) -> Result<Lease, Reason> {
         // Connections sent for no client are the waypoint's own.
@@ -183,7 +183,12 @@ impl Upstreams {
             counters.connections.fetch_sub(1, Ordering::AcqRel);
             counters.freed.notify_waiters();
         };
-        let io = match open(&from, state, target, client).await {
+        let claims = Claims {
+            on_behalf_of: client,
+            traceparent,
+            ..Claims::default()
+        };
+        let io = match open(&from, state, target, claims).await {
             Ok(io) => io,
             Err(reason) => {
                 if reserved {
@@ -328,18 +333,18 @@ pub struct Dialing<'a, O> {
     pub timeout: std::time::Duration,
 }
 
-/// The bytes' way to `target`, naming `client` when there is one.
+/// The bytes' way to `target`, with what its CONNECT claims.
 async fn open(
     from: &Dialing<'_, impl Origin>,
     state: &Snapshot,
     target: &Target,
-    client: Option<&Identity>,
+    claims: Claims<'_>,
 ) -> Result<Io, Reason> {
     let (timeout, origin) = (from.timeout, from.origin);
     match target {
         Target::Direct(addr) => match from
             .dialer
-            .open(origin, state, *addr, timeout, client)
+            .open(origin, state, *addr, timeout, claims)
             .await?
         {
             Upstream::Hbone { tunnel, .. } | Upstream::Remote { tunnel, .. } => {
@@ -349,7 +354,7 @@ async fn open(
         },
         Target::Remote(via) => from
             .dialer
-            .open_remote(origin, state, via, timeout, client)
+            .open_remote(origin, state, via, timeout, claims)
             .await
             .map(|(tunnel, _)| Io::Tunnel(Box::new(tunnel)))
             .map_err(|failure| match failure {

@@ -42,6 +42,8 @@ pub struct Waypoint {
     pub breakers: Breakers,
     /// Connections being served: what a draining waypoint waits for.
     pub in_flight: Arc<InFlight>,
+    /// Request spans, under the trace a request or its connection carries.
+    pub tracer: strait_trace::Tracer,
 }
 
 impl Waypoint {

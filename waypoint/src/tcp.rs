@@ -52,8 +52,15 @@ where
                 &state,
                 addr,
                 waypoint.connect_timeout,
-                crate::forward::speaks_for_client(&waypoint, &state, &Target::Direct(addr))
+                strait_hbone::Claims {
+                    on_behalf_of: crate::forward::speaks_for_client(
+                        &waypoint,
+                        &state,
+                        &Target::Direct(addr),
+                    )
                     .then_some(&client.identity),
+                    ..Default::default()
+                },
             )
             .await
         {

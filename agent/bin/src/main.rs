@@ -74,6 +74,8 @@ struct Args {
     pin_dir: PathBuf,
     #[command(flatten)]
     ca: strait_state::ca_addr::CaArgs,
+    #[command(flatten)]
+    trace: strait_trace::TraceArgs,
     /// How long an outbound connection may take to reach one endpoint
     /// (TCP, TLS and CONNECT) before the next choice is tried.
     #[arg(long, default_value = "1s", value_parser = strait_config::duration::parse)]
@@ -170,6 +172,10 @@ fn main() -> Result<()> {
 
 async fn run(args: Args) -> Result<()> {
     let metrics = Arc::new(metrics::Metrics::new());
+    let tracer = args
+        .trace
+        .tracer("strait-agent", &args.node, metrics.trace.clone())
+        .context("--otlp-endpoint")?;
     let access = args.source.access();
     if access.is_none()
         && (args.remote_kubeconfigs.is_some() || args.remote_secrets_namespace.is_some())
@@ -272,6 +278,7 @@ async fn run(args: Args) -> Result<()> {
         open_inbound: Default::default(),
         hbone_limits: strait_hbone::Limits::default(),
         in_flight: Arc::default(),
+        tracer,
     });
     let handlers = Arc::new(serve::Handlers {
         proxy: proxy.clone(),

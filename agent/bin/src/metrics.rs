@@ -66,6 +66,8 @@ pub struct Metrics {
     enrollment_failures: Counter,
     /// The agent's live tasks, read when scraped: a leak shows as growth.
     tasks: Gauge,
+    /// Spans sent to the collector, and dropped.
+    pub trace: strait_trace::otlp::Metrics,
     registry: Registry,
 }
 
@@ -81,6 +83,7 @@ impl Metrics {
         let mut registry = Registry::default();
         let tcp = Tcp::register(&mut registry);
         let config = Arc::new(strait_state::reload::Metrics::register(&mut registry));
+        let trace = strait_trace::otlp::Metrics::register(&mut registry);
         let ejections = Family::<ServiceLabels, Counter>::default();
         registry.register(
             "strait_outlier_ejections",
@@ -145,6 +148,7 @@ impl Metrics {
             workloads,
             enrollment_failures,
             tasks,
+            trace,
             tcp,
             config,
             ejections,

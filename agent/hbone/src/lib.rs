@@ -11,7 +11,9 @@ mod tunnel;
 pub use authority::{Authority, BadAuthority};
 pub use client::{Pool, PoolKey, connect_over};
 pub use server::{Admission, Connect, Limits, OverLimit, PendingTunnel, StreamSlot, serve};
-pub use source::{BAGGAGE_HEADER, Claims, ON_BEHALF_OF_HEADER, SOURCE_NETWORK_HEADER, Source};
+pub use source::{
+    BAGGAGE_HEADER, Claims, ON_BEHALF_OF_HEADER, SOURCE_NETWORK_HEADER, Source, TRACEPARENT_HEADER,
+};
 pub use tunnel::{Refused, Tunnel};
 
 /// HTTP/2 windows large enough that flow control does not cap throughput on

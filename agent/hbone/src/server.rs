@@ -35,6 +35,8 @@ pub struct Connect {
     /// Whom the peer says it sends this for (a waypoint, for its client):
     /// a claim, for the handler to believe or not.
     pub on_behalf_of: Option<Identity>,
+    /// The trace context of the span that opened the stream.
+    pub traceparent: Option<String>,
     /// The stream, to accept or refuse.
     pub stream: PendingTunnel,
     /// The stream's place among its identity's (held while it lives), or
@@ -312,6 +314,7 @@ where
                 continue;
             }
         };
+        let traceparent = crate::source::traceparent(request.headers());
         let recv = request.into_body();
         let active = StreamOpen::count(open.clone());
         let admitted = Slot::take(
@@ -333,6 +336,7 @@ where
             authority,
             source,
             on_behalf_of,
+            traceparent,
             admitted,
         });
         tokio::spawn(async move {

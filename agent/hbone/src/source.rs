@@ -154,6 +154,10 @@ mod tests {
 /// Request header of a CONNECT a waypoint sends for a client: the
 /// client's identity, as the waypoint's own TLS session proved it.
 pub const ON_BEHALF_OF_HEADER: &str = "strait-on-behalf-of";
+/// W3C trace context on a CONNECT.
+pub const TRACEPARENT_HEADER: &str = "traceparent";
+/// A `traceparent` is 55 characters; later versions may add fields.
+const MAX_TRACEPARENT: usize = 128;
 /// A SPIFFE id longer than this is no mesh identity.
 const MAX_IDENTITY: usize = 512;
 
@@ -165,6 +169,9 @@ const MAX_IDENTITY: usize = 512;
 pub struct Claims<'a> {
     pub source: Option<&'a Source>,
     pub on_behalf_of: Option<&'a strait_identity::Identity>,
+    /// The W3C `traceparent` of the span that opens the tunnel, so the far
+    /// end's span joins the trace.
+    pub traceparent: Option<&'a str>,
 }
 
 impl Claims<'_> {
@@ -172,6 +179,9 @@ impl Claims<'_> {
         let mut headers = self.source.map(Source::to_headers).unwrap_or_default();
         if let Some(client) = self.on_behalf_of {
             headers.push((ON_BEHALF_OF_HEADER, client.to_string()));
+        }
+        if let Some(traceparent) = self.traceparent {
+            headers.push((TRACEPARENT_HEADER, traceparent.to_string()));
         }
         headers
     }
@@ -194,6 +204,16 @@ pub(crate) fn on_behalf_of(
         .ok_or(BadSource)
 }
 
+/// The trace context a CONNECT carries, unparsed (the tracer reads it, and
+/// ignores what it cannot); over-long values are dropped.
+pub(crate) fn traceparent(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(TRACEPARENT_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.len() <= MAX_TRACEPARENT)
+        .map(str::to_string)
+}
+
 #[cfg(test)]
 mod claims_tests {
     use hyper::header::HeaderValue;
@@ -207,12 +227,22 @@ mod claims_tests {
         let claims = Claims {
             source: None,
             on_behalf_of: Some(&client),
+            traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
         };
         let mut headers = HeaderMap::new();
         for (name, value) in claims.to_headers() {
             headers.insert(name, HeaderValue::from_str(&value).unwrap());
         }
         assert_eq!(on_behalf_of(&headers).unwrap(), Some(client));
+        assert_eq!(
+            traceparent(&headers).as_deref(),
+            Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+        );
+        headers.insert(
+            TRACEPARENT_HEADER,
+            HeaderValue::from_str(&"0".repeat(200)).unwrap(),
+        );
+        assert_eq!(traceparent(&headers), None);
         assert_eq!(on_behalf_of(&HeaderMap::new()).unwrap(), None);
         // Anything but an identity is refused, not ignored.
         headers.insert(ON_BEHALF_OF_HEADER, HeaderValue::from_static("admin"));

@@ -9,7 +9,9 @@ use std::{
     sync::Arc,
 };
 
-use strait_identity::{CertManager, RemoteCa, remote::CaAddrs};
+use strait_identity::remote::CaAddrs;
+#[cfg(feature = "cli")]
+use strait_identity::{CertManager, RemoteCa};
 
 use crate::NodeState;
 

@@ -3,6 +3,7 @@
 //! carries an established connection's bytes, counts them and writes one
 //! access-log line when it closes. The agent, the east-west gateway and
 //! the waypoint all count connections through this crate.
+pub mod peer;
 pub mod relay;
 
 use std::net::IpAddr;
@@ -14,6 +15,7 @@ use prometheus_client::{
 };
 use strait_state::Snapshot;
 
+pub use peer::Peer;
 pub use relay::relay;
 
 /// `reporter`: which end of the connection counted it.

@@ -56,15 +56,15 @@ pub enum Upstream {
 impl Dialer {
     /// Opens the way to `target` within `timeout`: an HBONE tunnel when a
     /// mesh workload is there (unless its PeerAuthentication says DISABLE
-    /// for the port), a plain connection otherwise. A waypoint names the
-    /// client it sends for (`on_behalf_of`).
+    /// for the port), a plain connection otherwise. `claims` name the
+    /// client a waypoint sends for, and the trace the tunnel belongs to.
     pub async fn open(
         &self,
         origin: &impl Origin,
         state: &Snapshot,
         target: SocketAddr,
         timeout: Duration,
-        on_behalf_of: Option<&Identity>,
+        claims: Claims<'_>,
     ) -> Result<Upstream, Reason> {
         let destination = state
             .mesh_workload(target.ip())
@@ -84,7 +84,7 @@ impl Dialer {
             };
         };
         let hbone = SocketAddr::new(target.ip(), port::HBONE);
-        self.hbone(origin, (hbone, destination), target, timeout, on_behalf_of)
+        self.hbone(origin, (hbone, destination), target, timeout, claims)
             .await
     }
 
@@ -95,9 +95,11 @@ impl Dialer {
         origin: &impl Origin,
         hop: &Hop,
         timeout: Duration,
+        claims: Claims<'_>,
     ) -> Result<Upstream, Reason> {
         let peer = (hop.addr, hop.identity.clone());
-        self.hbone(origin, peer, hop.authority, timeout, None).await
+        self.hbone(origin, peer, hop.authority, timeout, claims)
+            .await
     }
 
     /// An HBONE tunnel to `addr`, where `destination` must answer, for
@@ -110,7 +112,7 @@ impl Dialer {
         (addr, destination): (SocketAddr, Identity),
         authority: SocketAddr,
         timeout: Duration,
-        on_behalf_of: Option<&Identity>,
+        claims: Claims<'_>,
     ) -> Result<Upstream, Reason> {
         let source = origin.identity();
         if self.certs.current(source).is_none() {
@@ -133,7 +135,7 @@ impl Dialer {
                     &authority.into(),
                     Claims {
                         source: None,
-                        on_behalf_of,
+                        ..claims
                     },
                     tls,
                     || origin.dial(addr),

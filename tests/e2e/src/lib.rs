@@ -120,10 +120,12 @@ Server(("::", int(sys.argv[1])), handler).serve_forever()
 /// An HTTP/1.1 app for the L7 tests, on `port` (IPv4 and IPv6), that
 /// answers every GET and POST (reading the body) as `behaviour` says:
 /// `ok` (200, body `marker`), `fail` (503), `slow` (200 after 2 s), `echo`
-/// (200, body `marker path host=<Host> x-route=<x-route header>`).
+/// (200, body `marker path host=<Host> x-route=<x-route header>`),
+/// `headers` (200, the request's headers as a JSON object, names in
+/// lowercase).
 pub fn http_app(place: &Place, port: u16, behaviour: &str, marker: &str) -> Result<Process> {
     const SCRIPT: &str = r#"
-import http.server, socket, sys, time
+import http.server, json, socket, sys, time
 port, behaviour, marker = int(sys.argv[1]), sys.argv[2], sys.argv[3].encode()
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -143,6 +145,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if behaviour == "echo":
             body = b"%s %s host=%s x-route=%s" % (marker, self.path.encode(),
                 (self.headers.get("host") or "").encode(), (self.headers.get("x-route") or "").encode())
+        if behaviour == "headers":
+            body = json.dumps({k.lower(): v for k, v in self.headers.items()}).encode()
         self.send_response(code)
         self.send_header("content-length", str(len(body)))
         self.end_headers()
@@ -874,6 +878,11 @@ impl<'t> Mesh<'t> {
     /// `namespace/name` that [`waypoint_yaml`] writes), with the node
     /// credential of the pod's node, and waits for its HBONE listener.
     pub fn start_waypoint(&self, pod: &str, gateway: &str) -> Result<Process> {
+        self.start_waypoint_with(pod, gateway, &[])
+    }
+
+    /// [`Mesh::start_waypoint`] with `extra` flags.
+    pub fn start_waypoint_with(&self, pod: &str, gateway: &str, extra: &[&str]) -> Result<Process> {
         let pod = self.topo.pod(pod)?;
         let node = self.topo.node(&pod.node)?;
         let ca_addr = self.ca_addr(&node.spec.network)?.to_string();
@@ -902,6 +911,7 @@ impl<'t> Mesh<'t> {
             "--stats-addr",
             &stats,
         ];
+        let argv: Vec<&str> = argv.iter().chain(extra).copied().collect();
         let mut process = pod.place.spawn(&argv)?;
         process.wait_listening(15008, Duration::from_secs(30))?;
         Ok(process)

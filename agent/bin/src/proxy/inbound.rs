@@ -127,6 +127,17 @@ async fn on_connect(proxy: Arc<Proxy>, pod: Arc<Pod>, connect: Connect) {
                 claimed.clone()
             }
         };
+        // A traced CONNECT: this end's span joins the trace.
+        let parent = connect
+            .traceparent
+            .as_deref()
+            .and_then(strait_trace::Context::from_traceparent);
+        let mut span = parent.and_then(|p| proxy.tracer.span("inbound", strait_trace::Kind::Server, Some(&p)));
+        if let Some(span) = &mut span {
+            span.set("source.principal", client.to_string());
+            span.set("destination.address", to.to_string());
+            span.set("destination.principal", pod.identity.to_string());
+        }
         let client_ip = connect.peer_addr.ip();
         if !authorized(&proxy, &pod, Some(&client), client_ip, to) {
             connect.stream.refuse(StatusCode::FORBIDDEN);

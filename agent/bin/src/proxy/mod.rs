@@ -57,6 +57,9 @@ pub struct Proxy {
     /// Accepted connections not finished yet: what a draining agent waits
     /// for.
     pub in_flight: Arc<InFlight>,
+    /// Connection spans: an outbound connection may start a trace, an
+    /// inbound one joins the trace its CONNECT names.
+    pub tracer: strait_trace::Tracer,
 }
 
 /// Whether delivering to `to` for `pod` would come back into the agent:

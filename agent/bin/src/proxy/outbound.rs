@@ -6,8 +6,10 @@
 use std::{net::SocketAddr, sync::Arc};
 
 use strait_ebpf_common::port;
+use strait_hbone::Claims;
 use strait_route::{Pool, Route, Target, direct, route};
 use strait_telemetry::{Direction, Reason, Reporter, relay};
+use strait_trace::Kind;
 use strait_upstream::{Upstream, remote, reset};
 use tokio::net::TcpStream;
 use tracing::{Instrument, debug, info_span, warn};
@@ -138,6 +140,19 @@ pub async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, client: TcpStream, peer: S
             },
             _ => None,
         };
+        // The connection's span, when it starts a sampled trace: its
+        // CONNECT names it, so the waypoint's or destination's span joins.
+        let mut span = proxy.tracer.sampled_root("outbound", Kind::Client);
+        let traceparent = span.as_ref().map(|s| s.context().traceparent());
+        if let Some(span) = &mut span {
+            span.set("source.address", src.to_string());
+            span.set("destination.address", original.to_string());
+            span.set("source.principal", pod.identity.to_string());
+        }
+        let claims = Claims {
+            traceparent: traceparent.as_deref(),
+            ..Claims::default()
+        };
         let timeout = pool.connect_timeout.unwrap_or(proxy.connect_timeout);
         let mut failure = Reason::Upstream;
         // Silent endpoints each cost a connect timeout: stop starting new
@@ -154,12 +169,15 @@ pub async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, client: TcpStream, peer: S
             // endpoints go through its gateways below.
             let (opened, addr, to) = match target {
                 Target::Direct(target) => (
-                    proxy.dialer.open(&*pod, &state, target, timeout, None).await,
+                    proxy.dialer.open(&*pod, &state, target, timeout, claims).await,
                     target,
                     target,
                 ),
                 Target::Waypoint(hop) => (
-                    proxy.dialer.open_waypoint(&*pod, &hop, timeout).await,
+                    proxy
+                        .dialer
+                        .open_waypoint(&*pod, &hop, timeout, claims)
+                        .await,
                     hop.addr,
                     hop.authority,
                 ),
@@ -167,7 +185,7 @@ pub async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, client: TcpStream, peer: S
                     if failed_behind.contains(&via.network) {
                         continue;
                     }
-                    match remote(&proxy, &pod, &state, &via, timeout).await {
+                    match remote(&proxy, &pod, &state, &via, (timeout, claims)).await {
                         Ok(upstream) => {
                             let _active = proxy.load.open(via.gateway);
                             carry(&proxy, &pod, client, upstream, src, via.gateway).await;
@@ -223,6 +241,9 @@ pub async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, client: TcpStream, peer: S
             }
         }
         proxy.metrics.fail(Direction::Outbound, failure);
+        if let Some(span) = &mut span {
+            span.error(format!("{failure:?}"));
+        }
         reset(client);
     }
     .instrument(span)
@@ -236,11 +257,11 @@ async fn remote(
     pod: &Pod,
     state: &strait_state::Snapshot,
     via: &strait_route::Via,
-    timeout: std::time::Duration,
+    (timeout, claims): (std::time::Duration, Claims<'_>),
 ) -> Result<Upstream, remote::Failure> {
     match proxy
         .dialer
-        .open_remote(pod, state, via, timeout, None)
+        .open_remote(pod, state, via, timeout, claims)
         .await
     {
         Ok((tunnel, destination)) => {

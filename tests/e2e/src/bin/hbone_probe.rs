@@ -131,6 +131,7 @@ async fn probe(
             let claims = strait_hbone::Claims {
                 source: from.as_ref(),
                 on_behalf_of: on_behalf_of.as_ref(),
+                traceparent: None,
             };
             let pool = Pool::new();
             let attempt = async {

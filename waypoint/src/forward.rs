@@ -2,23 +2,19 @@
 //! destination by weight, an endpoint of that destination (by locality,
 //! readiness and health, [`strait_route`]), and the attempts: a retry goes
 //! to another endpoint when there is one, within the route's retry policy
-//! and timeout. Request bodies are kept for replay up to
-//! [`REPLAY_LIMIT`]; a longer one is sent once, never retried.
+//! and timeout, with the request body [`crate::replay`] kept.
 use std::{
-    collections::VecDeque,
     convert::Infallible,
     net::SocketAddr,
-    pin::Pin,
     sync::{Arc, atomic::AtomicU64},
-    task::{Context, Poll},
     time::{Duration, Instant},
 };
 
-use bytes::{Bytes, BytesMut};
-use http_body_util::{BodyExt, Empty, Full, combinators::BoxBody};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full};
 use hyper::{
     Request, Response, StatusCode, Uri,
-    body::{Frame, Incoming},
+    body::Incoming,
     header::{self, HeaderMap, HeaderName, HeaderValue},
 };
 use strait_balance::outlier::Settings;
@@ -38,11 +34,9 @@ use crate::{
     pool::{Body, BoxError, Dialing, Version},
     proxy::Waypoint,
     record::{Counted, Log, Metered, Record},
+    replay::Replay,
     routes::{Abort, Fault, Retries, Route, Table},
 };
-
-/// Request bodies up to this size are kept so an attempt can be repeated.
-pub const REPLAY_LIMIT: usize = 64 * 1024;
 
 /// Who sent the requests of one connection, and what it dialled.
 pub struct Client {
@@ -250,13 +244,7 @@ async fn forward(
             parts.headers.insert("x-request-id", v);
         }
     }
-    let body = match Replay::read(body).await {
-        Ok(body) => body,
-        Err(err) => {
-            debug!(%err, "the client's body broke");
-            return reply(StatusCode::BAD_REQUEST, "DC", None, 0);
-        }
-    };
+    let body = Replay::new(body);
     let work = attempts(
         (waypoint, client, state),
         (&plan, &counters),
@@ -671,6 +659,12 @@ async fn attempts(
                 }
                 return last;
             }
+            Some(Err(err)) if body.client_broke() => {
+                // The client's body broke off: its doing, not the
+                // endpoint's.
+                debug!(%err, "the client's body broke");
+                return reply(StatusCode::BAD_REQUEST, "DC", destination, attempt);
+            }
             Some(Err(err)) => {
                 if endpoints.five_xx_counts {
                     failed(addr);
@@ -973,84 +967,5 @@ fn aborted(abort: Abort) -> Outcome {
             );
             outcome
         }
-    }
-}
-
-/// A request body: whole, when it fits the replay limit (every attempt
-/// sends a copy), else what was read and the rest still to come (sent
-/// once).
-enum Replay {
-    Whole(Bytes),
-    Streaming(Option<Body>),
-}
-
-impl Replay {
-    async fn read(mut body: Counted) -> Result<Self, hyper::Error> {
-        let mut buf = BytesMut::new();
-        loop {
-            match body.frame().await {
-                None => return Ok(Self::Whole(buf.freeze())),
-                Some(Err(err)) => return Err(err),
-                Some(Ok(frame)) => {
-                    let frame = match frame.into_data() {
-                        Ok(data) => {
-                            buf.extend_from_slice(&data);
-                            if buf.len() <= REPLAY_LIMIT {
-                                continue;
-                            }
-                            None
-                        }
-                        // Trailers are passed on, once.
-                        Err(trailers) => Some(trailers),
-                    };
-                    let mut head = VecDeque::from([Frame::data(buf.freeze())]);
-                    head.extend(frame);
-                    let resumed = Resumed { head, rest: body };
-                    return Ok(Self::Streaming(Some(BoxBody::new(resumed))));
-                }
-            }
-        }
-    }
-
-    fn replayable(&self) -> bool {
-        matches!(self, Self::Whole(_))
-    }
-
-    /// The body for the next attempt; none once a streaming body was sent.
-    fn take(&mut self) -> Option<Body> {
-        match self {
-            Self::Whole(bytes) if bytes.is_empty() => {
-                Some(Empty::new().map_err(|never| match never {}).boxed())
-            }
-            Self::Whole(bytes) => Some(
-                Full::new(bytes.clone())
-                    .map_err(|never| match never {})
-                    .boxed(),
-            ),
-            Self::Streaming(body) => body.take(),
-        }
-    }
-}
-
-/// A body whose first frames were read already.
-struct Resumed {
-    head: VecDeque<Frame<Bytes>>,
-    rest: Counted,
-}
-
-impl hyper::body::Body for Resumed {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if let Some(frame) = self.head.pop_front() {
-            return Poll::Ready(Some(Ok(frame)));
-        }
-        Pin::new(&mut self.rest)
-            .poll_frame(cx)
-            .map(|frame| frame.map(|r| r.map_err(|e| Box::new(e) as BoxError)))
     }
 }

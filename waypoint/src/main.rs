@@ -21,6 +21,7 @@ mod metrics;
 mod pool;
 mod proxy;
 mod record;
+mod replay;
 mod routes;
 mod tcp;
 

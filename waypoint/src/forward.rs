@@ -470,7 +470,10 @@ fn choose<'a>(
             limits: Limits::default(),
         });
     };
-    let name = format!("{virtual_service}/{}", route.name.as_deref().unwrap_or("-"));
+    let name = match (virtual_service, route.name.as_deref()) {
+        ("", name) => name.unwrap_or("-").to_string(),
+        (vs, name) => format!("{vs}/{}", name.unwrap_or("-")),
+    };
     if let Some(answer) = &route.answer {
         let mut outcome = answered(answer, client, parts);
         route.headers.response.apply(outcome.response.headers_mut());

@@ -1,6 +1,8 @@
 //! Which route a request to a service takes: the service's VirtualService
-//! (`http` routes in order, the first whose matches hold), compiled once
-//! per config and service; without one, the service itself. What a route
+//! (`http` routes in order, the first whose matches hold), else the
+//! Gateway API routes attached to it (HTTPRoute, GRPCRoute, translated to
+//! the same routes by [`strait_config::gateway_routes`]), compiled once
+//! per config and service; without either, the service itself. What a route
 //! does with the request (the destinations by weight, timeout, retries) is
 //! [`crate::forward`]'s.
 use std::{
@@ -24,7 +26,8 @@ use crate::{
 pub enum Table {
     /// No VirtualService: every request goes to the service.
     Default,
-    /// The routes of `namespace/name`, in order.
+    /// The routes of `namespace/name`, in order; for Gateway API routes
+    /// `virtual_service` is empty and each route names its object.
     Routes {
         virtual_service: String,
         routes: Vec<Route>,
@@ -289,7 +292,7 @@ impl Table {
     /// The table for `service`.
     fn build(config: &Config, service: &Service) -> Self {
         let Some(vs) = virtual_service(config, service) else {
-            return Self::Default;
+            return Self::gateway_api(config, service);
         };
         let compiled: Result<Vec<Route>, String> = vs
             .spec
@@ -308,6 +311,33 @@ impl Table {
             },
             Err(why) => Self::Broken {
                 virtual_service: name,
+                why,
+            },
+        }
+    }
+}
+
+impl Table {
+    /// The Gateway API routes attached to `service`, if any.
+    fn gateway_api(config: &Config, service: &Service) -> Self {
+        let routes = config.gateway_routes(service);
+        if routes.is_empty() {
+            return Self::Default;
+        }
+        let compiled: Result<Vec<Route>, String> = routes
+            .iter()
+            .map(|r| {
+                Route::compile(r, &service.namespace)
+                    .map_err(|why| format!("{}: {why}", r.name.as_deref().unwrap_or_default()))
+            })
+            .collect();
+        match compiled {
+            Ok(routes) => Self::Routes {
+                virtual_service: String::new(),
+                routes,
+            },
+            Err(why) => Self::Broken {
+                virtual_service: "Gateway API routes".into(),
                 why,
             },
         }

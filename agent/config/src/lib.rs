@@ -4,6 +4,7 @@
 pub mod authz;
 mod check;
 pub mod duration;
+pub mod gateway_routes;
 pub mod local;
 pub mod manifest;
 pub mod names;
@@ -145,6 +146,9 @@ pub struct Config {
     pub destination_rules: Vec<Named<networking::DestinationRuleSpec>>,
     /// Stored for the waypoint: the L7 routes.
     pub virtual_services: Vec<Named<networking::VirtualServiceSpec>>,
+    /// Gateway API routes, applied by waypoints ([`gateway_routes`]).
+    pub http_routes: Vec<Named<manifest::gateway_api::HttpRouteSpec>>,
+    pub grpc_routes: Vec<Named<manifest::gateway_api::GrpcRouteSpec>>,
     /// Stored for the gateways.
     pub gateways: Vec<Named<networking::GatewaySpec>>,
     /// Gateway API Gateways of class `istio-east-west`: how other networks
@@ -187,6 +191,8 @@ impl Default for Config {
             request_authentications: Vec::new(),
             destination_rules: Vec::new(),
             virtual_services: Vec::new(),
+            http_routes: Vec::new(),
+            grpc_routes: Vec::new(),
             gateways: Vec::new(),
             east_west_gateways: Vec::new(),
             waypoints: Vec::new(),

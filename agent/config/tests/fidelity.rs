@@ -291,17 +291,24 @@ apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
 metadata: {name: reviews, namespace: shop}
 spec: {parentRefs: [{name: reviews, kind: Service, group: ''}]}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: TCPRoute
+metadata: {name: reviews, namespace: shop}
+spec: {}
 ",
     );
-    // The Gateway API's Gateway is read (east-west gateways, waypoints);
-    // one of another class is accepted and said to have no effect.
-    let (ingress, route) = (&report.objects[0], &report.objects[1]);
+    // The Gateway API's Gateway is read (east-west gateways, waypoints),
+    // and its HTTPRoute (waypoints); one of another class is accepted and
+    // said to have no effect; a kind strait does not read is ignored.
+    let (ingress, route, tcp) = (&report.objects[0], &report.objects[1], &report.objects[2]);
     assert!(
         matches!(ingress.verdict, Verdict::Accepted)
             && ingress.warnings[0].reason.contains("no effect"),
         "{report}"
     );
-    assert!(matches!(route.verdict, Verdict::Ignored(_)), "{report}");
+    assert!(matches!(route.verdict, Verdict::Accepted), "{report}");
+    assert!(matches!(tcp.verdict, Verdict::Ignored(_)), "{report}");
     rejected(
         "apiVersion: v1
 kind: VirtualService

@@ -26,7 +26,7 @@ pub const DISCOVERY: usize = 5;
 /// node agents.
 pub const GATEWAY_READS: usize = 9;
 
-pub const KINDS: [Kind; 14] = [
+pub const KINDS: [Kind; 16] = [
     Kind::core("Namespace", "namespaces"),
     Kind::core("Node", "nodes"),
     Kind::core("Pod", "pods"),
@@ -85,6 +85,20 @@ pub const KINDS: [Kind; 14] = [
         SECURITY,
         "RequestAuthentication",
         "requestauthentications",
+    ),
+    // Watched where the Gateway API's CRDs are installed; waypoints apply
+    // them.
+    Kind::istio(
+        "gateway.networking.k8s.io",
+        &["v1", "v1beta1"],
+        "HTTPRoute",
+        "httproutes",
+    ),
+    Kind::istio(
+        "gateway.networking.k8s.io",
+        &["v1", "v1alpha2"],
+        "GRPCRoute",
+        "grpcroutes",
     ),
 ];
 

@@ -1,7 +1,9 @@
 //! gRPC through a waypoint, with a real gRPC client and server (grpcio):
 //! a unary call, a gRPC error counted by its status, and a 60 s
 //! bidirectional stream that lives through a config reload, every message
-//! answered as it is sent (not held until the stream ends).
+//! answered as it is sent (not held until the stream ends). The reload
+//! adds a GRPCRoute that sends one method to another server: new calls
+//! follow it, the open stream stays where it is.
 use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
@@ -22,26 +24,25 @@ fn spec() -> Spec {
         .pod("client", "n1")
         .pod("wp", "n1")
         .pod("greeter", "n2")
+        .pod("greeter2", "n2")
 }
 
-/// The mesh; `reloaded` adds a VirtualService, as an operator would while
-/// streams run.
+/// The mesh; `reloaded` adds a GRPCRoute, as an operator would while
+/// streams run: `Unary` goes to greeter2, the rest stays.
 fn config(topo: &Topology, reloaded: bool) -> Result<String> {
     let route = if reloaded {
-        "apiVersion: networking.istio.io/v1
-kind: VirtualService
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
 metadata:
   name: greeter
   namespace: shop
 spec:
-  hosts: [greeter]
-  http:
-  - name: all
-    route:
-    - destination: {host: greeter}
-      headers:
-        request:
-          set: {x-reloaded: \"yes\"}
+  parentRefs: [{group: '', kind: Service, name: greeter}]
+  rules:
+  - matches:
+    - method: {service: strait.test.Echo, method: Unary}
+    backendRefs: [{name: greeter2, port: 50051}]
+  - backendRefs: [{name: greeter, port: 50051}]
 ---
 "
     } else {
@@ -51,6 +52,7 @@ spec:
         namespace_yaml("shop", true),
         workload_yaml(topo.pod("client")?, "shop", "client", &[]),
         workload_yaml(topo.pod("greeter")?, "shop", "greeter", &[]),
+        workload_yaml(topo.pod("greeter2")?, "shop", "greeter", &[]),
         waypoint_yaml("waypoint", "shop", topo.pod("wp")?, &[]),
         format!(
             "apiVersion: v1
@@ -62,6 +64,18 @@ metadata:
 spec:
   clusterIP: {GREETER}
   selector: {{app: greeter}}
+  ports:
+  - name: grpc
+    port: {PORT}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: greeter2
+  namespace: shop
+spec:
+  clusterIP: 10.96.0.96
+  selector: {{app: greeter2}}
   ports:
   - name: grpc
     port: {PORT}
@@ -112,6 +126,11 @@ fn grpc_calls_and_a_long_stream_pass_the_waypoint_through_a_reload() -> Result<(
         &["serve", &PORT.to_string(), "greeter"],
     )?;
     server.wait_listening(PORT, Duration::from_secs(20))?;
+    let mut server2 = grpc(
+        &topo.pod("greeter2")?.place,
+        &["serve", &PORT.to_string(), "greeter2"],
+    )?;
+    server2.wait_listening(PORT, Duration::from_secs(20))?;
     let client = topo.pod("client")?;
     let wp = topo.pod("wp")?;
     let stats =
@@ -170,9 +189,10 @@ fn grpc_calls_and_a_long_stream_pass_the_waypoint_through_a_reload() -> Result<(
         "config reloaded at {:.1} s into the stream",
         started.elapsed().as_secs_f64()
     );
-    // New calls take the new route.
+    // New calls take the new route; the open stream stays with greeter.
     let after = call(&client.place, &["unary", &target, "again"])?;
-    assert_eq!(after["answer"], "greeter:again");
+    println!("unary after the GRPCRoute: {after}");
+    assert_eq!(after["answer"], "greeter2:again");
     chat.wait_timeout(Duration::from_secs(120))?
         .ok_or("the stream did not end")?;
     let streamed = result_of(&chat)?;
@@ -180,6 +200,11 @@ fn grpc_calls_and_a_long_stream_pass_the_waypoint_through_a_reload() -> Result<(
     assert_eq!(streamed["code"], "OK");
     assert!(streamed["sent"].as_u64().unwrap_or(0) >= 100, "{streamed}");
     assert_eq!(streamed["answers"], streamed["sent"]);
+    assert!(
+        streamed["last"][0]
+            .as_str()
+            .is_some_and(|l| l.starts_with("greeter:"))
+    );
     assert!(streamed["seconds"].as_f64().unwrap_or(0.0) >= 60.0);
     // The stream is counted once it ends, with the status in its trailers
     // (two unary calls and the stream).
@@ -198,5 +223,6 @@ fn grpc_calls_and_a_long_stream_pass_the_waypoint_through_a_reload() -> Result<(
         std::thread::sleep(Duration::from_millis(100));
     }
     server.kill()?;
+    server2.kill()?;
     Ok(())
 }

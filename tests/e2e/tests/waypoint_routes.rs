@@ -179,3 +179,116 @@ fn the_seeds_routes_and_a_routes_actions_take_effect() -> Result<()> {
     assert_eq!(got, "gone for good [410 ]");
     Ok(())
 }
+
+const STORE: &str = "10.96.0.104";
+
+/// An HTTPRoute attached to a Service (GAMMA) instead of a
+/// VirtualService: a header match, a prefix rewrite with header filters,
+/// and an 80/20 split between two Services, applied by the same waypoint.
+fn gateway_api_config(topo: &Topology) -> Result<String> {
+    Ok([
+        namespace_yaml("default", true),
+        workload_yaml(topo.pod("client")?, "default", "client", &[]),
+        workload_yaml(topo.pod("app")?, "default", "app", &[]),
+        workload_yaml(topo.pod("reviews-west")?, "default", "canary", &[]),
+        waypoint_yaml("waypoint", "default", topo.pod("wp")?, &[]),
+        service("store", "default", STORE, "app", true),
+        service(
+            "store-canary",
+            "default",
+            "10.96.0.105",
+            "reviews-west",
+            false,
+        ),
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: store, namespace: default}
+spec:
+  parentRefs:
+  - {group: '', kind: Service, name: store, port: 9080}
+  rules:
+  - name: canary
+    matches:
+    - headers: [{name: x-canary, value: 'yes'}]
+    backendRefs: [{name: store-canary, port: 9080}]
+  - name: api
+    matches:
+    - path: {type: PathPrefix, value: /api}
+    filters:
+    - type: URLRewrite
+      urlRewrite:
+        hostname: store.internal
+        path: {type: ReplacePrefixMatch, replacePrefixMatch: /v2}
+    - type: RequestHeaderModifier
+      requestHeaderModifier: {set: [{name: x-route, value: gateway-api}]}
+    - type: ResponseHeaderModifier
+      responseHeaderModifier: {add: [{name: x-served-by, value: httproute}]}
+    backendRefs: [{name: store, port: 9080}]
+  - name: split
+    backendRefs:
+    - {name: store, port: 9080, weight: 80}
+    - {name: store-canary, port: 9080, weight: 20}
+---
+"
+        .to_string(),
+    ]
+    .concat())
+}
+
+#[test]
+fn an_httproute_on_a_service_takes_effect() -> Result<()> {
+    require_root();
+    let topo = Topology::create(spec())?;
+    let mesh = Mesh::new(&topo)?;
+    mesh.write("mesh.yaml", &gateway_api_config(&topo)?)?;
+    let _agents = [mesh.start_agent("n1", &[])?, mesh.start_agent("n2", &[])?];
+    let _waypoint = mesh.start_waypoint("wp", "default/waypoint")?;
+    let client = topo.pod("client")?;
+    let _apps = [
+        http_app(topo.pod("reviews-west")?, 8080, "ok", "canary;")?,
+        http_app(topo.pod("app")?, 8080, "echo", "app:")?,
+    ];
+    let got = get(
+        &client.place,
+        &format!("http://{STORE}:9080/anything"),
+        &["x-canary: yes"],
+    )?;
+    println!("HTTPRoute header match: {got}");
+    assert_eq!(got, "canary; [200 ]");
+    let got = get(
+        &client.place,
+        &format!("http://{STORE}:9080/api/items?id=7"),
+        &[],
+    )?;
+    println!("HTTPRoute prefix rewrite: {got}");
+    assert_eq!(
+        got,
+        "app: /v2/items?id=7 host=store.internal x-route=gateway-api [200 httproute]"
+    );
+    // A prefix matches whole path elements: `/apix` is not under `/api`.
+    let got = get(&client.place, &format!("http://{STORE}:9080/apix"), &[])?;
+    println!("HTTPRoute, /apix: {got}");
+    assert!(!got.contains("/v2"), "{got}");
+
+    // The split, over 2000 requests on one connection.
+    let count = 2000;
+    let url = format!("http://{STORE}:9080/split?[1-{count}]");
+    let started = std::time::Instant::now();
+    let out = client.place.run_ok(
+        &["curl", "-sS", "--max-time", "300", &url],
+        std::time::Duration::from_secs(320),
+    )?;
+    let body = String::from_utf8_lossy(&out.stdout);
+    let (app, canary) = (
+        body.matches("app:").count(),
+        body.matches("canary;").count(),
+    );
+    let share = app as f64 * 100.0 / count as f64;
+    println!(
+        "HTTPRoute split: store {app}, store-canary {canary}: {share:.1}% to store ({:.1} s)",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(app + canary, count);
+    assert!((77.0..=83.0).contains(&share), "{share}% to store");
+    Ok(())
+}

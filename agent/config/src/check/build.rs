@@ -34,6 +34,8 @@ pub(crate) fn build(parsed: Vec<Parsed>, report: &Report) -> Config {
             Item::RequestAuthentication(ra) => config.request_authentications.push(*ra),
             Item::DestinationRule(dr) => config.destination_rules.push(*dr),
             Item::VirtualService(vs) => config.virtual_services.push(*vs),
+            Item::HttpRoute(r) => config.http_routes.push(*r),
+            Item::GrpcRoute(r) => config.grpc_routes.push(*r),
             Item::Gateway(gw) => config.gateways.push(*gw),
             Item::EastWestGateway(gw) => config.east_west_gateways.push(gw),
             Item::Waypoint(wp) => config.waypoints.push(wp),

@@ -142,6 +142,59 @@ static AUTHORIZATION_POLICY: LazyLock<Kind> = LazyLock::new(|| {
 }
 });
 
+/// What the waypoint applies of a Gateway API route; `rule` is the rule's
+/// list path.
+fn gateway_route(acts: &[&str]) -> Kind {
+    let mut all: Vec<String> = ["parentRefs", "hostnames", "rules[].name", "rules[].matches"]
+        .map(String::from)
+        .to_vec();
+    all.extend(acts.iter().map(|a| format!("rules[].{a}")));
+    for filters in ["rules[].filters[]", "rules[].backendRefs[].filters[]"] {
+        all.extend(
+            [
+                "type",
+                "requestHeaderModifier",
+                "responseHeaderModifier",
+                "requestRedirect",
+                "urlRewrite",
+            ]
+            .map(|f| format!("{filters}.{f}")),
+        );
+    }
+    all.extend(
+        ["group", "kind", "name", "namespace", "port", "weight"]
+            .map(|f| format!("rules[].backendRefs[].{f}")),
+    );
+    let mut reasons = Vec::new();
+    for filters in ["rules[].filters[]", "rules[].backendRefs[].filters[]"] {
+        reasons.push((
+            format!("{filters}.requestMirror"),
+            "has no effect yet: strait's waypoint does not mirror requests",
+        ));
+        reasons.push((
+            format!("{filters}.cors"),
+            "has no effect yet: strait's waypoint does not answer CORS",
+        ));
+        reasons.push((
+            format!("{filters}.extensionRef"),
+            "has no effect: strait's waypoint runs no extensions",
+        ));
+    }
+    reasons.push((
+        "rules[].sessionPersistence".into(),
+        "has no effect yet: strait's waypoint keeps no sessions",
+    ));
+    reasons.push((
+        "rules[].retry.backoff".into(),
+        "has no effect yet: strait's waypoint retries at once",
+    ));
+    Kind { acts: all, reasons }
+}
+
+static HTTP_ROUTE: LazyLock<Kind> =
+    LazyLock::new(|| gateway_route(&["timeouts", "retry.codes", "retry.attempts"]));
+static GRPC_ROUTE: LazyLock<Kind> = LazyLock::new(|| gateway_route(&[]));
+
 /// The table for `kind`: `None` when every field acts (WorkloadEntry,
 /// PeerAuthentication, core kinds) or none does (warned once at `spec`).
 fn table(kind: &str) -> Option<&'static Kind> {
@@ -150,6 +203,8 @@ fn table(kind: &str) -> Option<&'static Kind> {
         "ServiceEntry" => Some(&SERVICE_ENTRY),
         "WorkloadGroup" => Some(&WORKLOAD_GROUP),
         "AuthorizationPolicy" => Some(&AUTHORIZATION_POLICY),
+        "HTTPRoute" => Some(&HTTP_ROUTE),
+        "GRPCRoute" => Some(&GRPC_ROUTE),
         _ => None,
     }
 }

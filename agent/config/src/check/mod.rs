@@ -5,6 +5,7 @@ mod across;
 mod build;
 mod core;
 mod effect;
+mod gateway_routes;
 mod gateways;
 mod networking;
 mod routes;
@@ -247,6 +248,8 @@ pub(crate) enum Item {
     RequestAuthentication(Box<Named<sec::RequestAuthenticationSpec>>),
     DestinationRule(Box<Named<net::DestinationRuleSpec>>),
     VirtualService(Box<Named<net::VirtualServiceSpec>>),
+    HttpRoute(Box<Named<gateway_api::HttpRouteSpec>>),
+    GrpcRoute(Box<Named<gateway_api::GrpcRouteSpec>>),
     Gateway(Box<Named<net::GatewaySpec>>),
     EastWestGateway(EastWestGateway),
     Waypoint(crate::waypoint::Waypoint),
@@ -379,6 +382,18 @@ pub(crate) fn object(
             Some(Item::VirtualService(Box::new(Named::new(
                 &name, namespace, spec,
             ))))
+        }
+        "HTTPRoute" => {
+            let spec: gateway_api::HttpRouteSpec = f.spec(json)?;
+            let route = Named::new(&name, namespace, spec);
+            gateway_routes::http_route(f, &route);
+            Some(Item::HttpRoute(Box::new(route)))
+        }
+        "GRPCRoute" => {
+            let spec: gateway_api::GrpcRouteSpec = f.spec(json)?;
+            let route = Named::new(&name, namespace, spec);
+            gateway_routes::grpc_route(f, &route);
+            Some(Item::GrpcRoute(Box::new(route)))
         }
         "Gateway" if group == GATEWAY_API => {
             let spec: gateway_api::GatewaySpec = f.spec(json)?;

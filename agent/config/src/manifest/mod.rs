@@ -118,7 +118,7 @@ pub fn strip_nulls(json: &mut Json) {
 
 /// The kinds strait reads, with the group and versions they must come
 /// with.
-pub const USED: [(&str, &[&str], &str); 14] = [
+pub const USED: [(&str, &[&str], &str); 16] = [
     ("", &["v1"], "Namespace"),
     ("", &["v1"], "Service"),
     ("", &["v1"], "Node"),
@@ -130,6 +130,8 @@ pub const USED: [(&str, &[&str], &str); 14] = [
     ("networking.istio.io", NETWORKING, "VirtualService"),
     ("networking.istio.io", NETWORKING, "Gateway"),
     (GATEWAY_API, &["v1", "v1beta1"], "Gateway"),
+    (GATEWAY_API, &["v1", "v1beta1"], "HTTPRoute"),
+    (GATEWAY_API, &["v1", "v1alpha2"], "GRPCRoute"),
     ("security.istio.io", SECURITY, "PeerAuthentication"),
     ("security.istio.io", SECURITY, "AuthorizationPolicy"),
     ("security.istio.io", SECURITY, "RequestAuthentication"),
@@ -308,8 +310,12 @@ mod tests {
             classify("gateway.networking.k8s.io/v1alpha2", "Gateway"),
             KindCheck::Wrong(_)
         ));
+        assert_eq!(
+            classify("gateway.networking.k8s.io/v1", "HTTPRoute"),
+            KindCheck::Used
+        );
         for (api, kind) in [
-            ("gateway.networking.k8s.io/v1", "HTTPRoute"),
+            ("gateway.networking.k8s.io/v1", "TCPRoute"),
             ("serving.knative.dev/v1", "Service"),
         ] {
             assert!(

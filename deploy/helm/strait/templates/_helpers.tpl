@@ -28,7 +28,7 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
   resources: [destinationrules, serviceentries, workloadentries, workloadgroups, virtualservices, gateways, authorizationpolicies, peerauthentications, requestauthentications]
   verbs: [get, list, watch]
 - apiGroups: [gateway.networking.k8s.io]
-  resources: [gateways]
+  resources: [gateways, httproutes, grpcroutes]
   verbs: [get, list, watch]
 {{- end -}}
 

@@ -47,6 +47,14 @@ impl Ops {
         })
     }
 
+    /// Operations that set these headers.
+    pub fn setting(set: Vec<(HeaderName, HeaderValue)>) -> Self {
+        Self {
+            set,
+            ..Self::default()
+        }
+    }
+
     pub fn apply(&self, headers: &mut HeaderMap) {
         for name in &self.remove {
             headers.remove(name);

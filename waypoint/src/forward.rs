@@ -29,8 +29,10 @@ use tracing::{debug, warn};
 use crate::{
     actions::{Answer, Ops, location_header},
     breaker::{Counters, Kind, Limits},
+    cors::Verdict,
     matching::{self, Match},
     metrics::RequestLabels,
+    mirror::{self, Mirrored},
     pool::{Body, BoxError, Dialing, Version},
     proxy::Waypoint,
     record::{Counted, Log, Metered, Record},
@@ -181,7 +183,7 @@ pub async fn handle(
 }
 
 async fn forward(
-    (waypoint, client, state): (&Waypoint, &Client, &Snapshot),
+    (waypoint, client, state): (&Arc<Waypoint>, &Arc<Client>, &Snapshot),
     service: Option<ServiceAt<'_>>,
     (mut parts, body): (hyper::http::request::Parts, Counted),
     traceparent: Option<&str>,
@@ -199,16 +201,8 @@ async fn forward(
             }
         }
         None => Plan {
-            route: None,
-            edits: Edits::default(),
             at: None,
-            port: client.authority.port(),
-            subset: None,
-            timeout: None,
-            retries: Retries::istio_default(),
-            fault: Fault::default(),
-            destination: String::new(),
-            limits: Limits::default(),
+            ..Plan::to_service(None, client.authority.port(), None)
         },
     };
     let counters = waypoint.breakers.of(&plan.destination);
@@ -244,12 +238,14 @@ async fn forward(
             parts.headers.insert("x-request-id", v);
         }
     }
-    let body = Replay::new(body);
+    let mut body = Replay::new(body);
+    // The mirrors' copy of the request, taken before the attempts use it.
+    let mirrored_head = (!plan.mirrors.is_empty()).then(|| head_of(&parts));
     let work = attempts(
         (waypoint, client, state),
         (&plan, &counters),
         parts,
-        body,
+        &mut body,
         traceparent,
     );
     let mut outcome = match plan.timeout {
@@ -259,6 +255,19 @@ async fn forward(
         },
         None => work.await,
     };
+    if let Some(head) = mirrored_head {
+        for to in &plan.mirrors {
+            if fastrand::f64() < to.share {
+                mirror::send(
+                    waypoint.clone(),
+                    client.clone(),
+                    to.clone(),
+                    head_of(&head),
+                    body.take(),
+                );
+            }
+        }
+    }
     plan.edits.response(outcome.response.headers_mut());
     outcome.route = plan.route;
     if delayed && outcome.flags == "-" {
@@ -268,7 +277,7 @@ async fn forward(
 }
 
 /// Where a request goes, once routed.
-struct Plan<'a> {
+pub struct Plan<'a> {
     /// `virtual service/route`, when a route decided.
     route: Option<String>,
     /// What the route changes in the request and its answer.
@@ -284,9 +293,37 @@ struct Plan<'a> {
     /// its DestinationRule's limits.
     destination: String,
     limits: Limits,
+    /// Where copies of the request go.
+    mirrors: Vec<Mirrored>,
 }
 
-impl Plan<'_> {
+impl<'a> Plan<'a> {
+    /// Straight to a service's `port` (a `subset` of it), with Istio's
+    /// default retries and nothing else.
+    pub fn to(at: ServiceAt<'a>, port: u16, subset: Option<strait_config::Labels>) -> Self {
+        Self::to_service(Some(at), port, subset)
+    }
+
+    fn to_service(
+        at: Option<ServiceAt<'a>>,
+        port: u16,
+        subset: Option<strait_config::Labels>,
+    ) -> Self {
+        Self {
+            route: None,
+            edits: Edits::default(),
+            at,
+            port,
+            subset,
+            timeout: None,
+            retries: Retries::istio_default(),
+            fault: Fault::default(),
+            destination: String::new(),
+            limits: Limits::default(),
+            mirrors: Vec::new(),
+        }
+    }
+
     /// The destination's circuit-breaker key and limits, for `waypoint`.
     fn with_limits(mut self, waypoint: &Waypoint, state: &Snapshot) -> Self {
         if let Some(at) = self.at {
@@ -457,26 +494,34 @@ fn choose<'a>(
         }
     };
     let Some((virtual_service, route, prefix)) = route else {
-        return Ok(Plan {
-            route: None,
-            edits: Edits::default(),
-            at: Some(at),
-            port: client.authority.port(),
-            subset: None,
-            timeout: None,
-            retries: Retries::istio_default(),
-            fault: Fault::default(),
-            destination: String::new(),
-            limits: Limits::default(),
-        });
+        return Ok(Plan::to(at, client.authority.port(), None));
     };
     let name = match (virtual_service, route.name.as_deref()) {
         ("", name) => name.unwrap_or("-").to_string(),
         (vs, name) => format!("{vs}/{}", name.unwrap_or("-")),
     };
+    // CORS comes first: an allowed origin's preflight is answered here.
+    let mut cors = Vec::new();
+    match route
+        .cors
+        .as_ref()
+        .map(|c| c.judge(&parts.method, &parts.headers))
+    {
+        None | Some(Verdict::Pass) => {}
+        Some(Verdict::Preflight(headers)) => {
+            let mut outcome = reply(StatusCode::OK, "-", None, 0);
+            *outcome.response.body_mut() = Empty::new().map_err(|never| match never {}).boxed();
+            outcome.response.headers_mut().extend(headers);
+            outcome.route = Some(name);
+            return Err(Box::new(outcome));
+        }
+        Some(Verdict::Actual(headers)) => cors = headers,
+    }
+    let cors = Ops::setting(cors);
     if let Some(answer) = &route.answer {
         let mut outcome = answered(answer, client, parts);
         route.headers.response.apply(outcome.response.headers_mut());
+        cors.apply(outcome.response.headers_mut());
         outcome.route = Some(name);
         return Err(Box::new(outcome));
     }
@@ -494,31 +539,23 @@ fn choose<'a>(
             0,
         )));
     };
-    let port = dest.port.unwrap_or_else(|| {
-        // Another service with one port: that one.
-        match dest_at.service.ports.as_slice() {
-            [only] if !std::ptr::eq(dest_at.service, at.service) => only.port,
-            _ => client.authority.port(),
-        }
-    });
+    let port = dest
+        .port
+        .unwrap_or_else(|| port_of(dest_at, Some(at), client.authority.port()));
     let subset = match &dest.subset {
         None => None,
-        Some(name) => {
-            let rule =
-                config.destination_rule(dest_at, &waypoint.namespace, &waypoint.instance.labels);
-            match rule.and_then(|r| r.subsets.iter().find(|s| &s.name == name)) {
-                Some(s) => Some(s.labels.clone()),
-                None => {
-                    debug!(host = %dest.host, subset = %name, "no such subset");
-                    return Err(Box::new(reply(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "NC",
-                        None,
-                        0,
-                    )));
-                }
+        Some(name) => match subset_labels(waypoint, config, dest_at, name) {
+            Some(labels) => Some(labels),
+            None => {
+                debug!(host = %dest.host, subset = %name, "no such subset");
+                return Err(Box::new(reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "NC",
+                    None,
+                    0,
+                )));
             }
-        }
+        },
     };
     let edits = Edits {
         path: route.rewrite.path(parts.uri.path(), prefix.as_deref()),
@@ -527,20 +564,43 @@ fn choose<'a>(
         response: vec![
             route.headers.response.clone(),
             dest.headers.response.clone(),
+            cors,
         ],
     };
     Ok(Plan {
         route: Some(name),
         edits,
-        at: Some(dest_at),
-        port,
-        subset,
         timeout: route.timeout,
         retries: route.retries.clone(),
         fault: route.fault.clone(),
-        destination: String::new(),
-        limits: Limits::default(),
+        mirrors: route.mirrors.clone(),
+        ..Plan::to(dest_at, port, subset)
     })
+}
+
+/// The port a destination without one is sent to: another service's only
+/// port, else the port the client dialled.
+pub fn port_of(dest: ServiceAt<'_>, dialled: Option<ServiceAt<'_>>, port: u16) -> u16 {
+    match dest.service.ports.as_slice() {
+        [only] if !dialled.is_some_and(|d| std::ptr::eq(dest.service, d.service)) => only.port,
+        _ => port,
+    }
+}
+
+/// The labels of the subset `name` of `at`, from the DestinationRule that
+/// applies at this waypoint.
+pub fn subset_labels(
+    waypoint: &Waypoint,
+    config: &strait_config::Config,
+    at: ServiceAt<'_>,
+    name: &str,
+) -> Option<strait_config::Labels> {
+    config
+        .destination_rule(at, &waypoint.namespace, &waypoint.instance.labels)?
+        .subsets
+        .iter()
+        .find(|s| s.name == name)
+        .map(|s| s.labels.clone())
 }
 
 /// Tries the request up to `1 + retries.attempts` times.
@@ -548,7 +608,7 @@ async fn attempts(
     (waypoint, client, state): (&Waypoint, &Client, &Snapshot),
     (plan, counters): (&Plan<'_>, &Arc<Counters>),
     parts: hyper::http::request::Parts,
-    mut body: Replay,
+    body: &mut Replay,
     traceparent: Option<&str>,
 ) -> Outcome {
     let tries = 1 + plan.retries.attempts;
@@ -720,8 +780,8 @@ async fn attempts(
 
 /// The endpoints to try for a plan, in order, and what outlier detection
 /// needs of them.
-struct Endpoints {
-    targets: Vec<Target>,
+pub struct Endpoints {
+    pub targets: Vec<Target>,
     all: Vec<SocketAddr>,
     outlier: Settings,
     /// Whether a 5xx answer, a reset or a timed-out try counts against its
@@ -731,7 +791,7 @@ struct Endpoints {
     five_xx_counts: bool,
 }
 
-async fn targets(
+pub async fn targets(
     waypoint: &Waypoint,
     client: &Client,
     state: &Snapshot,
@@ -803,7 +863,7 @@ async fn targets(
     }
 }
 
-fn endpoint_of(target: &Target) -> SocketAddr {
+pub fn endpoint_of(target: &Target) -> SocketAddr {
     match target {
         Target::Direct(addr) => *addr,
         Target::Remote(via) => via.gateway,
@@ -850,7 +910,7 @@ fn destination_of(state: &Snapshot, target: &Target) -> Option<(Peer, Identity)>
 
 /// The request as the endpoint gets it: origin-form for HTTP/1.1 (the
 /// Host header stays), absolute for HTTP/2 (`:authority`).
-fn upstream_request(
+pub fn upstream_request(
     parts: &hyper::http::request::Parts,
     body: Body,
     addr: SocketAddr,
@@ -879,8 +939,18 @@ fn upstream_request(
     request
 }
 
+/// A request's head without its extensions (which do not clone).
+fn head_of(parts: &hyper::http::request::Parts) -> hyper::http::request::Parts {
+    let (mut head, ()) = Request::new(()).into_parts();
+    head.method = parts.method.clone();
+    head.uri = parts.uri.clone();
+    head.version = parts.version;
+    head.headers = parts.headers.clone();
+    head
+}
+
 /// The authority a request names: its URI's (HTTP/2), else its Host.
-fn request_authority(parts: &hyper::http::request::Parts) -> Option<String> {
+pub fn request_authority(parts: &hyper::http::request::Parts) -> Option<String> {
     parts.uri.authority().map(|a| a.to_string()).or_else(|| {
         parts
             .headers

@@ -13,11 +13,13 @@
 //! [`tcp`] carries what is not HTTP, [`metrics`] counts requests.
 mod actions;
 mod breaker;
+mod cors;
 mod detect;
 mod forward;
 mod inbound;
 mod matching;
 mod metrics;
+mod mirror;
 mod pool;
 mod proxy;
 mod record;
@@ -233,6 +235,7 @@ async fn run(args: Args) -> Result<()> {
         tables: Default::default(),
         breakers: Default::default(),
         in_flight: Default::default(),
+        mirror_slots: Arc::new(tokio::sync::Semaphore::new(mirror::IN_FLIGHT)),
         tracer,
     });
 

@@ -55,6 +55,8 @@ pub struct Metrics {
     pub request_bytes: Family<RequestLabels, Histogram, fn() -> Histogram>,
     pub response_bytes: Family<RequestLabels, Histogram, fn() -> Histogram>,
     pub tcp: Tcp,
+    pub mirrored: Family<crate::mirror::MirrorLabels, Counter>,
+    pub mirrors_in_flight: prometheus_client::metrics::gauge::Gauge,
     pub trace: strait_trace::otlp::Metrics,
     pub config: Arc<strait_state::reload::Metrics>,
     registry: Registry,
@@ -108,6 +110,18 @@ impl Metrics {
             "Response body sizes",
             response_bytes.clone(),
         );
+        let mirrored = Family::<crate::mirror::MirrorLabels, Counter>::default();
+        registry.register(
+            "strait_waypoint_mirrored_requests",
+            "Copies of requests sent to mirror destinations, by result",
+            mirrored.clone(),
+        );
+        let mirrors_in_flight = prometheus_client::metrics::gauge::Gauge::default();
+        registry.register(
+            "strait_waypoint_mirrors_in_flight",
+            "Copies of requests on their way to mirror destinations",
+            mirrors_in_flight.clone(),
+        );
         let retries = Counter::default();
         registry.register(
             "strait_waypoint_retries",
@@ -124,6 +138,8 @@ impl Metrics {
             request_bytes,
             response_bytes,
             tcp,
+            mirrored,
+            mirrors_in_flight,
             trace,
             config,
             registry,
@@ -147,6 +163,12 @@ impl Metrics {
         self.response_bytes
             .get_or_create(labels)
             .observe(sent as f64);
+    }
+
+    pub fn mirrored(&self, result: &'static str) {
+        self.mirrored
+            .get_or_create(&crate::mirror::MirrorLabels { result })
+            .inc();
     }
 
     /// The text exposition format.

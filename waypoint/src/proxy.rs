@@ -42,6 +42,8 @@ pub struct Waypoint {
     pub breakers: Breakers,
     /// Connections being served: what a draining waypoint waits for.
     pub in_flight: Arc<InFlight>,
+    /// Places for mirrored copies in flight.
+    pub mirror_slots: Arc<tokio::sync::Semaphore>,
     /// Request spans, under the trace a request or its connection carries.
     pub tracer: strait_trace::Tracer,
 }

@@ -18,7 +18,9 @@ use strait_config::{
 
 use crate::{
     actions::{Answer, HeaderActions, Rewriting},
+    cors::Cors,
     matching::{Match, Request},
+    mirror::{self, Mirrored},
 };
 
 /// A service's routes as the config has them now.
@@ -53,6 +55,8 @@ pub struct Route {
     pub answer: Option<Answer>,
     pub rewrite: Rewriting,
     pub headers: HeaderActions,
+    pub cors: Option<Cors>,
+    pub mirrors: Vec<Mirrored>,
 }
 
 /// A route's fault injection: each part applies to its share of requests.
@@ -259,6 +263,8 @@ impl Route {
             answer: Answer::compile(route.redirect.as_ref(), route.direct_response.as_ref())?,
             rewrite: Rewriting::compile(route.rewrite.as_ref())?,
             headers: HeaderActions::compile(route.headers.as_ref())?,
+            cors: route.cors_policy.as_ref().map(Cors::compile).transpose()?,
+            mirrors: mirror::of_route(route, namespace),
         })
     }
 
@@ -419,6 +425,8 @@ mod tests {
             answer: None,
             rewrite: Rewriting::default(),
             headers: HeaderActions::default(),
+            cors: None,
+            mirrors: Vec::new(),
         };
         assert_eq!(route.pick(0.0).unwrap().host, "a");
         assert_eq!(route.pick(0.79).unwrap().host, "a");

@@ -262,6 +262,36 @@ fn header_ops(filter: &crate::manifest::gateway_api::HeaderFilter) -> net::Heade
     }
 }
 
+/// `RequestMirror` filters as Istio's `mirrors` (a backend elsewhere is
+/// left out, as in [`destinations`]).
+fn mirrors_of(filters: &[HttpRouteFilter], namespace: &str) -> Vec<net::Mirror> {
+    filters
+        .iter()
+        .filter_map(|f| f.request_mirror.as_ref())
+        .filter(|m| !elsewhere(&m.backend_ref, namespace))
+        .map(|m| {
+            let share = match (&m.fraction, m.percent) {
+                (Some(f), _) => {
+                    f64::from(f.numerator) * 100.0 / f64::from(f.denominator.unwrap_or(100).max(1))
+                }
+                (None, Some(p)) => f64::from(p),
+                (None, None) => 100.0,
+            };
+            net::Mirror {
+                destination: Some(net::Destination {
+                    host: qualify(&m.backend_ref.name, namespace),
+                    subset: None,
+                    port: m
+                        .backend_ref
+                        .port
+                        .map(|number| net::PortSelector { number }),
+                }),
+                percentage: Some(net::Percent { value: share }),
+            }
+        })
+        .collect()
+}
+
 /// Filters that change headers, as Istio's `headers`; the others are
 /// applied by the caller.
 fn headers_of(filters: &[HttpRouteFilter]) -> Option<net::Headers> {
@@ -428,6 +458,7 @@ pub fn http_rule(
             timeout: rule.timeouts.as_ref().and_then(|t| duration(&t.request)),
             retries: retries.clone(),
             headers: headers_of(&rule.filters),
+            mirrors: mirrors_of(&rule.filters, &route.namespace),
             ..Default::default()
         };
         for (k, filter) in rule.filters.iter().enumerate() {
@@ -531,6 +562,7 @@ pub fn grpc_rule(
             matches: vec![istio_match],
             route: route_to.clone(),
             headers: headers_of(&rule.filters),
+            mirrors: mirrors_of(&rule.filters, &route.namespace),
             ..Default::default()
         };
         out.push((http, m));

@@ -295,21 +295,27 @@ spec:
   rules:
   - filters:
     - type: RequestMirror
-      requestMirror: {{backendRef: {{name: ratings, port: 9080}}}}
+      requestMirror: {{backendRef: {{name: ratings, port: 9080}}, percent: 25}}
+    - type: CORS
+      cors: {{allowOrigins: ['https://shop.example']}}
     backendRefs:
     - {{name: reviews}}
     - {{name: reviews, namespace: other}}
 "
     );
     let said = report(&warned);
-    assert!(
-        said.contains("spec.rules[0].filters[0].requestMirror"),
-        "{said}"
-    );
-    assert!(said.contains("does not mirror requests"), "{said}");
+    assert!(said.contains("spec.rules[0].filters[1].cors"), "{said}");
+    assert!(said.contains("does not answer CORS"), "{said}");
     assert!(said.contains("needs a ReferenceGrant"), "{said}");
     // Warnings do not refuse the route: the backend in this namespace stays.
     let config = config(&warned);
     let routes = config.gateway_routes(service(&config, "shop", "reviews"));
     assert_eq!(routes[0].route.len(), 1);
+    // The mirror filter is applied: a quarter of requests copied.
+    let mirror = &routes[0].mirrors[0];
+    assert_eq!(
+        mirror.destination.as_ref().unwrap().host,
+        "ratings.shop.svc.cluster.local"
+    );
+    assert_eq!(mirror.percentage.as_ref().unwrap().value, 25.0);
 }

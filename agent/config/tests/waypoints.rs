@@ -283,9 +283,9 @@ metadata: {{name: web, namespace: shop}}
 spec:
   hosts: [web]
   http:
-  - route:
+  - match: [{{scheme: {{exact: https}}}}]
+    route:
     - destination: {{host: web}}
-    corsPolicy: {{allowOrigins: [{{exact: https://shop.example}}]}}
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -306,8 +306,9 @@ spec:
     let warnings = config.warnings.join("\n");
     // A field the waypoint does not apply yet is named.
     assert!(
-        warnings
-            .contains("VirtualService shop/web: field spec.http[0].corsPolicy: has no effect yet"),
+        warnings.contains(
+            "VirtualService shop/web: field spec.http[0].match[0].scheme: has no effect yet"
+        ),
         "{warnings}"
     );
     // Routes for a service that uses no waypoint act nowhere.

@@ -122,7 +122,8 @@ Server(("::", int(sys.argv[1])), handler).serve_forever()
 /// `ok` (200, body `marker`), `fail` (503), `slow` (200 after 2 s), `echo`
 /// (200, body `marker path host=<Host> x-route=<x-route header>`),
 /// `headers` (200, the request's headers as a JSON object, names in
-/// lowercase).
+/// lowercase), `log` (200, body `marker`, and a line `request <path>
+/// host=<Host>` on its output for each request).
 pub fn http_app(place: &Place, port: u16, behaviour: &str, marker: &str) -> Result<Process> {
     const SCRIPT: &str = r#"
 import http.server, json, socket, sys, time
@@ -145,6 +146,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if behaviour == "echo":
             body = b"%s %s host=%s x-route=%s" % (marker, self.path.encode(),
                 (self.headers.get("host") or "").encode(), (self.headers.get("x-route") or "").encode())
+        if behaviour == "log":
+            print("request %s host=%s" % (self.path, self.headers.get("host") or ""), flush=True)
         if behaviour == "headers":
             body = json.dumps({k.lower(): v for k, v in self.headers.items()}).encode()
         self.send_response(code)

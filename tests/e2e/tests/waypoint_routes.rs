@@ -21,6 +21,7 @@ fn spec() -> Spec {
         .pod("reviews-east", "n1")
         .pod("reviews-west", "n2")
         .pod("app", "n2")
+        .pod("shadow", "n2")
 }
 
 fn service(name: &str, namespace: &str, vip: &str, selector: &str, waypoint: bool) -> String {
@@ -63,7 +64,9 @@ fn config(topo: &Topology) -> Result<String> {
         workload_yaml(topo.pod("reviews-east")?, "east-cluster", "reviews", &[]),
         workload_yaml(topo.pod("reviews-west")?, "west-cluster", "reviews", &[]),
         workload_yaml(topo.pod("app")?, "default", "app", &[]),
+        workload_yaml(topo.pod("shadow")?, "default", "shadow", &[]),
         waypoint_yaml("waypoint", "default", topo.pod("wp")?, &[]),
+        service("shadow", "default", "10.96.0.106", "shadow", false),
         service("reviews", "default", REVIEWS, "reviews-east", true),
         service("reviews", "east-cluster", EAST, "reviews-east", false),
         service("reviews", "west-cluster", WEST, "reviews-west", false),
@@ -76,6 +79,18 @@ metadata: {name: shop, namespace: default}
 spec:
   hosts: [shop]
   http:
+  - name: mirrored
+    match:
+    - uri: {prefix: /mirrored/}
+    corsPolicy:
+      allowOrigins: [{exact: 'https://shop.example'}]
+      allowMethods: [GET, POST]
+      exposeHeaders: [x-trace]
+      maxAge: 1h
+    mirror: {host: shadow}
+    mirrorPercentage: {value: 50}
+    route:
+    - destination: {host: shop}
   - name: moved
     match:
     - uri: {prefix: /old/}
@@ -144,6 +159,7 @@ fn the_seeds_routes_and_a_routes_actions_take_effect() -> Result<()> {
         )?,
         http_app(topo.pod("app")?, 8080, "echo", "app:")?,
     ];
+    let shadow = http_app(topo.pod("shadow")?, 8080, "log", "shadow")?;
     let reviews = format!("http://{REVIEWS}:9080/reviews/1");
 
     // 003-03: the cluster header picks the namespace's service.
@@ -177,6 +193,86 @@ fn the_seeds_routes_and_a_routes_actions_take_effect() -> Result<()> {
     let got = get(&client.place, &format!("http://{SHOP}:9080/gone"), &[])?;
     println!("direct response: {got}");
     assert_eq!(got, "gone for good [410 ]");
+
+    // Mirroring: half the requests copied to `shadow`, its authority
+    // suffixed `-shadow`; the client sees only the primary's answers.
+    let wp = topo.pod("wp")?;
+    let count = 400;
+    let out = client.place.run_ok(
+        &[
+            "curl",
+            "-sS",
+            "--max-time",
+            "120",
+            &format!("http://{SHOP}:9080/mirrored/[1-{count}]"),
+        ],
+        std::time::Duration::from_secs(150),
+    )?;
+    let primary = String::from_utf8_lossy(&out.stdout)
+        .matches("app: /mirrored/")
+        .count();
+    let stats = || -> Result<String> {
+        strait_e2e::curl_body(&wp.place, &format!("http://{}:15020/metrics", wp.ipv4))
+    };
+    let waited = std::time::Instant::now();
+    let metrics = loop {
+        // Every copy was started before its request was answered.
+        let metrics = stats()?;
+        if strait_e2e::metric_sum(&metrics, "strait_waypoint_mirrors_in_flight", &[]) == 0 {
+            break metrics;
+        }
+        if waited.elapsed() > std::time::Duration::from_secs(30) {
+            return Err("mirror copies still in flight".into());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let sent = strait_e2e::metric_sum(
+        &metrics,
+        "strait_waypoint_mirrored_requests_total",
+        &["result=\"sent\""],
+    );
+    let log = shadow.log();
+    let seen = log
+        .lines()
+        .filter(|l| l.starts_with("request /mirrored/"))
+        .count();
+    let share = seen as f64 * 100.0 / f64::from(count);
+    println!(
+        "mirror 50%: {count} requests, {primary} answered by the primary, {seen} copies seen by shadow ({share:.1}%), {sent} counted sent"
+    );
+    assert_eq!(primary, count as usize);
+    assert_eq!(seen as u64, sent);
+    assert!((42.5..=57.5).contains(&share), "{share}%");
+    assert!(
+        log.lines()
+            .filter(|l| l.starts_with("request /mirrored/"))
+            .all(|l| l.ends_with(&format!("host={SHOP}-shadow:9080"))),
+        "{log:.500}"
+    );
+
+    // CORS: an allowed origin's preflight is answered by the waypoint; an
+    // actual request gets the allow headers; another origin gets none.
+    let cors = |method: &str, origin: &str| -> Result<String> {
+        let out = client.place.run_ok(
+            &[
+                "curl", "-s", "-o", "/dev/null", "-X", method, "-H", &format!("origin: {origin}"),
+                "-H", "access-control-request-method: POST",
+                "-w", "%{http_code} %header{access-control-allow-origin} %header{access-control-allow-methods} %header{access-control-max-age} %header{access-control-expose-headers}",
+                &format!("http://{SHOP}:9080/mirrored/cors"),
+            ],
+            std::time::Duration::from_secs(30),
+        )?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    let preflight = cors("OPTIONS", "https://shop.example")?;
+    println!("CORS preflight: {preflight}");
+    assert_eq!(preflight, "200 https://shop.example GET,POST 3600");
+    let actual = cors("GET", "https://shop.example")?;
+    println!("CORS actual request: {actual}");
+    assert_eq!(actual, "200 https://shop.example   x-trace");
+    let other = cors("GET", "https://evil.example")?;
+    println!("CORS from another origin: {other}");
+    assert_eq!(other, "200");
     Ok(())
 }
 

@@ -165,12 +165,12 @@ fn gateway_route(acts: &[&str]) -> Kind {
         ["group", "kind", "name", "namespace", "port", "weight"]
             .map(|f| format!("rules[].backendRefs[].{f}")),
     );
-    let mut reasons = Vec::new();
+    all.push("rules[].filters[].requestMirror".into());
+    let mut reasons = vec![(
+        "rules[].backendRefs[].filters[].requestMirror".to_string(),
+        "has no effect yet: strait's waypoint mirrors by the rule's filters only",
+    )];
     for filters in ["rules[].filters[]", "rules[].backendRefs[].filters[]"] {
-        reasons.push((
-            format!("{filters}.requestMirror"),
-            "has no effect yet: strait's waypoint does not mirror requests",
-        ));
         reasons.push((
             format!("{filters}.cors"),
             "has no effect yet: strait's waypoint does not answer CORS",

@@ -122,12 +122,32 @@ pub struct HttpRouteFilter {
     pub kind: String,
     pub request_header_modifier: Option<HeaderFilter>,
     pub response_header_modifier: Option<HeaderFilter>,
-    pub request_mirror: Option<serde_json::Value>,
+    pub request_mirror: Option<MirrorFilter>,
     pub request_redirect: Option<RedirectFilter>,
     #[serde(rename = "urlRewrite")]
     pub url_rewrite: Option<RewriteFilter>,
     pub extension_ref: Option<serde_json::Value>,
     pub cors: Option<serde_json::Value>,
+}
+
+/// A copy of each request (or `percent`, or `fraction`, of them) to
+/// `backendRef`.
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct MirrorFilter {
+    pub backend_ref: BackendRef,
+    pub percent: Option<u32>,
+    pub fraction: Option<Fraction>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields, default)]
+pub struct Fraction {
+    pub numerator: u32,
+    /// 100 when unset.
+    pub denominator: Option<u32>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]

@@ -47,6 +47,14 @@ impl Ops {
         })
     }
 
+    /// Operations that add these headers.
+    pub fn adding(add: Vec<(HeaderName, HeaderValue)>) -> Self {
+        Self {
+            add,
+            ..Self::default()
+        }
+    }
+
     /// Operations that set these headers.
     pub fn setting(set: Vec<(HeaderName, HeaderValue)>) -> Self {
         Self {

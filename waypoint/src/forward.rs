@@ -18,9 +18,9 @@ use hyper::{
     header::{self, HeaderMap, HeaderName, HeaderValue},
 };
 use strait_balance::outlier::Settings;
-use strait_config::service::ServiceAt;
+use strait_config::{manifest::networking::ConsistentHash, service::ServiceAt};
 use strait_identity::Identity;
-use strait_route::{Route as L4Route, Target, service_route};
+use strait_route::{Pick, Route as L4Route, Target, service_route};
 use strait_state::Snapshot;
 use strait_telemetry::{Peer, Reason};
 use strait_trace::{Context as TraceContext, Kind as TraceKind};
@@ -28,6 +28,7 @@ use tracing::{debug, warn};
 
 use crate::{
     actions::{Answer, Ops, location_header},
+    affinity,
     breaker::{Counters, Kind, Limits},
     cors::Verdict,
     matching::{self, Match},
@@ -205,6 +206,17 @@ async fn forward(
             ..Plan::to_service(None, client.authority.port(), None)
         },
     };
+    // Session affinity: the request's key, and a cookie to set.
+    let mut plan = plan;
+    if let Some(hash) = plan.hash {
+        let key = affinity::key_of(hash, &parts.headers, parts.uri.query(), client.addr.ip());
+        plan.hash_key = key.key;
+        if let Some(cookie) = key.set_cookie {
+            plan.edits
+                .response
+                .push(Ops::adding(vec![(header::SET_COOKIE, cookie)]));
+        }
+    }
     let counters = waypoint.breakers.of(&plan.destination);
     let Some(_request) = counters.take(Kind::Request, plan.limits.max_requests) else {
         debug!(destination = %plan.destination, "http2MaxRequests reached");
@@ -295,6 +307,9 @@ pub struct Plan<'a> {
     limits: Limits,
     /// Where copies of the request go.
     mirrors: Vec<Mirrored>,
+    /// The destination's `consistentHash`, and this request's key for it.
+    hash: Option<&'a ConsistentHash>,
+    hash_key: Option<String>,
 }
 
 impl<'a> Plan<'a> {
@@ -321,17 +336,31 @@ impl<'a> Plan<'a> {
             destination: String::new(),
             limits: Limits::default(),
             mirrors: Vec::new(),
+            hash: None,
+            hash_key: None,
         }
     }
 
     /// The destination's circuit-breaker key and limits, for `waypoint`.
-    fn with_limits(mut self, waypoint: &Waypoint, state: &Snapshot) -> Self {
+    fn with_limits(mut self, waypoint: &Waypoint, state: &'a Snapshot) -> Self {
         if let Some(at) = self.at {
             let traffic = state
                 .config
                 .destination_rule(at, &waypoint.namespace, &waypoint.instance.labels)
                 .and_then(|r| r.traffic_policy.as_ref());
             self.limits = Limits::from_policy(traffic, self.port);
+            // `portLevelSettings` for the port override the rule's own.
+            let port_level = traffic.and_then(|t| {
+                t.port_level_settings.iter().find(|p| {
+                    p.port
+                        .as_ref()
+                        .is_some_and(|s| s.number == u32::from(self.port))
+                })
+            });
+            self.hash = port_level
+                .and_then(|p| p.load_balancer.as_ref())
+                .or_else(|| traffic.and_then(|t| t.load_balancer.as_ref()))
+                .and_then(|lb| lb.consistent_hash.as_ref());
             self.destination =
                 format!("{}/{}:{}", at.service.namespace, at.service.name, self.port);
         }
@@ -807,11 +836,9 @@ pub async fn targets(
         return Ok(direct(vec![Target::Direct(client.authority)]));
     };
     let instance = &waypoint.instance;
-    let src = instance
-        .addresses
-        .first()
-        .copied()
-        .unwrap_or(client.addr.ip());
+    // The client's address, for `consistentHash.useSourceIp`: not the
+    // waypoint's, which every request shares.
+    let src = client.addr.ip();
     let dst = SocketAddr::new(client.authority.ip(), plan.port);
     let route = service_route(
         state,
@@ -821,7 +848,10 @@ pub async fn targets(
         (instance, src),
         at,
         dst,
-        plan.subset.as_ref(),
+        Pick {
+            subset: plan.subset.as_ref(),
+            hash_key: plan.hash_key.as_deref(),
+        },
     );
     match route {
         Ok(L4Route::Endpoints {

@@ -12,6 +12,7 @@
 //! retries and times out, [`pool`] keeps the connections to endpoints,
 //! [`tcp`] carries what is not HTTP, [`metrics`] counts requests.
 mod actions;
+mod affinity;
 mod breaker;
 mod cors;
 mod detect;

@@ -272,7 +272,7 @@ fn order_group<'a>(
     let mut level: Vec<Ranked<'a>> = keyed.into_iter().map(|(_, r)| r).collect();
     match simple {
         Simple::Random | Simple::SourceHash(_) | Simple::Passthrough => {}
-        Simple::LeastRequest => {
+        Simple::LeastRequest | Simple::RequestHash => {
             if level.len() >= 2 && active(level[1].endpoint.addr) < active(level[0].endpoint.addr) {
                 level.swap(0, 1);
             }
@@ -883,7 +883,7 @@ mod tests {
         let who = client(&locality, &labels);
         let pick = |endpoints: &[Endpoint<'_>], source: &str| {
             let ranked = rank(&who, endpoints, Policy::default(), &no_cluster);
-            let simple = Simple::parse(None, true).for_source(source.parse().unwrap());
+            let simple = Simple::parse(None, true, false).for_source(source.parse().unwrap());
             order(ranked, simple, 0, &|_| 0, || unreachable!("no randomness"))[0].addr
         };
         let sources: Vec<String> = (0..400)

@@ -20,17 +20,23 @@ pub enum Simple {
     /// same endpoint (weighted rendezvous hashing, so endpoints coming and
     /// going move only their own share); the key is the address's hash.
     SourceHash(u64),
+    /// `consistentHash` on a request's header, cookie or query parameter:
+    /// hashed like [`Simple::SourceHash`] where a waypoint knows the
+    /// request's key ([`Simple::for_request`]); least request without one
+    /// (Envoy's fallback), and at L4.
+    RequestHash,
     /// `PASSTHROUGH`: no balancing, the address the client dialled.
     Passthrough,
 }
 
 impl Simple {
-    /// From a `loadBalancer`'s `simple` and its `consistentHash`'s
-    /// `useSourceIp` (the only hash key known at L4). `LEAST_CONN` is
+    /// From a `loadBalancer`'s `simple` and its `consistentHash`:
+    /// `useSourceIp`, or a request's key (`request_key`). `LEAST_CONN` is
     /// Istio's deprecated name for `LEAST_REQUEST`.
-    pub fn parse(simple: Option<&str>, source_ip: bool) -> Self {
+    pub fn parse(simple: Option<&str>, source_ip: bool, request_key: bool) -> Self {
         match simple {
             _ if source_ip => Simple::SourceHash(0),
+            _ if request_key => Simple::RequestHash,
             Some("RANDOM") => Simple::Random,
             Some("ROUND_ROBIN") => Simple::RoundRobin,
             Some("PASSTHROUGH") => Simple::Passthrough,
@@ -44,6 +50,16 @@ impl Simple {
         match self {
             Simple::SourceHash(_) => Simple::SourceHash(hash_of(&source.to_string(), 0)),
             other => other,
+        }
+    }
+
+    /// This policy for one request whose hash key is `key` (a waypoint's):
+    /// a request-keyed hash, or least request without a key.
+    pub fn for_request(self, key: Option<&str>) -> Self {
+        match (self, key) {
+            (Simple::RequestHash, Some(key)) => Simple::SourceHash(hash_of(key, 0)),
+            (Simple::RequestHash, None) => Simple::LeastRequest,
+            (other, _) => other,
         }
     }
 }

@@ -188,7 +188,7 @@ spec:
   trafficPolicy:
     tls: {mode: SIMPLE}
     loadBalancer:
-      consistentHash: {httpHeaderName: x-user}
+      consistentHash: {httpCookie: {name: user, ttl: 1h, attributes: [{name: SameSite, value: Strict}]}}
     connectionPool:
       tcp: {maxConnections: 10, connectTimeout: 2s, idleTimeout: 1h}
       http: {http2MaxRequests: 100}
@@ -221,7 +221,7 @@ spec:
         .collect();
     for field in [
         "spec.trafficPolicy.tls",
-        "spec.trafficPolicy.loadBalancer.consistentHash.httpHeaderName",
+        "spec.trafficPolicy.loadBalancer.consistentHash.httpCookie.attributes",
         "spec.trafficPolicy.connectionPool.tcp.idleTimeout",
         "spec.subjectAltNames",
     ] {
@@ -235,6 +235,7 @@ spec:
         "spec.exportTo",
         "spec.subsets",
         "spec.trafficPolicy.connectionPool.http.http2MaxRequests",
+        "spec.trafficPolicy.loadBalancer.consistentHash.httpCookie.name",
         "spec.trafficPolicy.connectionPool.tcp.maxConnections",
         "spec.trafficPolicy.connectionPool.tcp.connectTimeout",
     ] {

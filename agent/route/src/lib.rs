@@ -128,12 +128,32 @@ pub fn route(
     if let Some(route) = through_waypoint(state, health, board, client, dst) {
         return route;
     }
-    service_route(state, health, board, load, (client, src), at, dst, None)
+    service_route(
+        state,
+        health,
+        board,
+        load,
+        (client, src),
+        at,
+        dst,
+        Pick::default(),
+    )
+}
+
+/// What one request adds to the choice of endpoint, at a waypoint.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Pick<'a> {
+    /// Only endpoints with these labels (a DestinationRule subset).
+    pub subset: Option<&'a strait_config::Labels>,
+    /// The request's `consistentHash` key (a header's, a cookie's or a
+    /// query parameter's value).
+    pub hash_key: Option<&'a str>,
 }
 
 /// The route to the service `at`, dialled at `dst` (one of its addresses,
 /// or where a waypoint was asked for it), for `client` at `src`: its
-/// endpoints, only those with `subset`'s labels when given.
+/// endpoints, only those of `pick`'s subset when given, ordered by its
+/// hash key when the policy hashes on one.
 #[allow(clippy::too_many_arguments)]
 pub fn service_route(
     state: &Snapshot,
@@ -143,8 +163,9 @@ pub fn service_route(
     (client, src): (&Workload, IpAddr),
     at: ServiceAt<'_>,
     dst: SocketAddr,
-    subset: Option<&strait_config::Labels>,
+    pick: Pick<'_>,
 ) -> Result<Route, NoBackends> {
+    let subset = pick.subset;
     let service = format!("{}/{}", at.service.namespace, at.service.name);
     let cluster = state.cluster(client);
     let who = Client {
@@ -183,7 +204,7 @@ pub fn service_route(
             ejected,
             not_ready,
             outlier,
-            simple.for_source(src),
+            simple.for_source(src).for_request(pick.hash_key),
             pool,
         ),
     };
@@ -345,12 +366,15 @@ pub fn plan<'a>(
     let outlier = port_level
         .and_then(|p| p.outlier_detection.as_ref())
         .or_else(|| traffic.and_then(|t| t.outlier_detection.as_ref()));
+    let hash = balancer.and_then(|lb| lb.consistent_hash.as_ref());
     let simple = Simple::parse(
         balancer.and_then(|lb| lb.simple.as_deref()),
-        balancer
-            .and_then(|lb| lb.consistent_hash.as_ref())
-            .and_then(|h| h.use_source_ip)
-            == Some(true),
+        hash.and_then(|h| h.use_source_ip) == Some(true),
+        hash.is_some_and(|h| {
+            h.http_header_name.is_some()
+                || h.http_cookie.is_some()
+                || h.http_query_parameter_name.is_some()
+        }),
     );
     if simple == Simple::Passthrough {
         return Ok(Plan::Original);

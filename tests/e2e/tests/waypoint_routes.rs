@@ -1,7 +1,8 @@
 //! Routes from the seeds, as written: 003-03 (header routing across
 //! clusters' namespaces) with 003-04's distribute rule beside it, applied
-//! by a waypoint unchanged; and a route's rewrite, redirect, direct
-//! response and header operations, seen by the client and the server.
+//! by a waypoint unchanged; a route's rewrite, redirect, direct response,
+//! header operations, mirror and CORS policy, seen by the client and the
+//! servers; an HTTPRoute doing the same; session affinity.
 use strait_e2e::{
     Mesh, Result, http_app, namespace_yaml, require_root, waypoint_yaml, workload_yaml,
 };
@@ -280,13 +281,20 @@ const STORE: &str = "10.96.0.104";
 
 /// An HTTPRoute attached to a Service (GAMMA) instead of a
 /// VirtualService: a header match, a prefix rewrite with header filters,
-/// and an 80/20 split between two Services, applied by the same waypoint.
+/// and an 80/20 split between two Services, applied by the same waypoint;
+/// and two services over the same endpoints with `consistentHash` on a
+/// header and on a cookie.
 fn gateway_api_config(topo: &Topology) -> Result<String> {
     Ok([
         namespace_yaml("default", true),
         workload_yaml(topo.pod("client")?, "default", "client", &[]),
-        workload_yaml(topo.pod("app")?, "default", "app", &[]),
-        workload_yaml(topo.pod("reviews-west")?, "default", "canary", &[]),
+        workload_yaml(topo.pod("app")?, "default", "app", &[("tier", "web")]),
+        workload_yaml(
+            topo.pod("reviews-west")?,
+            "default",
+            "canary",
+            &[("tier", "web")],
+        ),
         waypoint_yaml("waypoint", "default", topo.pod("wp")?, &[]),
         service("store", "default", STORE, "app", true),
         service(
@@ -296,6 +304,49 @@ fn gateway_api_config(topo: &Topology) -> Result<String> {
             "reviews-west",
             false,
         ),
+        "apiVersion: v1
+kind: Service
+metadata:
+  name: sticky
+  namespace: default
+  labels: {istio.io/use-waypoint: waypoint}
+spec:
+  clusterIP: 10.96.0.107
+  selector: {tier: web}
+  ports: [{port: 9080, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: cookie
+  namespace: default
+  labels: {istio.io/use-waypoint: waypoint}
+spec:
+  clusterIP: 10.96.0.108
+  selector: {tier: web}
+  ports: [{port: 9080, targetPort: 8080}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: sticky, namespace: default}
+spec:
+  host: sticky
+  trafficPolicy:
+    loadBalancer:
+      consistentHash: {httpHeaderName: x-user}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: cookie, namespace: default}
+spec:
+  host: cookie
+  trafficPolicy:
+    loadBalancer:
+      consistentHash:
+        httpCookie: {name: affinity, path: /, ttl: 1h}
+---
+"
+        .to_string(),
         "apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
 metadata: {name: store, namespace: default}
@@ -332,7 +383,7 @@ spec:
 }
 
 #[test]
-fn an_httproute_on_a_service_takes_effect() -> Result<()> {
+fn an_httproute_and_session_affinity_take_effect() -> Result<()> {
     require_root();
     let topo = Topology::create(spec())?;
     let mesh = Mesh::new(&topo)?;
@@ -386,5 +437,67 @@ fn an_httproute_on_a_service_takes_effect() -> Result<()> {
     );
     assert_eq!(app + canary, count);
     assert!((77.0..=83.0).contains(&share), "{share}% to store");
+
+    // Session affinity by header: each user's requests all reach one
+    // endpoint; users are spread over both.
+    let answers = |url: &str, headers: &[&str]| -> Result<Vec<String>> {
+        let mut argv = vec!["curl", "-sS", "-D", "-", "--max-time", "60"];
+        for h in headers {
+            argv.extend(["-H", h]);
+        }
+        argv.push(url);
+        let out = client
+            .place
+            .run_ok(&argv, std::time::Duration::from_secs(90))?;
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect())
+    };
+    let mut reached = std::collections::BTreeSet::new();
+    for user in 1..=16 {
+        let lines = answers(
+            "http://10.96.0.107:9080/user/[1-10]",
+            &[&format!("x-user: u{user}")],
+        )?;
+        let app = lines.iter().filter(|l| l.contains("app: /user/")).count();
+        let canary = lines.iter().filter(|l| l.contains("canary;")).count();
+        assert!(
+            (app, canary) == (10, 0) || (app, canary) == (0, 10),
+            "user u{user}: app {app}, canary {canary}"
+        );
+        reached.insert(if app > 0 { "app" } else { "canary" });
+    }
+    println!(
+        "consistentHash httpHeaderName: 16 users x 10 requests, each user on one endpoint; endpoints used: {reached:?}"
+    );
+    assert_eq!(reached.len(), 2);
+
+    // By cookie: the first answer sets it, and requests that carry it stay.
+    let first = answers("http://10.96.0.108:9080/first", &[])?;
+    let cookie = first
+        .iter()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("set-cookie: ")
+                .map(str::to_string)
+        })
+        .ok_or_else(|| format!("no cookie set: {first:?}"))?;
+    let value = cookie
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    println!("consistentHash httpCookie: set-cookie {cookie}");
+    assert!(cookie.contains("max-age=3600"), "{cookie}");
+    let lines = answers(
+        "http://10.96.0.108:9080/again/[1-20]",
+        &[&format!("cookie: {value}")],
+    )?;
+    let app = lines.iter().filter(|l| l.contains("app: /again/")).count();
+    let canary = lines.iter().filter(|l| l.contains("canary;")).count();
+    println!("with the cookie: app {app}, canary {canary}");
+    assert!((app, canary) == (20, 0) || (app, canary) == (0, 20));
     Ok(())
 }

@@ -22,7 +22,7 @@ struct Kind {
 }
 
 /// The settings a traffic policy shares with its port-level settings.
-const POLICY_ACTS: [&str; 19] = [
+const POLICY_ACTS: [&str; 24] = [
     "loadBalancer.simple",
     "loadBalancer.consistentHash.useSourceIp",
     "loadBalancer.localityLbSetting",
@@ -43,9 +43,14 @@ const POLICY_ACTS: [&str; 19] = [
     "connectionPool.http.maxRetries",
     "connectionPool.http.idleTimeout",
     "connectionPool.http.useClientProtocol",
+    "loadBalancer.consistentHash.httpHeaderName",
+    "loadBalancer.consistentHash.httpCookie.name",
+    "loadBalancer.consistentHash.httpCookie.path",
+    "loadBalancer.consistentHash.httpCookie.ttl",
+    "loadBalancer.consistentHash.httpQueryParameterName",
 ];
 
-const POLICY_REASONS: [(&str, &str); 9] = [
+const POLICY_REASONS: [(&str, &str); 7] = [
     (
         "tls",
         "has no effect: the node proxy speaks its own mutual TLS (HBONE) between workloads and originates no other TLS",
@@ -53,9 +58,10 @@ const POLICY_REASONS: [(&str, &str); 9] = [
     ("connectionPool.http.h2UpgradePolicy", L7),
     ("connectionPool.http.maxConcurrentStreams", L7),
     ("connectionPool.http.http2KeepAlive", L7),
-    ("loadBalancer.consistentHash.httpHeaderName", L7),
-    ("loadBalancer.consistentHash.httpCookie", L7),
-    ("loadBalancer.consistentHash.httpQueryParameterName", L7),
+    (
+        "loadBalancer.consistentHash.httpCookie.attributes",
+        "has no effect yet: strait's waypoint sets the cookie with its path and ttl only",
+    ),
     (
         "loadBalancer.consistentHash.ringHash",
         "has no effect: strait hashes source addresses by rendezvous hashing, with no ring to size",

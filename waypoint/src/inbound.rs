@@ -18,8 +18,9 @@ use tracing::{Instrument, debug, info_span, warn};
 
 use crate::{
     detect::{self, Protocol},
-    forward::{self, Client},
+    forward,
     pool::Version,
+    proxy::Client,
     proxy::Waypoint,
     tcp,
 };

@@ -21,6 +21,7 @@ mod inbound;
 mod matching;
 mod metrics;
 mod mirror;
+mod plan;
 mod pool;
 mod proxy;
 mod record;

@@ -47,6 +47,14 @@ pub struct RequestLabels {
     pub connection_security_policy: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MirrorLabels {
+    /// `sent` (answered, whatever the status), `failed` (no endpoint, no
+    /// connection, no answer), `dropped` (too many in flight, or a body
+    /// too long to copy).
+    pub result: &'static str,
+}
+
 pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
     /// Attempts beyond each request's first (Envoy's upstream_rq_retry).
@@ -55,7 +63,7 @@ pub struct Metrics {
     pub request_bytes: Family<RequestLabels, Histogram, fn() -> Histogram>,
     pub response_bytes: Family<RequestLabels, Histogram, fn() -> Histogram>,
     pub tcp: Tcp,
-    pub mirrored: Family<crate::mirror::MirrorLabels, Counter>,
+    pub mirrored: Family<MirrorLabels, Counter>,
     pub mirrors_in_flight: prometheus_client::metrics::gauge::Gauge,
     pub trace: strait_trace::otlp::Metrics,
     pub config: Arc<strait_state::reload::Metrics>,
@@ -110,7 +118,7 @@ impl Metrics {
             "Response body sizes",
             response_bytes.clone(),
         );
-        let mirrored = Family::<crate::mirror::MirrorLabels, Counter>::default();
+        let mirrored = Family::<MirrorLabels, Counter>::default();
         registry.register(
             "strait_waypoint_mirrored_requests",
             "Copies of requests sent to mirror destinations, by result",
@@ -166,9 +174,7 @@ impl Metrics {
     }
 
     pub fn mirrored(&self, result: &'static str) {
-        self.mirrored
-            .get_or_create(&crate::mirror::MirrorLabels { result })
-            .inc();
+        self.mirrored.get_or_create(&MirrorLabels { result }).inc();
     }
 
     /// The text exposition format.

@@ -7,69 +7,19 @@ use std::{sync::Arc, time::Duration};
 
 use http_body_util::BodyExt;
 use hyper::header::{self, HeaderValue};
-use prometheus_client::encoding::EncodeLabelSet;
-use strait_config::manifest::networking::{HttpRoute, Percent};
 use tracing::debug;
 
 use crate::{
-    forward::{self, Client},
+    plan,
     pool::{Body, Dialing},
-    proxy::Waypoint,
+    proxy::{Client, Waypoint},
+    routes::Mirrored,
 };
 
 /// Copies in flight at most, per waypoint.
 pub const IN_FLIGHT: usize = 256;
 /// How long one copy may take.
 const DEADLINE: Duration = Duration::from_secs(15);
-
-/// Where a route's copies go, and the share of its requests copied.
-#[derive(Clone, Debug)]
-pub struct Mirrored {
-    pub host: String,
-    pub subset: Option<String>,
-    pub port: Option<u16>,
-    pub share: f64,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct MirrorLabels {
-    /// `sent` (answered, whatever the status), `failed` (no endpoint, no
-    /// connection, no answer), `dropped` (too many in flight, or a body
-    /// too long to copy).
-    pub result: &'static str,
-}
-
-/// A route's mirrors, with Istio's defaults (100% when no percentage).
-pub fn of_route(route: &HttpRoute, namespace: &str) -> Vec<Mirrored> {
-    let share = |p: Option<&Percent>, legacy: Option<u32>| {
-        p.map(|p| p.value)
-            .or(legacy.map(f64::from))
-            .unwrap_or(100.0)
-            .clamp(0.0, 100.0)
-            / 100.0
-    };
-    let to = |d: &strait_config::manifest::networking::Destination, share: f64| Mirrored {
-        host: strait_config::qualify(&d.host, namespace),
-        subset: d.subset.clone(),
-        port: d.port.as_ref().and_then(|p| u16::try_from(p.number).ok()),
-        share,
-    };
-    let mut out: Vec<Mirrored> = route
-        .mirror
-        .iter()
-        .map(|d| {
-            to(
-                d,
-                share(route.mirror_percentage.as_ref(), route.mirror_percent),
-            )
-        })
-        .collect();
-    out.extend(route.mirrors.iter().filter_map(|m| {
-        let d = m.destination.as_ref()?;
-        Some(to(d, share(m.percentage.as_ref(), None)))
-    }));
-    out
-}
 
 /// Sends a copy of the request (`head`, `body`) to `to`, in the
 /// background.
@@ -120,19 +70,19 @@ async fn copy(
         .ok_or("no such service")?;
     let subset = match &to.subset {
         None => None,
-        Some(name) => Some(
-            forward::subset_labels(waypoint, &state.config, at, name).ok_or("no such subset")?,
-        ),
+        Some(name) => {
+            Some(plan::subset_labels(waypoint, &state.config, at, name).ok_or("no such subset")?)
+        }
     };
     let port = to
         .port
-        .unwrap_or_else(|| forward::port_of(at, None, client.authority.port()));
-    let plan = forward::Plan::to(at, port, subset);
-    let endpoints = forward::targets(waypoint, client, &state, &plan)
+        .unwrap_or_else(|| plan::port_of(at, None, client.authority.port()));
+    let plan = plan::Plan::to(at, port, subset);
+    let endpoints = plan::targets(waypoint, client, &state, &plan)
         .await
         .map_err(|_| "no endpoint")?;
     let target = endpoints.targets.first().ok_or("no endpoint")?;
-    let addr = forward::endpoint_of(target);
+    let addr = plan::endpoint_of(target);
     let counters = waypoint.breakers.of(&format!("mirror {}", to.host));
     let limits = crate::breaker::Limits::default();
     let mut lease = waypoint
@@ -156,11 +106,11 @@ async fn copy(
         .await
         .map_err(|_| "no connection")?;
     // Envoy's shadow authority: `host-shadow`.
-    let authority = forward::request_authority(&head).unwrap_or_else(|| addr.to_string());
+    let authority = plan::request_authority(&head).unwrap_or_else(|| addr.to_string());
     if let Ok(shadow) = HeaderValue::from_str(&shadow_of(&authority)) {
         head.headers.insert(header::HOST, shadow);
     }
-    let request = forward::upstream_request(&head, body, addr, client.version);
+    let request = plan::upstream_request(&head, body, addr, client.version);
     let answer = lease.sender.send(request).await.map_err(|_| "no answer")?;
     // Read to the end, so the connection can be used again.
     let _ = answer.into_body().collect().await;

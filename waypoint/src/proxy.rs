@@ -1,4 +1,5 @@
-//! What every request and connection through the waypoint shares.
+//! What every request and connection through the waypoint shares, and
+//! what one client connection's requests share ([`Client`]).
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use strait_balance::{load::Load, outlier::Health};
@@ -11,7 +12,14 @@ use strait_state::NodeState;
 use strait_upstream::{Dialer, Origin};
 use tokio::net::TcpStream;
 
-use crate::{breaker::Breakers, metrics::Metrics, pool::Upstreams, routes::Tables};
+use strait_trace::Context as TraceContext;
+
+use crate::{
+    breaker::Breakers,
+    metrics::Metrics,
+    pool::{Upstreams, Version},
+    routes::Tables,
+};
 
 pub struct Waypoint {
     pub state: NodeState,
@@ -83,4 +91,20 @@ impl Origin for Waypoint {
         stream.set_nodelay(true)?;
         Ok(stream)
     }
+}
+
+/// Who sent the requests of one connection, and what it dialled.
+pub struct Client {
+    pub identity: Identity,
+    /// The client workload's address (its agent dials from the pod).
+    pub addr: SocketAddr,
+    /// What the client dialled: a service address, or a workload's.
+    pub authority: SocketAddr,
+    pub version: Version,
+    /// Told once a request finds `authority` no longer bound to this
+    /// waypoint: the connection closes after what is in flight.
+    pub unbound: tokio::sync::Notify,
+    /// The trace the client's CONNECT named: requests that carry none of
+    /// their own join it.
+    pub trace: Option<TraceContext>,
 }

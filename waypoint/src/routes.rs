@@ -13,14 +13,13 @@ use std::{
 
 use strait_config::{
     Config, Named, Service,
-    manifest::networking::{HttpRoute, RouteDestination, VirtualServiceSpec},
+    manifest::networking::{HttpRoute, Percent, RouteDestination, VirtualServiceSpec},
 };
 
 use crate::{
     actions::{Answer, HeaderActions, Rewriting},
     cors::Cors,
     matching::{Match, Request},
-    mirror::{self, Mirrored},
 };
 
 /// A service's routes as the config has them now.
@@ -108,6 +107,47 @@ impl Fault {
             }),
         }
     }
+}
+
+/// Where a route's copies go, and the share of its requests copied.
+#[derive(Clone, Debug)]
+pub struct Mirrored {
+    pub host: String,
+    pub subset: Option<String>,
+    pub port: Option<u16>,
+    pub share: f64,
+}
+
+/// A route's mirrors, with Istio's defaults (100% when no percentage).
+pub fn mirrors_of(route: &HttpRoute, namespace: &str) -> Vec<Mirrored> {
+    let share = |p: Option<&Percent>, legacy: Option<u32>| {
+        p.map(|p| p.value)
+            .or(legacy.map(f64::from))
+            .unwrap_or(100.0)
+            .clamp(0.0, 100.0)
+            / 100.0
+    };
+    let to = |d: &strait_config::manifest::networking::Destination, share: f64| Mirrored {
+        host: strait_config::qualify(&d.host, namespace),
+        subset: d.subset.clone(),
+        port: d.port.as_ref().and_then(|p| u16::try_from(p.number).ok()),
+        share,
+    };
+    let mut out: Vec<Mirrored> = route
+        .mirror
+        .iter()
+        .map(|d| {
+            to(
+                d,
+                share(route.mirror_percentage.as_ref(), route.mirror_percent),
+            )
+        })
+        .collect();
+    out.extend(route.mirrors.iter().filter_map(|m| {
+        let d = m.destination.as_ref()?;
+        Some(to(d, share(m.percentage.as_ref(), None)))
+    }));
+    out
 }
 
 #[derive(Debug)]
@@ -264,7 +304,7 @@ impl Route {
             rewrite: Rewriting::compile(route.rewrite.as_ref())?,
             headers: HeaderActions::compile(route.headers.as_ref())?,
             cors: route.cors_policy.as_ref().map(Cors::compile).transpose()?,
-            mirrors: mirror::of_route(route, namespace),
+            mirrors: mirrors_of(route, namespace),
         })
     }
 

@@ -8,7 +8,7 @@ use strait_telemetry::{Direction, Reason, Reporter, relay};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, warn};
 
-use crate::{forward::Client, proxy::Waypoint};
+use crate::proxy::{Client, Waypoint};
 
 pub async fn carry<S>(waypoint: Arc<Waypoint>, client: Arc<Client>, mut stream: S)
 where

@@ -272,9 +272,9 @@ fn one_trace_crosses_the_agents_and_the_waypoint_and_requests_are_measured() -> 
         "{second_body}"
     );
     let waypoint_b3 = wait_for("the B3 request's span", Duration::from_secs(30), || {
-        spans(&received)
-            .into_iter()
-            .find(|s| s["trace_id"] == "463ac35c9f6413ad48485a3953bb6124")
+        spans(&received).into_iter().find(|s| {
+            s["trace_id"] == "463ac35c9f6413ad48485a3953bb6124" && s["service"] == "strait-waypoint"
+        })
     })?;
     assert_eq!(waypoint_b3["parent_span_id"], "a2fb4a1d1a96d312");
     assert_eq!(waypoint_b3["span_id"], b3_span.as_str());

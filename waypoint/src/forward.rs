@@ -106,12 +106,14 @@ pub async fn handle(
     };
     let received = Arc::new(AtomicU64::new(0));
     let body = Counted::new(body, received.clone());
-    let outcome = forward(
+    // Boxed: the request's state machine is large, and the stream's task
+    // would otherwise move all of it around.
+    let outcome = Box::pin(forward(
         (&waypoint, &client, &state),
         service,
         (parts, body),
         traceparent.as_deref(),
-    )
+    ))
     .await;
     let (service_host, service_name, service_namespace) = match service {
         Some(at) => (
@@ -240,13 +242,13 @@ async fn forward(
     let mut body = Replay::new(body);
     // The mirrors' copy of the request, taken before the attempts use it.
     let mirrored_head = (!plan.mirrors.is_empty()).then(|| head_of(&parts));
-    let work = attempts(
+    let work = Box::pin(attempts(
         (waypoint, client, state),
         (&plan, &counters),
         parts,
         &mut body,
         traceparent,
-    );
+    ));
     let mut outcome = match plan.timeout {
         Some(limit) => match tokio::time::timeout(limit, work).await {
             Ok(outcome) => outcome,

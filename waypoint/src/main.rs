@@ -108,7 +108,12 @@ fn main() -> Result<()> {
     strait_config::names::check_subdomain(&args.node)
         .map_err(|reason| anyhow::anyhow!("--node {reason}"))?;
     args.mesh.apply().map_err(anyhow::Error::msg)?;
+    // One access-log line per request: written by a thread of its own, so
+    // a request never waits on stdout (at most 128k lines wait; past that
+    // lines are dropped, not memory spent). Flushed when main returns.
+    let (log, _flush) = tracing_appender::non_blocking(std::io::stdout());
     tracing_subscriber::fmt()
+        .with_writer(log)
         .json()
         .with_current_span(true)
         .with_span_list(false)

@@ -55,7 +55,19 @@ pub struct MirrorLabels {
     pub result: &'static str,
 }
 
+/// One label set's request series, looked up once per request.
+#[derive(Clone)]
+struct Series {
+    requests: Counter,
+    duration: Histogram,
+    request_bytes: Histogram,
+    response_bytes: Histogram,
+}
+
 pub struct Metrics {
+    /// The series of each label set seen, so a request hashes its labels
+    /// once, not once per metric.
+    series: std::sync::Mutex<std::collections::HashMap<RequestLabels, Series>>,
     pub requests: Family<RequestLabels, Counter>,
     /// Attempts beyond each request's first (Envoy's upstream_rq_retry).
     pub retries: Counter,
@@ -140,6 +152,7 @@ impl Metrics {
         let config = Arc::new(strait_state::reload::Metrics::register(&mut registry));
         let trace = strait_trace::otlp::Metrics::register(&mut registry);
         Self {
+            series: Default::default(),
             requests,
             retries,
             duration,
@@ -162,15 +175,27 @@ impl Metrics {
         attempts: u32,
         (received, sent): (u64, u64),
     ) {
-        self.requests.get_or_create(labels).inc();
+        let series = {
+            let mut all = self.series.lock().unwrap_or_else(|p| p.into_inner());
+            match all.get(labels) {
+                Some(series) => series.clone(),
+                None => {
+                    let series = Series {
+                        requests: self.requests.get_or_create(labels).clone(),
+                        duration: self.duration.get_or_create(labels).clone(),
+                        request_bytes: self.request_bytes.get_or_create(labels).clone(),
+                        response_bytes: self.response_bytes.get_or_create(labels).clone(),
+                    };
+                    all.insert(labels.clone(), series.clone());
+                    series
+                }
+            }
+        };
+        series.requests.inc();
         self.retries.inc_by(u64::from(attempts.saturating_sub(1)));
-        self.duration.get_or_create(labels).observe(millis);
-        self.request_bytes
-            .get_or_create(labels)
-            .observe(received as f64);
-        self.response_bytes
-            .get_or_create(labels)
-            .observe(sent as f64);
+        series.duration.observe(millis);
+        series.request_bytes.observe(received as f64);
+        series.response_bytes.observe(sent as f64);
     }
 
     pub fn mirrored(&self, result: &'static str) {

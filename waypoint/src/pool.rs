@@ -110,6 +110,11 @@ pub struct Lease {
 #[derive(Default)]
 pub struct Upstreams {
     idle: Mutex<HashMap<Key, Vec<Pooled>>>,
+    /// HTTP/2: one connection opens at a time per key, and the requests
+    /// that arrive meanwhile share it (not one connection each); when it
+    /// fails, they fail at once rather than each waiting its own timeout.
+    /// The time of the last failure.
+    opening: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<Option<std::time::Instant>>>>>,
 }
 
 impl Upstreams {
@@ -124,6 +129,11 @@ impl Upstreams {
             list.retain(Pooled::fresh);
         }
         idle.retain(|_, list| !list.is_empty());
+        drop(idle);
+        self.opening
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, gate| Arc::strong_count(gate) > 1);
     }
 
     /// A connection to `target` speaking `version`: an open one, or a new
@@ -145,6 +155,31 @@ impl Upstreams {
         if let Some(lease) = self.idle(&key) {
             return Ok(lease);
         }
+        let mut opening = None;
+        if version == Version::Http2 {
+            let asked = std::time::Instant::now();
+            let gate = self
+                .opening
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(key.clone())
+                .or_default()
+                .clone();
+            let turn = gate.lock_owned().await;
+            if turn.is_some_and(|failed| failed >= asked) {
+                return Err(Reason::Upstream);
+            }
+            if let Some(lease) = self.idle(&key) {
+                return Ok(lease);
+            }
+            opening = Some(turn);
+        }
+        let failed =
+            |opening: &mut Option<tokio::sync::OwnedMutexGuard<Option<std::time::Instant>>>| {
+                if let Some(turn) = opening.as_mut() {
+                    **turn = Some(std::time::Instant::now());
+                }
+            };
         // HTTP/1.1: a new connection takes one of the destination's
         // `max_connections` (reserved before it is opened); with all of
         // them busy, the request waits for one, as one of at most
@@ -194,6 +229,7 @@ impl Upstreams {
                 if reserved {
                     release(counters);
                 }
+                failed(&mut opening);
                 return Err(reason);
             }
         };
@@ -218,13 +254,14 @@ impl Upstreams {
                 Sender::Http1(sender)
             }
             Version::Http2 => {
-                let (sender, conn) =
-                    http2::handshake(TokioExecutor::new(), io)
-                        .await
-                        .map_err(|err| {
-                            debug!(%err, "HTTP/2 handshake");
-                            Reason::Upstream
-                        })?;
+                let (sender, conn) = match http2::handshake(TokioExecutor::new(), io).await {
+                    Ok(handshake) => handshake,
+                    Err(err) => {
+                        debug!(%err, "HTTP/2 handshake");
+                        failed(&mut opening);
+                        return Err(Reason::Upstream);
+                    }
+                };
                 tokio::spawn(async move {
                     if let Err(err) = conn.await {
                         debug!(%err, "upstream HTTP/2 connection ended");

@@ -20,7 +20,7 @@ use crate::{
     cmd::{self, section},
     kube_scale,
     measure::{cpu_seconds, rss_mib},
-    scale,
+    scale, waypoint_bench,
 };
 
 /// The parts of the bench, each on a topology of its own.
@@ -32,6 +32,8 @@ pub enum Part {
     Scale,
     /// Pods enrolled from a real API server, and memory at cluster scale.
     Kube,
+    /// HTTP through the waypoint beside Envoy.
+    Waypoint,
 }
 
 /// Seconds per measurement: long enough to be stable, short enough to keep
@@ -73,10 +75,19 @@ struct Figures {
 }
 
 pub fn run(only: Option<Part>) -> Result<()> {
-    let bin = cmd::build_release(&["strait-agent", "strait-ca", "straitctl", "strait-e2e"])?;
+    let bin = cmd::build_release(&[
+        "strait-agent",
+        "strait-ca",
+        "straitctl",
+        "strait-e2e",
+        "strait-waypoint",
+    ])?;
     let runs = |part| only.is_none_or(|o| o == part);
     if runs(Part::Path) || runs(Part::Scale) {
         path_and_scale(&bin, runs(Part::Path), runs(Part::Scale))?;
+    }
+    if runs(Part::Waypoint) {
+        waypoint_bench::run(&bin)?;
     }
     if runs(Part::Kube) {
         section(&format!(

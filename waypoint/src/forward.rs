@@ -470,6 +470,7 @@ async fn attempts(
     traceparent: Option<&str>,
 ) -> Outcome {
     let tries = 1 + plan.retries.attempts;
+    let version = plan.version(client.version);
     let mut tried: Vec<SocketAddr> = Vec::new();
     let mut last = reply(StatusCode::SERVICE_UNAVAILABLE, "UH", None, 0);
     let mut _retry = None;
@@ -526,7 +527,7 @@ async fn attempts(
                 },
                 state,
                 &target,
-                (client.version, on_behalf, traceparent),
+                (version, on_behalf, traceparent),
                 (
                     counters,
                     plan.limits.max_connections,
@@ -554,7 +555,7 @@ async fn attempts(
         let Some(send_body) = body.take() else {
             return last;
         };
-        let request = upstream_request(&parts, send_body, addr, client.version);
+        let request = upstream_request(&parts, send_body, addr, version);
         let exchange = sender.sender.send(request);
         let result = match plan.retries.per_try_timeout {
             Some(limit) => tokio::time::timeout(limit, exchange).await.ok(),

@@ -27,8 +27,9 @@ use crate::{
 
 /// HTTP/1.1: the request line and headers may take this much.
 const MAX_HEADER_BYTES: usize = 64 * 1024;
-/// HTTP/2: concurrent streams per connection.
-const MAX_STREAMS: u32 = 256;
+/// HTTP/2: concurrent streams per connection (gRPC's and most servers'
+/// default).
+const MAX_STREAMS: u32 = 100;
 /// Time for a request's headers to arrive.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a CONNECT for an address this waypoint's config does not bind

@@ -95,7 +95,7 @@ async fn copy(
             },
             &state,
             target,
-            (client.version, None, None),
+            (plan.version(client.version), None, None),
             (
                 &counters,
                 limits.max_connections,
@@ -110,7 +110,7 @@ async fn copy(
     if let Ok(shadow) = HeaderValue::from_str(&shadow_of(&authority)) {
         head.headers.insert(header::HOST, shadow);
     }
-    let request = plan::upstream_request(&head, body, addr, client.version);
+    let request = plan::upstream_request(&head, body, addr, plan.version(client.version));
     let answer = lease.sender.send(request).await.map_err(|_| "no answer")?;
     // Read to the end, so the connection can be used again.
     let _ = answer.into_body().collect().await;

@@ -48,6 +48,33 @@ pub struct Plan<'a> {
 }
 
 impl<'a> Plan<'a> {
+    /// The HTTP version spoken to the endpoints, as Istio decides it: the
+    /// service port's `appProtocol`, else its name's prefix (`http` is
+    /// HTTP/1.1; `http2`, `grpc`, `grpc-web`, `h2c` are HTTP/2); for any
+    /// other port, the client's own.
+    pub fn version(&self, client: Version) -> Version {
+        let Some(at) = self.at else {
+            return client;
+        };
+        let Some(port) = at.service.ports.iter().find(|p| p.port == self.port) else {
+            return client;
+        };
+        let named = |text: &str| {
+            let text = text.to_ascii_lowercase();
+            let prefix = text.split('-').next().unwrap_or_default().to_string();
+            match (text.as_str(), prefix.as_str()) {
+                ("grpc-web" | "kubernetes.io/h2c" | "h2c", _) | (_, "http2" | "grpc") => {
+                    Some(Version::Http2)
+                }
+                (_, "http") => Some(Version::Http1),
+                _ => None,
+            }
+        };
+        named(&port.protocol)
+            .or_else(|| named(&port.name))
+            .unwrap_or(client)
+    }
+
     /// Straight to a service's `port` (a `subset` of it), with Istio's
     /// default retries and nothing else.
     pub fn to(at: ServiceAt<'a>, port: u16, subset: Option<strait_config::Labels>) -> Self {

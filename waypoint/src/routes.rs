@@ -12,8 +12,8 @@ use std::{
 };
 
 use strait_config::{
-    Config, Named, Service,
-    manifest::networking::{HttpRoute, Percent, RouteDestination, VirtualServiceSpec},
+    Config, Service,
+    manifest::networking::{HttpRoute, Percent, RouteDestination},
 };
 
 use crate::{
@@ -337,7 +337,7 @@ impl Route {
 impl Table {
     /// The table for `service`.
     fn build(config: &Config, service: &Service) -> Self {
-        let Some(vs) = virtual_service(config, service) else {
+        let Some(vs) = config.virtual_service_for(service) else {
             return Self::gateway_api(config, service);
         };
         let compiled: Result<Vec<Route>, String> = vs
@@ -388,29 +388,6 @@ impl Table {
             },
         }
     }
-}
-
-/// The VirtualService for `service`'s hosts that applies inside the mesh
-/// (no `gateways`, or `mesh` among them) and is visible from its
-/// namespace; the first in the config's order (Istio: the oldest).
-fn virtual_service<'a>(
-    config: &'a Config,
-    service: &Service,
-) -> Option<&'a Named<VirtualServiceSpec>> {
-    config.virtual_services.iter().find(|vs| {
-        let spec = &vs.spec;
-        let in_mesh = spec.gateways.is_empty() || spec.gateways.iter().any(|g| g == "mesh");
-        let visible =
-            strait_config::exported_to(&spec.export_to, &vs.namespace, &service.namespace);
-        let host = spec.hosts.iter().any(|h| {
-            let h = strait_config::qualify(h, &vs.namespace);
-            service
-                .hosts
-                .iter()
-                .any(|s| strait_config::host_matches(&h, s))
-        });
-        in_mesh && visible && host
-    })
 }
 
 /// Route tables by service, for one config generation at a time.

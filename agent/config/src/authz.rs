@@ -240,7 +240,7 @@ fn pattern_matches(pattern: &str, value: &str) -> bool {
 
 /// `block` is an address or a CIDR; a malformed one (refused by the
 /// checks, so not expected here) contains nothing.
-fn cidr_contains(block: &str, ip: IpAddr) -> bool {
+pub fn cidr_contains(block: &str, ip: IpAddr) -> bool {
     match block.parse::<IpNet>() {
         Ok(net) => net.contains(&ip),
         Err(_) => block.parse::<IpAddr>() == Ok(ip),

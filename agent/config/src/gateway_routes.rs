@@ -4,7 +4,8 @@
 //! into Istio's `http` routes (as Istio itself does), so the waypoint
 //! applies one route model whichever API the user wrote; the rules of all
 //! routes attached to a service are ordered by the Gateway API's
-//! precedence.
+//! precedence. A service's VirtualService, when it has one, comes first
+//! ([`Config::virtual_service_for`]).
 use std::cmp::Reverse;
 
 use crate::{
@@ -51,6 +52,26 @@ struct Precedence {
 pub type Translation<M> = Result<Vec<(net::HttpRoute, M)>, (String, String)>;
 
 impl Config {
+    /// The VirtualService for `service`'s hosts that applies inside the
+    /// mesh (no `gateways`, or `mesh` among them) and is visible from its
+    /// namespace; the first in the config's order (Istio: the oldest). A
+    /// waypoint applies it before any Gateway API route.
+    pub fn virtual_service_for(
+        &self,
+        service: &Service,
+    ) -> Option<&Named<net::VirtualServiceSpec>> {
+        self.virtual_services.iter().find(|vs| {
+            let spec = &vs.spec;
+            let in_mesh = spec.gateways.is_empty() || spec.gateways.iter().any(|g| g == "mesh");
+            let visible = crate::exported_to(&spec.export_to, &vs.namespace, &service.namespace);
+            let host = spec.hosts.iter().any(|h| {
+                let h = qualify(h, &vs.namespace);
+                service.hosts.iter().any(|s| crate::host_matches(&h, s))
+            });
+            in_mesh && visible && host
+        })
+    }
+
     /// The Gateway API routes attached to `service`, translated and in
     /// precedence order; each `http` route is named
     /// `<Kind>/<namespace>/<name>/<rule>`. Empty when none is attached.

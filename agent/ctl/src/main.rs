@@ -1,6 +1,7 @@
 //! `straitctl`: the user's view of strait.
 mod admin;
 mod validate;
+mod waypoint;
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
@@ -56,6 +57,11 @@ enum Command {
     /// reads, for `straitctl crds | kubectl apply -f -` where Istio's are
     /// not installed.
     Crds,
+    /// Waypoints, as `istioctl waypoint`: generate, apply, delete, list.
+    Waypoint {
+        #[command(subcommand)]
+        command: waypoint::Command,
+    },
 }
 
 #[derive(Deserialize)]
@@ -139,6 +145,12 @@ fn main() -> ExitCode {
                 .map(|()| ExitCode::SUCCESS)
                 .context("writing the CRDs")
         }
+        Command::Waypoint { command } => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the runtime")
+            .and_then(|runtime| runtime.block_on(waypoint::run(command)))
+            .map(|()| ExitCode::SUCCESS),
         Command::Capture => inspect(&cli, "/capture", |body| {
             Ok(render_capture(&serde_json::from_str(body)?))
         }),

@@ -1207,6 +1207,25 @@ pub fn wait_ready(node: &Node, agent: &mut Process) -> Result<()> {
     }
 }
 
+/// Polls `probe` until it gives something, for at most `timeout`.
+pub fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    mut probe: impl FnMut() -> Option<T>,
+) -> Result<T> {
+    let started = Instant::now();
+    loop {
+        if let Some(found) = probe() {
+            println!("{what}: after {:.1} s", started.elapsed().as_secs_f64());
+            return Ok(found);
+        }
+        if started.elapsed() > timeout {
+            return Err(format!("{what}: not within {timeout:?}").into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Waits until `process` printed `line` (bounded by `timeout`).
 pub fn wait_for_line(process: &mut Process, line: &str, timeout: Duration) -> Result<()> {
     let deadline = Instant::now() + timeout;

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
 use strait_e2e::{
-    Mesh, Result, curl_body, install, metric_sum, namespace_yaml, require_root, wait_for_line,
-    waypoint_yaml, workload_yaml,
+    Mesh, Result, curl_body, install, metric_sum, namespace_yaml, require_root, wait_for,
+    wait_for_line, waypoint_yaml, workload_yaml,
 };
 use strait_topology::{Locality, Place, Process, Spec, Topology};
 
@@ -178,13 +178,9 @@ fn grpc_calls_and_a_long_stream_pass_the_waypoint_through_a_reload() -> Result<(
     let reloads = |m: &str| metric_sum(m, "strait_config_reloads_total", &["result=\"success\""]);
     let before = reloads(&stats()?);
     mesh.write("mesh.yaml", &config(&topo, true)?)?;
-    let waited = Instant::now();
-    while reloads(&stats()?) == before {
-        if waited.elapsed() > Duration::from_secs(30) {
-            return Err("the waypoint did not reload".into());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for("the waypoint's reload", Duration::from_secs(30), || {
+        (reloads(&stats().ok()?) != before).then_some(())
+    })?;
     println!(
         "config reloaded at {:.1} s into the stream",
         started.elapsed().as_secs_f64()
@@ -215,13 +211,9 @@ fn grpc_calls_and_a_long_stream_pass_the_waypoint_through_a_reload() -> Result<(
             &["request_protocol=\"grpc\"", "grpc_response_status=\"0\""],
         )
     };
-    let waited = Instant::now();
-    while counted(&stats()?) != 3 {
-        if waited.elapsed() > Duration::from_secs(30) {
-            return Err(format!("gRPC calls counted: {}", counted(&stats()?)).into());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for("the stream counted", Duration::from_secs(30), || {
+        (counted(&stats().ok()?) == 3).then_some(())
+    })?;
     server.kill()?;
     server2.kill()?;
     Ok(())

@@ -215,18 +215,16 @@ fn the_seeds_routes_and_a_routes_actions_take_effect() -> Result<()> {
     let stats = || -> Result<String> {
         strait_e2e::curl_body(&wp.place, &format!("http://{}:15020/metrics", wp.ipv4))
     };
-    let waited = std::time::Instant::now();
-    let metrics = loop {
-        // Every copy was started before its request was answered.
-        let metrics = stats()?;
-        if strait_e2e::metric_sum(&metrics, "strait_waypoint_mirrors_in_flight", &[]) == 0 {
-            break metrics;
-        }
-        if waited.elapsed() > std::time::Duration::from_secs(30) {
-            return Err("mirror copies still in flight".into());
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    };
+    // Every copy was started before its request was answered.
+    let metrics = strait_e2e::wait_for(
+        "mirror copies done",
+        std::time::Duration::from_secs(30),
+        || {
+            let metrics = stats().ok()?;
+            (strait_e2e::metric_sum(&metrics, "strait_waypoint_mirrors_in_flight", &[]) == 0)
+                .then_some(metrics)
+        },
+    )?;
     let sent = strait_e2e::metric_sum(
         &metrics,
         "strait_waypoint_mirrored_requests_total",
@@ -325,6 +323,34 @@ spec:
   clusterIP: 10.96.0.108
   selector: {tier: web}
   ports: [{port: 9080, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: tcpsvc
+  namespace: default
+  labels: {istio.io/use-waypoint: waypoint}
+spec:
+  clusterIP: 10.96.0.109
+  selector: {tier: web}
+  ports: [{name: tcp, port: 7000}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: tcp-canary, namespace: default}
+spec:
+  clusterIP: 10.96.0.110
+  selector: {app: reviews-west}
+  ports: [{name: tcp, port: 7000}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: tcpsvc, namespace: default}
+spec:
+  hosts: [tcpsvc]
+  tcp:
+  - match: [{port: 7000}]
+    route: [{destination: {host: tcp-canary, port: {number: 7000}}}]
 ---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
@@ -499,5 +525,33 @@ fn an_httproute_and_session_affinity_take_effect() -> Result<()> {
     let canary = lines.iter().filter(|l| l.contains("canary;")).count();
     println!("with the cookie: app {app}, canary {canary}");
     assert!((app, canary) == (20, 0) || (app, canary) == (0, 20));
+
+    // A VirtualService tcp route: every connection to tcpsvc goes to
+    // tcp-canary, though tcpsvc's own endpoints include app.
+    let marker = |place: &Place, name: &str| -> Result<strait_topology::Process> {
+        let mut server = place.spawn(&[
+            "socat",
+            "TCP-LISTEN:7000,fork,reuseaddr",
+            &format!("SYSTEM:read line; echo {name}"),
+        ])?;
+        server.wait_listening(7000, std::time::Duration::from_secs(10))?;
+        Ok(server)
+    };
+    let _tcp = [
+        marker(&topo.pod("app")?.place, "tcp-app")?,
+        marker(&topo.pod("reviews-west")?.place, "tcp-canary")?,
+    ];
+    let mut answers = std::collections::BTreeMap::new();
+    for _ in 0..20 {
+        let out = client.place.run_ok(
+            &["sh", "-c", "echo hello | socat -t 5 - TCP:10.96.0.109:7000"],
+            std::time::Duration::from_secs(30),
+        )?;
+        *answers
+            .entry(String::from_utf8_lossy(&out.stdout).trim().to_string())
+            .or_insert(0) += 1;
+    }
+    println!("tcp route: 20 connections to tcpsvc answered by {answers:?}");
+    assert_eq!(answers.get("tcp-canary"), Some(&20), "{answers:?}");
     Ok(())
 }

@@ -3,14 +3,11 @@
 //! receiver (OpenTelemetry's own protobuf messages); trace context passed
 //! to the server in the form the request used (W3C, B3); and Istio's
 //! request metrics with their full label set and body sizes.
-use std::{
-    path::Path,
-    time::{Duration, Instant},
-};
+use std::{path::Path, time::Duration};
 
 use serde_json::Value as Json;
 use strait_e2e::{
-    Mesh, Result, http_app, install, namespace_yaml, require_root, topology_node_yaml,
+    Mesh, Result, http_app, install, namespace_yaml, require_root, topology_node_yaml, wait_for,
     waypoint_yaml, workload_yaml,
 };
 use strait_topology::{Locality, Spec, Topology};
@@ -91,21 +88,6 @@ fn spans(file: &Path) -> Vec<Json> {
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect()
-}
-
-/// Polls `probe` until it gives something, for at most `timeout`.
-fn wait_for<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> Result<T> {
-    let started = Instant::now();
-    loop {
-        if let Some(found) = probe() {
-            println!("{what}: after {:.1} s", started.elapsed().as_secs_f64());
-            return Ok(found);
-        }
-        if started.elapsed() > timeout {
-            return Err(format!("{what}: not within {timeout:?}").into());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// The value of the samples of `name` whose labels contain all of

@@ -36,12 +36,20 @@ fn not_applied_yet(f: &mut Findings, path: &str, h: &net::HttpRoute) {
 }
 
 pub(super) fn virtual_service(f: &mut Findings, namespace: &str, spec: &net::VirtualServiceSpec) {
-    for (field, set) in [("tcp", !spec.tcp.is_empty()), ("tls", !spec.tls.is_empty())] {
-        if set {
-            f.warn(
-                &format!("spec.{field}"),
-                "has no effect yet: strait's waypoint carries TCP to the service's endpoints unrouted",
-            );
+    if !spec.tls.is_empty() {
+        f.warn(
+            "spec.tls",
+            "has no effect yet: strait's waypoint carries TLS as TCP, by the tcp routes or to the service's endpoints",
+        );
+    }
+    for (i, route) in spec.tcp.iter().enumerate() {
+        for (j, m) in route.matches.iter().enumerate() {
+            if !m.gateways.is_empty() {
+                f.warn(
+                    &format!("spec.tcp[{i}].match[{j}].gateways"),
+                    "has no effect: the waypoint applies a route's matches inside the mesh",
+                );
+            }
         }
     }
     if spec.hosts.is_empty() {

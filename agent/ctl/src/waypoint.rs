@@ -1,0 +1,534 @@
+//! `straitctl waypoint`, as `istioctl waypoint`: the Gateway of class
+//! `istio-waypoint` that names a waypoint, generated; applied to a config
+//! directory (a file of its own) or to a cluster (server-side apply, and
+//! `--enroll-namespace` labels the namespace to use it); deleted; listed
+//! with its instances and the services and workloads bound to it; and its
+//! routes, as the waypoint applies them, shown.
+use std::{fmt::Write as _, path::PathBuf};
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{Args, Subcommand, ValueEnum};
+use kube::{
+    Api,
+    api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams},
+};
+use serde_json::json;
+use strait_config::{
+    Config,
+    names::check_label,
+    waypoint::{USE_WAYPOINT_LABEL, WAYPOINT_CLASS, WAYPOINT_FOR_LABEL, Waypoint as Model},
+};
+use strait_kube::{Access, SourceArgs, Sources};
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Prints the Gateway that names a waypoint.
+    Generate(Spec),
+    /// Applies it: to a config directory (as `waypoint-<namespace>-<name>.yaml`)
+    /// or to the cluster.
+    Apply {
+        #[command(flatten)]
+        spec: Spec,
+        /// Also label the namespace `istio.io/use-waypoint=<name>`, so its
+        /// services use it (on a cluster).
+        #[arg(long)]
+        enroll_namespace: bool,
+        #[command(flatten)]
+        source: SourceArgs,
+    },
+    /// Deletes waypoints (what `apply` wrote, in a config directory).
+    Delete {
+        /// Waypoint names.
+        #[arg(required = true)]
+        names: Vec<String>,
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+        #[command(flatten)]
+        source: SourceArgs,
+    },
+    /// Lists waypoints: where their instances are, and what is bound to
+    /// them.
+    List {
+        /// Only this namespace's (default: all).
+        #[arg(short, long)]
+        namespace: Option<String>,
+        #[command(flatten)]
+        source: SourceArgs,
+    },
+    /// Shows what a waypoint applies: for each service bound to it, its
+    /// routes in order (its VirtualService, else the Gateway API routes
+    /// attached to it), their matches and destinations.
+    Routes {
+        #[arg(default_value = "waypoint")]
+        name: String,
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+        #[command(flatten)]
+        source: SourceArgs,
+    },
+}
+
+/// Which traffic a waypoint takes (`istio.io/waypoint-for`).
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum For {
+    Service,
+    Workload,
+    All,
+    None,
+}
+
+impl For {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Service => "service",
+            Self::Workload => "workload",
+            Self::All => "all",
+            Self::None => "none",
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct Spec {
+    /// The waypoint's name.
+    #[arg(default_value = "waypoint")]
+    name: String,
+    #[arg(short, long, default_value = "default")]
+    namespace: String,
+    /// The traffic it takes.
+    #[arg(long = "for", value_enum, default_value = "service")]
+    traffic: For,
+}
+
+impl Spec {
+    fn check(&self) -> Result<()> {
+        check_label(&self.name).map_err(|why| anyhow!("waypoint name {:?}: {why}", self.name))?;
+        check_label(&self.namespace)
+            .map_err(|why| anyhow!("--namespace {:?}: {why}", self.namespace))
+    }
+
+    /// The Gateway, as `istioctl waypoint generate` writes it.
+    fn yaml(&self) -> String {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata:
+  name: {name}
+  namespace: {namespace}
+  labels:
+    {WAYPOINT_FOR_LABEL}: {traffic}
+spec:
+  gatewayClassName: {WAYPOINT_CLASS}
+  listeners:
+  - name: mesh
+    port: 15008
+    protocol: HBONE
+",
+            name = self.name,
+            namespace = self.namespace,
+            traffic = self.traffic.label(),
+        )
+    }
+}
+
+pub async fn run(command: &Command) -> Result<()> {
+    match command {
+        Command::Generate(spec) => {
+            spec.check()?;
+            print!("{}", spec.yaml());
+            Ok(())
+        }
+        Command::Apply {
+            spec,
+            enroll_namespace,
+            source,
+        } => {
+            spec.check()?;
+            match (&source.config_dir, source.access()) {
+                (Some(dir), _) => {
+                    if *enroll_namespace {
+                        bail!(
+                            "--enroll-namespace changes the Namespace object; in a config directory, add the label {USE_WAYPOINT_LABEL}: {} to the Namespace in its file",
+                            spec.name
+                        );
+                    }
+                    apply_to_dir(dir, spec)
+                }
+                (None, Some(access)) => apply_to_cluster(&access, spec, *enroll_namespace).await,
+                (None, None) => bail!("--config-dir, --kubeconfig or --in-cluster is required"),
+            }
+        }
+        Command::Delete {
+            names,
+            namespace,
+            source,
+        } => {
+            for name in names {
+                check_label(name).map_err(|why| anyhow!("waypoint name {name:?}: {why}"))?;
+            }
+            match (&source.config_dir, source.access()) {
+                (Some(dir), _) => delete_from_dir(dir, namespace, names),
+                (None, Some(access)) => delete_from_cluster(&access, namespace, names).await,
+                (None, None) => bail!("--config-dir, --kubeconfig or --in-cluster is required"),
+            }
+        }
+        Command::List { namespace, source } => {
+            let config = load(source).await?;
+            print!("{}", table(&config, namespace.as_deref()));
+            Ok(())
+        }
+        Command::Routes {
+            name,
+            namespace,
+            source,
+        } => {
+            let config = load(source).await?;
+            let waypoint = config
+                .waypoints
+                .iter()
+                .find(|w| &w.name == name && &w.namespace == namespace)
+                .ok_or_else(|| anyhow!("no waypoint {namespace}/{name} in the config"))?;
+            print!("{}", routes(&config, waypoint));
+            Ok(())
+        }
+    }
+}
+
+/// The config, from a directory or the cluster.
+async fn load(source: &SourceArgs) -> Result<std::sync::Arc<Config>> {
+    match (&source.config_dir, source.access()) {
+        (Some(dir), _) => Ok(std::sync::Arc::new(
+            strait_config::load_dir(dir).map_err(|e| anyhow!("{}: {e}", dir.display()))?,
+        )),
+        (None, Some(access)) => {
+            let sources = Sources::local(access, "Kubernetes");
+            let (first, _) = strait_kube::follow(&sources)
+                .await
+                .context("reading the cluster")?;
+            Ok(first.config)
+        }
+        (None, None) => bail!("--config-dir, --kubeconfig or --in-cluster is required"),
+    }
+}
+
+/// What the waypoint applies to each service bound to it.
+pub fn routes(config: &Config, waypoint: &Model) -> String {
+    let mut out = String::new();
+    let bound = config.services.iter().filter(|s| {
+        config
+            .service_waypoint(s)
+            .is_some_and(|w| w.name == waypoint.name && w.namespace == waypoint.namespace)
+    });
+    for service in bound {
+        let host = service.hosts.first().cloned().unwrap_or_default();
+        // Destination hosts as the waypoint reads them: qualified in the
+        // routes' namespace.
+        let (from, list, namespace) = match config.virtual_service_for(service) {
+            Some(vs) => (
+                format!("VirtualService {}/{}", vs.namespace, vs.name),
+                vs.spec.http.clone(),
+                vs.namespace.as_str(),
+            ),
+            None => (
+                "Gateway API routes".to_string(),
+                config.gateway_routes(service),
+                service.namespace.as_str(),
+            ),
+        };
+        if list.is_empty() {
+            let _ = writeln!(
+                out,
+                "service {}/{} ({host}): no routes: straight to its endpoints",
+                service.namespace, service.name
+            );
+            continue;
+        }
+        let _ = writeln!(
+            out,
+            "service {}/{} ({host}): {from}",
+            service.namespace, service.name
+        );
+        for (i, route) in list.iter().enumerate() {
+            let matches: Vec<String> = route.matches.iter().map(describe_match).collect();
+            let matched = if matches.is_empty() {
+                "every request".to_string()
+            } else {
+                matches.join(" | ")
+            };
+            let to = if let Some(r) = &route.redirect {
+                format!("redirect {}", r.uri.as_deref().unwrap_or("(same path)"))
+            } else if let Some(d) = &route.direct_response {
+                format!("direct response {}", d.status)
+            } else {
+                route
+                    .route
+                    .iter()
+                    .map(|d| {
+                        let subset = d
+                            .destination
+                            .subset
+                            .as_ref()
+                            .map(|s| format!(" subset {s}"))
+                            .unwrap_or_default();
+                        let port = d
+                            .destination
+                            .port
+                            .as_ref()
+                            .map(|p| format!(":{}", p.number))
+                            .unwrap_or_default();
+                        let weight = d.weight.map(|w| format!(" ({w})")).unwrap_or_default();
+                        let host = strait_config::qualify(&d.destination.host, namespace);
+                        format!("{host}{port}{subset}{weight}")
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let _ = writeln!(
+                out,
+                "  {}. {}: {matched} -> {to}",
+                i + 1,
+                route.name.as_deref().unwrap_or("-")
+            );
+        }
+    }
+    out
+}
+
+fn describe_match(m: &strait_config::manifest::networking::HttpMatch) -> String {
+    let text = |s: &strait_config::manifest::networking::StringMatch| match (
+        &s.exact, &s.prefix, &s.regex,
+    ) {
+        (Some(e), _, _) => format!("= {e}"),
+        (_, Some(p), _) => format!("prefix {p}"),
+        (_, _, Some(r)) => format!("~ {r}"),
+        _ => "present".to_string(),
+    };
+    let mut parts = Vec::new();
+    if let Some(u) = &m.uri {
+        parts.push(format!("path {}", text(u)));
+    }
+    if let Some(method) = &m.method {
+        parts.push(format!("method {}", text(method)));
+    }
+    if let Some(a) = &m.authority {
+        parts.push(format!("authority {}", text(a)));
+    }
+    for (k, v) in &m.headers {
+        parts.push(format!("header {k} {}", text(v)));
+    }
+    for (k, v) in &m.query_params {
+        parts.push(format!("query {k} {}", text(v)));
+    }
+    if let Some(port) = m.port {
+        parts.push(format!("port {port}"));
+    }
+    if parts.is_empty() {
+        "every request".to_string()
+    } else {
+        parts.join(", ")
+    }
+}
+
+fn file_of(dir: &std::path::Path, namespace: &str, name: &str) -> PathBuf {
+    dir.join(format!("waypoint-{namespace}-{name}.yaml"))
+}
+
+fn apply_to_dir(dir: &std::path::Path, spec: &Spec) -> Result<()> {
+    let file = file_of(dir, &spec.namespace, &spec.name);
+    // The same Gateway written elsewhere in the directory would be two.
+    let config = strait_config::load_dir(dir).map_err(|e| anyhow!("{}: {e}", dir.display()))?;
+    let defined = config
+        .waypoints
+        .iter()
+        .any(|w| w.name == spec.name && w.namespace == spec.namespace);
+    if defined && !file.exists() {
+        bail!(
+            "waypoint {}/{} is already defined in {} (not by straitctl): change it in its file",
+            spec.namespace,
+            spec.name,
+            dir.display()
+        );
+    }
+    std::fs::write(&file, spec.yaml()).with_context(|| format!("writing {}", file.display()))?;
+    println!(
+        "waypoint {}/{} applied: {}",
+        spec.namespace,
+        spec.name,
+        file.display()
+    );
+    Ok(())
+}
+
+fn delete_from_dir(dir: &std::path::Path, namespace: &str, names: &[String]) -> Result<()> {
+    for name in names {
+        let file = file_of(dir, namespace, name);
+        if file.exists() {
+            std::fs::remove_file(&file).with_context(|| format!("removing {}", file.display()))?;
+            println!("waypoint {namespace}/{name} deleted: {}", file.display());
+        } else {
+            bail!(
+                "waypoint {namespace}/{name}: no {} (straitctl deletes what it applied; a Gateway written by hand is removed from its file)",
+                file.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn gateways(client: kube::Client, namespace: &str) -> Api<DynamicObject> {
+    let gvk = GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "Gateway");
+    Api::namespaced_with(client, namespace, &ApiResource::from_gvk(&gvk))
+}
+
+async fn apply_to_cluster(access: &Access, spec: &Spec, enroll: bool) -> Result<()> {
+    let client = strait_kube::client(access)
+        .await
+        .context("connecting to the cluster")?;
+    let object: serde_json::Value = json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "Gateway",
+        "metadata": {
+            "name": spec.name,
+            "namespace": spec.namespace,
+            "labels": {WAYPOINT_FOR_LABEL: spec.traffic.label()},
+        },
+        "spec": {
+            "gatewayClassName": WAYPOINT_CLASS,
+            "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}],
+        },
+    });
+    gateways(client.clone(), &spec.namespace)
+        .patch(
+            &spec.name,
+            &PatchParams::apply("straitctl").force(),
+            &Patch::Apply(&object),
+        )
+        .await
+        .with_context(|| format!("applying Gateway {}/{}", spec.namespace, spec.name))?;
+    println!("waypoint {}/{} applied", spec.namespace, spec.name);
+    if enroll {
+        let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client);
+        let patch = json!({"metadata": {"labels": {USE_WAYPOINT_LABEL: spec.name}}});
+        namespaces
+            .patch(
+                &spec.namespace,
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+            .with_context(|| format!("labelling namespace {}", spec.namespace))?;
+        println!(
+            "namespace {} labelled {USE_WAYPOINT_LABEL}={}",
+            spec.namespace, spec.name
+        );
+    }
+    Ok(())
+}
+
+async fn delete_from_cluster(access: &Access, namespace: &str, names: &[String]) -> Result<()> {
+    let client = strait_kube::client(access)
+        .await
+        .context("connecting to the cluster")?;
+    let api = gateways(client, namespace);
+    for name in names {
+        api.delete(name, &DeleteParams::default())
+            .await
+            .with_context(|| format!("deleting Gateway {namespace}/{name}"))?;
+        println!("waypoint {namespace}/{name} deleted");
+    }
+    Ok(())
+}
+
+/// A line per waypoint: its traffic, instances, and what is bound to it.
+pub fn table(config: &Config, namespace: Option<&str>) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<16} {:<16} {:<9} {:<28} {:<40} WORKLOADS",
+        "NAMESPACE", "NAME", "FOR", "INSTANCES", "SERVICES"
+    );
+    let ours = |w: Option<&Model>, m: &Model| {
+        w.is_some_and(|w| w.name == m.name && w.namespace == m.namespace)
+    };
+    for waypoint in config
+        .waypoints
+        .iter()
+        .filter(|w| namespace.is_none_or(|n| n == w.namespace))
+    {
+        let instances: Vec<String> = config
+            .waypoint_instances(waypoint)
+            .map(|w| {
+                let address = w
+                    .addresses
+                    .first()
+                    .map(|a| a.to_string())
+                    .unwrap_or_default();
+                format!("{}({address})", w.name)
+            })
+            .collect();
+        let services: Vec<String> = config
+            .services
+            .iter()
+            .filter(|s| ours(config.service_waypoint(s), waypoint))
+            .map(|s| format!("{}/{}", s.namespace, s.name))
+            .collect();
+        let workloads: Vec<String> = config
+            .workloads
+            .iter()
+            .filter(|w| ours(config.workload_waypoint(w), waypoint))
+            .map(|w| format!("{}/{}", w.namespace, w.name))
+            .collect();
+        let list = |v: &[String]| {
+            if v.is_empty() {
+                "-".to_string()
+            } else {
+                v.join(",")
+            }
+        };
+        let _ = writeln!(
+            out,
+            "{:<16} {:<16} {:<9} {:<28} {:<40} {}",
+            waypoint.namespace,
+            waypoint.name,
+            format!("{:?}", waypoint.traffic).to_ascii_lowercase(),
+            list(&instances),
+            list(&services),
+            list(&workloads)
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    #[test]
+    fn a_generated_waypoint_is_one_strait_reads() {
+        let spec = Spec {
+            name: "reviews-wp".into(),
+            namespace: "shop".into(),
+            traffic: For::All,
+        };
+        let text = format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: shop, labels: {{istio.io/dataplane-mode: ambient}}}}\n---\n{}",
+            spec.yaml()
+        );
+        let (report, config) = strait_config::check_text(Path::new("wp.yaml"), &text);
+        let config = config.unwrap_or_else(|| panic!("{report}"));
+        let waypoint = &config.waypoints[0];
+        assert_eq!(
+            (waypoint.namespace.as_str(), waypoint.name.as_str()),
+            ("shop", "reviews-wp")
+        );
+        assert_eq!(waypoint.port, 15008);
+        assert_eq!(format!("{:?}", waypoint.traffic), "All");
+        let bad = Spec {
+            name: "Not_A_Name".into(),
+            ..spec
+        };
+        assert!(bad.check().unwrap_err().to_string().contains("Not_A_Name"));
+    }
+}

@@ -1,0 +1,198 @@
+//! `straitctl waypoint` on a config directory: generate, apply (a file of
+//! its own), list (instances and what is bound), delete; and what it
+//! refuses.
+use std::{path::PathBuf, process::Command};
+
+/// A scratch directory, removed even when the test fails.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn straitctl(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_straitctl"))
+        .args(args)
+        .output()
+        .expect("running straitctl");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+const ROUTES: &str = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: shop}
+spec:
+  hosts: [reviews]
+  http:
+  - name: jason
+    match: [{headers: {end-user: {exact: jason}}}]
+    route: [{destination: {host: reviews, subset: v2}}]
+  - name: split
+    route:
+    - {destination: {host: reviews, subset: v1}, weight: 80}
+    - {destination: {host: reviews, subset: v2}, weight: 20}
+";
+
+const MESH: &str = "apiVersion: v1
+kind: Namespace
+metadata:
+  name: shop
+  labels: {istio.io/dataplane-mode: ambient, istio.io/use-waypoint: reviews-wp}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: reviews, namespace: shop}
+spec:
+  clusterIP: 10.96.0.10
+  ports: [{port: 9080}]
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: ratings
+  namespace: shop
+  labels: {istio.io/use-waypoint: none}
+spec:
+  clusterIP: 10.96.0.11
+  ports: [{port: 9080}]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: reviews-wp-1
+  namespace: shop
+  labels: {gateway.networking.k8s.io/gateway-name: reviews-wp}
+spec: {nodeName: n1, serviceAccountName: reviews-wp}
+status: {phase: Running, podIP: 10.1.0.50}
+";
+
+#[test]
+fn a_waypoint_is_generated_applied_listed_and_deleted() {
+    let dir = std::env::temp_dir().join(format!("straitctl-waypoint-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let scratch = Scratch(dir);
+    let d = scratch.0.to_str().unwrap();
+    std::fs::write(scratch.0.join("mesh.yaml"), MESH).unwrap();
+
+    let (ok, yaml, _) = straitctl(&[
+        "waypoint",
+        "generate",
+        "reviews-wp",
+        "-n",
+        "shop",
+        "--for",
+        "all",
+    ]);
+    assert!(ok);
+    assert!(yaml.contains("gatewayClassName: istio-waypoint"), "{yaml}");
+    assert!(yaml.contains("istio.io/waypoint-for: all"), "{yaml}");
+
+    let (ok, said, err) = straitctl(&[
+        "waypoint",
+        "apply",
+        "reviews-wp",
+        "-n",
+        "shop",
+        "--config-dir",
+        d,
+    ]);
+    assert!(ok, "{err}");
+    println!("{said}");
+    assert!(scratch.0.join("waypoint-shop-reviews-wp.yaml").exists());
+
+    let (ok, table, err) = straitctl(&["waypoint", "list", "--config-dir", d]);
+    assert!(ok, "{err}");
+    println!("{table}");
+    let line = table
+        .lines()
+        .find(|l| l.starts_with("shop "))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(line.contains("reviews-wp-1(10.1.0.50)"), "{line}");
+    assert!(line.contains("shop/reviews"), "{line}");
+    // Opted out by its own label.
+    assert!(!line.contains("shop/ratings"), "{line}");
+
+    // Its routes, as the waypoint applies them.
+    std::fs::write(scratch.0.join("routes.yaml"), ROUTES).unwrap();
+    let (ok, shown, err) = straitctl(&[
+        "waypoint",
+        "routes",
+        "reviews-wp",
+        "-n",
+        "shop",
+        "--config-dir",
+        d,
+    ]);
+    assert!(ok, "{err}");
+    println!("{shown}");
+    assert!(
+        shown.contains(
+            "service shop/reviews (reviews.shop.svc.cluster.local): VirtualService shop/reviews"
+        ),
+        "{shown}"
+    );
+    assert!(
+        shown.contains(
+            "1. jason: header end-user = jason -> reviews.shop.svc.cluster.local subset v2"
+        ),
+        "{shown}"
+    );
+    assert!(shown.contains("2. split: every request -> reviews.shop.svc.cluster.local subset v1 (80), reviews.shop.svc.cluster.local subset v2 (20)"), "{shown}");
+
+    // A cluster-only flag, and a bad name, are refused with the reason.
+    let (ok, _, err) = straitctl(&[
+        "waypoint",
+        "apply",
+        "reviews-wp",
+        "-n",
+        "shop",
+        "--enroll-namespace",
+        "--config-dir",
+        d,
+    ]);
+    assert!(!ok);
+    assert!(err.contains("--enroll-namespace"), "{err}");
+    let (ok, _, err) = straitctl(&[
+        "waypoint",
+        "apply",
+        "Bad_Name",
+        "-n",
+        "shop",
+        "--config-dir",
+        d,
+    ]);
+    assert!(!ok);
+    assert!(err.contains("Bad_Name"), "{err}");
+
+    let (ok, _, err) = straitctl(&[
+        "waypoint",
+        "delete",
+        "reviews-wp",
+        "-n",
+        "shop",
+        "--config-dir",
+        d,
+    ]);
+    assert!(ok, "{err}");
+    assert!(!scratch.0.join("waypoint-shop-reviews-wp.yaml").exists());
+    let (ok, table, _) = straitctl(&["waypoint", "list", "--config-dir", d]);
+    assert!(ok);
+    assert!(!table.lines().any(|l| l.starts_with("shop ")), "{table}");
+    let (ok, _, err) = straitctl(&[
+        "waypoint",
+        "delete",
+        "reviews-wp",
+        "-n",
+        "shop",
+        "--config-dir",
+        d,
+    ]);
+    assert!(!ok);
+    assert!(err.contains("waypoint-shop-reviews-wp.yaml"), "{err}");
+}

@@ -340,13 +340,15 @@ impl Table {
         let Some(vs) = config.virtual_service_for(service) else {
             return Self::gateway_api(config, service);
         };
-        let compiled: Result<Vec<Route>, String> = vs
-            .spec
-            .http
+        // Delegates inlined: a delegate's routes in its parent's place.
+        let compiled: Result<Vec<Route>, String> = config
+            .http_routes_of(vs)
             .iter()
             .enumerate()
             .map(|(i, r)| {
-                Route::compile(r, &vs.namespace).map_err(|why| format!("http[{i}].{why}"))
+                Route::compile(r, &vs.namespace).map_err(|why| {
+                    format!("http[{i}] ({}).{why}", r.name.as_deref().unwrap_or("-"))
+                })
             })
             .collect();
         let name = format!("{}/{}", vs.namespace, vs.name);

@@ -72,6 +72,43 @@ impl Config {
         })
     }
 
+    /// The `http` routes of `vs` with each `delegate` replaced by the
+    /// delegate VirtualService's routes (one level, as Istio), each of
+    /// their matches merged with the delegating route's (the delegate's
+    /// conditions added to, or narrowing, the parent's); a delegate that is
+    /// not in the config takes nothing (its requests go on to the next
+    /// routes). Where each came from is in its name (`delegate/route`).
+    pub fn http_routes_of(&self, vs: &Named<net::VirtualServiceSpec>) -> Vec<net::HttpRoute> {
+        let mut out = Vec::new();
+        for route in &vs.spec.http {
+            let Some(delegate) = &route.delegate else {
+                out.push(route.clone());
+                continue;
+            };
+            let namespace = delegate.namespace.as_deref().unwrap_or(&vs.namespace);
+            let Some(target) = self.virtual_services.iter().find(|d| {
+                d.name == delegate.name && d.namespace == namespace && d.spec.hosts.is_empty()
+            }) else {
+                continue;
+            };
+            for inner in &target.spec.http {
+                let mut merged = inner.clone();
+                merged.matches = merge_matches(&route.matches, &inner.matches);
+                merged.name = Some(format!(
+                    "{}/{}",
+                    route.name.as_deref().unwrap_or("-"),
+                    inner.name.as_deref().unwrap_or("-")
+                ));
+                // The delegate's destinations are its own namespace's.
+                for d in &mut merged.route {
+                    d.destination.host = qualify(&d.destination.host, &target.namespace);
+                }
+                out.push(merged);
+            }
+        }
+        out
+    }
+
     /// The Gateway API routes attached to `service`, translated and in
     /// precedence order; each `http` route is named
     /// `<Kind>/<namespace>/<name>/<rule>`. Empty when none is attached.
@@ -150,6 +187,47 @@ impl Config {
         }
         found.sort_by(|a, b| a.precedence.cmp(&b.precedence));
         found.into_iter().map(|t| t.http).collect()
+    }
+}
+
+/// Every pair of a parent's and a delegate's match entries, the
+/// delegate's conditions over the parent's (no entries on a side: that
+/// side matches everything).
+fn merge_matches(parent: &[net::HttpMatch], inner: &[net::HttpMatch]) -> Vec<net::HttpMatch> {
+    match (parent.is_empty(), inner.is_empty()) {
+        (true, _) => inner.to_vec(),
+        (false, true) => parent.to_vec(),
+        (false, false) => parent
+            .iter()
+            .flat_map(|p| {
+                inner.iter().map(move |i| {
+                    let mut m = p.clone();
+                    let take = |a: &mut Option<net::StringMatch>, b: &Option<net::StringMatch>| {
+                        if b.is_some() {
+                            a.clone_from(b);
+                        }
+                    };
+                    take(&mut m.uri, &i.uri);
+                    take(&mut m.method, &i.method);
+                    take(&mut m.authority, &i.authority);
+                    take(&mut m.scheme, &i.scheme);
+                    m.headers.extend(i.headers.clone());
+                    m.without_headers.extend(i.without_headers.clone());
+                    m.query_params.extend(i.query_params.clone());
+                    m.source_labels.extend(i.source_labels.clone());
+                    if i.port.is_some() {
+                        m.port = i.port;
+                    }
+                    if i.ignore_uri_case.is_some() {
+                        m.ignore_uri_case = i.ignore_uri_case;
+                    }
+                    if i.source_namespace.is_some() {
+                        m.source_namespace.clone_from(&i.source_namespace);
+                    }
+                    m
+                })
+            })
+            .collect(),
     }
 }
 

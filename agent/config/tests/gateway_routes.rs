@@ -319,3 +319,59 @@ spec:
     );
     assert_eq!(mirror.percentage.as_ref().unwrap().value, 25.0);
 }
+
+#[test]
+fn a_delegates_routes_take_its_parents_place_narrowed_by_its_match() {
+    let text = format!(
+        "{MESH}
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: reviews, namespace: shop}}
+spec:
+  hosts: [reviews]
+  http:
+  - name: api
+    match: [{{uri: {{prefix: /api/}}}}]
+    delegate: {{name: api-routes, namespace: other}}
+  - name: missing
+    delegate: {{name: nowhere}}
+  - name: rest
+    route: [{{destination: {{host: reviews}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: api-routes, namespace: other}}
+spec:
+  http:
+  - name: v2
+    match: [{{headers: {{x-v: {{exact: '2'}}}}}}]
+    route: [{{destination: {{host: reviews}}}}]
+  - name: all
+    route: [{{destination: {{host: reviews.shop.svc.cluster.local}}}}]
+"
+    );
+    let said = report(&text);
+    assert!(
+        said.contains("shop/nowhere is no delegate VirtualService"),
+        "{said}"
+    );
+    let config = config(&text);
+    let vs = config
+        .virtual_service_for(service(&config, "shop", "reviews"))
+        .unwrap();
+    let routes = config.http_routes_of(vs);
+    let names: Vec<&str> = routes.iter().filter_map(|r| r.name.as_deref()).collect();
+    assert_eq!(names, ["api/v2", "api/all", "rest"]);
+    let m = &routes[0].matches[0];
+    assert_eq!(m.uri.as_ref().unwrap().prefix.as_deref(), Some("/api/"));
+    assert_eq!(m.headers["x-v"].exact.as_deref(), Some("2"));
+    // A delegate's destinations are in its own namespace.
+    assert_eq!(
+        routes[0].route[0].destination.host,
+        "reviews.other.svc.cluster.local"
+    );
+    assert_eq!(
+        routes[1].route[0].destination.host,
+        "reviews.shop.svc.cluster.local"
+    );
+}

@@ -80,6 +80,10 @@ metadata: {name: shop, namespace: default}
 spec:
   hosts: [shop]
   http:
+  - name: delegated
+    match:
+    - uri: {prefix: /delegated/}
+    delegate: {name: shop-delegate}
   - name: mirrored
     match:
     - uri: {prefix: /mirrored/}
@@ -113,6 +117,18 @@ spec:
         add: {x-served-by: strait-waypoint}
     route:
     - destination: {host: shop}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: shop-delegate, namespace: default}
+spec:
+  http:
+  - name: hello
+    match:
+    - headers: {x-hello: {exact: 'yes'}}
+    directResponse:
+      status: 200
+      body: {string: from the delegate}
 ---
 "
         .to_string(),
@@ -190,6 +206,30 @@ fn the_seeds_routes_and_a_routes_actions_take_effect() -> Result<()> {
     let got = get(&client.place, &format!("http://{SHOP}:9080/old/thing"), &[])?;
     println!("redirect: {got}");
     assert_eq!(got, format!(" [308 http://{SHOP}:9080/new/place]"));
+    // Delegation: the delegate's route, narrowed by its parent's match;
+    // what it does not take goes on to the next routes (here none: 404).
+    let got = get(
+        &client.place,
+        &format!("http://{SHOP}:9080/delegated/x"),
+        &["x-hello: yes"],
+    )?;
+    println!("delegate: {got}");
+    assert_eq!(got, "from the delegate [200 ]");
+    let got = get(
+        &client.place,
+        &format!("http://{SHOP}:9080/elsewhere"),
+        &["x-hello: yes"],
+    )?;
+    assert!(got.ends_with("[404 ]"), "outside the parent's match: {got}");
+    let got = get(
+        &client.place,
+        &format!("http://{SHOP}:9080/delegated/x"),
+        &[],
+    )?;
+    assert!(
+        got.ends_with("[404 ]"),
+        "without the delegate's header: {got}"
+    );
     // Direct response.
     let got = get(&client.place, &format!("http://{SHOP}:9080/gone"), &[])?;
     println!("direct response: {got}");

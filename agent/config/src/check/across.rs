@@ -25,6 +25,16 @@ pub(crate) fn checked_across(item: &Item) -> bool {
 }
 
 pub(crate) fn across(report: &mut Report, parsed: &[Parsed]) {
+    // Delegate VirtualServices (no hosts), by namespace and name.
+    let delegates: std::collections::HashSet<(&str, &str)> = parsed
+        .iter()
+        .filter_map(|p| match &p.item {
+            Item::VirtualService(vs) if vs.spec.hosts.is_empty() => {
+                Some((vs.namespace.as_str(), vs.name.as_str()))
+            }
+            _ => None,
+        })
+        .collect();
     let services: Vec<&Service> = parsed
         .iter()
         .filter_map(|p| match &p.item {
@@ -107,6 +117,16 @@ pub(crate) fn across(report: &mut Report, parsed: &[Parsed]) {
                 }
             }
             Item::VirtualService(vs) => {
+                for (i, h) in vs.spec.http.iter().enumerate() {
+                    let Some(d) = &h.delegate else { continue };
+                    let namespace = d.namespace.as_deref().unwrap_or(&vs.namespace);
+                    if !delegates.contains(&(namespace, d.name.as_str())) {
+                        f.warn(
+                            &format!("spec.http[{i}].delegate"),
+                            &format!("{namespace}/{} is no delegate VirtualService (one without hosts): this route takes nothing", d.name),
+                        );
+                    }
+                }
                 let in_mesh =
                     vs.spec.gateways.is_empty() || vs.spec.gateways.iter().any(|g| g == "mesh");
                 for (i, h) in vs.spec.hosts.iter().enumerate() {

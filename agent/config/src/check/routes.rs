@@ -16,10 +16,6 @@ const NOT_YET: &str = "has no effect yet: strait's waypoint does not apply it";
 /// Warns at each field of an http route that strait's waypoint does not
 /// apply yet.
 fn not_applied_yet(f: &mut Findings, path: &str, h: &net::HttpRoute) {
-    let set = [("delegate", h.delegate.is_some())];
-    for (field, _) in set.iter().filter(|(_, set)| *set) {
-        f.warn(&format!("{path}.{field}"), NOT_YET);
-    }
     for (j, m) in h.matches.iter().enumerate() {
         if m.scheme.is_some() {
             f.warn(&format!("{path}.match[{j}].scheme"), NOT_YET);

@@ -151,6 +151,23 @@ async fn run(args: Args) -> Result<()> {
     let opened = strait_state::source::open(args.source.config_dir.as_deref(), sources).await?;
     metrics.config.loaded_in(opened.took);
     let state = NodeState::new(&args.node, opened.config);
+    let mut updates = opened.updates;
+    if let Some(updates) = updates.as_mut() {
+        // In a cluster this pod may start before the API server has its
+        // address (the kubelet writes it after the sandbox is up): wait a
+        // while for the instance to be known.
+        let deadline = tokio::time::Instant::now() + FIRST_CERT;
+        while !has_instance(&state.snapshot().config, namespace, name, &args.node) {
+            match tokio::time::timeout_at(deadline, updates.changed()).await {
+                Ok(Ok(())) => {
+                    if let Some(snapshot) = updates.borrow_and_update().clone() {
+                        state.replace(snapshot.config);
+                    }
+                }
+                _ => break,
+            }
+        }
+    }
     let snapshot = state.snapshot();
     let config = &snapshot.config;
     let waypoint = config.waypoint(namespace, name).with_context(|| {
@@ -252,7 +269,7 @@ async fn run(args: Args) -> Result<()> {
         metrics: metrics.config.clone(),
         then: Prune(waypoint.clone()),
     };
-    match (args.source.config_dir.clone(), opened.updates) {
+    match (args.source.config_dir.clone(), updates) {
         (Some(dir), _) => reload::spawn(dir, follow),
         (None, Some(updates)) => reload::spawn_cluster(updates, follow),
         (None, None) => {}
@@ -308,6 +325,16 @@ async fn run(args: Args) -> Result<()> {
     board_watch.abort();
     sweeper.abort();
     Ok(())
+}
+
+/// Whether the config knows an instance of waypoint `namespace/name` on
+/// `node`.
+fn has_instance(config: &strait_config::Config, namespace: &str, name: &str, node: &str) -> bool {
+    config.waypoint(namespace, name).is_some_and(|w| {
+        config
+            .waypoint_instances(w)
+            .any(|i| i.node.as_deref() == Some(node))
+    })
 }
 
 /// After a reload: connections to endpoints that left the mesh are closed,

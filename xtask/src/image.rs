@@ -11,7 +11,13 @@ use crate::cmd::{self, cargo, section, stdout, target_dir};
 
 const TARGET: &str = "x86_64-unknown-linux-musl";
 /// The binaries in the image, all in /usr/local/bin.
-const BINARIES: &[&str] = &["strait-agent", "strait-ca", "straitctl"];
+const BINARIES: &[&str] = &[
+    "strait-agent",
+    "strait-ca",
+    "strait-controller",
+    "strait-waypoint",
+    "straitctl",
+];
 
 /// Builds the image and writes the archive; its path.
 pub fn build() -> Result<PathBuf> {
@@ -20,7 +26,7 @@ pub fn build() -> Result<PathBuf> {
     let mut build = cargo();
     build
         .args(["build", "--release", "--target", TARGET, "--bins"])
-        .args(["-p", "strait-agent", "-p", "strait-ca", "-p", "straitctl"])
+        .args(BINARIES.iter().flat_map(|b| ["-p", b]))
         .env("CC_x86_64_unknown_linux_musl", "musl-gcc");
     cmd::run(&mut build)?;
     let built = target_dir().join(TARGET).join("release");

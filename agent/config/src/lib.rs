@@ -18,7 +18,7 @@ use std::{collections::BTreeMap, net::IpAddr, path::PathBuf};
 
 use serde::Serialize;
 
-pub use check::{MAX_LABELS, qualify};
+pub use check::{CLUSTER_DOMAIN, MAX_LABELS, qualify};
 pub use local::{LoadError, check_objects, check_path, check_text, load_dir};
 pub use report::{Finding, ObjectReport, Report, Verdict};
 

@@ -33,6 +33,10 @@ pub enum Command {
         /// services use it (on a cluster).
         #[arg(long)]
         enroll_namespace: bool,
+        /// On a cluster: wait until the waypoint controller has deployed it
+        /// (the Gateway's `Programmed` condition), and print its address.
+        #[arg(long)]
+        wait: bool,
         #[command(flatten)]
         source: SourceArgs,
     },
@@ -141,6 +145,7 @@ pub async fn run(command: &Command) -> Result<()> {
         Command::Apply {
             spec,
             enroll_namespace,
+            wait,
             source,
         } => {
             spec.check()?;
@@ -152,9 +157,16 @@ pub async fn run(command: &Command) -> Result<()> {
                             spec.name
                         );
                     }
+                    if *wait {
+                        bail!(
+                            "--wait waits for the cluster's waypoint controller; with a config directory, the demo and topologies start waypoints themselves"
+                        );
+                    }
                     apply_to_dir(dir, spec)
                 }
-                (None, Some(access)) => apply_to_cluster(&access, spec, *enroll_namespace).await,
+                (None, Some(access)) => {
+                    apply_to_cluster(&access, spec, *enroll_namespace, *wait).await
+                }
                 (None, None) => bail!("--config-dir, --kubeconfig or --in-cluster is required"),
             }
         }
@@ -380,7 +392,7 @@ fn gateways(client: kube::Client, namespace: &str) -> Api<DynamicObject> {
     Api::namespaced_with(client, namespace, &ApiResource::from_gvk(&gvk))
 }
 
-async fn apply_to_cluster(access: &Access, spec: &Spec, enroll: bool) -> Result<()> {
+async fn apply_to_cluster(access: &Access, spec: &Spec, enroll: bool, wait: bool) -> Result<()> {
     let client = strait_kube::client(access)
         .await
         .context("connecting to the cluster")?;
@@ -407,7 +419,7 @@ async fn apply_to_cluster(access: &Access, spec: &Spec, enroll: bool) -> Result<
         .with_context(|| format!("applying Gateway {}/{}", spec.namespace, spec.name))?;
     println!("waypoint {}/{} applied", spec.namespace, spec.name);
     if enroll {
-        let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client);
+        let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
         let patch = json!({"metadata": {"labels": {USE_WAYPOINT_LABEL: spec.name}}});
         namespaces
             .patch(
@@ -422,7 +434,60 @@ async fn apply_to_cluster(access: &Access, spec: &Spec, enroll: bool) -> Result<
             spec.namespace, spec.name
         );
     }
+    if wait {
+        wait_programmed(&gateways(client, &spec.namespace), spec).await?;
+    }
     Ok(())
+}
+
+/// How long `--wait` waits, as `istioctl waypoint apply --wait`.
+const WAIT: std::time::Duration = std::time::Duration::from_secs(90);
+
+/// Waits for the Gateway's `Programmed` condition; prints its addresses.
+async fn wait_programmed(api: &Api<DynamicObject>, spec: &Spec) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut said = "it has no status yet: is strait's waypoint controller installed (chart value waypoints.enabled)?".to_string();
+    while tokio::time::Instant::now() < deadline {
+        let gateway = api
+            .get(&spec.name)
+            .await
+            .with_context(|| format!("reading Gateway {}/{}", spec.namespace, spec.name))?;
+        let status = &gateway.data["status"];
+        let programmed = status["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["type"] == "Programmed");
+        if let Some(condition) = programmed {
+            if condition["status"] == "True" {
+                let addresses: Vec<&str> = status["addresses"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|a| a["value"].as_str())
+                    .collect();
+                println!(
+                    "waypoint {}/{} programmed at {}",
+                    spec.namespace,
+                    spec.name,
+                    addresses.join(",")
+                );
+                return Ok(());
+            }
+            said = format!(
+                "{}: {}",
+                condition["reason"].as_str().unwrap_or_default(),
+                condition["message"].as_str().unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    bail!(
+        "waypoint {}/{} not programmed after {} s: {said}",
+        spec.namespace,
+        spec.name,
+        WAIT.as_secs()
+    )
 }
 
 async fn delete_from_cluster(access: &Access, namespace: &str, names: &[String]) -> Result<()> {

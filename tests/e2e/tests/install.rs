@@ -745,3 +745,285 @@ spec:
     );
     Ok(())
 }
+
+/// `straitctl` against the test API server, run where it is reachable.
+fn straitctl(api: &ApiServer, kubeconfig: &str, args: &[&str]) -> Result<String> {
+    let mut cmd = api.place().command(strait_e2e::strait_bin("straitctl"))?;
+    cmd.args(args).args(["--kubeconfig", kubeconfig]);
+    let out = strait_topology::process::run(cmd, Duration::from_secs(120))?;
+    if !out.status.success() {
+        return Err(format!("straitctl {}: {}", args.join(" "), stdout(&out)).into());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn object(api: &ApiServer, namespace: Option<&str>, kind: &str, name: &str) -> Option<Json> {
+    let mut args = vec!["get", kind, name, "--output", "json"];
+    if let Some(ns) = namespace {
+        args.extend(["--namespace", ns]);
+    }
+    let out = api.kubectl(&args).ok()?;
+    out.status
+        .success()
+        .then(|| serde_json::from_slice(&out.stdout).ok())
+        .flatten()
+}
+
+/// As with Istio, applying a Gateway of class istio-waypoint is enough: the
+/// chart's controller creates its ServiceAccount, Deployment and Service,
+/// owned by the Gateway, and writes its status; the test kubelet runs the
+/// Deployment's pod from the image exactly as it says, and a Service
+/// labelled to use it has its requests go through it, the destination
+/// still seeing the client's identity. A Gateway that cannot be deployed
+/// says why in its status; a deleted one leaves nothing behind.
+#[test]
+fn a_waypoint_gateway_is_deployed_by_the_controller_and_carries_traffic() -> Result<()> {
+    require_root();
+    load_image(&image_archive())?;
+    let topo = Topology::create(two_nodes(&[
+        ("client", "n1"),
+        ("server", "n2"),
+        ("ca1", "n1"),
+        ("controller", "n1"),
+        ("agent1", "n1"),
+        ("agent2", "n2"),
+        ("wp", "n2"),
+    ]))?;
+    let (n1, n2) = (topo.node("n1")?, topo.node("n2")?);
+    let api = ApiServer::start(&n1.place, n1.addrs.ipv4.into(), "c1")?;
+    let admin = api.kubeconfig("admin", &api.admin_token)?;
+    let admin = admin.display().to_string();
+    api.apply(GATEWAY_CRD)?;
+    let cgroup = format!("hostPaths.cgroup={}", topo.host().cgroup_root.display());
+    let out = install(&api, &admin, &["--set", &cgroup])?;
+    assert!(out.status.success(), "{}", stdout(&out));
+    let kubelet = |node| Kubelet {
+        api: &api,
+        topo: &topo,
+        node,
+    };
+    let ca = template(&api, "deployment", "strait-ca")?;
+    let _ca = kubelet(n1).run(
+        NAMESPACE,
+        "strait-ca-1",
+        &ca,
+        Network::Pod(topo.pod("ca1")?),
+    )?;
+    let (client, server) = (topo.pod("client")?, topo.pod("server")?);
+    api.apply(&format!(
+        "{}{}{}apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: shop}}
+spec:
+  selector: {{app: web}}
+  ports: [{{name: http, port: 80, targetPort: 8080}}]
+",
+        namespace_yaml("shop", true),
+        pod_yaml(client, "shop", "client", &[("app", "client")]),
+        pod_yaml(server, "shop", "web", &[("app", "web")]),
+    ))?;
+    api.make_ready("shop", client)?;
+    api.make_ready("shop", server)?;
+    let agent = template(&api, "daemonset", "strait-agent")?;
+    let agents = [
+        kubelet(n1).run(
+            NAMESPACE,
+            "strait-agent-n1",
+            &agent,
+            Network::Pod(topo.pod("agent1")?),
+        )?,
+        kubelet(n2).run(
+            NAMESPACE,
+            "strait-agent-n2",
+            &agent,
+            Network::Pod(topo.pod("agent2")?),
+        )?,
+    ];
+    let log = |pod: &RunningPod| pod.containers[0].log();
+    wait_state_at(topo.pod("agent1")?, "client", WAIT, |s| s == "captured")
+        .map_err(|e| format!("{e}\n{}", log(&agents[0])))?;
+
+    let controller_template = template(&api, "deployment", "strait-waypoint-controller")?;
+    let controller = kubelet(n1).run(
+        NAMESPACE,
+        "strait-waypoint-controller-1",
+        &controller_template,
+        Network::Pod(topo.pod("controller")?),
+    )?;
+    let controller_log = || log(&controller);
+
+    // A Gateway that cannot be deployed (no HBONE listener): its status
+    // says why, and nothing is made for it.
+    api.apply(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: broken, namespace: shop}
+spec:
+  gatewayClassName: istio-waypoint
+  listeners: [{name: http, port: 80, protocol: HTTP}]
+",
+    )?;
+    let refused = strait_e2e::wait_for("the broken Gateway's status", WAIT, || {
+        let g = object(&api, Some("shop"), "gateway", "broken")?;
+        g["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == "Accepted" && c["status"] == "False")
+            .cloned()
+    })
+    .map_err(|e| format!("{e}\n{}", controller_log()))?;
+    println!(
+        "Gateway shop/broken: Accepted False, {}: {}",
+        refused["reason"], refused["message"]
+    );
+    assert_eq!(refused["reason"], "Invalid");
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no HBONE listener"),
+        "{refused}"
+    );
+    assert!(object(&api, Some("shop"), "deployment", "broken").is_none());
+
+    // straitctl writes the Gateway as istioctl does and waits for the
+    // controller to program it.
+    let started = Instant::now();
+    let said = straitctl(
+        &api,
+        &admin,
+        &["waypoint", "apply", "--namespace", "shop", "--wait"],
+    )
+    .map_err(|e| format!("{e}\n{}", controller_log()))?;
+    println!("{} ({:.1} s)", said.trim(), started.elapsed().as_secs_f64());
+    let gateway = object(&api, Some("shop"), "gateway", "waypoint").ok_or("no Gateway")?;
+    let uid = gateway["metadata"]["uid"].clone();
+    let service_ip = api.cluster_ip("shop", "waypoint")?;
+    assert_eq!(
+        gateway["status"]["addresses"][0]["value"],
+        service_ip.to_string(),
+        "{}",
+        gateway["status"]
+    );
+    assert!(said.contains(&service_ip.to_string()), "{said}");
+    for (kind, name) in [
+        ("serviceaccount", "waypoint"),
+        ("deployment", "waypoint"),
+        ("service", "waypoint"),
+    ] {
+        let made = object(&api, Some("shop"), kind, name).ok_or(format!("no {kind} {name}"))?;
+        let owner = &made["metadata"]["ownerReferences"][0];
+        assert_eq!(owner["kind"], "Gateway", "{kind}: {owner}");
+        assert_eq!(owner["uid"], uid, "{kind}: {owner}");
+    }
+    let binding = object(
+        &api,
+        None,
+        "clusterrolebinding",
+        "strait-waypoint:shop:waypoint",
+    )
+    .ok_or("no ClusterRoleBinding for the waypoint")?;
+    assert_eq!(binding["roleRef"]["name"], "strait-waypoint");
+    println!(
+        "made for it: ServiceAccount, Deployment and Service shop/waypoint (owned by Gateway {uid}), ClusterRoleBinding {}, Service address {service_ip}",
+        binding["metadata"]["name"]
+    );
+
+    // The Deployment's pod, run as it says.
+    let waypoint_template = template_in(&api, "shop", "deployment", "waypoint")?;
+    let started = Instant::now();
+    let wp = topo.pod("wp")?;
+    let waypoint = kubelet(n2).run("shop", "waypoint-1", &waypoint_template, Network::Pod(wp))?;
+    println!(
+        "the waypoint pod (as {}) ready {:.1} s after start",
+        waypoint_template["spec"]["serviceAccountName"],
+        started.elapsed().as_secs_f64()
+    );
+
+    // The Service opts in; its requests now go through the waypoint.
+    api.kubectl_ok(&[
+        "label",
+        "service",
+        "web",
+        "--namespace",
+        "shop",
+        "istio.io/use-waypoint=waypoint",
+    ])?;
+    let _server = http_server(server, 8080, "from-web")?;
+    let vip = api.cluster_ip("shop", "web")?;
+    let metrics = |pod: &strait_topology::Pod| -> Result<String> {
+        let out = pod.run_ok(
+            &["curl", "-s", "http://127.0.0.1:15020/metrics"],
+            Duration::from_secs(10),
+        )?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let client_id = "source_principal=\"spiffe://cluster.local/ns/shop/sa/client\"";
+    let mut sent = 0;
+    strait_e2e::wait_for("a request through the waypoint", WAIT, || {
+        let out = curl(client, &format!("http://{vip}/marker")).ok()?;
+        sent += 1;
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "from-web");
+        let seen = metric_sum(
+            &metrics(wp).ok()?,
+            "istio_requests_total",
+            &["reporter=\"waypoint\"", client_id],
+        );
+        (seen > 0).then_some(())
+    })
+    .map_err(|e| format!("{e}\nwaypoint:\n{}", log(&waypoint)))?;
+    let seen = metric_sum(
+        &metrics(topo.pod("agent2")?)?,
+        "istio_tcp_connections_opened_total",
+        &["reporter=\"destination\"", client_id],
+    );
+    println!(
+        "curl client -> web.shop: \"from-web\" ({sent} requests until one went through the waypoint); the destination saw {seen} connections as the client"
+    );
+    assert!(seen >= 1, "{}", log(&agents[1]));
+    let listed = straitctl(&api, &admin, &["waypoint", "list", "--namespace", "shop"])?;
+    println!("{listed}");
+    assert!(
+        listed.contains("waypoint-1(") && listed.contains("shop/web"),
+        "{listed}"
+    );
+
+    // Deleting the Gateway removes what was made for it (here, with no
+    // garbage collector running, by the controller's sweep).
+    let said = straitctl(
+        &api,
+        &admin,
+        &["waypoint", "delete", "waypoint", "--namespace", "shop"],
+    )?;
+    println!("{}", said.trim());
+    drop(waypoint);
+    strait_e2e::wait_for("the waypoint's objects removed", WAIT, || {
+        (object(
+            &api,
+            None,
+            "clusterrolebinding",
+            "strait-waypoint:shop:waypoint",
+        )
+        .is_none()
+            && object(&api, Some("shop"), "deployment", "waypoint").is_none()
+            && object(&api, Some("shop"), "service", "waypoint").is_none()
+            && object(&api, Some("shop"), "serviceaccount", "waypoint").is_none())
+        .then_some(())
+    })
+    .map_err(|e| format!("{e}\n{}", controller_log()))?;
+    let swept = metric_sum(
+        &metrics(topo.pod("controller")?)?,
+        "strait_controller_swept_total",
+        &[],
+    );
+    println!("the controller removed {swept} objects");
+    assert!(swept >= 4, "{swept}");
+    Ok(())
+}
+
+/// A namespaced object's `spec.template`.
+fn template_in(api: &ApiServer, namespace: &str, kind: &str, name: &str) -> Result<Json> {
+    object(api, Some(namespace), kind, name)
+        .map(|o| o["spec"]["template"].clone())
+        .ok_or_else(|| format!("no {kind} {namespace}/{name}").into())
+}

@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -74,7 +74,7 @@ pub async fn sniff<S: AsyncRead + Unpin>(mut stream: S) -> io::Result<(Protocol,
     Ok((
         protocol,
         Prefixed {
-            prefix: read.freeze(),
+            prefix: read,
             inner: stream,
         },
     ))
@@ -82,8 +82,28 @@ pub async fn sniff<S: AsyncRead + Unpin>(mut stream: S) -> io::Result<(Protocol,
 
 /// A stream with bytes already read from it put back in front.
 pub struct Prefixed<S> {
-    prefix: Bytes,
+    prefix: BytesMut,
     inner: S,
+}
+
+impl<S: AsyncRead + Unpin> Prefixed<S> {
+    /// What has been read ahead and is still to be replayed.
+    pub fn ahead(&self) -> &[u8] {
+        &self.prefix
+    }
+
+    /// Reads more ahead (at most `limit` in all); how much came (0 at the
+    /// stream's end or the limit).
+    pub async fn read_ahead(&mut self, limit: usize) -> io::Result<usize> {
+        let room = limit.saturating_sub(self.prefix.len()).min(4096);
+        if room == 0 {
+            return Ok(0);
+        }
+        let mut chunk = [0u8; 4096];
+        let n = self.inner.read(&mut chunk[..room]).await?;
+        self.prefix.extend_from_slice(&chunk[..n]);
+        Ok(n)
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {

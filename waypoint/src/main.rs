@@ -10,7 +10,8 @@
 //! ([`matching`] holds the match rules, [`actions`] the rewrites, redirects
 //! and header operations), [`forward`] picks the endpoint,
 //! retries and times out, [`pool`] keeps the connections to endpoints,
-//! [`tcp`] carries what is not HTTP, [`metrics`] counts requests.
+//! [`tcp`] carries what is not HTTP (TLS by its server name, [`sni`]),
+//! [`metrics`] counts requests.
 mod actions;
 mod affinity;
 mod breaker;
@@ -27,6 +28,7 @@ mod proxy;
 mod record;
 mod replay;
 mod routes;
+mod sni;
 mod tcp;
 
 use std::{

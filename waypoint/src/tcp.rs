@@ -1,31 +1,41 @@
-//! What is not HTTP is carried as TCP: by the service's VirtualService
-//! `tcp` routes when it has them (the first whose match holds, a
-//! destination by weight; none holding refuses the connection), else to an
-//! endpoint of the service the client dialled (or to the workload it
-//! dialled), chosen as the node agents choose; with Istio's connection
-//! metrics.
+//! What is not HTTP is carried as TCP: TLS by the service's VirtualService
+//! `tls` routes when it has them (the first whose match holds on the
+//! ClientHello's server name, [`crate::sni`], and the connection; none
+//! holding goes on to the tcp routes), by its `tcp` routes when it has them
+//! (the first whose match holds, a destination by weight; none holding
+//! refuses the connection), else to an endpoint of the service the client
+//! dialled (or to the workload it dialled), chosen as the node agents
+//! choose; with Istio's connection metrics.
 use std::sync::Arc;
 
 use strait_config::{
     Config,
     authz::cidr_contains,
-    manifest::networking::{L4Match, TcpRoute},
+    manifest::networking::{L4Match, L4RouteDestination, TlsMatch},
 };
 use strait_route::{Route, Target, route};
 use strait_telemetry::{Direction, Reason, Reporter, relay};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, warn};
 
-use crate::proxy::{Client, Waypoint};
+use crate::{
+    detect::Prefixed,
+    proxy::{Client, Waypoint},
+};
 
-pub async fn carry<S>(waypoint: Arc<Waypoint>, client: Arc<Client>, mut stream: S)
+pub async fn carry<S>(waypoint: Arc<Waypoint>, client: Arc<Client>, mut stream: Prefixed<S>)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let state = waypoint.state.snapshot();
     let instance = &waypoint.instance;
     let src = client.addr.ip();
-    let routed = match tcp_route(&state.config, &client) {
+    let server_name = if has_tls_routes(&state.config, &client) {
+        crate::sni::server_name(&mut stream).await
+    } else {
+        None
+    };
+    let routed = match l4_route(&state.config, &client, server_name.as_deref()) {
         Routed::Service => None,
         Routed::NoMatch => {
             waypoint
@@ -161,57 +171,95 @@ enum Routed {
     To(String, Option<String>, Option<u16>),
 }
 
-fn tcp_route(config: &Config, client: &Client) -> Routed {
+/// Whether the service dialled has `tls` routes (only then is a ClientHello
+/// waited for).
+fn has_tls_routes(config: &Config, client: &Client) -> bool {
+    config
+        .service_at(client.authority.ip())
+        .and_then(|at| config.virtual_service_for(at.service))
+        .is_some_and(|vs| !vs.spec.tls.is_empty())
+}
+
+fn l4_route(config: &Config, client: &Client, server_name: Option<&str>) -> Routed {
     let Some(at) = config.service_at(client.authority.ip()) else {
         return Routed::Service;
     };
     let Some(vs) = config.virtual_service_for(at.service) else {
         return Routed::Service;
     };
-    if vs.spec.tcp.is_empty() {
-        return Routed::Service;
-    }
     let source = config.workload_by_address(client.addr.ip());
-    let holds = |m: &L4Match| {
-        m.port
-            .is_none_or(|p| p == u32::from(client.authority.port()))
-            && (m.destination_subnets.is_empty()
-                || m.destination_subnets
+    // What a tcp and a tls match have alike.
+    let holds = |port: Option<u32>,
+                 subnets: &[String],
+                 namespace: &Option<String>,
+                 labels: &strait_config::Labels| {
+        port.is_none_or(|p| p == u32::from(client.authority.port()))
+            && (subnets.is_empty()
+                || subnets
                     .iter()
                     .any(|s| cidr_contains(s, client.authority.ip())))
-            && m.source_subnet
-                .as_deref()
-                .is_none_or(|s| cidr_contains(s, client.addr.ip()))
-            && m.source_namespace
+            && namespace
                 .as_deref()
                 .is_none_or(|ns| ns == client.identity.namespace)
-            && m.source_labels
+            && labels
                 .iter()
                 .all(|(k, v)| source.is_some_and(|w| w.labels.get(k) == Some(v)))
     };
-    let taken: Option<&TcpRoute> = vs
+    if let Some(name) = server_name {
+        let tls_holds = |m: &TlsMatch| {
+            m.sni_hosts
+                .iter()
+                .any(|h| strait_config::host_matches(h, name))
+                && holds(
+                    m.port,
+                    &m.destination_subnets,
+                    &m.source_namespace,
+                    &m.source_labels,
+                )
+        };
+        if let Some(route) = vs.spec.tls.iter().find(|r| r.matches.iter().any(tls_holds)) {
+            return pick(&route.route, &vs.namespace);
+        }
+    }
+    if vs.spec.tcp.is_empty() {
+        return Routed::Service;
+    }
+    let tcp_holds = |m: &L4Match| {
+        holds(
+            m.port,
+            &m.destination_subnets,
+            &m.source_namespace,
+            &m.source_labels,
+        ) && m
+            .source_subnet
+            .as_deref()
+            .is_none_or(|s| cidr_contains(s, client.addr.ip()))
+    };
+    match vs
         .spec
         .tcp
         .iter()
-        .find(|r| r.matches.is_empty() || r.matches.iter().any(holds));
-    let Some(route) = taken else {
-        return Routed::NoMatch;
-    };
-    // By weight; a single destination weighs 100.
-    let weights: Vec<u32> = route
-        .route
+        .find(|r| r.matches.is_empty() || r.matches.iter().any(tcp_holds))
+    {
+        Some(route) => pick(&route.route, &vs.namespace),
+        None => Routed::NoMatch,
+    }
+}
+
+/// One of a route's destinations, by weight (a single one weighs 100).
+fn pick(destinations: &[L4RouteDestination], namespace: &str) -> Routed {
+    let weights: Vec<u32> = destinations
         .iter()
         .map(|d| {
             d.weight
-                .map_or(if route.route.len() == 1 { 100 } else { 0 }, |w| {
+                .map_or(if destinations.len() == 1 { 100 } else { 0 }, |w| {
                     u32::try_from(w.max(0)).unwrap_or(0)
                 })
         })
         .collect();
     let total: u32 = weights.iter().sum();
     let mut at = fastrand::f64() * f64::from(total.max(1));
-    let chosen = route
-        .route
+    let chosen = destinations
         .iter()
         .zip(&weights)
         .find(|(_, w)| {
@@ -219,10 +267,10 @@ fn tcp_route(config: &Config, client: &Client) -> Routed {
             at < 0.0
         })
         .map(|(d, _)| d)
-        .or(route.route.first());
+        .or(destinations.first());
     match chosen {
         Some(d) => Routed::To(
-            strait_config::qualify(&d.destination.host, &vs.namespace),
+            strait_config::qualify(&d.destination.host, namespace),
             d.destination.subset.clone(),
             d.destination
                 .port

@@ -392,6 +392,44 @@ spec:
   - match: [{port: 7000}]
     route: [{destination: {host: tcp-canary, port: {number: 7000}}}]
 ---
+apiVersion: v1
+kind: Service
+metadata:
+  name: tlssvc
+  namespace: default
+  labels: {istio.io/use-waypoint: waypoint}
+spec:
+  clusterIP: 10.96.0.111
+  selector: {tier: web}
+  ports: [{name: tls, port: 443, targetPort: 8443}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: tls-app, namespace: default}
+spec:
+  clusterIP: 10.96.0.112
+  selector: {app: app}
+  ports: [{name: tls, port: 443, targetPort: 8443}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: tls-canary, namespace: default}
+spec:
+  clusterIP: 10.96.0.113
+  selector: {app: reviews-west}
+  ports: [{name: tls, port: 443, targetPort: 8443}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: tlssvc, namespace: default}
+spec:
+  hosts: [tlssvc, a.shop.example, '*.shop.example']
+  tls:
+  - match: [{sniHosts: [a.shop.example], port: 443}]
+    route: [{destination: {host: tls-app, port: {number: 443}}}]
+  - match: [{sniHosts: ['*.shop.example']}]
+    route: [{destination: {host: tls-canary, port: {number: 443}}}]
+---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {name: sticky, namespace: default}
@@ -593,5 +631,57 @@ fn an_httproute_and_session_affinity_take_effect() -> Result<()> {
     }
     println!("tcp route: 20 connections to tcpsvc answered by {answers:?}");
     assert_eq!(answers.get("tcp-canary"), Some(&20), "{answers:?}");
+
+    // VirtualService tls routes, by the ClientHello's server name (TLS is
+    // not terminated: the servers' own certificate answers): a.shop.example
+    // to tls-app, any other *.shop.example to tls-canary; a name no route
+    // takes goes to tlssvc's own endpoints (both).
+    let dir = topo.scratch_dir().join("tls");
+    std::fs::create_dir_all(&dir)?;
+    let (cert, key) = strait_e2e::self_signed(&client.place, &dir, "origin", None)?;
+    let tls_marker = |place: &Place, name: &str| -> Result<strait_topology::Process> {
+        let mut server = place.spawn(&[
+            "socat",
+            &format!("OPENSSL-LISTEN:8443,fork,reuseaddr,cert={cert},key={key},verify=0"),
+            &format!("SYSTEM:read line; echo {name}"),
+        ])?;
+        server.wait_listening(8443, std::time::Duration::from_secs(10))?;
+        Ok(server)
+    };
+    let _tls = [
+        tls_marker(&topo.pod("app")?.place, "tls-app")?,
+        tls_marker(&topo.pod("reviews-west")?.place, "tls-canary")?,
+    ];
+    for (name, expect) in [
+        ("a.shop.example", Some("tls-app")),
+        ("b.shop.example", Some("tls-canary")),
+        ("other.example", None),
+    ] {
+        let mut answers = std::collections::BTreeMap::new();
+        for _ in 0..10 {
+            let out = client.place.run_ok(
+                &[
+                    "sh",
+                    "-c",
+                    &format!(
+                        "echo hello | socat -t 5 - OPENSSL:10.96.0.111:443,verify=0,snihost={name}"
+                    ),
+                ],
+                std::time::Duration::from_secs(30),
+            )?;
+            *answers
+                .entry(String::from_utf8_lossy(&out.stdout).trim().to_string())
+                .or_insert(0) += 1;
+        }
+        println!("tls route: 10 connections for {name} answered by {answers:?}");
+        match expect {
+            Some(server) => assert_eq!(answers.get(server), Some(&10), "{answers:?}"),
+            None => assert_eq!(
+                answers.get("tls-app").unwrap_or(&0) + answers.get("tls-canary").unwrap_or(&0),
+                10,
+                "{answers:?}"
+            ),
+        }
+    }
     Ok(())
 }

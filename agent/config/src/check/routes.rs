@@ -32,20 +32,28 @@ fn not_applied_yet(f: &mut Findings, path: &str, h: &net::HttpRoute) {
 }
 
 pub(super) fn virtual_service(f: &mut Findings, namespace: &str, spec: &net::VirtualServiceSpec) {
-    if !spec.tls.is_empty() {
-        f.warn(
-            "spec.tls",
-            "has no effect yet: strait's waypoint carries TLS as TCP, by the tcp routes or to the service's endpoints",
-        );
-    }
-    for (i, route) in spec.tcp.iter().enumerate() {
-        for (j, m) in route.matches.iter().enumerate() {
-            if !m.gateways.is_empty() {
-                f.warn(
-                    &format!("spec.tcp[{i}].match[{j}].gateways"),
-                    "has no effect: the waypoint applies a route's matches inside the mesh",
-                );
-            }
+    let gateways = spec
+        .tcp
+        .iter()
+        .enumerate()
+        .flat_map(|(i, r)| {
+            r.matches
+                .iter()
+                .enumerate()
+                .map(move |(j, m)| ("tcp", i, j, &m.gateways))
+        })
+        .chain(spec.tls.iter().enumerate().flat_map(|(i, r)| {
+            r.matches
+                .iter()
+                .enumerate()
+                .map(move |(j, m)| ("tls", i, j, &m.gateways))
+        }));
+    for (kind, i, j, list) in gateways {
+        if !list.is_empty() {
+            f.warn(
+                &format!("spec.{kind}[{i}].match[{j}].gateways"),
+                "has no effect: the waypoint applies a route's matches inside the mesh",
+            );
         }
     }
     if spec.hosts.is_empty() {

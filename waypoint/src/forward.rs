@@ -33,6 +33,7 @@ use crate::{
     matching::{self, Match},
     metrics::RequestLabels,
     mirror,
+    origination::Tls,
     plan::{
         Edits, Plan, endpoint_of, head_of, port_of, request_authority, subset_labels, targets,
         upstream_request,
@@ -471,6 +472,16 @@ async fn attempts(
 ) -> Outcome {
     let tries = 1 + plan.retries.attempts;
     let version = plan.version(client.version);
+    // The host TLS is originated for (outside the mesh): the request's, as
+    // the endpoint gets it.
+    let host = request_authority(&parts)
+        .map(|a| crate::origination::host_of(&a).to_string())
+        .unwrap_or_default();
+    let tls = plan.tls.map(|settings| Tls {
+        settings,
+        host: &host,
+        origins: &waypoint.origins,
+    });
     let mut tried: Vec<SocketAddr> = Vec::new();
     let mut last = reply(StatusCode::SERVICE_UNAVAILABLE, "UH", None, 0);
     let mut _retry = None;
@@ -524,6 +535,7 @@ async fn attempts(
                     dialer: &waypoint.dialer,
                     origin: waypoint,
                     timeout: waypoint.connect_timeout,
+                    tls,
                 },
                 state,
                 &target,
@@ -563,7 +575,10 @@ async fn attempts(
         };
         waypoint.upstreams.give_back(
             &target,
-            on_behalf.unwrap_or(&waypoint.identity),
+            (
+                on_behalf.unwrap_or(&waypoint.identity),
+                tls.as_ref().map(Tls::name),
+            ),
             sender,
             plan.limits.reuse,
         );

@@ -22,6 +22,7 @@ mod inbound;
 mod matching;
 mod metrics;
 mod mirror;
+mod origination;
 mod plan;
 mod pool;
 mod proxy;
@@ -262,6 +263,7 @@ async fn run(args: Args) -> Result<()> {
         breakers: Default::default(),
         in_flight: Default::default(),
         mirror_slots: Arc::new(tokio::sync::Semaphore::new(mirror::IN_FLIGHT)),
+        origins: Default::default(),
         tracer,
     });
 
@@ -356,6 +358,8 @@ impl reload::Applied for Prune {
                     .any(|g| g.addresses.contains(&addr.ip()))
         };
         self.0.upstreams.retain(known);
+        // The rules' certificate files are read again when next used.
+        self.0.origins.clear();
         self.0.health.retain(known);
         self.0.breakers.retain(|destination| {
             let service = destination.rsplit_once(':').map_or(destination, |(s, _)| s);

@@ -92,6 +92,7 @@ async fn copy(
                 dialer: &waypoint.dialer,
                 origin: waypoint,
                 timeout: waypoint.connect_timeout,
+                tls: None,
             },
             &state,
             target,
@@ -116,7 +117,7 @@ async fn copy(
     let _ = answer.into_body().collect().await;
     waypoint
         .upstreams
-        .give_back(target, &waypoint.identity, lease, limits.reuse);
+        .give_back(target, (&waypoint.identity, None), lease, limits.reuse);
     Ok(())
 }
 

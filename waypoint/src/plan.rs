@@ -9,7 +9,10 @@ use hyper::{
     header::{self, HeaderMap, HeaderValue},
 };
 use strait_balance::outlier::Settings;
-use strait_config::{manifest::networking::ConsistentHash, service::ServiceAt};
+use strait_config::{
+    manifest::networking::{ClientTls, ConsistentHash},
+    service::ServiceAt,
+};
 use strait_route::{Pick, Route as L4Route, Target, service_route};
 use strait_state::Snapshot;
 use strait_telemetry::Reason;
@@ -45,6 +48,8 @@ pub struct Plan<'a> {
     /// The destination's `consistentHash`, and this request's key for it.
     pub hash: Option<&'a ConsistentHash>,
     pub hash_key: Option<String>,
+    /// The destination's TLS origination (outside the mesh).
+    pub tls: Option<&'a ClientTls>,
 }
 
 impl<'a> Plan<'a> {
@@ -100,6 +105,7 @@ impl<'a> Plan<'a> {
             mirrors: Vec::new(),
             hash: None,
             hash_key: None,
+            tls: None,
         }
     }
 
@@ -123,6 +129,7 @@ impl<'a> Plan<'a> {
                 .and_then(|p| p.load_balancer.as_ref())
                 .or_else(|| traffic.and_then(|t| t.load_balancer.as_ref()))
                 .and_then(|lb| lb.consistent_hash.as_ref());
+            self.tls = crate::origination::settings(traffic, self.port);
             self.destination =
                 format!("{}/{}:{}", at.service.namespace, at.service.name, self.port);
         }

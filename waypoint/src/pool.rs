@@ -4,7 +4,8 @@
 //! HBONE tunnel to the endpoint (its CONNECT names the client the waypoint
 //! sends for, so a connection never carries two clients' requests), or
 //! through its network's gateway, or a plain connection to a destination
-//! outside the mesh.
+//! outside the mesh (in TLS when its DestinationRule says so,
+//! [`crate::origination`]).
 use std::{
     collections::HashMap,
     io,
@@ -30,7 +31,10 @@ use tokio::{
 };
 use tracing::debug;
 
-use crate::breaker::{Counters, Kind, Reuse};
+use crate::{
+    breaker::{Counters, Kind, Reuse},
+    origination::Tls,
+};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Request and response bodies as the waypoint passes them on.
@@ -77,7 +81,9 @@ impl Sender {
     }
 }
 
-type Key = (SocketAddr, Version, Identity);
+/// The endpoint, the version spoken, whom for, and the server name TLS is
+/// originated for.
+type Key = (SocketAddr, Version, Identity, Option<String>);
 
 /// A connection kept for reuse.
 struct Pooled {
@@ -151,6 +157,7 @@ impl Upstreams {
             address(target),
             version,
             client.unwrap_or(from.origin.identity()).clone(),
+            from.tls.map(|t| t.name().to_string()),
         );
         if let Some(lease) = self.idle(&key) {
             return Ok(lease);
@@ -223,7 +230,7 @@ impl Upstreams {
             traceparent,
             ..Claims::default()
         };
-        let io = match open(&from, state, target, claims).await {
+        let io = match open(&from, state, target, claims, version).await {
             Ok(io) => io,
             Err(reason) => {
                 if reserved {
@@ -318,7 +325,9 @@ impl Upstreams {
         let mut idle = self.lock();
         let other = idle
             .iter_mut()
-            .filter(|(k, _)| k.0 == key.0 && k.1 == Version::Http1 && k.2 != key.2)
+            .filter(|(k, _)| {
+                k.0 == key.0 && k.1 == Version::Http1 && (k.2 != key.2 || k.3 != key.3)
+            })
             .find_map(|(_, list)| {
                 let at = list.iter().position(|p| p.sender.usable())?;
                 Some(list.swap_remove(at))
@@ -329,7 +338,13 @@ impl Upstreams {
 
     /// Gives back an HTTP/1.1 connection once its exchange is under way:
     /// it is taken again only once ready for the next request.
-    pub fn give_back(&self, target: &Target, client: &Identity, lease: Lease, reuse: Reuse) {
+    pub fn give_back(
+        &self,
+        target: &Target,
+        (client, tls): (&Identity, Option<&str>),
+        lease: Lease,
+        reuse: Reuse,
+    ) {
         // `client`: whom the connection was opened for (the waypoint's own
         // identity when it names no client).
         let pooled = Pooled {
@@ -340,7 +355,12 @@ impl Upstreams {
         };
         if matches!(pooled.sender, Sender::Http1(_)) && pooled.fresh() {
             let mut idle = self.lock();
-            let key = (address(target), Version::Http1, client.clone());
+            let key = (
+                address(target),
+                Version::Http1,
+                client.clone(),
+                tls.map(str::to_string),
+            );
             let list = idle.entry(key).or_default();
             if list.len() < IDLE_PER_ENDPOINT {
                 list.push(pooled);
@@ -350,7 +370,7 @@ impl Upstreams {
 
     /// Closes every connection to addresses `keep` refuses.
     pub fn retain(&self, keep: impl Fn(SocketAddr) -> bool) {
-        self.lock().retain(|(addr, _, _), _| keep(*addr));
+        self.lock().retain(|(addr, _, _, _), _| keep(*addr));
     }
 }
 
@@ -368,6 +388,8 @@ pub struct Dialing<'a, O> {
     pub dialer: &'a Dialer,
     pub origin: &'a O,
     pub timeout: std::time::Duration,
+    /// TLS to originate, should the endpoint be outside the mesh.
+    pub tls: Option<Tls<'a>>,
 }
 
 /// The bytes' way to `target`, with what its CONNECT claims.
@@ -376,6 +398,7 @@ async fn open(
     state: &Snapshot,
     target: &Target,
     claims: Claims<'_>,
+    version: Version,
 ) -> Result<Io, Reason> {
     let (timeout, origin) = (from.timeout, from.origin);
     match target {
@@ -387,7 +410,10 @@ async fn open(
             Upstream::Hbone { tunnel, .. } | Upstream::Remote { tunnel, .. } => {
                 Ok(Io::Tunnel(Box::new(tunnel)))
             }
-            Upstream::Plain(tcp) => Ok(Io::Tcp(tcp)),
+            Upstream::Plain(tcp) => match from.tls {
+                None => Ok(Io::Tcp(tcp)),
+                Some(tls) => originate(tls, tcp, version, timeout).await,
+            },
         },
         Target::Remote(via) => from
             .dialer
@@ -402,10 +428,34 @@ async fn open(
     }
 }
 
-/// An HBONE tunnel or a plain connection.
+/// TLS to an endpoint outside the mesh, as its DestinationRule says; a
+/// rule that cannot be followed sends nothing rather than plain text.
+async fn originate(
+    tls: Tls<'_>,
+    tcp: TcpStream,
+    version: Version,
+    timeout: std::time::Duration,
+) -> Result<Io, Reason> {
+    let origination = tls
+        .origins
+        .of(tls.settings, tls.host, version)
+        .ok_or(Reason::Upstream)?;
+    let connector = tokio_rustls::TlsConnector::from(origination.config);
+    match tokio::time::timeout(timeout, connector.connect(origination.server_name, tcp)).await {
+        Ok(Ok(stream)) => Ok(Io::Tls(Box::new(stream))),
+        Ok(Err(err)) => {
+            debug!(%err, name = tls.name(), "TLS origination: the handshake failed");
+            Err(Reason::Upstream)
+        }
+        Err(_) => Err(Reason::Upstream),
+    }
+}
+
+/// An HBONE tunnel, a plain connection, or TLS originated over one.
 pub enum Io {
     Tunnel(Box<Tunnel>),
     Tcp(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
 impl AsyncRead for Io {
@@ -417,6 +467,7 @@ impl AsyncRead for Io {
         match self.get_mut() {
             Io::Tunnel(t) => Pin::new(t.as_mut()).poll_read(cx, buf),
             Io::Tcp(t) => Pin::new(t).poll_read(cx, buf),
+            Io::Tls(t) => Pin::new(t.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -430,6 +481,7 @@ impl AsyncWrite for Io {
         match self.get_mut() {
             Io::Tunnel(t) => Pin::new(t.as_mut()).poll_write(cx, buf),
             Io::Tcp(t) => Pin::new(t).poll_write(cx, buf),
+            Io::Tls(t) => Pin::new(t.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -437,6 +489,7 @@ impl AsyncWrite for Io {
         match self.get_mut() {
             Io::Tunnel(t) => Pin::new(t.as_mut()).poll_flush(cx),
             Io::Tcp(t) => Pin::new(t).poll_flush(cx),
+            Io::Tls(t) => Pin::new(t.as_mut()).poll_flush(cx),
         }
     }
 
@@ -444,6 +497,7 @@ impl AsyncWrite for Io {
         match self.get_mut() {
             Io::Tunnel(t) => Pin::new(t.as_mut()).poll_shutdown(cx),
             Io::Tcp(t) => Pin::new(t).poll_shutdown(cx),
+            Io::Tls(t) => Pin::new(t.as_mut()).poll_shutdown(cx),
         }
     }
 }

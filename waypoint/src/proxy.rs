@@ -54,6 +54,8 @@ pub struct Waypoint {
     pub mirror_slots: Arc<tokio::sync::Semaphore>,
     /// Request spans, under the trace a request or its connection carries.
     pub tracer: strait_trace::Tracer,
+    /// TLS client configurations for destinations outside the mesh.
+    pub origins: crate::origination::Origins,
 }
 
 impl Waypoint {

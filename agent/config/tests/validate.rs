@@ -186,7 +186,7 @@ spec:
   exportTo: [.]
   subsets: [{name: v1, labels: {version: v1}}]
   trafficPolicy:
-    tls: {mode: SIMPLE}
+    tls: {mode: SIMPLE, credentialName: web-tls}
     loadBalancer:
       consistentHash: {httpCookie: {name: user, ttl: 1h, attributes: [{name: SameSite, value: Strict}]}}
     connectionPool:
@@ -220,7 +220,7 @@ spec:
         .flat_map(|o| o.warnings.iter().map(|w| w.field.clone()))
         .collect();
     for field in [
-        "spec.trafficPolicy.tls",
+        "spec.trafficPolicy.tls.credentialName",
         "spec.trafficPolicy.loadBalancer.consistentHash.httpCookie.attributes",
         "spec.trafficPolicy.connectionPool.tcp.idleTimeout",
         "spec.subjectAltNames",
@@ -234,6 +234,7 @@ spec:
     for field in [
         "spec.exportTo",
         "spec.subsets",
+        "spec.trafficPolicy.tls.mode",
         "spec.trafficPolicy.connectionPool.http.http2MaxRequests",
         "spec.trafficPolicy.loadBalancer.consistentHash.httpCookie.name",
         "spec.trafficPolicy.connectionPool.tcp.maxConnections",

@@ -125,8 +125,29 @@ Server(("::", int(sys.argv[1])), handler).serve_forever()
 /// lowercase), `log` (200, body `marker`, and a line `request <path>
 /// host=<Host>` on its output for each request).
 pub fn http_app(place: &Place, port: u16, behaviour: &str, marker: &str) -> Result<Process> {
+    app(place, port, behaviour, marker, None)
+}
+
+/// [`http_app`] over TLS, with `cert` and `key` (PEM files).
+pub fn https_app(
+    place: &Place,
+    port: u16,
+    behaviour: &str,
+    marker: &str,
+    (cert, key): (&str, &str),
+) -> Result<Process> {
+    app(place, port, behaviour, marker, Some((cert, key)))
+}
+
+fn app(
+    place: &Place,
+    port: u16,
+    behaviour: &str,
+    marker: &str,
+    tls: Option<(&str, &str)>,
+) -> Result<Process> {
     const SCRIPT: &str = r#"
-import http.server, json, socket, sys, time
+import http.server, json, socket, ssl, sys, time
 port, behaviour, marker = int(sys.argv[1]), sys.argv[2], sys.argv[3].encode()
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -162,16 +183,19 @@ class Server(http.server.ThreadingHTTPServer):
     def server_bind(self):
         self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         super().server_bind()
-Server(("::", port), Handler).serve_forever()
+server = Server(("::", port), Handler)
+if len(sys.argv) > 5:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(sys.argv[4], sys.argv[5])
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+server.serve_forever()
 "#;
-    let mut server = place.spawn(&[
-        "python3",
-        "-c",
-        SCRIPT,
-        &port.to_string(),
-        behaviour,
-        marker,
-    ])?;
+    let port_arg = port.to_string();
+    let mut argv = vec!["python3", "-c", SCRIPT, &port_arg, behaviour, marker];
+    if let Some((cert, key)) = tls {
+        argv.extend([cert, key]);
+    }
+    let mut server = place.spawn(&argv)?;
     server.wait_listening(port, Duration::from_secs(10))?;
     Ok(server)
 }
@@ -1383,6 +1407,78 @@ pub fn self_signed(
     }
     place.run_ok(&argv, Duration::from_secs(10))?;
     Ok((cert, key))
+}
+
+/// A CA and a server certificate it signed for DNS name `host`, made with
+/// openssl in `dir`: (CA certificate, server certificate, server key).
+pub fn server_cert(place: &Place, dir: &Path, host: &str) -> Result<(String, String, String)> {
+    let path = |name: &str| dir.join(name).display().to_string();
+    let (ca, ca_key, cert, key, csr, ext) = (
+        path("ca.pem"),
+        path("ca.key"),
+        path(&format!("{host}.pem")),
+        path(&format!("{host}.key")),
+        path(&format!("{host}.csr")),
+        path(&format!("{host}.ext")),
+    );
+    let t = Duration::from_secs(10);
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut argv = vec!["openssl", "req", "-x509"];
+    argv.extend(ec);
+    argv.extend([
+        "-days",
+        "1",
+        "-subj",
+        "/CN=test-ca",
+        "-keyout",
+        &ca_key,
+        "-out",
+        &ca,
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign",
+    ]);
+    place.run_ok(&argv, t)?;
+    let subject = format!("/CN={host}");
+    let mut argv = vec!["openssl", "req"];
+    argv.extend(ec);
+    argv.extend(["-subj", &subject, "-keyout", &key, "-out", &csr]);
+    place.run_ok(&argv, t)?;
+    std::fs::write(
+        &ext,
+        format!(
+            "subjectAltName=DNS:{host}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"
+        ),
+    )?;
+    place.run_ok(
+        &[
+            "openssl",
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &ca,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-out",
+            &cert,
+            "-extfile",
+            &ext,
+        ],
+        t,
+    )?;
+    Ok((ca, cert, key))
 }
 
 /// A client key and certificate for `identity`, signed by the CA whose

@@ -2,7 +2,8 @@
 //! clusters' namespaces) with 003-04's distribute rule beside it, applied
 //! by a waypoint unchanged; a route's rewrite, redirect, direct response,
 //! header operations, mirror and CORS policy, seen by the client and the
-//! servers; an HTTPRoute doing the same; session affinity.
+//! servers; an HTTPRoute doing the same; session affinity; tcp and tls
+//! routes; TLS originated to a destination outside the mesh.
 use strait_e2e::{
     Mesh, Result, http_app, namespace_yaml, require_root, waypoint_yaml, workload_yaml,
 };
@@ -683,5 +684,108 @@ fn an_httproute_and_session_affinity_take_effect() -> Result<()> {
             ),
         }
     }
+    Ok(())
+}
+
+/// TLS origination: a ServiceEntry for a host outside the mesh, bound to
+/// the waypoint, and a DestinationRule with `tls.mode: SIMPLE`. The client
+/// speaks plain HTTP; the waypoint speaks TLS to the origin (python's
+/// http.server behind `ssl`), checking its certificate against the rule's
+/// CA for the request's host, and the wire between them carries no
+/// plaintext. A rule whose CA does not sign the origin's certificate gets
+/// 503 and the origin no request.
+#[test]
+fn tls_is_originated_to_a_destination_outside_the_mesh() -> Result<()> {
+    require_root();
+    let topo = Topology::create(spec())?;
+    let mesh = Mesh::new(&topo)?;
+    let origin = topo.pod("shadow")?;
+    let dir = topo.scratch_dir().join("origin");
+    std::fs::create_dir_all(&dir)?;
+    let (ca, cert, key) = strait_e2e::server_cert(&origin.place, &dir, "api.external.example")?;
+    let other = dir.join("other");
+    std::fs::create_dir_all(&other)?;
+    let (other_ca, _, _) = strait_e2e::server_cert(&origin.place, &other, "api.external.example")?;
+    let entry = |name: &str, host: &str, vip: &str, ca: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: {name}
+  namespace: default
+  labels: {{istio.io/use-waypoint: waypoint}}
+spec:
+  hosts: [{host}]
+  addresses: [{vip}]
+  ports: [{{number: 80, name: http, protocol: HTTP, targetPort: 8443}}]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  endpoints: [{{address: {origin}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: {name}, namespace: default}}
+spec:
+  host: {host}
+  trafficPolicy:
+    tls: {{mode: SIMPLE, caCertificates: {ca}}}
+---
+",
+            origin = origin.ipv4
+        )
+    };
+    mesh.write(
+        "mesh.yaml",
+        &[
+            namespace_yaml("default", true),
+            workload_yaml(topo.pod("client")?, "default", "client", &[]),
+            waypoint_yaml("waypoint", "default", topo.pod("wp")?, &[]),
+            entry("external", "api.external.example", "240.240.0.10", &ca),
+            entry(
+                "mistrusted",
+                "bad.external.example",
+                "240.240.0.11",
+                &other_ca,
+            ),
+        ]
+        .concat(),
+    )?;
+    let _agents = [mesh.start_agent("n1", &[])?, mesh.start_agent("n2", &[])?];
+    let _waypoint = mesh.start_waypoint("wp", "default/waypoint")?;
+    let origin_app = strait_e2e::https_app(&origin.place, 8443, "log", "origin-ok", (&cert, &key))?;
+    let client = topo.pod("client")?;
+    let n1 = topo.node("n1")?;
+    let wire = n1.capture("eth0", &["tcp", "port", "8443"])?;
+    // No DNS here: the entry's address, with its host.
+    let got = get(
+        &client.place,
+        "http://240.240.0.10/hello",
+        &["Host: api.external.example"],
+    )?;
+    let pcap = wire.finish()?;
+    println!(
+        "plain HTTP in, TLS out: {got}; between the waypoint and the origin: {} TLS handshakes, ports {:?}",
+        pcap.tls_handshakes(),
+        pcap.tcp_ports()
+    );
+    assert_eq!(got, "origin-ok [200 ]");
+    assert!(pcap.tls_handshakes() >= 1, "{:?}", pcap.tcp_ports());
+    assert!(
+        !pcap.contains(b"origin-ok") && !pcap.contains(b"/hello"),
+        "plaintext between the waypoint and the origin"
+    );
+    let bad = get(
+        &client.place,
+        "http://240.240.0.11/hello",
+        &["Host: bad.external.example"],
+    )?;
+    println!("with a CA that did not sign the origin's certificate: {bad}");
+    assert!(bad.ends_with("[503 ]"), "{bad}");
+    let log = origin_app.log();
+    assert_eq!(
+        log.matches("request /hello").count(),
+        1,
+        "the origin got only the verified request: {log}"
+    );
     Ok(())
 }

@@ -22,7 +22,7 @@ struct Kind {
 }
 
 /// The settings a traffic policy shares with its port-level settings.
-const POLICY_ACTS: [&str; 24] = [
+const POLICY_ACTS: [&str; 31] = [
     "loadBalancer.simple",
     "loadBalancer.consistentHash.useSourceIp",
     "loadBalancer.localityLbSetting",
@@ -48,12 +48,24 @@ const POLICY_ACTS: [&str; 24] = [
     "loadBalancer.consistentHash.httpCookie.path",
     "loadBalancer.consistentHash.httpCookie.ttl",
     "loadBalancer.consistentHash.httpQueryParameterName",
+    // TLS originated by a waypoint to a destination outside the mesh.
+    "tls.mode",
+    "tls.caCertificates",
+    "tls.clientCertificate",
+    "tls.privateKey",
+    "tls.subjectAltNames",
+    "tls.sni",
+    "tls.insecureSkipVerify",
 ];
 
-const POLICY_REASONS: [(&str, &str); 7] = [
+const POLICY_REASONS: [(&str, &str); 8] = [
     (
-        "tls",
-        "has no effect: the node proxy speaks its own mutual TLS (HBONE) between workloads and originates no other TLS",
+        "tls.credentialName",
+        "has no effect yet: strait's waypoint reads the files caCertificates, clientCertificate and privateKey name, not Secrets",
+    ),
+    (
+        "tls.caCrl",
+        "has no effect yet: strait's waypoint checks no revocation list",
     ),
     ("connectionPool.http.h2UpgradePolicy", L7),
     ("connectionPool.http.maxConcurrentStreams", L7),

@@ -59,6 +59,18 @@ pub enum Command {
         #[command(flatten)]
         source: SourceArgs,
     },
+    /// Shows where a waypoint sends requests, as Istio's clusters: each
+    /// destination (`outbound|port|subset|host`) its bound services and
+    /// their routes reach, the DestinationRule policy it applies there,
+    /// and its endpoints.
+    Clusters {
+        #[arg(default_value = "waypoint")]
+        name: String,
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+        #[command(flatten)]
+        source: SourceArgs,
+    },
     /// Shows what a waypoint applies: for each service bound to it, its
     /// routes in order (its VirtualService, else the Gateway API routes
     /// attached to it), their matches and destinations.
@@ -189,6 +201,20 @@ pub async fn run(command: &Command) -> Result<()> {
             print!("{}", table(&config, namespace.as_deref()));
             Ok(())
         }
+        Command::Clusters {
+            name,
+            namespace,
+            source,
+        } => {
+            let config = load(source).await?;
+            let waypoint = config
+                .waypoints
+                .iter()
+                .find(|w| &w.name == name && &w.namespace == namespace)
+                .ok_or_else(|| anyhow!("no waypoint {namespace}/{name} in the config"))?;
+            print!("{}", clusters(&config, waypoint));
+            Ok(())
+        }
         Command::Routes {
             name,
             namespace,
@@ -226,12 +252,7 @@ async fn load(source: &SourceArgs) -> Result<std::sync::Arc<Config>> {
 /// What the waypoint applies to each service bound to it.
 pub fn routes(config: &Config, waypoint: &Model) -> String {
     let mut out = String::new();
-    let bound = config.services.iter().filter(|s| {
-        config
-            .service_waypoint(s)
-            .is_some_and(|w| w.name == waypoint.name && w.namespace == waypoint.namespace)
-    });
-    for service in bound {
+    for service in bound(config, waypoint) {
         let host = service.hosts.first().cloned().unwrap_or_default();
         // Destination hosts as the waypoint reads them: qualified in the
         // routes' namespace.
@@ -304,6 +325,208 @@ pub fn routes(config: &Config, waypoint: &Model) -> String {
         }
     }
     out
+}
+
+/// The services bound to `waypoint`.
+fn bound<'a>(
+    config: &'a Config,
+    waypoint: &'a Model,
+) -> impl Iterator<Item = &'a strait_config::Service> + 'a {
+    config.services.iter().filter(|s| {
+        config
+            .service_waypoint(s)
+            .is_some_and(|w| w.name == waypoint.name && w.namespace == waypoint.namespace)
+    })
+}
+
+/// Where the waypoint sends requests: each destination of its bound
+/// services' routes (and each bound service itself), with the policy it
+/// applies there and the endpoints.
+pub fn clusters(config: &Config, waypoint: &Model) -> String {
+    // (host, port, subset), ports None for all of the service's.
+    let mut destinations: Vec<(String, Option<u16>, Option<String>)> = Vec::new();
+    let mut add = |d: (String, Option<u16>, Option<String>)| {
+        if !destinations.contains(&d) {
+            destinations.push(d);
+        }
+    };
+    for service in bound(config, waypoint) {
+        add((
+            service.hosts.first().cloned().unwrap_or_default(),
+            None,
+            None,
+        ));
+        let (namespace, http, l4) = match config.virtual_service_for(service) {
+            Some(vs) => (
+                vs.namespace.as_str(),
+                vs.spec.http.clone(),
+                vs.spec
+                    .tcp
+                    .iter()
+                    .flat_map(|r| r.route.iter())
+                    .chain(vs.spec.tls.iter().flat_map(|r| r.route.iter()))
+                    .map(|d| d.destination.clone())
+                    .collect::<Vec<_>>(),
+            ),
+            None => (
+                service.namespace.as_str(),
+                config.gateway_routes(service),
+                Vec::new(),
+            ),
+        };
+        let http = http
+            .iter()
+            .flat_map(|r| r.route.iter().map(|d| d.destination.clone()))
+            .collect::<Vec<_>>();
+        for d in http.into_iter().chain(l4) {
+            add((
+                strait_config::qualify(&d.host, namespace),
+                d.port.and_then(|p| u16::try_from(p.number).ok()),
+                d.subset,
+            ));
+        }
+    }
+    let labels = config
+        .waypoint_instances(waypoint)
+        .next()
+        .map(|w| w.labels.clone())
+        .unwrap_or_default();
+    let mut out = String::new();
+    let _ = writeln!(out, "{:<64} {:<44} POLICY", "CLUSTER", "ENDPOINTS");
+    for (host, port, subset) in destinations {
+        let Some(at) = config.find_service(&host) else {
+            let _ = writeln!(
+                out,
+                "{:<64} {:<44} -",
+                format!(
+                    "outbound|{}||{host}",
+                    port.map(|p| p.to_string()).unwrap_or_default()
+                ),
+                "(no such service)"
+            );
+            continue;
+        };
+        let rule = config.destination_rule(at, &waypoint.namespace, &labels);
+        let subset_labels = subset.as_ref().and_then(|name| {
+            rule.and_then(|r| r.subsets.iter().find(|s| &s.name == name))
+                .map(|s| s.labels.clone())
+        });
+        let ports: Vec<u16> = match port {
+            Some(p) => vec![p],
+            None => at.service.ports.iter().map(|p| p.port).collect(),
+        };
+        for port in ports {
+            let endpoints = match config.backends(at, port) {
+                Ok(strait_config::service::Backends::Endpoints(list)) => list
+                    .iter()
+                    .filter(|e| {
+                        subset_labels.as_ref().is_none_or(|want| {
+                            want.iter()
+                                .all(|(k, v)| e.workload.labels.get(k) == Some(v))
+                        })
+                    })
+                    .map(|e| format!("{}({})", e.addr, e.workload.name))
+                    .collect::<Vec<_>>(),
+                Ok(strait_config::service::Backends::Dns { hosts, port }) => {
+                    hosts.iter().map(|h| format!("{h}:{port}(dns)")).collect()
+                }
+                Ok(strait_config::service::Backends::Original) => {
+                    vec!["(the address dialled)".into()]
+                }
+                Err(_) => Vec::new(),
+            };
+            let endpoints = if endpoints.is_empty() {
+                "-".to_string()
+            } else {
+                endpoints.join(",")
+            };
+            let name = format!(
+                "outbound|{port}|{}|{host}",
+                subset.as_deref().unwrap_or_default()
+            );
+            if subset.is_some() && subset_labels.is_none() {
+                let _ = writeln!(
+                    out,
+                    "{name:<64} {:<44} no such subset in the DestinationRule",
+                    "-"
+                );
+                continue;
+            }
+            let _ = writeln!(out, "{name:<64} {endpoints:<44} {}", policy(rule, port));
+        }
+    }
+    out
+}
+
+/// A DestinationRule's policy for `port`, in a few words.
+fn policy(
+    rule: Option<&strait_config::manifest::networking::DestinationRuleSpec>,
+    port: u16,
+) -> String {
+    let Some(traffic) = rule.and_then(|r| r.traffic_policy.as_ref()) else {
+        return "-".into();
+    };
+    let level = traffic
+        .port_level_settings
+        .iter()
+        .find(|p| p.port.as_ref().is_some_and(|s| s.number == u32::from(port)));
+    let mut said = Vec::new();
+    let lb = level
+        .and_then(|p| p.load_balancer.as_ref())
+        .or(traffic.load_balancer.as_ref());
+    if let Some(lb) = lb {
+        if let Some(simple) = &lb.simple {
+            said.push(format!("lb {simple}"));
+        }
+        if let Some(hash) = &lb.consistent_hash {
+            let on = if let Some(h) = &hash.http_header_name {
+                format!("header {h}")
+            } else if let Some(c) = &hash.http_cookie {
+                format!("cookie {}", c.name)
+            } else if let Some(q) = &hash.http_query_parameter_name {
+                format!("query {q}")
+            } else {
+                "source ip".into()
+            };
+            said.push(format!("hash on {on}"));
+        }
+    }
+    let pool = level
+        .and_then(|p| p.connection_pool.as_ref())
+        .or(traffic.connection_pool.as_ref());
+    if let Some(pool) = pool {
+        if let Some(n) = pool.tcp.as_ref().and_then(|t| t.max_connections) {
+            said.push(format!("maxConnections {n}"));
+        }
+        if let Some(http) = &pool.http {
+            if let Some(n) = http.http1_max_pending_requests {
+                said.push(format!("http1MaxPendingRequests {n}"));
+            }
+            if let Some(n) = http.http2_max_requests {
+                said.push(format!("http2MaxRequests {n}"));
+            }
+        }
+    }
+    let outlier = level
+        .and_then(|p| p.outlier_detection.as_ref())
+        .or(traffic.outlier_detection.as_ref());
+    if let Some(o) = outlier {
+        if let Some(n) = o.consecutive_5xx_errors {
+            said.push(format!("eject after {n} 5xx"));
+        }
+        if let Some(n) = o.consecutive_gateway_errors {
+            said.push(format!("eject after {n} gateway errors"));
+        }
+    }
+    let tls = level.and_then(|p| p.tls.as_ref()).or(traffic.tls.as_ref());
+    if let Some(mode) = tls.and_then(|t| t.mode.as_deref()) {
+        said.push(format!("tls {mode}"));
+    }
+    if said.is_empty() {
+        "-".into()
+    } else {
+        said.join("; ")
+    }
 }
 
 fn describe_match(m: &strait_config::manifest::networking::HttpMatch) -> String {

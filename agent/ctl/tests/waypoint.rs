@@ -1,6 +1,6 @@
 //! `straitctl waypoint` on a config directory: generate, apply (a file of
-//! its own), list (instances and what is bound), delete; and what it
-//! refuses.
+//! its own), list (instances and what is bound), routes, clusters, delete;
+//! and what it refuses.
 use std::{path::PathBuf, process::Command};
 
 /// A scratch directory, removed even when the test fails.
@@ -39,6 +39,37 @@ spec:
     - {destination: {host: reviews, subset: v2}, weight: 20}
 ";
 
+const CLUSTERS: &str = "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: shop}
+spec:
+  host: reviews
+  trafficPolicy:
+    connectionPool: {http: {http2MaxRequests: 10}}
+    outlierDetection: {consecutive5xxErrors: 3}
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: reviews-v1
+  namespace: shop
+  labels: {app: reviews, version: v1}
+spec: {nodeName: n1}
+status: {phase: Running, podIP: 10.1.0.11}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: reviews-v2
+  namespace: shop
+  labels: {app: reviews, version: v2}
+spec: {nodeName: n1}
+status: {phase: Running, podIP: 10.1.0.12}
+";
+
 const MESH: &str = "apiVersion: v1
 kind: Namespace
 metadata:
@@ -50,6 +81,7 @@ kind: Service
 metadata: {name: reviews, namespace: shop}
 spec:
   clusterIP: 10.96.0.10
+  selector: {app: reviews}
   ports: [{port: 9080}]
 ---
 apiVersion: v1
@@ -144,6 +176,41 @@ fn a_waypoint_is_generated_applied_listed_and_deleted() {
         "{shown}"
     );
     assert!(shown.contains("2. split: every request -> reviews.shop.svc.cluster.local subset v1 (80), reviews.shop.svc.cluster.local subset v2 (20)"), "{shown}");
+
+    // Where it sends them: each destination, its policy and endpoints.
+    std::fs::write(scratch.0.join("clusters.yaml"), CLUSTERS).unwrap();
+    let (ok, shown, err) = straitctl(&[
+        "waypoint",
+        "clusters",
+        "reviews-wp",
+        "-n",
+        "shop",
+        "--config-dir",
+        d,
+    ]);
+    assert!(ok, "{err}");
+    println!("{shown}");
+    let line = |cluster: &str| {
+        shown
+            .lines()
+            .find(|l| l.starts_with(&format!("{cluster} ")))
+            .unwrap_or_else(|| panic!("no {cluster}: {shown}"))
+            .to_string()
+    };
+    let all = line("outbound|9080||reviews.shop.svc.cluster.local");
+    assert!(
+        all.contains("10.1.0.11:9080(reviews-v1)") && all.contains("10.1.0.12:9080(reviews-v2)"),
+        "{all}"
+    );
+    assert!(
+        all.contains("http2MaxRequests 10; eject after 3 5xx"),
+        "{all}"
+    );
+    let v2 = line("outbound|9080|v2|reviews.shop.svc.cluster.local");
+    assert!(
+        v2.contains("10.1.0.12:9080(reviews-v2)") && !v2.contains("reviews-v1"),
+        "{v2}"
+    );
 
     // A cluster-only flag, and a bad name, are refused with the reason.
     let (ok, _, err) = straitctl(&[

@@ -66,7 +66,12 @@ async fn handle(waypoint: Arc<Waypoint>, tcp: TcpStream, peer: SocketAddr) {
             let waypoint = waypoint.clone();
             move |connect: Connect| on_connect(waypoint.clone(), connect)
         };
-        let limits = strait_hbone::Limits::default();
+        // Many small requests share each connection: their writes are
+        // gathered into fewer TLS records and syscalls.
+        let limits = strait_hbone::Limits {
+            coalesce_writes: true,
+            ..strait_hbone::Limits::default()
+        };
         let admission = (&waypoint.admission, false);
         match strait_hbone::serve(tcp, peer, tls, limits, admission, handler).await {
             Ok(()) => {}

@@ -12,6 +12,7 @@
 //! retries and times out, [`pool`] keeps the connections to endpoints,
 //! [`tcp`] carries what is not HTTP (TLS by its server name, [`sni`]),
 //! [`metrics`] counts requests.
+mod access;
 mod actions;
 mod affinity;
 mod breaker;
@@ -50,6 +51,9 @@ use tokio::net::TcpListener;
 use tracing::info;
 
 use crate::proxy::Waypoint;
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser, Debug)]
 #[command(version, about)]
@@ -115,6 +119,7 @@ fn main() -> Result<()> {
     // a request never waits on stdout (at most 128k lines wait; past that
     // lines are dropped, not memory spent). Flushed when main returns.
     let (log, _flush) = tracing_appender::non_blocking(std::io::stdout());
+    let access = access::AccessLog::new(log.clone());
     tracing_subscriber::fmt()
         .with_writer(log)
         .json()
@@ -129,10 +134,10 @@ fn main() -> Result<()> {
         .enable_all()
         .build()
         .context("starting the tokio runtime")?
-        .block_on(run(args))
+        .block_on(run(args, access))
 }
 
-async fn run(args: Args) -> Result<()> {
+async fn run(args: Args, access: access::AccessLog) -> Result<()> {
     let (namespace, name) = args
         .gateway
         .split_once('/')
@@ -248,7 +253,7 @@ async fn run(args: Args) -> Result<()> {
         instance,
         tls,
         dialer: strait_upstream::Dialer {
-            pool: strait_hbone::Pool::new(),
+            pool: strait_hbone::Pool::coalescing(),
             clients: ClientConfigs::new(certs.clone()),
             certs,
         },
@@ -264,6 +269,7 @@ async fn run(args: Args) -> Result<()> {
         in_flight: Default::default(),
         mirror_slots: Arc::new(tokio::sync::Semaphore::new(mirror::IN_FLIGHT)),
         origins: Default::default(),
+        access,
         tracer,
     });
 

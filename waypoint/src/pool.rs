@@ -485,6 +485,26 @@ impl AsyncWrite for Io {
         }
     }
 
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Io::Tunnel(t) => Pin::new(t.as_mut()).poll_write_vectored(cx, bufs),
+            Io::Tcp(t) => Pin::new(t).poll_write_vectored(cx, bufs),
+            Io::Tls(t) => Pin::new(t.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Io::Tunnel(t) => t.is_write_vectored(),
+            Io::Tcp(t) => t.is_write_vectored(),
+            Io::Tls(t) => t.is_write_vectored(),
+        }
+    }
+
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Io::Tunnel(t) => Pin::new(t.as_mut()).poll_flush(cx),

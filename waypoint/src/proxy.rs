@@ -56,6 +56,8 @@ pub struct Waypoint {
     pub tracer: strait_trace::Tracer,
     /// TLS client configurations for destinations outside the mesh.
     pub origins: crate::origination::Origins,
+    /// One line per request.
+    pub access: crate::access::AccessLog,
 }
 
 impl Waypoint {

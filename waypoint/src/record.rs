@@ -19,7 +19,6 @@ use hyper::{
     header::HeaderMap,
 };
 use strait_trace::Span;
-use tracing::info;
 
 use crate::{
     metrics::RequestLabels,
@@ -77,27 +76,27 @@ impl Record {
             }
         }
         let log = &self.log;
-        info!(
-            target: "access",
-            reporter = "waypoint",
-            src = %log.src,
-            src_identity = %labels.source_principal,
-            method = %log.method,
-            path = log.path,
-            authority = %log.authority,
-            dst = %labels.destination_workload,
-            dst_identity = %labels.destination_principal,
-            status = labels.response_code,
-            grpc_status = labels.grpc_response_status,
-            flags = labels.response_flags,
-            route = log.route.as_deref().unwrap_or("-"),
-            attempts = self.attempts,
-            bytes_received = received,
-            bytes_sent = sent,
-            duration_ms = millis as u64,
-            trace_id = trace_id.as_deref().unwrap_or("-"),
-            "request"
-        );
+        let (src, authority) = (log.src.to_string(), log.authority.to_string());
+        use crate::access::Value::{Number, Text};
+        self.waypoint.access.write(&[
+            ("reporter", Text("waypoint")),
+            ("src", Text(&src)),
+            ("src_identity", Text(&labels.source_principal)),
+            ("method", Text(log.method.as_str())),
+            ("path", Text(&log.path)),
+            ("authority", Text(&authority)),
+            ("dst", Text(&labels.destination_workload)),
+            ("dst_identity", Text(&labels.destination_principal)),
+            ("status", Number(u64::from(labels.response_code))),
+            ("grpc_status", Text(&labels.grpc_response_status)),
+            ("flags", Text(labels.response_flags)),
+            ("route", Text(log.route.as_deref().unwrap_or("-"))),
+            ("attempts", Number(u64::from(self.attempts))),
+            ("bytes_received", Number(received)),
+            ("bytes_sent", Number(sent)),
+            ("duration_ms", Number(millis as u64)),
+            ("trace_id", Text(trace_id.as_deref().unwrap_or("-"))),
+        ]);
     }
 }
 

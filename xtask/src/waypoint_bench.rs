@@ -23,6 +23,8 @@ use crate::{
 };
 
 const SECONDS: u32 = 5;
+/// Turns of the waypoint and Envoy in the mesh.
+const ROUNDS: u32 = 3;
 const ORIGIN_PORT: u16 = 8080;
 const ENVOY_PORT: u16 = 10000;
 const PLAIN_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 60);
@@ -268,26 +270,41 @@ pub fn run(bin: &Path) -> Result<()> {
         &agent_refs,
     )?;
 
-    section("strait waypoint (the VirtualService's header match, 80/20 split, retries)");
+    // The two L7 proxies in the mesh, measured in turns: the machine's
+    // load drifts over a run, and turns put both under the same drift.
     let waypoint = mesh
         .start_waypoint_with("wp", "bench/waypoint", &[])
         .map_err(anyhow::Error::from_boxed)?;
-    // Its access log goes where every process's output goes, as in a pod.
-    let mut mesh_procs = agent_refs.clone();
-    mesh_procs.push(&waypoint);
-    let through_waypoint = path(
-        client,
-        &format!("http://{ROUTED_VIP}/"),
-        &scratch,
-        Some(&waypoint),
-        &mesh_procs,
-    )?;
-
-    section("Envoy 1.40 in the mesh (its pod enrolled: mTLS HBONE in and out)");
     let envoy = start_envoy()?;
-    let mut mesh_procs = agent_refs.clone();
-    mesh_procs.push(&envoy);
-    let envoy_mesh = path(client, &via_envoy, &scratch, Some(&envoy), &mesh_procs)?;
+    // Its access log goes where every process's output goes, as in a pod.
+    let mut waypoint_procs = agent_refs.clone();
+    waypoint_procs.push(&waypoint);
+    let mut envoy_procs = agent_refs.clone();
+    envoy_procs.push(&envoy);
+    let (mut through_waypoint, mut envoy_mesh) = (Vec::new(), Vec::new());
+    for round in 1..=ROUNDS {
+        section(&format!(
+            "strait waypoint (the VirtualService's header match, 80/20 split, retries), round {round} of {ROUNDS}"
+        ));
+        through_waypoint.push(path(
+            client,
+            &format!("http://{ROUTED_VIP}/"),
+            &scratch,
+            Some(&waypoint),
+            &waypoint_procs,
+        )?);
+        section(&format!(
+            "Envoy 1.40 in the mesh (its pod enrolled: mTLS HBONE in and out), round {round} of {ROUNDS}"
+        ));
+        envoy_mesh.push(path(
+            client,
+            &via_envoy,
+            &scratch,
+            Some(&envoy),
+            &envoy_procs,
+        )?);
+    }
+    let (through_waypoint, envoy_mesh) = (rounds(&through_waypoint), rounds(&envoy_mesh));
 
     print_table(&[
         ("direct", direct),
@@ -298,6 +315,31 @@ pub fn run(bin: &Path) -> Result<()> {
     ]);
     drop(origins);
     Ok(())
+}
+
+/// Rounds in one figure: medians of rates and latencies, CPU and requests
+/// added up (so CPU per request is over all of them), the peak RSS.
+fn rounds(all: &[Figures]) -> Figures {
+    let median = |pick: &dyn Fn(&Figures) -> f64| {
+        let mut v: Vec<f64> = all.iter().map(pick).collect();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or_default()
+    };
+    let sum = |pick: &dyn Fn(&Figures) -> f64| all.iter().map(pick).sum::<f64>();
+    let load = |of: &dyn Fn(&Figures) -> Load| Load {
+        per_second: median(&|f| of(f).per_second),
+        p50_ms: median(&|f| of(f).p50_ms),
+        p99_ms: median(&|f| of(f).p99_ms),
+        requests: sum(&|f| of(f).requests),
+        failed: sum(&|f| of(f).failed),
+        proxy_cpu: sum(&|f| of(f).proxy_cpu),
+        mesh_cpu: sum(&|f| of(f).mesh_cpu),
+    };
+    Figures {
+        h1: load(&|f| f.h1),
+        h2: load(&|f| f.h2),
+        proxy_rss_mib: all.iter().map(|f| f.proxy_rss_mib).fold(0.0, f64::max),
+    }
 }
 
 /// wrk, then h2load, against `url`; `proxy` is the L7 proxy whose CPU and

@@ -58,6 +58,9 @@ struct Pooled {
 pub struct Pool {
     connections: Mutex<HashMap<PoolKey, Vec<Pooled>>>,
     max_per_key: usize,
+    /// Whether its connections' flushes are put off once to gather other
+    /// streams' frames ([`crate::coalesce`]).
+    coalesce: bool,
 }
 
 impl Default for Pool {
@@ -65,6 +68,7 @@ impl Default for Pool {
         Self {
             connections: Mutex::new(HashMap::new()),
             max_per_key: std::thread::available_parallelism().map_or(1, usize::from),
+            coalesce: false,
         }
     }
 }
@@ -72,6 +76,15 @@ impl Default for Pool {
 impl Pool {
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
+    }
+
+    /// A pool whose connections gather their streams' writes (the
+    /// waypoint's: many small requests on each).
+    pub fn coalescing() -> Arc<Self> {
+        Arc::new(Self {
+            coalesce: true,
+            ..Self::default()
+        })
     }
 
     /// Opens a tunnel to `authority` through the HBONE peer of `key`,
@@ -133,7 +146,7 @@ impl Pool {
             source,
         })?;
         let _ = tcp.set_nodelay(true);
-        let (sender, closed, _) = handshake(key.addr, tls, tcp).await?;
+        let (sender, closed, _) = handshake(key.addr, tls, tcp, self.coalesce).await?;
         let active = Arc::new(AtomicUsize::new(0));
         self.lock().entry(key.clone()).or_default().push(Pooled {
             sender: sender.clone(),
@@ -230,7 +243,7 @@ pub async fn connect_over<T>(
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (sender, _closed, peer) = handshake(addr, tls, io).await?;
+    let (sender, _closed, peer) = handshake(addr, tls, io, false).await?;
     let tunnel = open_stream(
         sender,
         addr,
@@ -276,6 +289,7 @@ async fn handshake<T>(
     addr: SocketAddr,
     tls: Arc<ClientConfig>,
     io: T,
+    coalesce: bool,
 ) -> Result<(Sender, Arc<AtomicBool>, Identity), Error>
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -302,7 +316,7 @@ where
         .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(MAX_FRAME)
-        .handshake::<_, Bytes>(stream)
+        .handshake::<_, Bytes>(crate::coalesce::Coalesce::new(stream, coalesce))
         .await
         .map_err(|source| Error::H2 { addr, source })?;
     let closed = Arc::new(AtomicBool::new(false));

@@ -4,6 +4,7 @@
 //! (source identity, destination identity, destination address).
 mod authority;
 pub mod client;
+mod coalesce;
 pub mod server;
 mod source;
 mod tunnel;

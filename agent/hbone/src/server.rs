@@ -114,6 +114,9 @@ pub struct Limits {
     pub max_header_list_size: u32,
     /// A connection with no open stream this long is closed.
     pub idle_timeout: Duration,
+    /// Whether a connection's flushes are put off once to gather other
+    /// streams' frames ([`crate::coalesce`]): for the waypoint.
+    pub coalesce_writes: bool,
 }
 
 impl Default for Limits {
@@ -130,6 +133,7 @@ impl Default for Limits {
             streams_per_identity: 1024,
             max_header_list_size: 16 << 10,
             idle_timeout: Duration::from_secs(300),
+            coalesce_writes: false,
         }
     }
 }
@@ -269,7 +273,10 @@ where
         .max_frame_size(MAX_FRAME)
         .max_concurrent_streams(limits.streams_per_connection)
         .max_header_list_size(limits.max_header_list_size)
-        .handshake::<_, Bytes>(stream)
+        .handshake::<_, Bytes>(crate::coalesce::Coalesce::new(
+            stream,
+            limits.coalesce_writes,
+        ))
         .await
         .map_err(h2_err)?;
     let open = Arc::new(AtomicUsize::new(0));

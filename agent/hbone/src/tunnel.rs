@@ -217,6 +217,53 @@ impl AsyncWrite for Tunnel {
         }
     }
 
+    /// The slices go out as one DATA frame: an HTTP/2 or HTTP/1.1 codec
+    /// running over the tunnel writes a frame's head and its payload apart,
+    /// which would otherwise be a frame (and a TLS record) each.
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        if total == 0 {
+            return Poll::Ready(Ok(0));
+        }
+        self.send.reserve_capacity(total);
+        loop {
+            match ready!(self.send.poll_capacity(cx)) {
+                Some(Ok(0)) => continue,
+                Some(Ok(n)) => {
+                    let n = n.min(total);
+                    let mut data = Vec::with_capacity(n);
+                    for buf in bufs {
+                        let room = n - data.len();
+                        if room == 0 {
+                            break;
+                        }
+                        data.extend_from_slice(&buf[..buf.len().min(room)]);
+                    }
+                    self.send
+                        .send_data(Bytes::from(data), false)
+                        .map_err(h2_io)?;
+                    return Poll::Ready(Ok(n));
+                }
+                Some(Err(err)) => return Poll::Ready(Err(h2_io(err))),
+                None => {
+                    let reason = ready!(self.send.poll_reset(cx)).map_err(h2_io)?;
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::BrokenPipe,
+                        format!("the peer reset the stream: {reason}"),
+                    )));
+                }
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
     }

@@ -511,11 +511,30 @@ async fn attempts(
                 warn!(endpoint = %addr, "endpoint set aside");
             }
         };
-        // Another endpoint than those tried, when there is one.
+        // Another endpoint than those tried, when there is one; a retry
+        // stays in the first try's locality unless the route lets it roam
+        // (`retryRemoteLocalities`).
+        let locality_of = |t: &Target| {
+            state
+                .config
+                .workload_by_address(endpoint_of(t).ip())
+                .map(|w| &w.locality)
+        };
+        let first = tried.first().and_then(|addr| {
+            state
+                .config
+                .workload_by_address(addr.ip())
+                .map(|w| &w.locality)
+        });
+        let allowed = |t: &&Target| {
+            tried.is_empty() || plan.retries.remote_localities || locality_of(t) == first
+        };
         let Some(target) = endpoints
             .targets
             .iter()
+            .filter(allowed)
             .find(|t| !tried.contains(&endpoint_of(t)))
+            .or_else(|| endpoints.targets.iter().find(allowed))
             .or(endpoints.targets.first())
             .cloned()
         else {

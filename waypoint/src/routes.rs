@@ -166,6 +166,9 @@ pub struct Retries {
     pub attempts: u32,
     pub per_try_timeout: Option<Duration>,
     pub on: RetryOn,
+    /// `retryRemoteLocalities`: whether a retry may go to an endpoint in
+    /// another locality than the first try's (Istio's default: not).
+    pub remote_localities: bool,
 }
 
 /// What is retried (`retryOn`).
@@ -197,6 +200,7 @@ impl Retries {
                 statuses: vec![503],
                 ..RetryOn::default()
             },
+            remote_localities: false,
         }
     }
 
@@ -247,6 +251,7 @@ impl Retries {
                 .as_deref()
                 .and_then(|t| strait_config::duration::parse(t).ok()),
             on,
+            remote_localities: r.retry_remote_localities.unwrap_or(false),
         }
     }
 }

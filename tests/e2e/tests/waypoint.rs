@@ -171,10 +171,10 @@ fn a_labelled_service_is_routed_by_its_waypoint() -> Result<()> {
     );
     assert_eq!((v1, v2), (0, 50));
 
-    // The 80/20 split, over 4000 requests: within two points of 80.
+    // The 80/20 split, over 10,000 requests: within two points of 80.
     let started = Instant::now();
-    let (v1, v2) = split(&client.place, 4000, &[])?;
-    let share = f64::from(v1) * 100.0 / 4000.0;
+    let (v1, v2) = split(&client.place, 10_000, &[])?;
+    let share = f64::from(v1) * 100.0 / 10_000.0;
     println!(
         "split: v1 {v1}, v2 {v2}: {share:.1}% to v1 ({:.1} s)",
         started.elapsed().as_secs_f64()
@@ -183,7 +183,7 @@ fn a_labelled_service_is_routed_by_its_waypoint() -> Result<()> {
 
     // The waypoint counted every request, by route outcome.
     let metrics = stats("/metrics")?;
-    assert_eq!(waypoint_requests(&metrics), 4050, "{metrics}");
+    assert_eq!(waypoint_requests(&metrics), 10_050, "{metrics}");
     let v2_ok = metric_sum(
         &metrics,
         "istio_requests_total",

@@ -2,7 +2,8 @@
 //! retries hide an endpoint that fails every request (`attempts: 3`,
 //! `retryOn: 5xx`) but a body over the replay bound is never sent twice;
 //! fault injection delays and aborts its share of requests; a route's
-//! timeout and per-try timeout answer 504.
+//! timeout and per-try timeout answer 504; retries stay in their locality
+//! unless `retryRemoteLocalities` lets them roam.
 use std::time::{Duration, Instant};
 
 use strait_e2e::{
@@ -604,5 +605,88 @@ fn hostile_clients_leave_the_others_served() -> Result<()> {
         flood_rss.0 < before.0 + 96 * 1024,
         "the waypoint grew by 96 MiB or more under the stream flood"
     );
+    Ok(())
+}
+
+/// `retryRemoteLocalities`: the endpoint in the waypoint's own zone fails
+/// every request, the one in the other zone answers. Retries stay in the
+/// first try's locality by default (Istio's), so they cannot hide it; a
+/// route that lets them roam is answered from the other zone.
+#[test]
+fn retries_stay_in_their_locality_unless_told_to_roam() -> Result<()> {
+    require_root();
+    let topo = Topology::create(
+        Spec::new()
+            .node("n1", "c1", "net1", Locality::new("r1", "z1", ""))
+            .node("n2", "c1", "net1", Locality::new("r1", "z2", ""))
+            .pod("client", "n1")
+            .pod("wp", "n1")
+            .pod("near", "n1")
+            .pod("far", "n2"),
+    )?;
+    let mesh = Mesh::new(&topo)?;
+    let route = |name: &str, roam: bool| {
+        format!(
+            "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: {name}, namespace: shop}}
+spec:
+  hosts: [{name}]
+  http:
+  - route: [{{destination: {{host: {name}}}}}]
+    retries: {{attempts: 2, retryOn: 5xx, retryRemoteLocalities: {roam}}}
+---
+"
+        )
+    };
+    mesh.write(
+        "mesh.yaml",
+        &[
+            // The nodes' zones, as their labels say them.
+            strait_e2e::node_yaml("n1", "r1", "z1"),
+            strait_e2e::node_yaml("n2", "r1", "z2"),
+            namespace_yaml("shop", true),
+            workload_yaml(topo.pod("client")?, "shop", "client", &[]),
+            workload_yaml(topo.pod("near")?, "shop", "near", &[("zoned", "yes")]),
+            workload_yaml(topo.pod("far")?, "shop", "far", &[("zoned", "yes")]),
+            waypoint_yaml("waypoint", "shop", topo.pod("wp")?, &[]),
+            service("stay", "10.96.0.94", "zoned"),
+            service("roam", "10.96.0.95", "zoned"),
+            route("stay", false),
+            route("roam", true),
+        ]
+        .concat(),
+    )?;
+    let _agents = [mesh.start_agent("n1", &[])?, mesh.start_agent("n2", &[])?];
+    let _waypoint = mesh.start_waypoint("wp", "shop/waypoint")?;
+    let _apps = [
+        http_app(topo.pod("near")?, 8080, "fail", "")?,
+        http_app(topo.pod("far")?, 8080, "ok", "from-far")?,
+    ];
+    let client = topo.pod("client")?;
+    let codes = |vip: &str| -> Result<std::collections::BTreeMap<String, usize>> {
+        let out = client.place.run_ok(
+            &[
+                "curl",
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}\\n",
+                &format!("http://{vip}:9080/r/[1-20]"),
+            ],
+            Duration::from_secs(60),
+        )?;
+        let mut counts = std::collections::BTreeMap::new();
+        for code in String::from_utf8_lossy(&out.stdout).lines() {
+            *counts.entry(code.to_string()).or_insert(0) += 1;
+        }
+        Ok(counts)
+    };
+    let stay = codes("10.96.0.94")?;
+    let roam = codes("10.96.0.95")?;
+    println!("20 requests, retries kept in zone z1: {stay:?}; allowed to roam: {roam:?}");
+    assert_eq!(stay.get("503"), Some(&20), "{stay:?}");
+    assert_eq!(roam.get("200"), Some(&20), "{roam:?}");
     Ok(())
 }

@@ -21,13 +21,8 @@ fn not_applied_yet(f: &mut Findings, path: &str, h: &net::HttpRoute) {
             f.warn(&format!("{path}.match[{j}].scheme"), NOT_YET);
         }
     }
-    if let Some(r) = &h.retries {
-        if r.retry_remote_localities.is_some() {
-            f.warn(&format!("{path}.retries.retryRemoteLocalities"), NOT_YET);
-        }
-        if r.backoff.is_some() {
-            f.warn(&format!("{path}.retries.backoff"), NOT_YET);
-        }
+    if h.retries.as_ref().is_some_and(|r| r.backoff.is_some()) {
+        f.warn(&format!("{path}.retries.backoff"), NOT_YET);
     }
 }
 

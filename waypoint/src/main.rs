@@ -296,19 +296,16 @@ async fn run(args: Args, access: access::AccessLog) -> Result<()> {
         })
     };
     let ready = Arc::new(AtomicBool::new(false));
-    let mut stats = Vec::new();
-    for addr in &args.stats_addr {
-        let listener = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding metrics and readiness on {addr}"))?;
+    let stats = {
         let metrics = metrics.clone();
-        stats.push(strait_http::serve_stats(
-            listener,
+        strait_http::bind_stats(
+            &args.stats_addr,
             "waypoint stats",
             Arc::new(move || metrics.encode()),
             ready.clone(),
-        ));
-    }
+        )
+        .await?
+    };
     let bound: Vec<String> = listeners
         .iter()
         .filter_map(|l| l.local_addr().ok())

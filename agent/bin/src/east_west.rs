@@ -403,20 +403,17 @@ pub async fn run(
         listeners
     };
     let ready = Arc::new(AtomicBool::new(false));
-    let mut admin = Vec::new();
-    for addr in admin_addrs {
+    let admin = {
         let metrics = gateway.metrics.clone();
-        let encode = Arc::new(move || metrics.encode());
-        let listener = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding the gateway's metrics and readiness on {addr}"))?;
-        admin.push(strait_http::serve_stats(
-            listener,
+        strait_http::bind_stats(
+            admin_addrs,
             "gateway admin",
-            encode,
+            Arc::new(move || metrics.encode()),
             ready.clone(),
-        ));
-    }
+        )
+        .await
+        .context("the gateway's admin listeners")?
+    };
     let bound: Vec<String> = listeners
         .iter()
         .filter_map(|l| l.local_addr().ok())

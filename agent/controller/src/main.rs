@@ -20,7 +20,6 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use clap::Parser;
-use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 use crate::{reconcile::Context, settings::Settings};
@@ -76,19 +75,16 @@ async fn run(args: Args, settings: Settings) -> Result<()> {
         .with_context(|| format!("the API server ({access})"))?;
     let metrics = Arc::new(metrics::Metrics::new());
     let ready = Arc::new(AtomicBool::new(false));
-    let mut stats = Vec::new();
-    for addr in &args.stats_addr {
-        let listener = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding metrics and readiness on {addr}"))?;
+    let stats = {
         let metrics = metrics.clone();
-        stats.push(strait_http::serve_stats(
-            listener,
+        strait_http::bind_stats(
+            &args.stats_addr,
             "controller stats",
             Arc::new(move || metrics.encode()),
             ready.clone(),
-        ));
-    }
+        )
+        .await?
+    };
     // Not ready until the Gateway API is served: the pod's readiness says
     // what is missing.
     let gateway = &strait_kube::KINDS[4];

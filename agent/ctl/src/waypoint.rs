@@ -207,12 +207,7 @@ pub async fn run(command: &Command) -> Result<()> {
             source,
         } => {
             let config = load(source).await?;
-            let waypoint = config
-                .waypoints
-                .iter()
-                .find(|w| &w.name == name && &w.namespace == namespace)
-                .ok_or_else(|| anyhow!("no waypoint {namespace}/{name} in the config"))?;
-            print!("{}", clusters(&config, waypoint));
+            print!("{}", clusters(&config, find(&config, namespace, name)?));
             Ok(())
         }
         Command::Routes {
@@ -221,12 +216,7 @@ pub async fn run(command: &Command) -> Result<()> {
             source,
         } => {
             let config = load(source).await?;
-            let waypoint = config
-                .waypoints
-                .iter()
-                .find(|w| &w.name == name && &w.namespace == namespace)
-                .ok_or_else(|| anyhow!("no waypoint {namespace}/{name} in the config"))?;
-            print!("{}", routes(&config, waypoint));
+            print!("{}", routes(&config, find(&config, namespace, name)?));
             Ok(())
         }
     }
@@ -325,6 +315,15 @@ pub fn routes(config: &Config, waypoint: &Model) -> String {
         }
     }
     out
+}
+
+/// Waypoint `namespace/name` of the config.
+fn find<'a>(config: &'a Config, namespace: &str, name: &str) -> Result<&'a Model> {
+    config
+        .waypoints
+        .iter()
+        .find(|w| w.name == name && w.namespace == namespace)
+        .ok_or_else(|| anyhow!("no waypoint {namespace}/{name} in the config"))
 }
 
 /// The services bound to `waypoint`.

@@ -186,35 +186,11 @@ impl AsyncRead for Tunnel {
 
 impl AsyncWrite for Tunnel {
     fn poll_write(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        if buf.is_empty() {
-            return Poll::Ready(Ok(0));
-        }
-        self.send.reserve_capacity(buf.len());
-        loop {
-            match ready!(self.send.poll_capacity(cx)) {
-                Some(Ok(0)) => continue,
-                Some(Ok(n)) => {
-                    let n = n.min(buf.len());
-                    self.send
-                        .send_data(Bytes::copy_from_slice(&buf[..n]), false)
-                        .map_err(h2_io)?;
-                    return Poll::Ready(Ok(n));
-                }
-                Some(Err(err)) => return Poll::Ready(Err(h2_io(err))),
-                // The stream can send no more: the peer reset it.
-                None => {
-                    let reason = ready!(self.send.poll_reset(cx)).map_err(h2_io)?;
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::BrokenPipe,
-                        format!("the peer reset the stream: {reason}"),
-                    )));
-                }
-            }
-        }
+        self.poll_write_vectored(cx, &[io::IoSlice::new(buf)])
     }
 
     /// The slices go out as one DATA frame: an HTTP/2 or HTTP/1.1 codec

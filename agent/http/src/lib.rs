@@ -179,6 +179,36 @@ impl Drop for PerIp {
     }
 }
 
+/// A stats listener that could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("binding metrics and readiness on {addr}: {source}")]
+pub struct BindError {
+    pub addr: SocketAddr,
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// [`serve_stats`] on each of `addrs`, bound first (all or none serve).
+pub async fn bind_stats(
+    addrs: &[SocketAddr],
+    name: &'static str,
+    encode: Arc<dyn Fn() -> String + Send + Sync>,
+    ready: Arc<std::sync::atomic::AtomicBool>,
+) -> Result<Vec<JoinHandle<()>>, BindError> {
+    let mut listeners = Vec::new();
+    for &addr in addrs {
+        listeners.push(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| BindError { addr, source })?,
+        );
+    }
+    Ok(listeners
+        .into_iter()
+        .map(|l| serve_stats(l, name, encode.clone(), ready.clone()))
+        .collect())
+}
+
 /// Prometheus metrics (`/metrics`, `/stats/prometheus`: what `encode`
 /// gives when scraped) and readiness (`/healthz/ready`: 200 while `ready`
 /// is set, else 503), as a gateway or waypoint serves them on each of its

@@ -647,43 +647,8 @@ fn the_charts_east_west_gateway_carries_a_call_across_networks() -> Result<()> {
     let _ca = kubelet(n1).run(NAMESPACE, "strait-ca-1", &ca, Network::Pod(ca1))?;
 
     let (client, server) = (topo.pod("client")?, topo.pod("server")?);
-    api.apply(&format!(
-        "{}{}{}apiVersion: v1
-kind: Service
-metadata:
-  name: web
-  namespace: shop
-  labels: {{istio.io/global: \"true\"}}
-spec:
-  selector: {{app: web}}
-  ports: [{{name: http, port: 80, targetPort: 8080}}]
-",
-        namespace_yaml("shop", true),
-        pod_yaml(client, "shop", "client", &[("app", "client")]),
-        pod_yaml(server, "shop", "web", &[("app", "web")]),
-    ))?;
-    api.make_ready("shop", client)?;
-    api.make_ready("shop", server)?;
-    let agent = template(&api, "daemonset", "strait-agent")?;
-    let agents = [
-        kubelet(n1).run(
-            NAMESPACE,
-            "strait-agent-n1",
-            &agent,
-            Network::Pod(topo.pod("agent1")?),
-        )?,
-        kubelet(n2).run(
-            NAMESPACE,
-            "strait-agent-n2",
-            &agent,
-            Network::Pod(topo.pod("agent2")?),
-        )?,
-    ];
+    let agents = shop_and_agents(&api, &topo, (n1, n2), "labels: {istio.io/global: \"true\"}")?;
     let log = |pod: &RunningPod| pod.containers[0].log();
-    wait_state_at(topo.pod("agent1")?, "client", WAIT, |s| s == "captured")
-        .map_err(|e| format!("{e}\n{}", log(&agents[0])))?;
-    wait_state_at(topo.pod("agent2")?, "server", WAIT, |s| s == "captured")
-        .map_err(|e| format!("{e}\n{}", log(&agents[1])))?;
 
     let gateway = template(&api, "deployment", "eastwest")?;
     let started = Instant::now();
@@ -744,6 +709,58 @@ spec:
         "gateway {carried}, destination {seen}"
     );
     Ok(())
+}
+
+/// Namespace `shop` (enrolled) with pods `client` and `web` (topology
+/// pods `client` and `server`) and Service `web` (port 80 to 8080, with
+/// `metadata` lines added), and the chart's agents on `nodes` in pods
+/// `agent1` and `agent2`, once both workloads are captured.
+fn shop_and_agents(
+    api: &ApiServer,
+    topo: &Topology,
+    nodes: (&strait_topology::Node, &strait_topology::Node),
+    metadata: &str,
+) -> Result<[RunningPod; 2]> {
+    let (client, server) = (topo.pod("client")?, topo.pod("server")?);
+    api.apply(&format!(
+        "{}{}{}apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: shop
+  {metadata}
+spec:
+  selector: {{app: web}}
+  ports: [{{name: http, port: 80, targetPort: 8080}}]
+",
+        namespace_yaml("shop", true),
+        pod_yaml(client, "shop", "client", &[("app", "client")]),
+        pod_yaml(server, "shop", "web", &[("app", "web")]),
+    ))?;
+    api.make_ready("shop", client)?;
+    api.make_ready("shop", server)?;
+    let agent = template(api, "daemonset", "strait-agent")?;
+    let kubelet = |node| Kubelet { api, topo, node };
+    let agents = [
+        kubelet(nodes.0).run(
+            NAMESPACE,
+            "strait-agent-n1",
+            &agent,
+            Network::Pod(topo.pod("agent1")?),
+        )?,
+        kubelet(nodes.1).run(
+            NAMESPACE,
+            "strait-agent-n2",
+            &agent,
+            Network::Pod(topo.pod("agent2")?),
+        )?,
+    ];
+    let log = |pod: &RunningPod| pod.containers[0].log();
+    wait_state_at(topo.pod("agent1")?, "client", WAIT, |s| s == "captured")
+        .map_err(|e| format!("{e}\n{}", log(&agents[0])))?;
+    wait_state_at(topo.pod("agent2")?, "server", WAIT, |s| s == "captured")
+        .map_err(|e| format!("{e}\n{}", log(&agents[1])))?;
+    Ok(agents)
 }
 
 /// `straitctl` against the test API server, run where it is reachable.
@@ -810,38 +827,8 @@ fn a_waypoint_gateway_is_deployed_by_the_controller_and_carries_traffic() -> Res
         Network::Pod(topo.pod("ca1")?),
     )?;
     let (client, server) = (topo.pod("client")?, topo.pod("server")?);
-    api.apply(&format!(
-        "{}{}{}apiVersion: v1
-kind: Service
-metadata: {{name: web, namespace: shop}}
-spec:
-  selector: {{app: web}}
-  ports: [{{name: http, port: 80, targetPort: 8080}}]
-",
-        namespace_yaml("shop", true),
-        pod_yaml(client, "shop", "client", &[("app", "client")]),
-        pod_yaml(server, "shop", "web", &[("app", "web")]),
-    ))?;
-    api.make_ready("shop", client)?;
-    api.make_ready("shop", server)?;
-    let agent = template(&api, "daemonset", "strait-agent")?;
-    let agents = [
-        kubelet(n1).run(
-            NAMESPACE,
-            "strait-agent-n1",
-            &agent,
-            Network::Pod(topo.pod("agent1")?),
-        )?,
-        kubelet(n2).run(
-            NAMESPACE,
-            "strait-agent-n2",
-            &agent,
-            Network::Pod(topo.pod("agent2")?),
-        )?,
-    ];
+    let agents = shop_and_agents(&api, &topo, (n1, n2), "")?;
     let log = |pod: &RunningPod| pod.containers[0].log();
-    wait_state_at(topo.pod("agent1")?, "client", WAIT, |s| s == "captured")
-        .map_err(|e| format!("{e}\n{}", log(&agents[0])))?;
 
     let controller_template = template(&api, "deployment", "strait-waypoint-controller")?;
     let controller = kubelet(n1).run(

@@ -24,8 +24,6 @@ use rustls::{
 use strait_config::manifest::networking::{ClientTls, TrafficPolicy};
 use tracing::warn;
 
-use crate::pool::Version;
-
 /// What a connection to an endpoint outside the mesh is wrapped in.
 pub struct Origination {
     pub config: Arc<ClientConfig>,
@@ -83,23 +81,24 @@ type Made = Option<Arc<ClientConfig>>;
 /// rule whose files do not load is remembered too, and said once.
 #[derive(Default)]
 pub struct Origins {
-    made: Mutex<HashMap<(String, Version), Made>>,
+    /// By the rule's settings and whether HTTP/2 is spoken (ALPN).
+    made: Mutex<HashMap<(String, bool), Made>>,
 }
 
 impl Origins {
     /// How to originate TLS for `tls` to `host` (the request's host, no
-    /// port) speaking `version`; `None` when the rule cannot be followed
-    /// (the request is then refused, never sent in plain text).
-    pub fn of(&self, tls: &ClientTls, host: &str, version: Version) -> Option<Origination> {
+    /// port), speaking HTTP/2 or HTTP/1.1; `None` when the rule cannot be
+    /// followed (the request is then refused, never sent in plain text).
+    pub fn of(&self, tls: &ClientTls, host: &str, http2: bool) -> Option<Origination> {
         let name = tls.sni.as_deref().unwrap_or(host);
         let server_name = ServerName::try_from(name.to_string())
             .map_err(|_| warn!(sni = name, "TLS origination: not a server name"))
             .ok()?;
-        let key = (serde_json::to_string(tls).unwrap_or_default(), version);
+        let key = (serde_json::to_string(tls).unwrap_or_default(), http2);
         let mut made = self.made.lock().unwrap_or_else(|p| p.into_inner());
         let config = made
             .entry(key)
-            .or_insert_with(|| match client_config(tls, version) {
+            .or_insert_with(|| match client_config(tls, http2) {
                 Ok(config) => Some(Arc::new(config)),
                 Err(why) => {
                     warn!(%why, "TLS origination: the DestinationRule's tls cannot be followed; its requests are refused");
@@ -119,7 +118,7 @@ impl Origins {
     }
 }
 
-fn client_config(tls: &ClientTls, version: Version) -> Result<ClientConfig, String> {
+fn client_config(tls: &ClientTls, http2: bool) -> Result<ClientConfig, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -184,9 +183,10 @@ fn client_config(tls: &ClientTls, version: Version) -> Result<ClientConfig, Stri
     } else {
         builder.with_no_client_auth()
     };
-    config.alpn_protocols = vec![match version {
-        Version::Http1 => b"http/1.1".to_vec(),
-        Version::Http2 => b"h2".to_vec(),
+    config.alpn_protocols = vec![if http2 {
+        b"h2".to_vec()
+    } else {
+        b"http/1.1".to_vec()
     }];
     Ok(config)
 }
@@ -316,20 +316,16 @@ mod tests {
             "mode": "SIMPLE", "caCertificates": "/nonexistent/ca.pem"
         }))
         .unwrap();
-        assert!(
-            origins
-                .of(&missing, "api.example", Version::Http1)
-                .is_none()
-        );
+        assert!(origins.of(&missing, "api.example", false).is_none());
         let mutual: ClientTls = serde_json::from_value(serde_json::json!({
             "mode": "MUTUAL", "insecureSkipVerify": true
         }))
         .unwrap();
-        assert!(origins.of(&mutual, "api.example", Version::Http1).is_none());
+        assert!(origins.of(&mutual, "api.example", false).is_none());
         let skip: ClientTls = serde_json::from_value(serde_json::json!({
             "mode": "SIMPLE", "insecureSkipVerify": true
         }))
         .unwrap();
-        assert!(origins.of(&skip, "api.example", Version::Http1).is_some());
+        assert!(origins.of(&skip, "api.example", false).is_some());
     }
 }

@@ -438,7 +438,7 @@ async fn originate(
 ) -> Result<Io, Reason> {
     let origination = tls
         .origins
-        .of(tls.settings, tls.host, version)
+        .of(tls.settings, tls.host, version == Version::Http2)
         .ok_or(Reason::Upstream)?;
     let connector = tokio_rustls::TlsConnector::from(origination.config);
     match tokio::time::timeout(timeout, connector.connect(origination.server_name, tcp)).await {

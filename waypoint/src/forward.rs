@@ -645,7 +645,14 @@ async fn attempts(
                 } else if endpoints.five_xx_counts {
                     failed(addr);
                 }
-                if plan.retries.on.status(status) && attempt < tries && body.replayable() {
+                let grpc_failed = plan
+                    .retries
+                    .on
+                    .grpc(crate::record::grpc_status(response.headers()).as_deref());
+                if (plan.retries.on.status(status) || grpc_failed)
+                    && attempt < tries
+                    && body.replayable()
+                {
                     debug!(status, %addr, attempt, "retrying");
                     last = reply(
                         StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),

@@ -185,6 +185,10 @@ pub struct RetryOn {
     /// 409.
     pub retriable_4xx: bool,
     pub statuses: Vec<u16>,
+    /// gRPC status codes (`cancelled`, `deadline-exceeded`, `internal`,
+    /// `resource-exhausted`, `unavailable`), as an answer's headers carry
+    /// them when it ends without a body (gRPC's trailers-only answers).
+    pub grpc: Vec<u8>,
 }
 
 impl Retries {
@@ -233,8 +237,16 @@ impl Retries {
                 "refused-stream" => on.refused_stream = true,
                 "retriable-4xx" => on.retriable_4xx = true,
                 // gRPC's `unavailable` arrives as a 503 from HTTP/1 peers
-                // and as grpc-status 14 from gRPC ones; both are 503 here.
-                "unavailable" | "retriable-status-codes" => on.statuses.push(503),
+                // and as grpc-status 14 from gRPC ones.
+                "unavailable" => {
+                    on.statuses.push(503);
+                    on.grpc.push(14);
+                }
+                "cancelled" => on.grpc.push(1),
+                "deadline-exceeded" => on.grpc.push(4),
+                "resource-exhausted" => on.grpc.push(8),
+                "internal" => on.grpc.push(13),
+                "retriable-status-codes" => on.statuses.push(503),
                 code => {
                     if let Ok(code) = code.parse::<u16>() {
                         on.statuses.push(code);
@@ -263,6 +275,13 @@ impl RetryOn {
             || (self.gateway_error && matches!(status, 502..=504))
             || (self.retriable_4xx && status == 409)
             || self.statuses.contains(&status)
+    }
+
+    /// Whether an answer whose headers carry gRPC status `code` is tried
+    /// again.
+    pub fn grpc(&self, code: Option<&str>) -> bool {
+        code.and_then(|c| c.parse::<u8>().ok())
+            .is_some_and(|c| self.grpc.contains(&c))
     }
 }
 
@@ -491,6 +510,13 @@ mod tests {
         // 5xx includes not answering at all.
         assert!(r.on.connect_failure && r.on.refused_stream);
         assert!(r.on.status(500) && r.on.status(409) && r.on.status(418));
+        let grpc = Retries::from_spec(Some(&strait_config::manifest::networking::Retries {
+            attempts: Some(2),
+            retry_on: Some("unavailable,resource-exhausted".into()),
+            ..Default::default()
+        }));
+        assert!(grpc.on.grpc(Some("14")) && grpc.on.grpc(Some("8")));
+        assert!(!grpc.on.grpc(Some("5")) && !grpc.on.grpc(Some("x")) && !grpc.on.grpc(None));
         assert!(!r.on.status(404));
         // Without a policy: Istio's default.
         let d = Retries::from_spec(None);

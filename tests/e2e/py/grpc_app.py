@@ -4,14 +4,18 @@ raw-bytes messages so no generated code is needed.
   grpc_app.py serve PORT NAME
       Echo/Unary answers b"NAME:" + the request; Echo/Chat answers each
       message of a bidirectional stream the same way; Echo/Missing fails
-      with NOT_FOUND.
+      with NOT_FOUND; Echo/Flaky fails every other call (the first, the
+      third...) with UNAVAILABLE and answers the others.
   grpc_app.py unary TARGET MESSAGE
+  grpc_app.py flaky TARGET CALLS
+      Prints one JSON line: how many calls ended with each status.
   grpc_app.py missing TARGET
   grpc_app.py chat TARGET SECONDS INTERVAL
       Prints one JSON line: what came back, the status.
 """
 import json
 import sys
+import threading
 import time
 from concurrent import futures
 
@@ -33,10 +37,22 @@ def serve(port, name):
     def missing(request, context):
         context.abort(grpc.StatusCode.NOT_FOUND, "nothing here")
 
+    calls = {"flaky": 0}
+    lock = threading.Lock()
+
+    def flaky(request, context):
+        with lock:
+            calls["flaky"] += 1
+            n = calls["flaky"]
+        if n % 2 == 1:
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"call {n} fails")
+        return prefix + request
+
     handler = grpc.method_handlers_generic_handler(SERVICE, {
         "Unary": grpc.unary_unary_rpc_method_handler(unary),
         "Chat": grpc.stream_stream_rpc_method_handler(chat),
         "Missing": grpc.unary_unary_rpc_method_handler(missing),
+        "Flaky": grpc.unary_unary_rpc_method_handler(flaky),
     })
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
     server.add_generic_rpc_handlers((handler,))
@@ -58,6 +74,20 @@ def call(target, method, message):
             report(answer=answer.decode(), code="OK")
         except grpc.RpcError as err:
             report(answer=None, code=err.code().name, details=err.details())
+
+
+def flaky(target, count):
+    codes = {}
+    with grpc.insecure_channel(target) as channel:
+        stub = channel.unary_unary(f"/{SERVICE}/Flaky")
+        for n in range(count):
+            try:
+                stub(f"f{n}".encode(), timeout=20)
+                code = "OK"
+            except grpc.RpcError as err:
+                code = err.code().name
+            codes[code] = codes.get(code, 0) + 1
+    report(codes=codes)
 
 
 def chat(target, seconds, interval):
@@ -95,6 +125,8 @@ if __name__ == "__main__":
         call(sys.argv[2], "Unary", sys.argv[3])
     elif command == "missing":
         call(sys.argv[2], "Missing", "x")
+    elif command == "flaky":
+        flaky(sys.argv[2], int(sys.argv[3]))
     elif command == "chat":
         chat(sys.argv[2], float(sys.argv[3]), float(sys.argv[4]))
     else:

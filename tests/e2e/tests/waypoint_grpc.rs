@@ -218,3 +218,76 @@ fn grpc_calls_and_a_long_stream_pass_the_waypoint_through_a_reload() -> Result<(
     server2.kill()?;
     Ok(())
 }
+
+/// `retryOn` with gRPC's codes: a method that fails every other call with
+/// UNAVAILABLE (a trailers-only answer, grpc-status in its headers) is
+/// answered every time through a route retrying `unavailable`, and half
+/// the time through one that does not retry.
+#[test]
+fn grpc_status_codes_are_retried_when_the_route_says() -> Result<()> {
+    require_root();
+    let topo = Topology::create(spec())?;
+    let mesh = Mesh::new(&topo)?;
+    let service = |name: &str, vip: &str, retries: &str| {
+        format!(
+            "apiVersion: v1
+kind: Service
+metadata:
+  name: {name}
+  namespace: shop
+  labels: {{istio.io/use-waypoint: waypoint}}
+spec:
+  clusterIP: {vip}
+  selector: {{app: greeter}}
+  ports: [{{name: grpc, port: {PORT}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: {name}, namespace: shop}}
+spec:
+  hosts: [{name}]
+  http:
+  - route: [{{destination: {{host: {name}}}}}]
+    retries: {retries}
+---
+"
+        )
+    };
+    mesh.write(
+        "mesh.yaml",
+        &[
+            namespace_yaml("shop", true),
+            workload_yaml(topo.pod("client")?, "shop", "client", &[]),
+            workload_yaml(topo.pod("greeter")?, "shop", "greeter", &[]),
+            waypoint_yaml("waypoint", "shop", topo.pod("wp")?, &[]),
+            service(
+                "retried",
+                "10.96.0.97",
+                "{attempts: 2, retryOn: unavailable}",
+            ),
+            service("unretried", "10.96.0.98", "{attempts: 0}"),
+        ]
+        .concat(),
+    )?;
+    let _agents = [mesh.start_agent("n1", &[])?, mesh.start_agent("n2", &[])?];
+    let _waypoint = mesh.start_waypoint("wp", "shop/waypoint")?;
+    let mut server = grpc(
+        &topo.pod("greeter")?.place,
+        &["serve", &PORT.to_string(), "greeter"],
+    )?;
+    server.wait_listening(PORT, Duration::from_secs(20))?;
+    let client = topo.pod("client")?;
+    let retried = call(
+        &client.place,
+        &["flaky", &format!("10.96.0.97:{PORT}"), "10"],
+    )?;
+    let unretried = call(
+        &client.place,
+        &["flaky", &format!("10.96.0.98:{PORT}"), "10"],
+    )?;
+    println!("10 calls retried on unavailable: {retried}; not retried: {unretried}");
+    assert_eq!(retried["codes"]["OK"], 10, "{retried}");
+    assert_eq!(unretried["codes"]["UNAVAILABLE"], 5, "{unretried}");
+    server.kill()?;
+    Ok(())
+}

@@ -375,15 +375,22 @@ def ask():
                 pass
         except OSError:
             time.sleep(0.05)
+said = threading.Lock()
+def say(line):
+    # One write per line, under a lock: two threads' prints interleave
+    # ("askedhammering") otherwise.
+    with said:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
 def asking():
     ask()
-    print("asked", flush=True)
+    say("asked")
 threads = [threading.Thread(target=hold, daemon=True) for _ in range(n)] + [threading.Thread(target=asking, daemon=True)]
 for t in threads:
     t.start()
 for _ in range(n):
     opened.acquire()
-print("hammering", flush=True)
+say("hammering")
 while time.monotonic() < end:
     time.sleep(0.5)
 "#;

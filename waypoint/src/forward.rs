@@ -107,6 +107,11 @@ pub async fn handle(
     };
     let received = Arc::new(AtomicU64::new(0));
     let body = Counted::new(body, received.clone());
+    // The client's turn: held until the answer's head is back.
+    let share = waypoint
+        .shares
+        .enter((client.addr.ip(), client.identity.clone()))
+        .await;
     // Boxed: the request's state machine is large, and the stream's task
     // would otherwise move all of it around.
     let outcome = Box::pin(forward(
@@ -116,6 +121,7 @@ pub async fn handle(
         traceparent.as_deref(),
     ))
     .await;
+    drop(share);
     let (service_host, service_name, service_namespace) = match service {
         Some(at) => (
             at.host.to_string(),

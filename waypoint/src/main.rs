@@ -30,6 +30,7 @@ mod proxy;
 mod record;
 mod replay;
 mod routes;
+mod share;
 mod sni;
 mod tcp;
 
@@ -99,6 +100,10 @@ struct Args {
         default_value = "0.0.0.0:15020,0.0.0.0:15021"
     )]
     stats_addr: Vec<SocketAddr>,
+    /// Requests one client (an identity at an address) may have waiting
+    /// for their answer at once; more wait their turn.
+    #[arg(long, default_value_t = share::PER_CLIENT, value_parser = clap::value_parser!(u32).range(1..))]
+    max_requests_per_client: u32,
     /// On SIGTERM: how long requests in flight may take to finish.
     #[arg(long, default_value = "5s", value_parser = strait_config::duration::parse)]
     drain_timeout: Duration,
@@ -266,6 +271,7 @@ async fn run(args: Args, access: access::AccessLog) -> Result<()> {
         upstreams: Default::default(),
         tables: Default::default(),
         breakers: Default::default(),
+        shares: share::Shares::new(args.max_requests_per_client),
         in_flight: Default::default(),
         mirror_slots: Arc::new(tokio::sync::Semaphore::new(mirror::IN_FLIGHT)),
         origins: Default::default(),

@@ -48,6 +48,8 @@ pub struct Waypoint {
     pub tables: Tables,
     /// What each destination holds, for its circuit breakers.
     pub breakers: Breakers,
+    /// What each client may have in flight.
+    pub shares: crate::share::Shares,
     /// Connections being served: what a draining waypoint waits for.
     pub in_flight: Arc<InFlight>,
     /// Places for mirrored copies in flight.

@@ -8,7 +8,11 @@
 //!
 //! Concurrent streams to the same peer are spread over up to one connection
 //! per core, so TLS and framing for parallel bulk flows run on all cores;
-//! sequential streams keep reusing one connection.
+//! sequential streams keep reusing one connection. Dials in progress count
+//! against that allowance: a burst of streams to a new peer waits for the
+//! dials already under way instead of each starting a handshake of its own
+//! (which the peer's per-address handshake bound would refuse, and which
+//! would cost every other client of this proxy the CPU).
 use std::{
     collections::HashMap,
     future::Future,
@@ -26,6 +30,7 @@ use strait_identity::Identity;
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::TcpStream,
+    sync::Notify,
 };
 use tokio_rustls::TlsConnector;
 use tracing::debug;
@@ -55,8 +60,25 @@ struct Pooled {
     closed: Arc<AtomicBool>,
 }
 
+/// One key's connections, and its dials under way.
+#[derive(Default)]
+struct Entry {
+    conns: Vec<Pooled>,
+    dialing: usize,
+}
+
+/// What a stream does with the pool as it stands.
+enum Choice {
+    Use(Sender, Arc<AtomicUsize>),
+    Dial,
+    /// No live connection, and the allowance is taken by dials under way.
+    Wait,
+}
+
 pub struct Pool {
-    connections: Mutex<HashMap<PoolKey, Vec<Pooled>>>,
+    connections: Mutex<HashMap<PoolKey, Entry>>,
+    /// Woken when a dial ends, well or badly.
+    dialed: Notify,
     max_per_key: usize,
     /// Whether its connections' flushes are put off once to gather other
     /// streams' frames ([`crate::coalesce`]).
@@ -67,6 +89,7 @@ impl Default for Pool {
     fn default() -> Self {
         Self {
             connections: Mutex::new(HashMap::new()),
+            dialed: Notify::new(),
             max_per_key: std::thread::available_parallelism().map_or(1, usize::from),
             coalesce: false,
         }
@@ -104,18 +127,34 @@ impl Pool {
         D: Fn() -> F,
         F: Future<Output = io::Result<TcpStream>>,
     {
-        if let Some((sender, active)) = self.pick(key) {
-            match open_stream(sender, key.addr, authority, claims, active).await {
-                // The pooled connection died (the peer restarted, the link
-                // broke): forget it and try once on a new one.
-                Err(Error::H2 { .. }) => {
-                    debug!(addr = %key.addr, "pooled HBONE connection is gone; reconnecting");
-                    self.forget_closed(key);
+        let mut waited = false;
+        let slot = loop {
+            // Made before looking, so a dial that ends in between wakes it.
+            let dialed = self.dialed.notified();
+            match self.choose(key, waited) {
+                Choice::Use(sender, active) => {
+                    match open_stream(sender, key.addr, authority, claims, active).await {
+                        // The pooled connection died (the peer restarted, the
+                        // link broke): forget it and try once on a new one.
+                        Err(Error::H2 { .. }) => {
+                            debug!(addr = %key.addr, "pooled HBONE connection is gone; reconnecting");
+                            self.forget_closed(key);
+                            break DialSlot::take(self, key);
+                        }
+                        other => return other,
+                    }
                 }
-                other => return other,
+                Choice::Dial => break DialSlot { pool: self, key },
+                // Once: if those dials failed, this stream tries its own.
+                Choice::Wait => {
+                    dialed.await;
+                    waited = true;
+                }
             }
-        }
-        let (sender, active) = match self.open(key, tls, dial).await {
+        };
+        let opened = self.open(key, tls, dial).await;
+        drop(slot);
+        let (sender, active) = match opened {
             Ok(opened) => opened,
             // No new connection (the peer is over a handshake limit, say),
             // but a live one: it carries this stream too, busy or not.
@@ -148,11 +187,15 @@ impl Pool {
         let _ = tcp.set_nodelay(true);
         let (sender, closed, _) = handshake(key.addr, tls, tcp, self.coalesce).await?;
         let active = Arc::new(AtomicUsize::new(0));
-        self.lock().entry(key.clone()).or_default().push(Pooled {
-            sender: sender.clone(),
-            active: active.clone(),
-            closed,
-        });
+        self.lock()
+            .entry(key.clone())
+            .or_default()
+            .conns
+            .push(Pooled {
+                sender: sender.clone(),
+                active: active.clone(),
+                closed,
+            });
         Ok((sender, active))
     }
 
@@ -167,64 +210,103 @@ impl Pool {
     /// this node) and forgets ended ones, so the pool is bounded by what is
     /// in use. Tunnels open on forgotten connections go on until they end.
     pub fn retain(&self, keep: impl Fn(&PoolKey) -> bool) {
-        self.lock().retain(|key, conns| {
-            conns.retain(|c| !c.closed.load(Ordering::Acquire));
-            !conns.is_empty() && keep(key)
+        self.lock().retain(|key, entry| {
+            entry.conns.retain(|c| !c.closed.load(Ordering::Acquire));
+            (!entry.conns.is_empty() || entry.dialing > 0) && keep(key)
         });
     }
 
     /// Keys with a pooled connection.
     pub fn keys(&self) -> usize {
-        self.lock().len()
+        self.lock().values().filter(|e| !e.conns.is_empty()).count()
     }
 
     /// Connections currently pooled.
     pub fn len(&self) -> usize {
-        self.lock().values().map(Vec::len).sum()
+        self.lock().values().map(|e| e.conns.len()).sum()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// The least busy live connection, unless every one is busy and another
-    /// may be opened.
-    fn pick(&self, key: &PoolKey) -> Option<(Sender, Arc<AtomicUsize>)> {
-        let (sender, active, live) = self.least(key)?;
-        if active.load(Ordering::Relaxed) > 0 && live < self.max_per_key {
-            return None;
+    /// Whether a stream uses a live connection (the least busy: idle, or
+    /// busy when no more may be opened), dials a new one (taking a dial
+    /// slot), or waits for the dials under way. After a wait it dials
+    /// rather than wait again.
+    fn choose(&self, key: &PoolKey, waited: bool) -> Choice {
+        let mut pool = self.lock();
+        let entry = pool.entry(key.clone()).or_default();
+        entry.conns.retain(|c| !c.closed.load(Ordering::Acquire));
+        let full = entry.conns.len() + entry.dialing >= self.max_per_key;
+        let least = entry
+            .conns
+            .iter()
+            .min_by_key(|c| c.active.load(Ordering::Relaxed));
+        match least {
+            Some(c) if full || c.active.load(Ordering::Relaxed) == 0 => {
+                Choice::Use(c.sender.clone(), c.active.clone())
+            }
+            None if full && !waited => Choice::Wait,
+            _ => {
+                entry.dialing += 1;
+                Choice::Dial
+            }
         }
-        Some((sender, active))
     }
 
     /// The least busy live connection, however busy.
     fn least_busy(&self, key: &PoolKey) -> Option<(Sender, Arc<AtomicUsize>)> {
-        self.least(key).map(|(sender, active, _)| (sender, active))
-    }
-
-    /// The least busy live connection of `key`, and how many are live.
-    fn least(&self, key: &PoolKey) -> Option<(Sender, Arc<AtomicUsize>, usize)> {
         let mut pool = self.lock();
-        let conns = pool.get_mut(key)?;
-        conns.retain(|c| !c.closed.load(Ordering::Acquire));
-        let least = conns
+        let entry = pool.get_mut(key)?;
+        entry.conns.retain(|c| !c.closed.load(Ordering::Acquire));
+        let least = entry
+            .conns
             .iter()
             .min_by_key(|c| c.active.load(Ordering::Relaxed))?;
-        Some((least.sender.clone(), least.active.clone(), conns.len()))
+        Some((least.sender.clone(), least.active.clone()))
     }
 
     fn forget_closed(&self, key: &PoolKey) {
         let mut pool = self.lock();
-        if let Some(conns) = pool.get_mut(key) {
-            conns.retain(|c| !c.closed.load(Ordering::Acquire));
-            if conns.is_empty() {
+        if let Some(entry) = pool.get_mut(key) {
+            entry.conns.retain(|c| !c.closed.load(Ordering::Acquire));
+            if entry.conns.is_empty() && entry.dialing == 0 {
                 pool.remove(key);
             }
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PoolKey, Vec<Pooled>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PoolKey, Entry>> {
         self.connections.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A dial under way for a key, counted until it ends (however it ends:
+/// the caller's timeout drops it mid-dial), when waiting streams look again.
+struct DialSlot<'a> {
+    pool: &'a Pool,
+    key: &'a PoolKey,
+}
+
+impl<'a> DialSlot<'a> {
+    fn take(pool: &'a Pool, key: &'a PoolKey) -> Self {
+        pool.lock().entry(key.clone()).or_default().dialing += 1;
+        Self { pool, key }
+    }
+}
+
+impl Drop for DialSlot<'_> {
+    fn drop(&mut self) {
+        let mut pool = self.pool.lock();
+        if let Some(entry) = pool.get_mut(self.key) {
+            entry.dialing = entry.dialing.saturating_sub(1);
+            if entry.conns.is_empty() && entry.dialing == 0 {
+                pool.remove(self.key);
+            }
+        }
+        drop(pool);
+        self.pool.dialed.notify_waiters();
     }
 }
 

@@ -210,6 +210,86 @@ mod tests {
         assert!(err.is_tls(), "{err}");
     }
 
+    /// A burst of streams to a peer not yet connected dials no more
+    /// connections than the pool keeps per key: the rest wait for those
+    /// dials and share them (else each would start a handshake, and the
+    /// peer's per-address handshake bound would refuse the surplus).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_of_streams_shares_the_dials_under_way() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Signer::open_or_create(dir.path(), "cluster.local").unwrap();
+        let certs = CertManager::new(Arc::new(ca), Duration::from_secs(3600)).unwrap();
+        let (web, db) = (
+            Identity::new("cluster.local", "shop", "web"),
+            Identity::new("cluster.local", "shop", "db"),
+        );
+        certs.ensure(&web, Duration::from_secs(5)).await.unwrap();
+        certs.ensure(&db, Duration::from_secs(5)).await.unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server_tls = tls::server_config(&certs, &db).unwrap();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let accepted_in = accepted.clone();
+        let admission = Arc::new(Admission::default());
+        tokio::spawn(async move {
+            loop {
+                let (tcp, peer_addr) = listener.accept().await.unwrap();
+                accepted_in.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let (tls, admission) = (server_tls.clone(), admission.clone());
+                tokio::spawn(async move {
+                    serve(
+                        tcp,
+                        peer_addr,
+                        tls,
+                        Limits::default(),
+                        (&admission, false),
+                        |connect: Connect| async move {
+                            let mut tunnel = connect.stream.accept().unwrap();
+                            let mut buf = [0u8; 1];
+                            tunnel.read_exact(&mut buf).await.unwrap();
+                            tunnel.write_all(&buf).await.unwrap();
+                            tunnel.shutdown().await.unwrap();
+                        },
+                    )
+                    .await
+                });
+            }
+        });
+        let clients = tls::ClientConfigs::new(certs.clone());
+        let pool = Pool::new();
+        let key = PoolKey {
+            source: web.clone(),
+            destination: db.clone(),
+            addr,
+        };
+        const BURST: usize = 200;
+        let streams: Vec<_> = (0..BURST)
+            .map(|i| {
+                let (pool, key, tls) = (pool.clone(), key.clone(), clients.get(&web, &db).unwrap());
+                tokio::spawn(async move {
+                    let authority: Authority = "10.9.9.9:8080".parse().unwrap();
+                    let mut tunnel = pool
+                        .connect(&key, &authority, Claims::default(), tls, || {
+                            TcpStream::connect(addr)
+                        })
+                        .await?;
+                    tunnel.write_all(&[i as u8]).await?;
+                    let mut buf = [0u8; 1];
+                    tunnel.read_exact(&mut buf).await?;
+                    assert_eq!(buf[0], i as u8);
+                    Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+                })
+            })
+            .collect();
+        for stream in streams {
+            stream.await.unwrap().unwrap();
+        }
+        let dialed = accepted.load(std::sync::atomic::Ordering::SeqCst);
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        println!("{BURST} streams at once: {dialed} connections (at most {cores})");
+        assert!(dialed >= 1 && dialed <= cores, "{dialed} connections");
+    }
+
     /// One identity's open streams to a listener are bounded on all its
     /// connections together; once one ends, there is room again. Another
     /// identity has room of its own.

@@ -499,7 +499,7 @@ fn hostile_clients_leave_the_others_served() -> Result<()> {
     ]
     .concat();
     mesh.write("mesh.yaml", &yaml)?;
-    let _agents = [mesh.start_agent("n1", &[])?, mesh.start_agent("n2", &[])?];
+    let agents = [mesh.start_agent("n1", &[])?, mesh.start_agent("n2", &[])?];
     let waypoint = mesh.start_waypoint("wp", "shop/waypoint")?;
     let (client, hostile) = (topo.pod("client")?, topo.pod("hostile")?);
     let _app = http_app(topo.pod("ok")?, 8080, "ok", "from-ok")?;
@@ -563,6 +563,24 @@ fn hostile_clients_leave_the_others_served() -> Result<()> {
         beside.len(),
         flood_rss.0
     );
+    let codes_line = flooded
+        .lines()
+        .find(|l| l.starts_with("status codes:"))
+        .unwrap_or("");
+    println!("h2load {codes_line}");
+    if beside_failed > 0 {
+        // What the other client's agent and the waypoint said about it.
+        println!("the other client's answers: {beside:?}");
+        let logs = [("agent n1", agents[0].log()), ("waypoint", waypoint.log())];
+        for (who, log) in &logs {
+            let about = log
+                .lines()
+                .filter(|l| l.contains("sa/client") && !l.contains("\"status\":200"));
+            for line in about.take(20) {
+                println!("{who}: {line}");
+            }
+        }
+    }
     assert_eq!(beside_failed, 0);
     let log = attack.log();
     println!("{}", log.trim());

@@ -27,12 +27,13 @@ use tracing::{debug, warn};
 
 use crate::{
     actions::{Answer, Ops, location_header},
-    affinity,
+    affinity, authz,
     breaker::{Counters, Kind},
     cors::Verdict,
     matching::{self, Match},
     metrics::RequestLabels,
     mirror,
+    normalize::Normalization,
     origination::Tls,
     plan::{
         Edits, Plan, endpoint_of, head_of, port_of, request_authority, subset_labels, targets,
@@ -80,6 +81,7 @@ pub async fn handle(
     let grpc = is_grpc(request.headers());
     let service = state.config.service_at(client.authority.ip());
     let (mut parts, body) = request.into_parts();
+    let normalized = normalize_path(waypoint.normalization, &mut parts);
     // The request's span: under the trace the request carries, else under
     // its connection's (the client's agent may have started one).
     let parent = TraceContext::from_headers(&parts.headers).or_else(|| client.trace.clone());
@@ -107,21 +109,45 @@ pub async fn handle(
     };
     let received = Arc::new(AtomicU64::new(0));
     let body = Counted::new(body, received.clone());
-    // The client's turn: held until the answer's head is back.
-    let share = waypoint
-        .shares
-        .enter((client.addr.ip(), client.identity.clone()))
-        .await;
-    // Boxed: the request's state machine is large, and the stream's task
-    // would otherwise move all of it around.
-    let outcome = Box::pin(forward(
-        (&waypoint, &client, &state),
-        service,
-        (parts, body),
-        traceparent.as_deref(),
-    ))
-    .await;
-    drop(share);
+    // A path that cannot be normalized is refused, as Envoy does; then the
+    // policies attached to this waypoint decide.
+    let refused = if normalized {
+        let asker = authz::Asker {
+            identity: &client.identity,
+            addr: client.addr,
+            authority: client.authority,
+        };
+        let decision = authz::request(
+            &waypoint,
+            &state.config,
+            asker,
+            service.map(|at| at.service),
+            &parts,
+            None,
+        );
+        (!decision.allowed).then(|| forbidden(grpc))
+    } else {
+        Some(reply(StatusCode::BAD_REQUEST, "-", None, 0))
+    };
+    let outcome = match refused {
+        Some(outcome) => outcome,
+        None => {
+            // The client's turn: held until the answer's head is back.
+            let _share = waypoint
+                .shares
+                .enter((client.addr.ip(), client.identity.clone()))
+                .await;
+            // Boxed: the request's state machine is large, and the
+            // stream's task would otherwise move all of it around.
+            Box::pin(forward(
+                (&waypoint, &client, &state),
+                service,
+                (parts, body),
+                traceparent.as_deref(),
+            ))
+            .await
+        }
+    };
     let (service_host, service_name, service_namespace) = match service {
         Some(at) => (
             at.host.to_string(),
@@ -773,6 +799,53 @@ fn reply(
         destination,
         attempts,
     }
+}
+
+/// `path` normalized in place (its query kept); false when the result is
+/// not a path.
+fn normalize_path(mode: Normalization, parts: &mut hyper::http::request::Parts) -> bool {
+    let Some(path) = mode.apply(parts.uri.path()) else {
+        return true;
+    };
+    if path == parts.uri.path() {
+        return true;
+    }
+    let with_query = match parts.uri.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path,
+    };
+    let mut uri = std::mem::take(&mut parts.uri).into_parts();
+    uri.path_and_query = with_query.parse().ok();
+    match hyper::Uri::from_parts(uri) {
+        Ok(normalized) if normalized.path_and_query().is_some() => {
+            parts.uri = normalized;
+            true
+        }
+        _ => false,
+    }
+}
+
+/// AuthorizationPolicy's refusal, as Envoy's RBAC filter answers: 403, or
+/// for gRPC a trailers-only PERMISSION_DENIED.
+fn forbidden(grpc: bool) -> Outcome {
+    const MESSAGE: &str = "RBAC: access denied";
+    if grpc {
+        let mut outcome = reply(StatusCode::OK, "RBAC", None, 0);
+        *outcome.response.body_mut() = Empty::new().map_err(|never| match never {}).boxed();
+        let headers = outcome.response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        headers.insert("grpc-status", HeaderValue::from(7u16));
+        headers.insert("grpc-message", HeaderValue::from_static(MESSAGE));
+        return outcome;
+    }
+    let mut outcome = reply(StatusCode::FORBIDDEN, "RBAC", None, 0);
+    *outcome.response.body_mut() = Full::new(Bytes::from_static(MESSAGE.as_bytes()))
+        .map_err(|never| match never {})
+        .boxed();
+    outcome
 }
 
 /// The answer an injected abort gives instead of the destination's.

@@ -15,6 +15,7 @@
 mod access;
 mod actions;
 mod affinity;
+mod authz;
 mod breaker;
 mod cors;
 mod detect;
@@ -23,6 +24,7 @@ mod inbound;
 mod matching;
 mod metrics;
 mod mirror;
+mod normalize;
 mod origination;
 mod plan;
 mod pool;
@@ -104,6 +106,12 @@ struct Args {
     /// for their answer at once; more wait their turn.
     #[arg(long, default_value_t = share::PER_CLIENT, value_parser = clap::value_parser!(u32).range(1..))]
     max_requests_per_client: u32,
+    /// How request paths are normalized before routes and policies match
+    /// on them and they are sent on (Istio's meshConfig
+    /// `pathNormalization.normalization`): NONE, BASE, MERGE_SLASHES or
+    /// DECODE_AND_MERGE_SLASHES.
+    #[arg(long, env = "STRAIT_PATH_NORMALIZATION", default_value = "BASE")]
+    path_normalization: normalize::Normalization,
     /// On SIGTERM: how long requests in flight may take to finish.
     #[arg(long, default_value = "5s", value_parser = strait_config::duration::parse)]
     drain_timeout: Duration,
@@ -272,6 +280,7 @@ async fn run(args: Args, access: access::AccessLog) -> Result<()> {
         tables: Default::default(),
         breakers: Default::default(),
         shares: share::Shares::new(args.max_requests_per_client),
+        normalization: args.path_normalization,
         in_flight: Default::default(),
         mirror_slots: Arc::new(tokio::sync::Semaphore::new(mirror::IN_FLIGHT)),
         origins: Default::default(),

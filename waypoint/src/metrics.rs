@@ -48,6 +48,15 @@ pub struct RequestLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeniedLabels {
+    /// The DENY policy that matched (`namespace/name`); empty when no
+    /// ALLOW policy did.
+    pub policy: String,
+    /// `deny` or `no_allow`.
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MirrorLabels {
     /// `sent` (answered, whatever the status), `failed` (no endpoint, no
     /// connection, no answer), `dropped` (too many in flight, or a body
@@ -76,6 +85,8 @@ pub struct Metrics {
     pub response_bytes: Family<RequestLabels, Histogram, fn() -> Histogram>,
     pub tcp: Tcp,
     pub mirrored: Family<MirrorLabels, Counter>,
+    /// Requests and connections AuthorizationPolicy refused.
+    denied: Family<DeniedLabels, Counter>,
     pub mirrors_in_flight: prometheus_client::metrics::gauge::Gauge,
     pub trace: strait_trace::otlp::Metrics,
     pub config: Arc<strait_state::reload::Metrics>,
@@ -142,6 +153,12 @@ impl Metrics {
             "Copies of requests on their way to mirror destinations",
             mirrors_in_flight.clone(),
         );
+        let denied = Family::<DeniedLabels, Counter>::default();
+        registry.register(
+            "strait_waypoint_authz_denied",
+            "Requests and connections refused by AuthorizationPolicy, by the policy that refused",
+            denied.clone(),
+        );
         let retries = Counter::default();
         registry.register(
             "strait_waypoint_retries",
@@ -160,6 +177,7 @@ impl Metrics {
             response_bytes,
             tcp,
             mirrored,
+            denied,
             mirrors_in_flight,
             trace,
             config,
@@ -200,6 +218,15 @@ impl Metrics {
 
     pub fn mirrored(&self, result: &'static str) {
         self.mirrored.get_or_create(&MirrorLabels { result }).inc();
+    }
+
+    /// A refusal by the DENY `policy`, or (`None`) for want of an ALLOW.
+    pub fn denied(&self, policy: Option<&str>) {
+        let labels = DeniedLabels {
+            policy: policy.unwrap_or_default().to_string(),
+            reason: if policy.is_some() { "deny" } else { "no_allow" },
+        };
+        self.denied.get_or_create(&labels).inc();
     }
 
     /// The text exposition format.

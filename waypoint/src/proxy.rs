@@ -50,6 +50,8 @@ pub struct Waypoint {
     pub breakers: Breakers,
     /// What each client may have in flight.
     pub shares: crate::share::Shares,
+    /// How request paths are normalized.
+    pub normalization: crate::normalize::Normalization,
     /// Connections being served: what a draining waypoint waits for.
     pub in_flight: Arc<InFlight>,
     /// Places for mirrored copies in flight.

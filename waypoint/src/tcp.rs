@@ -35,6 +35,27 @@ where
     } else {
         None
     };
+    // The policies attached to this waypoint, without request attributes:
+    // rules on them allow nothing and deny all they otherwise match.
+    let asker = crate::authz::Asker {
+        identity: &client.identity,
+        addr: client.addr,
+        authority: client.authority,
+    };
+    let service = state.config.service_at(client.authority.ip());
+    let decision = crate::authz::connection(
+        &waypoint,
+        &state.config,
+        asker,
+        service.map(|at| at.service),
+    );
+    if !decision.allowed {
+        waypoint
+            .metrics
+            .tcp
+            .fail(Direction::Inbound, Reason::Denied);
+        return;
+    }
     let routed = match l4_route(&state.config, &client, server_name.as_deref()) {
         Routed::Service => None,
         Routed::NoMatch => {

@@ -1,14 +1,16 @@
-//! L4 AuthorizationPolicy: which policies apply to a workload and what they
-//! decide about one connection, by Istio's rules.
+//! AuthorizationPolicy: which policies apply (to a workload at its node
+//! proxy, or to a request through a waypoint) and what they decide, by
+//! Istio's rules.
 //!
-//! Order: a matching DENY (or CUSTOM, which has no authorizer here) refuses;
-//! otherwise, when ALLOW policies apply, one must match; with none, the
-//! connection is allowed. AUDIT policies only mark the connection.
+//! Order: a matching DENY (or CUSTOM, where no authorizer is consulted)
+//! refuses; otherwise, when ALLOW policies apply, one must match; with none,
+//! the connection is allowed. AUDIT policies only mark the connection.
 //!
-//! A node proxy sees no HTTP. Like ztunnel, it fails closed on L7
-//! attributes: in an ALLOW policy a rule that uses one never matches; in a
-//! DENY policy the L7 parts are dropped, so the rule denies every connection
-//! its L4 parts match.
+//! A node proxy sees no HTTP, nor does a waypoint on a TCP connection. Like
+//! ztunnel, they fail closed on L7 attributes: in an ALLOW policy a rule that
+//! uses one never matches; in a DENY policy the L7 parts are dropped, so the
+//! rule denies every connection its L4 parts match. A waypoint's requests
+//! carry them ([`Http`]) and are decided on them.
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -18,6 +20,10 @@ use crate::{
     Config, Named, Workload,
     manifest::security::{AuthorizationPolicySpec, Condition, Operation, Rule, Source},
 };
+
+mod request;
+
+pub use request::{Headers, Http, RequestAuth, WaypointScope};
 
 /// What the node proxy knows about a connection to one of its workloads.
 #[derive(Clone, Debug)]
@@ -30,6 +36,8 @@ pub struct Connection<'a> {
     pub source_ip: IpAddr,
     pub destination_ip: IpAddr,
     pub destination_port: u16,
+    /// The request, when the connection is one at a waypoint.
+    pub http: Option<&'a Http<'a>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -51,48 +59,7 @@ enum Action {
 impl Config {
     /// Decides a connection to `workload`.
     pub fn authorize(&self, workload: &Workload, conn: &Connection<'_>) -> Decision {
-        let mut any_allow = false;
-        let mut allowed_by = None;
-        let mut audited = Vec::new();
-        for policy in self.policies_for(workload) {
-            let action = match policy.spec.action.as_deref().unwrap_or("ALLOW") {
-                "DENY" | "CUSTOM" => Action::Deny,
-                "AUDIT" => Action::Audit,
-                _ => Action::Allow,
-            };
-            let matched = policy
-                .spec
-                .rules
-                .iter()
-                .any(|rule| rule_matches(rule, conn, action));
-            let id = format!("{}/{}", policy.namespace, policy.name);
-            match action {
-                Action::Deny if matched => {
-                    return Decision {
-                        allowed: false,
-                        policy: Some(id),
-                        audited,
-                    };
-                }
-                Action::Deny => {}
-                Action::Audit => {
-                    if matched {
-                        audited.push(id);
-                    }
-                }
-                Action::Allow => {
-                    any_allow = true;
-                    if matched && allowed_by.is_none() {
-                        allowed_by = Some(id);
-                    }
-                }
-            }
-        }
-        Decision {
-            allowed: !any_allow || allowed_by.is_some(),
-            policy: allowed_by,
-            audited,
-        }
+        decide(self.policies_for(workload), conn)
     }
 
     /// Policies that apply to `workload` at the node proxy: mesh-wide ones
@@ -120,6 +87,55 @@ impl Config {
     }
 }
 
+/// What `policies` decide about `conn`.
+fn decide<'a>(
+    policies: impl Iterator<Item = &'a Named<AuthorizationPolicySpec>>,
+    conn: &Connection<'_>,
+) -> Decision {
+    let mut any_allow = false;
+    let mut allowed_by = None;
+    let mut audited = Vec::new();
+    for policy in policies {
+        let action = match policy.spec.action.as_deref().unwrap_or("ALLOW") {
+            "DENY" | "CUSTOM" => Action::Deny,
+            "AUDIT" => Action::Audit,
+            _ => Action::Allow,
+        };
+        let matched = policy
+            .spec
+            .rules
+            .iter()
+            .any(|rule| rule_matches(rule, conn, action));
+        let id = format!("{}/{}", policy.namespace, policy.name);
+        match action {
+            Action::Deny if matched => {
+                return Decision {
+                    allowed: false,
+                    policy: Some(id),
+                    audited,
+                };
+            }
+            Action::Deny => {}
+            Action::Audit => {
+                if matched {
+                    audited.push(id);
+                }
+            }
+            Action::Allow => {
+                any_allow = true;
+                if matched && allowed_by.is_none() {
+                    allowed_by = Some(id);
+                }
+            }
+        }
+    }
+    Decision {
+        allowed: !any_allow || allowed_by.is_some(),
+        policy: allowed_by,
+        audited,
+    }
+}
+
 /// A rule matches when each of its parts does: one of its `from`, one of
 /// its `to`, and every `when`. Missing parts match anything.
 fn rule_matches(rule: &Rule, conn: &Connection<'_>, action: Action) -> bool {
@@ -144,10 +160,19 @@ fn source_matches(s: &Source, conn: &Connection<'_>, action: Action) -> bool {
     let service_account = |a: &String| account.as_deref() == Some(a.as_str());
     // Request principals come from a JWT, which only a waypoint sees.
     let uses_l7 = !s.request_principals.is_empty() || !s.not_request_principals.is_empty();
-    if !l7_outcome(uses_l7, action) {
-        return false;
-    }
-    one_of(&s.principals, principal)
+    let requested = match conn.http {
+        Some(http) => {
+            let principal = |p: &String| {
+                http.auth
+                    .is_some_and(|auth| pattern_matches(p, &auth.principal))
+            };
+            one_of(&s.request_principals, principal)
+                && none_of(&s.not_request_principals, principal)
+        }
+        None => l7_outcome(uses_l7, action),
+    };
+    requested
+        && one_of(&s.principals, principal)
         && none_of(&s.not_principals, principal)
         && one_of(&s.namespaces, namespace)
         && none_of(&s.not_namespaces, namespace)
@@ -173,7 +198,23 @@ fn operation_matches(o: &Operation, conn: &Connection<'_>, action: Action) -> bo
     ]
     .iter()
     .any(|v| !v.is_empty());
-    l4 && l7_outcome(uses_l7, action)
+    let l7 = match conn.http {
+        Some(http) => {
+            let host = |h: &String| {
+                pattern_matches(&h.to_ascii_lowercase(), &http.host.to_ascii_lowercase())
+            };
+            let method = |m: &String| m == http.method;
+            let path = |p: &String| pattern_matches(p, http.path);
+            one_of(&o.hosts, host)
+                && none_of(&o.not_hosts, host)
+                && one_of(&o.methods, method)
+                && none_of(&o.not_methods, method)
+                && one_of(&o.paths, path)
+                && none_of(&o.not_paths, path)
+        }
+        None => l7_outcome(uses_l7, action),
+    };
+    l4 && l7
 }
 
 fn condition_matches(c: &Condition, conn: &Connection<'_>, action: Action) -> bool {
@@ -184,7 +225,18 @@ fn condition_matches(c: &Condition, conn: &Connection<'_>, action: Action) -> bo
         "source.serviceAccount" => service_account(conn.principal),
         "destination.ip" => Some(conn.destination_ip.to_string()),
         "destination.port" => Some(conn.destination_port.to_string()),
-        _ => return l7_outcome(true, action),
+        key => match conn.http.map(|http| http.attribute(key)) {
+            Some(Some(values)) => {
+                let test = |want: &String| values.iter().any(|have| pattern_matches(want, have));
+                return one_of(&c.values, test) && none_of(&c.not_values, test);
+            }
+            // The request lacks it (no such header, no token): no value
+            // matches, and every notValues passes.
+            Some(None) if request::known(key) => {
+                return c.values.is_empty();
+            }
+            _ => return l7_outcome(true, action),
+        },
     };
     let test = |want: &String| match (&value, c.key.ends_with(".ip")) {
         (Some(_), true) => {
@@ -225,7 +277,7 @@ fn none_of(values: &[String], test: impl Fn(&String) -> bool) -> bool {
 }
 
 /// Istio's string match: exact, `*`, `prefix*` or `*suffix`.
-fn pattern_matches(pattern: &str, value: &str) -> bool {
+pub(crate) fn pattern_matches(pattern: &str, value: &str) -> bool {
     if pattern == "*" {
         return true;
     }
@@ -284,6 +336,7 @@ mod tests {
             source_ip: "10.1.0.5".parse().unwrap(),
             destination_ip: "10.0.0.9".parse().unwrap(),
             destination_port: port,
+            http: None,
         }
     }
 

@@ -380,6 +380,7 @@ fn authorized(
             source_ip: client_ip,
             destination_ip: to.ip(),
             destination_port: to.port(),
+            http: None,
         },
     );
     for policy in &decision.audited {

@@ -158,6 +158,16 @@ const L7_KEY_PREFIXES: [&str; 8] = [
     "request.regex.headers[",
 ];
 
+/// The L7 keys a waypoint evaluates.
+const WAYPOINT_KEYS: [&str; 6] = [
+    "request.auth.principal",
+    "request.auth.audiences",
+    "request.auth.presenter",
+    "request.auth.claims[",
+    "request.headers[",
+    "connection.sni",
+];
+
 /// What an L7 attribute means on a workload without a waypoint.
 const L7_WARNING: &str = "is an L7 attribute: only a waypoint can check it; on a workload \
      without one, the rule that uses it never matches (an ALLOW rule allows nothing, a DENY \
@@ -184,11 +194,19 @@ pub(super) fn authorization_policy(
     if action == "CUSTOM" && spec.provider.as_ref().is_none_or(|p| p.name.is_empty()) {
         f.reject("spec.provider.name", "is required for action CUSTOM");
     }
+    // Bound with targetRefs, a waypoint enforces it, with the request's
+    // attributes; otherwise the node agents do, without them.
+    let at_waypoint = spec.target_ref.is_some() || !spec.target_refs.is_empty();
     if action == "CUSTOM" {
         f.warn(
             "spec.action",
-            "CUSTOM needs an external authorizer, which the node proxy does not have: it denies \
-             the connections this policy's rules match",
+            if at_waypoint {
+                "CUSTOM: strait's waypoint does not consult external authorizers yet: it denies \
+                 the requests this policy's rules match"
+            } else {
+                "CUSTOM needs an external authorizer, which the node proxy does not have: it denies \
+                 the connections this policy's rules match"
+            },
         );
     }
     if action != "CUSTOM" && spec.provider.is_some() {
@@ -223,7 +241,7 @@ pub(super) fn authorization_policy(
                 .and_then(|v| v.get(j))
                 .and_then(|v| v.get("source"))
                 .is_some();
-            source(f, &p, &from.source, present);
+            source(f, &p, &from.source, present, at_waypoint);
         }
         for (j, to) in rule.to.iter().enumerate() {
             let p = format!("{path}.to[{j}].operation");
@@ -232,7 +250,7 @@ pub(super) fn authorization_policy(
                 .and_then(|v| v.get(j))
                 .and_then(|v| v.get("operation"))
                 .is_some();
-            operation(f, &p, &to.operation, present);
+            operation(f, &p, &to.operation, present, at_waypoint);
         }
         for (j, cond) in rule.when.iter().enumerate() {
             let p = format!("{path}.when[{j}]");
@@ -258,7 +276,14 @@ pub(super) fn authorization_policy(
                     }
                 }
             } else if L7_KEY_PREFIXES.iter().any(|k| cond.key.starts_with(k)) {
-                f.warn(&format!("{p}.key"), &format!("{} {L7_WARNING}", cond.key));
+                if !WAYPOINT_KEYS.iter().any(|k| cond.key.starts_with(k)) {
+                    f.warn(
+                        &format!("{p}.key"),
+                        &format!("{} is not evaluated by strait: the rule that uses it never matches in ALLOW and always in DENY", cond.key),
+                    );
+                } else if !at_waypoint {
+                    f.warn(&format!("{p}.key"), &format!("{} {L7_WARNING}", cond.key));
+                }
             } else {
                 let known = L4_KEYS
                     .iter()
@@ -289,7 +314,7 @@ fn lists_set(f: &mut Findings, p: &str, present: bool, lists: &[(&str, &Vec<Stri
     }
 }
 
-fn source(f: &mut Findings, p: &str, s: &sec::Source, present: bool) {
+fn source(f: &mut Findings, p: &str, s: &sec::Source, present: bool, at_waypoint: bool) {
     let lists = [
         ("principals", &s.principals),
         ("notPrincipals", &s.not_principals),
@@ -350,13 +375,13 @@ fn source(f: &mut Findings, p: &str, s: &sec::Source, present: bool) {
         ("requestPrincipals", &s.request_principals),
         ("notRequestPrincipals", &s.not_request_principals),
     ] {
-        if !values.is_empty() {
+        if !values.is_empty() && !at_waypoint {
             f.warn(&format!("{p}.{field}"), L7_WARNING);
         }
     }
 }
 
-fn operation(f: &mut Findings, p: &str, o: &sec::Operation, present: bool) {
+fn operation(f: &mut Findings, p: &str, o: &sec::Operation, present: bool, at_waypoint: bool) {
     let lists = [
         ("hosts", &o.hosts),
         ("notHosts", &o.not_hosts),
@@ -390,7 +415,7 @@ fn operation(f: &mut Findings, p: &str, o: &sec::Operation, present: bool) {
         ("paths", &o.paths),
         ("notPaths", &o.not_paths),
     ] {
-        if !values.is_empty() {
+        if !values.is_empty() && !at_waypoint {
             f.warn(&format!("{p}.{field}"), L7_WARNING);
         }
     }

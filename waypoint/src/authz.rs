@@ -35,12 +35,12 @@ pub struct Asker<'a> {
     pub authority: SocketAddr,
 }
 
-/// Decides a request (its path already normalized) for `service`.
+/// Decides a request (its path already normalized) in `scope`.
 pub fn request(
     waypoint: &Waypoint,
     config: &Config,
     asker: Asker<'_>,
-    service: Option<&Service>,
+    scope: WaypointScope<'_>,
     parts: &Parts,
     auth: Option<&RequestAuth>,
 ) -> Decision {
@@ -59,7 +59,7 @@ pub fn request(
         sni: None,
         auth,
     };
-    decide(waypoint, config, asker, service, Some(&http))
+    decide(waypoint, config, asker, scope.service, Some(&http))
 }
 
 /// Decides a TCP connection for `service`: no request attributes.

@@ -17,7 +17,7 @@ use hyper::{
     body::Incoming,
     header::{self, HeaderMap, HeaderName, HeaderValue},
 };
-use strait_config::service::ServiceAt;
+use strait_config::{authz::WaypointScope, service::ServiceAt};
 use strait_identity::Identity;
 use strait_route::Target;
 use strait_state::Snapshot;
@@ -30,6 +30,7 @@ use crate::{
     affinity, authz,
     breaker::{Counters, Kind},
     cors::Verdict,
+    jwt,
     matching::{self, Match},
     metrics::RequestLabels,
     mirror,
@@ -112,20 +113,30 @@ pub async fn handle(
     // A path that cannot be normalized is refused, as Envoy does; then the
     // policies attached to this waypoint decide.
     let refused = if normalized {
-        let asker = authz::Asker {
-            identity: &client.identity,
-            addr: client.addr,
-            authority: client.authority,
+        let scope = WaypointScope {
+            namespace: &waypoint.namespace,
+            name: &waypoint.name,
+            service: service.map(|at| at.service),
         };
-        let decision = authz::request(
-            &waypoint,
-            &state.config,
-            asker,
-            service.map(|at| at.service),
-            &parts,
-            None,
-        );
-        (!decision.allowed).then(|| forbidden(grpc))
+        match jwt::authenticate(&waypoint.jwt_keys, &state.config, scope, &mut parts).await {
+            Ok(auth) => {
+                let asker = authz::Asker {
+                    identity: &client.identity,
+                    addr: client.addr,
+                    authority: client.authority,
+                };
+                let decision = authz::request(
+                    &waypoint,
+                    &state.config,
+                    asker,
+                    scope,
+                    &parts,
+                    auth.as_ref(),
+                );
+                (!decision.allowed).then(|| forbidden(grpc))
+            }
+            Err(why) => Some(unauthenticated(grpc, &why, &parts)),
+        }
     } else {
         Some(reply(StatusCode::BAD_REQUEST, "-", None, 0))
     };
@@ -845,6 +856,52 @@ fn forbidden(grpc: bool) -> Outcome {
     *outcome.response.body_mut() = Full::new(Bytes::from_static(MESSAGE.as_bytes()))
         .map_err(|never| match never {})
         .boxed();
+    outcome
+}
+
+/// RequestAuthentication's refusal, as Envoy's `jwt_authn` answers: 401
+/// saying why, or for gRPC a trailers-only UNAUTHENTICATED.
+fn unauthenticated(grpc: bool, why: &str, parts: &hyper::http::request::Parts) -> Outcome {
+    if grpc {
+        let mut outcome = reply(StatusCode::OK, "UAEX", None, 0);
+        *outcome.response.body_mut() = Empty::new().map_err(|never| match never {}).boxed();
+        let headers = outcome.response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        headers.insert("grpc-status", HeaderValue::from(16u16));
+        if let Ok(message) = HeaderValue::from_str(why) {
+            headers.insert("grpc-message", message);
+        }
+        return outcome;
+    }
+    let mut outcome = reply(StatusCode::UNAUTHORIZED, "UAEX", None, 0);
+    *outcome.response.body_mut() = Full::new(Bytes::from(why.to_string()))
+        .map_err(|never| match never {})
+        .boxed();
+    let host = parts
+        .uri
+        .authority()
+        .map(|a| a.to_string())
+        .or_else(|| {
+            parts
+                .headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        })
+        .unwrap_or_default();
+    let challenge = format!(
+        "Bearer realm=\"http://{host}{}\", error=\"invalid_token\"",
+        parts.uri.path()
+    );
+    if let Ok(value) = HeaderValue::from_str(&challenge) {
+        outcome
+            .response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, value);
+    }
     outcome
 }
 

@@ -21,6 +21,7 @@ mod cors;
 mod detect;
 mod forward;
 mod inbound;
+mod jwt;
 mod matching;
 mod metrics;
 mod mirror;
@@ -112,6 +113,10 @@ struct Args {
     /// DECODE_AND_MERGE_SLASHES.
     #[arg(long, env = "STRAIT_PATH_NORMALIZATION", default_value = "BASE")]
     path_normalization: normalize::Normalization,
+    /// How often a RequestAuthentication's `jwksUri` is fetched again (so a
+    /// rotated key is picked up); Istio's default.
+    #[arg(long, default_value = "20m", value_parser = strait_config::duration::parse)]
+    jwks_refresh: Duration,
     /// On SIGTERM: how long requests in flight may take to finish.
     #[arg(long, default_value = "5s", value_parser = strait_config::duration::parse)]
     drain_timeout: Duration,
@@ -281,6 +286,7 @@ async fn run(args: Args, access: access::AccessLog) -> Result<()> {
         breakers: Default::default(),
         shares: share::Shares::new(args.max_requests_per_client),
         normalization: args.path_normalization,
+        jwt_keys: jwt::Keys::new(args.jwks_refresh),
         in_flight: Default::default(),
         mirror_slots: Arc::new(tokio::sync::Semaphore::new(mirror::IN_FLIGHT)),
         origins: Default::default(),
@@ -378,6 +384,20 @@ impl reload::Applied for Prune {
         self.0.upstreams.retain(known);
         // The rules' certificate files are read again when next used.
         self.0.origins.clear();
+        self.0.jwt_keys.retain(|source| {
+            state
+                .config
+                .request_authentications
+                .iter()
+                .flat_map(|r| &r.spec.jwt_rules)
+                .any(|rule| match source {
+                    jwt::Source::Inline(jwks) => rule.jwks.as_deref() == Some(jwks),
+                    jwt::Source::Uri(uri) => rule.jwks_uri.as_deref() == Some(uri),
+                    jwt::Source::Discovery(issuer) => {
+                        rule.jwks.is_none() && rule.jwks_uri.is_none() && rule.issuer == issuer
+                    }
+                })
+        });
         self.0.health.retain(known);
         self.0.breakers.retain(|destination| {
             let service = destination.rsplit_once(':').map_or(destination, |(s, _)| s);

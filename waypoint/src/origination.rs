@@ -118,6 +118,15 @@ impl Origins {
     }
 }
 
+/// The system's CA certificates (those it cannot read left out).
+pub fn system_roots() -> RootCertStore {
+    let mut roots = RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    roots
+}
+
 fn client_config(tls: &ClientTls, http2: bool) -> Result<ClientConfig, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
@@ -138,11 +147,7 @@ fn client_config(tls: &ClientTls, http2: bool) -> Result<ClientConfig, String> {
                         .map_err(|e| format!("caCertificates {path}: {e}"))?;
                 }
             }
-            None => {
-                for cert in rustls_native_certs::load_native_certs().certs {
-                    let _ = roots.add(cert);
-                }
-            }
+            None => roots = system_roots(),
         }
         if roots.is_empty() {
             return Err("no CA certificate to check the endpoint's with".into());

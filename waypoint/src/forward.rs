@@ -135,7 +135,7 @@ pub async fn handle(
                 );
                 (!decision.allowed).then(|| forbidden(grpc))
             }
-            Err(why) => Some(unauthenticated(grpc, &why, &parts)),
+            Err(refused) => Some(unauthenticated(grpc, &refused, &parts)),
         }
     } else {
         Some(reply(StatusCode::BAD_REQUEST, "-", None, 0))
@@ -815,8 +815,10 @@ fn reply(
 /// `path` normalized in place (its query kept); false when the result is
 /// not a path.
 fn normalize_path(mode: Normalization, parts: &mut hyper::http::request::Parts) -> bool {
-    let Some(path) = mode.apply(parts.uri.path()) else {
-        return true;
+    let path = match mode.apply(parts.uri.path()) {
+        Ok(Some(path)) => path,
+        Ok(None) => return true,
+        Err(_) => return false,
     };
     if path == parts.uri.path() {
         return true;
@@ -860,8 +862,14 @@ fn forbidden(grpc: bool) -> Outcome {
 }
 
 /// RequestAuthentication's refusal, as Envoy's `jwt_authn` answers: 401
-/// saying why, or for gRPC a trailers-only UNAUTHENTICATED.
-fn unauthenticated(grpc: bool, why: &str, parts: &hyper::http::request::Parts) -> Outcome {
+/// saying why (403 for a token of another audience), or for gRPC a
+/// trailers-only UNAUTHENTICATED (PERMISSION_DENIED).
+fn unauthenticated(
+    grpc: bool,
+    refused: &jwt::Refused,
+    parts: &hyper::http::request::Parts,
+) -> Outcome {
+    let why = refused.why.as_str();
     if grpc {
         let mut outcome = reply(StatusCode::OK, "UAEX", None, 0);
         *outcome.response.body_mut() = Empty::new().map_err(|never| match never {}).boxed();
@@ -870,13 +878,19 @@ fn unauthenticated(grpc: bool, why: &str, parts: &hyper::http::request::Parts) -
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/grpc"),
         );
-        headers.insert("grpc-status", HeaderValue::from(16u16));
+        let code: u16 = if refused.forbidden { 7 } else { 16 };
+        headers.insert("grpc-status", HeaderValue::from(code));
         if let Ok(message) = HeaderValue::from_str(why) {
             headers.insert("grpc-message", message);
         }
         return outcome;
     }
-    let mut outcome = reply(StatusCode::UNAUTHORIZED, "UAEX", None, 0);
+    let status = if refused.forbidden {
+        StatusCode::FORBIDDEN
+    } else {
+        StatusCode::UNAUTHORIZED
+    };
+    let mut outcome = reply(status, "UAEX", None, 0);
     *outcome.response.body_mut() = Full::new(Bytes::from(why.to_string()))
         .map_err(|never| match never {})
         .boxed();

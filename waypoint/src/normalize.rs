@@ -1,10 +1,14 @@
 //! A request's path as Istio has Envoy normalize it before anything
 //! matches on it (routes, authorization) and before it is sent on: meshConfig
-//! `pathNormalization.normalization`. `BASE` (Istio's default) is RFC 3986
-//! normalization: dot segments removed, `\` read as `/`, escaped unreserved
-//! characters decoded and other escapes upper-cased, characters a path may
-//! not hold escaped. `MERGE_SLASHES` also merges `//`; `DECODE_AND_MERGE_SLASHES`
-//! first decodes `%2F` and `%5C` (so `/admin%2Fx` is `/admin/x`).
+//! `pathNormalization.normalization`. `BASE` (Istio's default) is Envoy's
+//! `normalize_path` (Chromium's URL canonicalization): dot segments
+//! removed (a segment is a dot segment by what precedes its first `;`, so
+//! `/x/..;y/admin` is `/admin`), `\` read as `/`, escaped unreserved
+//! characters decoded and other escapes kept as written, characters a path
+//! may not hold escaped, an escaped NUL refused. `MERGE_SLASHES` also
+//! merges `//`; `DECODE_AND_MERGE_SLASHES` first decodes `%2F` and `%5C`
+//! (so `/admin%2Fx` is `/admin/x`). The waypoint's suite compares each
+//! with Envoy on the same paths.
 use std::fmt::Write;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -34,12 +38,16 @@ impl std::str::FromStr for Normalization {
     }
 }
 
+/// A path no normalization makes acceptable (an escaped NUL).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Invalid;
+
 impl Normalization {
     /// `path` (without its query) normalized; `None` when it is not an
     /// origin-form path (`*`, say), which is left as it is.
-    pub fn apply(self, path: &str) -> Option<String> {
+    pub fn apply(self, path: &str) -> Result<Option<String>, Invalid> {
         if self == Self::None || !path.starts_with('/') {
-            return None;
+            return Ok(None);
         }
         let decoded;
         let path = if self == Self::DecodeAndMergeSlashes {
@@ -48,11 +56,11 @@ impl Normalization {
         } else {
             path
         };
-        let mut out = remove_dot_segments(&canonical_chars(path));
+        let mut out = canonical(path)?;
         if matches!(self, Self::MergeSlashes | Self::DecodeAndMergeSlashes) {
             out = merge_slashes(&out);
         }
-        Some(out)
+        Ok(Some(out))
     }
 }
 
@@ -82,7 +90,8 @@ fn unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
 }
 
-/// What a path may hold as it is: unreserved, sub-delims, `:`, `@`, `/`.
+/// What a path may hold as it is: unreserved, sub-delims, `:`, `@`, `/`,
+/// and `[`, `]` (which Chromium leaves).
 fn plain(b: u8) -> bool {
     unreserved(b)
         || matches!(
@@ -100,27 +109,30 @@ fn plain(b: u8) -> bool {
                 | b':'
                 | b'@'
                 | b'/'
+                | b'['
+                | b']'
         )
 }
 
-/// `\` as `/`, escapes of unreserved characters decoded, other escapes
-/// upper-cased, anything else a path may not hold escaped.
-fn canonical_chars(path: &str) -> String {
+/// Escapes of unreserved characters decoded and others kept
+/// as written, anything else a path may not hold escaped (ASCII in upper
+/// case, other bytes in lower, as Envoy writes them).
+fn canonical_chars(path: &str) -> Result<String, Invalid> {
     let bytes = path.as_bytes();
     let mut out = String::with_capacity(path.len());
     let mut i = 0;
     while i < bytes.len() {
         let b = bytes[i];
         match b {
-            b'\\' => out.push('/'),
             b'%' => match bytes.get(i + 1..i + 3).and_then(hex_pair) {
+                Some(0) => return Err(Invalid),
                 Some(v) if unreserved(v) => {
                     out.push(v as char);
                     i += 3;
                     continue;
                 }
-                Some(v) => {
-                    let _ = write!(out, "%{v:02X}");
+                Some(_) => {
+                    out.push_str(&path[i..i + 3]);
                     i += 3;
                     continue;
                 }
@@ -128,13 +140,16 @@ fn canonical_chars(path: &str) -> String {
                 None => out.push('%'),
             },
             b if plain(b) => out.push(b as char),
-            b => {
+            b if b.is_ascii() => {
                 let _ = write!(out, "%{b:02X}");
+            }
+            b => {
+                let _ = write!(out, "%{b:02x}");
             }
         }
         i += 1;
     }
-    out
+    Ok(out)
 }
 
 fn hex_pair(pair: &[u8]) -> Option<u8> {
@@ -142,27 +157,38 @@ fn hex_pair(pair: &[u8]) -> Option<u8> {
     Some((digit(pair[0])? * 16 + digit(pair[1])?) as u8)
 }
 
-/// RFC 3986 5.2.4: `.` segments dropped, `..` takes the one before it
-/// (never above the root).
-fn remove_dot_segments(path: &str) -> String {
-    let mut segments: Vec<&str> = Vec::new();
+/// Each segment's characters made canonical, and RFC 3986 5.2.4's dot
+/// segments removed: `.` dropped, `..` takes the segment before it (never
+/// above the root). A segment is a dot segment when it is one once decoded
+/// (`%2e%2e`), or when its literal dots are followed by `;` (`..;x`), as
+/// Chromium classifies them (`%2e%2e;` is not one).
+fn canonical(path: &str) -> Result<String, Invalid> {
+    let path = path.replace('\\', "/");
     let parts: Vec<&str> = path[1..].split('/').collect();
     let last = parts.len() - 1;
-    for (i, segment) in parts.iter().enumerate() {
-        match *segment {
+    let mut segments: Vec<String> = Vec::new();
+    for (i, raw) in parts.iter().enumerate() {
+        let literal = raw.split(';').next().unwrap_or("");
+        let segment = canonical_chars(raw)?;
+        let dots = if matches!(literal, "." | "..") {
+            literal
+        } else {
+            segment.as_str()
+        };
+        match dots {
             "." | ".." => {
-                if *segment == ".." {
+                if dots == ".." {
                     segments.pop();
                 }
                 // A trailing dot segment leaves the path ending in `/`.
                 if i == last {
-                    segments.push("");
+                    segments.push(String::new());
                 }
             }
-            other => segments.push(other),
+            _ => segments.push(segment),
         }
     }
-    format!("/{}", segments.join("/"))
+    Ok(format!("/{}", segments.join("/")))
 }
 
 fn merge_slashes(path: &str) -> String {
@@ -180,7 +206,9 @@ mod tests {
     use super::Normalization::{self, *};
 
     fn n(mode: Normalization, path: &str) -> String {
-        mode.apply(path).unwrap_or_else(|| path.to_string())
+        mode.apply(path)
+            .expect("valid")
+            .unwrap_or_else(|| path.to_string())
     }
 
     #[test]
@@ -193,7 +221,14 @@ mod tests {
             ("/%2e%2e/admin", "/admin"),
             ("/%2E/admin", "/admin"),
             ("/adm%69n", "/admin"),
-            ("/admin%2fx", "/admin%2Fx"),
+            ("/admin%2fx", "/admin%2fx"),
+            ("/public/..;x/admin", "/admin"),
+            ("/public/.;/admin", "/public/admin"),
+            ("/public/%2e%2e;/admin", "/public/..;/admin"),
+            ("/a;b/c", "/a;b/c"),
+            ("/a%7e%41", "/a~A"),
+            ("/a%e9\u{e9}", "/a%e9%c3%a9"),
+            ("/a{b}|", "/a%7Bb%7D%7C"),
             ("/a\\..\\admin", "/admin"),
             ("//admin", "//admin"),
             ("/admin/", "/admin/"),
@@ -206,7 +241,8 @@ mod tests {
             assert_eq!(n(Base, path), want, "{path}");
         }
         assert_eq!(n(None, "/a/../b"), "/a/../b");
-        assert_eq!(Base.apply("*"), Option::None);
+        assert_eq!(Base.apply("*"), Ok(Option::None));
+        assert_eq!(Base.apply("/a%00b"), Err(super::Invalid));
     }
 
     #[test]

@@ -15,7 +15,9 @@
                                   KIND is `none` (alg none, no signature),
                                   `hmac` (HS256 keyed with KID's public
                                   key), `tampered` (claims changed after
-                                  signing with RS256)
+                                  signing with RS256), `as:NAMED:REAL`
+                                  (signed with REAL, the header naming
+                                  NAMED)
 """
 import base64
 import json
@@ -108,6 +110,8 @@ def main():
         kid, alg, claims = sys.argv[3], sys.argv[4], claims_of(sys.argv[5])
         header = json.loads(sys.argv[6]) if len(sys.argv) > 6 else {}
         header.setdefault("kid", kid)
+        if header["kid"] is None:
+            del header["kid"]
         print(jwt.encode(claims, private_key(d, kid), algorithm=alg, headers=header))
     elif cmd == "forge":
         kid, kind, claims = sys.argv[3], sys.argv[4], claims_of(sys.argv[5])
@@ -122,6 +126,14 @@ def main():
             body = b64(json.dumps(claims).encode())
             import hmac, hashlib
             sig = hmac.new(public, (head + "." + body).encode(), hashlib.sha256).digest()
+            print(head + "." + body + "." + b64(sig))
+        elif kind.startswith("as:"):
+            # as:NAMED:REAL: the header names NAMED, the signature is REAL's.
+            _, named, real = kind.split(":")
+            head = b64(json.dumps({"alg": named, "typ": "JWT", "kid": kid}).encode())
+            body = b64(json.dumps(claims).encode())
+            algo = jwt.algorithms.get_default_algorithms()[real]
+            sig = algo.sign((head + "." + body).encode(), algo.prepare_key(private_key(d, kid)))
             print(head + "." + body + "." + b64(sig))
         elif kind == "tampered":
             token = jwt.encode(claims, private_key(d, kid), algorithm="RS256", headers={"kid": kid})

@@ -1,8 +1,8 @@
 //! RequestAuthentication at the waypoint: tokens of every accepted
 //! algorithm verified against a JWKS served over HTTP from a pod; expired,
-//! early, wrongly addressed, forged (`alg: none`, HMAC keyed with the
-//! public key, claims changed after signing) and unknown-key tokens refused
-//! with 401; no token passes unless a policy requires a request principal;
+//! early, forged (`alg: none`, HMAC keyed with the public key, claims
+//! changed after signing) and unknown-key tokens refused with 401 (a token
+//! for another audience with 403, as Envoy); no token passes unless a policy requires a request principal;
 //! claims reach policies (`request.auth.claims[groups]`) and the app
 //! (outputClaimToHeaders), the token does not (forwardOriginalToken
 //! false); a rotated key is picked up within the refresh interval.
@@ -242,11 +242,17 @@ fn tokens_are_verified_and_their_claims_decide() -> Result<()> {
         ("not a JWT", "abc.def".to_string()),
     ];
     for (what, token) in refused {
+        // A token for another audience is forbidden, as Envoy answers.
+        let want = if what == "wrong audience" {
+            "403"
+        } else {
+            "401"
+        };
         cases.push((
             what.to_string(),
             vec!["-H".into(), bearer(&token)],
             "/public".into(),
-            "401",
+            want,
         ));
     }
     let token = tool.sign("es256", "ES256", &good("alice"))?;

@@ -44,8 +44,32 @@ enum Location {
     Cookie(String),
 }
 
+/// Why a request's token was refused, in Envoy's words.
+#[derive(Debug)]
+pub struct Refused {
+    pub why: String,
+    /// 403 rather than 401: the token is good but not for this audience
+    /// (as Envoy answers).
+    pub forbidden: bool,
+}
+
+impl From<String> for Refused {
+    fn from(why: String) -> Self {
+        Self {
+            why,
+            forbidden: false,
+        }
+    }
+}
+
+impl From<&str> for Refused {
+    fn from(why: &str) -> Self {
+        why.to_string().into()
+    }
+}
+
 /// The outcome for a request: the verified token's claims, or none.
-pub type Verdict = Result<Option<RequestAuth>, String>;
+pub type Verdict = Result<Option<RequestAuth>, Refused>;
 
 /// Verifies `parts`'s tokens against the rules attached for `scope`, and
 /// edits the request as the verifying rule says.
@@ -192,7 +216,7 @@ fn cookies(headers: &HeaderMap) -> Vec<(String, String)> {
 
 /// The token's payload (as sent, base64url) and claims, if `rule` verifies
 /// it; else why not, in Envoy's words.
-async fn verify(keys: &Keys, rule: &JwtRule, token: &str) -> Result<(String, Value), String> {
+async fn verify(keys: &Keys, rule: &JwtRule, token: &str) -> Result<(String, Value), Refused> {
     let sections: Vec<&str> = token.split('.').collect();
     let [_, payload, _] = sections[..] else {
         return Err(
@@ -223,7 +247,10 @@ async fn verify(keys: &Keys, rule: &JwtRule, token: &str) -> Result<(String, Val
     if !rule.audiences.is_empty() {
         let audiences = strings(claims.get("aud"));
         if !audiences.iter().any(|a| rule.audiences.contains(a)) {
-            return Err("Audiences in Jwt are not allowed".into());
+            return Err(Refused {
+                why: "Audiences in Jwt are not allowed".into(),
+                forbidden: true,
+            });
         }
     }
     let timeout = rule
@@ -245,7 +272,7 @@ async fn verify(keys: &Keys, rule: &JwtRule, token: &str) -> Result<(String, Val
     validation.validate_nbf = true;
     validation.validate_aud = false;
     validation.required_spec_claims.clear();
-    let mut last = "Jwks doesn't have key to match kid or alg from Jwt".to_string();
+    let mut last = "Jwks doesn't have key to match kid or alg from Jwt";
     let fitting = set
         .iter()
         .filter(|k| header.kid.is_none() || k.kid == header.kid)
@@ -255,9 +282,9 @@ async fn verify(keys: &Keys, rule: &JwtRule, token: &str) -> Result<(String, Val
             Ok(_) => return Ok((payload.to_string(), claims)),
             Err(err) => {
                 last = match err.kind() {
-                    ErrorKind::ExpiredSignature => "Jwt is expired".into(),
-                    ErrorKind::ImmatureSignature => "Jwt not yet valid".into(),
-                    _ => "Jwt verification fails".into(),
+                    ErrorKind::ExpiredSignature => "Jwt is expired",
+                    ErrorKind::ImmatureSignature => "Jwt not yet valid",
+                    _ => "Jwt verification fails",
                 };
                 // The signature held: the times are what failed.
                 if matches!(
@@ -269,7 +296,7 @@ async fn verify(keys: &Keys, rule: &JwtRule, token: &str) -> Result<(String, Val
             }
         }
     }
-    Err(last)
+    Err(last.into())
 }
 
 /// A claim as strings: a string, or the strings of a list.

@@ -35,6 +35,14 @@ pub struct Asker<'a> {
     pub authority: SocketAddr,
 }
 
+/// What the policies say of a request: the CUSTOM policies whose rules
+/// match it (`namespace/name` and the authorizer each names), which it
+/// must pass first, and the DENY and ALLOW policies' decision.
+pub struct Verdict {
+    pub custom: Vec<(String, String)>,
+    pub decision: Decision,
+}
+
 /// Decides a request (its path already normalized) in `scope`.
 pub fn request(
     waypoint: &Waypoint,
@@ -43,7 +51,7 @@ pub fn request(
     scope: WaypointScope<'_>,
     parts: &Parts,
     auth: Option<&RequestAuth>,
-) -> Decision {
+) -> Verdict {
     let host = parts
         .uri
         .authority()
@@ -59,7 +67,23 @@ pub fn request(
         sni: None,
         auth,
     };
-    decide(waypoint, config, asker, scope.service, Some(&http))
+    let principal = asker.identity.principal();
+    let conn = connection_of(&asker, &principal, Some(&http));
+    let custom = config
+        .custom_policies(scope, &conn)
+        .into_iter()
+        .map(|p| {
+            let provider = p.spec.provider.as_ref().map(|p| p.name.clone());
+            (
+                format!("{}/{}", p.namespace, p.name),
+                provider.unwrap_or_default(),
+            )
+        })
+        .collect();
+    Verdict {
+        custom,
+        decision: decide(waypoint, config, &conn, scope),
+    }
 }
 
 /// Decides a TCP connection for `service`: no request attributes.
@@ -69,31 +93,38 @@ pub fn connection(
     asker: Asker<'_>,
     service: Option<&Service>,
 ) -> Decision {
-    decide(waypoint, config, asker, service, None)
-}
-
-fn decide(
-    waypoint: &Waypoint,
-    config: &Config,
-    asker: Asker<'_>,
-    service: Option<&Service>,
-    http: Option<&Http<'_>>,
-) -> Decision {
     let principal = asker.identity.principal();
-    let conn = Connection {
-        principal: Some(&principal),
-        namespace: Some(&asker.identity.namespace),
-        source_ip: asker.addr.ip(),
-        destination_ip: asker.authority.ip(),
-        destination_port: asker.authority.port(),
-        http,
-    };
+    let conn = connection_of(&asker, &principal, None);
     let scope = WaypointScope {
         namespace: &waypoint.namespace,
         name: &waypoint.name,
         service,
     };
-    let decision = config.authorize_request(scope, &conn);
+    decide(waypoint, config, &conn, scope)
+}
+
+fn connection_of<'a>(
+    asker: &'a Asker<'a>,
+    principal: &'a str,
+    http: Option<&'a Http<'a>>,
+) -> Connection<'a> {
+    Connection {
+        principal: Some(principal),
+        namespace: Some(&asker.identity.namespace),
+        source_ip: asker.addr.ip(),
+        destination_ip: asker.authority.ip(),
+        destination_port: asker.authority.port(),
+        http,
+    }
+}
+
+fn decide(
+    waypoint: &Waypoint,
+    config: &Config,
+    conn: &Connection<'_>,
+    scope: WaypointScope<'_>,
+) -> Decision {
+    let decision = config.authorize_request(scope, conn);
     for policy in &decision.audited {
         info!(%policy, allowed = decision.allowed, "AUDIT policy matched");
     }

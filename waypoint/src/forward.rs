@@ -30,7 +30,7 @@ use crate::{
     affinity, authz,
     breaker::{Counters, Kind},
     cors::Verdict,
-    jwt,
+    extauthz, jwt,
     matching::{self, Match},
     metrics::RequestLabels,
     mirror,
@@ -125,7 +125,7 @@ pub async fn handle(
                     addr: client.addr,
                     authority: client.authority,
                 };
-                let decision = authz::request(
+                let verdict = authz::request(
                     &waypoint,
                     &state.config,
                     asker,
@@ -133,7 +133,10 @@ pub async fn handle(
                     &parts,
                     auth.as_ref(),
                 );
-                (!decision.allowed).then(|| forbidden(grpc))
+                match authorized(&waypoint, &client, &verdict.custom, &mut parts, grpc).await {
+                    Some(refused) => Some(refused),
+                    None => (!verdict.decision.allowed).then(|| forbidden(grpc)),
+                }
             }
             Err(refused) => Some(unauthenticated(grpc, &refused, &parts)),
         }
@@ -859,6 +862,69 @@ fn forbidden(grpc: bool) -> Outcome {
         .map_err(|never| match never {})
         .boxed();
     outcome
+}
+
+/// Puts the request to the external authorizer of each CUSTOM policy that
+/// matched it; the first refusal is the answer. An authorizer the mesh
+/// config does not name refuses (a policy must not be skipped).
+async fn authorized(
+    waypoint: &Waypoint,
+    client: &Client,
+    custom: &[(String, String)],
+    parts: &mut hyper::http::request::Parts,
+    grpc: bool,
+) -> Option<Outcome> {
+    for (policy, provider) in custom {
+        let Some(authorizer) = waypoint.authorizers.get(provider) else {
+            debug!(%policy, %provider, "CUSTOM policy names an unknown authorizer: refused");
+            waypoint.metrics.denied(Some(policy));
+            return Some(forbidden(grpc));
+        };
+        match extauthz::check(waypoint, client, authorizer, parts).await {
+            extauthz::Answer::Allow { set, remove } => {
+                extauthz::Answer::edit(set, remove, &mut parts.headers);
+            }
+            extauthz::Answer::Deny {
+                status,
+                headers,
+                body,
+            } => {
+                waypoint.metrics.denied(Some(policy));
+                let mut outcome = reply(status, "UAEX", None, 0);
+                if grpc {
+                    *outcome.response.status_mut() = StatusCode::OK;
+                    *outcome.response.body_mut() =
+                        Empty::new().map_err(|never| match never {}).boxed();
+                    let h = outcome.response.headers_mut();
+                    h.insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/grpc"),
+                    );
+                    h.insert("grpc-status", HeaderValue::from(grpc_code_of(status)));
+                } else {
+                    *outcome.response.body_mut() =
+                        Full::new(body).map_err(|never| match never {}).boxed();
+                    for (name, value) in headers {
+                        outcome.response.headers_mut().append(name, value);
+                    }
+                }
+                return Some(outcome);
+            }
+        }
+    }
+    None
+}
+
+/// The gRPC status Envoy gives a local answer of `status`.
+fn grpc_code_of(status: StatusCode) -> u16 {
+    match status.as_u16() {
+        400 => 13,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 | 502..=504 => 14,
+        _ => 2,
+    }
 }
 
 /// RequestAuthentication's refusal, as Envoy's `jwt_authn` answers: 401

@@ -17,8 +17,10 @@ mod actions;
 mod affinity;
 mod authz;
 mod breaker;
+mod call;
 mod cors;
 mod detect;
+mod extauthz;
 mod forward;
 mod inbound;
 mod jwt;
@@ -117,6 +119,10 @@ struct Args {
     /// rotated key is picked up); Istio's default.
     #[arg(long, default_value = "20m", value_parser = strait_config::duration::parse)]
     jwks_refresh: Duration,
+    /// Istio's meshConfig (the `mesh` key of its ConfigMap), for the
+    /// external authorizers CUSTOM policies name (`extensionProviders`).
+    #[arg(long, env = "STRAIT_MESH_CONFIG")]
+    mesh_config: Option<PathBuf>,
     /// On SIGTERM: how long requests in flight may take to finish.
     #[arg(long, default_value = "5s", value_parser = strait_config::duration::parse)]
     drain_timeout: Duration,
@@ -263,6 +269,14 @@ async fn run(args: Args, access: access::AccessLog) -> Result<()> {
         }
         listeners
     };
+    let authorizers = match &args.mesh_config {
+        Some(path) => {
+            strait_config::mesh_config::MeshConfig::read(path)
+                .map_err(|e| anyhow::anyhow!("--mesh-config {e}"))?
+                .authorizers
+        }
+        None => Default::default(),
+    };
     let waypoint = Arc::new(Waypoint {
         state: state.clone(),
         namespace: namespace.into(),
@@ -287,6 +301,7 @@ async fn run(args: Args, access: access::AccessLog) -> Result<()> {
         shares: share::Shares::new(args.max_requests_per_client),
         normalization: args.path_normalization,
         jwt_keys: jwt::Keys::new(args.jwks_refresh),
+        authorizers,
         in_flight: Default::default(),
         mirror_slots: Arc::new(tokio::sync::Semaphore::new(mirror::IN_FLIGHT)),
         origins: Default::default(),

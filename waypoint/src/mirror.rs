@@ -5,13 +5,12 @@
 //! mirrored); copies in flight are bounded, and each is given a deadline.
 use std::{sync::Arc, time::Duration};
 
-use http_body_util::BodyExt;
 use hyper::header::{self, HeaderValue};
 use tracing::debug;
 
 use crate::{
-    plan,
-    pool::{Body, Dialing},
+    call, plan,
+    pool::Body,
     proxy::{Client, Waypoint},
     routes::Mirrored,
 };
@@ -20,6 +19,8 @@ use crate::{
 pub const IN_FLIGHT: usize = 256;
 /// How long one copy may take.
 const DEADLINE: Duration = Duration::from_secs(15);
+/// How much of a copy's answer is read (and dropped).
+const ANSWER_READ: usize = 1 << 20;
 
 /// Sends a copy of the request (`head`, `body`) to `to`, in the
 /// background.
@@ -63,61 +64,30 @@ async fn copy(
     mut head: hyper::http::request::Parts,
     body: Body,
 ) -> Result<(), &'static str> {
-    let state = waypoint.state.snapshot();
-    let at = state
-        .config
-        .find_service(&to.host)
-        .ok_or("no such service")?;
-    let subset = match &to.subset {
-        None => None,
-        Some(name) => {
-            Some(plan::subset_labels(waypoint, &state.config, at, name).ok_or("no such subset")?)
+    let port = match to.port {
+        Some(port) => port,
+        None => {
+            let state = waypoint.state.snapshot();
+            let at = state
+                .config
+                .find_service(&to.host)
+                .ok_or("no such service")?;
+            plan::port_of(at, None, client.authority.port())
         }
     };
-    let port = to
-        .port
-        .unwrap_or_else(|| plan::port_of(at, None, client.authority.port()));
-    let plan = plan::Plan::to(at, port, subset);
-    let endpoints = plan::targets(waypoint, client, &state, &plan)
-        .await
-        .map_err(|_| "no endpoint")?;
-    let target = endpoints.targets.first().ok_or("no endpoint")?;
-    let addr = plan::endpoint_of(target);
-    let counters = waypoint.breakers.of(&format!("mirror {}", to.host));
-    let limits = crate::breaker::Limits::default();
-    let mut lease = waypoint
-        .upstreams
-        .take(
-            Dialing {
-                dialer: &waypoint.dialer,
-                origin: waypoint,
-                timeout: waypoint.connect_timeout,
-                tls: None,
-            },
-            &state,
-            target,
-            (plan.version(client.version), None, None),
-            (
-                &counters,
-                limits.max_connections,
-                limits.max_pending,
-                limits.reuse,
-            ),
-        )
-        .await
-        .map_err(|_| "no connection")?;
     // Envoy's shadow authority: `host-shadow`.
-    let authority = plan::request_authority(&head).unwrap_or_else(|| addr.to_string());
+    let authority = plan::request_authority(&head).unwrap_or_else(|| to.host.clone());
     if let Ok(shadow) = HeaderValue::from_str(&shadow_of(&authority)) {
         head.headers.insert(header::HOST, shadow);
     }
-    let request = plan::upstream_request(&head, body, addr, plan.version(client.version));
-    let answer = lease.sender.send(request).await.map_err(|_| "no answer")?;
-    // Read to the end, so the connection can be used again.
-    let _ = answer.into_body().collect().await;
-    waypoint
-        .upstreams
-        .give_back(target, (&waypoint.identity, None), lease, limits.reuse);
+    let to = call::To {
+        host: &to.host,
+        subset: to.subset.as_deref(),
+        port,
+        version: None,
+    };
+    // The answer is dropped: only so much of it is read.
+    call::exchange(waypoint, client, to, &head, body, ANSWER_READ).await?;
     Ok(())
 }
 

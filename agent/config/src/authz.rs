@@ -97,6 +97,10 @@ fn decide<'a>(
     let mut audited = Vec::new();
     for policy in policies {
         let action = match policy.spec.action.as_deref().unwrap_or("ALLOW") {
+            // A waypoint consults the policy's authorizer for a request
+            // ([`Config::custom_policies`]); without one, its matches are
+            // denied.
+            "CUSTOM" if conn.http.is_some() => continue,
             "DENY" | "CUSTOM" => Action::Deny,
             "AUDIT" => Action::Audit,
             _ => Action::Allow,

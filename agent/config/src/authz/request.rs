@@ -131,6 +131,25 @@ impl Config {
         decide(self.waypoint_policies(scope), conn)
     }
 
+    /// The CUSTOM policies of `scope` whose rules match `conn`: each
+    /// names the external authorizer (`provider.name`) the request must
+    /// then pass, before the DENY and ALLOW policies decide.
+    pub fn custom_policies<'a>(
+        &'a self,
+        scope: WaypointScope<'a>,
+        conn: &Connection<'_>,
+    ) -> Vec<&'a Named<AuthorizationPolicySpec>> {
+        self.waypoint_policies(scope)
+            .filter(|p| p.spec.action.as_deref() == Some("CUSTOM"))
+            .filter(|p| {
+                p.spec
+                    .rules
+                    .iter()
+                    .any(|rule| super::rule_matches(rule, conn, super::Action::Deny))
+            })
+            .collect()
+    }
+
     /// Policies a waypoint enforces for a request to `scope.service`.
     pub fn waypoint_policies<'a>(
         &'a self,

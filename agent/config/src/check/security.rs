@@ -197,16 +197,11 @@ pub(super) fn authorization_policy(
     // Bound with targetRefs, a waypoint enforces it, with the request's
     // attributes; otherwise the node agents do, without them.
     let at_waypoint = spec.target_ref.is_some() || !spec.target_refs.is_empty();
-    if action == "CUSTOM" {
+    if action == "CUSTOM" && !at_waypoint {
         f.warn(
             "spec.action",
-            if at_waypoint {
-                "CUSTOM: strait's waypoint does not consult external authorizers yet: it denies \
-                 the requests this policy's rules match"
-            } else {
-                "CUSTOM needs an external authorizer, which the node proxy does not have: it denies \
-                 the connections this policy's rules match"
-            },
+            "CUSTOM needs an external authorizer, which only a waypoint consults (bind the \
+             policy with targetRefs): the node proxy denies the connections its rules match",
         );
     }
     if action != "CUSTOM" && spec.provider.is_some() {

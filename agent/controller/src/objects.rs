@@ -22,6 +22,10 @@ pub const WAYPOINT_LABEL: &str = "strait.dev/waypoint";
 pub const WAYPOINT_NAMESPACE_LABEL: &str = "strait.dev/waypoint-namespace";
 /// The CA's roots as copied into a waypoint's namespace.
 pub const ROOTS: &str = "strait-waypoint-roots";
+/// The meshConfig as copied into a waypoint's namespace.
+pub const MESH: &str = "strait-waypoint-mesh";
+/// Where a waypoint's pods read the meshConfig.
+const MESH_DIR: &str = "/etc/strait/mesh";
 /// The status port (readiness), as on Istio's waypoints.
 pub const STATUS_PORT: u16 = 15021;
 pub const METRICS_PORT: u16 = 15020;
@@ -188,15 +192,15 @@ impl Waypoint {
         })
     }
 
-    /// The copy of the CA's roots (`data` of its ConfigMap). Not owned by
-    /// one Gateway: every waypoint of the namespace mounts it; the sweep
-    /// removes it with the last of them.
-    pub fn roots(&self, data: &Json) -> Json {
+    /// A copy, named `name`, of a ConfigMap's `data` (the CA's roots, the
+    /// meshConfig). Not owned by one Gateway: every waypoint of the
+    /// namespace mounts it; the sweep removes it with the last of them.
+    pub fn copy(&self, name: &str, data: &Json) -> Json {
         json!({
             "apiVersion": "v1",
             "kind": "ConfigMap",
             "metadata": {
-                "name": ROOTS,
+                "name": name,
                 "namespace": self.namespace,
                 "labels": {MANAGED.0: MANAGED.1},
             },
@@ -234,8 +238,9 @@ impl Waypoint {
     }
 
     /// The Deployment; `roots` is the ConfigMap its pods mount the CA's
-    /// roots from (the copy, or the original in its own namespace).
-    pub fn deployment(&self, settings: &Settings, roots: &str) -> Json {
+    /// roots from (the copy, or the original in its own namespace), `mesh`
+    /// the one they read the meshConfig from, if there is one.
+    pub fn deployment(&self, settings: &Settings, roots: &str, mesh: Option<&str>) -> Json {
         let mut pod_labels = self.labels();
         // Its instances are never captured: what they send is already
         // HBONE, and the agents never send a waypoint's traffic back to it.
@@ -265,6 +270,9 @@ impl Waypoint {
                 "--east-west-gateway-namespaces={}",
                 settings.east_west_gateway_namespaces.join(",")
             ));
+        }
+        if mesh.is_some() {
+            args.push(format!("--mesh-config={MESH_DIR}/mesh"));
         }
         let mut pod = json!({
             "serviceAccountName": self.service_account,
@@ -327,6 +335,14 @@ impl Waypoint {
                 {"name": "status", "emptyDir": {}},
             ],
         });
+        if let Some(mesh) = mesh {
+            if let Some(mounts) = pod["containers"][0]["volumeMounts"].as_array_mut() {
+                mounts.push(json!({"name": "mesh", "mountPath": MESH_DIR, "readOnly": true}));
+            }
+            if let Some(volumes) = pod["volumes"].as_array_mut() {
+                volumes.push(json!({"name": "mesh", "configMap": {"name": mesh}}));
+            }
+        }
         if !settings.image_pull_secrets.is_empty() {
             pod["imagePullSecrets"] = json!(settings.image_pull_secrets);
         }
@@ -392,7 +408,7 @@ mod tests {
         assert!(is_waypoint(&g));
         let w = Waypoint::read(&g).unwrap();
         let s = settings();
-        let d = w.deployment(&s, ROOTS);
+        let d = w.deployment(&s, ROOTS, Some(MESH));
         assert_eq!(d["metadata"]["ownerReferences"][0]["uid"], "u-1");
         assert_eq!(
             d["metadata"]["ownerReferences"][0]["apiVersion"],
@@ -411,6 +427,10 @@ mod tests {
             .collect();
         assert!(args.contains(&"--gateway=shop/waypoint"), "{args:?}");
         assert!(args.contains(&"--listen=0.0.0.0:15008"), "{args:?}");
+        assert!(
+            args.contains(&"--mesh-config=/etc/strait/mesh/mesh"),
+            "{args:?}"
+        );
         assert!(
             args.contains(&"--east-west-gateway-namespaces=strait-system"),
             "{args:?}"
@@ -438,7 +458,7 @@ mod tests {
             }}),
         );
         let w = Waypoint::read(&g).unwrap();
-        let d = w.deployment(&settings(), ROOTS);
+        let d = w.deployment(&settings(), ROOTS, None);
         let labels = &d["spec"]["template"]["metadata"]["labels"];
         assert_eq!(labels["team"], "a");
         assert_eq!(labels[GATEWAY_NAME_LABEL], "wp");

@@ -29,9 +29,10 @@ use tracing::{info, warn};
 use crate::{
     metrics::Metrics,
     objects::{
-        MANAGED, MANAGER, ROOTS, WAYPOINT_LABEL, WAYPOINT_NAMESPACE_LABEL, Waypoint, is_waypoint,
+        MANAGED, MANAGER, MESH, ROOTS, WAYPOINT_LABEL, WAYPOINT_NAMESPACE_LABEL, Waypoint,
+        is_waypoint,
     },
-    settings::Settings,
+    settings::{ObjectRef, Settings},
 };
 
 /// How often a programmed waypoint is looked at again without a change.
@@ -70,12 +71,21 @@ pub struct Context {
 pub async fn run(ctx: Arc<Context>) {
     let client = ctx.client.clone();
     let managed = WatchConfig::default().labels(&format!("{}={}", MANAGED.0, MANAGED.1));
-    let roots = &ctx.settings.roots_config_map;
-    let roots_changed = watcher::watcher(
-        Api::<ConfigMap>::namespaced(client.clone(), &roots.namespace),
-        WatchConfig::default().fields(&format!("metadata.name={}", roots.name)),
-    )
-    .filter_map(|event| async move { event.ok().map(|_| ()) });
+    // Every waypoint is brought up to date when the CA's roots or the mesh
+    // config change.
+    let changed = |source: &ObjectRef| {
+        watcher::watcher(
+            Api::<ConfigMap>::namespaced(client.clone(), &source.namespace),
+            WatchConfig::default().fields(&format!("metadata.name={}", source.name)),
+        )
+        .filter_map(|event| async move { event.ok().map(|_| ()) })
+        .boxed()
+    };
+    let mut sources = vec![changed(&ctx.settings.roots_config_map)];
+    if let Some(mesh) = &ctx.settings.mesh_config_map {
+        sources.push(changed(mesh));
+    }
+    let roots_changed = futures::stream::select_all(sources);
     let controller = Controller::new_with(
         Api::<DynamicObject>::all_with(client.clone(), &ctx.gateways),
         WatchConfig::default(),
@@ -90,6 +100,58 @@ pub async fn run(ctx: Arc<Context>) {
         .run(reconcile, error_policy, ctx)
         .for_each(|_| futures::future::ready(()))
         .await;
+}
+
+/// The ConfigMap a waypoint's pods mount for `source`: `source` itself in
+/// its own namespace, else a copy named `copy` (made or brought up to
+/// date); and its data. `None` while `source` does not exist.
+async fn copied(
+    client: &Client,
+    source: &ObjectRef,
+    waypoint: &Waypoint,
+    copy: &str,
+    at: &str,
+) -> Result<Option<(String, Json)>, Error> {
+    let found = Api::<ConfigMap>::namespaced(client.clone(), &source.namespace)
+        .get_opt(&source.name)
+        .await
+        .map_err(kube(format!(
+            "reading ConfigMap {}/{}",
+            source.namespace, source.name
+        )))?;
+    let Some(found) = found else {
+        return Ok(None);
+    };
+    let data = serde_json::to_value(&found.data).unwrap_or_default();
+    if source.namespace == waypoint.namespace {
+        return Ok(Some((source.name.clone(), data)));
+    }
+    apply(
+        &Api::<ConfigMap>::namespaced(client.clone(), &waypoint.namespace),
+        copy,
+        &waypoint.copy(copy, &data),
+        at,
+    )
+    .await?;
+    Ok(Some((copy.to_string(), data)))
+}
+
+/// Accepted, not yet programmed: `why`; tried again later.
+async fn pending(
+    gateways: &Api<DynamicObject>,
+    waypoint: &Waypoint,
+    old: &Json,
+    generation: i64,
+    why: &str,
+    ctx: &Context,
+) -> Result<Action, Error> {
+    let status = json!({"conditions": [
+        condition(old, generation, "Accepted", true, "Accepted", "Resource accepted"),
+        condition(old, generation, "Programmed", false, "Pending", why),
+    ]});
+    write_status(gateways, &waypoint.name, old, status).await?;
+    ctx.metrics.reconciled("waiting");
+    Ok(Action::requeue(RETRY))
 }
 
 fn error_policy(gateway: Arc<DynamicObject>, error: &Error, ctx: Arc<Context>) -> Action {
@@ -126,38 +188,37 @@ async fn reconcile(gateway: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Act
     let settings = &ctx.settings;
     let at = format!("waypoint {namespace}/{}", waypoint.name);
     let roots = &settings.roots_config_map;
-    let mount = if roots.namespace == namespace {
-        roots.name.clone()
-    } else {
-        let source = Api::<ConfigMap>::namespaced(client.clone(), &roots.namespace)
-            .get_opt(&roots.name)
-            .await
-            .map_err(kube(format!(
-                "reading ConfigMap {}/{}",
-                roots.namespace, roots.name
-            )))?;
-        let Some(source) = source else {
-            let why = format!(
-                "the CA has not published its roots yet (ConfigMap {}/{})",
-                roots.namespace, roots.name
-            );
-            let status = json!({"conditions": [
-                condition(old, generation, "Accepted", true, "Accepted", "Resource accepted"),
-                condition(old, generation, "Programmed", false, "Pending", &why),
-            ]});
-            write_status(&gateways, &waypoint.name, old, status).await?;
-            ctx.metrics.reconciled("waiting");
-            return Ok(Action::requeue(RETRY));
-        };
-        let data = serde_json::to_value(&source.data).unwrap_or_default();
-        apply(
-            &Api::<ConfigMap>::namespaced(client.clone(), &namespace),
-            ROOTS,
-            &waypoint.roots(&data),
-            &at,
-        )
-        .await?;
-        ROOTS.to_string()
+    let Some((mount, _)) = copied(client, roots, &waypoint, ROOTS, &at).await? else {
+        let why = format!(
+            "the CA has not published its roots yet (ConfigMap {}/{})",
+            roots.namespace, roots.name
+        );
+        return pending(&gateways, &waypoint, old, generation, &why, &ctx).await;
+    };
+    let mesh = match &settings.mesh_config_map {
+        None => None,
+        Some(source) => match copied(client, source, &waypoint, MESH, &at).await? {
+            Some((name, data)) => {
+                // A mesh config the waypoint would refuse keeps it from
+                // starting: say so here, naming the field.
+                let text = data["mesh"].as_str().unwrap_or_default();
+                if let Err(why) = strait_config::mesh_config::MeshConfig::parse(text) {
+                    let why = format!(
+                        "ConfigMap {}/{} key mesh: {why}",
+                        source.namespace, source.name
+                    );
+                    return pending(&gateways, &waypoint, old, generation, &why, &ctx).await;
+                }
+                Some(name)
+            }
+            None => {
+                let why = format!(
+                    "the mesh config is not published yet (ConfigMap {}/{})",
+                    source.namespace, source.name
+                );
+                return pending(&gateways, &waypoint, old, generation, &why, &ctx).await;
+            }
+        },
     };
     if waypoint.own_account {
         apply(
@@ -185,7 +246,7 @@ async fn reconcile(gateway: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Act
     apply(
         &Api::<Deployment>::namespaced(client.clone(), &namespace),
         &waypoint.name,
-        &waypoint.deployment(settings, &mount),
+        &waypoint.deployment(settings, &mount, mesh.as_deref()),
         &at,
     )
     .await?;

@@ -25,6 +25,11 @@ pub struct Settings {
     /// waypoint's namespace as [`crate::objects::ROOTS`], since a pod mounts
     /// only its own namespace's ConfigMaps.
     pub roots_config_map: ObjectRef,
+    /// Istio's meshConfig (key `mesh`), for the external authorizers CUSTOM
+    /// policies name; copied into each waypoint's namespace as
+    /// [`crate::objects::MESH`] and read by its pods (`--mesh-config`).
+    #[serde(default)]
+    pub mesh_config_map: Option<ObjectRef>,
     /// The ClusterRole (reads only) each waypoint's ServiceAccount is
     /// bound to.
     pub cluster_role: String,

@@ -10,7 +10,11 @@
 //! the L7 proxy's CPU per 1,000 requests, its peak RSS, and the CPU of every
 //! mesh process per 1,000 requests (the waypoint terminates mutual TLS on
 //! both sides itself; Envoy in the mesh leaves that to its node's agent, so
-//! its own CPU figure excludes it, the mesh-wide one does not).
+//! its own CPU figure excludes it, the mesh-wide one does not). Then the
+//! same routing with a JWT rule and an L7 policy in force (a
+//! RequestAuthentication and two AuthorizationPolicies; for Envoy,
+//! `jwt_authn` and two RBAC filters as Istio generates them), every
+//! request carrying a token, beside the same proxies without them.
 use std::{net::Ipv4Addr, path::Path, time::Duration};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -29,6 +33,11 @@ const ORIGIN_PORT: u16 = 8080;
 const ENVOY_PORT: u16 = 10000;
 const PLAIN_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 60);
 const ROUTED_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 61);
+/// The same routing with a JWT rule and an L7 policy in force.
+const SECURED_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 62);
+/// Envoy's listener doing the same.
+const ENVOY_SECURED_PORT: u16 = 10001;
+const ISSUER: &str = "https://bench.test";
 /// wrk: threads and connections; h2load: connections and streams each.
 const WRK: (u32, u32) = (2, 32);
 const H2LOAD: (u32, u32) = (16, 8);
@@ -53,7 +62,8 @@ struct Figures {
     proxy_rss_mib: f64,
 }
 
-fn config(topo: &Topology) -> Result<String> {
+fn config(topo: &Topology, jwks: &str) -> Result<String> {
+    let jwks = jwks.trim();
     let pod = |name: &str| topo.pod(name).map_err(anyhow::Error::from);
     let mut yaml = [
         namespace_yaml("bench", true),
@@ -101,6 +111,70 @@ spec:
   - {{name: v1, labels: {{version: v1}}}}
   - {{name: v2, labels: {{version: v2}}}}
 ---
+apiVersion: v1
+kind: Service
+metadata:
+  name: secured
+  namespace: bench
+  labels: {{istio.io/use-waypoint: waypoint}}
+spec:
+  clusterIP: {SECURED_VIP}
+  selector: {{service: origin}}
+  ports: [{{port: 80, targetPort: {ORIGIN_PORT}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: secured, namespace: bench}}
+spec:
+  host: secured
+  subsets:
+  - {{name: v1, labels: {{version: v1}}}}
+  - {{name: v2, labels: {{version: v2}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: secured, namespace: bench}}
+spec:
+  hosts: [secured]
+  http:
+  - name: canary
+    match: [{{headers: {{x-canary: {{exact: 'yes'}}}}}}]
+    route: [{{destination: {{host: secured, subset: v2}}}}]
+    retries: {{attempts: 2, retryOn: 5xx}}
+  - name: split
+    route:
+    - {{destination: {{host: secured, subset: v1}}, weight: 80}}
+    - {{destination: {{host: secured, subset: v2}}, weight: 20}}
+    retries: {{attempts: 2, retryOn: 5xx}}
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: secured, namespace: bench}}
+spec:
+  targetRefs: [{{kind: Service, group: \"\", name: secured}}]
+  jwtRules:
+  - issuer: {ISSUER}
+    audiences: [bench]
+    jwks: '{jwks}'
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: no-admin, namespace: bench}}
+spec:
+  targetRefs: [{{kind: Service, group: \"\", name: secured}}]
+  action: DENY
+  rules: [{{to: [{{operation: {{paths: [/admin*]}}}}]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: token-holders, namespace: bench}}
+spec:
+  targetRefs: [{{kind: Service, group: \"\", name: secured}}]
+  action: ALLOW
+  rules:
+  - from: [{{source: {{requestPrincipals: [\"{ISSUER}/*\"]}}}}]
+    to: [{{operation: {{methods: [GET], paths: [/*]}}}}]
+---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {{name: routed, namespace: bench}}
@@ -128,7 +202,12 @@ spec:
 }
 
 /// Envoy's static config doing the VirtualService's routing.
-fn envoy_config(topo: &Topology) -> Result<String> {
+/// Envoy's static config doing the VirtualService's routing: on
+/// `ENVOY_PORT` alone, on `ENVOY_SECURED_PORT` behind the JWT rule and the
+/// two policies, as Istio generates them (`jwt_authn` with `requires_any`
+/// and `allow_missing`, a DENY RBAC filter, then an ALLOW one on the
+/// token's issuer, which Istio reads through its `istio_authn` filter).
+fn envoy_config(topo: &Topology, jwks_file: &Path) -> Result<String> {
     let ip = |name: &str| -> Result<String> { Ok(topo.pod(name)?.ipv4.to_string()) };
     let cluster = |name: &str, addr: &str| {
         format!(
@@ -147,20 +226,66 @@ fn envoy_config(topo: &Topology) -> Result<String> {
 "#
         )
     };
-    Ok(format!(
-        r#"admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: 9901}}}}
-static_resources:
-  listeners:
-  - name: http
-    address: {{socket_address: {{address: 0.0.0.0, port_value: {ENVOY_PORT}}}}}
+    let security = format!(
+        r#"          - name: envoy.filters.http.jwt_authn
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication
+              providers:
+                origins-0:
+                  issuer: {ISSUER}
+                  audiences: [bench]
+                  local_jwks: {{filename: {jwks}}}
+                  payload_in_metadata: {ISSUER}
+              rules:
+              - match: {{prefix: /}}
+                requires:
+                  requires_any:
+                    requirements: [{{provider_name: origins-0}}, {{allow_missing: {{}}}}]
+          - name: envoy.filters.http.rbac
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC
+              rules:
+                action: DENY
+                policies:
+                  ns[bench]-policy[no-admin]-rule[0]:
+                    permissions: [{{and_rules: {{rules: [{{or_rules: {{rules: [{{url_path: {{path: {{prefix: /admin}}}}}}]}}}}]}}}}]
+                    principals: [{{and_ids: {{ids: [{{any: true}}]}}}}]
+          - name: envoy.filters.http.rbac
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC
+              rules:
+                action: ALLOW
+                policies:
+                  ns[bench]-policy[token-holders]-rule[0]:
+                    permissions:
+                    - and_rules:
+                        rules:
+                        - or_rules: {{rules: [{{header: {{name: ":method", string_match: {{exact: GET}}}}}}]}}
+                        - or_rules: {{rules: [{{url_path: {{path: {{prefix: /}}}}}}]}}
+                    principals:
+                    - and_ids:
+                        ids:
+                        - or_ids:
+                            ids:
+                            - metadata:
+                                filter: envoy.filters.http.jwt_authn
+                                path: [{{key: "{ISSUER}"}}, {{key: iss}}]
+                                value: {{string_match: {{exact: "{ISSUER}"}}}}
+"#,
+        jwks = jwks_file.display()
+    );
+    let listener = |name: &str, port: u16, filters: &str| {
+        format!(
+            r#"  - name: {name}
+    address: {{socket_address: {{address: 0.0.0.0, port_value: {port}}}}}
     filter_chains:
     - filters:
       - name: envoy.filters.network.http_connection_manager
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: bench
+          stat_prefix: {name}
           codec_type: AUTO
+          normalize_path: true
           # One access-log line per request, as the waypoint writes.
           access_log:
           - name: envoy.access_loggers.stdout
@@ -180,13 +305,47 @@ static_resources:
                     clusters: [{{name: v1, weight: 80}}, {{name: v2, weight: 20}}]
                   retry_policy: {{retry_on: 5xx, num_retries: 2}}
           http_filters:
-          - name: envoy.filters.http.router
+{filters}          - name: envoy.filters.http.router
             typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
-  clusters:
+"#
+        )
+    };
+    Ok(format!(
+        r#"admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: 9901}}}}
+static_resources:
+  listeners:
+{}{}  clusters:
 {}{}"#,
+        listener("http", ENVOY_PORT, ""),
+        listener("secured", ENVOY_SECURED_PORT, &security),
         cluster("v1", &ip("v1")?),
         cluster("v2", &ip("v2")?)
     ))
+}
+
+/// A key pair and a token of it for the bench's JWT rule (the L7 tests'
+/// tool, `tests/e2e/py/jwt_tool.py`): the key set's JSON, and the token.
+fn jwt(scratch: &Path) -> Result<(String, String)> {
+    let dir = scratch.join("jwks");
+    std::fs::create_dir_all(&dir)?;
+    let tool = |args: &[&str]| -> Result<String> {
+        let out = std::process::Command::new(install::l7_python())
+            .arg(install::l7_script("jwt_tool.py"))
+            .arg(args[0])
+            .arg(&dir)
+            .args(&args[1..])
+            .output()
+            .context("running jwt_tool.py")?;
+        if !out.status.success() {
+            bail!("jwt_tool.py {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    tool(&["key", "bench", "RS256"])?;
+    let claims = format!(r#"{{"iss": "{ISSUER}", "sub": "load", "aud": "bench", "exp": "+86400"}}"#);
+    let token = tool(&["sign", "bench", "RS256", &claims])?;
+    Ok((std::fs::read_to_string(dir.join("jwks.json"))?, token))
 }
 
 pub fn run(bin: &Path) -> Result<()> {
@@ -212,8 +371,11 @@ pub fn run(bin: &Path) -> Result<()> {
             .pod("v2", "n2"),
     )
     .context("creating the L7 bench topology")?;
+    let scratch = topo.scratch_dir().to_path_buf();
+    let (jwks, token) = jwt(&scratch)?;
+    let bearer = format!("Authorization: Bearer {token}");
     let mesh = Mesh::with_bin_dir(&topo, bin.to_path_buf()).map_err(anyhow::Error::from_boxed)?;
-    mesh.write("bench.yaml", &config(&topo)?)
+    mesh.write("bench.yaml", &config(&topo, &jwks)?)
         .map_err(anyhow::Error::from_boxed)?;
     let origin = bin.join("http-origin").display().to_string();
     let mut origins = Vec::new();
@@ -226,9 +388,11 @@ pub fn run(bin: &Path) -> Result<()> {
         origins.push(p);
     }
     let client = &topo.pod("client")?.place;
-    let scratch = topo.scratch_dir().to_path_buf();
     let envoy_yaml = scratch.join("envoy.yaml");
-    std::fs::write(&envoy_yaml, envoy_config(&topo)?)?;
+    std::fs::write(
+        &envoy_yaml,
+        envoy_config(&topo, &scratch.join("jwks/jwks.json"))?,
+    )?;
     let envoy_pod = topo.pod("envoy")?;
     let start_envoy = || -> Result<Process> {
         let mut envoy = envoy_pod.place.spawn(&[
@@ -247,13 +411,14 @@ pub fn run(bin: &Path) -> Result<()> {
     };
     let v1 = format!("http://{}:{ORIGIN_PORT}/", topo.pod("v1")?.ipv4);
     let via_envoy = format!("http://{}:{ENVOY_PORT}/", envoy_pod.ipv4);
+    let via_envoy_secured = format!("http://{}:{ENVOY_SECURED_PORT}/", envoy_pod.ipv4);
 
     section("direct (no mesh)");
-    let direct = path(client, &v1, &scratch, None, &[])?;
+    let direct = path(client, (&v1, &[]), &scratch, None, &[])?;
 
     section("Envoy 1.40, plain (no mesh)");
     let mut envoy = start_envoy()?;
-    let envoy_plain = path(client, &via_envoy, &scratch, Some(&envoy), &[])?;
+    let envoy_plain = path(client, (&via_envoy, &[]), &scratch, Some(&envoy), &[])?;
     envoy.stop(Duration::from_secs(5))?;
 
     section("strait L4 (agents on both nodes, mTLS HBONE)");
@@ -264,7 +429,7 @@ pub fn run(bin: &Path) -> Result<()> {
     let agent_refs: Vec<&Process> = agents.iter().collect();
     let l4 = path(
         client,
-        &format!("http://{PLAIN_VIP}/"),
+        (&format!("http://{PLAIN_VIP}/"), &[]),
         &scratch,
         None,
         &agent_refs,
@@ -282,13 +447,15 @@ pub fn run(bin: &Path) -> Result<()> {
     let mut envoy_procs = agent_refs.clone();
     envoy_procs.push(&envoy);
     let (mut through_waypoint, mut envoy_mesh) = (Vec::new(), Vec::new());
+    let (mut waypoint_secured, mut envoy_secured) = (Vec::new(), Vec::new());
+    let token: &[&str] = &[&bearer];
     for round in 1..=ROUNDS {
         section(&format!(
             "strait waypoint (the VirtualService's header match, 80/20 split, retries), round {round} of {ROUNDS}"
         ));
         through_waypoint.push(path(
             client,
-            &format!("http://{ROUTED_VIP}/"),
+            (&format!("http://{ROUTED_VIP}/"), &[]),
             &scratch,
             Some(&waypoint),
             &waypoint_procs,
@@ -298,13 +465,34 @@ pub fn run(bin: &Path) -> Result<()> {
         ));
         envoy_mesh.push(path(
             client,
-            &via_envoy,
+            (&via_envoy, &[]),
+            &scratch,
+            Some(&envoy),
+            &envoy_procs,
+        )?);
+        section(&format!(
+            "strait waypoint, the same routing with a JWT rule and two L7 policies, round {round} of {ROUNDS}"
+        ));
+        waypoint_secured.push(path(
+            client,
+            (&format!("http://{SECURED_VIP}/"), token),
+            &scratch,
+            Some(&waypoint),
+            &waypoint_procs,
+        )?);
+        section(&format!(
+            "Envoy 1.40 in the mesh, the same with jwt_authn and RBAC, round {round} of {ROUNDS}"
+        ));
+        envoy_secured.push(path(
+            client,
+            (&via_envoy_secured, token),
             &scratch,
             Some(&envoy),
             &envoy_procs,
         )?);
     }
     let (through_waypoint, envoy_mesh) = (rounds(&through_waypoint), rounds(&envoy_mesh));
+    let (waypoint_secured, envoy_secured) = (rounds(&waypoint_secured), rounds(&envoy_secured));
 
     print_table(&[
         ("direct", direct),
@@ -312,6 +500,14 @@ pub fn run(bin: &Path) -> Result<()> {
         ("strait L4", l4),
         ("strait waypoint", through_waypoint),
         ("Envoy in the mesh", envoy_mesh),
+    ]);
+    println!();
+    println!("With a JWT rule and two L7 policies in force (every request carries a token):");
+    print_table(&[
+        ("strait waypoint", through_waypoint),
+        ("strait waypoint, JWT + policies", waypoint_secured),
+        ("Envoy in the mesh", envoy_mesh),
+        ("Envoy in the mesh, JWT + RBAC", envoy_secured),
     ]);
     drop(origins);
     Ok(())
@@ -342,11 +538,12 @@ fn rounds(all: &[Figures]) -> Figures {
     }
 }
 
-/// wrk, then h2load, against `url`; `proxy` is the L7 proxy whose CPU and
-/// memory count, `mesh` every process whose CPU counts.
+/// wrk, then h2load, against `url` with `headers` on every request;
+/// `proxy` is the L7 proxy whose CPU and memory count, `mesh` every process
+/// whose CPU counts.
 fn path(
     client: &Place,
-    url: &str,
+    (url, headers): (&str, &[&str]),
     scratch: &Path,
     proxy: Option<&Process>,
     mesh: &[&Process],
@@ -358,7 +555,7 @@ fn path(
         )
     };
     let (proxy0, mesh0) = cpu(proxy, mesh);
-    let mut h1 = wrk(client, url)?;
+    let mut h1 = wrk(client, url, headers)?;
     let (proxy1, mesh1) = cpu(proxy, mesh);
     (h1.proxy_cpu, h1.mesh_cpu) = (proxy1 - proxy0, mesh1 - mesh0);
     // `STRAIT_BENCH_PROFILE=DIR`: the proxy's HTTP/2 run recorded by perf.
@@ -380,7 +577,7 @@ fn path(
         }
         _ => None,
     };
-    let mut h2 = h2load(client, url, scratch)?;
+    let mut h2 = h2load(client, url, headers, scratch)?;
     if let Some(mut perf) = profile {
         perf.wait().context("waiting for perf")?;
     }
@@ -409,18 +606,18 @@ fn path(
     })
 }
 
-fn wrk(client: &Place, url: &str) -> Result<Load> {
-    let out = client.run_ok(
-        &[
-            "wrk",
-            &format!("-t{}", WRK.0),
-            &format!("-c{}", WRK.1),
-            &format!("-d{SECONDS}s"),
-            "--latency",
-            url,
-        ],
-        Duration::from_secs(u64::from(SECONDS) + 60),
-    )?;
+fn wrk(client: &Place, url: &str, headers: &[&str]) -> Result<Load> {
+    let (threads, connections, seconds) = (
+        format!("-t{}", WRK.0),
+        format!("-c{}", WRK.1),
+        format!("-d{SECONDS}s"),
+    );
+    let mut argv = vec!["wrk", &threads, &connections, &seconds, "--latency"];
+    for header in headers {
+        argv.extend(["-H", header]);
+    }
+    argv.push(url);
+    let out = client.run_ok(&argv, Duration::from_secs(u64::from(SECONDS) + 60))?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let number = |key: &str| -> Option<f64> {
         text.lines()
@@ -467,24 +664,31 @@ fn millis(text: &str) -> Option<f64> {
     })
 }
 
-fn h2load(client: &Place, url: &str, scratch: &Path) -> Result<Load> {
+fn h2load(client: &Place, url: &str, headers: &[&str], scratch: &Path) -> Result<Load> {
     let log = scratch.join("h2load.log");
     let _ = std::fs::remove_file(&log);
-    let out = client.run_ok(
-        &[
-            "h2load",
-            "-c",
-            &H2LOAD.0.to_string(),
-            "-m",
-            &H2LOAD.1.to_string(),
-            "-D",
-            &SECONDS.to_string(),
-            "--log-file",
-            &log.display().to_string(),
-            url,
-        ],
-        Duration::from_secs(u64::from(SECONDS) + 60),
-    )?;
+    let (connections, streams, seconds, log_file) = (
+        H2LOAD.0.to_string(),
+        H2LOAD.1.to_string(),
+        SECONDS.to_string(),
+        log.display().to_string(),
+    );
+    let mut argv = vec![
+        "h2load",
+        "-c",
+        &connections,
+        "-m",
+        &streams,
+        "-D",
+        &seconds,
+        "--log-file",
+        &log_file,
+    ];
+    for header in headers {
+        argv.extend(["-H", header]);
+    }
+    argv.push(url);
+    let out = client.run_ok(&argv, Duration::from_secs(u64::from(SECONDS) + 60))?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let per_second = text
         .lines()

@@ -42,6 +42,7 @@ use crate::{
     },
     pool::{Body, BoxError, Dialing},
     proxy::{Client, Waypoint},
+    ratelimit,
     record::{Counted, Log, Metered, Record},
     replay::Replay,
     routes::{Abort, Route, Table},
@@ -252,6 +253,10 @@ async fn forward(
                 .response
                 .push(Ops::adding(vec![(header::SET_COOKIE, cookie)]));
         }
+    }
+    // Rate limits: the route's descriptors against this replica's buckets.
+    if let Some(refused) = rate_limited(waypoint, client, state, service, &parts, &plan) {
+        return refused;
     }
     let counters = waypoint.breakers.of(&plan.destination);
     let Some(_request) = counters.take(Kind::Request, plan.limits.max_requests) else {
@@ -862,6 +867,53 @@ fn forbidden(grpc: bool) -> Outcome {
         .map_err(|never| match never {})
         .boxed();
     outcome
+}
+
+/// The answer for a request the local rate limits refuse, if they do.
+fn rate_limited(
+    waypoint: &Waypoint,
+    client: &Client,
+    state: &Snapshot,
+    service: Option<ServiceAt<'_>>,
+    parts: &hyper::http::request::Parts,
+    plan: &Plan<'_>,
+) -> Option<Outcome> {
+    if state.config.rate_limit_filters.is_empty() {
+        return None;
+    }
+    let scope = WaypointScope {
+        namespace: &waypoint.namespace,
+        name: &waypoint.name,
+        service: service.map(|at| at.service),
+    };
+    let authority = request_authority(parts).unwrap_or_default();
+    let request = ratelimit::Request {
+        headers: &parts.headers,
+        path: parts.uri.path(),
+        method: parts.method.as_str(),
+        authority: &authority,
+        remote: client.addr.ip(),
+        vhost: service.map(|at| format!("{}:{}", at.host, client.authority.port())),
+        route: plan.route.as_deref(),
+        source_cluster: &waypoint.name,
+        destination_cluster: &plan.destination,
+    };
+    let refusal = ratelimit::check(
+        &waypoint.rate_buckets,
+        &state.config,
+        scope,
+        &waypoint.instance.labels,
+        &request,
+    )
+    .err()?;
+    waypoint.metrics.rate_limited(&refusal.filter);
+    let status = StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::TOO_MANY_REQUESTS);
+    let mut outcome = reply(status, "RL", None, 0);
+    outcome.route = plan.route.clone();
+    for (name, value) in refusal.headers {
+        outcome.response.headers_mut().append(name, value);
+    }
+    Some(outcome)
 }
 
 /// Puts the request to the external authorizer of each CUSTOM policy that

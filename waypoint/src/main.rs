@@ -32,6 +32,7 @@ mod origination;
 mod plan;
 mod pool;
 mod proxy;
+mod ratelimit;
 mod record;
 mod replay;
 mod routes;
@@ -301,6 +302,7 @@ async fn run(args: Args, access: access::AccessLog) -> Result<()> {
         shares: share::Shares::new(args.max_requests_per_client),
         normalization: args.path_normalization,
         jwt_keys: jwt::Keys::new(args.jwks_refresh),
+        rate_buckets: Default::default(),
         authorizers,
         in_flight: Default::default(),
         mirror_slots: Arc::new(tokio::sync::Semaphore::new(mirror::IN_FLIGHT)),
@@ -399,6 +401,15 @@ impl reload::Applied for Prune {
         self.0.upstreams.retain(known);
         // The rules' certificate files are read again when next used.
         self.0.origins.clear();
+        // A filter's buckets go with it (and start full if it comes back).
+        self.0.rate_buckets.retain(|scope| {
+            let filter = scope.split('@').next().unwrap_or_default();
+            state
+                .config
+                .rate_limit_filters
+                .iter()
+                .any(|f| format!("{}/{}", f.namespace, f.name) == filter)
+        });
         self.0.jwt_keys.retain(|source| {
             state
                 .config

@@ -57,6 +57,12 @@ pub struct DeniedLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RateLimitedLabels {
+    /// The EnvoyFilter whose limit refused (`namespace/name`).
+    pub filter: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MirrorLabels {
     /// `sent` (answered, whatever the status), `failed` (no endpoint, no
     /// connection, no answer), `dropped` (too many in flight, or a body
@@ -87,6 +93,8 @@ pub struct Metrics {
     pub mirrored: Family<MirrorLabels, Counter>,
     /// Requests and connections AuthorizationPolicy refused.
     denied: Family<DeniedLabels, Counter>,
+    /// Requests a rate limit refused.
+    rate_limited: Family<RateLimitedLabels, Counter>,
     pub mirrors_in_flight: prometheus_client::metrics::gauge::Gauge,
     pub trace: strait_trace::otlp::Metrics,
     pub config: Arc<strait_state::reload::Metrics>,
@@ -159,6 +167,12 @@ impl Metrics {
             "Requests and connections refused by AuthorizationPolicy, by the policy that refused",
             denied.clone(),
         );
+        let rate_limited = Family::<RateLimitedLabels, Counter>::default();
+        registry.register(
+            "strait_waypoint_rate_limited",
+            "Requests refused by a rate limit, by the EnvoyFilter that set it",
+            rate_limited.clone(),
+        );
         let retries = Counter::default();
         registry.register(
             "strait_waypoint_retries",
@@ -178,6 +192,7 @@ impl Metrics {
             tcp,
             mirrored,
             denied,
+            rate_limited,
             mirrors_in_flight,
             trace,
             config,
@@ -218,6 +233,13 @@ impl Metrics {
 
     pub fn mirrored(&self, result: &'static str) {
         self.mirrored.get_or_create(&MirrorLabels { result }).inc();
+    }
+
+    pub fn rate_limited(&self, filter: &str) {
+        let labels = RateLimitedLabels {
+            filter: filter.to_string(),
+        };
+        self.rate_limited.get_or_create(&labels).inc();
     }
 
     /// A refusal by the DENY `policy`, or (`None`) for want of an ALLOW.

@@ -338,12 +338,16 @@ fn jwt(scratch: &Path) -> Result<(String, String)> {
             .output()
             .context("running jwt_tool.py")?;
         if !out.status.success() {
-            bail!("jwt_tool.py {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "jwt_tool.py {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     };
     tool(&["key", "bench", "RS256"])?;
-    let claims = format!(r#"{{"iss": "{ISSUER}", "sub": "load", "aud": "bench", "exp": "+86400"}}"#);
+    let claims =
+        format!(r#"{{"iss": "{ISSUER}", "sub": "load", "aud": "bench", "exp": "+86400"}}"#);
     let token = tool(&["sign", "bench", "RS256", &claims])?;
     Ok((std::fs::read_to_string(dir.join("jwks.json"))?, token))
 }

@@ -9,6 +9,7 @@ pub mod local;
 pub mod manifest;
 pub mod mesh_config;
 pub mod names;
+pub mod ratelimit;
 pub mod report;
 pub mod service;
 pub mod watch;
@@ -144,6 +145,8 @@ pub struct Config {
     pub authorization_policies: Vec<Named<security::AuthorizationPolicySpec>>,
     /// Stored for the waypoint.
     pub request_authentications: Vec<Named<security::RequestAuthenticationSpec>>,
+    /// EnvoyFilters' rate limits, for waypoints.
+    pub rate_limit_filters: Vec<Named<ratelimit::RateLimitFilter>>,
     pub destination_rules: Vec<Named<networking::DestinationRuleSpec>>,
     /// Stored for the waypoint: the L7 routes.
     pub virtual_services: Vec<Named<networking::VirtualServiceSpec>>,
@@ -190,6 +193,7 @@ impl Default for Config {
             peer_authentications: Vec::new(),
             authorization_policies: Vec::new(),
             request_authentications: Vec::new(),
+            rate_limit_filters: Vec::new(),
             destination_rules: Vec::new(),
             virtual_services: Vec::new(),
             http_routes: Vec::new(),

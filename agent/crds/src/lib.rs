@@ -1,4 +1,4 @@
-//! The CustomResourceDefinitions of the nine Istio kinds strait reads,
+//! The CustomResourceDefinitions of the ten Istio kinds strait reads,
 //! generated from the same types its checks deserialize into
 //! (`kube::CustomResource` + schemars), so the API server refuses what the
 //! agents would: a wrong type, a missing `spec`. Istio's own CRDs can take
@@ -130,9 +130,45 @@ fn versions(group: &str) -> &'static [&'static str] {
     }
 }
 
+/// EnvoyFilter's: its patches' values are Envoy's own config, any shape
+/// (strait's checks read them, refusing what it does not apply).
+fn envoy_filter() -> Json {
+    json!({
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": "envoyfilters.networking.istio.io"},
+        "spec": {
+            "group": "networking.istio.io",
+            "names": {
+                "kind": "EnvoyFilter",
+                "listKind": "EnvoyFilterList",
+                "plural": "envoyfilters",
+                "singular": "envoyfilter",
+                "categories": ["istio-io", "networking-istio-io"],
+            },
+            "scope": "Namespaced",
+            "versions": [{
+                "name": "v1alpha3",
+                "served": true,
+                "storage": true,
+                "subresources": {"status": {}},
+                "schema": {"openAPIV3Schema": {
+                    "type": "object",
+                    "description": "Istio's EnvoyFilter, as strait reads it (its rate-limit patches)",
+                    "properties": {
+                        "spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
+                        "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
+                    },
+                    "required": ["spec"],
+                }},
+            }],
+        },
+    })
+}
+
 /// Every CRD, as the API server takes them.
 pub fn all() -> Vec<Json> {
-    [
+    let mut all: Vec<Json> = [
         ServiceEntry::crd(),
         WorkloadEntry::crd(),
         WorkloadGroup::crd(),
@@ -145,7 +181,9 @@ pub fn all() -> Vec<Json> {
     ]
     .into_iter()
     .map(finish)
-    .collect()
+    .collect();
+    all.push(envoy_filter());
+    all
 }
 
 /// Every CRD as one multi-document YAML stream, for `kubectl apply -f -`

@@ -103,3 +103,63 @@ fn a_missing_path_is_an_error_not_a_verdict() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/strait"));
 }
+
+/// An EnvoyFilter whose patches strait applies (a local rate limit) is
+/// accepted; one with a patch it does not apply is refused, naming the
+/// patch and the field, and the exit status says so.
+#[test]
+fn envoy_filter_patches_strait_does_not_apply_are_refused_by_name() {
+    let filter = |patch: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: {{name: limits, namespace: shop}}
+spec:
+  targetRefs:
+  - {{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}}
+  configPatches:
+  - applyTo: HTTP_FILTER
+    patch:
+      operation: INSERT_BEFORE
+      value:
+        name: envoy.filters.http.local_ratelimit
+        typed_config:
+          '@type': type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
+          stat_prefix: local
+          token_bucket: {{max_tokens: 10, tokens_per_fill: 10, fill_interval: 1s}}
+{patch}"
+        )
+    };
+    let out = validate(Path::new("-"), Some(&filter("")));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("accepted <stdin>:1 EnvoyFilter shop/limits"),
+        "{text}"
+    );
+
+    let lua = "  - applyTo: HTTP_FILTER
+    patch:
+      operation: INSERT_BEFORE
+      value:
+        name: envoy.filters.http.lua
+        typed_config: {'@type': type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua}
+";
+    let out = validate(Path::new("-"), Some(&filter(lua)));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("EnvoyFilter shop/limits: field spec.configPatches[1].patch.value.name: \"envoy.filters.http.lua\" is not a filter strait applies"),
+        "{text}"
+    );
+    let cluster = "  - applyTo: CLUSTER
+    patch: {operation: MERGE, value: {connect_timeout: 1s}}
+";
+    let out = validate(Path::new("-"), Some(&filter(cluster)));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("field spec.configPatches[1].applyTo: CLUSTER is not applied"),
+        "{text}"
+    );
+}

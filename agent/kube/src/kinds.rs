@@ -26,7 +26,7 @@ pub const DISCOVERY: usize = 5;
 /// node agents.
 pub const GATEWAY_READS: usize = 9;
 
-pub const KINDS: [Kind; 16] = [
+pub const KINDS: [Kind; 17] = [
     Kind::core("Namespace", "namespaces"),
     Kind::core("Node", "nodes"),
     Kind::core("Pod", "pods"),
@@ -85,6 +85,13 @@ pub const KINDS: [Kind; 16] = [
         SECURITY,
         "RequestAuthentication",
         "requestauthentications",
+    ),
+    // Their rate-limit patches, for waypoints.
+    Kind::istio(
+        "networking.istio.io",
+        &["v1alpha3"],
+        "EnvoyFilter",
+        "envoyfilters",
     ),
     // Watched where the Gateway API's CRDs are installed; waypoints apply
     // them.

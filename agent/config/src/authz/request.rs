@@ -175,7 +175,7 @@ impl Config {
 
     /// Whether an object of `namespace` with `targets` attaches to the
     /// waypoint and service of `scope`.
-    fn attached<'t>(
+    pub(crate) fn attached<'t>(
         &self,
         namespace: &str,
         mut targets: impl Iterator<Item = &'t TargetRef>,

@@ -32,6 +32,7 @@ pub(crate) fn build(parsed: Vec<Parsed>, report: &Report) -> Config {
             Item::PeerAuthentication(pa) => config.peer_authentications.push(pa),
             Item::AuthorizationPolicy(ap) => config.authorization_policies.push(*ap),
             Item::RequestAuthentication(ra) => config.request_authentications.push(*ra),
+            Item::RateLimitFilter(filter) => config.rate_limit_filters.push(*filter),
             Item::DestinationRule(dr) => config.destination_rules.push(*dr),
             Item::VirtualService(vs) => config.virtual_services.push(*vs),
             Item::HttpRoute(r) => config.http_routes.push(*r),

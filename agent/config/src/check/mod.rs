@@ -246,6 +246,7 @@ pub(crate) enum Item {
     PeerAuthentication(PeerAuthentication),
     AuthorizationPolicy(Box<Named<sec::AuthorizationPolicySpec>>),
     RequestAuthentication(Box<Named<sec::RequestAuthenticationSpec>>),
+    RateLimitFilter(Box<Named<crate::ratelimit::RateLimitFilter>>),
     DestinationRule(Box<Named<net::DestinationRuleSpec>>),
     VirtualService(Box<Named<net::VirtualServiceSpec>>),
     HttpRoute(Box<Named<gateway_api::HttpRouteSpec>>),
@@ -416,6 +417,24 @@ pub(crate) fn object(
                 &name, namespace, spec,
             ))))
         }
+        "EnvoyFilter" => match crate::ratelimit::read(&spec_json) {
+            Ok(filter) => {
+                if filter.target_refs.is_empty() && filter.workload_selector.is_none() {
+                    f.warn(
+                        "spec",
+                        "selects every waypoint of its namespace (of the mesh, in the root namespace): \
+                         name one with targetRefs or workloadSelector",
+                    );
+                }
+                Some(Item::RateLimitFilter(Box::new(Named::new(
+                    &name, namespace, filter,
+                ))))
+            }
+            Err((path, why)) => {
+                f.reject(&path, &why);
+                None
+            }
+        },
         "RequestAuthentication" => {
             let spec: sec::RequestAuthenticationSpec = f.spec(json)?;
             security::request_authentication(f, &spec);

@@ -118,7 +118,7 @@ pub fn strip_nulls(json: &mut Json) {
 
 /// The kinds strait reads, with the group and versions they must come
 /// with.
-pub const USED: [(&str, &[&str], &str); 16] = [
+pub const USED: [(&str, &[&str], &str); 17] = [
     ("", &["v1"], "Namespace"),
     ("", &["v1"], "Service"),
     ("", &["v1"], "Node"),
@@ -135,6 +135,8 @@ pub const USED: [(&str, &[&str], &str); 16] = [
     ("security.istio.io", SECURITY, "PeerAuthentication"),
     ("security.istio.io", SECURITY, "AuthorizationPolicy"),
     ("security.istio.io", SECURITY, "RequestAuthentication"),
+    // Its rate-limit patches, at waypoints.
+    ("networking.istio.io", &["v1alpha3"], "EnvoyFilter"),
 ];
 const NETWORKING: &[&str] = &["v1alpha3", "v1beta1", "v1"];
 /// The Kubernetes Gateway API's group.
@@ -142,9 +144,8 @@ pub const GATEWAY_API: &str = "gateway.networking.k8s.io";
 const SECURITY: &[&str] = &["v1beta1", "v1"];
 
 /// Istio kinds strait does not implement: listed as ignored, not errors.
-const ISTIO_OTHER: [(&str, &str); 7] = [
+const ISTIO_OTHER: [(&str, &str); 6] = [
     ("networking.istio.io", "Sidecar"),
-    ("networking.istio.io", "EnvoyFilter"),
     ("networking.istio.io", "ProxyConfig"),
     ("telemetry.istio.io", "Telemetry"),
     ("extensions.istio.io", "WasmPlugin"),
@@ -328,8 +329,12 @@ mod tests {
             KindCheck::Wrong(_)
         ));
         assert!(matches!(
-            classify("networking.istio.io/v1alpha3", "EnvoyFilter"),
+            classify("networking.istio.io/v1alpha3", "Sidecar"),
             KindCheck::Ignored(_)
+        ));
+        assert!(!matches!(
+            classify("networking.istio.io/v1alpha3", "EnvoyFilter"),
+            KindCheck::Ignored(_) | KindCheck::Wrong(_)
         ));
     }
 

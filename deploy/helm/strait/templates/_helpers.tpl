@@ -25,7 +25,7 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
   resources: [namespaces, nodes, pods, services]
   verbs: [get, list, watch]
 - apiGroups: [networking.istio.io, security.istio.io]
-  resources: [destinationrules, serviceentries, workloadentries, workloadgroups, virtualservices, gateways, authorizationpolicies, peerauthentications, requestauthentications]
+  resources: [destinationrules, serviceentries, workloadentries, workloadgroups, virtualservices, gateways, envoyfilters, authorizationpolicies, peerauthentications, requestauthentications]
   verbs: [get, list, watch]
 - apiGroups: [gateway.networking.k8s.io]
   resources: [gateways, httproutes, grpcroutes]

@@ -291,3 +291,61 @@ spec:
     server.kill()?;
     Ok(())
 }
+
+/// A gRPC method an AuthorizationPolicy denies at the waypoint answers
+/// PERMISSION_DENIED (as Envoy's RBAC filter answers gRPC), and the
+/// service's other methods are served.
+#[test]
+fn a_grpc_method_a_policy_denies_is_permission_denied() -> Result<()> {
+    require_root();
+    let topo = Topology::create(spec())?;
+    let mesh = Mesh::new(&topo)?;
+    mesh.write(
+        "mesh.yaml",
+        &[
+            namespace_yaml("shop", true),
+            workload_yaml(topo.pod("client")?, "shop", "client", &[]),
+            workload_yaml(topo.pod("greeter")?, "shop", "greeter", &[]),
+            waypoint_yaml("waypoint", "shop", topo.pod("wp")?, &[]),
+            format!(
+                "apiVersion: v1
+kind: Service
+metadata:
+  name: greeter
+  namespace: shop
+  labels: {{istio.io/use-waypoint: waypoint}}
+spec:
+  clusterIP: 10.96.0.99
+  selector: {{app: greeter}}
+  ports: [{{name: grpc, port: {PORT}}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: no-flaky, namespace: shop}}
+spec:
+  targetRefs: [{{kind: Service, group: \"\", name: greeter}}]
+  action: DENY
+  rules: [{{to: [{{operation: {{paths: [/strait.test.Echo/Flaky]}}}}]}}]
+---
+"
+            ),
+        ]
+        .concat(),
+    )?;
+    let _agents = [mesh.start_agent("n1", &[])?, mesh.start_agent("n2", &[])?];
+    let _waypoint = mesh.start_waypoint("wp", "shop/waypoint")?;
+    let mut server = grpc(
+        &topo.pod("greeter")?.place,
+        &["serve", &PORT.to_string(), "greeter"],
+    )?;
+    server.wait_listening(PORT, Duration::from_secs(20))?;
+    let client = topo.pod("client")?;
+    let target = format!("10.96.0.99:{PORT}");
+    let allowed = call(&client.place, &["unary", &target, "hello"])?;
+    let denied = call(&client.place, &["flaky", &target, "4"])?;
+    println!("Unary: {allowed}; Flaky (denied by policy), 4 calls: {denied}");
+    assert_eq!(allowed["code"], "OK", "{allowed}");
+    assert_eq!(denied["codes"]["PERMISSION_DENIED"], 4, "{denied}");
+    server.kill()?;
+    Ok(())
+}

@@ -255,7 +255,7 @@ async fn forward(
         }
     }
     // Rate limits: the route's descriptors against this replica's buckets.
-    if let Some(refused) = rate_limited(waypoint, client, state, service, &parts, &plan) {
+    if let Some(refused) = rate_limited(waypoint, client, state, service, &parts, &plan).await {
         return refused;
     }
     let counters = waypoint.breakers.of(&plan.destination);
@@ -869,8 +869,8 @@ fn forbidden(grpc: bool) -> Outcome {
     outcome
 }
 
-/// The answer for a request the local rate limits refuse, if they do.
-fn rate_limited(
+/// The answer for a request the rate limits refuse, if they do.
+async fn rate_limited(
     waypoint: &Waypoint,
     client: &Client,
     state: &Snapshot,
@@ -898,14 +898,9 @@ fn rate_limited(
         source_cluster: &waypoint.name,
         destination_cluster: &plan.destination,
     };
-    let refusal = ratelimit::check(
-        &waypoint.rate_buckets,
-        &state.config,
-        scope,
-        &waypoint.instance.labels,
-        &request,
-    )
-    .err()?;
+    let refusal = ratelimit::check((waypoint, client), &state.config, scope, &request)
+        .await
+        .err()?;
     waypoint.metrics.rate_limited(&refusal.filter);
     let status = StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::TOO_MANY_REQUESTS);
     let mut outcome = reply(status, "RL", None, 0);

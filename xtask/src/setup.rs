@@ -31,6 +31,8 @@ const BASE_PACKAGES: &[Package] = &[
     // The upstream nameserver of the DNS tests.
     package("dnsmasq-base", &[Program("dnsmasq")]),
     package("openssl", &[Program("openssl")]),
+    // Where the rate-limit service keeps its counts (tests and demo).
+    package("redis-server", &[Program("redis-server")]),
     // What the install test checks is gone after uninstalling.
     package("bpftool", &[Program("bpftool")]),
     // The shell scripts of deploy/ and vagrant/ are checked.

@@ -1,9 +1,8 @@
 //! Rate limits as Istio users write them: EnvoyFilter patches that insert
 //! Envoy's `envoy.filters.http.local_ratelimit` (token buckets in each
-//! proxy), and route or virtual-host `rate_limits` whose actions make the
-//! descriptors. (`envoy.filters.http.ratelimit`, a rate-limit service
-//! shared by all proxies, is refused until strait's waypoint speaks to
-//! one.) An EnvoyFilter is read into [`RateLimitFilter`], what a
+//! proxy) or `envoy.filters.http.ratelimit` (a rate-limit service shared
+//! by all), and route or virtual-host `rate_limits` whose actions make the
+//! descriptors. An EnvoyFilter is read into [`RateLimitFilter`], what a
 //! waypoint applies; any patch strait does not apply is refused, naming
 //! the patch and the field, never dropped in silence.
 use std::time::Duration;
@@ -19,6 +18,7 @@ pub struct RateLimitFilter {
     pub target_refs: Vec<TargetRef>,
     pub workload_selector: Option<Labels>,
     pub local: Option<LocalRateLimit>,
+    pub global: Option<GlobalRateLimit>,
     pub routes: Vec<RouteLimits>,
 }
 
@@ -52,6 +52,19 @@ pub struct TokenBucket {
 pub struct LocalDescriptor {
     pub entries: Vec<(String, String)>,
     pub bucket: TokenBucket,
+}
+
+/// Envoy's `RateLimit` filter: descriptors put to a rate-limit service.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct GlobalRateLimit {
+    pub domain: String,
+    pub failure_mode_deny: bool,
+    pub timeout: Duration,
+    /// The rate-limit service's host and port (from its cluster name,
+    /// `outbound|PORT||HOST`, or `authority`).
+    pub service: String,
+    pub port: u16,
+    pub x_ratelimit_headers: bool,
 }
 
 /// `rate_limits` (and a local filter's per-route settings) for a route or
@@ -134,6 +147,8 @@ pub const LOCAL: &str = "envoy.filters.http.local_ratelimit";
 pub const GLOBAL: &str = "envoy.filters.http.ratelimit";
 const LOCAL_TYPE: &str =
     "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit";
+const GLOBAL_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit";
 const TYPED_STRUCT: [&str; 2] = [
     "type.googleapis.com/udpa.type.v1.TypedStruct",
     "type.googleapis.com/xds.type.v3.TypedStruct",
@@ -184,7 +199,7 @@ pub fn read(spec: &Json) -> Result<RateLimitFilter, Refusal> {
             other => return refuse(format!("spec.{other}"), "is not an EnvoyFilter field"),
         }
     }
-    if out.local.is_none() && out.routes.is_empty() {
+    if out.local.is_none() && out.global.is_none() && out.routes.is_empty() {
         return refuse("spec.configPatches", "is required: the patches to apply");
     }
     Ok(out)
@@ -244,17 +259,13 @@ fn read_patch(out: &mut RateLimitFilter, patch: &Json, path: &str) -> Result<(),
                     out.local = Some(local(&config.1, &format!("{at}.typed_config"))?);
                 }
                 GLOBAL => {
-                    return refuse(
-                        format!("{at}.name"),
-                        format!(
-                            "{GLOBAL} is not applied yet: strait's waypoint does not speak to a rate-limit service (use {LOCAL})"
-                        ),
-                    );
+                    expect_type(&config, GLOBAL_TYPE, &format!("{at}.typed_config"))?;
+                    out.global = Some(global(&config.1, &format!("{at}.typed_config"))?);
                 }
                 other => {
                     return refuse(
                         format!("{at}.name"),
-                        format!("{other:?} is not a filter strait applies ({LOCAL})"),
+                        format!("{other:?} is not a filter strait applies ({LOCAL}, {GLOBAL})"),
                     );
                 }
             }
@@ -475,6 +486,94 @@ fn status_code(v: &Json) -> Option<u16> {
         _ => return None,
     };
     u16::try_from(code).ok().filter(|c| (400..600).contains(c))
+}
+
+fn global(fields: &Json, path: &str) -> Result<GlobalRateLimit, Refusal> {
+    let mut out = GlobalRateLimit {
+        domain: String::new(),
+        failure_mode_deny: false,
+        timeout: Duration::from_millis(20),
+        service: String::new(),
+        port: 0,
+        x_ratelimit_headers: false,
+    };
+    for (key, v) in object(fields, path)? {
+        let p = format!("{path}.{key}");
+        match key.as_str() {
+            "domain" => out.domain = text(fields, "domain", path)?.unwrap_or("").to_string(),
+            "failure_mode_deny" => {
+                out.failure_mode_deny = v.as_bool().ok_or((p.clone(), "is not a boolean".into()))?
+            }
+            "timeout" => out.timeout = proto_duration(v, &p)?,
+            "stage" | "request_type" if v.as_u64() == Some(0) || v.as_str() == Some("both") => {}
+            "rate_limit_service" => {
+                for (k, inner) in object(v, &p)? {
+                    match k.as_str() {
+                        "transport_api_version" => {
+                            if inner.as_str() != Some("V3") {
+                                return refuse(format!("{p}.{k}"), "is not V3");
+                            }
+                        }
+                        "grpc_service" => {
+                            let gp = format!("{p}.grpc_service");
+                            let envoy_grpc = inner.get("envoy_grpc").ok_or((
+                                format!("{gp}.envoy_grpc"),
+                                "is required (the rate-limit service's cluster)".to_string(),
+                            ))?;
+                            let ep = format!("{gp}.envoy_grpc");
+                            let cluster = text(envoy_grpc, "cluster_name", &ep)?.unwrap_or("");
+                            let authority = text(envoy_grpc, "authority", &ep)?;
+                            let (host, port) = service_of(cluster, authority).ok_or((
+                                format!("{ep}.cluster_name"),
+                                format!("{cluster:?} does not name a service: outbound|PORT||HOST"),
+                            ))?;
+                            out.service = host;
+                            out.port = port;
+                            if let Some(t) = inner.get("timeout") {
+                                out.timeout = proto_duration(t, &format!("{gp}.timeout"))?;
+                            }
+                        }
+                        other => return refuse(format!("{p}.{other}"), "is not applied"),
+                    }
+                }
+            }
+            "enable_x_ratelimit_headers" => {
+                out.x_ratelimit_headers = match v.as_str() {
+                    Some("DRAFT_VERSION_03") => true,
+                    Some("OFF") => false,
+                    _ => return refuse(p, "is not OFF or DRAFT_VERSION_03"),
+                }
+            }
+            other => {
+                return refuse(
+                    p,
+                    format!("{other} is not applied by strait's rate-limit client"),
+                );
+            }
+        }
+    }
+    if out.domain.is_empty() {
+        return refuse(format!("{path}.domain"), "is required");
+    }
+    if out.service.is_empty() {
+        return refuse(format!("{path}.rate_limit_service"), "is required");
+    }
+    Ok(out)
+}
+
+/// `outbound|8081||ratelimit.default.svc.cluster.local` → the host and
+/// port; `authority` (`host[:port]`) stands in when the name is not one.
+fn service_of(cluster: &str, authority: Option<&str>) -> Option<(String, u16)> {
+    let parts: Vec<&str> = cluster.split('|').collect();
+    if let [_, port, _, host] = parts[..]
+        && let Ok(port) = port.parse::<u16>()
+        && !host.is_empty()
+        && port != 0
+    {
+        return Some((host.to_string(), port));
+    }
+    let (host, port) = authority?.rsplit_once(':')?;
+    Some((host.to_string(), port.parse().ok().filter(|p| *p != 0)?))
 }
 
 fn bucket(v: &Json, path: &str) -> Result<TokenBucket, Refusal> {
@@ -829,8 +928,8 @@ configPatches:
     }
 
     #[test]
-    fn a_global_filter_is_refused_until_it_is_applied() {
-        let (path, why) = read(&spec(
+    fn a_global_filter_names_its_service() {
+        let filter = read(&spec(
             r#"
 configPatches:
 - applyTo: HTTP_FILTER
@@ -841,10 +940,20 @@ configPatches:
       typed_config:
         "@type": type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit
         domain: ratelimit
+        failure_mode_deny: true
+        timeout: 10s
+        rate_limit_service:
+          grpc_service:
+            envoy_grpc:
+              cluster_name: outbound|8081||ratelimit.default.svc.cluster.local
+              authority: ratelimit.default.svc.cluster.local
+          transport_api_version: V3
 "#,
         ))
-        .unwrap_err();
-        assert_eq!(path, "spec.configPatches[0].patch.value.name");
-        assert!(why.contains("not applied yet"), "{why}");
+        .unwrap();
+        let global = filter.global.unwrap();
+        assert_eq!(global.service, "ratelimit.default.svc.cluster.local");
+        assert_eq!((global.port, global.failure_mode_deny), (8081, true));
+        assert_eq!(global.timeout, Duration::from_secs(10));
     }
 }

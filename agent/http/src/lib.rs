@@ -2,7 +2,10 @@
 //! and readiness endpoints, the CA service), each bounded against clients
 //! that open too many connections, send their headers slowly or never, or
 //! hold a connection forever: one agent serves the whole node, so none of
-//! them may be able to starve it.
+//! them may be able to starve it. And gRPC's framing for the unary calls
+//! strait makes and answers over hyper.
+pub mod grpc;
+
 use std::{
     collections::HashMap,
     convert::Infallible,

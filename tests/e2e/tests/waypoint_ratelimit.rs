@@ -198,3 +198,273 @@ fn a_local_rate_limit_admits_its_bucket_and_no_more() -> Result<()> {
     );
     Ok(())
 }
+
+const LIMITED: &str = "10.96.0.161";
+const RLS: &str = "10.96.0.162";
+/// The global limit, per hour.
+const PER_HOUR: f64 = 200.0;
+
+/// The hour a count falls in (the service's fixed window).
+fn hour() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() / 3600)
+}
+
+fn global_config(topo: &Topology, run: &str) -> Result<String> {
+    Ok([
+        namespace_yaml("shop", true),
+        workload_yaml(topo.pod("client")?, "shop", "client", &[]),
+        workload_yaml(topo.pod("api")?, "shop", "api", &[]),
+        workload_yaml(topo.pod("rls")?, "shop", "ratelimit", &[]),
+        waypoint_yaml("waypoint", "shop", topo.pod("wp1")?, &[]),
+        // A second instance of the same waypoint.
+        workload_yaml(
+            topo.pod("wp2")?,
+            "shop",
+            "waypoint",
+            &[("gateway.networking.k8s.io/gateway-name", "waypoint")],
+        ),
+        format!(
+            "apiVersion: v1
+kind: Service
+metadata:
+  name: api
+  namespace: shop
+  labels: {{istio.io/use-waypoint: waypoint}}
+spec:
+  clusterIP: {LIMITED}
+  selector: {{app: api}}
+  ports:
+  - {{name: http, port: 9080, targetPort: 8080}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: ratelimit, namespace: shop}}
+spec:
+  clusterIP: {RLS}
+  selector: {{app: rls}}
+  ports:
+  - {{name: grpc, port: 8081}}
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: {{name: global, namespace: shop}}
+spec:
+  targetRefs:
+  - {{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}}
+  configPatches:
+  - applyTo: HTTP_FILTER
+    match:
+      context: SIDECAR_INBOUND
+      listener:
+        filterChain:
+          filter:
+            name: envoy.filters.network.http_connection_manager
+            subFilter: {{name: envoy.filters.http.router}}
+    patch:
+      operation: INSERT_BEFORE
+      value:
+        name: envoy.filters.http.ratelimit
+        typed_config:
+          \"@type\": type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit
+          domain: shop
+          failure_mode_deny: true
+          timeout: 2s
+          enable_x_ratelimit_headers: DRAFT_VERSION_03
+          rate_limit_service:
+            grpc_service:
+              envoy_grpc:
+                cluster_name: outbound|8081||ratelimit.shop.svc.cluster.local
+                authority: ratelimit.shop.svc.cluster.local
+            transport_api_version: V3
+  - applyTo: VIRTUAL_HOST
+    match:
+      context: SIDECAR_INBOUND
+      routeConfiguration:
+        vhost:
+          route: {{action: ANY}}
+    patch:
+      operation: MERGE
+      value:
+        rate_limits:
+        - actions:
+          - generic_key: {{descriptor_value: {run}}}
+---
+"
+        ),
+    ]
+    .concat())
+}
+
+/// Counts over `PER_HOUR` a request: 429s from both waypoint replicas
+/// (from the count they share in Redis) until the hour's window ends.
+fn statuses(place: &strait_topology::Place, count: u32) -> Result<Vec<String>> {
+    // Separate connections, so the client's agent spreads them over both
+    // instances.
+    let out = place.run_ok(
+        &[
+            "curl",
+            "-s",
+            "-Z",
+            "--parallel-max",
+            "8",
+            "-H",
+            "connection: close",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}\\n",
+            &format!("http://{LIMITED}:9080/g?[1-{count}]"),
+        ],
+        Duration::from_secs(300),
+    )?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect())
+}
+
+#[test]
+fn a_global_rate_limit_holds_across_waypoint_replicas_and_redis_decides() -> Result<()> {
+    require_root();
+    let spec = Spec::new()
+        .node("n1", "c1", "net1", Locality::new("r1", "z1", ""))
+        .node("n2", "c1", "net1", Locality::new("r1", "z1", ""))
+        .pod("client", "n1")
+        .pod("wp1", "n1")
+        .pod("wp2", "n2")
+        .pod("api", "n2")
+        .pod("rls", "n2")
+        // Redis, outside the mesh.
+        .pod("redis", "n1");
+    let topo = Topology::create(spec)?;
+    // Each run counts under a key of its own.
+    let run = format!("api-{}", std::process::id());
+    let mesh = Mesh::new(&topo)?;
+    mesh.write("mesh.yaml", &global_config(&topo, &run)?)?;
+    let limits = topo.scratch_dir().join("limits.yaml");
+    std::fs::write(
+        &limits,
+        format!(
+            "domain: shop\ndescriptors:\n- key: generic_key\n  value: {run}\n  rate_limit: {{unit: hour, requests_per_unit: {PER_HOUR}}}\n"
+        ),
+    )?;
+    let redis = topo.pod("redis")?;
+    let mut redis_server = redis.place.spawn(&[
+        "redis-server",
+        "--port",
+        "6379",
+        "--bind",
+        &redis.ipv4.to_string(),
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        // Reached from another pod, with no password: a test's own Redis.
+        "--protected-mode",
+        "no",
+    ])?;
+    redis_server.wait_listening(6379, Duration::from_secs(10))?;
+    let _agents = [mesh.start_agent("n1", &[])?, mesh.start_agent("n2", &[])?];
+    let rls = topo.pod("rls")?;
+    let mut service = rls.place.spawn(&[
+        &strait_e2e::strait_bin("strait-ratelimit")
+            .display()
+            .to_string(),
+        "--listen",
+        "0.0.0.0:8081",
+        "--config",
+        &limits.display().to_string(),
+        "--redis",
+        &format!("redis://{}:6379", redis.ipv4),
+        "--stats-addr",
+        &format!("{}:15020", rls.ipv4),
+    ])?;
+    service.wait_listening(8081, Duration::from_secs(10))?;
+    // Ready once it has reached Redis.
+    let ready = format!("http://{}:15020/healthz/ready", rls.ipv4);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !rls
+        .place
+        .run(
+            &["curl", "-sf", "--max-time", "1", &ready],
+            Duration::from_secs(5),
+        )?
+        .status
+        .success()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the rate-limit service never reached Redis:\n{}",
+            service.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let waypoints = [
+        mesh.start_waypoint("wp1", "shop/waypoint")?,
+        mesh.start_waypoint("wp2", "shop/waypoint")?,
+    ];
+    let _app = http_app(topo.pod("api")?, 8080, "ok", "api")?;
+    let client = &topo.pod("client")?.place;
+
+    // 600 requests over both replicas: the hour's 200, and 429s.
+    let (admitted, refused) = loop {
+        let window = hour();
+        let codes = statuses(client, 600)?;
+        if hour() != window {
+            println!("the hour's window ended during the run: again");
+            continue;
+        }
+        let count = |c: &str| codes.iter().filter(|x| *x == c).count() as f64;
+        if count("200") + count("429") != 600.0 {
+            let mut seen = std::collections::BTreeMap::new();
+            for c in &codes {
+                *seen.entry(c.clone()).or_insert(0) += 1;
+            }
+            return Err(format!(
+                "answers {seen:?}; the service said:\n{}\nthe waypoint:\n{}",
+                service.log(),
+                waypoints[0]
+                    .log()
+                    .lines()
+                    .filter(|l| !l.contains("\"message\":\"request\""))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            )
+            .into());
+        }
+        break (count("200"), count("429"));
+    };
+    let served = |w: &strait_topology::Process| {
+        w.log()
+            .lines()
+            .filter(|l| l.contains("\"path\":\"/g\""))
+            .count()
+    };
+    let (first, second) = (served(&waypoints[0]), served(&waypoints[1]));
+    let off = (admitted - PER_HOUR).abs() / PER_HOUR * 100.0;
+    println!(
+        "600 requests through two waypoint replicas ({first} and {second} of them): {admitted} admitted, {refused} refused (429); the limit {PER_HOUR} per hour ({off:.1}% off)"
+    );
+    assert!(first > 0 && second > 0, "one replica served them all");
+    assert!(off <= 2.0, "admitted {admitted} of a limit of {PER_HOUR}");
+    assert_eq!(admitted + refused, 600.0);
+
+    // Redis gone: failure_mode_deny refuses (500), nothing passes.
+    redis_server.stop(Duration::from_secs(5))?;
+    let codes = statuses(client, 20)?;
+    println!("Redis stopped, failure_mode_deny: {codes:?}");
+    assert!(codes.iter().all(|c| c == "500"), "{codes:?}");
+    let metrics = strait_e2e::curl_body(&rls.place, &format!("http://{}:15020/metrics", rls.ipv4))?;
+    println!(
+        "the service's answers: {}",
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("strait_ratelimit_answers_total"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+    service.kill()?;
+    Ok(())
+}

@@ -291,7 +291,7 @@ async fn check_grpc(
         request.headers_mut().insert(header::HOST, authority);
     }
     let (head, ()) = request.into_parts();
-    let body: Body = Full::new(proto::frame(&check))
+    let body: Body = Full::new(strait_http::grpc::frame(&check))
         .map_err(|never| match never {})
         .boxed();
     let (answer, body, trailers) = call::exchange(
@@ -311,7 +311,7 @@ async fn check_grpc(
     if answer.status != StatusCode::OK || grpc_status != Some("0") {
         return Err("the check call failed");
     }
-    let response: proto::CheckResponse = proto::unframe(&body)?;
+    let response: proto::CheckResponse = strait_http::grpc::unframe(&body)?;
     let pairs = |options: &[proto::HeaderValueOption]| -> Vec<(HeaderName, HeaderValue)> {
         options
             .iter()

@@ -1,9 +1,8 @@
 //! The messages of Envoy's external authorization service
 //! (`envoy.service.auth.v3.Authorization/Check`), the fields strait sends
-//! and reads, with Envoy's field numbers; and gRPC's message framing.
+//! and reads, with Envoy's field numbers.
 use std::collections::HashMap;
 
-use bytes::{BufMut, Bytes, BytesMut};
 use prost::Message;
 
 pub const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
@@ -131,44 +130,4 @@ pub struct HeaderValue {
     pub key: String,
     #[prost(string, tag = "2")]
     pub value: String,
-}
-
-/// One gRPC message as sent on the wire: uncompressed, length-prefixed.
-pub fn frame(message: &impl Message) -> Bytes {
-    let body = message.encode_to_vec();
-    let mut out = BytesMut::with_capacity(body.len() + 5);
-    out.put_u8(0);
-    out.put_u32(body.len() as u32);
-    out.put_slice(&body);
-    out.freeze()
-}
-
-/// The one message of a unary answer's body.
-pub fn unframe<M: Message + Default>(body: &[u8]) -> Result<M, &'static str> {
-    let [0, a, b, c, d, rest @ ..] = body else {
-        return Err("not an uncompressed gRPC message");
-    };
-    let len = u32::from_be_bytes([*a, *b, *c, *d]) as usize;
-    let message = rest.get(..len).ok_or("a gRPC message cut short")?;
-    M::decode(message).map_err(|_| "not a CheckResponse")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_message_survives_its_framing() {
-        let sent = CheckResponse {
-            status: Some(Status {
-                code: 7,
-                message: "no".into(),
-            }),
-            ..Default::default()
-        };
-        let back: CheckResponse = unframe(&frame(&sent)).unwrap();
-        assert_eq!(back, sent);
-        assert!(unframe::<CheckResponse>(&[1, 0, 0, 0, 0]).is_err());
-        assert!(unframe::<CheckResponse>(&[0, 0, 0, 0, 9, 1]).is_err());
-    }
 }

@@ -1,20 +1,24 @@
 //! Rate limits at the waypoint, from the EnvoyFilters that select it
 //! ([`strait_config::ratelimit`]): a request's route (or virtual host)
 //! `rate_limits` make its descriptors; the local rate limit
-//! ([`local`]) takes a token for them in this replica. A limited request
-//! is answered 429 (or the filter's `status`) with the filter's headers
-//! and `x-ratelimit-limit`, `-remaining` and `-reset`; a filter enforcing
-//! only part of its limit lets the rest through, counted.
+//! ([`local`]) takes a token for them in this replica, the global one
+//! ([`global`]) asks the rate-limit service all replicas share. A limited
+//! request is answered 429 (or the local filter's `status`) with the
+//! filter's headers and `x-ratelimit-limit`, `-remaining` and `-reset`; a
+//! local filter enforcing only part of its limit lets the rest through.
+mod global;
 mod local;
 
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 pub use local::Buckets;
 use local::Quota;
 use strait_config::{
-    Config, Labels,
+    Config,
     authz::WaypointScope,
     ratelimit::{Action, LocalRateLimit, RouteLimits},
 };
+
+use crate::proxy::{Client, Waypoint};
 
 /// What the request needs for its descriptors.
 pub struct Request<'a> {
@@ -41,15 +45,16 @@ pub struct Refusal {
     pub filter: String,
 }
 
-/// What the local rate limits say of `request`: `Err` to refuse it.
-pub fn check(
-    buckets: &Buckets,
+/// What the rate limits say of `request`: the local ones first (this
+/// replica's buckets), then the rate-limit service of a global one. `Err`
+/// to refuse it.
+pub async fn check(
+    (waypoint, client): (&Waypoint, &Client),
     config: &Config,
     scope: WaypointScope<'_>,
-    labels: &Labels,
     request: &Request<'_>,
 ) -> Result<(), Refusal> {
-    for filter in config.waypoint_rate_limits(scope, labels) {
+    for filter in config.waypoint_rate_limits(scope, &waypoint.instance.labels) {
         let id = format!("{}/{}", filter.namespace, filter.name);
         let routes: Vec<&RouteLimits> = filter
             .spec
@@ -57,26 +62,36 @@ pub fn check(
             .iter()
             .filter(|r| applies(r, request))
             .collect();
-        // A route's own local settings replace the filter's.
-        let (limit, bucket_scope) = match routes.iter().find_map(|r| r.local.as_ref()) {
-            Some(own) => (own, format!("{id}@{}", request.route.unwrap_or("-"))),
-            None => match &filter.spec.local {
-                Some(limit) => (limit, id.clone()),
-                None => continue,
-            },
-        };
-        if fastrand::f64() >= limit.enabled {
-            continue;
-        }
         let descriptors: Vec<Vec<(String, String)>> = routes
             .iter()
             .flat_map(|r| &r.rate_limits)
             .filter_map(|actions| descriptor(actions, request))
             .collect();
-        if let Err(quota) = buckets.take(&bucket_scope, limit, &descriptors)
+        // A route's own local settings replace the filter's.
+        let local = match routes.iter().find_map(|r| r.local.as_ref()) {
+            Some(own) => Some((own, format!("{id}@{}", request.route.unwrap_or("-")))),
+            None => filter.spec.local.as_ref().map(|limit| (limit, id.clone())),
+        };
+        if let Some((limit, bucket_scope)) = local
+            && fastrand::f64() < limit.enabled
+            && let Err(quota) = waypoint
+                .rate_buckets
+                .take(&bucket_scope, limit, &descriptors)
             && fastrand::f64() < limit.enforced
         {
             return Err(refusal(limit, quota, id));
+        }
+        // The service is asked only for a request with descriptors.
+        if let Some(limit) = &filter.spec.global
+            && !descriptors.is_empty()
+            && let global::Verdict::Refuse { status, headers } =
+                global::check(waypoint, client, limit, &descriptors).await
+        {
+            return Err(Refusal {
+                status: status.as_u16(),
+                headers,
+                filter: id,
+            });
         }
     }
     Ok(())

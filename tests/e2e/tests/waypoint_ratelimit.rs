@@ -203,6 +203,69 @@ const LIMITED: &str = "10.96.0.161";
 const RLS: &str = "10.96.0.162";
 /// The global limit, per hour.
 const PER_HOUR: f64 = 200.0;
+/// Envoy's, in a domain of its own.
+const ENVOY_PER_HOUR: f64 = 50.0;
+const ENVOY_PORT: u16 = 10000;
+const ENVOY_APP_PORT: u16 = 8082;
+
+/// Envoy with its `ratelimit` filter asking strait's service at `rls`
+/// (domain `envoy`), every request one descriptor (`generic_key` `run`).
+fn envoy_config(rls: &str, run: &str) -> String {
+    format!(
+        r#"static_resources:
+  listeners:
+  - address: {{socket_address: {{address: 0.0.0.0, port_value: {ENVOY_PORT}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: rl
+          route_config:
+            virtual_hosts:
+            - name: app
+              domains: ["*"]
+              rate_limits:
+              - actions: [{{generic_key: {{descriptor_value: {run}}}}}]
+              routes:
+              - match: {{prefix: /}}
+                route: {{cluster: app}}
+          http_filters:
+          - name: envoy.filters.http.ratelimit
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit
+              domain: envoy
+              failure_mode_deny: true
+              timeout: 2s
+              rate_limit_service:
+                grpc_service: {{envoy_grpc: {{cluster_name: ratelimit}}}}
+                transport_api_version: V3
+          - name: envoy.filters.http.router
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+  clusters:
+  - name: app
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: app
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {ENVOY_APP_PORT}}}}}}}
+  - name: ratelimit
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{http2_protocol_options: {{}}}}
+    load_assignment:
+      cluster_name: ratelimit
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: {rls}, port_value: 8081}}}}}}
+"#
+    )
+}
 
 /// The hour a count falls in (the service's fixed window).
 fn hour() -> u64 {
@@ -336,8 +399,9 @@ fn a_global_rate_limit_holds_across_waypoint_replicas_and_redis_decides() -> Res
         .pod("wp2", "n2")
         .pod("api", "n2")
         .pod("rls", "n2")
-        // Redis, outside the mesh.
-        .pod("redis", "n1");
+        // Redis, and Envoy with its own app, outside the mesh.
+        .pod("redis", "n1")
+        .pod("envoy", "n1");
     let topo = Topology::create(spec)?;
     // Each run counts under a key of its own.
     let run = format!("api-{}", std::process::id());
@@ -348,6 +412,13 @@ fn a_global_rate_limit_holds_across_waypoint_replicas_and_redis_decides() -> Res
         &limits,
         format!(
             "domain: shop\ndescriptors:\n- key: generic_key\n  value: {run}\n  rate_limit: {{unit: hour, requests_per_unit: {PER_HOUR}}}\n"
+        ),
+    )?;
+    let envoy_limits = topo.scratch_dir().join("envoy-limits.yaml");
+    std::fs::write(
+        &envoy_limits,
+        format!(
+            "domain: envoy\ndescriptors:\n- key: generic_key\n  value: {run}\n  rate_limit: {{unit: hour, requests_per_unit: {ENVOY_PER_HOUR}}}\n"
         ),
     )?;
     let redis = topo.pod("redis")?;
@@ -376,6 +447,8 @@ fn a_global_rate_limit_holds_across_waypoint_replicas_and_redis_decides() -> Res
         "0.0.0.0:8081",
         "--config",
         &limits.display().to_string(),
+        "--config",
+        &envoy_limits.display().to_string(),
         "--redis",
         &format!("redis://{}:6379", redis.ipv4),
         "--stats-addr",
@@ -450,6 +523,56 @@ fn a_global_rate_limit_holds_across_waypoint_replicas_and_redis_decides() -> Res
     assert!(first > 0 && second > 0, "one replica served them all");
     assert!(off <= 2.0, "admitted {admitted} of a limit of {PER_HOUR}");
     assert_eq!(admitted + refused, 600.0);
+
+    // Envoy 1.40's own ratelimit filter, pointed at the same service:
+    // limited the same way (the protocol is Envoy's).
+    let envoy_pod = topo.pod("envoy")?;
+    let _envoy_app = http_app(envoy_pod, ENVOY_APP_PORT, "ok", "envoy-app")?;
+    let envoy_yaml = topo.scratch_dir().join("envoy-ratelimit.yaml");
+    std::fs::write(&envoy_yaml, envoy_config(&rls.ipv4.to_string(), &run))?;
+    let envoy_bin = strait_e2e::install::envoy_bin();
+    let mut envoy = envoy_pod.place.spawn(&[
+        &envoy_bin.display().to_string(),
+        "-c",
+        &envoy_yaml.display().to_string(),
+        "--concurrency",
+        "1",
+        "--log-level",
+        "warn",
+        "--base-id",
+        &std::process::id().to_string(),
+    ])?;
+    envoy.wait_listening(ENVOY_PORT, Duration::from_secs(30))?;
+    let out = client.run_ok(
+        &[
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}\\n",
+            &format!("http://{}:{ENVOY_PORT}/e?[1-100]", envoy_pod.ipv4),
+        ],
+        Duration::from_secs(120),
+    )?;
+    let codes: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let (ok, limited) = (
+        codes.iter().filter(|c| *c == "200").count(),
+        codes.iter().filter(|c| *c == "429").count(),
+    );
+    println!(
+        "Envoy 1.40 asking strait-ratelimit ({ENVOY_PER_HOUR} per hour): 100 requests, {ok} admitted, {limited} refused (429)"
+    );
+    assert_eq!(
+        (ok as f64, limited),
+        (ENVOY_PER_HOUR, 100 - ENVOY_PER_HOUR as usize),
+        "{}",
+        envoy.log()
+    );
+    envoy.stop(Duration::from_secs(5))?;
 
     // Redis gone: failure_mode_deny refuses (500), nothing passes.
     redis_server.stop(Duration::from_secs(5))?;

@@ -15,6 +15,7 @@ const BINARIES: &[&str] = &[
     "strait-agent",
     "strait-ca",
     "strait-controller",
+    "strait-ratelimit",
     "strait-waypoint",
     "straitctl",
 ];

@@ -44,6 +44,9 @@ fn spec() -> Spec {
         .pod("reviews-v1", "east-2")
         .pod("reviews-v2", "east-2")
         .pod("reviews-bad", "east-2")
+        // The rate-limit service (in the mesh) and its Redis (outside it).
+        .pod("ratelimit", "east-2")
+        .pod("redis", "east-1")
 }
 
 pub(crate) fn boxed(err: Box<dyn std::error::Error + Send + Sync>) -> anyhow::Error {
@@ -51,7 +54,13 @@ pub(crate) fn boxed(err: Box<dyn std::error::Error + Send + Sync>) -> anyhow::Er
 }
 
 pub fn run() -> Result<()> {
-    let bin = cmd::build_release(&["strait-agent", "strait-ca", "straitctl", "strait-waypoint"])?;
+    let bin = cmd::build_release(&[
+        "strait-agent",
+        "strait-ca",
+        "straitctl",
+        "strait-waypoint",
+        "strait-ratelimit",
+    ])?;
 
     section("topology: network namespaces, veth pairs and bridges");
     let topo = Topology::create(spec()).context("creating the demo topology")?;
@@ -69,6 +78,7 @@ pub fn run() -> Result<()> {
         ("reviews-v1", "reviews"),
         ("reviews-v2", "reviews"),
         ("reviews-bad", "reviews"),
+        ("ratelimit", "ratelimit"),
     ];
     let mut yaml = namespace_yaml("shop", true);
     yaml.push_str(&namespace_yaml("istio-system", false));
@@ -78,6 +88,7 @@ pub fn run() -> Result<()> {
             "reviews-v2" => &[("service", "reviews"), ("version", "v2")],
             // The bad one is a v1 that fails every request.
             "reviews-v1" | "reviews-bad" => &[("service", "reviews"), ("version", "v1")],
+            "ratelimit" => &[("service", "ratelimit")],
             _ => &[],
         };
         yaml.push_str(&workload_yaml(topo.pod(pod)?, "shop", sa, labels));
@@ -322,6 +333,7 @@ pub fn run() -> Result<()> {
     }
 
     waypoint(&mesh, &topo)?;
+    rate_limits(&mesh, &topo, &bin)?;
 
     section("metrics on east-2 (Istio's names; reporter=destination)");
     let metrics = mesh.metrics("east-2").map_err(boxed)?;
@@ -441,6 +453,115 @@ fn waypoint(mesh: &Mesh<'_>, topo: &Topology) -> Result<()> {
             &["source_principal=\"spiffe://cluster.local/ns/shop/sa/waypoint\""]
         ),
     );
+    Ok(())
+}
+
+/// A global rate limit on reviews, written as an EnvoyFilter, applied live:
+/// the waypoint asks strait-ratelimit, which counts in Redis.
+fn rate_limits(mesh: &Mesh<'_>, topo: &Topology, bin: &std::path::Path) -> Result<()> {
+    section(
+        "rate limits: an EnvoyFilter's global limit on reviews, counted by strait-ratelimit in Redis",
+    );
+    let redis = topo.pod("redis")?;
+    let mut redis_server = redis.place.spawn(&[
+        "redis-server",
+        "--port",
+        "6379",
+        "--bind",
+        &redis.ipv4.to_string(),
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--protected-mode",
+        "no",
+    ])?;
+    redis_server.wait_listening(6379, Duration::from_secs(10))?;
+    let limits = mesh
+        .config_dir
+        .parent()
+        .unwrap_or(&mesh.config_dir)
+        .join("limits.yaml");
+    std::fs::write(
+        &limits,
+        "domain: shop\ndescriptors:\n- key: generic_key\n  value: reviews\n  rate_limit: {unit: minute, requests_per_unit: 10}\n",
+    )?;
+    let rls = topo.pod("ratelimit")?;
+    let mut service = rls.place.spawn(&[
+        &bin.join("strait-ratelimit").display().to_string(),
+        "--listen",
+        "0.0.0.0:8081",
+        "--config",
+        &limits.display().to_string(),
+        "--redis",
+        &format!("redis://{}:6379", redis.ipv4),
+        "--stats-addr",
+        &format!("{}:15020", rls.ipv4),
+    ])?;
+    service.wait_listening(8081, Duration::from_secs(10))?;
+    let ready = format!("http://{}:15020/healthz/ready", rls.ipv4);
+    until(|| {
+        Ok(rls
+            .place
+            .run(&["curl", "-sf", &ready], Duration::from_secs(5))?
+            .status
+            .success())
+    })?;
+    println!(
+        "  redis-server in pod `redis` ({}), outside the mesh",
+        redis.ipv4
+    );
+    println!(
+        "  strait-ratelimit in pod `ratelimit` ({}:8081): domain shop, generic_key reviews, 10 a minute",
+        rls.ipv4
+    );
+    let _waypoint = mesh
+        .start_waypoint("waypoint", "shop/waypoint")
+        .map_err(boxed)?;
+    let _apps = [
+        http_app(topo.pod("reviews-v1")?, HTTP_PORT, "ok", "v1;").map_err(boxed)?,
+        http_app(topo.pod("reviews-v2")?, HTTP_PORT, "ok", "v2;").map_err(boxed)?,
+    ];
+    mesh.write("ratelimit.yaml", RATE_LIMIT).map_err(boxed)?;
+    println!(
+        "  + ratelimit.yaml: Service shop/ratelimit, and an EnvoyFilter bound to the waypoint"
+    );
+    println!(
+        "    inserting envoy.filters.http.ratelimit (domain shop, failure_mode_deny) with the"
+    );
+    println!("    virtual host's rate_limits: generic_key reviews");
+    let frontend = topo.pod("frontend")?;
+    let codes = |count: u32| -> Result<Vec<String>> {
+        let url = format!("http://10.96.0.85:9080/reviews?[1-{count}]");
+        let out = frontend.place.run_ok(
+            &[
+                "curl",
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}\\n",
+                &url,
+            ],
+            Duration::from_secs(120),
+        )?;
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect())
+    };
+    // In force once the waypoint has read it: the first 429.
+    until(|| Ok(codes(1)?.iter().any(|c| c == "429") || codes(20)?.iter().any(|c| c == "429")))?;
+    let later = codes(15)?;
+    println!(
+        "  frontend, 15 more requests within the minute: {} answered 200, {} answered 429 (x-envoy-ratelimited)",
+        later.iter().filter(|c| *c == "200").count(),
+        later.iter().filter(|c| *c == "429").count()
+    );
+    std::fs::remove_file(mesh.config_dir.join("ratelimit.yaml"))?;
+    until(|| Ok(codes(1)?.iter().all(|c| c == "200")))?;
+    println!("  - ratelimit.yaml: reviews answers again");
+    let _ = (service.kill(), redis_server.kill());
     Ok(())
 }
 
@@ -633,6 +754,46 @@ spec:
   - number: 80
     name: http
     targetPort: 8080
+";
+
+/// strait-ratelimit's Service, and a global rate limit on what the
+/// waypoint serves.
+const RATE_LIMIT: &str = "apiVersion: v1
+kind: Service
+metadata: {name: ratelimit, namespace: shop}
+spec:
+  clusterIP: 10.96.0.86
+  selector: {service: ratelimit}
+  ports:
+  - {name: grpc, port: 8081}
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: {name: reviews-limit, namespace: shop}
+spec:
+  targetRefs:
+  - {kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}
+  configPatches:
+  - applyTo: HTTP_FILTER
+    patch:
+      operation: INSERT_BEFORE
+      value:
+        name: envoy.filters.http.ratelimit
+        typed_config:
+          \"@type\": type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit
+          domain: shop
+          failure_mode_deny: true
+          timeout: 2s
+          rate_limit_service:
+            grpc_service:
+              envoy_grpc: {cluster_name: outbound|8081||ratelimit.shop.svc.cluster.local}
+            transport_api_version: V3
+  - applyTo: VIRTUAL_HOST
+    patch:
+      operation: MERGE
+      value:
+        rate_limits:
+        - actions: [{generic_key: {descriptor_value: reviews}}]
 ";
 
 const REVIEWS: &str = "apiVersion: v1

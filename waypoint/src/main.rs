@@ -111,9 +111,9 @@ struct Args {
     #[arg(long, default_value_t = share::PER_CLIENT, value_parser = clap::value_parser!(u32).range(1..))]
     max_requests_per_client: u32,
     /// How request paths are normalized before routes and policies match
-    /// on them and they are sent on (Istio's meshConfig
-    /// `pathNormalization.normalization`): NONE, BASE, MERGE_SLASHES or
-    /// DECODE_AND_MERGE_SLASHES.
+    /// on them and they are sent on: NONE, BASE, MERGE_SLASHES or
+    /// DECODE_AND_MERGE_SLASHES (the mesh config's
+    /// `pathNormalization.normalization`, when it says, comes first).
     #[arg(long, env = "STRAIT_PATH_NORMALIZATION", default_value = "BASE")]
     path_normalization: normalize::Normalization,
     /// How often a RequestAuthentication's `jwksUri` is fetched again (so a
@@ -270,14 +270,19 @@ async fn run(args: Args, access: access::AccessLog) -> Result<()> {
         }
         listeners
     };
-    let authorizers = match &args.mesh_config {
-        Some(path) => {
-            strait_config::mesh_config::MeshConfig::read(path)
-                .map_err(|e| anyhow::anyhow!("--mesh-config {e}"))?
-                .authorizers
-        }
+    let mesh_config = match &args.mesh_config {
+        Some(path) => strait_config::mesh_config::MeshConfig::read(path)
+            .map_err(|e| anyhow::anyhow!("--mesh-config {e}"))?,
         None => Default::default(),
     };
+    // The mesh config's pathNormalization, where it says one.
+    let normalization = match &mesh_config.path_normalization {
+        Some(mode) => mode
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--mesh-config pathNormalization: {e}"))?,
+        None => args.path_normalization,
+    };
+    let authorizers = mesh_config.authorizers;
     let waypoint = Arc::new(Waypoint {
         state: state.clone(),
         namespace: namespace.into(),
@@ -300,7 +305,7 @@ async fn run(args: Args, access: access::AccessLog) -> Result<()> {
         tables: Default::default(),
         breakers: Default::default(),
         shares: share::Shares::new(args.max_requests_per_client),
-        normalization: args.path_normalization,
+        normalization,
         jwt_keys: jwt::Keys::new(args.jwks_refresh),
         rate_buckets: Default::default(),
         authorizers,

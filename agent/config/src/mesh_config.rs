@@ -1,8 +1,9 @@
 //! The parts of Istio's meshConfig strait reads: `extensionProviders` of
 //! the external-authorization kinds (`envoyExtAuthzHttp`,
-//! `envoyExtAuthzGrpc`), which a CUSTOM AuthorizationPolicy names. Other
-//! meshConfig fields and other provider kinds (tracing, access logs) are
-//! left to their own readers. Errors name the file, the field and why.
+//! `envoyExtAuthzGrpc`), which a CUSTOM AuthorizationPolicy names, and
+//! `pathNormalization`. Other meshConfig fields and other provider kinds
+//! (tracing, access logs) are left to their own readers. Errors name the
+//! file, the field and why.
 use std::{collections::BTreeMap, path::Path, time::Duration};
 
 use serde::Deserialize;
@@ -15,6 +16,9 @@ const TIMEOUT: Duration = Duration::from_secs(600);
 pub struct MeshConfig {
     /// External authorizers by name.
     pub authorizers: BTreeMap<String, Authorizer>,
+    /// `pathNormalization.normalization` (NONE, BASE, MERGE_SLASHES,
+    /// DECODE_AND_MERGE_SLASHES), when set.
+    pub path_normalization: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -78,9 +82,26 @@ impl MeshConfig {
         let json = crate::yaml::parse(text)
             .map_err(|e| format!("not YAML: {e}"))?
             .to_json();
+        let path_normalization = match json.pointer("/pathNormalization/normalization") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(mode))
+                if matches!(
+                    mode.as_str(),
+                    "DEFAULT" | "NONE" | "BASE" | "MERGE_SLASHES" | "DECODE_AND_MERGE_SLASHES"
+                ) =>
+            {
+                Some(mode.clone())
+            }
+            Some(other) => {
+                return Err(format!(
+                    "field pathNormalization.normalization: {other} is not NONE, BASE, MERGE_SLASHES or DECODE_AND_MERGE_SLASHES"
+                ));
+            }
+        };
         let mut authorizers = BTreeMap::new();
+        let empty = Vec::new();
         let providers = match json.get("extensionProviders") {
-            None | Some(Value::Null) => return Ok(Self::default()),
+            None | Some(Value::Null) => &empty,
             Some(Value::Array(list)) => list,
             Some(_) => return Err("field extensionProviders: is not a list".into()),
         };
@@ -126,7 +147,10 @@ impl MeshConfig {
                 return Err(format!("field {at}.name: {name:?} names two providers"));
             }
         }
-        Ok(Self { authorizers })
+        Ok(Self {
+            authorizers,
+            path_normalization,
+        })
     }
 }
 
@@ -198,6 +222,7 @@ mod tests {
     fn authorizers_are_read_and_bad_ones_named() {
         let mesh = MeshConfig::parse(
             "accessLogFile: /dev/stdout
+pathNormalization: {normalization: MERGE_SLASHES}
 extensionProviders:
 - name: zipkin
   zipkin: {service: zipkin.istio-system.svc.cluster.local, port: 9411}
@@ -213,6 +238,7 @@ extensionProviders:
         )
         .unwrap();
         assert_eq!(mesh.authorizers.len(), 2);
+        assert_eq!(mesh.path_normalization.as_deref(), Some("MERGE_SLASHES"));
         let grpc = &mesh.authorizers["grpc-authz"];
         assert!(grpc.fail_open && grpc.timeout == Duration::from_secs(2));
         assert_eq!(mesh.authorizers["http-authz"].status_on_error, 403);
@@ -228,6 +254,10 @@ extensionProviders:
             (
                 "extensionProviders:\n- envoyExtAuthzGrpc: {service: s, port: 1}\n",
                 "extensionProviders[0].name",
+            ),
+            (
+                "pathNormalization: {normalization: SLASHES}\n",
+                "pathNormalization.normalization",
             ),
         ] {
             let err = MeshConfig::parse(text).unwrap_err();

@@ -403,6 +403,62 @@ fn request_auth(rule: &JwtRule, mut claims: Value) -> RequestAuth {
 mod tests {
     use super::*;
 
+    fn parts(uri: &str, headers: &[(&str, &str)]) -> Parts {
+        let mut request = hyper::Request::builder().uri(uri);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn tokens_are_found_where_the_rule_says() {
+        let rule = |yaml: &str| -> JwtRule { serde_json::from_str(yaml).unwrap() };
+        // Defaults: `Authorization: Bearer` (any case) and `access_token`.
+        let default = rule(r#"{"issuer": "i"}"#);
+        let found = tokens(
+            &default,
+            &parts("/x?access_token=q1&b=2", &[("authorization", "bearer h1")]),
+        );
+        assert_eq!(
+            found,
+            vec![
+                (Location::Header("authorization".into()), "h1".into()),
+                (Location::Param("access_token".into()), "q1".into())
+            ]
+        );
+        assert!(tokens(&default, &parts("/x", &[("authorization", "Basic abc")])).is_empty());
+        // Configured: a header with its prefix, a parameter, a cookie; the
+        // defaults no longer apply.
+        let own = rule(
+            r#"{"issuer": "i", "fromHeaders": [{"name": "x-jwt", "prefix": "Token "}],
+                "fromParams": ["t"], "fromCookies": ["session"]}"#,
+        );
+        let found = tokens(
+            &own,
+            &parts(
+                "/x?t=p1&access_token=ignored",
+                &[
+                    ("x-jwt", "Token h2"),
+                    ("authorization", "Bearer ignored"),
+                    ("cookie", "a=1; session=c1"),
+                ],
+            ),
+        );
+        assert_eq!(
+            found,
+            vec![
+                (Location::Header("x-jwt".into()), "h2".into()),
+                (Location::Param("t".into()), "p1".into()),
+                (Location::Cookie("session".into()), "c1".into())
+            ]
+        );
+        assert!(
+            tokens(&own, &parts("/x", &[("x-jwt", "h3")])).is_empty(),
+            "no prefix"
+        );
+    }
+
     #[test]
     fn query_values_are_decoded() {
         assert_eq!(

@@ -463,20 +463,7 @@ fn rate_limits(mesh: &Mesh<'_>, topo: &Topology, bin: &std::path::Path) -> Resul
         "rate limits: an EnvoyFilter's global limit on reviews, counted by strait-ratelimit in Redis",
     );
     let redis = topo.pod("redis")?;
-    let mut redis_server = redis.place.spawn(&[
-        "redis-server",
-        "--port",
-        "6379",
-        "--bind",
-        &redis.ipv4.to_string(),
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--protected-mode",
-        "no",
-    ])?;
-    redis_server.wait_listening(6379, Duration::from_secs(10))?;
+    let mut redis_server = strait_e2e::l7::redis(redis).map_err(boxed)?;
     let limits = mesh
         .config_dir
         .parent()

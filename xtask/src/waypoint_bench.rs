@@ -329,26 +329,14 @@ static_resources:
 fn jwt(scratch: &Path) -> Result<(String, String)> {
     let dir = scratch.join("jwks");
     std::fs::create_dir_all(&dir)?;
-    let tool = |args: &[&str]| -> Result<String> {
-        let out = std::process::Command::new(install::l7_python())
-            .arg(install::l7_script("jwt_tool.py"))
-            .arg(args[0])
-            .arg(&dir)
-            .args(&args[1..])
-            .output()
-            .context("running jwt_tool.py")?;
-        if !out.status.success() {
-            bail!(
-                "jwt_tool.py {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-    };
-    tool(&["key", "bench", "RS256"])?;
+    let tool = strait_e2e::l7::JwtTool::new(&dir);
+    tool.run(&["key", "bench", "RS256"])
+        .map_err(anyhow::Error::from_boxed)?;
     let claims =
         format!(r#"{{"iss": "{ISSUER}", "sub": "load", "aud": "bench", "exp": "+86400"}}"#);
-    let token = tool(&["sign", "bench", "RS256", &claims])?;
+    let token = tool
+        .sign("bench", "RS256", &claims)
+        .map_err(anyhow::Error::from_boxed)?;
     Ok((std::fs::read_to_string(dir.join("jwks.json"))?, token))
 }
 

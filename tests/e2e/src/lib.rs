@@ -16,6 +16,7 @@ pub mod ca;
 pub mod install;
 pub mod kube;
 pub mod kubelet;
+pub mod l7;
 
 pub type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
 

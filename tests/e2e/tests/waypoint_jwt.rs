@@ -6,14 +6,11 @@
 //! claims reach policies (`request.auth.claims[groups]`) and the app
 //! (outputClaimToHeaders), the token does not (forwardOriginalToken
 //! false); a rotated key is picked up within the refresh interval.
-use std::{
-    path::Path,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
 use strait_e2e::{
-    Mesh, Result, http_app, install, namespace_yaml, require_root, waypoint_yaml, workload_yaml,
+    Mesh, Result, http_app, l7::JwtTool, namespace_yaml, require_root, waypoint_yaml, workload_yaml,
 };
 use strait_topology::{Locality, Place, Spec, Topology};
 
@@ -91,44 +88,6 @@ spec:
     .concat())
 }
 
-/// The test's keys and tokens (`tests/e2e/py/jwt_tool.py`).
-struct Tool {
-    dir: String,
-    python: String,
-    script: String,
-}
-
-impl Tool {
-    fn new(dir: &Path) -> Self {
-        Self {
-            dir: dir.display().to_string(),
-            python: install::l7_python().display().to_string(),
-            script: install::l7_script("jwt_tool.py").display().to_string(),
-        }
-    }
-
-    fn run(&self, args: &[&str]) -> Result<String> {
-        let out = std::process::Command::new(&self.python)
-            .arg(&self.script)
-            .args(args.iter().take(1))
-            .arg(&self.dir)
-            .args(args.iter().skip(1))
-            .output()?;
-        if !out.status.success() {
-            return Err(format!(
-                "jwt_tool {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-            .into());
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-    }
-
-    fn sign(&self, kid: &str, alg: &str, claims: &str) -> Result<String> {
-        self.run(&["sign", kid, alg, claims])
-    }
-}
-
 /// Status and body of a GET of `path` with curl's `args`.
 fn get(place: &Place, path: &str, args: &[&str]) -> Result<(String, String)> {
     let url = format!("http://{API}:9080{path}");
@@ -151,7 +110,7 @@ fn tokens_are_verified_and_their_claims_decide() -> Result<()> {
     let topo = Topology::create(spec())?;
     let keys = topo.scratch_dir().join("jwks");
     std::fs::create_dir_all(&keys)?;
-    let tool = Tool::new(&keys);
+    let tool = JwtTool::new(&keys);
     for (kid, alg) in [
         ("rs256", "RS256"),
         ("rs384", "RS384"),

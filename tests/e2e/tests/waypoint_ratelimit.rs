@@ -422,21 +422,7 @@ fn a_global_rate_limit_holds_across_waypoint_replicas_and_redis_decides() -> Res
         ),
     )?;
     let redis = topo.pod("redis")?;
-    let mut redis_server = redis.place.spawn(&[
-        "redis-server",
-        "--port",
-        "6379",
-        "--bind",
-        &redis.ipv4.to_string(),
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        // Reached from another pod, with no password: a test's own Redis.
-        "--protected-mode",
-        "no",
-    ])?;
-    redis_server.wait_listening(6379, Duration::from_secs(10))?;
+    let mut redis_server = strait_e2e::l7::redis(redis)?;
     let _agents = [mesh.start_agent("n1", &[])?, mesh.start_agent("n2", &[])?];
     let rls = topo.pod("rls")?;
     let mut service = rls.place.spawn(&[

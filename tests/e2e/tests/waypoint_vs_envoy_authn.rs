@@ -9,7 +9,8 @@
 use std::time::Duration;
 
 use strait_e2e::{
-    Mesh, Result, http_app, install, namespace_yaml, require_root, waypoint_yaml, workload_yaml,
+    Mesh, Result, http_app, install, l7::JwtTool, namespace_yaml, require_root, waypoint_yaml,
+    workload_yaml,
 };
 use strait_topology::{Locality, Place, Spec, Topology};
 
@@ -151,31 +152,6 @@ static_resources:
     )
 }
 
-struct Tool {
-    dir: String,
-    python: String,
-    script: String,
-}
-
-impl Tool {
-    fn run(&self, args: &[&str]) -> Result<String> {
-        let out = std::process::Command::new(&self.python)
-            .arg(&self.script)
-            .args(args.iter().take(1))
-            .arg(&self.dir)
-            .args(args.iter().skip(1))
-            .output()?;
-        if !out.status.success() {
-            return Err(format!(
-                "jwt_tool {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-            .into());
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-    }
-}
-
 /// The status a GET of `base` + `path` gets, with curl's `args`.
 fn status(place: &Place, base: &str, path: &str, args: &[String]) -> Result<String> {
     let url = format!("{base}{path}");
@@ -218,11 +194,7 @@ fn tokens_and_paths_get_the_verdicts_envoy_gives() -> Result<()> {
     let topo = Topology::create(spec())?;
     let dir = topo.scratch_dir().join("jwks");
     std::fs::create_dir_all(&dir)?;
-    let tool = Tool {
-        dir: dir.display().to_string(),
-        python: install::l7_python().display().to_string(),
-        script: install::l7_script("jwt_tool.py").display().to_string(),
-    };
+    let tool = JwtTool::new(&dir);
     for (kid, alg) in [
         ("rs256", "RS256"),
         ("rs384", "RS384"),

@@ -17,6 +17,7 @@ mod actions;
 mod affinity;
 mod authz;
 mod breaker;
+mod buckets;
 mod call;
 mod cors;
 mod detect;

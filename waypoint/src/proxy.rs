@@ -55,7 +55,7 @@ pub struct Waypoint {
     /// RequestAuthentications' key sets.
     pub jwt_keys: crate::jwt::Keys,
     /// The local rate limits' token buckets.
-    pub rate_buckets: crate::ratelimit::Buckets,
+    pub rate_buckets: crate::buckets::Buckets,
     /// External authorizers by name (meshConfig `extensionProviders`).
     pub authorizers: std::collections::BTreeMap<String, strait_config::mesh_config::Authorizer>,
     /// Connections being served: what a draining waypoint waits for.

@@ -1,17 +1,15 @@
 //! Rate limits at the waypoint, from the EnvoyFilters that select it
 //! ([`strait_config::ratelimit`]): a request's route (or virtual host)
 //! `rate_limits` make its descriptors; the local rate limit
-//! ([`local`]) takes a token for them in this replica, the global one
+//! ([`crate::buckets`]) takes a token for them in this replica, the global one
 //! ([`global`]) asks the rate-limit service all replicas share. A limited
 //! request is answered 429 (or the local filter's `status`) with the
 //! filter's headers and `x-ratelimit-limit`, `-remaining` and `-reset`; a
 //! local filter enforcing only part of its limit lets the rest through.
 mod global;
-mod local;
 
+use crate::buckets::Quota;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
-pub use local::Buckets;
-use local::Quota;
 use strait_config::{
     Config,
     authz::WaypointScope,

@@ -1,6 +1,6 @@
-//! Envoy's local rate limit: token buckets in this waypoint replica, one
-//! per filter (or per route that sets its own), and one per configured
-//! descriptor. A bucket starts full, gains `tokens_per_fill` at each
+//! Envoy's local rate limit ([`crate::ratelimit`]): token buckets in this
+//! waypoint replica, one per filter (or per route that sets its own), and
+//! one per configured descriptor. A bucket starts full, gains `tokens_per_fill` at each
 //! `fill_interval` since it was made (never past `max_tokens`), and a
 //! request takes one token from each bucket it falls under, or is limited.
 use std::{

@@ -36,7 +36,7 @@ use tokio_rustls::TlsConnector;
 use tracing::debug;
 
 use crate::{
-    Authority, CONNECTION_WINDOW, Claims, Error, MAX_FRAME, STREAM_WINDOW,
+    Authority, CONNECTION_WINDOW, Claims, Error, MAX_FRAME, STREAM_WINDOW, STREAMS_PER_CONNECTION,
     tunnel::{Active, Tunnel},
 };
 
@@ -398,6 +398,7 @@ where
         .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(MAX_FRAME)
+        .initial_max_send_streams(STREAMS_PER_CONNECTION as usize)
         .handshake::<_, Bytes>(crate::coalesce::Coalesce::new(stream, coalesce))
         .await
         .map_err(|source| Error::H2 { addr, source })?;

@@ -22,6 +22,11 @@ pub use tunnel::{Refused, Tunnel};
 pub(crate) const STREAM_WINDOW: u32 = 4 << 20;
 pub(crate) const CONNECTION_WINDOW: u32 = 16 << 20;
 pub(crate) const MAX_FRAME: u32 = 1 << 20;
+/// Concurrent streams a server takes on one connection by default (the
+/// HTTP/2 SETTINGS it sends). A client assumes as many until the peer's
+/// SETTINGS arrive: a burst opened on a new connection before then would
+/// otherwise exceed them and be refused (`REFUSED_STREAM`).
+pub(crate) const STREAMS_PER_CONNECTION: u32 = 100;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -125,7 +125,7 @@ impl Default for Limits {
             handshake_timeout: Duration::from_secs(10),
             handshakes_per_ip: 64,
             gateway_handshakes: 4096,
-            streams_per_connection: 100,
+            streams_per_connection: crate::STREAMS_PER_CONNECTION,
             // Sized from what legitimate clients open: a database pool of a
             // few hundred connections from another network is that many
             // HBONE connections of one identity.

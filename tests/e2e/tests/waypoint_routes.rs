@@ -256,32 +256,52 @@ fn the_seeds_routes_and_a_routes_actions_take_effect() -> Result<()> {
     let stats = || -> Result<String> {
         strait_e2e::curl_body(&wp.place, &format!("http://{}:15020/metrics", wp.ipv4))
     };
-    // Every copy was started before its request was answered.
-    let metrics = strait_e2e::wait_for(
-        "mirror copies done",
+    // Every copy was started before its request was answered; the shadow
+    // writes its log line after answering, so its count may trail a little.
+    let seen_in = |log: &str| {
+        log.lines()
+            .filter(|l| l.starts_with("request /mirrored/"))
+            .count()
+    };
+    let agreed = strait_e2e::wait_for(
+        "mirror copies done and seen by the shadow",
         std::time::Duration::from_secs(30),
         || {
             let metrics = stats().ok()?;
-            (strait_e2e::metric_sum(&metrics, "strait_waypoint_mirrors_in_flight", &[]) == 0)
-                .then_some(metrics)
+            if strait_e2e::metric_sum(&metrics, "strait_waypoint_mirrors_in_flight", &[]) != 0 {
+                return None;
+            }
+            let sent = strait_e2e::metric_sum(
+                &metrics,
+                "strait_waypoint_mirrored_requests_total",
+                &["result=\"sent\""],
+            );
+            let log = shadow.log();
+            (seen_in(&log) as u64 == sent).then_some((sent, log))
         },
-    )?;
-    let sent = strait_e2e::metric_sum(
-        &metrics,
-        "strait_waypoint_mirrored_requests_total",
-        &["result=\"sent\""],
     );
-    let log = shadow.log();
-    let seen = log
-        .lines()
-        .filter(|l| l.starts_with("request /mirrored/"))
-        .count();
+    let (sent, log) = match agreed {
+        Ok(agreed) => agreed,
+        Err(e) => {
+            let metrics = stats()?;
+            return Err(format!(
+                "{e}: {} copies seen by shadow, metrics:\n{}",
+                seen_in(&shadow.log()),
+                metrics
+                    .lines()
+                    .filter(|l| l.starts_with("strait_waypoint_mirror"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            )
+            .into());
+        }
+    };
+    let seen = seen_in(&log);
     let share = seen as f64 * 100.0 / f64::from(count);
     println!(
         "mirror 50%: {count} requests, {primary} answered by the primary, {seen} copies seen by shadow ({share:.1}%), {sent} counted sent"
     );
     assert_eq!(primary, count as usize);
-    assert_eq!(seen as u64, sent);
     assert!((42.5..=57.5).contains(&share), "{share}%");
     assert!(
         log.lines()

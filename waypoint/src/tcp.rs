@@ -14,7 +14,7 @@ use strait_config::{
     manifest::networking::{L4Match, L4RouteDestination, TlsMatch},
 };
 use strait_route::{Route, Target, route};
-use strait_telemetry::{Direction, Reason, Reporter, relay};
+use strait_telemetry::{Direction, Reason, Reporter, ResponseFlags, relay};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, warn};
 
@@ -54,6 +54,16 @@ where
             .metrics
             .tcp
             .fail(Direction::Inbound, Reason::Denied);
+        let labels = strait_telemetry::labels(
+            &state,
+            Reporter::Waypoint,
+            src,
+            Some(&client.identity),
+            client.authority.ip(),
+            true,
+        )
+        .service(service.map(|at| at.service));
+        waypoint.metrics.tcp.refused(labels, ResponseFlags::Deny);
         return;
     }
     let routed = match l4_route(&state.config, &client, server_name.as_deref()) {
@@ -152,15 +162,15 @@ where
                     }
                     strait_upstream::Upstream::Plain(tcp) => crate::pool::Io::Tcp(tcp),
                 };
-                let mut labels = strait_telemetry::labels(
+                let labels = strait_telemetry::labels(
                     &state,
-                    Reporter::Destination,
+                    Reporter::Waypoint,
                     client.addr.ip(),
-                    client.identity.to_string(),
+                    Some(&client.identity),
                     addr.ip(),
                     true,
-                );
-                labels.reporter = Reporter::Waypoint;
+                )
+                .service(service.map(|at| at.service));
                 let (src, dst) = (client.addr.to_string(), addr.to_string());
                 let _ = relay(
                     &waypoint.metrics.tcp,

@@ -608,7 +608,7 @@ fn across_networks(mesh: &Mesh<'_>, topo: &Topology) -> Result<()> {
     let carried = metric_sum(
         &mesh.metrics("east-gw").map_err(boxed)?,
         "istio_tcp_connections_opened_total",
-        &["reporter=\"gateway\""],
+        &["reporter=\"source\""],
     );
     println!(
         "  east-1 (backend-near's node) saw {seen} connection(s) from spiffe://cluster.local/ns/shop/sa/client, cluster west;"

@@ -33,6 +33,8 @@ const BASE_PACKAGES: &[Package] = &[
     package("openssl", &[Program("openssl")]),
     // Where the rate-limit service keeps its counts (tests and demo).
     package("redis-server", &[Program("redis-server")]),
+    // Scrapes the mesh's metrics (tests and demo), as users' Prometheus does.
+    package("prometheus", &[Program("prometheus")]),
     // What the install test checks is gone after uninstalling.
     package("bpftool", &[Program("bpftool")]),
     // The shell scripts of deploy/ and vagrant/ are checked.

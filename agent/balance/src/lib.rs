@@ -456,6 +456,7 @@ mod tests {
             ready: true,
             group: None,
             probe: None,
+            owner: None,
         }
     }
 

@@ -28,7 +28,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use strait_route::{Plan, plan};
 use strait_state::{NodeState, Snapshot};
-use strait_telemetry::{Direction, Reason, Reporter, TcpLabels, relay};
+use strait_telemetry::{Direction, Peer, Reason, Reporter, TcpLabels, relay};
 use strait_upstream::reset;
 
 use crate::metrics::Metrics;
@@ -72,6 +72,26 @@ impl Gateway {
             .east_west_gateways
             .iter()
             .find(|g| g.namespace == self.namespace && g.name == self.name)
+    }
+
+    /// This gateway as Istio's metrics name it: as its instances'
+    /// workload, else (no instance in the config) by the Gateway's name.
+    fn peer(&self, state: &Snapshot, me: &EastWestGateway) -> Peer {
+        let config = &state.config;
+        match config
+            .workloads
+            .iter()
+            .find(|w| config.gateway_of(w).is_some_and(|g| std::ptr::eq(g, me)))
+        {
+            Some(w) => Peer::of(state, w),
+            None => Peer {
+                workload: self.name.clone(),
+                namespace: self.namespace.clone(),
+                app: self.name.clone(),
+                canonical_service: self.name.clone(),
+                ..Peer::unknown()
+            },
+        }
     }
 }
 
@@ -198,7 +218,6 @@ async fn on_connect(gateway: Arc<Gateway>, connect: Connect) {
             return;
         };
         let _ = tcp.set_nodelay(true);
-        let destination_principal = state.identity(&workload).to_string();
         let mut tunnel = match connect.stream.accept() {
             Ok(t) => t,
             Err(err) => {
@@ -206,30 +225,24 @@ async fn on_connect(gateway: Arc<Gateway>, connect: Connect) {
                 return;
             }
         };
-        let client = connect
-            .source
-            .as_ref()
-            .and_then(|source| state.claimed_client(source, &connect.peer));
-        let labels = TcpLabels {
-            reporter: Reporter::Gateway,
-            source_workload: client.map_or("unknown".into(), |w| w.name.clone()),
-            source_workload_namespace: connect.peer.namespace.clone(),
-            source_principal: connect.peer.to_string(),
-            source_cluster: client
-                .map(|w| state.cluster(w))
-                .filter(|c| !c.is_empty())
-                .unwrap_or_else(|| "unknown".into()),
-            destination_workload: workload.name.clone(),
-            destination_workload_namespace: workload.namespace.clone(),
-            destination_principal,
-            destination_cluster: {
-                let c = state.cluster(&workload);
-                if c.is_empty() { "unknown".into() } else { c }
-            },
-            connection_security_policy: "mutual_tls".into(),
-            request_protocol: "tcp".into(),
+        // As Istio's gateways report: the leg it opens, from the gateway
+        // (`reporter="source"`) to the destination; the client's own agent
+        // and the destination's report the whole connection.
+        let service = match &connect.authority {
+            Authority::Host { host, .. } => state
+                .config
+                .services_for_host(host)
+                .find(|s| state.config.global(s)),
+            Authority::Addr(addr) => state.config.service_for(&workload, addr.port()),
         };
-        let src = connect.peer_addr.to_string();
+        let labels = TcpLabels::new(Reporter::Source, true)
+            .source(gateway.peer(&state, me))
+            .source_principal(&gateway.identity)
+            .destination(Peer::of(&state, &workload))
+            .destination_principal(&state.identity(&workload))
+            .service(service);
+        // The client is no label of the gateway's leg: its log names it.
+        let src = format!("{} ({})", connect.peer_addr, connect.peer);
         let dst = format!("{} -> {hbone}", connect.authority);
         if relay(
             &gateway.metrics.tcp,

@@ -324,6 +324,7 @@ mod tests {
             ready: true,
             group: None,
             probe: None,
+            owner: None,
         }
     }
 

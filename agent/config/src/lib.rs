@@ -264,6 +264,21 @@ pub struct Workload {
     pub group: Option<String>,
     /// The group's readiness probe, run by the agent of the workload's node.
     pub probe: Option<Box<networking::Probe>>,
+    /// The controller that owns it, by Istio's rules (a Deployment for a
+    /// pod of its ReplicaSet, a CronJob for a pod of its Job): what
+    /// Istio's metrics call the workload.
+    pub owner: Option<String>,
+}
+
+impl Workload {
+    /// Istio's workload name: the owning controller's, else the
+    /// WorkloadGroup's, else its own (a bare pod, a WorkloadEntry).
+    pub fn workload_name(&self) -> &str {
+        self.owner
+            .as_deref()
+            .or(self.group.as_deref())
+            .unwrap_or(&self.name)
+    }
 }
 
 /// A workload left out of the model, and why.
@@ -622,6 +637,7 @@ mod tests {
             ready: true,
             group: None,
             probe: None,
+            owner: None,
         }
     }
 

@@ -246,6 +246,20 @@ impl Config {
         })
     }
 
+    /// The service a connection to `w` at `port` most likely came through,
+    /// for metrics when nothing else says (the client dialled the pod, or
+    /// a waypoint sent it): one `w` is an endpoint of whose port leads to
+    /// `port`, the first by namespace and name.
+    pub fn service_for(&self, w: &Workload, port: u16) -> Option<&Service> {
+        self.services
+            .iter()
+            .filter(|s| {
+                endpoint_of(s, w)
+                    .is_some_and(|e| s.ports.iter().any(|sp| target_port(s, sp, e) == Some(port)))
+            })
+            .min_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)))
+    }
+
     /// The services `w` is an endpoint of.
     pub fn services_of<'a>(&'a self, w: &'a Workload) -> impl Iterator<Item = &'a Service> + 'a {
         self.services

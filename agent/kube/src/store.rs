@@ -169,6 +169,17 @@ fn trim(meta: &Kind, resource: &ApiResource, object: DynamicObject) -> Json {
             .collect();
         metadata["annotations"] = json!(kept);
     }
+    if meta.kind == "Pod"
+        && let Some(owner) = m
+            .owner_references
+            .iter()
+            .flatten()
+            .find(|o| o.controller == Some(true))
+    {
+        // Istio's metrics name a pod's workload after its controller.
+        metadata["ownerReferences"] =
+            json!([{"kind": owner.kind, "name": owner.name, "controller": true}]);
+    }
     let mut out = json!({
         "apiVersion": resource.api_version,
         "kind": meta.kind,

@@ -13,37 +13,143 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family},
     registry::Registry,
 };
+use strait_config::Service;
+use strait_identity::Identity;
 use strait_state::Snapshot;
 
-pub use peer::Peer;
+pub use peer::{Peer, UNKNOWN};
 pub use relay::relay;
 
-/// `reporter`: which end of the connection counted it.
+/// `reporter`: which proxy counted it, as Istio spells it: `source` is
+/// the client's (and a gateway's, for the leg it opens), `destination`
+/// the server's, `waypoint` a waypoint's.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum Reporter {
     Source,
     Destination,
-    /// An east-west gateway, between the two.
-    Gateway,
-    /// A waypoint, between the two (Istio's value).
     Waypoint,
 }
 
-/// The label set of Istio's `istio_tcp_*` metrics.
+/// `response_flags`, as ztunnel writes them.
+#[derive(Clone, Copy, Debug, Default, Hash, PartialEq, Eq)]
+pub enum ResponseFlags {
+    #[default]
+    None,
+    /// An AuthorizationPolicy refused it.
+    Deny,
+    /// No connection to the destination (it refused, or none answered).
+    Connect,
+}
+
+/// The label set of Istio's `istio_tcp_*` metrics, as ztunnel reports
+/// them; `unknown` where nothing says.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TcpLabels {
     pub reporter: Reporter,
     pub source_workload: String,
+    pub source_canonical_service: String,
+    pub source_canonical_revision: String,
     pub source_workload_namespace: String,
     pub source_principal: String,
+    pub source_app: String,
+    pub source_version: String,
     pub source_cluster: String,
+    /// The service's host (`name.namespace.svc.cluster.local`).
+    pub destination_service: String,
+    pub destination_service_namespace: String,
+    pub destination_service_name: String,
     pub destination_workload: String,
+    pub destination_canonical_service: String,
+    pub destination_canonical_revision: String,
     pub destination_workload_namespace: String,
     pub destination_principal: String,
+    pub destination_app: String,
+    pub destination_version: String,
     pub destination_cluster: String,
-    /// `mutual_tls` or `none`.
-    pub connection_security_policy: String,
     pub request_protocol: String,
+    pub response_flags: ResponseFlags,
+    /// `mutual_tls`, or `unknown` (plaintext).
+    pub connection_security_policy: String,
+}
+
+impl TcpLabels {
+    /// Every label `unknown` but the reporter's, the protocol's and the
+    /// security policy's.
+    pub fn new(reporter: Reporter, mtls: bool) -> Self {
+        let unknown = || UNKNOWN.to_string();
+        Self {
+            reporter,
+            source_workload: unknown(),
+            source_canonical_service: unknown(),
+            source_canonical_revision: unknown(),
+            source_workload_namespace: unknown(),
+            source_principal: unknown(),
+            source_app: unknown(),
+            source_version: unknown(),
+            source_cluster: unknown(),
+            destination_service: unknown(),
+            destination_service_namespace: unknown(),
+            destination_service_name: unknown(),
+            destination_workload: unknown(),
+            destination_canonical_service: unknown(),
+            destination_canonical_revision: unknown(),
+            destination_workload_namespace: unknown(),
+            destination_principal: unknown(),
+            destination_app: unknown(),
+            destination_version: unknown(),
+            destination_cluster: unknown(),
+            request_protocol: "tcp".into(),
+            response_flags: ResponseFlags::None,
+            connection_security_policy: if mtls { "mutual_tls" } else { UNKNOWN }.into(),
+        }
+    }
+
+    /// The client's workload labels (not its principal: that is what it
+    /// proved, set by [`Self::source_principal`]).
+    pub fn source(mut self, peer: Peer) -> Self {
+        self.source_workload = peer.workload;
+        self.source_canonical_service = peer.canonical_service;
+        self.source_canonical_revision = peer.canonical_revision;
+        self.source_workload_namespace = peer.namespace;
+        self.source_app = peer.app;
+        self.source_version = peer.version;
+        self.source_cluster = peer.cluster;
+        self
+    }
+
+    pub fn source_principal(mut self, principal: &Identity) -> Self {
+        self.source_principal = principal.to_string();
+        self
+    }
+
+    pub fn destination(mut self, peer: Peer) -> Self {
+        self.destination_workload = peer.workload;
+        self.destination_canonical_service = peer.canonical_service;
+        self.destination_canonical_revision = peer.canonical_revision;
+        self.destination_workload_namespace = peer.namespace;
+        self.destination_app = peer.app;
+        self.destination_version = peer.version;
+        self.destination_cluster = peer.cluster;
+        self
+    }
+
+    pub fn destination_principal(mut self, principal: &Identity) -> Self {
+        self.destination_principal = principal.to_string();
+        self
+    }
+
+    /// The service the client addressed: its first host, name and
+    /// namespace.
+    pub fn service(mut self, service: Option<&Service>) -> Self {
+        if let Some(service) = service {
+            if let Some(host) = service.hosts.first() {
+                self.destination_service = host.clone();
+            }
+            self.destination_service_name = service.name.clone();
+            self.destination_service_namespace = service.namespace.clone();
+        }
+        self
+    }
 }
 
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
@@ -111,7 +217,8 @@ macro_rules! label_values {
 }
 
 label_values! {
-    Reporter { Source => "source", Destination => "destination", Gateway => "gateway", Waypoint => "waypoint" }
+    Reporter { Source => "source", Destination => "destination", Waypoint => "waypoint" }
+    ResponseFlags { None => "-", Deny => "DENY", Connect => "CONNECT" }
     Direction { Inbound => "inbound", Outbound => "outbound", Gateway => "gateway" }
     Reason {
         Tls => "tls",
@@ -158,12 +265,12 @@ impl Tcp {
         );
         registry.register(
             "istio_tcp_sent_bytes",
-            "Bytes sent to the destination",
+            "Bytes the destination sent back (the response direction), counted as they pass",
             tcp.sent_bytes.clone(),
         );
         registry.register(
             "istio_tcp_received_bytes",
-            "Bytes received from the destination",
+            "Bytes the client sent (the request direction), counted as they pass",
             tcp.received_bytes.clone(),
         );
         registry.register(
@@ -179,52 +286,35 @@ impl Tcp {
             .get_or_create(&FailureLabels { direction, reason })
             .inc();
     }
+
+    /// A connection that never carried a byte, counted as ztunnel does:
+    /// opened, and closed with `flags` saying why.
+    pub fn refused(&self, mut labels: TcpLabels, flags: ResponseFlags) {
+        self.opened.get_or_create(&labels).inc();
+        labels.response_flags = flags;
+        self.closed.get_or_create(&labels).inc();
+    }
 }
 
 /// Istio's labels for a connection between two addresses, as `state`
-/// describes them.
+/// describes them; the destination's principal is the identity of the
+/// mesh workload there (over mutual TLS, what the peer must prove).
 pub fn labels(
     state: &Snapshot,
     reporter: Reporter,
     src: IpAddr,
-    source_principal: String,
+    source_principal: Option<&Identity>,
     dst: IpAddr,
     mtls: bool,
 ) -> TcpLabels {
-    let describe = |ip: IpAddr| {
-        state
-            .workload(ip)
-            .map(|w| (w.name.clone(), w.namespace.clone()))
-            .unwrap_or_else(|| ("unknown".into(), "unknown".into()))
-    };
-    let (source_workload, source_workload_namespace) = describe(src);
-    let (destination_workload, destination_workload_namespace) = describe(dst);
-    let cluster_of = |ip: IpAddr| {
-        state
-            .workload(ip)
-            .map(|w| state.cluster(w))
-            .filter(|c| !c.is_empty())
-            .unwrap_or_else(|| "unknown".into())
-    };
-    let destination_principal = if mtls {
-        state
-            .mesh_workload(dst)
-            .map(|w| state.identity(w).to_string())
-            .unwrap_or_else(|| "unknown".into())
-    } else {
-        "unknown".into()
-    };
-    TcpLabels {
-        reporter,
-        source_workload,
-        source_workload_namespace,
-        source_principal,
-        source_cluster: cluster_of(src),
-        destination_workload,
-        destination_workload_namespace,
-        destination_principal,
-        destination_cluster: cluster_of(dst),
-        connection_security_policy: if mtls { "mutual_tls" } else { "none" }.into(),
-        request_protocol: "tcp".into(),
+    let mut labels = TcpLabels::new(reporter, mtls)
+        .source(Peer::at(state, src))
+        .destination(Peer::at(state, dst));
+    if let Some(principal) = source_principal {
+        labels = labels.source_principal(principal);
     }
+    if mtls && let Some(w) = state.mesh_workload(dst) {
+        labels = labels.destination_principal(&state.identity(w));
+    }
+    labels
 }

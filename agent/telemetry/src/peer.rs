@@ -31,32 +31,35 @@ impl Peer {
         }
     }
 
-    /// Istio's rules: the canonical service is
+    /// Istio's rules: the workload is the owning controller's name
+    /// ([`Workload::workload_name`]); the canonical service is
     /// `service.istio.io/canonical-name`, else `app.kubernetes.io/name`,
     /// else `app`, else the workload's name; the revision
     /// `service.istio.io/canonical-revision`, else `app.kubernetes.io/version`,
-    /// else `version`, else `latest`.
+    /// else `version`, else `latest`. App and version are the canonical
+    /// service and revision, as ztunnel reports them.
     pub fn of(state: &Snapshot, w: &Workload) -> Self {
         let label = |names: &[&str]| names.iter().find_map(|n| w.labels.get(*n)).cloned();
         let cluster = state.cluster(w);
+        let canonical_service = label(&[
+            "service.istio.io/canonical-name",
+            "app.kubernetes.io/name",
+            "app",
+        ])
+        .unwrap_or_else(|| w.workload_name().to_string());
+        let canonical_revision = label(&[
+            "service.istio.io/canonical-revision",
+            "app.kubernetes.io/version",
+            "version",
+        ])
+        .unwrap_or_else(|| "latest".into());
         Self {
-            workload: w.name.clone(),
+            workload: w.workload_name().to_string(),
             namespace: w.namespace.clone(),
-            app: label(&["app", "app.kubernetes.io/name"]).unwrap_or_else(|| UNKNOWN.into()),
-            version: label(&["version", "app.kubernetes.io/version"])
-                .unwrap_or_else(|| UNKNOWN.into()),
-            canonical_service: label(&[
-                "service.istio.io/canonical-name",
-                "app.kubernetes.io/name",
-                "app",
-            ])
-            .unwrap_or_else(|| w.name.clone()),
-            canonical_revision: label(&[
-                "service.istio.io/canonical-revision",
-                "app.kubernetes.io/version",
-                "version",
-            ])
-            .unwrap_or_else(|| "latest".into()),
+            app: canonical_service.clone(),
+            version: canonical_revision.clone(),
+            canonical_service,
+            canonical_revision,
             cluster: if cluster.is_empty() {
                 UNKNOWN.into()
             } else {

@@ -1,5 +1,6 @@
 //! Carrying the bytes of an established connection, then accounting for it:
-//! Istio's metrics and one access-log line per closed connection.
+//! Istio's metrics, counted as bytes pass, and one access-log line per
+//! closed connection.
 use std::{
     pin::Pin,
     task::{Context, Poll},
@@ -9,14 +10,19 @@ use std::{
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf, copy_bidirectional_with_sizes};
 use tracing::info;
 
-use crate::{Tcp, TcpLabels};
+use prometheus_client::metrics::counter::Counter;
+
+use crate::{ResponseFlags, Tcp, TcpLabels};
 
 /// Larger than tokio's 8 KiB default: fewer syscalls per byte at speed.
 const BUFFER: usize = 64 * 1024;
 
 /// Copies both ways until both sides close. `client` is where the
-/// connection came from, `server` where it goes. Returns how the copy ended,
-/// for the caller to reset the client on an error.
+/// connection came from, `server` where it goes. Bytes are counted in
+/// Istio's metrics as they pass (a day-long connection shows as it goes):
+/// `received` what the client sends, `sent` what comes back, as ztunnel
+/// counts them. Returns how the copy ended, for the caller to reset the
+/// client on an error.
 pub async fn relay<C, S>(
     metrics: &Tcp,
     labels: TcpLabels,
@@ -31,7 +37,14 @@ where
 {
     let started = Instant::now();
     metrics.opened.get_or_create(&labels).inc();
-    let (mut client, mut server) = (Counted::new(client), Counted::new(server));
+    // Looked up once: each read then costs one atomic add.
+    let (mut client, mut server) = (
+        Counted::new(
+            client,
+            metrics.received_bytes.get_or_create(&labels).clone(),
+        ),
+        Counted::new(server, metrics.sent_bytes.get_or_create(&labels).clone()),
+    );
     let result = copy_bidirectional_with_sizes(&mut client, &mut server, BUFFER, BUFFER).await;
     // Bytes read from one side are what was written to the other, also when
     // the copy ended in an error.
@@ -40,12 +53,13 @@ where
         Ok(_) => "ok".to_string(),
         Err(err) => format!("error: {err}"),
     };
-    metrics.sent_bytes.get_or_create(&labels).inc_by(sent);
-    metrics
-        .received_bytes
-        .get_or_create(&labels)
-        .inc_by(received);
-    metrics.closed.get_or_create(&labels).inc();
+    let mut closed = labels;
+    if matches!(&result, Err(err) if err.kind() == std::io::ErrorKind::ConnectionRefused) {
+        // The far end refused the CONNECT: nothing was carried.
+        closed.response_flags = ResponseFlags::Connect;
+    }
+    metrics.closed.get_or_create(&closed).inc();
+    let labels = closed;
     info!(
         target: "access",
         reporter = ?labels.reporter,
@@ -53,6 +67,7 @@ where
         dst,
         src_identity = %labels.source_principal,
         dst_identity = %labels.destination_principal,
+        dst_service = %labels.destination_service,
         security = %labels.connection_security_policy,
         bytes_sent = sent,
         bytes_received = received,
@@ -63,15 +78,20 @@ where
     result.map(|_| ())
 }
 
-/// Counts the bytes read through it.
+/// Counts the bytes read through it, in its own total and a metric.
 struct Counted<T> {
     inner: T,
     read: u64,
+    metric: Counter,
 }
 
 impl<T> Counted<T> {
-    fn new(inner: T) -> Self {
-        Self { inner, read: 0 }
+    fn new(inner: T, metric: Counter) -> Self {
+        Self {
+            inner,
+            read: 0,
+            metric,
+        }
     }
 }
 
@@ -83,7 +103,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
     ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
-        self.read += (buf.filled().len() - before) as u64;
+        let read = (buf.filled().len() - before) as u64;
+        if read > 0 {
+            self.read += read;
+            self.metric.inc_by(read);
+        }
         poll
     }
 }

@@ -17,6 +17,7 @@ pub mod install;
 pub mod kube;
 pub mod kubelet;
 pub mod l7;
+pub mod prometheus;
 
 pub type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -802,7 +803,7 @@ impl<'t> Mesh<'t> {
 
     /// Starts `strait-ca serve` on `node` with the keys in `ca_dir`,
     /// listening on the node's address at `port` (metrics on the node's
-    /// 127.0.0.1:`port + 2`), and waits until it listens.
+    /// address at `port + 2`, for Prometheus), and waits until it listens.
     pub fn start_ca(
         &self,
         node: &str,
@@ -812,7 +813,10 @@ impl<'t> Mesh<'t> {
     ) -> Result<CaReplica> {
         let place_node = self.topo.node(node)?;
         let addr = SocketAddr::new(place_node.addrs.ipv4.into(), port);
-        let (listen, metrics) = (addr.to_string(), format!("127.0.0.1:{}", port + 2));
+        let (listen, metrics) = (
+            addr.to_string(),
+            SocketAddr::new(addr.ip(), port + 2).to_string(),
+        );
         let ca = self.bin("strait-ca");
         let ca_dir = ca_dir.display().to_string();
         let (source, mut config) = self.source();
@@ -847,7 +851,10 @@ impl<'t> Mesh<'t> {
         let (node, addr, _) = self
             .ca_of(network)
             .ok_or_else(|| format!("no CA runs on network {network}"))?;
-        let url = format!("http://127.0.0.1:{}/metrics", addr.port() + 2);
+        let url = format!(
+            "http://{}/metrics",
+            SocketAddr::new(addr.ip(), addr.port() + 2)
+        );
         let out = self.topo.node(&node)?.run_ok(
             &["curl", "-sf", "--max-time", "3", &url],
             Duration::from_secs(10),

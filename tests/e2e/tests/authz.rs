@@ -331,7 +331,7 @@ fn pods_join_and_leave_the_mesh_without_a_restart() -> Result<()> {
         "source_principal=\"spiffe://cluster.local/ns/frontend/sa/other\"",
         "connection_security_policy=\"mutual_tls\"",
     ];
-    let plaintext = ["connection_security_policy=\"none\""];
+    let plaintext = ["connection_security_policy=\"unknown\""];
     let mut long = echo_client(&web.place, IpAddr::V4(api.ipv4), 9000, 4)?;
 
     // `other` leaves the mesh: its WorkloadEntry is gone.

@@ -696,7 +696,10 @@ fn the_charts_east_west_gateway_carries_a_call_across_networks() -> Result<()> {
     let carried = metric_sum(
         &metrics(gw)?,
         "istio_tcp_connections_opened_total",
-        &["reporter=\"gateway\"", client_id],
+        &[
+            "reporter=\"source\"",
+            "destination_workload_namespace=\"shop\"",
+        ],
     );
     let seen = metric_sum(
         &metrics(topo.pod("agent2")?)?,

@@ -133,7 +133,7 @@ spec:
             &[
                 "reporter=\"destination\"",
                 "destination_workload=\"plain\"",
-                "connection_security_policy=\"none\""
+                "connection_security_policy=\"unknown\""
             ]
         ) >= 1,
         "{metrics}"

@@ -19,11 +19,11 @@ use tokio::net::TcpStream;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use strait_state::Snapshot;
-use strait_telemetry::{Direction, Reason, Reporter, relay};
+use strait_telemetry::{Direction, Peer, Reason, Reporter, ResponseFlags, relay};
 
 use strait_upstream::reset;
 
-use super::Proxy;
+use super::{Proxy, ServiceHint};
 use crate::{pod::Pod, share::Way};
 
 /// How long a claim from a waypoint this agent's config does not bind yet
@@ -147,46 +147,48 @@ async fn on_connect(proxy: Arc<Proxy>, pod: Arc<Pod>, connect: Connect) {
             connect.stream.refuse(StatusCode::SERVICE_UNAVAILABLE);
             return;
         };
+        let mut labels = proxy.labels(
+            Reporter::Destination,
+            client_ip,
+            Some(&client),
+            to,
+            true,
+            ServiceHint::Endpoint,
+        );
+        let mut src = connect.peer_addr.to_string();
+        let in_namespace = |namespace: &str| Peer {
+            namespace: namespace.to_string(),
+            ..Peer::unknown()
+        };
+        if client != connect.peer {
+            // The TCP peer is the waypoint; the client is known by the
+            // identity the waypoint proved it has.
+            labels = labels.source(in_namespace(&client.namespace));
+            src = format!("{src} (waypoint {}; client {client})", connect.peer);
+        }
+        if let Some(source) = &connect.source {
+            // The TCP peer is the gateway; the client is known by its
+            // identity, and by what its agent says of it when the config
+            // agrees.
+            let state = proxy.state.snapshot();
+            let peer = match state.claimed_client(source, &connect.peer) {
+                Some(w) => Peer::of(&state, w),
+                None => in_namespace(&connect.peer.namespace),
+            };
+            src = format!(
+                "{src} (gateway; client {} on network {})",
+                peer.workload, source.network
+            );
+            labels = labels.source(peer);
+        }
         let Some((mut app, local)) = deliver(&proxy, &pod, to, client_ip).await else {
             proxy.metrics.fail(Direction::Inbound, Reason::Upstream);
+            proxy.metrics.tcp.refused(labels, ResponseFlags::Connect);
             connect.stream.refuse(StatusCode::SERVICE_UNAVAILABLE);
             return;
         };
         match connect.stream.accept() {
             Ok(mut tunnel) => {
-                let mut labels = proxy.labels(
-                    Reporter::Destination,
-                    client_ip,
-                    client.to_string(),
-                    to.ip(),
-                    true,
-                );
-                let mut src = connect.peer_addr.to_string();
-                if client != connect.peer {
-                    // The TCP peer is the waypoint; the client is known by
-                    // the identity the waypoint proved it has.
-                    labels.source_workload = "unknown".into();
-                    labels.source_workload_namespace = client.namespace.clone();
-                    labels.source_cluster = "unknown".into();
-                    src = format!("{src} (waypoint {}; client {client})", connect.peer);
-                }
-                if let Some(source) = &connect.source {
-                    // The TCP peer is the gateway; the client is known by
-                    // its identity, and by what its agent says of it when
-                    // the config agrees.
-                    let state = proxy.state.snapshot();
-                    let client = state.claimed_client(source, &connect.peer);
-                    labels.source_workload = client.map_or("unknown".into(), |w| w.name.clone());
-                    labels.source_workload_namespace = connect.peer.namespace.clone();
-                    labels.source_cluster = client
-                        .map(|w| state.cluster(w))
-                        .filter(|c| !c.is_empty())
-                        .unwrap_or_else(|| "unknown".into());
-                    src = format!(
-                        "{src} (gateway; client {} on network {})",
-                        labels.source_workload, source.network
-                    );
-                }
                 let dst = to.to_string();
                 let closed = proxy.track_inbound(&pod, Some(&client), client_ip, to);
                 let copy = relay(&proxy.metrics.tcp, labels, &mut tunnel, &mut app, &src, &dst);
@@ -318,18 +320,20 @@ pub async fn handle_plaintext(
             return;
         }
         let _ = client.set_nodelay(true);
-        let Some((app, local)) = deliver(&proxy, &pod, original, peer.ip()).await else {
-            proxy.metrics.fail(Direction::Inbound, Reason::Upstream);
-            reset(client);
-            return;
-        };
         let labels = proxy.labels(
             Reporter::Destination,
             peer.ip(),
-            "unknown".into(),
-            original.ip(),
+            None,
+            original,
             false,
+            ServiceHint::Endpoint,
         );
+        let Some((app, local)) = deliver(&proxy, &pod, original, peer.ip()).await else {
+            proxy.metrics.fail(Direction::Inbound, Reason::Upstream);
+            proxy.metrics.tcp.refused(labels, ResponseFlags::Connect);
+            reset(client);
+            return;
+        };
         let (src, dst) = (peer.to_string(), original.to_string());
         let (mut client, mut app) = (client, app);
         let closed = proxy.track_inbound(&pod, None, peer.ip(), original);
@@ -388,6 +392,15 @@ fn authorized(
     }
     if !decision.allowed {
         proxy.metrics.fail(Direction::Inbound, Reason::Denied);
+        let labels = proxy.labels(
+            Reporter::Destination,
+            client_ip,
+            peer,
+            to,
+            peer.is_some(),
+            ServiceHint::Endpoint,
+        );
+        proxy.metrics.tcp.refused(labels, ResponseFlags::Deny);
         match &decision.policy {
             Some(policy) => warn!(%policy, "denied by DENY policy"),
             None => warn!("denied: no ALLOW policy matches"),

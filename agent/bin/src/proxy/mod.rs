@@ -139,11 +139,31 @@ impl Proxy {
         &self,
         reporter: Reporter,
         src: IpAddr,
-        source_principal: String,
-        dst: IpAddr,
+        source_principal: Option<&Identity>,
+        dst: SocketAddr,
         mtls: bool,
+        service: ServiceHint,
     ) -> TcpLabels {
         let state = self.state.snapshot();
-        strait_telemetry::labels(&state, reporter, src, source_principal, dst, mtls)
+        let labels =
+            strait_telemetry::labels(&state, reporter, src, source_principal, dst.ip(), mtls);
+        let config = &state.config;
+        let service = match service {
+            ServiceHint::Dialled(ip) => config.service_at(ip).map(|at| at.service),
+            ServiceHint::Endpoint => config
+                .workload_by_address(dst.ip())
+                .and_then(|w| config.service_for(w, dst.port())),
+        };
+        labels.service(service)
     }
+}
+
+/// Where a connection's `destination_service` comes from.
+#[derive(Clone, Copy)]
+enum ServiceHint {
+    /// The address the client dialled: the service there, if any.
+    Dialled(IpAddr),
+    /// The destination's services at its port (the server's end knows
+    /// only the endpoint).
+    Endpoint,
 }

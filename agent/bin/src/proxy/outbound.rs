@@ -8,13 +8,13 @@ use std::{net::SocketAddr, sync::Arc};
 use strait_ebpf_common::port;
 use strait_hbone::Claims;
 use strait_route::{Pool, Route, Target, direct, route};
-use strait_telemetry::{Direction, Reason, Reporter, relay};
+use strait_telemetry::{Direction, Peer, Reason, Reporter, ResponseFlags, relay};
 use strait_trace::Kind;
 use strait_upstream::{Upstream, remote, reset};
 use tokio::net::TcpStream;
 use tracing::{Instrument, debug, info_span, warn};
 
-use super::Proxy;
+use super::{Proxy, ServiceHint};
 use crate::{pod::Pod, share::Way};
 
 pub async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, client: TcpStream, peer: SocketAddr) {
@@ -188,7 +188,7 @@ pub async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, client: TcpStream, peer: S
                     match remote(&proxy, &pod, &state, &via, (timeout, claims)).await {
                         Ok(upstream) => {
                             let _active = proxy.load.open(via.gateway);
-                            carry(&proxy, &pod, client, upstream, src, via.gateway).await;
+                            carry(&proxy, &pod, client, upstream, (src, via.gateway, original)).await;
                             return;
                         }
                         Err(remote::Failure::Behind(Reason::NoCertificate)) => {
@@ -209,7 +209,7 @@ pub async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, client: TcpStream, peer: S
                 Ok(upstream) => {
                     proxy.health.success(addr);
                     let _active = proxy.load.open(addr);
-                    carry(&proxy, &pod, client, upstream, src, to).await;
+                    carry(&proxy, &pod, client, upstream, (src, to, original)).await;
                     return;
                 }
                 Err(Reason::NoCertificate) => {
@@ -241,6 +241,17 @@ pub async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, client: TcpStream, peer: S
             }
         }
         proxy.metrics.fail(Direction::Outbound, failure);
+        if failure == Reason::Upstream {
+            let labels = proxy.labels(
+                Reporter::Source,
+                src,
+                Some(&pod.identity),
+                original,
+                false,
+                ServiceHint::Dialled(original.ip()),
+            );
+            proxy.metrics.tcp.refused(labels, ResponseFlags::Connect);
+        }
         if let Some(span) = &mut span {
             span.error(format!("{failure:?}"));
         }
@@ -288,22 +299,22 @@ async fn remote(
 }
 
 /// Carries the client's bytes to `target` and back; the client sees a
-/// reset when the far end fails it.
+/// reset when the far end fails it. `original` is what the client dialled.
 async fn carry(
     proxy: &Proxy,
     pod: &Pod,
     mut client: TcpStream,
     upstream: Upstream,
-    src: std::net::IpAddr,
-    target: SocketAddr,
+    (src, target, original): (std::net::IpAddr, SocketAddr, SocketAddr),
 ) {
     let mtls = matches!(upstream, Upstream::Hbone { .. } | Upstream::Remote { .. });
     let mut labels = proxy.labels(
         Reporter::Source,
         src,
-        pod.identity.to_string(),
-        target.ip(),
+        Some(&pod.identity),
+        target,
         mtls,
+        ServiceHint::Dialled(original.ip()),
     );
     let (src, mut dst) = (src.to_string(), target.to_string());
     let result = match upstream {
@@ -312,10 +323,13 @@ async fn carry(
             destination,
             via,
         } => {
-            // The gateway picked the endpoint; the identity that answered
-            // inside is the destination's.
-            labels.destination_principal = destination.to_string();
-            labels.destination_cluster = "unknown".into();
+            // The gateway picked the endpoint: this end knows the service
+            // and the identity that answered inside, not the workload.
+            labels = labels.destination(Peer {
+                namespace: destination.namespace.clone(),
+                ..Peer::unknown()
+            });
+            labels = labels.destination_principal(&destination);
             dst = format!(
                 "{} via {} ({})",
                 via.authority, via.gateway, via.gateway_identity

@@ -316,5 +316,81 @@ pub(super) fn pod(
         ready,
         group: None,
         probe: None,
+        owner: controller_workload(meta, json),
     })
+}
+
+/// The workload a pod's controller makes it part of, as Istio names it:
+/// a ReplicaSet's pods belong to the Deployment whose name it carries
+/// before `-<pod-template-hash>`, a Job's named `<cronjob>-<schedule
+/// time>` to the CronJob, any other controller's to that controller. `None`
+/// for a pod no controller owns (its own name is the workload's).
+fn controller_workload(meta: &ObjectMeta, json: &Json) -> Option<String> {
+    let refs = json.get("metadata")?.get("ownerReferences")?.as_array()?;
+    let owner = refs
+        .iter()
+        .find(|r| r.get("controller").and_then(Json::as_bool) == Some(true))?;
+    let kind = owner.get("kind")?.as_str()?;
+    let name = owner.get("name")?.as_str()?;
+    let owned = match kind {
+        "ReplicaSet" => meta
+            .labels
+            .get("pod-template-hash")
+            .and_then(|hash| name.strip_suffix(hash.as_str())?.strip_suffix('-'))
+            .unwrap_or(name),
+        "Job" => name
+            .rsplit_once('-')
+            .filter(|(cron, time)| {
+                !cron.is_empty()
+                    && (8..=10).contains(&time.len())
+                    && time.bytes().all(|b| b.is_ascii_digit())
+            })
+            .map_or(name, |(cron, _)| cron),
+        _ => name,
+    };
+    Some(owned.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    /// Istio's workload names: a Deployment's pods by the Deployment, a
+    /// CronJob's by the CronJob, a StatefulSet's by it, a bare pod by none.
+    #[test]
+    fn a_pods_workload_is_its_controller() {
+        let owned = |kind: &str, name: &str, hash: Option<&str>| {
+            let mut meta = ObjectMeta::default();
+            if let Some(hash) = hash {
+                meta.labels.insert("pod-template-hash".into(), hash.into());
+            }
+            let json = json!({"metadata": {"ownerReferences": [
+                {"kind": "Node", "name": "not-a-controller"},
+                {"kind": kind, "name": name, "controller": true},
+            ]}});
+            controller_workload(&meta, &json)
+        };
+        let rs = |name, hash| owned("ReplicaSet", name, hash);
+        assert_eq!(
+            rs("reviews-v1-5b8f6d9c7", Some("5b8f6d9c7")).as_deref(),
+            Some("reviews-v1")
+        );
+        // A ReplicaSet of its own, not a Deployment's: its name stands.
+        assert_eq!(rs("frontend", None).as_deref(), Some("frontend"));
+        assert_eq!(rs("frontend-x", Some("y")).as_deref(), Some("frontend-x"));
+        let job = |name| owned("Job", name, None);
+        assert_eq!(job("backup-28312480").as_deref(), Some("backup"));
+        assert_eq!(job("migrate-v2").as_deref(), Some("migrate-v2"));
+        assert_eq!(job("sync-1234567").as_deref(), Some("sync-1234567"));
+        assert_eq!(owned("StatefulSet", "db", None).as_deref(), Some("db"));
+        assert_eq!(owned("DaemonSet", "agent", None).as_deref(), Some("agent"));
+        let bare = json!({"metadata": {"ownerReferences": [{"kind": "ReplicaSet", "name": "x"}]}});
+        assert_eq!(controller_workload(&ObjectMeta::default(), &bare), None);
+        assert_eq!(
+            controller_workload(&ObjectMeta::default(), &json!({})),
+            None
+        );
+    }
 }

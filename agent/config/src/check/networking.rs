@@ -346,6 +346,7 @@ fn workload(
         ready: true,
         group: None,
         probe: None,
+        owner: None,
     })
 }
 

@@ -323,12 +323,10 @@ fn istio_tcp_metrics_have_istios_labels_and_prometheus_answers_the_dashboards() 
     // The dashboards' PromQL (Istio's mesh, service and workload
     // dashboards, TCP panels), summed over the counters for exact answers.
     let mtls = "connection_security_policy=\"mutual_tls\"";
-    let answers: Vec<(&str, String, Vec<(&str, &str)>, f64)> = vec![
+    let answers: Vec<Panel> = vec![
         (
             "mesh: TCP bytes sent by service and workload",
-            format!(
-                "sum by (destination_workload, destination_workload_namespace, destination_service) (istio_tcp_sent_bytes_total{{reporter=\"destination\"}})"
-            ),
+            "sum by (destination_workload, destination_workload_namespace, destination_service) (istio_tcp_sent_bytes_total{reporter=\"destination\"})".to_string(),
             vec![
                 ("destination_workload", "web-v2"),
                 ("destination_service", "web.shop.svc.cluster.local"),
@@ -337,9 +335,7 @@ fn istio_tcp_metrics_have_istios_labels_and_prometheus_answers_the_dashboards() 
         ),
         (
             "mesh: TCP bytes received by service and workload",
-            format!(
-                "sum by (destination_workload, destination_workload_namespace, destination_service) (istio_tcp_received_bytes_total{{reporter=\"destination\"}})"
-            ),
+            "sum by (destination_workload, destination_workload_namespace, destination_service) (istio_tcp_received_bytes_total{reporter=\"destination\"})".to_string(),
             vec![
                 ("destination_workload", "web-v2"),
                 ("destination_workload_namespace", "shop"),
@@ -359,9 +355,7 @@ fn istio_tcp_metrics_have_istios_labels_and_prometheus_answers_the_dashboards() 
         ),
         (
             "service: TCP connections opened by source",
-            format!(
-                "sum by (source_workload, source_workload_namespace) (istio_tcp_connections_opened_total{{reporter=\"destination\", destination_service=~\"web.shop.svc.cluster.local\"}})"
-            ),
+            "sum by (source_workload, source_workload_namespace) (istio_tcp_connections_opened_total{reporter=\"destination\", destination_service=~\"web.shop.svc.cluster.local\"})".to_string(),
             vec![("source_workload", "sleep")],
             connections as f64,
         ),
@@ -383,9 +377,7 @@ fn istio_tcp_metrics_have_istios_labels_and_prometheus_answers_the_dashboards() 
         ),
         (
             "workload: outbound TCP connections closed, by destination workload",
-            format!(
-                "sum by (destination_workload, destination_cluster) (istio_tcp_connections_closed_total{{reporter=\"source\", source_workload=~\"sleep\"}})"
-            ),
+            "sum by (destination_workload, destination_cluster) (istio_tcp_connections_closed_total{reporter=\"source\", source_workload=~\"sleep\"})".to_string(),
             vec![
                 ("destination_workload", "web-v2"),
                 ("destination_cluster", "c2"),
@@ -420,6 +412,10 @@ fn istio_tcp_metrics_have_istios_labels_and_prometheus_answers_the_dashboards() 
     assert_eq!(signed.first().map(|s| s.value), Some(2.0), "{signed:?}");
     Ok(())
 }
+
+/// One dashboard panel's query, the labels its one series must have, and
+/// its value.
+type Panel = (&'static str, String, Vec<(&'static str, &'static str)>, f64);
 
 /// Istio's labels for these connections, as its documentation defines
 /// them for `reporter`.

@@ -162,6 +162,9 @@ pub fn run() -> Result<()> {
         }
     }
 
+    section("Prometheus (Debian's): scraping east-net's agents, gateway and CA every second");
+    let prometheus = prometheus(&mesh, &topo)?;
+
     section("certificate authority: strait-ca, its own process, the only holder of the keys");
     for network in ["east-net", "west-net"] {
         if let Some((node, addr, pid)) = mesh.ca_of(network) {
@@ -357,12 +360,71 @@ pub fn run() -> Result<()> {
         );
     }
 
+    section("PromQL: Istio's workload dashboard, inbound TCP connections by source (east-net)");
+    let query = "sum by (source_workload, destination_workload) (istio_tcp_connections_opened_total{reporter=\"destination\", destination_workload_namespace=\"shop\"})";
+    println!("  {query}");
+    let mut answer = prometheus.query(query).map_err(boxed)?;
+    answer.sort_by(|a, b| b.value.total_cmp(&a.value));
+    for sample in &answer {
+        let label = |k: &str| sample.labels.get(k).map_or("?", String::as_str);
+        println!(
+            "  {:>6}  {} -> {}",
+            sample.value,
+            label("source_workload"),
+            label("destination_workload")
+        );
+    }
+    if answer.is_empty() {
+        bail!("Prometheus answered nothing for {query}");
+    }
+
     section("certificates on east-2 (straitctl certs)");
     for line in mesh.straitctl("east-2", &["certs"]).map_err(boxed)?.lines() {
         println!("  {line}");
     }
 
     teardown(agents, topo, "")
+}
+
+/// Prometheus in east-1's namespace, scraping every agent and gateway of
+/// east-net and its CA; returns once every target is up.
+fn prometheus(mesh: &Mesh<'_>, topo: &Topology) -> Result<strait_e2e::prometheus::Prometheus> {
+    let east: Vec<_> = topo
+        .nodes()
+        .iter()
+        .filter(|n| n.spec.network == "east-net")
+        .collect();
+    let agents: Vec<String> = east
+        .iter()
+        .map(|n| format!("{}:15020", n.addrs.ipv4))
+        .collect();
+    let cas: Vec<String> = mesh
+        .ca_of("east-net")
+        .map(|(_, addr, _)| format!("{}:{}", addr.ip(), addr.port() + 2))
+        .into_iter()
+        .collect();
+    let targets = agents.len() + cas.len();
+    let east_1 = topo.node("east-1")?;
+    let prometheus = strait_e2e::prometheus::Prometheus::start(
+        &east_1.place,
+        east_1.addrs.ipv4.into(),
+        &topo.scratch_dir().join("prometheus"),
+        &[
+            ("strait-agents", agents.clone()),
+            ("strait-ca", cas.clone()),
+        ],
+    )
+    .map_err(boxed)?;
+    prometheus
+        .wait_up(targets, Duration::from_secs(60))
+        .map_err(boxed)?;
+    println!(
+        "  http://{} (in east-1's namespace): agents and gateway {}, CA {}",
+        prometheus.addr(),
+        agents.join(" "),
+        cas.join(" ")
+    );
+    Ok(prometheus)
 }
 
 /// The reviews service, bound to the waypoint: a header route, an 80/20

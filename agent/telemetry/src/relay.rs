@@ -129,3 +129,54 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
+
+    use super::*;
+    use crate::Reporter;
+
+    /// What the client sends is `received`, what comes back `sent` (as
+    /// ztunnel counts them), each counted while the connection is open.
+    #[tokio::test]
+    async fn bytes_are_counted_as_they_pass_in_ztunnels_directions() {
+        let tcp = Tcp::default();
+        let labels = TcpLabels::new(Reporter::Source, true);
+        let (mut app, mut client_end) = duplex(1 << 16);
+        let (mut server_end, mut upstream) = duplex(1 << 16);
+        let relaying = {
+            let (tcp, labels) = (tcp.clone(), labels.clone());
+            tokio::spawn(async move {
+                relay(&tcp, labels, &mut client_end, &mut server_end, "a", "b").await
+            })
+        };
+        app.write_all(&[1; 1000]).await.unwrap();
+        let mut request = [0; 1000];
+        upstream.read_exact(&mut request).await.unwrap();
+        upstream.write_all(&[2; 250]).await.unwrap();
+        let mut answer = [0; 250];
+        app.read_exact(&mut answer).await.unwrap();
+        // Still open: already counted.
+        assert_eq!(tcp.received_bytes.get_or_create(&labels).get(), 1000);
+        assert_eq!(tcp.sent_bytes.get_or_create(&labels).get(), 250);
+        assert_eq!(tcp.opened.get_or_create(&labels).get(), 1);
+        assert_eq!(tcp.closed.get_or_create(&labels).get(), 0);
+        drop((app, upstream));
+        relaying.await.unwrap().unwrap();
+        assert_eq!(tcp.closed.get_or_create(&labels).get(), 1);
+        assert_eq!(tcp.received_bytes.get_or_create(&labels).get(), 1000);
+    }
+
+    /// A refused connection opens with `-` and closes with its flag.
+    #[test]
+    fn a_refused_connection_closes_with_its_flag() {
+        let tcp = Tcp::default();
+        let labels = TcpLabels::new(Reporter::Destination, true);
+        tcp.refused(labels.clone(), ResponseFlags::Deny);
+        assert_eq!(tcp.opened.get_or_create(&labels).get(), 1);
+        let mut denied = labels;
+        denied.response_flags = ResponseFlags::Deny;
+        assert_eq!(tcp.closed.get_or_create(&denied).get(), 1);
+    }
+}

@@ -105,14 +105,15 @@ impl TcpLabels {
     }
 
     /// The client's workload labels (not its principal: that is what it
-    /// proved, set by [`Self::source_principal`]).
+    /// proved, set by [`Self::source_principal`]). App and version are
+    /// the canonical service and revision, as ztunnel reports them.
     pub fn source(mut self, peer: Peer) -> Self {
         self.source_workload = peer.workload;
+        self.source_app = peer.canonical_service.clone();
+        self.source_version = peer.canonical_revision.clone();
         self.source_canonical_service = peer.canonical_service;
         self.source_canonical_revision = peer.canonical_revision;
         self.source_workload_namespace = peer.namespace;
-        self.source_app = peer.app;
-        self.source_version = peer.version;
         self.source_cluster = peer.cluster;
         self
     }
@@ -124,11 +125,11 @@ impl TcpLabels {
 
     pub fn destination(mut self, peer: Peer) -> Self {
         self.destination_workload = peer.workload;
+        self.destination_app = peer.canonical_service.clone();
+        self.destination_version = peer.canonical_revision.clone();
         self.destination_canonical_service = peer.canonical_service;
         self.destination_canonical_revision = peer.canonical_revision;
         self.destination_workload_namespace = peer.namespace;
-        self.destination_app = peer.app;
-        self.destination_version = peer.version;
         self.destination_cluster = peer.cluster;
         self
     }

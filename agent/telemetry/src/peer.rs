@@ -36,8 +36,10 @@ impl Peer {
     /// `service.istio.io/canonical-name`, else `app.kubernetes.io/name`,
     /// else `app`, else the workload's name; the revision
     /// `service.istio.io/canonical-revision`, else `app.kubernetes.io/version`,
-    /// else `version`, else `latest`. App and version are the canonical
-    /// service and revision, as ztunnel reports them.
+    /// else `version`, else `latest`. App and version are the `app` and
+    /// `version` labels (their `app.kubernetes.io` forms else), as Envoy
+    /// reports them at a waypoint; ztunnel's TCP metrics use the canonical
+    /// names instead ([`crate::TcpLabels::source`]).
     pub fn of(state: &Snapshot, w: &Workload) -> Self {
         let label = |names: &[&str]| names.iter().find_map(|n| w.labels.get(*n)).cloned();
         let cluster = state.cluster(w);
@@ -56,8 +58,9 @@ impl Peer {
         Self {
             workload: w.workload_name().to_string(),
             namespace: w.namespace.clone(),
-            app: canonical_service.clone(),
-            version: canonical_revision.clone(),
+            app: label(&["app", "app.kubernetes.io/name"]).unwrap_or_else(|| UNKNOWN.into()),
+            version: label(&["version", "app.kubernetes.io/version"])
+                .unwrap_or_else(|| UNKNOWN.into()),
             canonical_service,
             canonical_revision,
             cluster: if cluster.is_empty() {

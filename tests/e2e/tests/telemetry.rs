@@ -290,8 +290,11 @@ fn istio_tcp_metrics_have_istios_labels_and_prometheus_answers_the_dashboards() 
     // `sent`, from either reporter.
     let bytes = short_total + step * STEP_BYTES;
     let answered = bytes / 4;
-    wait_for("the close in Prometheus", WAIT, || {
-        (prometheus.value(open).ok()? == 0.0).then_some(())
+    // Both ends' closes scraped (each agent's next scrape).
+    let closed = "sum(istio_tcp_connections_closed_total{source_workload=\"sleep\"})";
+    wait_for("the close in Prometheus, from both ends", WAIT, || {
+        let both = prometheus.value(closed).ok()? == (2 * connections) as f64;
+        (both && prometheus.value(open).ok()? == 0.0).then_some(())
     })?;
 
     // Every label of every series, from both agents' own endpoints.

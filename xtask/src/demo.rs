@@ -20,6 +20,9 @@ use strait_topology::{Locality, Place, Process, Spec, Topology};
 use crate::cmd::{self, section};
 
 const HTTP_PORT: u16 = 8080;
+/// What the wire captures look at: TCP but Prometheus's scrapes of the
+/// agents' metrics port (plain HTTP, and no workload's traffic).
+const NOT_SCRAPES: &[&str] = &["tcp", "and", "not", "port", "15020"];
 
 fn spec() -> Spec {
     let mut spec = Spec::new();
@@ -203,7 +206,7 @@ pub fn run() -> Result<()> {
     )
     .map_err(boxed)?;
     let frontend = topo.pod("frontend")?;
-    let capture = topo.node("east-1")?.capture("eth0", &["tcp"])?;
+    let capture = topo.node("east-1")?.capture("eth0", NOT_SCRAPES)?;
     for (target, ip) in [
         ("backend-east", IpAddr::V4(topo.pod("backend-east")?.ipv4)),
         ("backend-east", IpAddr::V6(topo.pod("backend-east")?.ipv6)),
@@ -629,7 +632,7 @@ fn across_networks(mesh: &Mesh<'_>, topo: &Topology) -> Result<()> {
     }
     let gateway = topo.node("east-gw")?;
     let segment = gateway.capture("eth1", &["tcp"])?;
-    let inside = gateway.capture("eth0", &["tcp"])?;
+    let inside = gateway.capture("eth0", NOT_SCRAPES)?;
     let client = topo.pod("client-west")?;
     for url in [
         "http://10.96.0.80:8080/marker",

@@ -457,6 +457,7 @@ mod tests {
             group: None,
             probe: None,
             owner: None,
+            sidecar: false,
         }
     }
 

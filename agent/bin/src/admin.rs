@@ -215,6 +215,7 @@ async fn route(
                 Err(err) => text(StatusCode::NOT_FOUND, &format!("{err}\n")),
             }
         }
+        (Routes::Admin, "/describe") => describe(state, req.uri().query().unwrap_or_default()),
         (Routes::Admin, "/certs") => json(&state.certs.infos()),
         (Routes::Admin, "/config_dump") => {
             // Serializing the whole config takes a while at scale: not on
@@ -225,6 +226,55 @@ async fn route(
                 .unwrap_or_else(|err| text(StatusCode::INTERNAL_SERVER_ERROR, &format!("{err}\n")))
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+/// `/describe?pod=namespace/name` or `?service=NAME`: what the config
+/// says of it and why, with what this node knows (the pod's capture state,
+/// the service's endpoints as this node's clients see them).
+fn describe(state: &State, query: &str) -> Response<Full<Bytes>> {
+    let param = |key: &str| {
+        query
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v)
+    };
+    let snapshot = state.proxy.state.snapshot();
+    let config = &snapshot.config;
+    match (param("pod"), param("service")) {
+        (Some(pod), None) => match config.describe_pod(pod) {
+            Ok(mut described) => {
+                described.capture = state
+                    .pods
+                    .statuses()
+                    .into_iter()
+                    .find(|s| s.namespace == described.namespace && s.name == described.name)
+                    .map(|s| s.state);
+                json(&described)
+            }
+            Err(err) => text(StatusCode::NOT_FOUND, &format!("{err}\n")),
+        },
+        (None, Some(service)) => match config.describe_service(service) {
+            Ok(described) => {
+                let endpoints = strait_route::report::report(
+                    &snapshot,
+                    &state.proxy.health,
+                    &state.proxy.board,
+                    state.proxy.metrics.clusters().as_deref(),
+                    &format!("service={service}"),
+                );
+                json(&serde_json::json!({
+                    "service": described,
+                    "endpoints": endpoints.ok(),
+                }))
+            }
+            Err(err) => text(StatusCode::NOT_FOUND, &format!("{err}\n")),
+        },
+        _ => text(
+            StatusCode::BAD_REQUEST,
+            "say what to describe: ?pod=NAMESPACE/NAME or ?service=NAME\n",
+        ),
     }
 }
 

@@ -66,7 +66,7 @@ impl Config {
     /// (root namespace, no selector), its namespace's, and those whose
     /// selector matches it (in its namespace or the root namespace).
     /// Policies bound with `targetRef(s)` are for waypoints and gateways.
-    fn policies_for<'a>(
+    pub(crate) fn policies_for<'a>(
         &'a self,
         workload: &'a Workload,
     ) -> impl Iterator<Item = &'a Named<AuthorizationPolicySpec>> + 'a {
@@ -325,6 +325,7 @@ mod tests {
             group: None,
             probe: None,
             owner: None,
+            sidecar: false,
         }
     }
 

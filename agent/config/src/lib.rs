@@ -3,6 +3,7 @@
 //! and Istio YAML manifests); the proxies only ever see the model.
 pub mod authz;
 mod check;
+pub mod describe;
 pub mod duration;
 pub mod gateway_routes;
 pub mod local;
@@ -33,6 +34,15 @@ pub const ENROLL_LABELS: [(&str, &str); 2] = [
 ];
 /// Workload label that keeps one workload out of the mesh.
 pub const OPT_OUT_LABEL: (&str, &str) = ("istio.io/dataplane-mode", "none");
+/// Workload label that puts one workload in the mesh, whatever its
+/// namespace says.
+pub const POD_ENROLL_LABEL: (&str, &str) = ("istio.io/dataplane-mode", "ambient");
+/// The label naming a workload's (or node's) cluster.
+pub const CLUSTER_LABEL: &str = "topology.istio.io/cluster";
+/// Annotation Istio's injector writes on a pod it gave a sidecar.
+pub const SIDECAR_STATUS_ANNOTATION: &str = "sidecar.istio.io/status";
+/// The name of Istio's sidecar container.
+pub const SIDECAR_CONTAINER: &str = "istio-proxy";
 /// Annotation naming the node a WorkloadEntry runs on.
 pub const NODE_ANNOTATION: &str = "strait.dev/node";
 /// Annotation naming a workload's network namespace (path), when it cannot
@@ -268,6 +278,10 @@ pub struct Workload {
     /// pod of its ReplicaSet, a CronJob for a pod of its Job): what
     /// Istio's metrics call the workload.
     pub owner: Option<String>,
+    /// It runs an Istio sidecar (the injector's status annotation, or an
+    /// `istio-proxy` container): the sidecar handles its traffic, so the
+    /// node's agent never captures it.
+    pub sidecar: bool,
 }
 
 impl Workload {
@@ -278,6 +292,44 @@ impl Workload {
             .as_deref()
             .or(self.group.as_deref())
             .unwrap_or(&self.name)
+    }
+}
+
+/// Why a workload is in the mesh or not: the rule that decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Enrollment {
+    /// `istio.io/dataplane-mode=ambient` on the workload itself.
+    WorkloadLabel,
+    /// Its namespace is labelled in.
+    NamespaceLabel,
+    /// `istio.io/dataplane-mode=none` on the workload.
+    OptedOut,
+    /// It runs an Istio sidecar, which handles its traffic.
+    Sidecar,
+    /// An instance of a waypoint: it speaks HBONE itself.
+    Waypoint,
+    /// Neither it nor its namespace is labelled in.
+    NotLabelled,
+}
+
+impl Enrollment {
+    pub fn enrolled(self) -> bool {
+        matches!(self, Self::WorkloadLabel | Self::NamespaceLabel)
+    }
+
+    /// The rule, in words.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::WorkloadLabel => "in the mesh: its own label istio.io/dataplane-mode=ambient",
+            Self::NamespaceLabel => "in the mesh: its namespace's label",
+            Self::OptedOut => "not in the mesh: its own label istio.io/dataplane-mode=none",
+            Self::Sidecar => "not captured: it runs an Istio sidecar, which handles its traffic",
+            Self::Waypoint => "not captured: a waypoint instance, speaking HBONE itself",
+            Self::NotLabelled => {
+                "not in the mesh: neither it nor its namespace has istio.io/dataplane-mode=ambient"
+            }
+        }
     }
 }
 
@@ -425,19 +477,52 @@ pub struct PeerAuthentication {
 }
 
 impl Config {
-    /// Whether `workload` is in the mesh: its namespace is labelled in and
-    /// the workload itself does not opt out.
+    /// A workload's cluster: its own `topology.istio.io/cluster` label,
+    /// else its node's; empty when neither says.
+    pub fn cluster_of(&self, w: &Workload) -> String {
+        w.labels
+            .get(CLUSTER_LABEL)
+            .or_else(|| {
+                w.node
+                    .as_ref()
+                    .and_then(|n| self.nodes.get(n))
+                    .and_then(|n| n.labels.get(CLUSTER_LABEL))
+            })
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Whether `workload` is in the mesh ([`Self::enrollment`]).
     pub fn enrolled(&self, workload: &Workload) -> bool {
+        self.enrollment(workload).enrolled()
+    }
+
+    /// Whether `workload` is in the mesh, and the rule that decided, in
+    /// Istio's order: its own opt-out, a sidecar (which wins, so a
+    /// workload moving from sidecars to ambient is never proxied twice),
+    /// its own `istio.io/dataplane-mode=ambient`, its namespace's label.
+    pub fn enrollment(&self, workload: &Workload) -> Enrollment {
+        let label = workload.labels.get(OPT_OUT_LABEL.0).map(String::as_str);
         let ns_in = self.namespaces.get(&workload.namespace).is_some_and(|ns| {
             ENROLL_LABELS
                 .iter()
                 .any(|(k, v)| ns.labels.get(*k).map(String::as_str) == Some(*v))
         });
-        let opted_out =
-            workload.labels.get(OPT_OUT_LABEL.0).map(String::as_str) == Some(OPT_OUT_LABEL.1);
         // A waypoint speaks HBONE itself, on its own address: capturing it
         // would hand its listener to the node's agent.
-        ns_in && !opted_out && self.waypoint_of(workload).is_none()
+        if self.waypoint_of(workload).is_some() {
+            Enrollment::Waypoint
+        } else if label == Some(OPT_OUT_LABEL.1) {
+            Enrollment::OptedOut
+        } else if workload.sidecar {
+            Enrollment::Sidecar
+        } else if label == Some(POD_ENROLL_LABEL.1) {
+            Enrollment::WorkloadLabel
+        } else if ns_in {
+            Enrollment::NamespaceLabel
+        } else {
+            Enrollment::NotLabelled
+        }
     }
 
     /// Whether `service` may be reached from other networks (through its
@@ -638,6 +723,7 @@ mod tests {
             group: None,
             probe: None,
             owner: None,
+            sidecar: false,
         }
     }
 
@@ -689,6 +775,25 @@ mod tests {
         assert!(!cfg.enrolled(&workload("plain", &[])));
         assert!(!cfg.enrolled(&workload("missing", &[])));
         assert!(!cfg.enrolled(&workload("ambient", &[("istio.io/dataplane-mode", "none")])));
+        // Istio's pod-level rules, and which one decided.
+        let rule = |ns: &str, labels: &[(&str, &str)], sidecar: bool| {
+            cfg.enrollment(&Workload {
+                sidecar,
+                ..workload(ns, labels)
+            })
+        };
+        let ambient = [("istio.io/dataplane-mode", "ambient")];
+        assert_eq!(rule("plain", &ambient, false), Enrollment::WorkloadLabel);
+        assert_eq!(rule("missing", &ambient, false), Enrollment::WorkloadLabel);
+        assert_eq!(rule("ambient", &[], false), Enrollment::NamespaceLabel);
+        assert_eq!(rule("ambient", &[], true), Enrollment::Sidecar);
+        assert_eq!(rule("plain", &ambient, true), Enrollment::Sidecar);
+        assert_eq!(
+            rule("ambient", &[("istio.io/dataplane-mode", "none")], true),
+            Enrollment::OptedOut
+        );
+        assert_eq!(rule("plain", &[], false), Enrollment::NotLabelled);
+        assert!(!Enrollment::Sidecar.enrolled());
     }
 
     #[test]

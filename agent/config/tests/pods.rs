@@ -106,3 +106,53 @@ fn a_bad_pod_address_is_refused_at_its_field() {
         "{shown}"
     );
 }
+
+/// Istio's sidecar, however it shows (the injector's annotation, its
+/// container, its native init container), keeps a pod out of capture; a
+/// pod's own `ambient` label enrolls it in a namespace that is not.
+#[test]
+fn a_sidecar_keeps_a_pod_out_and_its_own_label_brings_it_in() {
+    let sidecar_cases = [
+        (
+            "annotation",
+            POD.replace(
+                "  uid: 6b1f",
+                "  annotations: {sidecar.istio.io/status: '{\"containers\":[\"istio-proxy\"]}'}\n  uid: 6b1f",
+            ),
+        ),
+        (
+            "container",
+            POD.replace("  - name: web\n", "  - {name: istio-proxy, image: proxyv2}\n  - name: web\n"),
+        ),
+        (
+            "init container",
+            POD.replace(
+                "  containers:\n",
+                "  initContainers: [{name: istio-proxy, image: proxyv2, restartPolicy: Always}]\n  containers:\n",
+            ),
+        ),
+    ];
+    for (how, text) in sidecar_cases {
+        let (report, config) = check_text(Path::new("pods.yaml"), &text);
+        let config = config.unwrap_or_else(|| panic!("{how}: {report}"));
+        let w = &config.workloads[0];
+        assert!(w.sidecar, "{how}");
+        assert_eq!(
+            config.enrollment(w),
+            strait_config::Enrollment::Sidecar,
+            "{how}"
+        );
+    }
+    let own_label = POD
+        .replace("labels: {istio.io/dataplane-mode: ambient}", "labels: {}")
+        .replace(
+            "labels: {app: web}",
+            "labels: {app: web, istio.io/dataplane-mode: ambient}",
+        );
+    let (report, config) = check_text(Path::new("pods.yaml"), &own_label);
+    let config = config.unwrap_or_else(|| panic!("{report}"));
+    assert_eq!(
+        config.enrollment(&config.workloads[0]),
+        strait_config::Enrollment::WorkloadLabel
+    );
+}

@@ -57,11 +57,41 @@ enum Command {
     /// reads, for `straitctl crds | kubectl apply -f -` where Istio's are
     /// not installed.
     Crds,
+    /// What the config says of a pod or service, and why, as this node's
+    /// agent sees it (as `istioctl x describe`).
+    Describe {
+        #[command(subcommand)]
+        what: Describe,
+    },
     /// Waypoints, as `istioctl waypoint`: generate, apply, delete, list.
     Waypoint {
         #[command(subcommand)]
         command: waypoint::Command,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum Describe {
+    /// Enrolled or not and by which rule, identity, PeerAuthentication
+    /// mode, the AuthorizationPolicies that apply and why, its waypoint,
+    /// its services, the gateways other networks reach it through.
+    Pod {
+        /// `namespace/name`.
+        name: String,
+    },
+    /// Hosts, addresses, ports, waypoint, export, its workloads, and its
+    /// endpoints by priority as this node's clients see them.
+    Service {
+        /// A host, `name.namespace` or `namespace/name`.
+        name: String,
+    },
+}
+
+/// The agent's `/describe?service=` document.
+#[derive(Deserialize)]
+struct ServiceReport {
+    service: strait_config::describe::ServiceDescription,
+    endpoints: Option<EndpointsReport>,
 }
 
 #[derive(Deserialize)]
@@ -160,6 +190,16 @@ fn main() -> ExitCode {
         Command::Certs => inspect(&cli, "/certs", |body| {
             Ok(render_certs(&serde_json::from_str::<Vec<_>>(body)?))
         }),
+        Command::Describe {
+            what: Describe::Pod { name },
+        } => inspect(&cli, &format!("/describe?pod={name}"), |body| {
+            Ok(render_pod(&serde_json::from_str(body)?))
+        }),
+        Command::Describe {
+            what: Describe::Service { name },
+        } => inspect(&cli, &format!("/describe?service={name}"), |body| {
+            Ok(render_service(&serde_json::from_str(body)?))
+        }),
         Command::Endpoints { service, port } => {
             let mut path = format!("/endpoints?service={service}");
             if let Some(port) = port {
@@ -170,9 +210,16 @@ fn main() -> ExitCode {
             })
         }
     };
+    // A path `validate` cannot read is 2, its verdict "rejected" being 1;
+    // every other command fails with 1.
+    let failed = if matches!(cli.command, Command::Validate { .. }) {
+        2
+    } else {
+        1
+    };
     result.unwrap_or_else(|err| {
         eprintln!("straitctl: {err:#}");
-        ExitCode::from(2)
+        ExitCode::from(failed)
     })
 }
 
@@ -212,6 +259,85 @@ fn render_workloads(workloads: &[WorkloadReport]) -> String {
             w.identity,
             w.state
         ));
+    }
+    out
+}
+
+fn render_pod(pod: &strait_config::describe::PodDescription) -> String {
+    let mut out = format!("Pod: {}/{}\n", pod.namespace, pod.name);
+    let mut field =
+        |name: &str, value: &str| out.push_str(&format!("  {name:<20} {}\n", dash(value)));
+    field("Workload:", &pod.workload);
+    field("Addresses:", &pod.addresses.join(", "));
+    field("Node:", pod.node.as_deref().unwrap_or_default());
+    field("Cluster:", &pod.cluster);
+    field("Network:", &pod.network);
+    field("Locality:", &pod.locality);
+    field("Identity:", &pod.identity);
+    field(
+        "Enrolled:",
+        &format!(
+            "{} ({})",
+            if pod.enrolled { "yes" } else { "no" },
+            pod.reason
+        ),
+    );
+    if let Some(capture) = &pod.capture {
+        field("Capture:", capture);
+    }
+    field("PeerAuthentication:", &pod.mtls_mode);
+    field("Waypoint:", pod.waypoint.as_deref().unwrap_or("none"));
+    field("Gateways in:", &pod.gateways.join(", "));
+    out.push_str("  Services:\n");
+    if pod.services.is_empty() {
+        out.push_str("    none\n");
+    }
+    for s in &pod.services {
+        out.push_str(&format!(
+            "    {} ({}), waypoint {}\n",
+            s.service,
+            s.host,
+            s.waypoint.as_deref().unwrap_or("none")
+        ));
+    }
+    out.push_str("  AuthorizationPolicies:\n");
+    if pod.policies.is_empty() {
+        out.push_str("    none (everything is allowed)\n");
+    }
+    for p in &pod.policies {
+        out.push_str(&format!("    {:<6} {}: {}\n", p.action, p.policy, p.scope));
+    }
+    out
+}
+
+fn render_service(report: &ServiceReport) -> String {
+    let s = &report.service;
+    let mut out = format!("Service: {}\n", s.service);
+    let mut field =
+        |name: &str, value: &str| out.push_str(&format!("  {name:<12} {}\n", dash(value)));
+    field("Hosts:", &s.hosts.join(", "));
+    field("Addresses:", &s.addresses.join(", "));
+    field("Ports:", &s.ports.join("; "));
+    field("Waypoint:", s.waypoint.as_deref().unwrap_or("none"));
+    field(
+        "Exported:",
+        if s.exported {
+            "to other networks (istio.io/global)"
+        } else {
+            "no"
+        },
+    );
+    field(
+        "Visible to:",
+        &if s.export_to.is_empty() {
+            "every namespace".to_string()
+        } else {
+            s.export_to.join(", ")
+        },
+    );
+    field("Workloads:", &s.workloads.join(", "));
+    if let Some(endpoints) = &report.endpoints {
+        out.push_str(&render_endpoints(endpoints));
     }
     out
 }

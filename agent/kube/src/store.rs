@@ -215,13 +215,27 @@ fn pod_spec(spec: Option<&Json>) -> Json {
         .and_then(Json::as_array)
         .into_iter()
         .flatten()
-        .map(|c| json!({"ports": c.get("ports").cloned().unwrap_or_else(|| json!([]))}))
+        .map(|c| {
+            json!({
+                "name": c.get("name"),
+                "ports": c.get("ports").cloned().unwrap_or_else(|| json!([])),
+            })
+        })
+        .collect();
+    // Only their names: an Istio sidecar may be one of them.
+    let init_containers: Vec<Json> = spec
+        .get("initContainers")
+        .and_then(Json::as_array)
+        .into_iter()
+        .flatten()
+        .map(|c| json!({"name": c.get("name")}))
         .collect();
     json!({
         "nodeName": spec.get("nodeName"),
         "serviceAccountName": spec.get("serviceAccountName"),
         "hostNetwork": spec.get("hostNetwork"),
         "containers": containers,
+        "initContainers": init_containers,
     })
 }
 
@@ -264,12 +278,17 @@ mod tests {
                     "strait.dev/netns": "/run/netns/web"
                 },
                 "managedFields": [{"manager": "kubectl"}],
+                "ownerReferences": [
+                    {"apiVersion": "v1", "kind": "Node", "name": "n1", "uid": "u0"},
+                    {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-6d8f", "uid": "u2", "controller": true}
+                ],
                 "uid": "u1"
             },
             "spec": {
                 "nodeName": "n1",
                 "serviceAccountName": "web",
                 "volumes": [{"name": "data"}],
+                "initContainers": [{"name": "istio-proxy", "image": "proxyv2", "args": ["x"]}],
                 "containers": [{"name": "web", "image": "nginx", "env": [{"name": "SECRET", "value": "x"}],
                     "ports": [{"name": "http", "containerPort": 8080}]}]
             },
@@ -291,7 +310,17 @@ mod tests {
         let kept = trim(kind, &resource, pod("web"));
         assert_eq!(
             kept["spec"]["containers"],
-            json!([{"ports": [{"name": "http", "containerPort": 8080}]}])
+            json!([{"name": "web", "ports": [{"name": "http", "containerPort": 8080}]}])
+        );
+        // Names only: Istio's sidecar may be one of them.
+        assert_eq!(
+            kept["spec"]["initContainers"],
+            json!([{"name": "istio-proxy"}])
+        );
+        // The controller only: Istio's metrics name the pod's workload by it.
+        assert_eq!(
+            kept["metadata"]["ownerReferences"],
+            json!([{"kind": "ReplicaSet", "name": "web-6d8f", "controller": true}])
         );
         assert_eq!(
             kept["status"]["conditions"],

@@ -152,16 +152,7 @@ impl Snapshot {
     /// A workload's cluster: its own `topology.istio.io/cluster` label,
     /// else its node's; empty when neither says.
     pub fn cluster(&self, w: &Workload) -> String {
-        w.labels
-            .get(strait_balance::CLUSTER)
-            .or_else(|| {
-                w.node
-                    .as_ref()
-                    .and_then(|n| self.config.nodes.get(n))
-                    .and_then(|n| n.labels.get(strait_balance::CLUSTER))
-            })
-            .cloned()
-            .unwrap_or_default()
+        self.config.cluster_of(w)
     }
 
     /// The workload a client that came through an east-west gateway says

@@ -11,7 +11,7 @@ use std::{
 use strait_e2e::{
     Mesh, Result, curl, echo_client, echo_server, http_server,
     kube::{AUDIENCE, ApiServer, pod_yaml},
-    marker_url, metric_sum, namespace_yaml, require_root, two_nodes, wait_for_line,
+    marker_url, metric_sum, namespace_yaml, require_root, two_nodes, wait_for, wait_for_line,
 };
 use strait_topology::{Process, Topology};
 
@@ -343,5 +343,231 @@ metadata: {{name: shop, labels: {{istio.io/dataplane-mode: ambient}}}}
         "c enrolled {:.1} s after the API server came back with the old token void",
         back.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+/// Istio's pod-level rules: a pod's own `istio.io/dataplane-mode=ambient`
+/// enrolls it in a namespace that is not in the mesh; a pod with an Istio
+/// sidecar (the injector's annotation, or an `istio-proxy` container) is
+/// never captured in one that is. The wire between the nodes shows which
+/// pods are captured; `straitctl describe pod` names the rule that decided.
+#[test]
+fn pod_level_enrollment_and_sidecars_decide_capture() -> Result<()> {
+    require_root();
+    let topo = Topology::create(two_nodes(&[
+        ("a", "n1"),
+        ("own", "n2"),
+        ("injected", "n2"),
+        ("proxied", "n2"),
+    ]))?;
+    let (n1, a) = (topo.node("n1")?, topo.pod("a")?);
+    let (own, injected, proxied) = (
+        topo.pod("own")?,
+        topo.pod("injected")?,
+        topo.pod("proxied")?,
+    );
+    let api = ApiServer::start(&n1.place, n1.addrs.ipv4.into(), "c1")?;
+    let mesh = Mesh::with_cluster(&topo, api.strait_kubeconfig()?)?;
+    let sidecar_pod = |pod: &strait_topology::Pod, annotations: &str, containers: &str| {
+        format!(
+            "apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: {name}, namespace: shop}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, namespace: shop, labels: {{app: {name}}}, annotations: {{{annotations}}}}}
+spec:
+  nodeName: {node}
+  serviceAccountName: {name}
+  automountServiceAccountToken: false
+  containers: [{containers}{{name: app, image: none}}]
+---
+",
+            name = pod.name,
+            node = pod.node,
+        )
+    };
+    // strait's CRDs, for the AuthorizationPolicy.
+    let (code, crds) = mesh.straitctl_local(&["crds"])?;
+    assert_eq!(code, 0);
+    api.apply(&crds)?;
+    api.kubectl_ok(&[
+        "wait",
+        "--for",
+        "condition=established",
+        "--timeout",
+        "60s",
+        "crd",
+        "--all",
+    ])?;
+    let described_objects = "apiVersion: v1
+kind: Service
+metadata: {name: front, namespace: shop}
+spec:
+  selector: {app: a}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: front-only-shop, namespace: shop}
+spec:
+  selector: {matchLabels: {app: a}}
+  action: ALLOW
+  rules: [{from: [{source: {namespaces: [shop]}}]}]
+---
+";
+    api.apply(&format!(
+        "{}{described_objects}{}{}{}{}{}",
+        namespace_yaml("shop", true),
+        namespace_yaml("plain", false),
+        pod_yaml(a, "shop", "a", &[("app", "a")]),
+        pod_yaml(
+            own,
+            "plain",
+            "own",
+            &[("istio.io/dataplane-mode", "ambient")]
+        ),
+        sidecar_pod(
+            injected,
+            "sidecar.istio.io/status: '{\"containers\":[\"istio-proxy\"]}'",
+            ""
+        ),
+        sidecar_pod(proxied, "", "{name: istio-proxy, image: proxyv2}, "),
+    ))?;
+    let _agents = [mesh.start_agent("n1", &[])?, mesh.start_agent("n2", &[])?];
+    for pod in [a, own, injected, proxied] {
+        let namespace = if pod.name == "own" { "plain" } else { "shop" };
+        api.make_ready(namespace, pod)?;
+    }
+    mesh.wait_state("n1", "a", WAIT, |s| s == "captured")?;
+    mesh.wait_state("n2", "own", WAIT, |s| s == "captured")?;
+
+    // What each rule decided, as straitctl says it.
+    for (pod, rule) in [
+        ("plain/own", "workload-label"),
+        ("shop/a", "namespace-label"),
+        ("shop/injected", "sidecar"),
+        ("shop/proxied", "sidecar"),
+    ] {
+        let node = if pod == "shop/a" { "n1" } else { "n2" };
+        let described = wait_for(&format!("{pod} described"), WAIT, || {
+            let json = mesh
+                .straitctl(node, &["describe", "pod", pod, "--json"])
+                .ok()?;
+            let json: serde_json::Value = serde_json::from_str(&json).ok()?;
+            (json["rule"] == rule).then_some(json)
+        })?;
+        assert_eq!(
+            described["enrolled"],
+            rule.ends_with("-label"),
+            "{described}"
+        );
+        let text = mesh.straitctl(node, &["describe", "pod", pod])?;
+        println!("{text}");
+        assert!(
+            text.contains(described["reason"].as_str().unwrap_or("?")),
+            "{text}"
+        );
+    }
+    let a_json: serde_json::Value =
+        serde_json::from_str(&mesh.straitctl("n1", &["describe", "pod", "shop/a", "--json"])?)?;
+    assert_eq!(a_json["identity"], "spiffe://cluster.local/ns/shop/sa/a");
+    assert_eq!(a_json["capture"], "captured");
+    assert_eq!(a_json["mtls_mode"], "PERMISSIVE");
+    assert_eq!(
+        a_json["policies"],
+        serde_json::json!([{"policy": "shop/front-only-shop", "action": "ALLOW", "scope": "its selector matches: app=a"}])
+    );
+    assert_eq!(a_json["services"][0]["service"], "shop/front");
+    let front: serde_json::Value = serde_json::from_str(
+        &mesh.straitctl("n1", &["describe", "service", "front.shop", "--json"])?,
+    )?;
+    assert_eq!(
+        front["service"]["workloads"],
+        serde_json::json!(["shop/a"]),
+        "{front}"
+    );
+    assert_eq!(
+        front["endpoints"]["endpoints"][0]["address"],
+        format!("{}:8080", a.ipv4),
+        "{front}"
+    );
+    println!(
+        "{}",
+        mesh.straitctl("n1", &["describe", "service", "front.shop"])?
+    );
+
+    // The wire: the pod enrolled by its own label is reached over HBONE;
+    // the sidecar pods in plaintext (their sidecars' business, not ours).
+    for (pod, marker) in [
+        (own, "from-own"),
+        (injected, "from-injected"),
+        (proxied, "from-proxied"),
+    ] {
+        let _server = http_server(pod, 8080, marker)?;
+        let capture = n1.capture("eth0", &["tcp"])?;
+        let out = curl(a, &marker_url(IpAddr::V4(pod.ipv4), 8080))?;
+        assert_eq!(String::from_utf8_lossy(&out.stdout), marker);
+        let pcap = capture.finish()?;
+        let ports = pcap.tcp_ports();
+        println!("a -> {}: ports on the wire {ports:?}", pod.name);
+        if pod.name == "own" {
+            assert!(
+                ports.contains(&15008) && !ports.contains(&8080),
+                "{ports:?}"
+            );
+            assert!(
+                !pcap.contains(marker.as_bytes()),
+                "plaintext to {}",
+                pod.name
+            );
+        } else {
+            assert!(
+                ports.contains(&8080) && !ports.contains(&15008),
+                "{ports:?}"
+            );
+            assert!(
+                pcap.contains(marker.as_bytes()),
+                "{} was captured",
+                pod.name
+            );
+        }
+    }
+
+    // Bad targets: a clear error and exit code 1.
+    let ctl = strait_e2e::strait_bin("straitctl").display().to_string();
+    for (args, says) in [
+        (
+            vec!["describe", "pod", "shop/nope"],
+            "no pod or workload shop/nope",
+        ),
+        (
+            vec!["describe", "pod", "nope"],
+            "name a pod as namespace/name",
+        ),
+        (
+            vec!["describe", "service", "nope.shop"],
+            "no service nope.shop",
+        ),
+        (
+            vec!["--admin", "127.0.0.1:1", "describe", "pod", "shop/a"],
+            "is strait-agent running on this node?",
+        ),
+    ] {
+        let argv: Vec<&str> = std::iter::once(ctl.as_str())
+            .chain(args.iter().copied())
+            .collect();
+        let out = n1.run(&argv, Duration::from_secs(10))?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        println!(
+            "straitctl {}: exit {:?}: {}",
+            args.join(" "),
+            out.status.code(),
+            stderr.trim()
+        );
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains(says), "{stderr}");
+    }
     Ok(())
 }

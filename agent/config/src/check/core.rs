@@ -5,8 +5,8 @@ use serde_json::Value as Json;
 
 use super::{Findings, export_to};
 use crate::{
-    Endpoints, Labels, Locality, NETNS_ANNOTATION, Node, Service, ServiceOrigin, ServicePort,
-    TargetPort, Workload,
+    Endpoints, Labels, Locality, NETNS_ANNOTATION, Node, SIDECAR_CONTAINER,
+    SIDECAR_STATUS_ANNOTATION, Service, ServiceOrigin, ServicePort, TargetPort, Workload,
     manifest::{ObjectMeta, core, decode},
 };
 
@@ -317,6 +317,12 @@ pub(super) fn pod(
         group: None,
         probe: None,
         owner: controller_workload(meta, json),
+        sidecar: meta.annotations.contains_key(SIDECAR_STATUS_ANNOTATION)
+            || spec
+                .containers
+                .iter()
+                .chain(&spec.init_containers)
+                .any(|c| c.name.as_deref() == Some(SIDECAR_CONTAINER)),
     })
 }
 

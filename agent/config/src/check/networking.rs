@@ -347,6 +347,7 @@ fn workload(
         group: None,
         probe: None,
         owner: None,
+        sidecar: false,
     })
 }
 

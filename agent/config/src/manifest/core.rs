@@ -64,11 +64,14 @@ pub struct PodSpec {
     pub service_account_name: Option<String>,
     pub host_network: Option<bool>,
     pub containers: Vec<Container>,
+    /// Read for their names: Istio's native sidecar is an init container.
+    pub init_containers: Vec<Container>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(default)]
 pub struct Container {
+    pub name: Option<String>,
     pub ports: Vec<ContainerPort>,
 }
 

@@ -34,6 +34,7 @@ pub struct State {
     capture: Arc<Mutex<Capture>>,
     pods: Arc<Pods>,
     certs: Arc<CertManager>,
+    logging: Arc<crate::logging::Logging>,
 }
 
 impl State {
@@ -43,6 +44,7 @@ impl State {
         capture: Arc<Mutex<Capture>>,
         pods: Arc<Pods>,
         certs: Arc<CertManager>,
+        logging: Arc<crate::logging::Logging>,
     ) -> Self {
         Self {
             proxy,
@@ -51,6 +53,7 @@ impl State {
             capture,
             pods,
             certs,
+            logging,
         }
     }
 
@@ -181,6 +184,23 @@ async fn route(
     state: &Arc<State>,
     req: &Request<Incoming>,
 ) -> Response<Full<Bytes>> {
+    // The admin endpoint (loopback only) changes one thing: the log filter.
+    if routes == Routes::Admin && req.method() == Method::POST && req.uri().path() == "/logging" {
+        let query = req.uri().query().unwrap_or_default();
+        let level = form_urlencoded::parse(query.as_bytes())
+            .find(|(k, _)| k == "level")
+            .map(|(_, v)| v.into_owned());
+        return match level {
+            Some(level) => match state.logging.set(&level) {
+                Ok(()) => text(StatusCode::OK, &format!("{}\n", state.logging.level())),
+                Err(err) => text(StatusCode::BAD_REQUEST, &format!("{err}\n")),
+            },
+            None => text(
+                StatusCode::BAD_REQUEST,
+                "say the filter: POST /logging?level=debug\n",
+            ),
+        };
+    }
     if req.method() != Method::GET {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
     }
@@ -216,6 +236,20 @@ async fn route(
             }
         }
         (Routes::Admin, "/describe") => describe(state, req.uri().query().unwrap_or_default()),
+        (Routes::Admin, "/services") => {
+            // Every service against every workload: not on the threads
+            // that carry connections.
+            let state = state.clone();
+            tokio::task::spawn_blocking(move || {
+                json(&state.proxy.state.snapshot().config.describe_services())
+            })
+            .await
+            .unwrap_or_else(|err| text(StatusCode::INTERNAL_SERVER_ERROR, &format!("{err}\n")))
+        }
+        (Routes::Admin, "/policies") => policies(state),
+        (Routes::Admin, "/logging") => {
+            text(StatusCode::OK, &format!("{}\n", state.logging.level()))
+        }
         (Routes::Admin, "/certs") => json(&state.certs.infos()),
         (Routes::Admin, "/config_dump") => {
             // Serializing the whole config takes a while at scale: not on
@@ -276,6 +310,24 @@ fn describe(state: &State, query: &str) -> Response<Full<Bytes>> {
             "say what to describe: ?pod=NAMESPACE/NAME or ?service=NAME\n",
         ),
     }
+}
+
+/// `/policies`: the AuthorizationPolicies that apply to each workload of
+/// this node, and why.
+fn policies(state: &State) -> Response<Full<Bytes>> {
+    let snapshot = state.proxy.state.snapshot();
+    let config = &snapshot.config;
+    let applied: Vec<serde_json::Value> = config
+        .workloads_on(&snapshot.node)
+        .filter(|w| config.enrolled(w))
+        .map(|w| {
+            serde_json::json!({
+                "pod": format!("{}/{}", w.namespace, w.name),
+                "policies": config.applied_policies(w),
+            })
+        })
+        .collect();
+    json(&applied)
 }
 
 /// Ready, and which clusters' API servers are away (the agent serves

@@ -4,6 +4,7 @@
 mod admin;
 mod dns;
 mod east_west;
+mod logging;
 mod metrics;
 mod pod;
 mod pods;
@@ -154,23 +155,15 @@ fn main() -> Result<()> {
     strait_config::names::check_subdomain(&args.node)
         .map_err(|reason| anyhow::anyhow!("--node {reason}"))?;
     args.mesh.apply().map_err(anyhow::Error::msg)?;
-    tracing_subscriber::fmt()
-        .json()
-        .with_current_span(true)
-        .with_span_list(false)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("STRAIT_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    let logging = Arc::new(logging::Logging::init());
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the tokio runtime")?
-        .block_on(run(args))
+        .block_on(run(args, logging))
 }
 
-async fn run(args: Args) -> Result<()> {
+async fn run(args: Args, logging: Arc<logging::Logging>) -> Result<()> {
     let metrics = Arc::new(metrics::Metrics::new());
     let tracer = args
         .trace
@@ -343,6 +336,7 @@ async fn run(args: Args) -> Result<()> {
         capture,
         pods.clone(),
         certs,
+        logging,
     ));
     let servers = [
         admin::bind(args.admin_addr, admin::Routes::Admin, admin_state.clone()).await?,

@@ -183,10 +183,21 @@ impl Config {
             workloads: self
                 .workloads
                 .iter()
-                .filter(|w| self.services_of(w).any(|x| std::ptr::eq(x, s)))
+                .filter(|w| crate::service::endpoint_of(s, w).is_some())
                 .map(|w| format!("{}/{}", w.namespace, w.name))
                 .collect(),
         })
+    }
+
+    /// Every service, described.
+    pub fn describe_services(&self) -> Vec<ServiceDescription> {
+        self.services
+            .iter()
+            .filter_map(|s| {
+                let id = format!("{}/{}", s.namespace, s.name);
+                self.describe_service(&id).ok()
+            })
+            .collect()
     }
 
     /// The AuthorizationPolicies the node proxy applies to `w`, and why.

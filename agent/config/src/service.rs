@@ -363,7 +363,7 @@ fn fnv1a(text: &str) -> u32 {
 /// `w` as `service` has it among its endpoints: itself (selected by
 /// labels), or the ServiceEntry's entry at its address (with its own
 /// ports); `None` when it is not one.
-fn endpoint_of<'a>(service: &'a Service, w: &'a Workload) -> Option<&'a Workload> {
+pub(crate) fn endpoint_of<'a>(service: &'a Service, w: &'a Workload) -> Option<&'a Workload> {
     match &service.endpoints {
         Endpoints::Selector(labels) => (w.namespace == service.namespace
             && labels.iter().all(|(k, v)| w.labels.get(k) == Some(v)))

@@ -20,7 +20,11 @@ struct Cli {
         default_value = "127.0.0.1:15000"
     )]
     admin: SocketAddr,
-    /// Print the agent's JSON instead of a table.
+    /// How to print: a table (or text), or the agent's document as JSON
+    /// or YAML.
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Table)]
+    output: Output,
+    /// Same as `-o json`.
     #[arg(long, global = true)]
     json: bool,
     #[command(subcommand)]
@@ -63,11 +67,36 @@ enum Command {
         #[command(subcommand)]
         what: Describe,
     },
+    /// Every service this node's agent knows: hosts, addresses, ports,
+    /// waypoint, export, workloads.
+    Services,
+    /// The AuthorizationPolicies that apply to each of this node's
+    /// workloads, and why.
+    Policies,
+    /// The agent's log filter; with `--level`, sets it (`debug`,
+    /// `strait_agent=debug,info`) until the agent restarts.
+    Log {
+        #[arg(long)]
+        level: Option<String>,
+    },
     /// Waypoints, as `istioctl waypoint`: generate, apply, delete, list.
     Waypoint {
         #[command(subcommand)]
         command: waypoint::Command,
     },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Output {
+    Table,
+    Json,
+    Yaml,
+}
+
+impl Cli {
+    fn output(&self) -> Output {
+        if self.json { Output::Json } else { self.output }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -167,11 +196,11 @@ struct ProgramReport {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
-        Command::Validate { path } => validate::run(path, cli.json),
+        Command::Validate { path } => validate::run(path, cli.output() == Output::Json),
         Command::Crds => {
             use std::io::Write;
             std::io::stdout()
-                .write_all(strait_crds::render(cli.json).as_bytes())
+                .write_all(strait_crds::render(cli.output() == Output::Json).as_bytes())
                 .map(|()| ExitCode::SUCCESS)
                 .context("writing the CRDs")
         }
@@ -200,6 +229,27 @@ fn main() -> ExitCode {
         } => inspect(&cli, &format!("/describe?service={name}"), |body| {
             Ok(render_service(&serde_json::from_str(body)?))
         }),
+        Command::Services => inspect(&cli, "/services", |body| {
+            Ok(render_services(&serde_json::from_str::<Vec<_>>(body)?))
+        }),
+        Command::Policies => inspect(&cli, "/policies", |body| {
+            Ok(render_policies(&serde_json::from_str::<Vec<_>>(body)?))
+        }),
+        Command::Log { level } => {
+            let answer = match level {
+                Some(level) => {
+                    let query: String = form_urlencoded::Serializer::new(String::new())
+                        .append_pair("level", level)
+                        .finish();
+                    admin::post(cli.admin, &format!("/logging?{query}"))
+                }
+                None => admin::get(cli.admin, "/logging"),
+            };
+            answer.map(|filter| {
+                print!("{filter}");
+                ExitCode::SUCCESS
+            })
+        }
         Command::Endpoints { service, port } => {
             let mut path = format!("/endpoints?service={service}");
             if let Some(port) = port {
@@ -231,15 +281,19 @@ fn inspect(
     render: fn(&str) -> serde_json::Result<String>,
 ) -> Result<ExitCode> {
     let body = admin::get(cli.admin, path)?;
-    let text = if cli.json {
-        format!("{body}\n")
-    } else {
-        render(&body).with_context(|| {
-            format!(
-                "the agent at {} sent an unexpected {path} document",
-                cli.admin
-            )
-        })?
+    let unexpected = || {
+        format!(
+            "the agent at {} sent an unexpected {path} document",
+            cli.admin
+        )
+    };
+    let text = match cli.output() {
+        Output::Json => format!("{body}\n"),
+        Output::Yaml => {
+            let value: serde_json::Value = serde_json::from_str(&body).with_context(unexpected)?;
+            serde_saphyr::to_string(&value).context("writing YAML")?
+        }
+        Output::Table => render(&body).with_context(unexpected)?,
     };
     print!("{text}");
     Ok(ExitCode::SUCCESS)
@@ -259,6 +313,79 @@ fn render_workloads(workloads: &[WorkloadReport]) -> String {
             w.identity,
             w.state
         ));
+    }
+    out
+}
+
+fn render_services(services: &[strait_config::describe::ServiceDescription]) -> String {
+    let name_width = services
+        .iter()
+        .map(|s| s.service.len())
+        .max()
+        .unwrap_or(0)
+        .max("SERVICE".len());
+    let mut out = format!(
+        "{:<name_width$}  {:<34} {:<28} {:<24} {:<8} WORKLOADS\n",
+        "SERVICE", "ADDRESSES", "PORTS", "WAYPOINT", "EXPORTED"
+    );
+    for s in services {
+        out.push_str(&format!(
+            "{:<name_width$}  {:<34} {:<28} {:<24} {:<8} {}\n",
+            s.service,
+            dash(&s.addresses.join(",")),
+            dash(
+                &s.ports
+                    .iter()
+                    .map(|p| p.split_once(' ').map_or(p.as_str(), |(_, rest)| rest))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+            s.waypoint.as_deref().unwrap_or("-"),
+            if s.exported { "yes" } else { "no" },
+            s.workloads.len()
+        ));
+    }
+    out
+}
+
+/// One workload's policies, as the agent's `/policies` lists them.
+#[derive(Deserialize)]
+struct PodPolicies {
+    pod: String,
+    policies: Vec<strait_config::describe::AppliedPolicy>,
+}
+
+fn render_policies(pods: &[PodPolicies]) -> String {
+    let pod_width = pods
+        .iter()
+        .map(|p| p.pod.len())
+        .max()
+        .unwrap_or(0)
+        .max("POD".len());
+    let policy_width = pods
+        .iter()
+        .flat_map(|p| &p.policies)
+        .map(|p| p.policy.len())
+        .max()
+        .unwrap_or(0)
+        .max("POLICY".len());
+    let mut out = format!(
+        "{:<pod_width$}  {:<policy_width$}  {:<6} WHY\n",
+        "POD", "POLICY", "ACTION"
+    );
+    for pod in pods {
+        if pod.policies.is_empty() {
+            out.push_str(&format!(
+                "{:<pod_width$}  {:<policy_width$}  {:<6} no policy applies: everything is allowed\n",
+                pod.pod, "-", "-"
+            ));
+        }
+        for p in &pod.policies {
+            out.push_str(&format!(
+                "{:<pod_width$}  {:<policy_width$}  {:<6} {}\n",
+                pod.pod, p.policy, p.action, p.scope
+            ));
+        }
     }
     out
 }

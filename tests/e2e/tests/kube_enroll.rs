@@ -435,7 +435,7 @@ spec:
         ),
         sidecar_pod(proxied, "", "{name: istio-proxy, image: proxyv2}, "),
     ))?;
-    let _agents = [mesh.start_agent("n1", &[])?, mesh.start_agent("n2", &[])?];
+    let agents = [mesh.start_agent("n1", &[])?, mesh.start_agent("n2", &[])?];
     for pod in [a, own, injected, proxied] {
         let namespace = if pod.name == "own" { "plain" } else { "shop" };
         api.make_ready(namespace, pod)?;
@@ -498,6 +498,60 @@ spec:
         mesh.straitctl("n1", &["describe", "service", "front.shop"])?
     );
 
+    // Day two: every service, every workload's policies, the log filter;
+    // table, JSON and YAML.
+    let services: serde_json::Value =
+        serde_json::from_str(&mesh.straitctl("n1", &["services", "-o", "json"])?)?;
+    let front = services
+        .as_array()
+        .and_then(|all| all.iter().find(|s| s["service"] == "shop/front"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        front["workloads"],
+        serde_json::json!(["shop/a"]),
+        "{services}"
+    );
+    let table = mesh.straitctl("n1", &["services"])?;
+    println!("{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("shop/front ") && l.ends_with(" 1")),
+        "{table}"
+    );
+    let policies = mesh.straitctl("n1", &["policies", "-o", "yaml"])?;
+    println!("{policies}");
+    assert!(
+        policies.contains("policy: shop/front-only-shop"),
+        "{policies}"
+    );
+    assert!(policies.contains("pod: shop/a"), "{policies}");
+    println!("{}", mesh.straitctl("n1", &["policies"])?);
+    assert_eq!(mesh.straitctl("n1", &["log"])?.trim(), "info");
+    let debug_lines = |agent: &Process| {
+        agent
+            .log()
+            .lines()
+            .filter(|l| l.contains("\"level\":\"DEBUG\""))
+            .count()
+    };
+    assert_eq!(debug_lines(&agents[0]), 0, "debug lines at info");
+    let set = mesh.straitctl("n1", &["log", "--level", "strait_agent=debug,info"])?;
+    assert_eq!(set.trim(), "strait_agent=debug,info");
+    assert_eq!(
+        mesh.straitctl("n1", &["log"])?.trim(),
+        "strait_agent=debug,info"
+    );
+    // Debug lines now appear: a connection's outbound decisions.
+    let _front_server = http_server(a, 8080, "from-a")?;
+    let front_url = format!("http://{}:80/marker", api.cluster_ip("shop", "front")?);
+    assert!(curl(a, &front_url)?.status.success());
+    wait_for("a debug line in the agent's log", WAIT, || {
+        (debug_lines(&agents[0]) > 0).then_some(())
+    })?;
+    mesh.straitctl("n1", &["log", "--level", "info"])?;
+
     // The wire: the pod enrolled by its own label is reached over HBONE;
     // the sidecar pods in plaintext (their sidecars' business, not ours).
     for (pod, marker) in [
@@ -553,6 +607,10 @@ spec:
         (
             vec!["--admin", "127.0.0.1:1", "describe", "pod", "shop/a"],
             "is strait-agent running on this node?",
+        ),
+        (
+            vec!["log", "--level", "strait=bogus"],
+            "400 Bad Request: \"strait=bogus\"",
         ),
     ] {
         let argv: Vec<&str> = std::iter::once(ctl.as_str())

@@ -166,39 +166,10 @@ fn tokens(rule: &JwtRule, parts: &Parts) -> Vec<(Location, String)> {
 }
 
 fn query_pairs(query: &str) -> Vec<(String, String)> {
-    query
-        .split('&')
-        .filter_map(|pair| {
-            let (k, v) = pair.split_once('=')?;
-            Some((percent_decode(k), percent_decode(v)))
-        })
+    form_urlencoded::parse(query.as_bytes())
+        .filter(|(k, _)| !k.is_empty())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect()
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let hex = |c: &u8| (*c as char).to_digit(16);
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => match (
-                bytes.get(i + 1).and_then(hex),
-                bytes.get(i + 2).and_then(hex),
-            ) {
-                (Some(high), Some(low)) => {
-                    out.push((high * 16 + low) as u8);
-                    i += 3;
-                    continue;
-                }
-                _ => out.push(b'%'),
-            },
-            b'+' => out.push(b' '),
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn cookies(headers: &HeaderMap) -> Vec<(String, String)> {
@@ -462,12 +433,13 @@ mod tests {
     #[test]
     fn query_values_are_decoded() {
         assert_eq!(
-            query_pairs("a=1&access_token=x%2Ey+z&b"),
+            query_pairs("a=1&access_token=x%2Ey+z&b&c=100%"),
             vec![
                 ("a".to_string(), "1".to_string()),
-                ("access_token".to_string(), "x.y z".to_string())
+                ("access_token".to_string(), "x.y z".to_string()),
+                ("b".to_string(), String::new()),
+                ("c".to_string(), "100%".to_string()),
             ]
         );
-        assert_eq!(percent_decode("100%"), "100%");
     }
 }

@@ -90,6 +90,14 @@ spec:
     )
 }
 
+/// A directory holding one kubeconfig, named after its cluster: what
+/// `--remote-kubeconfigs` reads.
+pub fn remote_dir(dir: &Path, cluster: &str, kubeconfig: &Path) -> Result<String> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::copy(kubeconfig, dir.join(cluster))?;
+    Ok(dir.display().to_string())
+}
+
 pub struct ApiServer {
     place: Place,
     dir: PathBuf,

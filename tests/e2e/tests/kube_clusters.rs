@@ -4,10 +4,7 @@
 //! zone's endpoint, fails over to cluster 2's when that one is gone, with
 //! no failed connection, and goes on reaching cluster 2's known endpoints
 //! while cluster 2's API server is stopped (marked stale meanwhile).
-use std::{
-    path::Path,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 use strait_e2e::{
@@ -58,13 +55,6 @@ spec:
     yaml
 }
 
-/// A directory holding one kubeconfig, named after its cluster.
-fn remote_dir(dir: &Path, cluster: &str, kubeconfig: &Path) -> Result<String> {
-    std::fs::create_dir_all(dir)?;
-    std::fs::copy(kubeconfig, dir.join(cluster))?;
-    Ok(dir.display().to_string())
-}
-
 fn check(load: &Load, to: &str, step: &str) {
     println!("{step}: {}", load.summary());
     assert_eq!(load.failures, 0, "{step}: failures {:?}", load.errors);
@@ -97,8 +87,8 @@ fn a_service_spans_two_clusters_and_fails_over_between_them() -> Result<()> {
     let mesh1 = Mesh::with_cluster(&topo, kube1.clone())?;
     let mesh2 = Mesh::with_cluster(&topo, kube2.clone())?.with_ca_on("n3");
     let scratch = topo.scratch_dir();
-    let to_c2 = remote_dir(&scratch.join("remotes-c1"), "c2", &kube2)?;
-    let to_c1 = remote_dir(&scratch.join("remotes-c2"), "c1", &kube1)?;
+    let to_c2 = strait_e2e::kube::remote_dir(&scratch.join("remotes-c1"), "c2", &kube2)?;
+    let to_c1 = strait_e2e::kube::remote_dir(&scratch.join("remotes-c2"), "c1", &kube1)?;
     let in_c1 = [
         ("--cluster", "c1"),
         ("--remote-kubeconfigs", to_c2.as_str()),

@@ -10,7 +10,6 @@
 //! dashboards answers with the connections and bytes sent, exactly.
 use std::{
     collections::BTreeMap,
-    path::Path,
     time::{Duration, Instant},
 };
 
@@ -79,13 +78,6 @@ spec:
         name = pod.name,
         sa = pod.name,
     )
-}
-
-/// A directory holding one kubeconfig, named after its cluster.
-fn remote_dir(dir: &Path, cluster: &str, kubeconfig: &Path) -> Result<String> {
-    std::fs::create_dir_all(dir)?;
-    std::fs::copy(kubeconfig, dir.join(cluster))?;
-    Ok(dir.display().to_string())
 }
 
 /// The server: per request, a header of two 10-digit numbers (the payload
@@ -179,8 +171,8 @@ fn istio_tcp_metrics_have_istios_labels_and_prometheus_answers_the_dashboards() 
     let mesh1 = Mesh::with_cluster(&topo, kube1.clone())?;
     let mesh2 = Mesh::with_cluster(&topo, kube2.clone())?.with_ca_on("n2");
     let scratch = topo.scratch_dir();
-    let to_c2 = remote_dir(&scratch.join("remotes-c1"), "c2", &kube2)?;
-    let to_c1 = remote_dir(&scratch.join("remotes-c2"), "c1", &kube1)?;
+    let to_c2 = strait_e2e::kube::remote_dir(&scratch.join("remotes-c1"), "c2", &kube2)?;
+    let to_c1 = strait_e2e::kube::remote_dir(&scratch.join("remotes-c2"), "c1", &kube1)?;
     let _agents = [
         mesh1.start_agent(
             "n1",

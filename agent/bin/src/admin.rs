@@ -268,16 +268,14 @@ async fn route(
 /// the service's endpoints as this node's clients see them).
 fn describe(state: &State, query: &str) -> Response<Full<Bytes>> {
     let param = |key: &str| {
-        query
-            .split('&')
-            .filter_map(|kv| kv.split_once('='))
-            .find(|(k, _)| *k == key)
-            .map(|(_, v)| v)
+        form_urlencoded::parse(query.as_bytes())
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.into_owned())
     };
     let snapshot = state.proxy.state.snapshot();
     let config = &snapshot.config;
     match (param("pod"), param("service")) {
-        (Some(pod), None) => match config.describe_pod(pod) {
+        (Some(pod), None) => match config.describe_pod(&pod) {
             Ok(mut described) => {
                 described.capture = state
                     .pods
@@ -289,7 +287,7 @@ fn describe(state: &State, query: &str) -> Response<Full<Bytes>> {
             }
             Err(err) => text(StatusCode::NOT_FOUND, &format!("{err}\n")),
         },
-        (None, Some(service)) => match config.describe_service(service) {
+        (None, Some(service)) => match config.describe_service(&service) {
             Ok(described) => {
                 let endpoints = strait_route::report::report(
                     &snapshot,

@@ -317,13 +317,14 @@ fn render_workloads(workloads: &[WorkloadReport]) -> String {
     out
 }
 
+/// A column wide enough for its header and every value: long names do
+/// not push the columns after them out of line.
+fn width<'a>(header: &str, values: impl Iterator<Item = &'a str>) -> usize {
+    values.map(str::len).max().unwrap_or(0).max(header.len())
+}
+
 fn render_services(services: &[strait_config::describe::ServiceDescription]) -> String {
-    let name_width = services
-        .iter()
-        .map(|s| s.service.len())
-        .max()
-        .unwrap_or(0)
-        .max("SERVICE".len());
+    let name_width = width("SERVICE", services.iter().map(|s| s.service.as_str()));
     let mut out = format!(
         "{:<name_width$}  {:<34} {:<28} {:<24} {:<8} WORKLOADS\n",
         "SERVICE", "ADDRESSES", "PORTS", "WAYPOINT", "EXPORTED"
@@ -356,19 +357,13 @@ struct PodPolicies {
 }
 
 fn render_policies(pods: &[PodPolicies]) -> String {
-    let pod_width = pods
-        .iter()
-        .map(|p| p.pod.len())
-        .max()
-        .unwrap_or(0)
-        .max("POD".len());
-    let policy_width = pods
-        .iter()
-        .flat_map(|p| &p.policies)
-        .map(|p| p.policy.len())
-        .max()
-        .unwrap_or(0)
-        .max("POLICY".len());
+    let pod_width = width("POD", pods.iter().map(|p| p.pod.as_str()));
+    let policy_width = width(
+        "POLICY",
+        pods.iter()
+            .flat_map(|p| &p.policies)
+            .map(|p| p.policy.as_str()),
+    );
     let mut out = format!(
         "{:<pod_width$}  {:<policy_width$}  {:<6} WHY\n",
         "POD", "POLICY", "ACTION"

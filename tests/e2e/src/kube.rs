@@ -98,6 +98,28 @@ pub fn remote_dir(dir: &Path, cluster: &str, kubeconfig: &Path) -> Result<String
     Ok(dir.display().to_string())
 }
 
+/// strait's CRDs on `api`, as `straitctl crds | kubectl apply -f -`, and
+/// established.
+pub fn apply_crds(api: &ApiServer) -> Result<()> {
+    let out = std::process::Command::new(crate::strait_bin("straitctl"))
+        .arg("crds")
+        .output()?;
+    if !out.status.success() {
+        return Err(format!("straitctl crds: {}", out.status).into());
+    }
+    api.apply(&String::from_utf8_lossy(&out.stdout))?;
+    api.kubectl_ok(&[
+        "wait",
+        "--for",
+        "condition=established",
+        "--timeout",
+        "60s",
+        "crd",
+        "--all",
+    ])?;
+    Ok(())
+}
+
 pub struct ApiServer {
     place: Place,
     dir: PathBuf,

@@ -389,18 +389,7 @@ spec:
         )
     };
     // strait's CRDs, for the AuthorizationPolicy.
-    let (code, crds) = mesh.straitctl_local(&["crds"])?;
-    assert_eq!(code, 0);
-    api.apply(&crds)?;
-    api.kubectl_ok(&[
-        "wait",
-        "--for",
-        "condition=established",
-        "--timeout",
-        "60s",
-        "crd",
-        "--all",
-    ])?;
+    strait_e2e::kube::apply_crds(&api)?;
     let described_objects = "apiVersion: v1
 kind: Service
 metadata: {name: front, namespace: shop}

@@ -109,18 +109,7 @@ fn istio_examples_apply_through_the_api_server_and_bad_input_is_refused() -> Res
     let mesh = Mesh::with_cluster(&topo, api.strait_kubeconfig()?)?;
 
     // strait's CRDs, as `straitctl crds | kubectl apply -f -`.
-    let (code, crds) = mesh.straitctl_local(&["crds"])?;
-    assert_eq!(code, 0);
-    api.apply(&crds)?;
-    api.kubectl_ok(&[
-        "wait",
-        "--for",
-        "condition=established",
-        "--timeout",
-        "60s",
-        "crd",
-        "--all",
-    ])?;
+    strait_e2e::kube::apply_crds(&api)?;
 
     let mut yaml = String::from(
         "apiVersion: v1

@@ -247,6 +247,7 @@ async fn route(
             .unwrap_or_else(|err| text(StatusCode::INTERNAL_SERVER_ERROR, &format!("{err}\n")))
         }
         (Routes::Admin, "/policies") => policies(state),
+        (Routes::Admin, "/connections") => json(&state.proxy.metrics.tcp.open.list()),
         (Routes::Admin, "/logging") => {
             text(StatusCode::OK, &format!("{}\n", state.logging.level()))
         }

@@ -73,6 +73,9 @@ enum Command {
     /// The AuthorizationPolicies that apply to each of this node's
     /// workloads, and why.
     Policies,
+    /// Connections open through this node's agent now: both ends'
+    /// addresses and identities, the service, how long, bytes so far.
+    Connections,
     /// The agent's log filter; with `--level`, sets it (`debug`,
     /// `strait_agent=debug,info`) until the agent restarts.
     Log {
@@ -232,6 +235,9 @@ fn main() -> ExitCode {
         Command::Services => inspect(&cli, "/services", |body| {
             Ok(render_services(&serde_json::from_str::<Vec<_>>(body)?))
         }),
+        Command::Connections => inspect(&cli, "/connections", |body| {
+            Ok(render_connections(&serde_json::from_str::<Vec<_>>(body)?))
+        }),
         Command::Policies => inspect(&cli, "/policies", |body| {
             Ok(render_policies(&serde_json::from_str::<Vec<_>>(body)?))
         }),
@@ -344,6 +350,39 @@ fn render_services(services: &[strait_config::describe::ServiceDescription]) -> 
             s.waypoint.as_deref().unwrap_or("-"),
             if s.exported { "yes" } else { "no" },
             s.workloads.len()
+        ));
+    }
+    out
+}
+
+fn render_connections(open: &[strait_telemetry::open::OpenConnection]) -> String {
+    let src_width = width("SOURCE", open.iter().map(|c| c.src.as_str()));
+    let dst_width = width("DESTINATION", open.iter().map(|c| c.dst.as_str()));
+    let id_width = width(
+        "IDENTITY",
+        open.iter().flat_map(|c| {
+            [
+                c.source_principal.as_str(),
+                c.destination_principal.as_str(),
+            ]
+        }),
+    );
+    let mut out = format!(
+        "{:<11}  {:<src_width$}  {:<id_width$}  {:<dst_width$}  {:<id_width$}  {:>9}  {:>12}  {:>12}  SERVICE\n",
+        "REPORTER", "SOURCE", "IDENTITY", "DESTINATION", "IDENTITY", "AGE", "RECEIVED", "SENT"
+    );
+    for c in open {
+        out.push_str(&format!(
+            "{:<11}  {:<src_width$}  {:<id_width$}  {:<dst_width$}  {:<id_width$}  {:>8.1}s  {:>12}  {:>12}  {}\n",
+            c.reporter,
+            c.src,
+            c.source_principal,
+            c.dst,
+            c.destination_principal,
+            c.duration_ms as f64 / 1000.0,
+            c.bytes_received,
+            c.bytes_sent,
+            dash(&c.service)
         ));
     }
     out

@@ -3,10 +3,11 @@
 //! carries an established connection's bytes, counts them and writes one
 //! access-log line when it closes. The agent, the east-west gateway and
 //! the waypoint all count connections through this crate.
+pub mod open;
 pub mod peer;
 pub mod relay;
 
-use std::net::IpAddr;
+use std::{net::IpAddr, sync::Arc};
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder},
@@ -205,6 +206,22 @@ pub struct FailureLabels {
     pub reason: Reason,
 }
 
+/// `reporter`'s value, as the label spells it.
+pub(crate) fn reporter_name(reporter: Reporter) -> &'static str {
+    match reporter {
+        Reporter::Source => "source",
+        Reporter::Destination => "destination",
+        Reporter::Waypoint => "waypoint",
+    }
+}
+
+impl EncodeLabelValue for Reporter {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write;
+        encoder.write_str(reporter_name(*self))
+    }
+}
+
 /// Label values as Istio spells them.
 macro_rules! label_values {
     ($($ty:ty { $($variant:ident => $text:literal),+ $(,)? })+) => {$(
@@ -218,7 +235,6 @@ macro_rules! label_values {
 }
 
 label_values! {
-    Reporter { Source => "source", Destination => "destination", Waypoint => "waypoint" }
     ResponseFlags { None => "-", Deny => "DENY", Connect => "CONNECT" }
     Direction { Inbound => "inbound", Outbound => "outbound", Gateway => "gateway" }
     Reason {
@@ -248,6 +264,8 @@ pub struct Tcp {
     pub sent_bytes: Family<TcpLabels, Counter>,
     pub received_bytes: Family<TcpLabels, Counter>,
     pub failures: Family<FailureLabels, Counter>,
+    /// The connections open now (`straitctl connections`).
+    pub open: Arc<open::OpenConnections>,
 }
 
 impl Tcp {

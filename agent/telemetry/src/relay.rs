@@ -12,7 +12,9 @@ use tracing::info;
 
 use prometheus_client::metrics::counter::Counter;
 
-use crate::{ResponseFlags, Tcp, TcpLabels};
+use std::sync::{Arc, atomic::Ordering};
+
+use crate::{ResponseFlags, Tcp, TcpLabels, open::Bytes};
 
 /// Larger than tokio's 8 KiB default: fewer syscalls per byte at speed.
 const BUFFER: usize = 64 * 1024;
@@ -37,18 +39,30 @@ where
 {
     let started = Instant::now();
     metrics.opened.get_or_create(&labels).inc();
-    // Looked up once: each read then costs one atomic add.
+    let open = metrics.open.register(&labels, src, dst);
+    // Looked up once: each read then costs two atomic adds.
     let (mut client, mut server) = (
-        Counted::new(
-            client,
-            metrics.received_bytes.get_or_create(&labels).clone(),
-        ),
-        Counted::new(server, metrics.sent_bytes.get_or_create(&labels).clone()),
+        Counted {
+            inner: client,
+            metric: metrics.received_bytes.get_or_create(&labels).clone(),
+            bytes: open.bytes.clone(),
+            request: true,
+        },
+        Counted {
+            inner: server,
+            metric: metrics.sent_bytes.get_or_create(&labels).clone(),
+            bytes: open.bytes.clone(),
+            request: false,
+        },
     );
     let result = copy_bidirectional_with_sizes(&mut client, &mut server, BUFFER, BUFFER).await;
+    drop(open);
     // Bytes read from one side are what was written to the other, also when
     // the copy ended in an error.
-    let (sent, received) = (client.read, server.read);
+    let (sent, received) = (
+        client.bytes.received.load(Ordering::Relaxed),
+        client.bytes.sent.load(Ordering::Relaxed),
+    );
     let outcome = match &result {
         Ok(_) => "ok".to_string(),
         Err(err) => format!("error: {err}"),
@@ -78,21 +92,14 @@ where
     result.map(|_| ())
 }
 
-/// Counts the bytes read through it, in its own total and a metric.
+/// Counts the bytes read through it, in the connection's totals and a
+/// metric.
 struct Counted<T> {
     inner: T,
-    read: u64,
     metric: Counter,
-}
-
-impl<T> Counted<T> {
-    fn new(inner: T, metric: Counter) -> Self {
-        Self {
-            inner,
-            read: 0,
-            metric,
-        }
-    }
+    bytes: Arc<Bytes>,
+    /// Reads from the client (the request direction), else from the server.
+    request: bool,
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
@@ -105,7 +112,12 @@ impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
         let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
         let read = (buf.filled().len() - before) as u64;
         if read > 0 {
-            self.read += read;
+            let total = if self.request {
+                &self.bytes.received
+            } else {
+                &self.bytes.sent
+            };
+            total.fetch_add(read, Ordering::Relaxed);
             self.metric.inc_by(read);
         }
         poll
@@ -162,9 +174,18 @@ mod tests {
         assert_eq!(tcp.sent_bytes.get_or_create(&labels).get(), 250);
         assert_eq!(tcp.opened.get_or_create(&labels).get(), 1);
         assert_eq!(tcp.closed.get_or_create(&labels).get(), 0);
+        // Listed as open, with its bytes so far.
+        let open = tcp.open.list();
+        assert_eq!(open.len(), 1);
+        assert_eq!((open[0].bytes_received, open[0].bytes_sent), (1000, 250));
+        assert_eq!(
+            (open[0].src.as_str(), open[0].reporter.as_str()),
+            ("a", "source")
+        );
         drop((app, upstream));
         relaying.await.unwrap().unwrap();
         assert_eq!(tcp.closed.get_or_create(&labels).get(), 1);
+        assert!(tcp.open.list().is_empty(), "gone once closed");
         assert_eq!(tcp.received_bytes.get_or_create(&labels).get(), 1000);
     }
 

@@ -273,6 +273,26 @@ fn istio_tcp_metrics_have_istios_labels_and_prometheus_answers_the_dashboards() 
         seen.windows(2).all(|w| w[1].1 > w[0].1),
         "growing: {seen:?}"
     );
+    // Both agents list the held connection as open, with both identities
+    // and its bytes so far.
+    let so_far = short_total + step * STEP_BYTES;
+    for (node, mesh) in [("n1", &mesh1), ("n2", &mesh2)] {
+        let open: serde_json::Value =
+            serde_json::from_str(&mesh.straitctl(node, &["connections", "-o", "json"])?)?;
+        let held: Vec<&serde_json::Value> = open
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| c["source_principal"] == CLIENT_ID && c["destination_principal"] == WEB_ID)
+            .collect();
+        let [held] = held.as_slice() else {
+            panic!("{node}: one open connection from sleep to web wanted: {open}");
+        };
+        assert_eq!(held["service"], "shop/web", "{held}");
+        assert_eq!(held["bytes_received"], so_far - short_total, "{held}");
+        assert_eq!(held["bytes_sent"], (so_far - short_total) / 4, "{held}");
+        println!("{node}: {}", mesh.straitctl(node, &["connections"])?);
+    }
     std::fs::write(steps_dir.join("close"), "")?;
     wait_for_line_prefix(&mut client, "closed after", WAIT)?;
     let held_for = opened_at.elapsed();

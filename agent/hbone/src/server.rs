@@ -272,6 +272,11 @@ where
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(MAX_FRAME)
         .max_concurrent_streams(limits.streams_per_connection)
+        // Streams the peer resets before they are accepted wait in the
+        // accept queue: as many as may be open (h2's default, 20, ends a
+        // waypoint's shared connection, every client's streams on it, when
+        // one client's cancelled requests pile up under load).
+        .max_pending_accept_reset_streams(limits.streams_per_connection as usize)
         .max_header_list_size(limits.max_header_list_size)
         .handshake::<_, Bytes>(crate::coalesce::Coalesce::new(
             stream,

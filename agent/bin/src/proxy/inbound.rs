@@ -139,14 +139,6 @@ async fn on_connect(proxy: Arc<Proxy>, pod: Arc<Pod>, connect: Connect) {
             span.set("destination.principal", pod.identity.to_string());
         }
         let client_ip = connect.peer_addr.ip();
-        if !authorized(&proxy, &pod, Some(&client), client_ip, to) {
-            connect.stream.refuse(StatusCode::FORBIDDEN);
-            return;
-        }
-        let Some(_held) = proxy.admit(&pod, Way::Inbound) else {
-            connect.stream.refuse(StatusCode::SERVICE_UNAVAILABLE);
-            return;
-        };
         let mut labels = proxy.labels(
             Reporter::Destination,
             client_ip,
@@ -181,6 +173,17 @@ async fn on_connect(proxy: Arc<Proxy>, pod: Arc<Pod>, connect: Connect) {
             );
             labels = labels.source(peer);
         }
+        // A refusal counts against the client, not the waypoint or
+        // gateway it came through.
+        if !authorized(&proxy, &pod, Some(&client), client_ip, to) {
+            proxy.metrics.tcp.refused(labels, ResponseFlags::Deny);
+            connect.stream.refuse(StatusCode::FORBIDDEN);
+            return;
+        }
+        let Some(_held) = proxy.admit(&pod, Way::Inbound) else {
+            connect.stream.refuse(StatusCode::SERVICE_UNAVAILABLE);
+            return;
+        };
         let Some((mut app, local)) = deliver(&proxy, &pod, to, client_ip).await else {
             proxy.metrics.fail(Direction::Inbound, Reason::Upstream);
             proxy.metrics.tcp.refused(labels, ResponseFlags::Connect);
@@ -315,11 +318,6 @@ pub async fn handle_plaintext(
             reset(client);
             return;
         }
-        if !authorized(&proxy, &pod, None, peer.ip(), original) {
-            reset(client);
-            return;
-        }
-        let _ = client.set_nodelay(true);
         let labels = proxy.labels(
             Reporter::Destination,
             peer.ip(),
@@ -328,6 +326,12 @@ pub async fn handle_plaintext(
             false,
             ServiceHint::Endpoint,
         );
+        if !authorized(&proxy, &pod, None, peer.ip(), original) {
+            proxy.metrics.tcp.refused(labels, ResponseFlags::Deny);
+            reset(client);
+            return;
+        }
+        let _ = client.set_nodelay(true);
         let Some((app, local)) = deliver(&proxy, &pod, original, peer.ip()).await else {
             proxy.metrics.fail(Direction::Inbound, Reason::Upstream);
             proxy.metrics.tcp.refused(labels, ResponseFlags::Connect);
@@ -361,7 +365,9 @@ pub async fn handle_plaintext(
 }
 
 /// Whether the AuthorizationPolicies in force let `peer` (none over
-/// plaintext) at `client_ip` reach `to`. The workload is looked up in the
+/// plaintext) at `client_ip` reach `to`. A new connection refused is
+/// counted by the caller, which knows who the client is; an open one
+/// re-judged was counted when it opened. The workload is looked up in the
 /// current config, so relabelling it changes which policies select it.
 fn authorized(
     proxy: &Proxy,
@@ -392,15 +398,6 @@ fn authorized(
     }
     if !decision.allowed {
         proxy.metrics.fail(Direction::Inbound, Reason::Denied);
-        let labels = proxy.labels(
-            Reporter::Destination,
-            client_ip,
-            peer,
-            to,
-            peer.is_some(),
-            ServiceHint::Endpoint,
-        );
-        proxy.metrics.tcp.refused(labels, ResponseFlags::Deny);
         match &decision.policy {
             Some(policy) => warn!(%policy, "denied by DENY policy"),
             None => warn!("denied: no ALLOW policy matches"),

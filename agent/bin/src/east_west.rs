@@ -28,7 +28,11 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use strait_route::{Plan, plan};
 use strait_state::{NodeState, Snapshot};
-use strait_telemetry::{Direction, Peer, Reason, Reporter, TcpLabels, relay};
+use strait_telemetry::{
+    Direction, Peer, Reason, Reporter, TcpLabels,
+    placement::{Role, WorkloadInfo},
+    relay,
+};
 use strait_upstream::reset;
 
 use crate::metrics::Metrics;
@@ -74,24 +78,69 @@ impl Gateway {
             .find(|g| g.namespace == self.namespace && g.name == self.name)
     }
 
-    /// This gateway as Istio's metrics name it: as its instances'
-    /// workload, else (no instance in the config) by the Gateway's name.
     fn peer(&self, state: &Snapshot, me: &EastWestGateway) -> Peer {
-        let config = &state.config;
-        match config
-            .workloads
-            .iter()
-            .find(|w| config.gateway_of(w).is_some_and(|g| std::ptr::eq(g, me)))
-        {
-            Some(w) => Peer::of(state, w),
-            None => Peer {
-                workload: self.name.clone(),
-                namespace: self.namespace.clone(),
-                app: self.name.clone(),
-                canonical_service: self.name.clone(),
+        named(state, me).0
+    }
+}
+
+/// A gateway as Istio's metrics name it: as its instances' workload, else
+/// (no instance in the config) by the Gateway's name; with that instance.
+fn named<'a>(state: &'a Snapshot, me: &EastWestGateway) -> (Peer, Option<&'a Workload>) {
+    let config = &state.config;
+    match config
+        .workloads
+        .iter()
+        .find(|w| config.gateway_of(w).is_some_and(|g| std::ptr::eq(g, me)))
+    {
+        Some(w) => (Peer::of(state, w), Some(w)),
+        None => (
+            Peer {
+                workload: me.name.clone(),
+                namespace: me.namespace.clone(),
+                app: me.name.clone(),
+                canonical_service: me.name.clone(),
                 ..Peer::unknown()
             },
-        }
+            None,
+        ),
+    }
+}
+
+/// Keeps `strait_workload_info` naming this gateway as the config has it.
+pub struct Placed {
+    pub state: NodeState,
+    pub metrics: Arc<Metrics>,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl Placed {
+    pub fn update(&self) {
+        let state = self.state.snapshot();
+        let Some(me) = state
+            .config
+            .east_west_gateways
+            .iter()
+            .find(|g| g.namespace == self.namespace && g.name == self.name)
+        else {
+            self.metrics.placement.set([]);
+            return;
+        };
+        let (peer, instance) = named(&state, me);
+        let locality = instance.map(|w| w.locality.clone()).unwrap_or_default();
+        self.metrics.placement.set([WorkloadInfo::new(
+            peer,
+            &me.network,
+            &locality,
+            Role::Gateway,
+        )]);
+    }
+}
+
+impl strait_state::reload::Applied for Placed {
+    async fn applied(&self) -> usize {
+        self.update();
+        0
     }
 }
 

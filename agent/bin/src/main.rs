@@ -415,11 +415,18 @@ async fn run_gateway(
     let board = Arc::new(strait_health::Board::new(&args.status_dir));
     board.refresh();
     let board_watch = strait_health::board::watch(board.clone(), reload::POLL);
+    let placed = east_west::Placed {
+        state: state.clone(),
+        metrics: metrics.clone(),
+        namespace: namespace.into(),
+        name: name.into(),
+    };
+    placed.update();
     let follow = reload::Follow {
         state: state.clone(),
         status: reload::initial_status(),
         metrics: metrics.config.clone(),
-        then: (),
+        then: placed,
     };
     match (args.source.config_dir.clone(), cluster) {
         (Some(dir), _) => reload::spawn(dir, follow),

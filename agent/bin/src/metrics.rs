@@ -7,7 +7,7 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
-use strait_telemetry::{Direction, Reason, Tcp};
+use strait_telemetry::{Direction, Reason, Tcp, placement::Placement};
 
 impl EncodeLabelValue for ProbeResult {
     fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
@@ -44,6 +44,8 @@ pub struct ClusterLabels {
 pub struct Metrics {
     /// Connections, Istio's way.
     pub tcp: Tcp,
+    /// Where the workloads served are: `strait_workload_info`.
+    pub placement: Placement,
     /// How config reloads went.
     pub config: Arc<strait_state::reload::Metrics>,
     ejections: Family<ServiceLabels, Counter>,
@@ -82,6 +84,7 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::default();
         let tcp = Tcp::register(&mut registry);
+        let placement = Placement::register(&mut registry);
         let config = Arc::new(strait_state::reload::Metrics::register(&mut registry));
         let trace = strait_trace::otlp::Metrics::register(&mut registry);
         let ejections = Family::<ServiceLabels, Counter>::default();
@@ -150,6 +153,7 @@ impl Metrics {
             tasks,
             trace,
             tcp,
+            placement,
             config,
             ejections,
             probes,

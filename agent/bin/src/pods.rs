@@ -22,6 +22,7 @@ use tokio::{net::TcpListener, task::JoinHandle};
 use tracing::{info, warn};
 
 use strait_state::{NodeState, Snapshot};
+use strait_telemetry::placement::{Role, WorkloadInfo};
 
 use crate::{
     metrics::Metrics,
@@ -438,6 +439,11 @@ impl Pods {
             };
         }
         let members_refused = members.values().filter(|m| m.refused).count();
+        self.metrics.placement.set(
+            members
+                .values()
+                .map(|m| WorkloadInfo::of(state, &m.workload, Role::Workload)),
+        );
         self.metrics.workloads(
             enrolled,
             members.len() - enrolled - members_refused,

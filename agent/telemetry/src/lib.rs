@@ -5,6 +5,7 @@
 //! the waypoint all count connections through this crate.
 pub mod open;
 pub mod peer;
+pub mod placement;
 pub mod relay;
 
 use std::{net::IpAddr, sync::Arc};

@@ -56,7 +56,7 @@ pub(crate) fn boxed(err: Box<dyn std::error::Error + Send + Sync>) -> anyhow::Er
     anyhow::Error::from_boxed(err)
 }
 
-pub fn run() -> Result<()> {
+pub fn run(keep: bool) -> Result<()> {
     let bin = cmd::build_release(&[
         "strait-agent",
         "strait-ca",
@@ -165,8 +165,23 @@ pub fn run() -> Result<()> {
         }
     }
 
-    section("Prometheus (Debian's): scraping east-net's agents, gateway and CA every second");
-    let prometheus = prometheus(&mesh, &topo)?;
+    section(
+        "Prometheus (Debian's), one per network: scraping its agents, gateway, waypoint and CA every second",
+    );
+    let (prometheus, east_forward) = scrape(&mesh, &topo, "east-net", "east-1")?;
+    let (_west_prometheus, west_forward) = scrape(&mesh, &topo, "west-net", "west-1")?;
+    let dashboard = strait_e2e::dashboard::Dashboard::start(
+        &bin,
+        vec![east_forward, west_forward],
+        2,
+        &topo.scratch_dir().join("dashboard"),
+    )
+    .map_err(boxed)?;
+    println!(
+        "  straitctl dashboard: {} (the live topology view, from both; open it while the demo runs,",
+        dashboard.url()
+    );
+    println!("  or run `cargo xtask demo --keep` to keep the demo up and look at it)");
 
     section("certificate authority: strait-ca, its own process, the only holder of the keys");
     for network in ["east-net", "west-net"] {
@@ -386,34 +401,113 @@ pub fn run() -> Result<()> {
         println!("  {line}");
     }
 
+    section("the topology view (straitctl dashboard): what its page draws now");
+    print_graph(&dashboard.graph().map_err(boxed)?)?;
+    if keep {
+        let _trickle = trickle(&topo)?;
+        println!();
+        println!(
+            "  the demo stays up: {} (updated every 2 s; a request a second from frontend",
+            dashboard.url()
+        );
+        println!("  and client-west keeps it live). Press Enter to tear it down.");
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+    }
+    drop(dashboard);
     teardown(agents, topo, "")
 }
 
-/// Prometheus in east-1's namespace, scraping every agent and gateway of
-/// east-net and its CA; returns once every target is up.
-fn prometheus(mesh: &Mesh<'_>, topo: &Topology) -> Result<strait_e2e::prometheus::Prometheus> {
-    let east: Vec<_> = topo
+/// The dashboard's graph, as lines: each edge with its counts, security
+/// and gateway.
+fn print_graph(graph: &serde_json::Value) -> Result<()> {
+    let nodes = graph["nodes"].as_array().map_or(0, Vec::len);
+    let edges = graph["edges"].as_array().cloned().unwrap_or_default();
+    println!("  {nodes} workloads and gateways, {} edges:", edges.len());
+    for e in &edges {
+        let via = e["via"]
+            .as_array()
+            .map(|v| {
+                v.iter()
+                    .filter_map(|g| g.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default();
+        println!(
+            "  {:<30} -> {:<30} {:>5} conn {:>5} req  {:<10} {}",
+            e["source"].as_str().unwrap_or("?"),
+            e["target"].as_str().unwrap_or("?"),
+            e["connections"],
+            e["requests"],
+            e["security"].as_str().unwrap_or("?"),
+            if via.is_empty() {
+                String::new()
+            } else {
+                format!("via {via}")
+            }
+        );
+    }
+    if edges.is_empty() {
+        bail!("the dashboard's graph has no edges");
+    }
+    Ok(())
+}
+
+/// While the demo is kept up: a request a second (for an hour at most)
+/// from frontend to backend and from client-west to backend-west.
+fn trickle(topo: &Topology) -> Result<Vec<Process>> {
+    let mut loops = Vec::new();
+    for (pod, url) in [
+        ("frontend", "http://10.96.0.80:8080/marker"),
+        ("client-west", "http://10.96.0.81:8080/marker"),
+    ] {
+        let script = format!(
+            "for i in $(seq 3600); do curl -s -o /dev/null --max-time 2 {url}; sleep 1; done"
+        );
+        loops.push(topo.pod(pod)?.spawn(&["sh", "-c", &script])?);
+    }
+    Ok(loops)
+}
+
+/// Prometheus in `node`'s namespace, scraping every agent and gateway of
+/// `network`, its waypoints and its CA; returns once every target is up,
+/// with a loopback forward to it for the dashboard.
+fn scrape(
+    mesh: &Mesh<'_>,
+    topo: &Topology,
+    network: &str,
+    node: &str,
+) -> Result<(strait_e2e::prometheus::Prometheus, strait_topology::Forward)> {
+    let agents: Vec<String> = topo
         .nodes()
         .iter()
-        .filter(|n| n.spec.network == "east-net")
-        .collect();
-    let agents: Vec<String> = east
-        .iter()
+        .filter(|n| n.spec.network == network)
         .map(|n| format!("{}:15020", n.addrs.ipv4))
         .collect();
+    let waypoints: Vec<String> = topo
+        .pods()
+        .iter()
+        .filter(|p| p.name == "waypoint")
+        .filter(|p| topo.node(&p.node).is_ok_and(|n| n.spec.network == network))
+        .map(|p| format!("{}:15020", p.ipv4))
+        .collect();
     let cas: Vec<String> = mesh
-        .ca_of("east-net")
+        .ca_of(network)
         .map(|(_, addr, _)| format!("{}:{}", addr.ip(), addr.port() + 2))
         .into_iter()
         .collect();
+    // Waypoints start later in the scenario.
     let targets = agents.len() + cas.len();
-    let east_1 = topo.node("east-1")?;
+    let place = &topo.node(node)?.place;
+    let ip = topo.node(node)?.addrs.ipv4;
     let prometheus = strait_e2e::prometheus::Prometheus::start(
-        &east_1.place,
-        east_1.addrs.ipv4.into(),
-        &topo.scratch_dir().join("prometheus"),
+        place,
+        ip.into(),
+        &topo.scratch_dir().join(format!("prometheus-{network}")),
         &[
             ("strait-agents", agents.clone()),
+            ("strait-waypoints", waypoints.clone()),
             ("strait-ca", cas.clone()),
         ],
     )
@@ -422,12 +516,17 @@ fn prometheus(mesh: &Mesh<'_>, topo: &Topology) -> Result<strait_e2e::prometheus
         .wait_up(targets, Duration::from_secs(60))
         .map_err(boxed)?;
     println!(
-        "  http://{} (in east-1's namespace): agents and gateway {}, CA {}",
+        "  {network}: http://{} (in {node}'s namespace): agents and gateway {}, waypoints [{}], CA {}",
         prometheus.addr(),
         agents.join(" "),
+        waypoints.join(" "),
         cas.join(" ")
     );
-    Ok(prometheus)
+    let forward = place.forward(std::net::SocketAddr::new(
+        ip.into(),
+        strait_e2e::prometheus::PORT,
+    ))?;
+    Ok((prometheus, forward))
 }
 
 /// The reviews service, bound to the waypoint: a header route, an 80/20

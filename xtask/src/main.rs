@@ -49,6 +49,10 @@ enum Task {
         /// a directory; setup builds kube-apiserver first if needed.
         #[arg(long)]
         kube: bool,
+        /// Keep the embedded demo up after its scenario, with a trickle of
+        /// traffic, to look at the dashboard; Enter tears it down.
+        #[arg(long, conflicts_with = "kube")]
+        keep: bool,
     },
     /// Build the container image (static binaries, from scratch, with
     /// buildah) and write it as an OCI archive.
@@ -78,11 +82,11 @@ fn main() -> Result<()> {
             test::run(filter.as_deref())
         }
         // The embedded default runs without an API server.
-        Task::Demo { kube: false } => {
+        Task::Demo { kube: false, keep } => {
             setup::run(Job::Demo)?;
-            demo::run()
+            demo::run(keep)
         }
-        Task::Demo { kube: true } => {
+        Task::Demo { kube: true, .. } => {
             setup::run(Job::Kube)?;
             demo_kube::run()
         }

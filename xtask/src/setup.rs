@@ -54,6 +54,8 @@ const IMAGE_PACKAGES: &[Package] = &[
     package("podman", &[Program("podman")]),
     package("runc", &[Program("runc")]),
 ];
+/// The topology view's test loads the page in a headless browser.
+const BROWSER_PACKAGES: &[Package] = &[package("chromium", &[Program("chromium")])];
 /// The static binaries' target.
 const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
 
@@ -83,7 +85,12 @@ impl Job {
         let mut lists = vec![BASE_PACKAGES];
         match self {
             Job::Demo => {}
-            Job::Kube => lists.extend([kube::BUILD_PACKAGES, IMAGE_PACKAGES, tools::PACKAGES]),
+            Job::Kube => lists.extend([
+                kube::BUILD_PACKAGES,
+                IMAGE_PACKAGES,
+                tools::PACKAGES,
+                BROWSER_PACKAGES,
+            ]),
             Job::Image => lists.push(IMAGE_PACKAGES),
             Job::Kind => lists.extend([IMAGE_PACKAGES, tools::PACKAGES]),
             Job::Vagrant => lists.extend([IMAGE_PACKAGES, vagrant::PACKAGES]),

@@ -1,5 +1,7 @@
 //! `straitctl`: the user's view of strait.
 mod admin;
+mod dashboard;
+mod output;
 mod validate;
 mod waypoint;
 
@@ -7,6 +9,7 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use output::Output;
 use serde::Deserialize;
 
 #[derive(Parser, Debug)]
@@ -82,18 +85,15 @@ enum Command {
         #[arg(long)]
         level: Option<String>,
     },
+    /// A live topology view of the mesh from Prometheus: a web page of
+    /// workloads grouped by network, cluster and locality, and the edges
+    /// between them (rates, bytes, errors, mutual TLS, gateways).
+    Dashboard(dashboard::Args),
     /// Waypoints, as `istioctl waypoint`: generate, apply, delete, list.
     Waypoint {
         #[command(subcommand)]
         command: waypoint::Command,
     },
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-enum Output {
-    Table,
-    Json,
-    Yaml,
 }
 
 impl Cli {
@@ -211,7 +211,14 @@ fn main() -> ExitCode {
             .enable_all()
             .build()
             .context("starting the runtime")
-            .and_then(|runtime| runtime.block_on(waypoint::run(command)))
+            .and_then(|runtime| runtime.block_on(waypoint::run(command, cli.output())))
+            .map(|()| ExitCode::SUCCESS),
+        Command::Dashboard(args) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .context("starting the runtime")
+            .and_then(|runtime| runtime.block_on(dashboard::run(args)))
             .map(|()| ExitCode::SUCCESS),
         Command::Capture => inspect(&cli, "/capture", |body| {
             Ok(render_capture(&serde_json::from_str(body)?))

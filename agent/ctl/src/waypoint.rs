@@ -12,7 +12,10 @@ use kube::{
     Api,
     api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams},
 };
+use serde::Serialize;
 use serde_json::json;
+
+use crate::output::Output;
 use strait_config::{
     Config,
     names::check_label,
@@ -147,11 +150,18 @@ spec:
     }
 }
 
-pub async fn run(command: &Command) -> Result<()> {
+pub async fn run(command: &Command, output: Output) -> Result<()> {
     match command {
         Command::Generate(spec) => {
             spec.check()?;
-            print!("{}", spec.yaml());
+            let yaml = spec.yaml();
+            if output == Output::Json {
+                let value: serde_json::Value =
+                    serde_saphyr::from_str(&yaml).context("the generated Gateway")?;
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else {
+                print!("{yaml}");
+            }
             Ok(())
         }
         Command::Apply {
@@ -198,7 +208,10 @@ pub async fn run(command: &Command) -> Result<()> {
         }
         Command::List { namespace, source } => {
             let config = load(source).await?;
-            print!("{}", table(&config, namespace.as_deref()));
+            print!(
+                "{}",
+                output.render(listed(&config, namespace.as_deref()).as_slice(), table)?
+            );
             Ok(())
         }
         Command::Clusters {
@@ -207,7 +220,8 @@ pub async fn run(command: &Command) -> Result<()> {
             source,
         } => {
             let config = load(source).await?;
-            print!("{}", clusters(&config, find(&config, namespace, name)?));
+            let rows = clusters(&config, find(&config, namespace, name)?);
+            print!("{}", output.render(rows.as_slice(), clusters_table)?);
             Ok(())
         }
         Command::Routes {
@@ -216,7 +230,8 @@ pub async fn run(command: &Command) -> Result<()> {
             source,
         } => {
             let config = load(source).await?;
-            print!("{}", routes(&config, find(&config, namespace, name)?));
+            let services = routes(&config, find(&config, namespace, name)?);
+            print!("{}", output.render(services.as_slice(), routes_text)?);
             Ok(())
         }
     }
@@ -239,9 +254,29 @@ async fn load(source: &SourceArgs) -> Result<std::sync::Arc<Config>> {
     }
 }
 
+/// One bound service's routes, as the waypoint applies them.
+#[derive(Serialize)]
+pub struct ServiceRoutes {
+    /// `namespace/name`.
+    pub service: String,
+    pub host: String,
+    /// `VirtualService ns/name`, or `Gateway API routes`; none without
+    /// routes (straight to its endpoints).
+    pub from: Option<String>,
+    pub routes: Vec<RouteRow>,
+}
+
+#[derive(Serialize)]
+pub struct RouteRow {
+    pub name: Option<String>,
+    /// Any of these (none: every request).
+    pub matches: Vec<String>,
+    pub to: String,
+}
+
 /// What the waypoint applies to each service bound to it.
-pub fn routes(config: &Config, waypoint: &Model) -> String {
-    let mut out = String::new();
+pub fn routes(config: &Config, waypoint: &Model) -> Vec<ServiceRoutes> {
+    let mut out = Vec::new();
     for service in bound(config, waypoint) {
         let host = service.hosts.first().cloned().unwrap_or_default();
         // Destination hosts as the waypoint reads them: qualified in the
@@ -258,59 +293,81 @@ pub fn routes(config: &Config, waypoint: &Model) -> String {
                 service.namespace.as_str(),
             ),
         };
-        if list.is_empty() {
+        let rows = list
+            .iter()
+            .map(|route| RouteRow {
+                name: route.name.clone(),
+                matches: route.matches.iter().map(describe_match).collect(),
+                to: destinations(route, namespace),
+            })
+            .collect::<Vec<_>>();
+        out.push(ServiceRoutes {
+            service: format!("{}/{}", service.namespace, service.name),
+            host,
+            from: (!rows.is_empty()).then_some(from),
+            routes: rows,
+        });
+    }
+    out
+}
+
+/// Where a route sends what it matches, in a few words.
+fn destinations(route: &strait_config::manifest::networking::HttpRoute, namespace: &str) -> String {
+    if let Some(r) = &route.redirect {
+        return format!("redirect {}", r.uri.as_deref().unwrap_or("(same path)"));
+    }
+    if let Some(d) = &route.direct_response {
+        return format!("direct response {}", d.status);
+    }
+    route
+        .route
+        .iter()
+        .map(|d| {
+            let subset = d
+                .destination
+                .subset
+                .as_ref()
+                .map(|s| format!(" subset {s}"))
+                .unwrap_or_default();
+            let port = d
+                .destination
+                .port
+                .as_ref()
+                .map(|p| format!(":{}", p.number))
+                .unwrap_or_default();
+            let weight = d.weight.map(|w| format!(" ({w})")).unwrap_or_default();
+            let host = strait_config::qualify(&d.destination.host, namespace);
+            format!("{host}{port}{subset}{weight}")
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The routes as text: a service a paragraph, a route a numbered line.
+fn routes_text(services: &[ServiceRoutes]) -> String {
+    let mut out = String::new();
+    for s in services {
+        let Some(from) = &s.from else {
             let _ = writeln!(
                 out,
-                "service {}/{} ({host}): no routes: straight to its endpoints",
-                service.namespace, service.name
+                "service {} ({}): no routes: straight to its endpoints",
+                s.service, s.host
             );
             continue;
-        }
-        let _ = writeln!(
-            out,
-            "service {}/{} ({host}): {from}",
-            service.namespace, service.name
-        );
-        for (i, route) in list.iter().enumerate() {
-            let matches: Vec<String> = route.matches.iter().map(describe_match).collect();
-            let matched = if matches.is_empty() {
+        };
+        let _ = writeln!(out, "service {} ({}): {from}", s.service, s.host);
+        for (i, route) in s.routes.iter().enumerate() {
+            let matched = if route.matches.is_empty() {
                 "every request".to_string()
             } else {
-                matches.join(" | ")
-            };
-            let to = if let Some(r) = &route.redirect {
-                format!("redirect {}", r.uri.as_deref().unwrap_or("(same path)"))
-            } else if let Some(d) = &route.direct_response {
-                format!("direct response {}", d.status)
-            } else {
-                route
-                    .route
-                    .iter()
-                    .map(|d| {
-                        let subset = d
-                            .destination
-                            .subset
-                            .as_ref()
-                            .map(|s| format!(" subset {s}"))
-                            .unwrap_or_default();
-                        let port = d
-                            .destination
-                            .port
-                            .as_ref()
-                            .map(|p| format!(":{}", p.number))
-                            .unwrap_or_default();
-                        let weight = d.weight.map(|w| format!(" ({w})")).unwrap_or_default();
-                        let host = strait_config::qualify(&d.destination.host, namespace);
-                        format!("{host}{port}{subset}{weight}")
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                route.matches.join(" | ")
             };
             let _ = writeln!(
                 out,
-                "  {}. {}: {matched} -> {to}",
+                "  {}. {}: {matched} -> {}",
                 i + 1,
-                route.name.as_deref().unwrap_or("-")
+                route.name.as_deref().unwrap_or("-"),
+                route.to
             );
         }
     }
@@ -341,7 +398,7 @@ fn bound<'a>(
 /// Where the waypoint sends requests: each destination of its bound
 /// services' routes (and each bound service itself), with the policy it
 /// applies there and the endpoints.
-pub fn clusters(config: &Config, waypoint: &Model) -> String {
+pub fn clusters(config: &Config, waypoint: &Model) -> Vec<ClusterRow> {
     // (host, port, subset), ports None for all of the service's.
     let mut destinations: Vec<(String, Option<u16>, Option<String>)> = Vec::new();
     let mut add = |d: (String, Option<u16>, Option<String>)| {
@@ -390,19 +447,18 @@ pub fn clusters(config: &Config, waypoint: &Model) -> String {
         .next()
         .map(|w| w.labels.clone())
         .unwrap_or_default();
-    let mut out = String::new();
-    let _ = writeln!(out, "{:<64} {:<44} POLICY", "CLUSTER", "ENDPOINTS");
+    let mut out = Vec::new();
     for (host, port, subset) in destinations {
         let Some(at) = config.find_service(&host) else {
-            let _ = writeln!(
-                out,
-                "{:<64} {:<44} -",
-                format!(
+            out.push(ClusterRow {
+                cluster: format!(
                     "outbound|{}||{host}",
                     port.map(|p| p.to_string()).unwrap_or_default()
                 ),
-                "(no such service)"
-            );
+                endpoints: Vec::new(),
+                policy: None,
+                problem: Some("no such service".into()),
+            });
             continue;
         };
         let rule = config.destination_rule(at, &waypoint.namespace, &labels);
@@ -434,25 +490,64 @@ pub fn clusters(config: &Config, waypoint: &Model) -> String {
                 }
                 Err(_) => Vec::new(),
             };
-            let endpoints = if endpoints.is_empty() {
-                "-".to_string()
-            } else {
-                endpoints.join(",")
-            };
-            let name = format!(
+            let cluster = format!(
                 "outbound|{port}|{}|{host}",
                 subset.as_deref().unwrap_or_default()
             );
             if subset.is_some() && subset_labels.is_none() {
-                let _ = writeln!(
-                    out,
-                    "{name:<64} {:<44} no such subset in the DestinationRule",
-                    "-"
-                );
+                out.push(ClusterRow {
+                    cluster,
+                    endpoints: Vec::new(),
+                    policy: None,
+                    problem: Some("no such subset in the DestinationRule".into()),
+                });
                 continue;
             }
-            let _ = writeln!(out, "{name:<64} {endpoints:<44} {}", policy(rule, port));
+            out.push(ClusterRow {
+                cluster,
+                endpoints,
+                policy: policy(rule, port),
+                problem: None,
+            });
         }
+    }
+    out
+}
+
+/// One destination of a waypoint, as Istio names its clusters.
+#[derive(Serialize)]
+pub struct ClusterRow {
+    /// `outbound|port|subset|host`.
+    pub cluster: String,
+    /// `address(workload)`, `host:port(dns)`, or `(the address dialled)`.
+    pub endpoints: Vec<String>,
+    /// The DestinationRule's policy there, in a few words.
+    pub policy: Option<String>,
+    /// Why there is nothing to send to.
+    pub problem: Option<String>,
+}
+
+fn clusters_table(rows: &[ClusterRow]) -> String {
+    let endpoints: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            if r.endpoints.is_empty() {
+                "-".to_string()
+            } else {
+                r.endpoints.join(",")
+            }
+        })
+        .collect();
+    let name_w = crate::width("CLUSTER", rows.iter().map(|r| r.cluster.as_str()));
+    let ep_w = crate::width("ENDPOINTS", endpoints.iter().map(String::as_str));
+    let mut out = format!("{:<name_w$} {:<ep_w$} POLICY\n", "CLUSTER", "ENDPOINTS");
+    for (r, endpoints) in rows.iter().zip(&endpoints) {
+        let policy = match (&r.problem, &r.policy) {
+            (Some(problem), _) => problem.clone(),
+            (None, Some(policy)) => policy.clone(),
+            (None, None) => "-".into(),
+        };
+        let _ = writeln!(out, "{:<name_w$} {endpoints:<ep_w$} {policy}", r.cluster);
     }
     out
 }
@@ -461,10 +556,8 @@ pub fn clusters(config: &Config, waypoint: &Model) -> String {
 fn policy(
     rule: Option<&strait_config::manifest::networking::DestinationRuleSpec>,
     port: u16,
-) -> String {
-    let Some(traffic) = rule.and_then(|r| r.traffic_policy.as_ref()) else {
-        return "-".into();
-    };
+) -> Option<String> {
+    let traffic = rule.and_then(|r| r.traffic_policy.as_ref())?;
     let level = traffic
         .port_level_settings
         .iter()
@@ -521,11 +614,7 @@ fn policy(
     if let Some(mode) = tls.and_then(|t| t.mode.as_deref()) {
         said.push(format!("tls {mode}"));
     }
-    if said.is_empty() {
-        "-".into()
-    } else {
-        said.join("; ")
-    }
+    (!said.is_empty()).then(|| said.join("; "))
 }
 
 fn describe_match(m: &strait_config::manifest::networking::HttpMatch) -> String {
@@ -727,61 +816,104 @@ async fn delete_from_cluster(access: &Access, namespace: &str, names: &[String])
 }
 
 /// A line per waypoint: its traffic, instances, and what is bound to it.
-pub fn table(config: &Config, namespace: Option<&str>) -> String {
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "{:<16} {:<16} {:<9} {:<28} {:<40} WORKLOADS",
-        "NAMESPACE", "NAME", "FOR", "INSTANCES", "SERVICES"
-    );
+/// A waypoint: where its instances are, what is bound to it.
+#[derive(Serialize)]
+pub struct Listed {
+    pub namespace: String,
+    pub name: String,
+    /// `istio.io/waypoint-for`.
+    #[serde(rename = "for")]
+    pub traffic: String,
+    /// `name(address)`.
+    pub instances: Vec<String>,
+    /// `namespace/name`.
+    pub services: Vec<String>,
+    pub workloads: Vec<String>,
+}
+
+pub fn listed(config: &Config, namespace: Option<&str>) -> Vec<Listed> {
     let ours = |w: Option<&Model>, m: &Model| {
         w.is_some_and(|w| w.name == m.name && w.namespace == m.namespace)
     };
-    for waypoint in config
+    config
         .waypoints
         .iter()
         .filter(|w| namespace.is_none_or(|n| n == w.namespace))
-    {
-        let instances: Vec<String> = config
-            .waypoint_instances(waypoint)
-            .map(|w| {
-                let address = w
-                    .addresses
-                    .first()
-                    .map(|a| a.to_string())
-                    .unwrap_or_default();
-                format!("{}({address})", w.name)
-            })
-            .collect();
-        let services: Vec<String> = config
-            .services
-            .iter()
-            .filter(|s| ours(config.service_waypoint(s), waypoint))
-            .map(|s| format!("{}/{}", s.namespace, s.name))
-            .collect();
-        let workloads: Vec<String> = config
-            .workloads
-            .iter()
-            .filter(|w| ours(config.workload_waypoint(w), waypoint))
-            .map(|w| format!("{}/{}", w.namespace, w.name))
-            .collect();
-        let list = |v: &[String]| {
-            if v.is_empty() {
-                "-".to_string()
-            } else {
-                v.join(",")
-            }
-        };
-        let _ = writeln!(
-            out,
-            "{:<16} {:<16} {:<9} {:<28} {:<40} {}",
-            waypoint.namespace,
-            waypoint.name,
-            format!("{:?}", waypoint.traffic).to_ascii_lowercase(),
-            list(&instances),
-            list(&services),
-            list(&workloads)
-        );
+        .map(|waypoint| Listed {
+            namespace: waypoint.namespace.clone(),
+            name: waypoint.name.clone(),
+            traffic: format!("{:?}", waypoint.traffic).to_ascii_lowercase(),
+            instances: config
+                .waypoint_instances(waypoint)
+                .map(|w| {
+                    let address = w
+                        .addresses
+                        .first()
+                        .map(|a| a.to_string())
+                        .unwrap_or_default();
+                    format!("{}({address})", w.name)
+                })
+                .collect(),
+            services: config
+                .services
+                .iter()
+                .filter(|s| ours(config.service_waypoint(s), waypoint))
+                .map(|s| format!("{}/{}", s.namespace, s.name))
+                .collect(),
+            workloads: config
+                .workloads
+                .iter()
+                .filter(|w| ours(config.workload_waypoint(w), waypoint))
+                .map(|w| format!("{}/{}", w.namespace, w.name))
+                .collect(),
+        })
+        .collect()
+}
+
+pub fn table(waypoints: &[Listed]) -> String {
+    let list = |v: &[String]| {
+        if v.is_empty() {
+            "-".to_string()
+        } else {
+            v.join(",")
+        }
+    };
+    let rows: Vec<[String; 6]> = waypoints
+        .iter()
+        .map(|w| {
+            [
+                w.namespace.clone(),
+                w.name.clone(),
+                w.traffic.clone(),
+                list(&w.instances),
+                list(&w.services),
+                list(&w.workloads),
+            ]
+        })
+        .collect();
+    let headers = [
+        "NAMESPACE",
+        "NAME",
+        "FOR",
+        "INSTANCES",
+        "SERVICES",
+        "WORKLOADS",
+    ];
+    let widths: Vec<usize> = (0..5)
+        .map(|i| crate::width(headers[i], rows.iter().map(|r| r[i].as_str())))
+        .collect();
+    let line = |cells: [&str; 6]| {
+        let mut out = String::new();
+        for (cell, w) in cells.iter().zip(&widths) {
+            let _ = write!(out, "{cell:<w$} ");
+        }
+        out.push_str(cells[5]);
+        out.push('\n');
+        out
+    };
+    let mut out = line(headers);
+    for r in &rows {
+        out.push_str(&line([&r[0], &r[1], &r[2], &r[3], &r[4], &r[5]]));
     }
     out
 }

@@ -212,6 +212,82 @@ fn a_waypoint_is_generated_applied_listed_and_deleted() {
         "{v2}"
     );
 
+    // The same three as JSON and YAML, for scripts.
+    let json = |args: &[&str]| -> serde_json::Value {
+        let (ok, out, err) = straitctl(args);
+        assert!(ok, "{args:?}: {err}");
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"))
+    };
+    let listed = json(&["waypoint", "list", "--config-dir", d, "-o", "json"]);
+    let ours = listed
+        .as_array()
+        .and_then(|l| l.iter().find(|w| w["name"] == "reviews-wp"))
+        .unwrap_or_else(|| panic!("{listed}"));
+    assert_eq!(ours["for"], "service");
+    assert_eq!(ours["instances"][0], "reviews-wp-1(10.1.0.50)");
+    assert!(
+        ours["services"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|s| s == "shop/reviews")),
+        "{ours}"
+    );
+    let routes = json(&[
+        "waypoint",
+        "routes",
+        "reviews-wp",
+        "-n",
+        "shop",
+        "--config-dir",
+        d,
+        "-o",
+        "json",
+    ]);
+    let reviews = routes
+        .as_array()
+        .and_then(|l| l.iter().find(|s| s["service"] == "shop/reviews"))
+        .unwrap_or_else(|| panic!("{routes}"));
+    assert_eq!(reviews["from"], "VirtualService shop/reviews");
+    assert_eq!(reviews["routes"][0]["name"], "jason");
+    assert_eq!(
+        reviews["routes"][0]["matches"][0],
+        "header end-user = jason"
+    );
+    let clusters = json(&[
+        "waypoint",
+        "clusters",
+        "reviews-wp",
+        "-n",
+        "shop",
+        "--config-dir",
+        d,
+        "-o",
+        "json",
+    ]);
+    let v2 = clusters
+        .as_array()
+        .and_then(|l| {
+            l.iter()
+                .find(|c| c["cluster"] == "outbound|9080|v2|reviews.shop.svc.cluster.local")
+        })
+        .unwrap_or_else(|| panic!("{clusters}"));
+    assert_eq!(
+        v2["endpoints"],
+        serde_json::json!(["10.1.0.12:9080(reviews-v2)"])
+    );
+    let (ok, yaml, err) = straitctl(&["waypoint", "list", "--config-dir", d, "-o", "yaml"]);
+    assert!(ok, "{err}");
+    assert!(yaml.contains("name: reviews-wp"), "{yaml}");
+    let generated = json(&[
+        "waypoint",
+        "generate",
+        "reviews-wp",
+        "-n",
+        "shop",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(generated["spec"]["gatewayClassName"], "istio-waypoint");
+
     // A cluster-only flag, and a bad name, are refused with the reason.
     let (ok, _, err) = straitctl(&[
         "waypoint",

@@ -13,6 +13,7 @@ use std::{
 use strait_topology::{Locality, Node, Place, Pod, Process, Spec, Topology};
 
 pub mod ca;
+pub mod dashboard;
 pub mod install;
 pub mod kube;
 pub mod kubelet;
@@ -679,6 +680,11 @@ impl<'t> Mesh<'t> {
     pub fn new(topo: &'t Topology) -> Result<Self> {
         let agent = strait_bin("strait-agent");
         Self::with_bin_dir(topo, agent.parent().map(PathBuf::from).unwrap_or_default())
+    }
+
+    /// Where the mesh's binaries are.
+    pub fn bin_dir(&self) -> &Path {
+        &self.bin_dir
     }
 
     /// A mesh run by the binaries in `bin_dir` (a release build, say).

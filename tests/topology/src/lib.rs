@@ -14,6 +14,7 @@
 //! test panics; objects left by a process that died without unwinding are
 //! removed by the next [`Topology::create`] (see [`names`]).
 pub mod capture;
+pub mod forward;
 pub mod host;
 pub mod names;
 pub mod netlink;
@@ -28,6 +29,7 @@ use std::{
 };
 
 pub use capture::{PacketCapture, Pcap};
+pub use forward::Forward;
 pub use host::Host;
 pub use names::RunId;
 pub use process::{Place, Process};

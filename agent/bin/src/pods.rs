@@ -439,10 +439,17 @@ impl Pods {
             };
         }
         let members_refused = members.values().filter(|m| m.refused).count();
+        // Waypoint instances are never members, but are the mesh's too.
+        let waypoints = state
+            .config
+            .workloads_on(&state.node)
+            .filter(|w| state.config.enrollment(w) == strait_config::Enrollment::Waypoint)
+            .map(|w| WorkloadInfo::of(state, w, Role::Waypoint));
         self.metrics.placement.set(
             members
                 .values()
-                .map(|m| WorkloadInfo::of(state, &m.workload, Role::Workload)),
+                .map(|m| WorkloadInfo::of(state, &m.workload, Role::Workload))
+                .chain(waypoints),
         );
         self.metrics.workloads(
             enrolled,

@@ -23,6 +23,8 @@ pub enum Role {
     Workload,
     /// An east-west gateway: other networks reach this one through it.
     Gateway,
+    /// A waypoint's instance (not captured: it speaks HBONE itself).
+    Waypoint,
 }
 
 impl Role {
@@ -30,6 +32,7 @@ impl Role {
         match self {
             Self::Workload => "workload",
             Self::Gateway => "gateway",
+            Self::Waypoint => "waypoint",
         }
     }
 }

@@ -97,19 +97,25 @@ function layout(nodes) {
     height = Math.max(height, 20 + h);
     x += w + NET_GAP;
   }
+  let width = Math.max(x - NET_GAP + 20, 400);
+  // Below the networks, in rows: what no proxy placed (destinations
+  // outside the mesh, clients known only by namespace).
   if (outside.length) {
     outside.sort((a, b) => a.id.localeCompare(b.id));
-    const h = HEAD + PAD + outside.length * (NODE_H + GAP) - GAP + PAD;
-    groups.push({ kind: "outside", name: "not placed by a proxy", path: "outside", x, y: 20, w: NODE_W + 2 * PAD, h });
-    let ny = 20 + HEAD + PAD;
-    for (const n of outside) {
-      pos.set(n.id, { x: x + PAD, y: ny, path: "outside" });
-      ny += NODE_H + GAP;
-    }
-    height = Math.max(height, 20 + h);
-    x += NODE_W + 2 * PAD + NET_GAP;
+    const top = height + 40;
+    const perRow = Math.max(1, Math.floor((width - 40 - 2 * PAD + GAP) / (NODE_W + GAP)));
+    const rows = Math.ceil(outside.length / perRow);
+    const w = Math.min(outside.length, perRow) * (NODE_W + GAP) - GAP + 2 * PAD;
+    const h = HEAD + PAD + rows * (NODE_H + GAP) - GAP + PAD;
+    groups.push({ kind: "outside", name: "not placed by a proxy", path: "outside", x: 20, y: top, w, h });
+    outside.forEach((n, i) => {
+      const col = i % perRow, r = Math.floor(i / perRow);
+      pos.set(n.id, { x: 20 + PAD + col * (NODE_W + GAP), y: top + HEAD + PAD + r * (NODE_H + GAP), path: "outside" });
+    });
+    height = top + h;
+    width = Math.max(width, 20 + w + 20);
   }
-  return { pos, groups, width: x - NET_GAP + 20, height: height + 20 };
+  return { pos, groups, width, height: height + 20 };
 }
 
 function edgeClass(e) {
@@ -118,11 +124,14 @@ function edgeClass(e) {
   return e.security === "mutual_tls" ? "mtls" : "plain";
 }
 
+// Rates while traffic flows; what was counted in all once it stops.
 function edgeLabel(e) {
   const parts = [];
-  if (e.protocol === "http") parts.push(human(e.requests_per_s, "req/s"));
+  const live = e.connections_per_s > 0 || e.requests_per_s > 0;
+  if (!live) parts.push(e.protocol === "http" ? human(e.requests, "req") : human(e.connections, "conn"));
+  else if (e.protocol === "http") parts.push(human(e.requests_per_s, "req/s"));
   else parts.push(human(e.connections_per_s, "conn/s"));
-  parts.push(human(e.bytes_per_s, "B/s"));
+  if (live) parts.push(human(e.bytes_per_s, "B/s"));
   if (e.error_ratio > 0) parts.push((e.error_ratio * 100).toFixed(1) + "% err");
   return parts.join(" · ");
 }
@@ -203,8 +212,12 @@ function render(doc) {
       "data-placed": n.placed, "data-group": p.path,
     }, nodeLayer);
     el("rect", { x: p.x, y: p.y, width: NODE_W, height: NODE_H }, ge);
-    text(ge, p.x + 10, p.y + 18, n.name, "name");
-    text(ge, p.x + 10, p.y + 34, n.role === "gateway" ? "gateway · " + n.namespace : n.namespace + (n.placed ? "" : " · " + n.role), "sub");
+    // Long names are cut to the box; the whole one is its tooltip.
+    const title = el("title", {}, ge);
+    title.textContent = n.id;
+    text(ge, p.x + 10, p.y + 18, n.name.length > 28 ? n.name.slice(0, 27) + "…" : n.name, "name");
+    const sub = n.role === "workload" ? n.namespace : n.role + " · " + n.namespace;
+    text(ge, p.x + 10, p.y + 34, sub, "sub");
     ge.addEventListener("click", () => select("node=" + n.id));
   }
   details(doc);

@@ -23,6 +23,14 @@ struct Cli {
         default_value = "127.0.0.1:15000"
     )]
     admin: SocketAddr,
+    /// In Kubernetes: the agent on this node, through the API server's
+    /// port-forward to its pod (at `--admin`'s port; the cluster from
+    /// KUBECONFIG, ~/.kube/config, or in-cluster).
+    #[arg(long, global = true, conflicts_with = "pod")]
+    node: Option<String>,
+    /// In Kubernetes: the agent on this pod's node (`namespace/name`).
+    #[arg(long, global = true)]
+    pod: Option<String>,
     /// How to print: a table (or text), or the agent's document as JSON
     /// or YAML.
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Table)]
@@ -99,6 +107,10 @@ enum Command {
 impl Cli {
     fn output(&self) -> Output {
         if self.json { Output::Json } else { self.output }
+    }
+
+    fn target(&self) -> Result<admin::Target> {
+        admin::Target::new(self.admin, self.node.as_deref(), self.pod.as_deref())
     }
 }
 
@@ -199,7 +211,7 @@ struct ProgramReport {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
-        Command::Validate { path } => validate::run(path, cli.output() == Output::Json),
+        Command::Validate { path } => validate::run(path, cli.output()),
         Command::Crds => {
             use std::io::Write;
             std::io::stdout()
@@ -254,9 +266,10 @@ fn main() -> ExitCode {
                     let query: String = form_urlencoded::Serializer::new(String::new())
                         .append_pair("level", level)
                         .finish();
-                    admin::post(cli.admin, &format!("/logging?{query}"))
+                    cli.target()
+                        .and_then(|t| admin::post(&t, &format!("/logging?{query}")))
                 }
-                None => admin::get(cli.admin, "/logging"),
+                None => cli.target().and_then(|t| admin::get(&t, "/logging")),
             };
             answer.map(|filter| {
                 print!("{filter}");
@@ -293,13 +306,9 @@ fn inspect(
     path: &str,
     render: fn(&str) -> serde_json::Result<String>,
 ) -> Result<ExitCode> {
-    let body = admin::get(cli.admin, path)?;
-    let unexpected = || {
-        format!(
-            "the agent at {} sent an unexpected {path} document",
-            cli.admin
-        )
-    };
+    let target = cli.target()?;
+    let body = admin::get(&target, path)?;
+    let unexpected = || format!("{target} sent an unexpected {path} document");
     let text = match cli.output() {
         Output::Json => format!("{body}\n"),
         Output::Yaml => {

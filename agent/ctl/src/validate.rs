@@ -5,7 +5,9 @@ use std::{io::Read, path::Path, process::ExitCode};
 use anyhow::{Context, Result};
 use strait_config::{Report, Verdict, check_path, check_text};
 
-pub fn run(path: &Path, json: bool) -> Result<ExitCode> {
+use crate::output::Output;
+
+pub fn run(path: &Path, output: Output) -> Result<ExitCode> {
     let report = if path == Path::new("-") {
         let mut text = String::new();
         std::io::stdin()
@@ -18,12 +20,10 @@ pub fn run(path: &Path, json: bool) -> Result<ExitCode> {
         }
         check_path(path).0
     };
-    if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print!("{report}");
-        println!("{}", summary(&report));
-    }
+    print!(
+        "{}",
+        output.render(&report, |r| format!("{r}{}\n", summary(r)))?
+    );
     Ok(if report.rejected() == 0 {
         ExitCode::SUCCESS
     } else {

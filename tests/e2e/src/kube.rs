@@ -245,6 +245,26 @@ impl ApiServer {
         self.dir.join("certs/apiserver.crt")
     }
 
+    /// A kubeconfig of the cluster's admin (`system:masters`): a user's.
+    pub fn admin_kubeconfig(&self) -> Result<PathBuf> {
+        self.kubeconfig("admin", &self.admin_token)
+    }
+
+    /// Writes the status a kubelet would for its Node: its address and
+    /// where its kubelet listens (what the API server's pod proxies,
+    /// port-forward among them, dial).
+    pub fn node_status(&self, node: &str, ip: std::net::IpAddr, kubelet_port: u16) -> Result<()> {
+        self.request(
+            "PATCH",
+            &format!("/api/v1/nodes/{node}/status"),
+            &serde_json::json!({"status": {
+                "addresses": [{"type": "InternalIP", "address": ip.to_string()}],
+                "daemonEndpoints": {"kubeletEndpoint": {"Port": kubelet_port}},
+            }}),
+        )?;
+        Ok(())
+    }
+
     /// A kubeconfig with `token`, for an agent or a CA.
     pub fn kubeconfig(&self, name: &str, token: &str) -> Result<PathBuf> {
         self.write_kubeconfig(name, &format!("token: {token}"))

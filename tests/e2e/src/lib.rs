@@ -18,6 +18,7 @@ pub mod install;
 pub mod kube;
 pub mod kubelet;
 pub mod l7;
+pub mod portforward;
 pub mod prometheus;
 
 pub type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;

@@ -11,7 +11,9 @@ use std::{
 use strait_e2e::{
     Mesh, Result, curl, echo_client, echo_server, http_server,
     kube::{AUDIENCE, ApiServer, pod_yaml},
-    marker_url, metric_sum, namespace_yaml, require_root, two_nodes, wait_for, wait_for_line,
+    marker_url, metric_sum, namespace_yaml, node_yaml,
+    portforward::{self, PortForward},
+    require_root, two_nodes, wait_for, wait_for_line,
 };
 use strait_topology::{Process, Topology};
 
@@ -201,6 +203,119 @@ spec:
         "a released {:.2} s after its namespace lost the label",
         took.as_secs_f64()
     );
+    Ok(())
+}
+
+/// `straitctl --node` and `--pod` reach a node's agent as `istioctl
+/// ztunnel-config` does: the agent pod found through the API server, its
+/// admin endpoint (on the node's loopback only) through the API server's
+/// port-forward to the node's kubelet. What they print is what the
+/// agent's own node sees; a node or pod with no agent is a clear error.
+#[test]
+fn straitctl_reaches_a_nodes_agent_through_the_api_server() -> Result<()> {
+    require_root();
+    let topo = Topology::create(spec())?;
+    let Cluster { api, mesh, .. } = &cluster(&topo)?;
+    let mut kubelets = Vec::new();
+    for name in ["n1", "n2"] {
+        let node = topo.node(name)?;
+        api.apply(&node_yaml(name, "r1", "z1"))?;
+        api.node_status(name, node.addrs.ipv4.into(), portforward::KUBELET_PORT)?;
+        kubelets.push(PortForward::start(
+            node.place.netns_path(),
+            node.addrs.ipv4.into(),
+        )?);
+        // The chart's agent pod on that node.
+        api.apply(&format!(
+            "apiVersion: v1
+kind: Pod
+metadata:
+  name: strait-agent-{name}
+  namespace: kube-system
+  labels: {{app.kubernetes.io/name: strait, app.kubernetes.io/component: agent}}
+spec:
+  nodeName: {name}
+  hostNetwork: true
+  automountServiceAccountToken: false
+  containers: [{{name: agent, image: none}}]
+---
+"
+        ))?;
+        api.request(
+            "PATCH",
+            &format!("/api/v1/namespaces/kube-system/pods/strait-agent-{name}/status"),
+            &serde_json::json!({"status": {"phase": "Running"}}),
+        )?;
+    }
+    let kubeconfig = api.admin_kubeconfig()?;
+    // A user's straitctl, beside the API server, away from n2's agent.
+    let ctl = |args: &[&str]| -> Result<(i32, String, String)> {
+        let mut cmd = topo
+            .node("n1")?
+            .place
+            .command(strait_e2e::strait_bin("straitctl"))?;
+        cmd.env("KUBECONFIG", &kubeconfig).args(args);
+        let out = strait_topology::process::run(cmd, Duration::from_secs(60))?;
+        Ok((
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    };
+    let workloads = |json: &str| -> Result<Vec<String>> {
+        let list: serde_json::Value = serde_json::from_str(json)?;
+        Ok(list
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|w| format!("{}/{} {}", w["namespace"], w["name"], w["state"]))
+            .collect())
+    };
+    let started = Instant::now();
+    let (code, by_node, err) = ctl(&["--node", "n2", "workloads", "-o", "json"])?;
+    assert_eq!(code, 0, "straitctl --node n2: {err}");
+    println!(
+        "straitctl --node n2 workloads: through the API server in {:.2} s: {:?}",
+        started.elapsed().as_secs_f64(),
+        workloads(&by_node)?
+    );
+    let on_n2 = mesh.straitctl("n2", &["workloads", "-o", "json"])?;
+    assert_eq!(workloads(&by_node)?, workloads(&on_n2)?);
+    assert!(
+        workloads(&by_node)?
+            .iter()
+            .any(|w| w.contains("\"b\"") && w.ends_with("\"captured\"")),
+        "{by_node}"
+    );
+    let (code, by_pod, err) = ctl(&["--pod", "shop/b", "describe", "pod", "shop/b", "-o", "json"])?;
+    assert_eq!(code, 0, "straitctl --pod shop/b: {err}");
+    let described: serde_json::Value = serde_json::from_str(&by_pod)?;
+    println!(
+        "straitctl --pod shop/b describe pod shop/b: {}",
+        described["reason"]
+    );
+    assert_eq!(
+        by_pod,
+        mesh.straitctl("n2", &["describe", "pod", "shop/b", "-o", "json"])?
+    );
+    let (code, level, err) = ctl(&["--node", "n1", "log"])?;
+    assert_eq!((code, level.trim()), (0, "info"), "{err}");
+
+    for (args, says) in [
+        (
+            &["--node", "n9", "workloads"][..],
+            "no running strait agent pod on node n9",
+        ),
+        (&["--pod", "shop/nope", "workloads"][..], "no pod shop/nope"),
+        (&["--pod", "nope", "workloads"][..], "not namespace/name"),
+        (&["--node", "n1,spec.x=y", "workloads"][..], "--node"),
+    ] {
+        let (code, out, err) = ctl(args)?;
+        println!("straitctl {}: exit {code}: {}", args.join(" "), err.trim());
+        assert_eq!(code, 1, "{args:?}: {out}{err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    drop(kubelets);
     Ok(())
 }
 

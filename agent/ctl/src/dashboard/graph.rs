@@ -470,6 +470,22 @@ fn end(s: &Sample, side: &str, nodes: &mut BTreeMap<String, Node>) -> String {
 mod tests {
     use super::*;
 
+    fn edge(graph: &Graph, pick: impl Fn(&Edge) -> bool) -> &Edge {
+        graph
+            .edges
+            .iter()
+            .find(|e| pick(e))
+            .unwrap_or_else(|| panic!("no such edge in {:?}", graph.edges))
+    }
+
+    fn node(graph: &Graph, pick: impl Fn(&Node) -> bool) -> &Node {
+        graph
+            .nodes
+            .iter()
+            .find(|n| pick(n))
+            .unwrap_or_else(|| panic!("no such node in {:?}", graph.nodes))
+    }
+
     fn sample(labels: &[(&str, &str)], value: f64) -> Sample {
         Sample {
             labels: labels
@@ -607,11 +623,7 @@ mod tests {
     #[test]
     fn an_edge_takes_the_destinations_count_and_its_gateway() {
         let graph = build(&answers());
-        let edge = graph
-            .edges
-            .iter()
-            .find(|e| e.id == "c1/shop/sleep->c2/shop/web")
-            .expect("the cross-network edge");
+        let edge = edge(&graph, |e| e.id == "c1/shop/sleep->c2/shop/web");
         assert_eq!(edge.reporter, "destination");
         assert_eq!(
             edge.connections, 12.0,
@@ -627,31 +639,19 @@ mod tests {
             "a gateway's leg is no edge of its own: {:?}",
             graph.edges
         );
-        let gateway = graph
-            .nodes
-            .iter()
-            .find(|n| n.role == "gateway")
-            .expect("gateway");
+        let gateway = node(&graph, |n| n.role == "gateway");
         assert_eq!(gateway.forwarded, 12.0);
     }
 
     #[test]
     fn a_destination_outside_the_mesh_is_its_service_and_same_network_edges_have_no_via() {
         let graph = build(&answers());
-        let edge = graph
-            .edges
-            .iter()
-            .find(|e| e.source == "c2/shop/web")
-            .expect("web's edge");
+        let edge = edge(&graph, |e| e.source == "c2/shop/web");
         assert_eq!(edge.target, "service:web.shop.svc.cluster.local");
         assert_eq!(edge.reporter, "source");
         assert_eq!(edge.security, "unknown");
         assert!(edge.via.is_empty(), "web is in the gateway's network");
-        let node = graph
-            .nodes
-            .iter()
-            .find(|n| n.id == edge.target)
-            .expect("node");
+        let node = node(&graph, |n| n.id == edge.target);
         assert!(!node.placed);
         assert_eq!(node.role, "service");
     }
@@ -713,11 +713,7 @@ mod tests {
             vec![request("200", 3.0), request("503", 1.0)],
         );
         let graph = build(&a);
-        let edge = graph
-            .edges
-            .iter()
-            .find(|e| e.id == "c1/shop/sleep->c2/shop/web")
-            .expect("edge");
+        let edge = edge(&graph, |e| e.id == "c1/shop/sleep->c2/shop/web");
         assert_eq!(edge.protocol, "http");
         assert_eq!(edge.requests, 100.0);
         assert_eq!(edge.failed_requests, 10.0);

@@ -18,7 +18,7 @@ use strait_topology::{Locality, Place, Process, Spec, Topology};
 
 use crate::{
     cmd::{self, section},
-    kube_scale,
+    image, kube_scale,
     measure::{cpu_seconds, rss_mib},
     scale, waypoint_bench,
 };
@@ -84,7 +84,14 @@ pub fn run(only: Option<Part>) -> Result<()> {
     ])?;
     let runs = |part| only.is_none_or(|o| o == part);
     if runs(Part::Path) || runs(Part::Scale) {
-        path_and_scale(&bin, runs(Part::Path), runs(Part::Scale))?;
+        // What users run: the image's static musl binaries, beside glibc's.
+        let musl = if runs(Part::Path) {
+            section("the image's binaries (static, musl)");
+            Some(image::binaries()?)
+        } else {
+            None
+        };
+        path_and_scale(&bin, musl.as_deref(), runs(Part::Path), runs(Part::Scale))?;
     }
     if runs(Part::Waypoint) {
         waypoint_bench::run(&bin)?;
@@ -146,7 +153,7 @@ pub fn run(only: Option<Part>) -> Result<()> {
     Ok(())
 }
 
-fn path_and_scale(bin: &Path, path: bool, scale_rows: bool) -> Result<()> {
+fn path_and_scale(bin: &Path, musl: Option<&Path>, path: bool, scale_rows: bool) -> Result<()> {
     let bin = bin.to_path_buf();
 
     section(
@@ -165,7 +172,7 @@ fn path_and_scale(bin: &Path, path: bool, scale_rows: bool) -> Result<()> {
             .pod("far", "n3"),
     )
     .context("creating the bench topology")?;
-    let mesh = Mesh::with_bin_dir(&topo, bin.clone()).map_err(anyhow::Error::from_boxed)?;
+    let mut mesh = Mesh::with_bin_dir(&topo, bin.clone()).map_err(anyhow::Error::from_boxed)?;
     let (client, server, far) = (topo.pod("client")?, topo.pod("server")?, topo.pod("far")?);
     let mut yaml = [
         namespace_yaml("bench", true),
@@ -209,18 +216,7 @@ fn path_and_scale(bin: &Path, path: bool, scale_rows: bool) -> Result<()> {
             .iter()
             .map(|n| mesh.start_agent(n, &[]).map_err(anyhow::Error::from_boxed))
             .collect::<Result<Vec<_>>>()?;
-        let mesh_figures = measure(client, direct_target, &bin)?;
-        // CPU is steadier than wall-clock time on a shared machine: what both
-        // agents spend on one new connection, over another connection run.
-        let cpu = |all: &[Process]| all.iter().map(cpu_seconds).sum::<f64>();
-        let before = cpu(&agents);
-        let (rate, _, _) = connections(client, direct_target, &bin)?;
-        let cpu_per_connection_us = (cpu(&agents) - before) / (rate * f64::from(SECONDS)) * 1e6;
-        let rss_mib = agents
-            .iter()
-            .map(|a| rss_mib(a).0)
-            .max_by(f64::total_cmp)
-            .unwrap_or(0.0);
+        let glibc = measure_agents(client, direct_target, &bin, &agents)?;
 
         section("strait across networks: n1 -> g2 (east-west gateway) -> n3, double HBONE");
         let _far_servers = start_servers(far, &bin)?;
@@ -243,13 +239,22 @@ fn path_and_scale(bin: &Path, path: bool, scale_rows: bool) -> Result<()> {
         drop(far_agents);
         drop(agents);
 
+        section("strait, the image's binaries (static musl), on the same path");
+        let musl_dir = musl.ok_or_else(|| anyhow!("no musl binaries built"))?;
+        let glibc_dir = mesh.bin_dir().to_path_buf();
+        mesh.set_bin_dir(musl_dir.to_path_buf());
+        let agents = ["n1", "n2"]
+            .iter()
+            .map(|n| mesh.start_agent(n, &[]).map_err(anyhow::Error::from_boxed))
+            .collect::<Result<Vec<_>>>()?;
+        let musl_run = measure_agents(client, direct_target, &bin, &agents)?;
+        mesh.set_bin_dir(glibc_dir);
+        drop(agents);
+
         section("results");
-        print_table(&direct, &floor, &mesh_figures, rss_mib);
-        println!(
-            "| agents' CPU per new connection (µs, both ends) | - | - | {cpu_per_connection_us:.0} | - | - | |"
-        );
+        print_table(&direct, &floor, &glibc, &musl_run);
         println!();
-        print_across(&mesh_figures, &across);
+        print_across(&glibc.figures, &across);
     }
     if scale_rows {
         section(&format!(
@@ -286,6 +291,34 @@ fn path_and_scale(bin: &Path, path: bool, scale_rows: bool) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// One build of strait measured: the path's figures, both agents' CPU per
+/// new connection and the larger agent's RSS.
+struct Run {
+    figures: Figures,
+    cpu_per_connection_us: f64,
+    rss_mib: f64,
+}
+
+fn measure_agents(client: &Place, target: Target, bin: &Path, agents: &[Process]) -> Result<Run> {
+    let figures = measure(client, target, bin)?;
+    // CPU is steadier than wall-clock time on a shared machine: what both
+    // agents spend on one new connection, over another connection run.
+    let cpu = |all: &[Process]| all.iter().map(cpu_seconds).sum::<f64>();
+    let before = cpu(agents);
+    let (rate, _, _) = connections(client, target, bin)?;
+    let cpu_per_connection_us = (cpu(agents) - before) / (rate * f64::from(SECONDS)) * 1e6;
+    let rss_mib = agents
+        .iter()
+        .map(|a| rss_mib(a).0)
+        .max_by(f64::total_cmp)
+        .unwrap_or(0.0);
+    Ok(Run {
+        figures,
+        cpu_per_connection_us,
+        rss_mib,
+    })
 }
 
 /// `far` (the pod on net2) as a service exported to other networks, with
@@ -525,7 +558,7 @@ impl Compare {
     }
 }
 
-fn print_table(direct: &Figures, floor: &Figures, mesh: &Figures, rss_mib: f64) {
+fn print_table(direct: &Figures, floor: &Figures, glibc: &Run, musl: &Run) {
     type Row = (&'static str, fn(&Figures) -> f64, Compare, &'static str);
     let rows: [Row; 7] = [
         (
@@ -572,16 +605,33 @@ fn print_table(direct: &Figures, floor: &Figures, mesh: &Figures, rss_mib: f64) 
         ),
     ];
     println!(
-        "| measurement | direct | 2 plain relays | strait | relays vs direct | strait vs direct | target |"
+        "| measurement | direct | 2 plain relays | strait | strait musl (image) | relays vs direct | strait vs direct | musl vs strait | target |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---|");
     for (name, figure, compare, target) in rows {
-        let (d, r, m) = (figure(direct), figure(floor), figure(mesh));
+        let (d, r, m, u) = (
+            figure(direct),
+            figure(floor),
+            figure(&glibc.figures),
+            figure(&musl.figures),
+        );
         println!(
-            "| {name} | {d:.2} | {r:.2} | {m:.2} | {} | {} | {target} |",
+            "| {name} | {d:.2} | {r:.2} | {m:.2} | {u:.2} | {} | {} | {} | {target} |",
             compare.show(r, d),
-            compare.show(m, d)
+            compare.show(m, d),
+            compare.show(u, m)
         );
     }
-    println!("| agent peak RSS (MiB) | - | - | {rss_mib:.1} | - | - | |");
+    println!(
+        "| agents' CPU per new connection (µs, both ends) | - | - | {:.0} | {:.0} | - | - | {} | |",
+        glibc.cpu_per_connection_us,
+        musl.cpu_per_connection_us,
+        Compare::Ratio.show(musl.cpu_per_connection_us, glibc.cpu_per_connection_us)
+    );
+    println!(
+        "| agent peak RSS (MiB) | - | - | {:.1} | {:.1} | - | - | {} | |",
+        glibc.rss_mib,
+        musl.rss_mib,
+        Compare::Ratio.show(musl.rss_mib, glibc.rss_mib)
+    );
 }

@@ -24,29 +24,8 @@ const BINARIES: &[&str] = &[
 pub fn build() -> Result<PathBuf> {
     section("image");
     let started = Instant::now();
-    let mut build = cargo();
-    build
-        .args(["build", "--release", "--target", TARGET, "--bins"])
-        .args(BINARIES.iter().flat_map(|b| ["-p", b]))
-        .env("CC_x86_64_unknown_linux_musl", "musl-gcc");
-    cmd::run(&mut build)?;
-    let built = target_dir().join(TARGET).join("release");
+    let bin = binaries()?;
     let stage = target_dir().join("image").join("rootfs");
-    let bin = staged_bin_dir();
-    if stage.exists() {
-        std::fs::remove_dir_all(&stage).with_context(|| format!("removing {}", stage.display()))?;
-    }
-    std::fs::create_dir_all(&bin).with_context(|| format!("creating {}", bin.display()))?;
-    for name in BINARIES {
-        let out = bin.join(name);
-        // Debug symbols stay in the build; the image carries none.
-        cmd::run(
-            Command::new("strip")
-                .arg("-o")
-                .arg(&out)
-                .arg(built.join(name)),
-        )?;
-    }
     let archive = image_archive();
     let container = stdout(Command::new("buildah").args(["from", "scratch"]))
         .trim()
@@ -74,6 +53,35 @@ pub fn build() -> Result<PathBuf> {
         );
     }
     Ok(archive)
+}
+
+/// The image's binaries, static (musl) and stripped, staged where the
+/// image is made from; their directory. The bench runs them too.
+pub fn binaries() -> Result<PathBuf> {
+    let mut build = cargo();
+    build
+        .args(["build", "--release", "--target", TARGET, "--bins"])
+        .args(BINARIES.iter().flat_map(|b| ["-p", b]))
+        .env("CC_x86_64_unknown_linux_musl", "musl-gcc");
+    cmd::run(&mut build)?;
+    let built = target_dir().join(TARGET).join("release");
+    let stage = target_dir().join("image").join("rootfs");
+    let bin = staged_bin_dir();
+    if stage.exists() {
+        std::fs::remove_dir_all(&stage).with_context(|| format!("removing {}", stage.display()))?;
+    }
+    std::fs::create_dir_all(&bin).with_context(|| format!("creating {}", bin.display()))?;
+    for name in BINARIES {
+        let out = bin.join(name);
+        // Debug symbols stay in the build; the image carries none.
+        cmd::run(
+            Command::new("strip")
+                .arg("-o")
+                .arg(&out)
+                .arg(built.join(name)),
+        )?;
+    }
+    Ok(bin)
 }
 
 /// Where the image's binaries are staged (static, stripped): what the VMs

@@ -688,6 +688,12 @@ impl<'t> Mesh<'t> {
         &self.bin_dir
     }
 
+    /// Agents, gateways and CAs started from now on run the binaries in
+    /// `dir` (the image's static ones, say); those running keep theirs.
+    pub fn set_bin_dir(&mut self, dir: PathBuf) {
+        self.bin_dir = dir;
+    }
+
     /// A mesh run by the binaries in `bin_dir` (a release build, say).
     pub fn with_bin_dir(topo: &'t Topology, bin_dir: PathBuf) -> Result<Self> {
         let config_dir = topo.scratch_dir().join("config");
